@@ -1,0 +1,22 @@
+# Two commands: `make demo` runs the whole workflow on the built-in demo corpus, `make test` runs the tests.
+# Both set up everything first (Debian packages when root, .venv with pinned packages); a second run installs nothing.
+CORES ?= all
+SNAKEMAKE = .venv/bin/snakemake
+
+.PHONY: setup demo test dry-run clean
+
+setup:
+	@bash tools/setup.sh
+
+demo: setup
+	$(SNAKEMAKE) --cores $(CORES) all
+	@echo; echo "== results/eval/summary.md =="; cat results/eval/summary.md 2>/dev/null || true
+
+test: setup
+	.venv/bin/pytest -q
+
+dry-run: setup
+	$(SNAKEMAKE) -n all
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,8 @@
+"""Snakemake adapter: scan the music folders into songs.parquet / rejected.parquet."""
+from workflow_lib.logs import setup_logging
+from workflow_lib.manifest import write_manifest
+
+setup_logging(snakemake.log[0])
+p = snakemake.params
+write_manifest(p.music_dirs, p.distractor_dirs, snakemake.output.songs, snakemake.output.rejected,
+               p.min_duration_s, p.silence_dbfs)

@@ -1,0 +1,13 @@
+"""Snakemake adapter: decode noise (and babble from speech) into train/test clip banks."""
+from workflow_lib.logs import setup_logging
+from workflow_lib.manifest import list_audio_files
+from workflow_lib.noise_prep import prepare_noise
+
+log = setup_logging(snakemake.log[0])
+p = snakemake.params
+o = p.opts
+summary = prepare_noise(list_audio_files(p.noise_dirs), list_audio_files(p.speech_dirs), p.out_dir,
+                        test_fraction=o["test_fraction"], max_clip_s=o["max_clip_s"],
+                        babble_speakers=tuple(o["babble_speakers"]), babble_clips=o["babble_clips"],
+                        babble_clip_s=o["babble_clip_s"], generated_clips=o["generated_clips"], seed=o["seed"])
+log.info("noise banks: %s", summary)

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from workflow_lib.audio_io import AudioDecodeError, audio_info, has_ffmpeg, iter_audio, load_audio, resample
+from tests.conftest import tone_mix
+
+FORMATS = [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS"), ("opus", "OPUS"), ("mp3", "MPEG_LAYER_III")]
+
+
+def _write(path, audio, sr, subtype):
+    fmt = {"opus": "OGG", "mp3": "MP3"}.get(path.suffix[1:], None)
+    sf.write(str(path), audio, sr, subtype=subtype, format=fmt)
+
+
+@pytest.mark.parametrize("ext,subtype", FORMATS)
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_every_format_and_layout_decodes_to_8k_mono(tmp_path, ext, subtype, channels):
+    if ext == "mp3" and channels > 2:
+        pytest.skip("MP3 holds at most two channels")
+    sr = 48000 if ext == "opus" else 44100
+    mono = tone_mix(2.0, sr)
+    audio = np.stack([mono] * channels, axis=1) if channels > 1 else mono
+    path = tmp_path / f"x.{ext}"
+    _write(path, audio, sr, subtype)
+    out = load_audio(path)
+    assert out.dtype == np.float32 and out.ndim == 1
+    assert abs(len(out) - 16000) < 800  # codecs add a little padding / delay
+    ref = resample(mono, sr)
+    # The decoded signal carries the same content: strong correlation after aligning codec delay.
+    n = min(len(out), len(ref)) - 2000
+    best = max(np.corrcoef(out[d:d + n], ref[:n])[0, 1] for d in range(0, 1200, 8))
+    assert best > 0.9, (ext, channels, best)
+
+
+def test_channels_are_averaged(tmp_path):
+    sr = 16000
+    left = tone_mix(1.5, sr, freqs=(300.0,))
+    path = tmp_path / "st.wav"
+    sf.write(str(path), np.stack([left, -left], axis=1), sr)
+    assert np.max(np.abs(load_audio(path))) < 1e-3  # opposite channels cancel in the mono mix
+
+
+def test_resampling_accuracy():
+    sr = 44100
+    t = np.arange(sr * 2) / sr
+    x = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    y = resample(x, sr, 8000)
+    assert len(y) == 16000
+    spec = np.abs(np.fft.rfft(y[4000:12000] * np.hanning(8000)))
+    freqs = np.fft.rfftfreq(8000, 1 / 8000)
+    assert abs(freqs[np.argmax(spec)] - 1000) <= 1
+    # Above-Nyquist content is removed, not aliased.
+    z = resample(np.sin(2 * np.pi * 6000 * t).astype(np.float32), sr, 8000)
+    assert np.sqrt(np.mean(z[2000:-2000] ** 2)) < 0.01
+
+
+def test_streaming_matches_whole_file(tmp_path):
+    sr = 22050
+    x = tone_mix(70.0, sr)
+    path = tmp_path / "long.flac"
+    sf.write(str(path), x, sr)
+    chunks = list(iter_audio(path, chunk_seconds=7.0))
+    assert all(len(c) == 56000 for c in chunks[:-1])
+    joined = np.concatenate(chunks)
+    assert abs(len(joined) - 70 * 8000) <= 2
+    np.testing.assert_allclose(joined, resample(x, sr)[: len(joined)], atol=2e-3)
+
+
+def test_info(tmp_path):
+    path = tmp_path / "a.wav"
+    sf.write(str(path), np.zeros((4410, 2), np.float32), 44100)
+    info = audio_info(path)
+    assert (info.sample_rate, info.channels) == (44100, 2) and abs(info.duration_s - 0.1) < 1e-6
+
+
+def test_corrupt_file_gives_clear_error(tmp_path):
+    path = tmp_path / "bad.mp3"
+    path.write_bytes(b"this is not audio at all" * 100)
+    with pytest.raises(AudioDecodeError, match="bad.mp3"):
+        load_audio(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AudioDecodeError, match="no such file"):
+        load_audio(tmp_path / "nope.wav")
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac"])
+def test_truncated_file_gives_clear_error(tmp_path, ext):
+    path = tmp_path / f"t.{ext}"
+    sf.write(str(path), tone_mix(5.0, 16000), 16000, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(AudioDecodeError, match=f"t.{ext}"):
+        load_audio(path)
+
+
+@pytest.mark.skipif(not has_ffmpeg(), reason="ffmpeg not installed")
+def test_m4a_through_ffmpeg(tmp_path):
+    import subprocess
+
+    wav = tmp_path / "s.wav"
+    sf.write(str(wav), tone_mix(2.0, 44100), 44100)
+    m4a = tmp_path / "s.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    out = load_audio(m4a)
+    assert abs(len(out) - 16000) < 1000 and audio_info(m4a).sample_rate == 44100

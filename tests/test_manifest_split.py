@@ -1,0 +1,105 @@
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from tests.conftest import tone_mix
+from workflow_lib.manifest import build_manifest, song_id_for, write_manifest
+from workflow_lib.split import SPLITS, assign_splits, write_splits
+
+
+@pytest.fixture()
+def music_dir(tmp_path):
+    root = tmp_path / "music"
+    (root / "album").mkdir(parents=True)
+    sf.write(str(root / "album" / "a.flac"), tone_mix(5.0, 22050, seed=1), 22050)
+    sf.write(str(root / "b.wav"), np.stack([tone_mix(4.0, 44100, seed=2)] * 2, 1), 44100)
+    sf.write(str(root / "short.wav"), tone_mix(1.0, 8000), 8000)
+    sf.write(str(root / "silent.wav"), np.zeros(8000 * 5, np.float32), 8000)
+    (root / "empty.mp3").write_bytes(b"")
+    (root / "notes.txt").write_text("not audio")
+    (root / "broken.ogg").write_bytes(b"OggS" + b"\x00" * 500)
+    return root
+
+
+def test_manifest_keeps_good_songs_and_rejects_the_rest_with_reasons(music_dir):
+    songs, rejected = build_manifest([("music", music_dir)], min_duration_s=3.0, silence_dbfs=-60)
+    assert sorted(songs.rel_path) == ["album/a.flac", "b.wav"]
+    row = songs.set_index("rel_path").loc["b.wav"]
+    assert (row.sample_rate, row.channels, row.format) == (44100, 2, "wav")
+    assert abs(row.duration_s - 4.0) < 0.01 and row.song_id == song_id_for("music", "b.wav")
+    reasons = dict(zip(rejected.path.map(lambda p: p.rsplit("/", 1)[-1]), rejected.reason))
+    assert set(reasons) == {"short.wav", "silent.wav", "empty.mp3", "notes.txt", "broken.ogg"}
+    assert reasons["short.wav"].startswith("too short")
+    assert reasons["silent.wav"].startswith("silent")
+    assert reasons["empty.mp3"] == "empty file"
+    assert reasons["notes.txt"].startswith("not an audio file")
+    assert reasons["broken.ogg"].startswith("unreadable")
+
+
+def test_song_ids_are_stable_when_the_folder_moves(music_dir, tmp_path):
+    first, _ = build_manifest([("music", music_dir)])
+    moved = music_dir.rename(tmp_path / "elsewhere")
+    second, _ = build_manifest([("music", moved)])
+    assert list(first.song_id) == list(second.song_id)
+
+
+def test_write_manifest_refuses_an_empty_collection(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ValueError, match="no usable songs"):
+        write_manifest([str(tmp_path / "m")], [], tmp_path / "s.parquet", tmp_path / "r.parquet", 3.0, -60)
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        build_manifest([("music", tmp_path / "nowhere")])
+
+
+def _songs(n, start=0, collection="music"):
+    ids = [song_id_for(collection, f"song{i}.mp3") for i in range(start, start + n)]
+    return pd.DataFrame({"song_id": ids, "collection": collection})
+
+
+FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.15, "distractor": 0.05}
+
+
+def test_splits_are_disjoint_complete_and_near_the_fractions():
+    songs = _songs(4000)
+    s = assign_splits(songs, FRACTIONS, seed=0)
+    assert s.song_id.is_unique and len(s) == 4000 and set(s.split) <= set(SPLITS)
+    share = s.split.value_counts(normalize=True)
+    for name, frac in FRACTIONS.items():
+        assert abs(share[name] - frac) < 0.03
+
+
+def test_splits_are_deterministic_and_seeded():
+    songs = _songs(500)
+    a, b = assign_splits(songs, FRACTIONS, 0), assign_splits(songs, FRACTIONS, 0)
+    assert a.equals(b)
+    assert (assign_splits(songs, FRACTIONS, 1).split != a.split).mean() > 0.2
+
+
+def test_adding_songs_never_moves_existing_ones():
+    before = assign_splits(_songs(300), FRACTIONS, 7)
+    after = assign_splits(pd.concat([_songs(300), _songs(50, start=300)]), FRACTIONS, 7)
+    merged = before.merge(after, on="song_id", suffixes=("_before", "_after"))
+    assert len(merged) == 300 and (merged.split_before == merged.split_after).all()
+
+
+def test_distractor_collection_goes_to_distractor_only():
+    songs = pd.concat([_songs(20), _songs(10, collection="distractor")])
+    s = assign_splits(songs, {"train": 1.0, "val": 0.0, "test": 0.0, "distractor": 0.0}, 0)
+    assert (s.split.to_numpy() == ["train"] * 20 + ["distractor"] * 10).all()
+
+
+def test_bad_fractions_are_refused():
+    with pytest.raises(ValueError, match="sum to 1"):
+        assign_splits(_songs(3), {"train": 0.5, "val": 0.2, "test": 0.2, "distractor": 0.0}, 0)
+
+
+def test_empty_required_split_is_a_clear_error(tmp_path):
+    _songs(2).to_parquet(tmp_path / "songs.parquet")
+    with pytest.raises(ValueError, match="split '.*' is empty"):
+        write_splits(tmp_path / "songs.parquet", tmp_path / "splits.parquet",
+                     {"train": 0.98, "val": 0.01, "test": 0.01, "distractor": 0.0}, 0)

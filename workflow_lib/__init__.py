@@ -1,0 +1,7 @@
+"""Neural audio fingerprinting: all workflow logic, importable and testable without Snakemake."""
+
+SAMPLE_RATE = 8000
+SEGMENT_SAMPLES = 8000  # 1 s
+HOP_SAMPLES = 4000  # 0.5 s
+
+__version__ = "0.1.0"

@@ -1,0 +1,34 @@
+"""Write-then-rename helpers so that a killed stage never leaves a half-written output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
+
+    The temporary file keeps the final suffix (some writers, e.g. numpy or matplotlib, pick the format from it).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix if suffix is not None else final.suffix,
+                               dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(final: str | os.PathLike, text: str) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_text(text)

@@ -1,0 +1,204 @@
+"""Audio decoding: any supported file -> 8 kHz mono float32, streamed in chunks so memory stays bounded.
+
+Decoding uses libsndfile through ``soundfile`` (WAV, FLAC, OGG/Vorbis, Opus, MP3 and more, no external programs) and
+resampling uses ``soxr`` (the SoX resampler: high quality, streaming, and several hundred times faster than realtime
+on one core). Formats libsndfile cannot read (m4a/aac/wma...) go through ``ffmpeg`` when it is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from . import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".w64", ".caf"}
+FFMPEG_EXTENSIONS = {".m4a", ".aac", ".mp4", ".wma", ".webm", ".mka"}
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
+
+# Decoded block size in source frames: large enough to amortise per-call overhead, small enough to bound memory.
+_BLOCK_FRAMES = 1 << 18
+
+
+class AudioDecodeError(RuntimeError):
+    """A file could not be decoded; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+    format: str
+    frames: int
+
+
+def has_ffmpeg() -> bool:
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def _needs_ffmpeg(path: Path) -> bool:
+    return path.suffix.lower() in FFMPEG_EXTENSIONS
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Header information without decoding the whole file. Raises AudioDecodeError for unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioDecodeError(f"{path}: no such file")
+    if _needs_ffmpeg(path):
+        return _ffprobe_info(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError with a terse message
+        raise AudioDecodeError(f"{path}: not a readable audio file ({exc})") from exc
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise AudioDecodeError(f"{path}: invalid header (rate {info.samplerate}, channels {info.channels})")
+    if path.suffix.lower() == ".wav":
+        _check_wav_complete(path)
+    return AudioInfo(str(path), info.frames / info.samplerate, int(info.samplerate), int(info.channels),
+                     str(info.format), int(info.frames))
+
+
+def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """Yield consecutive mono float32 chunks at ``sr`` (about ``chunk_seconds`` each, the last one shorter).
+
+    Raises AudioDecodeError when the file is unreadable, corrupt, or decodes to far fewer samples than its header
+    promises (a truncated file).
+    """
+    path = Path(path)
+    if _needs_ffmpeg(path):
+        yield from _iter_ffmpeg(path, sr, chunk_seconds)
+        return
+    info = audio_info(path)
+    resampler = soxr.ResampleStream(info.sample_rate, sr, 1, dtype="float32", quality="HQ") \
+        if info.sample_rate != sr else None
+    target = max(1, int(chunk_seconds * sr))
+    pending: list[np.ndarray] = []
+    n_pending = 0
+    decoded = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                last = len(block) < _BLOCK_FRAMES
+                decoded += len(block)
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
+                if len(out):
+                    pending.append(np.ascontiguousarray(out, dtype=np.float32))
+                    n_pending += len(out)
+                while n_pending >= target:
+                    joined = np.concatenate(pending)
+                    yield joined[:target]
+                    pending, n_pending = [joined[target:]], len(joined) - target
+                if last:
+                    break
+    except AudioDecodeError:
+        raise
+    except Exception as exc:
+        raise AudioDecodeError(f"{path}: decoding failed after {decoded} frames ({exc})") from exc
+    # MP3 headers only estimate the length; anything beyond a few percent short means a cut-off file.
+    if info.frames > 0 and decoded < 0.95 * info.frames:
+        raise AudioDecodeError(f"{path}: truncated: decoded {decoded} of {info.frames} frames")
+    if n_pending:
+        yield np.concatenate(pending)
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a whole file to mono float32 at ``sr``."""
+    chunks = list(iter_audio(path, sr))
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a 1-D array (used for in-memory audio such as microphone input or generated signals)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if sr_in == sr_out:
+        return audio
+    return soxr.resample(audio, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def write_audio(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> None:
+    """Write float audio as 16-bit PCM (format from the suffix), via a temporary file so it is never half-written."""
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sr, subtype="PCM_16" if Path(path).suffix.lower()
+                 in {".wav", ".flac"} else None)
+
+
+def _check_wav_complete(path: Path) -> None:
+    """libsndfile silently shortens a cut-off WAV to the bytes present; compare with the size its header declares."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(4) != b"RIFF":
+            return  # RF64/other variants: trust libsndfile
+        f.seek(12)
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return
+            chunk_id, chunk_size = head[:4], int.from_bytes(head[4:], "little")
+            if chunk_id == b"data":
+                if chunk_size != 0xFFFFFFFF and f.tell() + chunk_size > size:
+                    raise AudioDecodeError(f"{path}: truncated: header declares {chunk_size} data bytes, "
+                                           f"file holds {size - f.tell()}")
+                return
+            f.seek(chunk_size + (chunk_size & 1), 1)
+
+
+# --- ffmpeg fallback -------------------------------------------------------------------------------------------
+
+def _require_ffmpeg(path: Path) -> None:
+    if not has_ffmpeg():
+        raise AudioDecodeError(f"{path}: {path.suffix} files need ffmpeg, which is not installed "
+                               "(apt-get install ffmpeg)")
+
+
+def _ffprobe_info(path: Path) -> AudioInfo:
+    _require_ffmpeg(path)
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+           "stream=sample_rate,channels,codec_name:format=duration", "-of", "default=nw=1", str(path)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    fields = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+    if res.returncode != 0 or "sample_rate" not in fields:
+        raise AudioDecodeError(f"{path}: ffprobe found no audio stream ({res.stderr.strip()[:200]})")
+    rate, channels = int(fields["sample_rate"]), int(fields.get("channels", 1))
+    try:
+        duration = float(fields.get("duration", "nan"))
+    except ValueError:
+        duration = float("nan")
+    return AudioInfo(str(path), duration, rate, channels, fields.get("codec_name", "ffmpeg"),
+                     int(duration * rate) if np.isfinite(duration) else -1)
+
+
+def _iter_ffmpeg(path: Path, sr: int, chunk_seconds: float) -> Iterator[np.ndarray]:
+    _require_ffmpeg(path)
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(sr), "-f", "f32le",
+           "-acodec", "pcm_f32le", "-"]
+    chunk_bytes = max(4, int(chunk_seconds * sr) * 4)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        total = 0
+        while True:
+            buf = proc.stdout.read(chunk_bytes)
+            if not buf:
+                break
+            usable = len(buf) - len(buf) % 4
+            total += usable
+            yield np.frombuffer(buf[:usable], dtype="<f4").astype(np.float32)
+        err = proc.stderr.read().decode(errors="replace").strip()
+        if proc.wait() != 0 or total == 0:
+            raise AudioDecodeError(f"{path}: ffmpeg could not decode it ({err[:200] or 'no audio'})")
