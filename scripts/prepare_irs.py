@@ -8,4 +8,4 @@ p = snakemake.params
 o = p.opts
 summary = prepare_irs(list_audio_files(p.ir_dirs), p.out_dir, test_fraction=o["test_fraction"],
                       max_ir_s=o["max_ir_s"], simulate=dict(o["simulate"]), seed=o["seed"])
-log.info("IR banks: %s", summary)
+log.info("IR banks: %s", {k: v for k, v in summary.items() if k != "skipped"})  # skips are logged one by one

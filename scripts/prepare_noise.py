@@ -10,4 +10,4 @@ summary = prepare_noise(list_audio_files(p.noise_dirs), list_audio_files(p.speec
                         test_fraction=o["test_fraction"], max_clip_s=o["max_clip_s"],
                         babble_speakers=tuple(o["babble_speakers"]), babble_clips=o["babble_clips"],
                         babble_clip_s=o["babble_clip_s"], generated_clips=o["generated_clips"], seed=o["seed"])
-log.info("noise banks: %s", summary)
+log.info("noise banks: %s", {k: v for k, v in summary.items() if k != "skipped"})  # skips are logged one by one

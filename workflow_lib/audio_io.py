@@ -130,13 +130,22 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.nda
     return soxr.resample(audio, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
 
 
-def write_audio(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> None:
-    """Write float audio as 16-bit PCM (format from the suffix), via a temporary file so it is never half-written."""
+def write_audio(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE,
+                tags: dict[str, str] | None = None) -> None:
+    """Write float audio as 16-bit PCM (format from the suffix), via a temporary file so it is never half-written.
+
+    ``tags`` (e.g. title, artist, album) are written as file metadata where the format supports it (FLAC, WAV, OGG).
+    """
     from .atomic import atomic_path
 
+    audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sr, subtype="PCM_16" if Path(path).suffix.lower()
-                 in {".wav", ".flac"} else None)
+        subtype = "PCM_16" if Path(path).suffix.lower() in {".wav", ".flac"} else None
+        with sf.SoundFile(str(tmp), "w", sr, channels, subtype=subtype) as f:
+            for key, value in (tags or {}).items():
+                setattr(f, key, value)  # soundfile exposes the libsndfile string fields as attributes
+            f.write(audio)
 
 
 def _check_wav_complete(path: Path) -> None:
