@@ -1,0 +1,188 @@
+"""Listener benchmark: compute per decision, and seconds of audio until the first correct answer.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/listener_latency.py --results results [--excerpts 100] [--snr 10]
+
+Excerpts are cut at random (seeded) offsets from the database songs (paths from results/catalogue.parquet),
+degraded like the evaluation's queries (held-out test noise at --snr dB plus a held-out test impulse response:
+results/noise/test, results/irs/test) and streamed through ``ListenerCore`` hop by hop, exactly as the live
+listener does after resampling. Reported:
+
+* compute per decision (embedding of the newest segment + the window's sequence searches), p50 / p95 / max, with
+  the model on CPU at --threads threads, and the model preset and database size it was measured with;
+* seconds of audio until the first decision that names the right song, and the right song at the right offset
+  (within 0.5 s); median and p90 over the excerpts (an excerpt never named counts as infinite);
+* wrong-song declarations (a match or change to a song that is not playing), per excerpt;
+* song changes: pairs of degraded excerpts back to back, seconds after the change until the new song is named.
+
+Per decision the search work is bounded: one new segment goes to the index (its neighbours are cached for the
+window), and at most ``search.max_candidates`` alignments are re-scored over the window, so the figure grows little
+with the database beyond the index's own per-segment latency (bench/index_scale.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from workflow_lib import SAMPLE_RATE as SR  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default="results")
+    p.add_argument("--excerpts", type=int, default=100, help="degraded excerpts (default: %(default)s)")
+    p.add_argument("--length", type=float, default=12.0, help="seconds per excerpt (default: %(default)s)")
+    p.add_argument("--snr", type=float, default=10.0, help="SNR in dB of the test noise (default: %(default)s)")
+    p.add_argument("--no-reverb", action="store_true")
+    p.add_argument("--changes", type=int, default=30, help="song-change pairs (default: %(default)s)")
+    p.add_argument("--unknown", type=int, default=50,
+                   help="excerpts of songs outside the database (catalogue songs not in the index)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default=None, help="config merged over config/config.yaml (listen: section)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="override a listen: key, e.g. --set tail_s=2.5 (repeatable)")
+    p.add_argument("--query-path-contains", default=None, metavar="TEXT",
+                   help="draw excerpts only from database songs whose path contains TEXT (the other songs stay in "
+                        "the database as distractors)")
+    p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
+    return p.parse_args()
+
+
+def pct(x: list[float], q: float) -> float:
+    # "higher": no interpolation, so excerpts never named (inf) give inf rather than nan
+    return float(np.percentile(np.asarray(x, dtype=np.float64), q, method="higher")) if x else float("nan")
+
+
+def main() -> None:
+    args = parse_args()
+    import logging
+
+    import pandas as pd
+    import torch
+
+    from workflow_lib.audio_io import load_audio
+    from workflow_lib.clipbank import ClipBank
+    from workflow_lib.degrade import Degradation, degrade
+    from workflow_lib.listen_cli import load_settings
+    from workflow_lib.listener import MATCH, ListenerCore
+    from workflow_lib.search import Searcher
+
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    settings = load_settings(args.config, overrides)
+    cfg = settings.listen
+    r = Path(args.results)
+    searcher = Searcher.from_results(r, **{**settings.search, "device": "cpu"})
+    db = searcher.db
+    cat = pd.read_parquet(r / "catalogue.parquet").set_index("song_id")
+    ids = [str(s) for s in db.song_ids if str(s) in cat.index
+           and (args.query_path_contains is None or args.query_path_contains in str(cat.loc[str(s), "path"]))]
+    songs = {sid: load_audio(cat.loc[sid, "path"]) for sid in ids}
+    need = int((args.length + 1) * SR)
+    ids = [sid for sid in ids if len(songs[sid]) >= need]
+    noise, irs = ClipBank(r / "noise" / "test"), ClipBank(r / "irs" / "test")
+    spec = Degradation(snr_db=args.snr, reverb=not args.no_reverb)
+    rng = np.random.default_rng(args.seed)
+    n = int(args.length * SR)
+    preset = searcher.fingerprinter.model_config.preset if hasattr(searcher.fingerprinter, "model_config") else "?"
+    params = sum(p.numel() for p in searcher.fingerprinter.parameters())
+    print(f"results {r}: model preset {preset} ({params / 1e6:.2f} M parameters), {db.ntotal} fingerprints of "
+          f"{len(db.song_ids)} songs ({db.factory}); {len(ids)} query songs; threads {args.threads}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"listen settings: {cfg}")
+
+    def stream(core: ListenerCore, x: np.ndarray) -> list:
+        return [d for d in (core.push(x[a:a + 4000]) for a in range(0, len(x), 4000)) if d is not None]
+
+    first_song, first_exact, wrong, compute = [], [], 0, []
+    t0 = time.perf_counter()
+    for i in range(args.excerpts):
+        sid = ids[i % len(ids)]
+        audio = songs[sid]
+        start = int(rng.integers(0, len(audio) - n))
+        x, _ = degrade(audio, start, n, spec, rng, noise, irs)
+        core = ListenerCore(searcher, cfg)
+        ds = stream(core, x)
+        compute += [d.compute_ms for d in ds]
+        ok_song = [d.stream_s for d in ds if d.state == MATCH and d.song_id == sid]
+        ok_exact = [d.stream_s for d in ds if d.state == MATCH and d.song_id == sid
+                    and abs(d.song_offset_s - start / SR) <= 0.5]
+        first_song.append(ok_song[0] if ok_song else np.inf)
+        first_exact.append(ok_exact[0] if ok_exact else np.inf)
+        wrong += sum(1 for h in core.heard if h.song_id != sid)
+    wall = time.perf_counter() - t0
+
+    change_delay, change_missed, change_wrong = [], 0, 0
+    for i in range(args.changes):
+        a, b = rng.choice(len(ids), 2, replace=False)
+        sa, sb = ids[a], ids[b]
+        half = n // 2
+        pa = int(rng.integers(0, len(songs[sa]) - half))
+        pb = int(rng.integers(0, len(songs[sb]) - half))
+        xa, _ = degrade(songs[sa], pa, half, spec, rng, noise, irs)
+        xb, _ = degrade(songs[sb], pb, half, spec, rng, noise, irs)
+        core = ListenerCore(searcher, cfg)
+        ds = stream(core, np.concatenate([xa, xb]))
+        t_change = half / SR
+        named = [d.stream_s - t_change for d in ds if d.stream_s > t_change and d.state == MATCH and d.song_id == sb]
+        if named:
+            change_delay.append(named[0])
+        else:
+            change_missed += 1
+        change_wrong += sum(1 for h in core.heard if h.song_id not in (sa, sb))
+
+    # Music that is not in the database: every declaration is a false positive.
+    outside = [str(s) for s in cat.index if str(s) not in set(map(str, db.song_ids))
+               and (args.query_path_contains is None or args.query_path_contains in str(cat.loc[s, "path"]))]
+    false_decl, unknown_s = 0, 0.0
+    for i in range(args.unknown if outside else 0):
+        sid = outside[i % len(outside)]
+        audio = load_audio(cat.loc[sid, "path"])
+        if len(audio) <= n:
+            continue
+        start = int(rng.integers(0, len(audio) - n))
+        x, _ = degrade(audio, start, n, spec, rng, noise, irs)
+        core = ListenerCore(searcher, cfg)
+        stream(core, x)
+        false_decl += len(core.heard)
+        unknown_s += args.length
+
+    fin = [v for v in first_song if np.isfinite(v)]
+    out = {
+        "compute_ms_p50": pct(compute, 50), "compute_ms_p95": pct(compute, 95), "compute_ms_max": max(compute),
+        "first_song_median_s": pct(first_song, 50), "first_song_p90_s": pct(first_song, 90),
+        "first_exact_median_s": pct(first_exact, 50), "first_exact_p90_s": pct(first_exact, 90),
+        "named": len(fin), "excerpts": args.excerpts, "wrong_song_declarations": wrong,
+        "change_delay_median_s": float(np.median(change_delay)) if change_delay else float("nan"),
+        "change_missed": change_missed, "changes": args.changes, "change_wrong_song": change_wrong,
+        "unknown_minutes": unknown_s / 60, "unknown_false_declarations": false_decl,
+    }
+    print(f"compute per decision: p50 {out['compute_ms_p50']:.1f} ms, p95 {out['compute_ms_p95']:.1f} ms, "
+          f"max {out['compute_ms_max']:.1f} ms ({len(compute)} decisions; {wall:.1f} s for "
+          f"{args.excerpts * args.length:.0f} s of audio)")
+    print(f"{args.excerpts} excerpts of {args.length:g} s at {args.snr:g} dB SNR"
+          f"{'' if args.no_reverb else ' + reverb'}: named {len(fin)}/{args.excerpts}; audio until the first correct "
+          f"song: median {out['first_song_median_s']:.1f} s, p90 {out['first_song_p90_s']:.1f} s; right song and "
+          f"offset (+-0.5 s): median {out['first_exact_median_s']:.1f} s, p90 {out['first_exact_p90_s']:.1f} s; "
+          f"wrong-song declarations: {wrong}")
+    print(f"{args.changes} song changes: new song named after median {out['change_delay_median_s']:.1f} s, "
+          f"missed {change_missed}, wrong-song declarations {change_wrong}")
+    print(f"{unknown_s / 60:.1f} min of songs outside the database ({len(outside)} songs): {false_decl} false "
+          f"declarations")
+    if args.json:
+        print(json.dumps({k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in out.items()}))
+
+
+if __name__ == "__main__":
+    main()

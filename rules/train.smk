@@ -1,0 +1,59 @@
+# Model stage: decode the training/validation songs once into memory-mapped banks, then train the fingerprinter.
+# The train rule resumes from results/model/checkpoints/last.pt when it exists (deliberately not a declared output,
+# so Snakemake keeps it when a killed job is rerun); delete that folder to train from scratch.
+
+
+rule train_audio:
+    input:
+        songs=rules.manifest.output.songs,
+        splits=rules.split.output.splits,
+    output:
+        multiext(f"{RESULTS}/model/audio/{{split}}", ".npy", ".parquet"),
+    wildcard_constraints:
+        split="train|val",
+    params:
+        prefix=lambda w: f"{RESULTS}/model/audio/{w.split}",
+        max_songs=lambda w: config["train"]["val_max_songs"] if w.split == "val" else 0,
+        seed=config["train"]["seed"],
+    log:
+        f"{LOGS}/train_audio_{{split}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    script:
+        "../scripts/train_audio.py"
+
+
+rule train:
+    input:
+        train_audio=multiext(f"{RESULTS}/model/audio/train", ".npy", ".parquet"),
+        val_audio=multiext(f"{RESULTS}/model/audio/val", ".npy", ".parquet"),
+        noise=multiext(f"{RESULTS}/noise/train", ".npy", ".parquet"),
+        irs=multiext(f"{RESULTS}/irs/train", ".npy", ".parquet"),
+    output:
+        model=f"{RESULTS}/model/model.pt",
+        metrics=f"{RESULTS}/model/metrics.csv",
+        curves=f"{RESULTS}/model/training_curves.png",
+    params:
+        banks={
+            "train": f"{RESULTS}/model/audio/train",
+            "val": f"{RESULTS}/model/audio/val",
+            "noise": f"{RESULTS}/noise/train",
+            "irs": f"{RESULTS}/irs/train",
+        },
+        checkpoint=f"{RESULTS}/model/checkpoints/last.pt",
+        model=config["model"],
+        train=config["train"],
+    log:
+        f"{LOGS}/train.log",
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        # minutes: the training budget plus set-up and the final epoch's overrun
+        runtime=int(config["train"]["max_minutes"]) + 30,
+    script:
+        "../scripts/train.py"
+
+
+ALL_TARGETS.append(rules.train.output.model)

@@ -1,0 +1,12 @@
+"""Snakemake adapter: train (or reuse the training of) the FAISS index and add every fingerprint file."""
+from workflow_lib.index import TrainSettings, build_index, read_removed_songs
+from workflow_lib.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+o = snakemake.params.opts
+settings = TrainSettings(factory=o["factory"], flat_max=o["flat_max"], pq_m=o["pq_m"], max_train=o["max_train"],
+                         seed=o["seed"], retrain_growth=o["retrain_growth"])
+exclude = set(o["remove_songs"]) | read_removed_songs(snakemake.input.removed)
+build_index(list(snakemake.input.shards) + list(snakemake.input.added), snakemake.params.out_dir,
+            settings=settings, exclude_songs=exclude, nprobe=o["nprobe"], rerank=o["rerank"],
+            threads=snakemake.threads)

@@ -1,0 +1,11 @@
+"""Snakemake adapter: fingerprint one shard of the database songs into results/fingerprints/shard-{i}.parquet."""
+from workflow_lib.extract import extract_shard
+from workflow_lib.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+p = snakemake.params
+o = p.opts
+extract_shard(snakemake.input.songs, snakemake.input.splits, snakemake.input.model, snakemake.output[0],
+              shard=int(snakemake.wildcards.shard), n_shards=o["n_shards"], include_splits=list(o["splits"]),
+              batch_size=o["batch_size"], device=o["device"], threads=snakemake.threads, dtype=o["dtype"],
+              compile_model=o["compile"], reuse=o["reuse"], chunk_seconds=o["chunk_seconds"])

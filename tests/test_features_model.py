@@ -1,0 +1,203 @@
+"""Front end, encoder, division head and the model file (generated signals only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workflow_lib.features import FrontendConfig, LogMelFrontend
+from workflow_lib.model import (DivisionHead, Encoder, Fingerprinter, ModelConfig, count_parameters, elu,
+                                model_config_from)
+from workflow_lib.model_io import (MODEL_FORMAT, ModelFileError, load_fingerprinter, model_checksum, read_model_file,
+                                   save_model)
+
+TINY = ModelConfig(channels=[4, 4, 8, 8, 8, 8, 16, 16], dim=8, head_hidden=4, preset="small")
+
+
+def tone(freq: float, n: int = 8000, sr: int = 8000, amp: float = 0.5) -> torch.Tensor:
+    return amp * torch.sin(2 * torch.pi * freq * torch.arange(n) / sr)
+
+
+def test_frontend_shape_and_per_sample_max_normalisation():
+    fe = LogMelFrontend()
+    wav = torch.stack([tone(440), 0.01 * tone(1500), torch.zeros(8000)])
+    spec = fe(wav)
+    assert spec.shape == (3, 1, 256, 32)
+    assert spec.dtype == torch.float32
+    # Each sample's own maximum is 0 (not the batch's), so quiet inputs are not pushed to the floor.
+    assert torch.allclose(spec.amax(dim=(1, 2, 3)), torch.zeros(3))
+    assert (spec <= 0).all()
+    # Silence is flat: log10(0 + 0.06) everywhere, minus itself.
+    assert torch.all(spec[2] == 0)
+
+
+def test_frontend_puts_a_tone_in_the_right_band():
+    fe = LogMelFrontend()
+    c = fe.config
+    spec = fe(torch.stack([tone(500), tone(2500)]))
+    peak_band = spec[:, 0, :, 16].argmax(dim=-1)
+    assert 0 < peak_band[0] < peak_band[1] < c.n_mels - 1
+    # Slaney mel over 300-4000 Hz: 500 Hz lies in the lowest third of the bands, 2500 Hz in the upper half.
+    assert peak_band[0] < c.n_mels // 3 and peak_band[1] > c.n_mels // 2
+
+
+def test_frontend_batch_independent():
+    fe = LogMelFrontend()
+    a, b = tone(700), 0.001 * tone(1200)
+    together = fe(torch.stack([a, b]))
+    alone = fe(b[None])
+    assert torch.allclose(together[1], alone[0], atol=1e-5)
+
+
+def test_frontend_rejects_wrong_rank():
+    with pytest.raises(ValueError, match="batch, samples"):
+        LogMelFrontend()(torch.zeros(8000))
+
+
+def test_frontend_config_round_trip():
+    c = FrontendConfig()
+    assert FrontendConfig.from_dict(c.to_dict()) == c
+    assert c.n_frames == 32
+    with pytest.raises(ValueError, match="unknown"):
+        FrontendConfig.from_dict({**c.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize("preset", ["small", "nafp"])
+def test_fingerprinter_shapes_and_unit_norm(preset):
+    torch.manual_seed(0)
+    model = Fingerprinter(model_config_from(preset)).eval()
+    with torch.inference_mode():
+        z = model(torch.randn(3, 8000) * 0.1)
+    assert z.shape == (3, 128)
+    assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_preset_sizes():
+    nafp = count_parameters(Fingerprinter(model_config_from("nafp")))
+    small = count_parameters(Fingerprinter(model_config_from("small")))
+    assert 16_000_000 < nafp < 18_000_000  # the paper's ~17 M (full-shape LayerNorm affines included)
+    assert small < nafp / 5
+
+
+def test_encoder_reduces_to_one_by_one_with_nafp_strides():
+    enc = Encoder(TINY)
+    shapes = []
+    x = torch.zeros(2, 1, 256, 32)
+    for block in enc.blocks:
+        x = block(x)
+        shapes.append(tuple(x.shape[2:]))
+    # Frequency halves in every block; time halves except in blocks 5 and 7 (NAFP strides).
+    assert shapes == [(128, 16), (64, 8), (32, 4), (16, 2), (8, 2), (4, 1), (2, 1), (1, 1)]
+
+
+def test_layer_norm_covers_channels_freq_time():
+    enc = Encoder(TINY)
+    assert tuple(enc.blocks[0].norm_t.normalized_shape) == (4, 256, 16)
+
+
+def test_division_head_equals_separate_group_mlps():
+    torch.manual_seed(1)
+    head = DivisionHead(channels=16, dim=4, hidden=3)
+    x = torch.randn(5, 16)
+    out = head(x)
+    w1, b1 = head.fc1.weight[:, :, 0], head.fc1.bias  # (dim*hidden, C/dim)
+    w2, b2 = head.fc2.weight[:, :, 0], head.fc2.bias  # (dim, hidden)
+    expected = []
+    for g in range(4):
+        xg = x[:, 4 * g:4 * g + 4]
+        h = F.elu(xg @ w1[3 * g:3 * g + 3].T + b1[3 * g:3 * g + 3])
+        expected.append(h @ w2[g] + b2[g])
+    assert torch.allclose(out, torch.stack(expected, 1), atol=1e-6)
+
+
+def test_cpu_elu_matches_reference_value_and_gradient():
+    x = torch.linspace(-30, 5, 1001, dtype=torch.float32, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = elu(x), F.elu(x_ref)
+    assert torch.allclose(y, y_ref, atol=1e-6)
+    y.sum().backward()
+    y_ref.sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-6)
+
+
+def test_model_config_validation():
+    with pytest.raises(ValueError, match="divisible by dim"):
+        ModelConfig(channels=[4] * 8, dim=3)
+    with pytest.raises(ValueError, match="time strides"):
+        ModelConfig(channels=[4] * 7, dim=4)
+    with pytest.raises(ValueError, match="unknown preset"):
+        model_config_from("huge")
+    cfg = model_config_from("nafp", channels=[8] * 8, dim=8)
+    assert cfg.channels == [8] * 8 and cfg.dim == 8 and cfg.preset == "nafp"
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# --- model file --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def saved_model(tmp_path):
+    torch.manual_seed(2)
+    model = Fingerprinter(TINY).eval()
+    path = tmp_path / "model.pt"
+    save_model(path, model.state_dict(), model.model_config, model.frontend_config, {"epochs": 3, "val_top1": 0.5})
+    return model, path
+
+
+def test_model_file_round_trip(saved_model):
+    model, path = saved_model
+    payload = torch.load(path, weights_only=True)  # no pickled code needed
+    assert payload["format"] == MODEL_FORMAT and payload["train_meta"]["epochs"] == 3
+    loaded = load_fingerprinter(path)
+    assert not loaded.training
+    wav = torch.randn(2, 8000) * 0.1
+    with torch.inference_mode():
+        assert torch.equal(loaded(wav), model(wav))
+    assert loaded.model_config == TINY and loaded.dim == 8
+
+
+def test_model_checksum(saved_model, tmp_path):
+    _, path = saved_model
+    c = model_checksum(path)
+    assert len(c) == 16 and int(c, 16) >= 0
+    assert model_checksum(path) == c
+    other = tmp_path / "other.pt"
+    other.write_bytes(path.read_bytes() + b"x")
+    assert model_checksum(other) != c
+
+
+def test_model_file_errors_name_the_file(saved_model, tmp_path):
+    _, path = saved_model
+    with pytest.raises(ModelFileError, match="not found"):
+        load_fingerprinter(tmp_path / "missing.pt")
+    with pytest.raises(ModelFileError, match="not found"):
+        model_checksum(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ModelFileError, match="truncated.pt.*corrupt"):
+        load_fingerprinter(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(2000))
+    with pytest.raises(ModelFileError, match="garbage.pt"):
+        read_model_file(garbage)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"format": "something-else", "state_dict": {}}, wrong)
+    with pytest.raises(ModelFileError, match="not a nafp-model/1"):
+        load_fingerprinter(wrong)
+    mismatched = tmp_path / "mismatched.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"]["channels"] = [8] * 8
+    torch.save(payload, mismatched)
+    with pytest.raises(ModelFileError, match="do not match"):
+        load_fingerprinter(mismatched)
+
+
+def test_cpu_inference_in_chunks_equals_one_batch():
+    torch.manual_seed(3)
+    model = Fingerprinter(TINY).eval()
+    wav = torch.randn(70, 8000) * 0.1  # > CPU_INFERENCE_CHUNK: split into 32 + 32 + 6
+    with torch.no_grad():
+        chunked = model(wav)
+    whole = model(wav).detach()  # grad enabled: one batch
+    assert torch.allclose(chunked, whole, atol=1e-5)

@@ -1,0 +1,440 @@
+"""Realtime listener: ring buffer, neighbour cache, decision logic driven deterministically through
+``ListenerCore.push``, the file path end to end on a tiny trained database, and the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.listener_helpers import listener_world
+from tests.search_helpers import build_searcher, synth_song
+from workflow_lib.audio_io import resample
+from workflow_lib.degrade import Degradation, degrade
+from workflow_lib.devices import FileSource
+from workflow_lib.index import FingerprintDB, RowMap, normalize
+from workflow_lib.listen_cli import Display, load_settings
+from workflow_lib.listener import (LISTENING, MATCH, SILENCE, Listener, ListenConfig, ListenerCore, NeighbourCache,
+                                   RingBuffer)
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 8000
+
+
+# ------------------------------------------------------------------------------------------------ ring buffer
+
+def test_ring_buffer_returns_samples_in_order_across_the_wrap():
+    ring = RingBuffer(10)
+    ring.write(np.arange(7, dtype=np.float32))
+    out, lost = ring.read()
+    assert lost == 0 and out.tolist() == list(range(7))
+    ring.write(np.arange(7, 13, dtype=np.float32))  # wraps around the end of the 10-sample buffer
+    out, lost = ring.read()
+    assert lost == 0 and out.tolist() == list(range(7, 13))
+    assert ring.read()[0].size == 0
+
+
+def test_ring_buffer_overrun_keeps_the_newest_and_counts_the_loss():
+    ring = RingBuffer(8)
+    ring.write(np.arange(5, dtype=np.float32))
+    ring.write(np.arange(5, 12, dtype=np.float32))  # 12 written, capacity 8: the 4 oldest are gone
+    out, lost = ring.read()
+    assert lost == 4 and out.tolist() == list(range(4, 12)) and ring.dropped == 4
+    ring.write(np.arange(100, 130, dtype=np.float32))  # one write larger than the whole ring
+    out, lost = ring.read()
+    assert lost == 22 and out.tolist() == list(range(122, 130)) and ring.dropped == 26
+
+
+# ------------------------------------------------------------------------------------------------ neighbour cache
+
+def _random_db(n: int = 300, dim: int = 16) -> FingerprintDB:
+    rng = np.random.default_rng(0)
+    vectors = normalize(rng.standard_normal((n, dim)).astype(np.float32)).astype(np.float16)
+    index = faiss.IndexFlatIP(dim)
+    index.add(normalize(vectors))
+    return FingerprintDB(index, RowMap.from_counts(["a", "b", "c"], [100, 100, 100]), vectors,
+                         {"model_checksum": "test", "ntotal": n})
+
+
+def test_neighbour_cache_sends_only_new_segments_to_the_index_and_returns_the_same_answers():
+    db = _random_db()
+    cache = NeighbourCache(db, capacity=8)
+    q = normalize(np.random.default_rng(1).standard_normal((6, 16)).astype(np.float32))
+    sims, rows = cache.search(q[:4], 5)
+    assert cache.index_queries == 4
+    sims2, rows2 = cache.search(q[1:6], 5)  # the window slid by one and grew by one: 2 new segments
+    assert cache.index_queries == 6
+    ref_sims, ref_rows = db.search(q[1:6], 5)
+    np.testing.assert_array_equal(rows2, ref_rows)
+    np.testing.assert_allclose(sims2, ref_sims)
+    assert cache.n_songs == 3  # everything else goes to the database
+
+
+# ------------------------------------------------------------------------------------------------ decisions
+
+@pytest.fixture(scope="module")
+def synth():
+    """Four synthetic songs and a real searcher over them (spectral encoder, exact index, fixed threshold 0.5)."""
+    songs = {f"s{i}": synth_song(i, 20.0) for i in range(4)}
+    return songs, build_searcher(songs)
+
+
+def drive(core: ListenerCore, audio: np.ndarray, chunk: int = 4000) -> list:
+    out = []
+    for a in range(0, len(audio), chunk):
+        d = core.push(audio[a:a + chunk])
+        if d is not None:
+            out.append(d)
+    return out
+
+
+def test_one_decision_per_hop_whatever_the_chunk_size(synth):
+    songs, searcher = synth
+    x = songs["s1"][: 6 * SR]
+    hop, odd, double = (drive(ListenerCore(searcher), x, chunk) for chunk in (4000, 333, 8000))
+    # segments end at 1.0, 1.5, ..., 6.0 s: one decision each, identical for any chunking
+    assert [d.stream_s for d in hop] == pytest.approx(np.arange(1.0, 6.01, 0.5))
+    key = [(d.stream_s, d.state, d.song_id, d.song_offset_s, d.streak, d.score) for d in hop]
+    assert key == [(d.stream_s, d.state, d.song_id, d.song_offset_s, d.streak, d.score) for d in odd]
+    # A chunk that completes two hops is embedded in one batch and decided once, for the newest hop.
+    assert [d.stream_s for d in double] == pytest.approx(np.arange(1.0, 6.01, 1.0))
+    assert (double[-1].state, double[-1].song_id, double[-1].song_offset_s) == (MATCH, "s1", 0.0)
+
+
+def test_each_hop_embeds_only_the_newest_segment_and_searches_the_index_for_it_only(synth):
+    songs, searcher = synth
+    core = ListenerCore(searcher, ListenConfig(window_s=3.0, tail_s=2.0))
+    seen = []
+    fp = searcher.fingerprinter
+    hook = fp.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    try:
+        ds = drive(core, songs["s0"][: 8 * SR])
+    finally:
+        hook.remove()
+    assert len(ds) == 15 and seen == [1] * 15
+    assert core._db.index_queries == 15  # the window's older segments come from the cache
+
+
+def test_a_match_needs_k_agreeing_hops_and_gives_song_and_offset(synth):
+    songs, searcher = synth
+    start = 3 * SR + 1000  # 3.125 s into the song
+    x = songs["s2"][start:start + 8 * SR]
+    for k in (2, 4):
+        core = ListenerCore(searcher, ListenConfig(consistent_hops=k, min_match_s=1.0))
+        ds = drive(core, x)
+        first = next(i for i, d in enumerate(ds) if d.state == MATCH)
+        assert all(d.above_threshold for d in ds[:first + 1])
+        assert first == k - 1, "declared on the K-th hop above the threshold"
+        assert ds[first].event == "match" and ds[first].song_id == "s2" and ds[first].title == "Title s2"
+        assert ds[-1].song_offset_s == pytest.approx(start / SR, abs=0.5)
+        # the position in the song advances with the stream clock
+        pos = [d.song_pos_s for d in ds[first:]]
+        assert np.diff(pos) == pytest.approx(0.5)
+    assert [h.song_id for h in core.heard] == ["s2"]
+
+
+def test_min_match_s_delays_the_declaration_until_the_window_is_long_enough(synth):
+    songs, searcher = synth
+    ds = drive(ListenerCore(searcher, ListenConfig(consistent_hops=1, min_match_s=3.0)), songs["s3"][: 6 * SR])
+    first = next(d for d in ds if d.state == MATCH)
+    assert first.stream_s == 3.0 and first.n_segments == 5
+
+
+def test_song_change_is_followed_and_the_old_segments_are_dropped(synth):
+    songs, searcher = synth
+    x = np.concatenate([songs["s1"][2 * SR:12 * SR], songs["s2"][1 * SR:11 * SR]])  # change at 10 s
+    core = ListenerCore(searcher, ListenConfig(window_s=5.0, tail_s=2.0))
+    ds = drive(core, x)
+    assert [h.song_id for h in core.heard] == ["s1", "s2"]
+    first, second = core.heard
+    assert first.song_offset_s == pytest.approx(2.0, abs=0.5)
+    assert second.song_offset_s == pytest.approx(1.0 - 10.0, abs=0.5)  # stream 10 s = song 1 s
+    change = next(d for d in ds if d.event == "change")
+    assert 10.0 < change.stream_s <= 13.0
+    assert any(d.window_cut for d in ds if 10.0 < d.stream_s <= change.stream_s)
+    assert ds[-1].state == MATCH and ds[-1].song_id == "s2"
+
+
+def test_silence_drops_the_match_at_once_and_the_next_song_is_picked_up(synth):
+    songs, searcher = synth
+    x = np.concatenate([songs["s0"][: 6 * SR], np.zeros(3 * SR, np.float32), songs["s3"][4 * SR:10 * SR]])
+    core = ListenerCore(searcher)
+    ds = drive(core, x)
+    lost = next(d for d in ds if d.event == "lost")
+    assert lost.state == SILENCE and 6.0 < lost.stream_s <= 7.0
+    assert all(d.state == SILENCE for d in ds if 7.0 <= d.stream_s <= 9.0)
+    assert [h.song_id for h in core.heard] == ["s0", "s3"]
+    assert core.heard[1].song_offset_s == pytest.approx(4.0 - 9.0, abs=0.5)
+
+
+def test_unknown_music_is_released_after_release_hops(synth):
+    songs, searcher = synth
+    x = np.concatenate([songs["s1"][: 6 * SR], synth_song(77, 12.0)])
+    core = ListenerCore(searcher, ListenConfig(release_hops=3))
+    ds = drive(core, x)
+    lost = next(d for d in ds if d.event == "lost")
+    misses = [d for d in ds if 6.0 < d.stream_s <= lost.stream_s and not d.above_threshold]
+    assert len(misses) >= 3 and ds[-1].state == LISTENING
+    assert [h.song_id for h in core.heard] == ["s1"]
+
+
+def test_a_gap_restarts_the_window_and_keeps_stream_time(synth):
+    songs, searcher = synth
+    core = ListenerCore(searcher)
+    drive(core, songs["s1"][: 4 * SR])
+    core.skip(2 * SR + 123)  # audio lost (worker behind): 2.015 s
+    ds = drive(core, songs["s1"][int(6.015 * SR):int(6.015 * SR) + 4 * SR])
+    # the next segment starts on the 0.5 s grid after the gap, so no decision before 6.5 + 1.0 s
+    assert ds[0].stream_s == 7.5 and ds[0].n_segments == 1
+    assert ds[-1].song_offset_s == pytest.approx(0.0, abs=0.5)
+
+
+def test_listen_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="tail_s"):
+        ListenConfig(window_s=3.0, tail_s=4.0)
+    with pytest.raises(ValueError, match="unknown listen config keys"):
+        ListenConfig.from_dict({"windw_s": 3})
+
+
+# ------------------------------------------------------------------------------------------------ file path e2e
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, request):
+    return listener_world(tmp_path_factory, getattr(request.config, "cache", None))
+
+
+def _degraded(world, song_id: str, start_s: float, length_s: float, seed: int, snr_db: float = 10.0) -> np.ndarray:
+    """Held-out test noise at ``snr_db`` plus a held-out room's reverb."""
+    rng = np.random.default_rng(seed)
+    audio = world.songs[song_id]
+    x, _ = degrade(audio, int(start_s * SR), int(length_s * SR), Degradation(snr_db=snr_db, reverb=True), rng,
+                   world.noise, world.irs)
+    return x
+
+
+def _listen_file(world, path: Path, config: ListenConfig | None = None):
+    from workflow_lib.search import Searcher
+
+    searcher = Searcher.from_results(world.results, device="cpu")
+    decisions = []
+    core = ListenerCore(searcher, config or ListenConfig())
+    summary = Listener(core, FileSource(path, realtime=False), decisions.append).run()
+    return decisions, summary
+
+
+def test_degraded_excerpt_is_named_with_the_right_offset(world, tmp_path):
+    sid = world.db_ids[2]
+    x = _degraded(world, sid, 6.3, 12.0, seed=3)
+    path = tmp_path / "excerpt.wav"
+    sf.write(path, resample(x, SR, 44100), 44100)  # a 44.1 kHz file: the resampling path of a sound card
+    decisions, summary = _listen_file(world, path)
+    matched = [d for d in decisions if d.state == MATCH]
+    assert matched and matched[0].song_id == sid and matched[0].stream_s <= 6.0
+    assert [h.song_id for h in summary.heard] == [sid]
+    # With a full window the offset is the excerpt's start in the song (a short window may first settle on a
+    # repeated section; the match is then re-synchronised, not re-declared), and the position advances with time.
+    assert decisions[-1].state == MATCH and decisions[-1].song_offset_s == pytest.approx(6.3, abs=0.5)
+    assert summary.heard[0].song_offset_s == pytest.approx(6.3, abs=0.5)
+    assert decisions[-1].song_pos_s == pytest.approx(6.3 + 12.0, abs=0.5)
+    assert summary.overflows == 0 and summary.dropped_s == 0 and summary.stream_s == pytest.approx(12.0, abs=0.1)
+
+
+def test_song_change_mid_stream_is_followed_on_a_real_database(world, tmp_path):
+    a, b = world.db_ids[0], world.db_ids[3]
+    x = np.concatenate([_degraded(world, a, 2.0, 10.0, seed=5), _degraded(world, b, 8.0, 10.0, seed=6)])
+    path = tmp_path / "change.flac"
+    sf.write(path, x, SR)
+    decisions, summary = _listen_file(world, path)
+    assert [h.song_id for h in summary.heard] == [a, b]
+    second = summary.heard[1]
+    assert 10.0 < second.declared_s <= 14.0
+    assert second.song_offset_s == pytest.approx(8.0 - 10.0, abs=0.5)
+    assert decisions[-1].state == MATCH and decisions[-1].song_id == b
+
+
+def test_silence_and_an_unknown_song_give_no_match(world, tmp_path):
+    rng = np.random.default_rng(9)
+    quiet_room = 10 ** (-70 / 20) * rng.standard_normal(3 * SR).astype(np.float32)  # -70 dBFS: below silence_dbfs
+    unknown = _degraded(world, world.unknown_id, 1.0, 15.0, seed=10)
+    clean_unknown = world.songs[world.unknown_id][: 8 * SR]
+    path = tmp_path / "unknown.wav"
+    sf.write(path, np.concatenate([np.zeros(2 * SR, np.float32), quiet_room, unknown, clean_unknown]), SR)
+    decisions, summary = _listen_file(world, path)
+    assert summary.heard == [] and all(d.state != MATCH for d in decisions)
+    assert all(d.state == SILENCE for d in decisions if d.stream_s <= 5.0)
+    assert sum(d.state == LISTENING for d in decisions) > 30
+
+
+def test_realtime_file_playback_runs_in_threads_and_names_the_song(world, tmp_path):
+    sid = world.db_ids[1]
+    path = tmp_path / "rt.wav"
+    sf.write(path, world.songs[sid][4 * SR:8 * SR], SR)  # 4 s at real speed
+    decisions = []
+    from workflow_lib.search import Searcher
+
+    core = ListenerCore(Searcher.from_results(world.results, device="cpu"))
+    listener = Listener(core, FileSource(path, realtime=True, block_s=0.02), decisions.append)
+    listener.start()
+    assert listener.join(30.0), "the worker should end with the file"
+    summary = listener.summary()
+    assert [h.song_id for h in summary.heard] == [sid]
+    # (when the worker lags, two hops are decided at once; no timing is asserted, only order and coverage)
+    times = [d.stream_s for d in decisions]
+    assert times == sorted(set(times)) and times[0] >= 1.0 and times[-1] == 4.0
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "listen.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_file_fast_json(world, tmp_path):
+    sid = world.db_ids[4]
+    path = tmp_path / "q.wav"
+    sf.write(path, _degraded(world, sid, 3.0, 8.0, seed=12, snr_db=20.0), SR)
+    res = run_cli("--results", str(world.results), "--input", str(path), "--fast", "--json",
+                  "--search-device", "cpu")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    decisions = [x for x in lines if x["type"] == "decision"]
+    summary = lines[-1]
+    assert summary["type"] == "summary" and [h["song_id"] for h in summary["heard"]] == [sid]
+    assert summary["heard"][0]["song_start_s"] == pytest.approx(3.0, abs=1.0)
+    assert len(decisions) == 15 and all(d["compute_ms"] >= 0 for d in decisions)
+    assert any(d["event"] == "match" for d in decisions)
+
+
+@pytest.fixture(scope="module")
+def listen_main():
+    """``scripts/listen.py``'s ``main``, called in this process (no interpreter start per case)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("listen_script", REPO / "scripts" / "listen.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_cli_text_output_and_summary(world, tmp_path, listen_main, capsys):
+    sid = world.db_ids[0]
+    path = tmp_path / "q.flac"
+    sf.write(path, world.songs[sid][SR:7 * SR], SR)
+    rc = listen_main(["--results", str(world.results), "--input", str(path), "--fast", "--window", "4",
+                      "--consistent", "3", "--search-device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "now playing:" in out and "Heard 1 song" in out and "ms/decision" in out and "window 4 s" in out
+
+
+def test_cli_clear_errors(tmp_path, listen_main, capsys):
+    assert listen_main(["--results", str(tmp_path / "nothing"), "--input", str(tmp_path / "missing.wav")]) == 2
+    assert "missing.wav" in capsys.readouterr().err
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(SR, np.float32), SR)
+    assert listen_main(["--results", str(tmp_path / "nothing"), "--input", str(wav)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the database" in err and "nothing" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen:\n  windw_s: 3\n")
+    assert listen_main(["--config", str(bad), "--input", str(wav)]) == 2
+    assert "windw_s" in capsys.readouterr().err
+
+
+def test_cli_names_a_missing_device_and_lists_devices(world, listen_main, capsys):
+    assert listen_main(["--results", str(world.results), "--device", "no-such-device-xyz"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-device-xyz" in err and ("Input devices" in err or "PortAudio" in err)
+    assert listen_main(["--list-devices"]) == 0
+    assert "input devices" in capsys.readouterr().out.lower()
+
+
+def test_settings_merge_user_config_and_overrides(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("listen:\n  window_s: 4.0\n  release_hops: 6\nsearch:\n  top_k: 7\n")
+    s = load_settings(user, {"consistent_hops": 3, "window_s": None})
+    assert s.listen.window_s == 4.0 and s.listen.release_hops == 6 and s.listen.consistent_hops == 3
+    assert s.search["top_k"] == 7 and s.threads == 1 and s.device is None
+    user.write_text("listen:\n  window_s: many\n")
+    with pytest.raises(ValueError, match="window_s"):
+        load_settings(user)
+
+
+def test_display_writes_json_lines_without_nan(synth):
+    import io
+
+    songs, searcher = synth
+    out = io.StringIO()
+    display = Display(json_lines=True, out=out)
+    core = ListenerCore(searcher)
+    for d in drive(core, np.concatenate([np.zeros(SR, np.float32), songs["s0"][: 3 * SR]])):
+        display(d)
+    display.summary(core.summary())
+    assert "NaN" not in out.getvalue() and "Infinity" not in out.getvalue()  # strict JSON has neither
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert rows[0]["state"] == SILENCE and rows[0]["score"] is None and rows[-1]["type"] == "summary"
+
+
+# ------------------------------------------------------------------------------------------------ device errors
+
+class _FakeSoundDevice:
+    """Stands in for the sounddevice module where no sound card exists: one input device that is busy."""
+
+    class PortAudioError(Exception):
+        pass
+
+    class _Default:
+        device = (0, -1)
+
+    default = _Default()
+    DEV = {"index": 0, "name": "USB Mic", "hostapi": 0, "max_input_channels": 2, "default_samplerate": 48000.0}
+
+    def query_devices(self, device=None, kind=None):
+        if device is None and kind is None:
+            return [self.DEV]
+        if device in (None, 0, "USB"):
+            return self.DEV
+        raise ValueError(f"No input device matching {device!r}")
+
+    def query_hostapis(self):
+        return [{"name": "ALSA"}]
+
+    def InputStream(self, **kw):
+        raise self.PortAudioError("Device unavailable [PaErrorCode -9985]")
+
+
+def test_busy_device_gives_a_clear_error_listing_the_devices(monkeypatch):
+    import workflow_lib.devices as devices
+
+    fake = _FakeSoundDevice()
+    monkeypatch.setattr(devices, "_sounddevice", lambda: fake)
+    src = devices.SoundDeviceSource("USB")
+    assert (src.sample_rate, src.name) == (48000, "USB Mic")  # the device's native rate
+    with pytest.raises(devices.ListenerError) as err:
+        src.start(lambda x: None)
+    msg = str(err.value)
+    assert "Device unavailable" in msg and "another program" in msg and "USB Mic" in msg and "48000 Hz" in msg
+    with pytest.raises(devices.ListenerError, match="'Nope'.*\n.*USB Mic"):
+        devices.SoundDeviceSource("Nope")
+
+
+def test_capture_callback_mixes_to_mono_and_counts_overflows_without_failing(monkeypatch):
+    import types
+
+    import workflow_lib.devices as devices
+
+    monkeypatch.setattr(devices, "_sounddevice", lambda: _FakeSoundDevice())
+    src = devices.SoundDeviceSource(None)
+    got = []
+    src._sink = got.append
+    block = np.stack([np.full(4, 0.2, np.float32), np.full(4, 0.4, np.float32)], axis=1)
+    src._callback(block, 4, None, types.SimpleNamespace(input_overflow=False))
+    src._callback(block, 4, None, types.SimpleNamespace(input_overflow=True))
+    assert src.overflows == 1 and len(got) == 2 and np.allclose(got[1], 0.3)

@@ -1,0 +1,158 @@
+"""scripts/query.py on a results folder built with the real extraction, index and catalogue functions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from tests.search_helpers import SR, SpectralEncoder, synth_song
+from workflow_lib import model_io
+from workflow_lib.audio_io import write_audio
+from workflow_lib.calibrate import collect_null_scores, fit_calibration
+from workflow_lib.catalogue import COLUMNS
+from workflow_lib.extract import extract_songs, fingerprinter_identity
+from workflow_lib.features import FrontendConfig
+from workflow_lib.evaluate import QueryPlan
+from workflow_lib.index import FingerprintDB, build_index
+from workflow_lib.model import Fingerprinter, ModelConfig
+from workflow_lib.search import Searcher
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "query.py"
+TINY = ModelConfig(channels=[8, 8, 16, 16, 16, 16, 32, 32], dim=16, head_hidden=8)
+DIM = 16  # the test encoder's output size matches the tiny model's, so the real model can search the index
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("query_cli", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A results folder: model.pt (a real, untrained tiny model: it fixes the format and checksum), fingerprints
+    of three songs made by the spectral test encoder, the FAISS index, the catalogue and a threshold file."""
+    root = tmp_path_factory.mktemp("run")
+    r = root / "results"
+    torch.manual_seed(0)
+    model_io.save_model(r / "model" / "model.pt", Fingerprinter(TINY).state_dict(), TINY, FrontendConfig(), {})
+    checksum = model_io.model_checksum(r / "model" / "model.pt")
+    songs = []
+    for i, (title, artist) in enumerate([("Harbor Lights", "The Sine Waves"), ("Copper Engine", "Nyquist"),
+                                         ("Quiet Garden", "Half Step")]):
+        p = root / "music" / f"{i:02d} {artist} - {title}.flac"
+        p.parent.mkdir(exist_ok=True)
+        write_audio(p, synth_song(40 + i, 25.0))
+        songs.append({"song_id": f"song{i}", "path": str(p), "title": title, "artist": artist})
+    songs = pd.DataFrame(songs)
+    enc = SpectralEncoder(dim=DIM)
+    extract_songs(enc, fingerprinter_identity(enc, checksum), songs, r / "fingerprints" / "shard-0.parquet",
+                  device="cpu")
+    build_index([r / "fingerprints" / "shard-0.parquet"], r / "index")
+    songs[COLUMNS].to_parquet(r / "catalogue.parquet", index=False)
+    # The no-match threshold as the calibrate rule fits it: from queries of songs outside the database.
+    null = []
+    for i in range(3):
+        p = root / "other" / f"n{i}.flac"
+        p.parent.mkdir(exist_ok=True)
+        write_audio(p, synth_song(700 + i, 20.0))
+        null.append({"song_id": f"n{i}", "path": str(p), "duration_s": 20.0})
+    searcher = Searcher(SpectralEncoder(dim=DIM), FingerprintDB.load(r / "index"), device="cpu")
+    plan = QueryPlan(lengths_s=(1, 3, 10), snr_db=(), reverb=False)
+    scores = collect_null_scores(searcher, pd.DataFrame(null), None, None, plan, 30, 0.0, 0)
+    fit_calibration(scores, 0.02, {"model_checksum": checksum}).save(r / "index" / "threshold.json")
+    return r
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """The CLI module with the untrained model swapped for the spectral test encoder the database was made with."""
+    monkeypatch.setattr(model_io, "load_fingerprinter", lambda path, device="cpu": SpectralEncoder(dim=DIM).to(device))
+    return _load_cli()
+
+
+def _query_files(tmp_path: Path) -> dict[str, Path]:
+    song1 = synth_song(41, 25.0)
+    files = {}
+    files["wav"] = tmp_path / "clip.wav"
+    sf.write(files["wav"], song1[6 * SR:12 * SR], SR)  # song1 from 6.0 s
+    files["mp3"] = tmp_path / "clip.mp3"  # 44.1 kHz stereo MP3 of song2 from 10.5 s
+    import soxr
+    hi = soxr.resample(synth_song(42, 25.0)[int(10.5 * SR):int(18.5 * SR)], SR, 44100)
+    sf.write(files["mp3"], np.stack([hi, hi], 1), 44100, format="MP3")
+    files["unknown"] = tmp_path / "unknown.ogg"
+    sf.write(files["unknown"], synth_song(777, 10.0), SR, format="OGG")
+    files["broken"] = tmp_path / "broken.flac"
+    files["broken"].write_bytes(b"fLaC not really")
+    return files
+
+
+def test_json_output_names_song_offset_and_no_match(results, cli, tmp_path, capsys):
+    f = _query_files(tmp_path)
+    rc = cli.main([str(f["wav"]), str(f["mp3"]), str(f["unknown"]), str(f["broken"]), "--results", str(results),
+                   "--json", "--device", "cpu"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 1  # one file could not be read; the others are still answered
+    wav, mp3, unknown, broken = rows
+    assert wav["match"] and wav["song_id"] == "song1" and wav["title"] == "Copper Engine"
+    assert wav["artist"] == "Nyquist" and abs(wav["offset_s"] - 6.0) <= 0.25 and wav["confidence"] == 1.0
+    assert wav["seconds"] > 0 and wav["query_s"] == pytest.approx(6.0, abs=0.01)
+    assert mp3["match"] and mp3["song_id"] == "song2" and abs(mp3["offset_s"] - 10.5) <= 0.25
+    assert not unknown["match"] and unknown["score"] < unknown["threshold"]
+    assert "broken.flac" in broken["error"]
+
+
+def test_table_output_and_vote_mode(results, cli, tmp_path, capsys):
+    f = _query_files(tmp_path)
+    rc = cli.main([str(f["wav"]), str(f["unknown"]), "--results", str(results), "--mode", "vote", "--top-k", "5",
+                   "--device", "cpu"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert out[0].split() == ["file", "song", "artist", "-", "title", "offset", "confidence", "time"]
+    assert "clip.wav" in out[1] and "Nyquist - Copper Engine" in out[1] and "0:06.0" in out[1]
+    assert "unknown.ogg" in out[2] and "no match" in out[2] and "best guess" in out[2]
+
+
+def test_missing_results_folder_is_a_clear_error(tmp_path):
+    wav = tmp_path / "x.wav"
+    sf.write(wav, synth_song(1, 2.0), SR)
+    res = subprocess.run([sys.executable, str(SCRIPT), str(wav), "--results", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2 and "nowhere" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_script_runs_as_a_program_with_the_real_model(results, tmp_path):
+    """The real script and the real (untrained) model file: it loads, refuses nothing, prints one JSON line."""
+    wav = tmp_path / "x.wav"
+    sf.write(wav, synth_song(41, 25.0)[SR:4 * SR], SR)
+    res = subprocess.run([sys.executable, str(SCRIPT), str(wav), "--results", str(results), "--json",
+                          "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path,
+                         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout)
+    assert set(row) >= {"song_id", "title", "artist", "offset_s", "confidence", "match", "seconds"}
+    assert row["song_id"] in {"song0", "song1", "song2"}  # an untrained model: no claim about which
+
+
+def test_index_from_another_model_is_refused(results, cli, tmp_path, capsys):
+    other = tmp_path / "results"
+    import shutil
+    shutil.copytree(results, other)
+    torch.manual_seed(1)
+    model_io.save_model(other / "model" / "model.pt", Fingerprinter(TINY).state_dict(), TINY, FrontendConfig(), {})
+    wav = tmp_path / "x.wav"
+    sf.write(wav, synth_song(1, 2.0), SR)
+    rc = cli.main([str(wav), "--results", str(other), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model" in err and "rebuild" in err

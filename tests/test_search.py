@@ -1,0 +1,186 @@
+"""Known-answer tests of the song/offset search and the no-match rule, on generated songs."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.search_helpers import SR, build_searcher, synth_song
+from workflow_lib.audio_io import write_audio
+from workflow_lib.calibrate import Calibration, collect_null_scores, fit_calibration
+from workflow_lib.clipbank import ClipBank, write_clip_bank
+from workflow_lib.degrade import Degradation, degrade
+from workflow_lib.evaluate import QueryPlan
+from workflow_lib.index import FingerprintDB, RowMap
+from workflow_lib.search import search_embeddings
+
+SONGS = {f"song{i}": synth_song(i, 30.0) for i in range(6)}
+
+
+@pytest.fixture(scope="module")
+def searcher():
+    return build_searcher(SONGS)
+
+
+@pytest.fixture(scope="module")
+def noise_bank(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    # Pink-ish noise clips: white noise smoothed, so the bank is not a trivially flat spectrum.
+    clips = [np.convolve(rng.standard_normal(SR * 8), np.ones(4) / 4, "same").astype(np.float32) for _ in range(3)]
+    prefix = tmp_path_factory.mktemp("noise") / "test"
+    write_clip_bank(prefix, clips, pd.DataFrame({"name": ["a", "b", "c"]}))
+    return ClipBank(prefix)
+
+
+@pytest.mark.parametrize("mode", ["sequence", "vote"])
+@pytest.mark.parametrize("offset_s", [7.0, 7.05, 19.5])
+def test_clean_query_returns_song_and_offset(searcher, mode, offset_s):
+    start = int(offset_s * SR)
+    m = searcher.identify(SONGS["song3"][start:start + 5 * SR], mode)
+    assert m.song_id == "song3" and m.title == "Title song3" and m.artist == "Artist song3"
+    assert abs(m.offset_s - offset_s) <= 0.25
+    assert m.n_segments == 9 and m.mode == mode and m.seconds_taken > 0
+
+
+@pytest.mark.parametrize("song,offset_s", [("song1", 4.0), ("song4", 11.5), ("song5", 20.1)])
+def test_query_at_10_db_returns_song_and_offset(searcher, noise_bank, song, offset_s):
+    start = int(offset_s * SR)
+    rng = np.random.default_rng(1)
+    q, _ = degrade(SONGS[song], start, 5 * SR, Degradation(snr_db=10.0), rng, noise_bank)
+    m = searcher.identify(q)
+    assert m.song_id == song and abs(m.offset_s - offset_s) <= 0.25
+    # The degraded match is weaker than the clean one but far above the other songs.
+    res = searcher.search(searcher.embed(q))
+    assert res.candidates[0].score > 2 * res.candidates[1].score
+
+
+def test_vote_and_sequence_agree_on_clean_queries(searcher):
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+        song = f"song{rng.integers(6)}"
+        length = int(rng.choice([3, 5, 10]))
+        start = int(rng.integers(0, (30 - length) * 2)) * SR // 2
+        q = SONGS[song][start:start + length * SR]
+        seq, vote = searcher.identify(q, "sequence"), searcher.identify(q, "vote")
+        assert seq.song_id == vote.song_id == song
+        assert seq.offset_s == vote.offset_s == start / SR
+
+
+def test_out_of_database_query_is_no_match_after_calibration(searcher, noise_bank, tmp_path):
+    # Null songs (not in the database) written as files, like manifest songs.
+    rows = []
+    for i in range(4):
+        p = tmp_path / f"null{i}.flac"
+        write_audio(p, synth_song(100 + i, 20.0))
+        rows.append({"song_id": f"null{i}", "path": str(p), "duration_s": 20.0})
+    plan = QueryPlan(lengths_s=(1, 3, 5), snr_db=(10,), reverb=False, bandlimit_prob=0.0)
+    scores = collect_null_scores(searcher, pd.DataFrame(rows), noise_bank, None, plan, n_per_length=40,
+                                 noise_share=0.2, seed=0)
+    assert sorted(scores) == [1, 5, 9] and all(len(v) == 40 for v in scores.values())
+    searcher.calibration = fit_calibration(scores, target_fpr=0.05)
+    try:
+        unknown = synth_song(999, 10.0)
+        for length in (1, 3, 5):
+            m = searcher.identify(unknown[:length * SR])
+            assert not m.is_match, (length, m.score, m.threshold)
+            assert m.threshold == searcher.calibration.threshold(m.n_segments)
+            assert m.song_id is not None  # the best guess is still reported
+        known = searcher.identify(SONGS["song2"][8 * SR:13 * SR])
+        assert known.is_match and known.song_id == "song2" and known.confidence == 1.0
+        assert known.score >= known.threshold
+    finally:
+        searcher.calibration = None
+
+
+def test_cached_embeddings_give_the_same_answer_as_audio(searcher):
+    q = SONGS["song4"][3 * SR:9 * SR]
+    emb = searcher.embed(q)
+    a, b = searcher.identify(q), searcher.identify_embeddings(emb)
+    assert (a.song_id, a.offset_s, a.score) == (b.song_id, b.offset_s, b.score)
+    # The last 3 s of cached fingerprints (segments 6..10 of the query) start 3 s later in the song.
+    tail = searcher.identify_embeddings(emb[6:])
+    assert tail.song_id == "song4" and tail.offset_s == pytest.approx(a.offset_s + 3.0)
+
+
+def test_short_queries_are_padded_or_refused(searcher):
+    m = searcher.identify(SONGS["song0"][2 * SR:2 * SR + 6000])  # 0.75 s: padded to one segment
+    assert m.n_segments == 1
+    with pytest.raises(ValueError, match="too short"):
+        searcher.identify(np.zeros(1000, dtype=np.float32))
+
+
+def test_longer_than_any_song_query_still_answers(searcher):
+    q = np.concatenate([SONGS["song1"], SONGS["song1"][:SR * 5]])  # 35 s: runs past the song's end
+    m = searcher.identify(q)
+    assert m.song_id == "song1" and m.offset_s == 0.0
+
+
+def _unit_db(n_segments: int = 4, dim: int = 4) -> FingerprintDB:
+    """Song "s" whose segment i is the unit vector e_i, and song "t" with the same vectors reversed."""
+    vec = np.concatenate([np.eye(dim)[:n_segments], np.eye(dim)[:n_segments][::-1]]).astype(np.float16)
+    index = faiss.IndexFlatIP(dim)
+    index.add(vec.astype(np.float32))
+    return FingerprintDB(index, RowMap.from_counts(["s", "t"], [n_segments, n_segments]), vec,
+                         {"model_checksum": "x", "ntotal": len(vec)})
+
+
+def test_aligned_rescoring_counts_off_song_segments_as_zero():
+    db = _unit_db()
+    q = np.eye(4, dtype=np.float32)[[2, 3]]  # segments 2, 3 of "s" -> start 2
+    res = search_embeddings(db, q, top_k=2)
+    assert res.best.song_id == "s" and res.best.start_segment == 2 and res.best.score == pytest.approx(1.0)
+    q3 = np.eye(4, dtype=np.float32)[[2, 3, 0]]  # a third segment that would lie past the end of "s"
+    res3 = search_embeddings(db, q3, top_k=1)
+    assert res3.best.song_id == "s" and res3.best.start_segment == 2
+    assert res3.best.score == pytest.approx(2 / 3)  # the off-song segment scores 0, it is not dropped
+    # "t" holds e1, e0 at its segments 2, 3: the query e1, e0 aligns there (start 2), not in "s".
+    res_t = search_embeddings(db, np.eye(4, dtype=np.float32)[[1, 0]], top_k=3)
+    assert res_t.best.song_id == "t" and res_t.best.start_segment == 2
+    assert [c.song_id for c in res_t.candidates] == ["t", "s"]  # one candidate per song
+
+
+def test_vote_counts_segment_winners():
+    vec = np.eye(8, dtype=np.float16)  # "s" = e0..e3, "t" = e4..e7
+    index = faiss.IndexFlatIP(8)
+    index.add(vec.astype(np.float32))
+    db = FingerprintDB(index, RowMap.from_counts(["s", "t"], [4, 4]), vec, {"model_checksum": "x", "ntotal": 8})
+    q = np.eye(8, dtype=np.float32)[[5, 1, 2, 3]]  # one vote for "t" (start 1), three for "s" (starts 0, 0, 0)
+    res = search_embeddings(db, q, top_k=3, mode="vote")
+    assert [c.song_id for c in res.candidates] == ["s", "t"]
+    assert res.best.start_segment == 0 and res.best.support == 3 and res.candidates[1].support == 1
+    assert res.best.score == pytest.approx(3 / 4)  # exact aligned score of the winner: 3 of 4 segments match
+
+
+def test_calibration_threshold_quantile_monotone_and_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    scores = {1: list(rng.normal(0.5, 0.05, 1000)), 9: list(rng.normal(0.2, 0.03, 1000)),
+              5: list(rng.normal(0.3, 0.04, 1000))}
+    cal = fit_calibration(scores, 0.01)
+    assert cal.n_segments == [1, 5, 9]
+    for n, thr in zip(cal.n_segments, cal.thresholds):
+        fpr = np.mean(np.asarray(scores[n]) >= thr)
+        assert fpr <= 0.01 and fpr >= 0.005  # at most the target, and not needlessly strict
+    assert cal.thresholds[0] > cal.thresholds[1] > cal.thresholds[2]
+    assert cal.threshold(3) == pytest.approx((cal.thresholds[0] + cal.thresholds[1]) / 2)
+    assert cal.threshold(40) == cal.thresholds[-1]
+    assert cal.confidence(10.0, 5) == 1.0 and cal.confidence(-1.0, 5) == 0.0
+    assert cal.confidence(float(np.median(scores[5])), 5) == pytest.approx(0.5, abs=0.01)
+    cal.meta["model_checksum"] = "abc"
+    cal.save(tmp_path / "t.json")
+    back = Calibration.load(tmp_path / "t.json")
+    assert back.n_segments == cal.n_segments and back.meta["model_checksum"] == "abc"
+    assert np.allclose(back.thresholds, cal.thresholds)
+    # A noisy longer length never gets a higher threshold than a shorter one.
+    bumpy = fit_calibration({1: [0.1] * 100, 3: [0.5] * 100}, 0.01)
+    assert bumpy.thresholds[0] >= bumpy.thresholds[1]
+
+
+def test_calibration_file_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="calibrate"):
+        Calibration.load(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="bad.json"):
+        Calibration.load(bad)

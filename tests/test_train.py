@@ -1,0 +1,270 @@
+"""NT-Xent, the learning-rate schedule, song banks and resumable training on tiny generated data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import workflow_lib.train as train_mod
+from workflow_lib.augment import AugmentConfig
+from workflow_lib.clipbank import ClipBank, write_clip_bank
+from workflow_lib.losses import nt_xent
+from workflow_lib.model import ModelConfig
+from workflow_lib.model_io import load_fingerprinter
+from workflow_lib.train import CheckpointError, TrainConfig, lr_factor, train_from_config, train_model
+from workflow_lib.train_data import build_song_bank
+
+TINY = ModelConfig(channels=[4, 4, 8, 8, 8, 8, 16, 16], dim=8, head_hidden=4, preset="small")
+
+
+# --- loss ----------------------------------------------------------------------------------------------------------
+
+def naive_nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> float:
+    z = torch.cat([a, b])
+    n2 = len(z)
+    total = 0.0
+    for i in range(n2):
+        pos = (i + n2 // 2) % n2
+        sims = [float(z[i] @ z[k]) / tau for k in range(n2) if k != i]
+        total += -(float(z[i] @ z[pos]) / tau - math.log(sum(math.exp(s) for s in sims)))
+    return total / n2
+
+
+def test_nt_xent_known_value_for_orthogonal_pairs():
+    n, tau = 4, 0.5
+    a = torch.eye(8)[:n]
+    loss = nt_xent(a, a.clone(), tau)
+    # Positive similarity 1, all 2n - 2 negatives 0: -log(e^2 / (e^2 + 6)).
+    assert loss.item() == pytest.approx(math.log(1 + 6 * math.exp(-2)), rel=1e-6)
+    # Same pairs with the negatives at similarity -1 (antipodal): smaller loss.
+    b = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert nt_xent(b, b.clone(), tau).item() == pytest.approx(math.log(1 + math.exp(-4) + math.exp(-4)), rel=1e-6)
+
+
+def test_nt_xent_matches_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 16, generator=g), dim=1)
+    b = torch.nn.functional.normalize(a + 0.3 * torch.randn(6, 16, generator=g), dim=1)
+    assert nt_xent(a, b, 0.1).item() == pytest.approx(naive_nt_xent(a, b, 0.1), rel=1e-5)
+    assert nt_xent(a, b, 0.1).item() == pytest.approx(nt_xent(b, a, 0.1).item(), rel=1e-6)
+
+
+def test_nt_xent_prefers_matching_pairs():
+    g = torch.Generator().manual_seed(1)
+    a = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=1)
+    good = nt_xent(a, a.clone())
+    shuffled = nt_xent(a, a[torch.roll(torch.arange(8), 1)])
+    assert good < 0.01 < shuffled
+    with pytest.raises(ValueError, match="same shape"):
+        nt_xent(a, a[:4])
+
+
+def test_lr_warmup_then_cosine():
+    f = [lr_factor(s, 10, 110, 0.01) for s in range(111)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.505, abs=1e-3)  # half-way down the cosine
+    assert f[110] == pytest.approx(0.01)
+    assert all(x >= y for x, y in zip(f[9:], f[10:]))
+
+
+# --- song bank -----------------------------------------------------------------------------------------------------
+
+def test_build_song_bank_decodes_once_and_skips_bad_files(tmp_path):
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, secs in enumerate([3.0, 2.5, 0.5]):
+        p = tmp_path / f"s{i}.wav"
+        sf.write(p, (0.3 * rng.standard_normal(int(secs * 16000))).astype(np.float32), 16000)
+        paths.append(p)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF0000WAVEjunk")
+    songs = pd.DataFrame({"song_id": ["a", "b", "c", "d", "e"], "path": [str(p) for p in paths] +
+                          [str(broken), str(paths[0])]})
+    splits = pd.DataFrame({"song_id": ["a", "b", "c", "d", "e"], "split": ["train"] * 4 + ["val"]})
+    songs.to_parquet(tmp_path / "songs.parquet")
+    splits.to_parquet(tmp_path / "splits.parquet")
+    summary = build_song_bank(tmp_path / "songs.parquet", tmp_path / "splits.parquet", "train", tmp_path / "bank")
+    bank = ClipBank(tmp_path / "bank")
+    assert summary["songs"] == 2 and summary["skipped"] == 2  # too short, undecodable
+    assert list(bank.meta["song_id"]) == ["a", "b"]
+    assert bank.samples.dtype == np.float16 and list(bank.lengths) == [24000, 20000]
+    assert summary["segments"] == 5 + 4
+    assert not list(tmp_path.glob(".bank*"))  # no temporary files left
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+
+def synth_song(rng: np.random.Generator, seconds: float, sr: int = 8000) -> np.ndarray:
+    """A random melody of decaying harmonic notes: every second sounds different."""
+    n = int(seconds * sr)
+    out = np.zeros(n, np.float32)
+    pos = 0
+    while pos < n:
+        dur = min(int(rng.uniform(0.1, 0.4) * sr), n - pos)
+        t = np.arange(dur) / sr
+        f = 200 * 2 ** (rng.integers(0, 36) / 12)
+        out[pos:pos + dur] = (0.3 * np.sin(2 * np.pi * f * t) + 0.1 * np.sin(4 * np.pi * f * t)) * np.exp(-4 * t)
+        pos += dur
+    return out
+
+
+@pytest.fixture(scope="module")
+def banks(tmp_path_factory):
+    d = tmp_path_factory.mktemp("banks")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        ids = [f"{split}{i}" for i in range(n)]
+        write_clip_bank(d / split, [synth_song(rng, 6) for _ in range(n)], pd.DataFrame({"song_id": ids, "name": ids}))
+    write_clip_bank(d / "noise", [0.1 * rng.standard_normal(30000).astype(np.float32)], pd.DataFrame({"name": ["n"]}))
+    ir = (rng.standard_normal(800) * np.exp(-np.arange(800) / 100)).astype(np.float32)
+    write_clip_bank(d / "irs", [ir / np.linalg.norm(ir)], pd.DataFrame({"name": ["r"]}), dtype="float32")
+    return d
+
+
+def run(banks, out, cfg: TrainConfig, model_cfg: ModelConfig = TINY):
+    return train_model(banks / "train", banks / "val", banks / "noise", banks / "irs", out / "model.pt",
+                       out / "metrics.csv", out / "curves.png", out / "checkpoints" / "last.pt", cfg, model_cfg)
+
+
+CFG = TrainConfig(max_epochs=2, batch_size=8, val_queries=12, eval_batch=16, lr=1e-3, warmup_epochs=0.5,
+                  patience=0, schedule="epochs", augment=AugmentConfig(max_ir_s=0.05))
+
+
+def test_training_writes_all_outputs(banks, tmp_path):
+    meta = run(banks, tmp_path, CFG)
+    assert meta["epochs"] == 2 and meta["stop_reason"] == "max_epochs"
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert payload["train_meta"]["train_segments"] == 3 * 11 and payload["train_meta"]["val_queries"] == 12
+    model = load_fingerprinter(tmp_path / "model.pt")
+    with torch.inference_mode():
+        assert model(torch.zeros(2, 8000)).shape == (2, 8)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2] and metrics["steps"].tolist() == [8, 8]
+    assert metrics[["train_loss", "val_loss", "val_top1", "lr", "sec_per_step"]].notna().all().all()
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "checkpoints" / "last.pt").exists()
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # temp files all renamed
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(banks, tmp_path, monkeypatch):
+    run(banks, tmp_path / "straight", CFG)
+
+    calls = {"n": 0}
+    real = train_mod.nt_xent
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8 + 3 + 2:  # 8 steps per epoch, then 3 validation batches of 4 pairs
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "nt_xent", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(banks, tmp_path / "killed", CFG)
+    ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and not (tmp_path / "killed" / "model.pt").exists()
+    monkeypatch.setattr(train_mod, "nt_xent", real)
+    run(banks, tmp_path / "killed", CFG)
+
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["scheduler"] == b["scheduler"]
+    for key in ("train_loss", "val_loss", "val_top1"):
+        assert [r[key] for r in a["history"]] == [r[key] for r in b["history"]]
+    ma = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
+    mb = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_finished_run_is_not_retrained(banks, tmp_path, monkeypatch):
+    run(banks, tmp_path, CFG)
+    monkeypatch.setattr(train_mod, "nt_xent", lambda *a, **k: pytest.fail("trained again"))
+    meta = run(banks, tmp_path, CFG)
+    assert meta["epochs"] == 2
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(banks, tmp_path):
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"last\.pt.*corrupt.*Delete it"):
+        run(banks, tmp_path, CFG)
+    torch.save({"something": 1}, ckpt)
+    with pytest.raises(CheckpointError, match="not a nafp-checkpoint"):
+        run(banks, tmp_path, CFG)
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(banks, tmp_path, caplog):
+    run(banks, tmp_path, CFG)
+    other = TrainConfig(**{**CFG.__dict__, "max_epochs": 1, "lr": 5e-4})
+    with caplog.at_level("WARNING"):
+        meta = run(banks, tmp_path, other)
+    assert "different configuration" in caplog.text
+    assert meta["epochs"] == 1
+
+
+def test_early_stopping_keeps_the_best_epoch(banks, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.7, 0.6, 0.4, 0.9])
+
+    def fake_evaluate(self, model, autocast):
+        return {"val_loss": 1.0, "val_top1": next(scores), "val_near": 0.0, "val_song": 0.0}
+
+    monkeypatch.setattr(train_mod.Validator, "evaluate", fake_evaluate)
+    cfg = TrainConfig(**{**CFG.__dict__, "max_epochs": 5, "patience": 2})
+    meta = run(banks, tmp_path, cfg)
+    assert meta["stop_reason"] == "early_stopping" and meta["epochs"] == 4
+    assert meta["best_epoch"] == 2 and meta["val_top1"] == 0.7
+
+
+def test_time_budget_stops_and_fits_the_schedule(banks, tmp_path):
+    # A budget shorter than one epoch: the first epoch always runs, the cosine is fitted to it, then it stops.
+    cfg = TrainConfig(**{**CFG.__dict__, "max_epochs": 5, "max_minutes": 1e-4, "schedule": "time"})
+    meta = run(banks, tmp_path, cfg)
+    assert meta["stop_reason"] == "max_minutes" and meta["epochs"] == 1 and meta["schedule_epochs"] == 1
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["horizon_epochs"] == 1
+
+
+def test_train_from_config_sections(banks, tmp_path):
+    model_section = {"preset": "small", "channels": [4, 4, 8, 8, 8, 8, 16, 16], "dim": 8, "head_hidden": 4}
+    train_section = {**CFG.to_dict(), "max_epochs": 1, "threads": 1, "val_max_songs": 0}
+    meta = train_from_config(banks / "train", banks / "val", banks / "noise", banks / "irs", tmp_path / "m.pt",
+                             tmp_path / "m.csv", tmp_path / "c.png", tmp_path / "ck" / "last.pt", model_section,
+                             train_section)
+    assert meta["epochs"] == 1 and load_fingerprinter(tmp_path / "m.pt").model_config.channels[0] == 4
+    with pytest.raises(ValueError, match="unknown train config keys"):
+        train_from_config(banks / "train", banks / "val", None, None, tmp_path / "m.pt", tmp_path / "m.csv",
+                          tmp_path / "c.png", tmp_path / "ck" / "last.pt", model_section, {"bogus": 1})
+
+
+def test_cuda_request_without_cuda_is_refused(banks, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        run(banks, tmp_path, TrainConfig(**{**CFG.__dict__, "device": "cuda"}))
+
+
+def test_validation_queries_are_degraded_even_with_clean_anchors(banks):
+    from workflow_lib.segments import frame
+    from workflow_lib.train import Validator
+    from workflow_lib.train_data import ViewSource
+
+    songs = ClipBank(banks / "val")
+    cfg = TrainConfig(**{**CFG.__dict__, "augment": AugmentConfig(max_ir_s=0.05, clean_anchor_prob=1.0)})
+    src = ViewSource(songs, ClipBank(banks / "noise"), ClipBank(banks / "irs"), cfg.augment)
+    val = Validator(src, cfg, torch.device("cpu"))
+    clean = np.concatenate([frame(songs.clip(i)) for i in range(len(songs))])[val.rows]
+    q = val.queries.numpy()
+    corr = np.sum(q * clean, 1) / np.linalg.norm(q, axis=1) / np.linalg.norm(clean, axis=1)
+    assert np.all(corr < 0.99)  # not the database segment itself
+    p = val.partners.numpy()  # the clean anchors: the database segments up to level
+    corr_p = np.sum(p * clean, 1) / np.linalg.norm(p, axis=1) / np.linalg.norm(clean, axis=1)
+    assert np.all(corr_p > 0.999)
