@@ -3,7 +3,7 @@
 CORES ?= all
 SNAKEMAKE = .venv/bin/snakemake
 
-.PHONY: setup demo test dry-run clean
+.PHONY: setup demo test cluster-test dry-run clean
 
 setup:
 	@bash tools/setup.sh
@@ -14,6 +14,9 @@ demo: setup
 
 test: setup
 	.venv/bin/pytest -q
+
+cluster-test: setup
+	bash .ci/cluster-test.sh
 
 dry-run: setup
 	$(SNAKEMAKE) -n all

@@ -32,15 +32,23 @@ from workflow_lib.model import Fingerprinter, count_parameters, model_config_fro
 SEG_PER_S = 2.0  # segments per second of audio at 0.5 s hop
 
 
+CPU_RATES: dict[str, float] = {}
+
+
 def rate(fn, x: torch.Tensor, seconds: float) -> float:
-    """Segments per second of ``fn(x)`` over about ``seconds`` (after two warm-up calls)."""
+    """Segments per second of ``fn(x)`` over about ``seconds`` (after two warm-up calls).
+
+    Also records in ``CPU_RATES`` the rate per CPU-second of this process times the thread count: what the
+    code would do with the cores to itself (the machine is shared; wall-clock rates drop with other work).
+    """
     with torch.inference_mode():
         fn(x)
         fn(x)
-        n, t0 = 0, time.perf_counter()
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
             fn(x)
             n += len(x)
+    CPU_RATES["last"] = n / max(time.process_time() - c0, 1e-9) * torch.get_num_threads()
     return n / (time.perf_counter() - t0)
 
 
@@ -51,11 +59,13 @@ def matmul_peak(threads: int, seconds: float) -> dict[str, float]:
         a = torch.randn(2048, 2048, dtype=dtype)
         b = torch.randn(2048, 2048, dtype=dtype)
         torch.mm(a, b)
-        n, t0 = 0, time.perf_counter()
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
             torch.mm(a, b)
             n += 1
-        out[str(dtype).split(".")[1]] = 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
+        name = str(dtype).split(".")[1]
+        out[name + " wall"] = 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
+        out[name] = 2 * 2048 ** 3 * n / (time.process_time() - c0) * threads / 1e9
     return out
 
 
@@ -98,8 +108,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()}")
-    peak = matmul_peak(args.threads, args.seconds / 2)
-    print(f"matmul peak (2048^3): float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s")
+    peak = matmul_peak(args.threads, args.seconds / 2)  # wall-clock: a shared machine lowers it too
+    print(f"matmul peak (2048^3), per CPU-second x threads: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 "
+          f"{peak['bfloat16']:.0f} GFLOP/s (wall-clock {peak['float32 wall']:.0f} / {peak['bfloat16 wall']:.0f})")
 
     files = dev_songs(args.songs)
     t0 = time.perf_counter()
@@ -117,19 +128,23 @@ def main() -> None:
         x = torch.randn(bs, 8000)
         with torch.inference_mode():
             spec = model.frontend(x)
-        results: dict[str, float] = {}
-        results["front end only (eager)"] = rate(model.frontend, x, args.seconds)
+        results: dict[str, tuple[float, float]] = {}
+
+        def measure(name: str, fn, inp: torch.Tensor) -> None:
+            results[name] = (rate(fn, inp, args.seconds), CPU_RATES["last"])
+
+        measure("front end only (eager)", model.frontend, x)
         for b in (64, bs):
-            results[f"eager, batch {b}"] = rate(model, x[:b], args.seconds)
+            measure(f"eager, batch {b}", model, x[:b])
         cl = Fingerprinter(model_config_from(preset)).eval().to(memory_format=torch.channels_last)
         cl.load_state_dict(model.state_dict())
-        results["eager, channels-last encoder"] = rate(
-            lambda w: cl.encoder(cl.frontend(w).contiguous(memory_format=torch.channels_last)), x, args.seconds)
+        measure("eager, channels-last encoder",
+                lambda w: cl.encoder(cl.frontend(w).contiguous(memory_format=torch.channels_last)), x)
 
         def bf16(w: torch.Tensor) -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(w)
-        results["eager, bfloat16 autocast"] = rate(bf16, x, args.seconds)
+        measure("eager, bfloat16 autocast", bf16, x)
         compiled = optimize_for_inference(model)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -137,19 +152,26 @@ def main() -> None:
             got = compiled(x[:37])
         compile_s = time.perf_counter() - t0
         err = float((ref - got).abs().max())
-        results[f"torch.compile (dynamic batch), batch {bs}"] = rate(compiled, x, args.seconds)
-        results["torch.compile, batch 64"] = rate(compiled, x[:64], args.seconds)
-        results["torch.compile encoder only (no front end)"] = rate(compiled.compiled, spec, args.seconds)
+        measure(f"torch.compile (dynamic batch), batch {bs}", compiled, x)
+        measure("torch.compile, batch 64", compiled, x[:64])
+        measure("torch.compile encoder only (no front end)", compiled.compiled, spec)
+
+        def bf16c(w: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return compiled(w)
+        measure("torch.compile + bfloat16 autocast", bf16c, x)
         print(f"   compile: {compile_s:.1f} s (first call), max |difference| to eager {err:.1e}")
-        for name, r in results.items():
-            print(f"   {name:44s} {r:8.0f} segments/s = {r / SEG_PER_S:6.0f}x realtime"
-                  f"   {r * total / 1e9:6.1f} GFLOP/s ({100 * r * total / 1e9 / peak['float32']:.0f}% of peak)")
-        audio, wall, segs = end_to_end(compiled, files, bs)
-        print(f"   END TO END (decode + features + compiled model, {len(files)} songs, {audio / 60:.1f} min): "
-              f"{segs / wall:.0f} segments/s = {audio / wall:.0f}x realtime")
-        if preset == "small":  # eager end-to-end too, for reference
-            audio, wall, segs = end_to_end(model, files[:3], bs)
-            print(f"   end to end, eager model (3 songs): {audio / wall:.0f}x realtime")
+        print(f"   {'variant':44s} {'wall-clock':>24s}   {'per CPU-second x threads':>30s}")
+        for name, (r, rc) in results.items():
+            print(f"   {name:44s} {r:7.0f} seg/s = {r / SEG_PER_S:5.0f}x   {rc:7.0f} seg/s = {rc / SEG_PER_S:5.0f}x"
+                  f"  {rc * total / 1e9:5.1f} GFLOP/s ({100 * rc * total / 1e9 / peak['float32']:.0f}% of peak)")
+        for name, m in (("compiled", compiled), ("eager", model)):
+            c0 = time.process_time()
+            audio, wall, segs = end_to_end(m, files if name == "compiled" else files[:3], bs)
+            cpu = (time.process_time() - c0) / args.threads
+            print(f"   END TO END, {name} model (decode + resample + framing + features + model, "
+                  f"{audio / 60:.1f} min of audio): wall-clock {audio / wall:.0f}x realtime, per CPU-second x "
+                  f"threads {audio / cpu:.0f}x realtime")
     print(f"\nload average at the end {os.getloadavg()}")
 
 

@@ -98,11 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, {"window_s": args.window, "consistent_hops": args.consistent,
                                                "device": args.device, "threads": args.threads})
-        if args.window is not None and settings.listen.tail_s > settings.listen.window_s:
-            from dataclasses import replace
-
-            settings.listen = replace(settings.listen, tail_s=settings.listen.window_s,
-                                      min_match_s=min(settings.listen.min_match_s, settings.listen.window_s))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -268,3 +268,13 @@ def test_validation_queries_are_degraded_even_with_clean_anchors(banks):
     p = val.partners.numpy()  # the clean anchors: the database segments up to level
     corr_p = np.sum(p * clean, 1) / np.linalg.norm(p, axis=1) / np.linalg.norm(clean, axis=1)
     assert np.all(corr_p > 0.999)
+
+
+def test_training_without_validation_songs_keeps_the_last_epoch(banks, tmp_path, caplog):
+    write_clip_bank(tmp_path / "empty", [], pd.DataFrame({"song_id": [], "name": []}))
+    with caplog.at_level("WARNING"):
+        meta = train_model(banks / "train", tmp_path / "empty", None, None, tmp_path / "model.pt",
+                           tmp_path / "metrics.csv", tmp_path / "curves.png", tmp_path / "ck" / "last.pt", CFG, TINY)
+    assert "no validation segments" in caplog.text and "no training noise" in caplog.text
+    assert meta["best_epoch"] == 2 and meta["val_queries"] == 0
+    assert load_fingerprinter(tmp_path / "model.pt").dim == 8

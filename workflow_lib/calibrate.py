@@ -176,7 +176,11 @@ def collect_null_scores(searcher, songs, noise_bank, ir_bank, plan, n_per_length
                 if start is None:
                     continue
                 cond = conds[int(qrng.integers(len(conds)))]
-                x, _ = degrade(audio, start, n, plan.degradation(cond, qrng), qrng, noise_bank, ir_bank)
+                try:
+                    x, _ = degrade(audio, start, n, plan.degradation(cond, qrng), qrng, noise_bank, ir_bank)
+                except ValueError as exc:  # e.g. a silent noise excerpt: the SNR is undefined
+                    log.info("calibration query %d skipped: %s", k, exc)
+                    continue
                 score(x)
     for k in np.flatnonzero(is_noise):
         qrng = np.random.default_rng([seed, 13, int(k)])

@@ -686,6 +686,8 @@ def summarize(queries_path: str | Path, result_paths: Sequence[str | Path], metr
               summary_path: str | Path, html_path: str | Path | None, plot_paths: dict[str, str | Path],
               threshold_path: str | Path | None = None) -> pd.DataFrame:
     """Snakemake entry for ``evaluate``: metrics.parquet, summary.md (+ .html) and the plots from all systems."""
+    if isinstance(result_paths, (str, Path)):
+        result_paths = [result_paths]
     queries = pd.read_parquet(queries_path)
     results = pd.concat([pd.read_parquet(p) for p in result_paths], ignore_index=True)
     metrics = compute_metrics(queries, results)

@@ -66,7 +66,12 @@ def load_settings(config_path: str | Path | None = None, overrides: dict[str, An
             where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
             raise ValueError(f"config {' + '.join(sources)}: key {where}: {exc.message}") from None
     section = dict(cfg.get("listen") or {})
-    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    section.update(given)
+    if "window_s" in given:  # a shorter --window brings the tail and the minimum match length down with it
+        for key in ("tail_s", "min_match_s"):
+            if key not in given and key in section and section[key] > given["window_s"]:
+                section[key] = given["window_s"]
     cli = {k: section.pop(k) for k in CLI_KEYS if k in section}
     try:
         listen = ListenConfig.from_dict(section)

@@ -12,13 +12,17 @@ Three parts, so that capture never waits on compute and the decision logic can b
   (``NeighbourCache``), so a hop costs one segment's embedding, one segment's neighbour search and the aligned
   re-scoring of the window.
 
-Decisions (hysteresis): a hop's best candidate counts when its score passes the calibrated no-match threshold for
-the window's length (``calibrate.py``). A match is declared when ``consistent_hops`` such hops in a row agree on the
-song and on its alignment with the stream (the song position must advance with the clock, within
-``offset_tolerance_hops``). A declared match ends after ``release_hops`` hops without support, at once on silence,
-or when another song is declared. To follow a song change quickly, the last ``tail_s`` seconds are also searched on
-their own: when they confidently name something other than the whole window does, the window is cut to them (the
-older segments belong to the previous song).
+Decisions (hysteresis): a hop's best candidate counts when its score passes the no-match threshold for the window's
+length (``calibrate.py``; with ``max_fpr`` refitted stricter from the calibration's stored null scores, because the
+listener asks every hop). A match is declared when ``consistent_hops`` such hops in a row agree on the song and on
+its alignment with the stream (the song position must advance with the clock, within ``offset_tolerance_hops``) and
+the window holds at least ``min_match_s`` of audio. A declared match is held while its own alignment still passes
+the threshold on the window and no other alignment beats it by more than ``resync_margin`` (a repeated chorus
+scores alike at several offsets; the one the longer history chose stays); the same song clearly better at another
+offset for K hops re-synchronises it. It ends after ``release_hops`` hops without support, at once on silence, or
+when another song is declared. To follow a song change quickly, the last ``tail_s`` seconds are also searched on
+their own: when for K hops they name another song and the held one no longer explains them, the window is cut to
+them (the older segments belong to the previous song) and the new song is declared.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np

@@ -61,7 +61,7 @@ class TrainConfig:
     batch_size: int = 128  # views per step: anchors + positives (the paper's 640 = 320 pairs)
     lr: float = 2e-3
     weight_decay: float = 1e-6
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 0.2
     min_lr_ratio: float = 0.01
     temperature: float = 0.05
     patience: int = 4

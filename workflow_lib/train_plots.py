@@ -24,15 +24,15 @@ def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> None:
         ax.plot(ep, metrics["train_loss"], "o-", label="train")
         if metrics["val_loss"].notna().any():
             ax.plot(ep, metrics["val_loss"], "s-", label="validation")
+        ax.legend(loc="upper right")
     ax.set(title="NT-Xent loss", xlabel="epoch")
-    ax.legend(loc="upper right")
     ax = axes[1]
     if len(metrics) and metrics["val_top1"].notna().any():
         ax.plot(ep, 100 * metrics["val_top1"], "o-", label="top-1 exact segment")
         ax.plot(ep, 100 * metrics["val_near"], "s--", label="top-1 within one hop")
         ax.plot(ep, 100 * metrics["val_song"], "^:", label="top-1 right song")
+        ax.legend(loc="lower right")
     ax.set(title="Validation 1 s queries", xlabel="epoch", ylabel="hit rate (%)", ylim=(0, 100))
-    ax.legend(loc="lower right")
     ax = axes[2]
     if len(metrics):
         ax.plot(ep, metrics["lr"], "o-")
