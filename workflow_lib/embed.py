@@ -43,12 +43,14 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 class CompiledFingerprinter(nn.Module):
-    """A fingerprinter whose encoder runs through ``torch.compile`` (same outputs, about 2x faster on CPU).
+    """A fingerprinter whose encoder runs through ``torch.compile`` (same outputs within 1e-6).
 
-    On CPU the eager encoder spends about half its time in separate ELU and LayerNorm passes over memory; inductor
-    fuses them into the convolution epilogues. The log-mel front end stays eager (inductor does not generate code
-    for complex STFT ops). The batch dimension is compiled as dynamic, so songs' last, shorter batches do not
-    trigger recompiles. If compilation fails (e.g. no C++ compiler), it logs why and falls back to eager.
+    Inductor fuses the ELU and LayerNorm passes into the convolutions; whether that beats eager depends on the
+    model and hardware: with the current encoder (which runs cache-sized chunks eagerly on CPU) it measured 3-8x
+    *slower* on this project's CPU (bench/README.md), so extraction uses it only when ``extract.compile`` is set.
+    The log-mel front end stays eager (inductor does not generate code for complex STFT ops). The batch dimension
+    is compiled as dynamic, so songs' last, shorter batches do not trigger recompiles. If compilation fails (e.g.
+    no C++ compiler), it logs why and falls back to eager.
     """
 
     def __init__(self, fingerprinter: nn.Module):
