@@ -1,7 +1,7 @@
 """Training throughput (pairs/s) and inference speed (segments/s) of the model presets on this machine.
 
 Usage: .venv/bin/python bench/train_throughput.py [--presets small nafp] [--threads 2] [--batch-size 128]
-       [--steps 8] [--device auto]
+       [--steps 8] [--device auto] [--default-malloc]
 
 Training steps are the real ones (``workflow_lib.train.train_step`` fed by ``ViewSource`` through the prefetch
 thread): view cutting, on-device degradation (1 s impulse responses, noise, filters), log-mel, masking, forward,
@@ -27,6 +27,7 @@ import torch
 
 from workflow_lib.augment import AugmentConfig
 from workflow_lib.clipbank import ClipBank, write_clip_bank
+from workflow_lib.malloc_tuning import keep_freed_memory
 from workflow_lib.model import Fingerprinter, count_parameters, model_config_from
 from workflow_lib.train import TrainConfig, make_optimizer, resolve_device, train_step
 from workflow_lib.train_data import ViewSource, prefetch
@@ -99,11 +100,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per preset (median reported)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--inference-batches", type=int, nargs="+", default=[32, 256])
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc malloc at its defaults (the scripts call keep_freed_memory)")
     args = ap.parse_args()
+    tuned = False if args.default_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.2f} at start")
+          f"malloc {'tuned' if tuned else 'default'}, load average {os.getloadavg()[0]:.2f} at start")
     with tempfile.TemporaryDirectory() as tmp:
         songs, noise, irs = make_banks(Path(tmp))
         src = ViewSource(songs, noise, irs, AugmentConfig())

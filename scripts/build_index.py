@@ -1,4 +1,9 @@
 """Snakemake adapter: train (or reuse the training of) the FAISS index and add every fingerprint file."""
+import os
+
+# OpenMP threads that spin while another process holds the core make a shared machine several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from workflow_lib.index import TrainSettings, build_index, read_removed_songs
 from workflow_lib.logs import setup_logging
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
+# OpenMP threads that spin while another process holds the core make a shared machine several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as a plain script from any directory
     sys.path.insert(0, str(REPO))

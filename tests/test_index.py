@@ -66,7 +66,8 @@ def check_consistent(db: FingerprintDB, songs: dict[str, np.ndarray], expected_i
 
 def test_factory_grows_with_the_database():
     assert choose_factory(1000, 128) == "Flat"
-    assert choose_factory(200_000, 128) == "Flat"
+    assert choose_factory(50_000, 128) == "Flat"
+    assert choose_factory(200_000, 128) == "IVF2048,PQ64x4fs"
     assert choose_factory(1_000_000, 128) == "IVF4096,PQ64x4fs"
     assert choose_factory(10_000_000, 128) == "IVF16384,PQ64x4fs"
     assert choose_factory(10_000_000, 96) == "IVF16384,PQ48x4fs"  # pq_m must divide the dimension
@@ -134,6 +135,7 @@ def test_rebuild_reuses_the_trained_index_until_the_database_outgrows_it(tmp_pat
     auto = TrainSettings(flat_max=100, pq_m=4)
     first = build_index([a], out, settings=auto)
     assert first["factory"] == "IVF256,PQ4x4fs" and first["trained"]["n_vectors_at_training"] == 30 * 350
+    assert first["nprobe"] == 64  # auto: at least 64 lists
     second = build_index([a, b], out, settings=auto)  # songs added: same training
     assert second["trained"] == first["trained"] and second["ntotal"] == 40 * 350
     with caplog.at_level("INFO"):
@@ -296,3 +298,13 @@ def test_rerunning_one_shard_target_rebuilds_only_that_shard(tmp_path):
 
     ids = [s for t in targets for s in dict.fromkeys(read_fingerprints(tmp_path / t)[1].song_id)]
     assert sorted(ids) == sorted(lengths)
+
+
+def test_half_to_float_reads_read_only_rows_without_a_warning(recwarn):
+    from workflow_lib.index import half_to_float
+
+    x = np.arange(12, dtype=np.float16).reshape(3, 4)
+    x.flags.writeable = False  # as the memory-mapped vectors are
+    out = half_to_float(x[1])
+    assert out.dtype == np.float32 and out.tolist() == [4.0, 5.0, 6.0, 7.0]
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -54,17 +55,17 @@ class IndexFileError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- factory & training
 
-def choose_factory(n_vectors: int, dim: int, flat_max: int = 200_000, pq_m: int = 64) -> str:
+def choose_factory(n_vectors: int, dim: int, flat_max: int = 50_000, pq_m: int = 64) -> str:
     """Exact search for small databases; IVF with ~4 sqrt(n) lists (a power of two) and 4-bit fast-scan PQ codes
     for large ones.
 
-    At ``flat_max`` fingerprints an exact scan costs ~25 M multiply-adds per query segment (well under a
-    millisecond). Beyond it, IVF scans only ``nprobe`` lists. Because every search re-ranks its candidates exactly
-    with the stored float16 vectors, the codes only have to put the true neighbour among ~100 candidates: 4-bit
-    fast-scan PQ (``pq_m / 2`` bytes per fingerprint, SIMD table lookups) gives the same recall as 8-bit PQ at a
-    5-10x faster scan (bench/README.md). The coarse quantizer stays exact (flat): on this kind of data an HNSW
-    quantizer assigned only 55 % of the vectors to their nearest list at its default search width, which cost
-    recall, and was not even faster than the flat assignment's matrix products.
+    An exact scan reads every vector for every query segment: ~0.8 ms at 50,000 fingerprints and 1.5 ms at 10^5 on
+    this project's CPU, slower than IVF at 10^7 (bench/README.md). Beyond ``flat_max``, IVF scans only ``nprobe``
+    lists. Because every search re-ranks its candidates exactly with the stored float16 vectors, the codes only
+    have to put the true neighbour among ~100 candidates: 4-bit fast-scan PQ (``pq_m / 2`` bytes per fingerprint,
+    SIMD table lookups) gave the same recall as 8-bit PQ with a 2-3x faster search. The coarse quantizer stays
+    exact (flat): an HNSW quantizer assigned only 55 % of the vectors to their nearest list at its default search
+    width, which cost recall.
     """
     if n_vectors <= max(flat_max, 39 * 256):
         return "Flat"
@@ -76,9 +77,12 @@ def choose_factory(n_vectors: int, dim: int, flat_max: int = 200_000, pq_m: int 
 
 
 def default_nprobe(index: faiss.Index) -> int:
-    """Lists to visit: ~0.8 % of them (32 of 4096), at least 8; 0 for indexes without lists."""
+    """Lists to visit: ~0.8 % of them (128 of 16384), at least 64 (cheap while lists are short); 0 without lists.
+
+    With exact re-ranking, recall is set by whether the true neighbour's list is visited (bench/README.md).
+    """
     ivf = faiss.try_extract_index_ivf(index)
-    return 0 if ivf is None else int(min(ivf.nlist, max(8, ivf.nlist // 128)))
+    return 0 if ivf is None else int(min(ivf.nlist, max(64, ivf.nlist // 128)))
 
 
 def _train_coarse(index: faiss.Index, x: np.ndarray, seed: int) -> None:
@@ -163,7 +167,7 @@ def sample_vectors(paths: Sequence[Path], total: int, n_sample: int, seed: int) 
 class TrainSettings:
     """How the index is chosen and trained (the ``index:`` config section)."""
     factory: str = "auto"
-    flat_max: int = 200_000
+    flat_max: int = 50_000
     pq_m: int = 64
     max_train: int = 1_000_000
     seed: int = 0
@@ -572,7 +576,14 @@ def half_to_float(x: np.ndarray) -> np.ndarray:
         return np.asarray(x, dtype=np.float32)
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(x)).float().numpy()
+    x = np.ascontiguousarray(x)
+    if x.flags.writeable:
+        return torch.from_numpy(x).float().numpy()
+    # Rows of the read-only memory map: torch warns that it cannot protect them from writes, but .float() only
+    # reads them into a new tensor.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(x).float().numpy()
 
 
 def read_sidecar(folder: str | Path) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from .calibrate import Calibration, fit_calibration
 from .calibrate import log as calib_log
 from .devices import ListenerError  # noqa: F401 (part of this module's interface)
 from .embed import embed_segments
-from .search import _aligned_scores as aligned_scores
+from .search import aligned_scores
 from .search import search_embeddings
 from .segments import frame, n_segments
 

@@ -97,8 +97,8 @@ class Match:
         return asdict(self)
 
 
-def _aligned_scores(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.ndarray,
-                    chunk_elems: int = 1 << 22) -> np.ndarray:
+def aligned_scores(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.ndarray,
+                   chunk_elems: int = 1 << 22) -> np.ndarray:
     """Mean over query segments ``i`` of ``q[i] . db[song, start + i]`` (0 off the song) for each candidate."""
     j = len(q)
     out = np.empty(len(codes), dtype=np.float32)
@@ -152,7 +152,7 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
         support = np.bincount(inv, weights=w, minlength=len(uniq))
         keep = np.argsort(-support, kind="stable")[:max_candidates]
         cand_codes, cand_starts, cand_support = c[first[keep]], s[first[keep]], support[keep]
-        scores = _aligned_scores(q, db, cand_codes, cand_starts)
+        scores = aligned_scores(q, db, cand_codes, cand_starts)
         return SearchResult(mode, j, _best_per_song(db, cand_codes, cand_starts, scores, cand_support, n_results))
     top = valid[:, 0]
     c0, s0, w0 = codes[top, 0], starts[top, 0], sims[top, 0]
@@ -166,7 +166,7 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
         st, st_inv = np.unique(s0[mine], return_inverse=True)
         cand_starts[n] = st[np.lexsort((-np.bincount(st_inv, weights=w0[mine]), -np.bincount(st_inv)))[0]]
     # The vote decides the ranking; the exact aligned score only measures the winner for the no-match rule.
-    scores = _aligned_scores(q, db, song_codes[rank], cand_starts)
+    scores = aligned_scores(q, db, song_codes[rank], cand_starts)
     return SearchResult(mode, j, [Candidate(str(db.song_ids[c]), int(st), float(sc), float(v))
                                   for c, st, sc, v in zip(song_codes[rank], cand_starts, scores, votes[rank])])
 
