@@ -588,8 +588,8 @@ def write_summary(path: str | Path, queries: pd.DataFrame, metrics: pd.DataFrame
                   _pivot_md(f, ["system"], "fpr", fmt="{:.2f}")]
     clean_or_all = m[m["condition"] == m["condition"].iloc[0]] if len(m) else m
     lines += ["", f"## Latency per query, condition '{clean_or_all['condition'].iloc[0] if len(m) else ''}' (ms)",
-              "", "p50 / p95 of fingerprinting + search (decoding not included); search alone below.", "",
-              _pivot_md(clean_or_all, ["system"], "latency_p50_ms", 1.0), "",
+              "", "Fingerprinting + search (decoding not included); search alone below.", "", "p50:", "",
+              _pivot_md(clean_or_all, ["system"], "latency_p50_ms", 1.0), "", "p95:", "",
               _pivot_md(clean_or_all, ["system"], "latency_p95_ms", 1.0), "",
               "Search only (p50):", "", _pivot_md(clean_or_all, ["system"], "search_p50_ms", 1.0, "{:.2f}")]
     text = "\n".join(lines) + "\n"
