@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from workflow_lib.cpu_process import setup_cpu_process  # noqa: E402
+
+setup_cpu_process()  # before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -28,7 +30,7 @@ import torch  # noqa: E402
 from workflow_lib.augment import AugmentConfig  # noqa: E402
 from workflow_lib.clipbank import ClipBank  # noqa: E402
 from workflow_lib.model_io import load_fingerprinter, read_model_file  # noqa: E402
-from workflow_lib.train import TrainConfig, Validator  # noqa: E402
+from workflow_lib.train import TrainConfig, Validator, embed  # noqa: E402
 from workflow_lib.train_data import ViewSource  # noqa: E402
 
 
@@ -52,10 +54,8 @@ def main() -> None:
     val = Validator(src, cfg, torch.device("cpu"))
     autocast = {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": False}
     with torch.no_grad():
-        from workflow_lib.train import embed
-
         q = embed(model, val.queries, 256, torch.device("cpu"), autocast)
-        db = val._database(model, autocast)
+        db = val.database(model, autocast)
     sims = q @ db.T
     own = sims[torch.arange(len(q)), torch.as_tensor(val.rows)]
     sims[torch.arange(len(q)), torch.as_tensor(val.rows)] = -2.0

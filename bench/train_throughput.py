@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as scripts/train.py sets it, before torch loads OpenMP
+from workflow_lib.cpu_process import keep_freed_memory, setup_cpu_process
+
+setup_cpu_process()  # as scripts/train.py does, before torch loads OpenMP (malloc: see --default-malloc)
 import statistics
 import tempfile
 import time
@@ -27,7 +29,6 @@ import torch
 
 from workflow_lib.augment import AugmentConfig
 from workflow_lib.clipbank import ClipBank, write_clip_bank
-from workflow_lib.malloc_tuning import keep_freed_memory
 from workflow_lib.model import Fingerprinter, count_parameters, model_config_from
 from workflow_lib.train import TrainConfig, make_optimizer, resolve_device, train_step
 from workflow_lib.train_data import ViewSource, prefetch

@@ -1,11 +1,10 @@
 """Snakemake adapter: train (or reuse the training of) the FAISS index and add every fingerprint file."""
-import os
+from workflow_lib.cpu_process import setup_cpu_process
 
-# OpenMP threads that spin while another process holds the core make a shared machine several times slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+setup_cpu_process()  # before faiss loads
 
-from workflow_lib.index import TrainSettings, build_index, read_removed_songs
-from workflow_lib.logs import setup_logging
+from workflow_lib.index import TrainSettings, build_index, read_removed_songs  # noqa: E402
+from workflow_lib.logs import setup_logging  # noqa: E402
 
 setup_logging(snakemake.log[0])
 o = snakemake.params.opts

@@ -15,15 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-# OpenMP threads that spin while another process holds the core make a shared machine several times slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as a plain script from any directory
     sys.path.insert(0, str(REPO))
+
+from workflow_lib.cpu_process import setup_cpu_process  # noqa: E402
+
+setup_cpu_process()  # before torch and faiss load
 
 from workflow_lib.logs import setup_logging  # noqa: E402
 

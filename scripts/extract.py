@@ -1,15 +1,12 @@
 """Snakemake adapter: fingerprint one shard of the database songs into results/fingerprints/shard-{i}.parquet."""
-import os
+from workflow_lib.cpu_process import setup_cpu_process
 
-# OpenMP threads that spin while another process holds the core make a shared machine several times slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+setup_cpu_process(keep_buffers=True)  # before torch loads
 
-from workflow_lib.extract import extract_shard
-from workflow_lib.logs import setup_logging
-from workflow_lib.malloc_tuning import keep_freed_memory
+from workflow_lib.extract import extract_shard  # noqa: E402
+from workflow_lib.logs import setup_logging  # noqa: E402
 
 setup_logging(snakemake.log[0])
-keep_freed_memory()  # torch's big buffers stay in the heap between steps (bench/README.md)
 p = snakemake.params
 o = p.opts
 extract_shard(snakemake.input.songs, snakemake.input.splits, snakemake.input.model, snakemake.output[0],

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -577,13 +576,9 @@ def half_to_float(x: np.ndarray) -> np.ndarray:
     import torch
 
     x = np.ascontiguousarray(x)
-    if x.flags.writeable:
-        return torch.from_numpy(x).float().numpy()
-    # Rows of the read-only memory map: torch warns that it cannot protect them from writes, but .float() only
-    # reads them into a new tensor.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(x).float().numpy()
+    if not x.flags.writeable:  # a slice of the read-only memory map, which torch warns about: a float16 memcpy
+        x = x.copy()
+    return torch.from_numpy(x).float().numpy()
 
 
 def read_sidecar(folder: str | Path) -> dict[str, Any]:

@@ -237,7 +237,8 @@ class Validator:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _database(self, model: Fingerprinter, autocast: dict[str, Any]) -> torch.Tensor:
+    def database(self, model: Fingerprinter, autocast: dict[str, Any]) -> torch.Tensor:
+        """Embeddings of every clean segment of the validation songs, in the source's row order."""
         bank = self.source.songs
         parts = []
         for i in range(len(bank)):
@@ -258,7 +259,7 @@ class Validator:
                       for i in range(0, len(q) - bp + 1, bp)]
             if not losses and len(q) >= 2:  # fewer queries than one batch: one smaller batch
                 losses = [nt_xent(q, p, self.cfg.temperature).item()]
-            db = self._database(model, autocast)
+            db = self.database(model, autocast)
             top1 = torch.cat([(q[i:i + 1024] @ db.T).argmax(1) for i in range(0, len(q), 1024)]).cpu().numpy()
         finally:
             model.train()
