@@ -106,3 +106,61 @@ def test_m4a_through_ffmpeg(tmp_path):
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
     out = load_audio(m4a)
     assert abs(len(out) - 16000) < 1000 and audio_info(m4a).sample_rate == 44100
+
+
+def _damaged_aac(tmp_path, minutes: float = 3.0):
+    """An AAC file whose middle 90 % has every 7th byte overwritten (issue 15: this hung every reader)."""
+    import subprocess
+
+    sr = 22050
+    rng = np.random.default_rng(0)
+    wav = tmp_path / "long.wav"
+    sf.write(str(wav), (0.3 * tone_mix(minutes * 60, sr) + 0.05 * rng.standard_normal(int(minutes * 60 * sr)))
+             .astype(np.float32), sr)
+    m4a = tmp_path / "damaged.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "96k", str(m4a)], check=True)
+    data = bytearray(m4a.read_bytes())
+    lo, hi = int(0.05 * len(data)), int(0.95 * len(data))
+    idx = np.arange(lo, hi, 7)
+    data_np = np.frombuffer(data, dtype=np.uint8).copy()
+    data_np[idx] = rng.integers(0, 256, len(idx), dtype=np.uint8)
+    m4a.write_bytes(data_np.tobytes())
+    return m4a
+
+
+@pytest.mark.skipif(not has_ffmpeg(), reason="ffmpeg not installed")
+def test_damaged_aac_is_rejected_with_a_reason_not_a_hang(tmp_path):
+    """Decoded in a child process with a time limit, so a regression fails the test instead of hanging CI."""
+    import subprocess
+    import sys
+
+    m4a = _damaged_aac(tmp_path)
+    code = ("import sys\nfrom workflow_lib.audio_io import AudioDecodeError, load_audio\n"
+            "try:\n    load_audio(sys.argv[1])\nexcept AudioDecodeError as e:\n    print('REJECTED', e)\n")
+    res = subprocess.run([sys.executable, "-c", code, str(m4a)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "REJECTED" in res.stdout and "corrupt" in res.stdout, res.stdout
+
+
+@pytest.mark.skipif(not has_ffmpeg(), reason="ffmpeg not installed")
+def test_ffmpeg_decode_time_is_capped(tmp_path, monkeypatch):
+    """A decoder that stalls is killed when the time budget is spent, and the file is rejected with that reason."""
+    import workflow_lib.audio_io as aio
+
+    wav = tmp_path / "s.wav"
+    sf.write(str(wav), tone_mix(2.0, 44100), 44100)
+    m4a = tmp_path / "s.m4a"
+    import subprocess
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    real_popen = subprocess.Popen
+
+    def stalled(cmd, **kw):  # ffmpeg that produces nothing for a minute (a stuck decoder); ffprobe runs as usual
+        return real_popen(["sleep", "60"] if cmd[0] == "ffmpeg" else cmd, **kw)
+
+    monkeypatch.setattr(aio.subprocess, "Popen", stalled)
+    monkeypatch.setattr(aio, "DECODE_TIMEOUT_BASE_S", 1.0)
+    import time
+    t0 = time.monotonic()
+    with pytest.raises(AudioDecodeError, match="did not finish within"):
+        load_audio(m4a)
+    assert time.monotonic() - t0 < 30

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +27,13 @@ log = logging.getLogger(__name__)
 SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".w64", ".caf"}
 FFMPEG_EXTENSIONS = {".m4a", ".aac", ".mp4", ".wma", ".webm", ".mka"}
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
+
+# ffmpeg (m4a/aac/...): a file whose decoder reports more errors than this is rejected as corrupt; waiting for ffmpeg
+# is capped at BASE + PER_S x the file's duration (ffmpeg decodes AAC at hundreds of times realtime).
+MAX_DECODER_ERRORS = 20
+DECODE_TIMEOUT_BASE_S = 60.0
+DECODE_TIMEOUT_PER_S = 0.1
+PROBE_TIMEOUT_S = 60.0
 
 # Decoded block size in source frames: large enough to amortise per-call overhead, small enough to bound memory.
 _BLOCK_FRAMES = 1 << 18
@@ -180,7 +189,12 @@ def _ffprobe_info(path: Path) -> AudioInfo:
     _require_ffmpeg(path)
     cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
            "stream=sample_rate,channels,codec_name:format=duration", "-of", "default=nw=1", str(path)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise AudioDecodeError(f"{path}: ffprobe did not finish reading the header within {PROBE_TIMEOUT_S:.0f} s "
+                               "(damaged file?)") from None
     fields = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
     if res.returncode != 0 or "sample_rate" not in fields:
         raise AudioDecodeError(f"{path}: ffprobe found no audio stream ({res.stderr.strip()[:200]})")
@@ -193,21 +207,84 @@ def _ffprobe_info(path: Path) -> AudioInfo:
                      int(duration * rate) if np.isfinite(duration) else -1)
 
 
+class _StderrDrain(threading.Thread):
+    """Reads a child's stderr to the end on its own thread, so the child can never block on a full pipe while we
+    read its stdout (the two pipes are drained concurrently). Keeps the first few error lines and counts them."""
+
+    def __init__(self, stream, keep_lines: int = 5):
+        super().__init__(daemon=True, name="ffmpeg-stderr")
+        self.stream, self.keep_lines = stream, keep_lines
+        self.lines: list[str] = []
+        self.count = 0
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode(errors="replace").strip()
+            if not line:
+                continue
+            self.count += 1
+            if len(self.lines) < self.keep_lines:
+                self.lines.append(line[:200])
+
+    def excerpt(self) -> str:
+        return "; ".join(self.lines) or "no message"
+
+
+def decode_time_limit(duration_s: float) -> float:
+    """Wall-clock seconds ffmpeg may spend producing a file's audio before the file is rejected as stuck."""
+    return DECODE_TIMEOUT_BASE_S + DECODE_TIMEOUT_PER_S * (duration_s if np.isfinite(duration_s) else 3600.0)
+
+
 def _iter_ffmpeg(path: Path, sr: int, chunk_seconds: float) -> Iterator[np.ndarray]:
-    _require_ffmpeg(path)
+    """Decode through ffmpeg. stderr is drained on a thread (a damaged file's error text can exceed the pipe buffer
+    and deadlock a reader that drains stdout first); the time spent waiting for ffmpeg is capped; a file that
+    decodes with more than ``MAX_DECODER_ERRORS`` errors is rejected as corrupt instead of yielding garbage."""
+    info = _ffprobe_info(path)
+    limit_s = decode_time_limit(info.duration_s)
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(sr), "-f", "f32le",
            "-acodec", "pcm_f32le", "-"]
     chunk_bytes = max(4, int(chunk_seconds * sr) * 4)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None and proc.stderr is not None
+        drain = _StderrDrain(proc.stderr)
+        drain.start()
+        waited = 0.0
         total = 0
-        while True:
-            buf = proc.stdout.read(chunk_bytes)
-            if not buf:
-                break
-            usable = len(buf) - len(buf) % 4
-            total += usable
-            yield np.frombuffer(buf[:usable], dtype="<f4").astype(np.float32)
-        err = proc.stderr.read().decode(errors="replace").strip()
-        if proc.wait() != 0 or total == 0:
-            raise AudioDecodeError(f"{path}: ffmpeg could not decode it ({err[:200] or 'no audio'})")
+        try:
+            while True:
+                t0 = time.monotonic()
+                # A read that outlasts what is left of the budget kills ffmpeg; the read then returns what it has.
+                watchdog = threading.Timer(max(0.0, limit_s - waited), proc.kill)
+                watchdog.start()
+                try:
+                    buf = proc.stdout.read(chunk_bytes)
+                finally:
+                    watchdog.cancel()
+                waited += time.monotonic() - t0
+                if waited >= limit_s:
+                    raise AudioDecodeError(f"{path}: decoding did not finish within {limit_s:.0f} s "
+                                           f"(ffmpeg: {drain.excerpt()})")
+                if drain.count > MAX_DECODER_ERRORS:
+                    raise AudioDecodeError(f"{path}: corrupt: ffmpeg reported more than {MAX_DECODER_ERRORS} "
+                                           f"decoding errors ({drain.excerpt()})")
+                if not buf:
+                    break
+                usable = len(buf) - len(buf) % 4
+                total += usable
+                yield np.frombuffer(buf[:usable], dtype="<f4").astype(np.float32)
+            rc = proc.wait(timeout=max(1.0, limit_s - waited))
+            drain.join(timeout=5.0)
+            if drain.count > MAX_DECODER_ERRORS:
+                raise AudioDecodeError(f"{path}: corrupt: ffmpeg reported {drain.count} decoding errors "
+                                       f"({drain.excerpt()})")
+            if rc != 0 or total == 0:
+                raise AudioDecodeError(f"{path}: ffmpeg could not decode it ({drain.excerpt() if drain.count else 'no audio'})")
+            if drain.count:
+                log.info("%s: ffmpeg reported %d decoding error(s), tolerated: %s", path, drain.count,
+                         drain.excerpt())
+        except subprocess.TimeoutExpired:
+            raise AudioDecodeError(f"{path}: ffmpeg did not exit within {limit_s:.0f} s") from None
+        finally:
+            if proc.poll() is None:  # an early exit (error, or the caller stopped iterating): never leave it running
+                proc.kill()
+                proc.wait()
