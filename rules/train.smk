@@ -3,18 +3,30 @@
 # so Snakemake keeps it when a killed job is rerun); delete that folder to train from scratch.
 
 
+# The low-bitrate codec copy of the songs is built only when training draws codec views.
+TRAIN_CODECS = config["train"]["codecs"] if config["train"]["augment"]["codec_prob"] > 0 else []
+
+
+def song_bank_files(split):
+    files = multiext(f"{RESULTS}/model/audio/{split}", ".npy", ".parquet")
+    if TRAIN_CODECS:
+        files += multiext(f"{RESULTS}/model/audio/{split}_codec", ".npy", ".parquet")
+    return files
+
+
 rule train_audio:
     input:
         songs=rules.manifest.output.songs,
         splits=rules.split.output.splits,
     output:
-        multiext(f"{RESULTS}/model/audio/{{split}}", ".npy", ".parquet"),
+        song_bank_files("{split}"),
     wildcard_constraints:
         split="train|val",
     params:
         prefix=lambda w: f"{RESULTS}/model/audio/{w.split}",
         max_songs=lambda w: config["train"]["val_max_songs"] if w.split == "val" else 0,
         seed=config["train"]["seed"],
+        codecs=TRAIN_CODECS,
     log:
         f"{LOGS}/train_audio_{{split}}.log",
     threads: 1
@@ -27,8 +39,8 @@ rule train_audio:
 
 rule train:
     input:
-        train_audio=multiext(f"{RESULTS}/model/audio/train", ".npy", ".parquet"),
-        val_audio=multiext(f"{RESULTS}/model/audio/val", ".npy", ".parquet"),
+        train_audio=song_bank_files("train"),
+        val_audio=song_bank_files("val"),
         noise=multiext(f"{RESULTS}/noise/train", ".npy", ".parquet"),
         irs=multiext(f"{RESULTS}/irs/train", ".npy", ".parquet"),
     output:

@@ -1,4 +1,4 @@
-"""Snakemake adapter: impulse responses (measured or simulated rooms) into train/test clip banks."""
+"""Snakemake adapter: impulse responses (measured, simulated rooms and resonant spaces) into train/test clip banks."""
 from workflow_lib.ir_prep import prepare_irs
 from workflow_lib.logs import setup_logging
 from workflow_lib.manifest import list_audio_files
@@ -7,5 +7,6 @@ log = setup_logging(snakemake.log[0])
 p = snakemake.params
 o = p.opts
 summary = prepare_irs(list_audio_files(p.ir_dirs), p.out_dir, test_fraction=o["test_fraction"],
-                      max_ir_s=o["max_ir_s"], simulate=dict(o["simulate"]), seed=o["seed"])
+                      max_ir_s=o["max_ir_s"], simulate=dict(o["simulate"]), seed=o["seed"],
+                      holdout=o["holdout"])
 log.info("IR banks: %s", {k: v for k, v in summary.items() if k != "skipped"})  # skips are logged one by one

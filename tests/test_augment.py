@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workflow_lib.augment import (FILTER_SETTLE, AugmentConfig, ViewParams, apply_biquads, biquad_coefficients,
-                                  degrade, mask_spectrogram, mix_at_snr, reverberate, sample_view_params)
+                                  compress, degrade, mask_spectrogram, mix_at_snr, reverberate, sample_view_params)
 from workflow_lib.clipbank import ClipBank, write_clip_bank
 from workflow_lib.train_data import ViewSource, prefetch
 
@@ -102,6 +102,7 @@ def _params(n: int, **kw) -> ViewParams:
     base = dict(snr_db=np.full(n, np.inf, np.float32), highpass_hz=np.zeros(n, np.float32),
                 lowpass_hz=np.zeros(n, np.float32), eq_hz=np.full(n, 1000.0, np.float32),
                 eq_q=np.ones(n, np.float32), eq_gain_db=np.zeros(n, np.float32), gain_db=np.zeros(n, np.float32),
+                compress_ratio=np.ones(n, np.float32), compress_threshold_db=np.full(n, -20.0, np.float32),
                 time_mask=np.zeros((n, 2), np.int64), freq_mask=np.zeros((n, 2), np.int64))
     base.update(kw)
     return ViewParams(**base).to_torch("cpu")
@@ -275,3 +276,130 @@ def test_prefetch_keeps_order_and_raises():
         for x in prefetch(broken()):
             out.append(x)
     assert out == [1]
+
+
+# --- the issue-11 chain: long rooms, resonant spaces, device chaining, codec, speed, compression -------------
+
+def _decaying_ir(seconds: float, rt60: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 8000)) / 8000
+    h = rng.standard_normal(len(t)) * 10 ** (-3 * t / rt60)
+    h[0] = 1.0
+    return (h / np.linalg.norm(h)).astype(np.float32)
+
+
+def test_reverb_tail_length_follows_a_long_ir():
+    """A 2 s IR leaves energy 1.5 s after the dry signal ends (IRs are no longer cut to 1 s)."""
+    ir = torch.from_numpy(_decaying_ir(2.0, 2.0))[None]
+    dry = torch.zeros(1, 16000 + 8000 + FILTER_SETTLE)
+    dry[0, :16000] = torch.from_numpy(np.random.default_rng(1).standard_normal(16000).astype(np.float32))
+    # the view is the last 8000 samples: it starts 1 s after the dry signal ended and lasts 1 s
+    wet = reverberate(dry, ir, 8000)
+    late = wet[0, 4000:].pow(2).mean()  # 1.5-2.0 s after the end
+    assert late > 1e-4 * dry[0, :16000].pow(2).mean()
+    # ... and a source built with max_ir_s 3 keeps the whole 2 s response
+    src_cfg = AugmentConfig(max_ir_s=3.0)
+    assert src_cfg.max_ir_s == 3.0
+
+
+@pytest.fixture
+def kind_banks(tmp_path):
+    rng = np.random.default_rng(0)
+    song = np.sin(2 * np.pi * 500 * np.arange(48000) / 8000).astype(np.float32) * 0.5
+    write_clip_bank(tmp_path / "songs", [song, song[:40000]], pd.DataFrame({"song_id": ["a", "b"],
+                                                                             "name": ["a", "b"]}))
+    codec = [np.clip(song + 0.05 * rng.standard_normal(len(song)), -1, 1).astype(np.float32),
+             np.clip(song[:40000] + 0.05 * rng.standard_normal(40000), -1, 1).astype(np.float32)]
+    write_clip_bank(tmp_path / "songs_codec", codec, pd.DataFrame({"song_id": ["a", "b"], "name": ["a", "b"]}))
+    write_clip_bank(tmp_path / "noise", [rng.standard_normal(20000).astype(np.float32) * 0.1],
+                    pd.DataFrame({"name": ["n"]}))
+    room, ring = _decaying_ir(2.0, 2.0, 1), _decaying_ir(1.0, 0.8, 2)
+    dev = _decaying_ir(0.02, 0.01, 3)
+    write_clip_bank(tmp_path / "irs", [room, ring, dev],
+                    pd.DataFrame({"name": ["room", "ring", "dev"], "kind": ["room", "resonant", "device"]}),
+                    dtype="float32")
+    return (ClipBank(tmp_path / "songs"), ClipBank(tmp_path / "noise"), ClipBank(tmp_path / "irs"),
+            ClipBank(tmp_path / "songs_codec"))
+
+
+def test_irs_are_drawn_by_kind_and_the_device_is_chained_with_the_room(kind_banks):
+    songs, noise, irs, _ = kind_banks
+    cfg = AugmentConfig(max_ir_s=3.0, reverb_prob=1.0, resonant_share=0.5, device_ir_prob=1.0)
+    src = ViewSource(songs, noise, irs, cfg)
+    assert src.ir_len == 16000 and src.device_len == 160  # the 2 s room is kept whole
+    assert src.history == 16000 - 1 + 160 - 1 + FILTER_SETTLE
+    batch = src.views(np.random.default_rng(0), np.arange(len(src)).repeat(20))
+    room, ring, dev = (irs.clip(i) for i in range(3))
+    used = [("room" if np.allclose(r[:len(room)], room) else "ring" if np.allclose(r[:len(ring)], ring)
+             else "?") for r in batch.irs]
+    assert "?" not in used and 0.3 < used.count("ring") / len(used) < 0.7
+    # every view also has the device response, chained (not drawn instead of the room)
+    assert np.allclose(batch.device_irs[:, :len(dev)], dev)
+    # the chain applies both: output = x * device * room (one linear convolution)
+    t = torch.from_numpy
+    params = src.views(np.random.default_rng(1), np.zeros(1, np.int64)).params
+    params.snr_db[:] = np.inf
+    params.eq_gain_db[:] = 0
+    params.highpass_hz[:] = params.lowpass_hz[:] = 0
+    params.gain_db[:] = 0
+    params.compress_ratio[:] = 1
+    out = degrade(t(batch.audio[:1]), t(batch.irs[:1]), t(batch.noise[:1]), params.to_torch("cpu"), 8000,
+                  device_irs=t(batch.device_irs[:1]))
+    full = np.convolve(np.convolve(batch.audio[0], batch.device_irs[0]), batch.irs[0])[:batch.audio.shape[1]]
+    ref = full[-8000:] / np.abs(full[-8000:]).max()
+    np.testing.assert_allclose(out[0].numpy(), ref, atol=2e-3)
+
+
+def test_device_eq_colours_the_room_noise_too():
+    """The recording device filters what reaches the microphone: music and the room's noise alike."""
+    n = 8000 + FILTER_SETTLE
+    audio = torch.zeros(1, n)
+    audio[0, :] = 0.01 * torch.randn(1, n, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, n, generator=torch.Generator().manual_seed(1))
+    p = _params(1, snr_db=np.array([-30.0], np.float32), eq_hz=np.full((1, 2), 1000.0, np.float32),
+                eq_q=np.full((1, 2), 2.0, np.float32), eq_gain_db=np.array([[20.0, 0.0]], np.float32))
+    out = degrade(audio, torch.ones(1, 1), noise, p, 8000)[0].numpy()
+    spec = np.abs(np.fft.rfft(out)) ** 2
+    f = np.fft.rfftfreq(len(out), 1 / 8000)
+    boost = spec[(f > 900) & (f < 1100)].mean() / spec[(f > 2500) & (f < 3000)].mean()
+    assert boost > 30  # +20 dB at 1 kHz on what is almost all noise
+
+
+def test_codec_and_speed_views_differ_from_the_clean_view_as_expected(kind_banks):
+    songs, noise, _, codec = kind_banks
+    rows = np.zeros(200, np.int64) + 2
+    plain = ViewSource(songs, None, None, AugmentConfig(jitter_s=0.0, reverb_prob=0.0))
+    base = plain.views(np.random.default_rng(0), rows).audio
+    coded = ViewSource(songs, None, None, AugmentConfig(jitter_s=0.0, reverb_prob=0.0, codec_prob=1.0),
+                       codec=codec).views(np.random.default_rng(0), rows).audio
+    assert not np.allclose(coded, base) and np.corrcoef(coded[0], base[0])[0, 1] > 0.9  # same music, codec noise
+    fast = ViewSource(songs, None, None, AugmentConfig(jitter_s=0.0, reverb_prob=0.0, speed_prob=1.0,
+                                                         speed=(1.04, 1.04))).views(np.random.default_rng(0), rows)
+    spec = np.abs(np.fft.rfft(fast.audio[0, -8000:]))
+    peak_hz = np.argmax(spec) * 8000 / 8000
+    assert peak_hz == pytest.approx(520.0, abs=2.0)  # 500 Hz played 4 % faster
+    with pytest.raises(ValueError, match="not aligned"):
+        ViewSource(songs, None, None, AugmentConfig(), codec=noise)
+
+
+def test_compression_narrows_the_dynamics():
+    t = torch.arange(16000) / 8000
+    x = torch.sin(2 * torch.pi * 300 * t) * torch.where(t < 1.0, 1.0, 0.05)  # loud second, then -26 dB
+    y = compress(x[None], torch.tensor([6.0]), torch.tensor([-20.0]))[0]
+    def level(a):
+        return 10 * torch.log10(a.pow(2).mean())
+    before = level(x[:7000]) - level(x[9000:])
+    after = level(y[:7000]) - level(y[9000:])
+    assert before == pytest.approx(26.0, abs=0.5) and after < before - 4
+    assert torch.equal(compress(x[None], torch.tensor([1.0]), torch.tensor([-20.0]))[0], x)  # ratio 1: off
+
+
+def test_views_are_reproducible_for_a_seed(kind_banks):
+    songs, noise, irs, codec = kind_banks
+    cfg = AugmentConfig(max_ir_s=3.0, resonant_share=0.3, device_ir_prob=0.3, codec_prob=0.3, speed_prob=0.3,
+                        compress_prob=0.3, eq_bands=(1, 4))
+    a = ViewSource(songs, noise, irs, cfg, codec=codec).pairs(np.random.default_rng(5), np.arange(6))
+    b = ViewSource(songs, noise, irs, cfg, codec=codec).pairs(np.random.default_rng(5), np.arange(6))
+    for x, y in ((a.audio, b.audio), (a.irs, b.irs), (a.noise, b.noise), (a.device_irs, b.device_irs),
+                 (a.params.eq_gain_db, b.params.eq_gain_db), (a.params.compress_ratio, b.params.compress_ratio)):
+        np.testing.assert_array_equal(x, y)

@@ -9,11 +9,13 @@ import pytest
 import soundfile as sf
 
 from workflow_lib.clipbank import ClipBank
-from workflow_lib.ir_prep import estimate_rt60, group_key, prepare_irs, process_ir
+from workflow_lib.ir_prep import estimate_rt60, group_key, measured_kind, prepare_irs, process_ir
 from workflow_lib.split import unit_hash
 
 SR_IN = 16000
-SIM = {"n_rooms": 5, "rt60_s": [0.2, 0.5], "room_min_m": [3.0, 3.0, 2.4], "room_max_m": [8.0, 6.0, 3.5]}
+SIM = {"n_rooms": 5, "rt60_s": [0.2, 0.5], "room_min_m": [3.0, 3.0, 2.4], "room_max_m": [8.0, 6.0, 3.5],
+       "n_resonant": 0, "resonant_t60_s": [0.3, 2.0]}
+NO_SIM = dict(SIM, n_rooms=0)
 
 
 def _synthetic_ir(rt60: float, seconds: float, predelay_s: float, seed: int, sr: int = SR_IN) -> np.ndarray:
@@ -32,7 +34,7 @@ def _write(path, audio, sr=SR_IN):
 
 
 def _prep(files, out, **kw):
-    args = dict(test_fraction=0.3, max_ir_s=1.0, simulate=SIM, seed=0)
+    args = dict(test_fraction=0.3, max_ir_s=1.0, simulate=NO_SIM, seed=0)
     args.update(kw)
     return prepare_irs(files, out, **args)
 
@@ -72,13 +74,14 @@ def test_measured_files_multichannel_and_bank_format(tmp_path):
     files += [_write(tmp_path / f"room{i}.flac", _synthetic_ir(0.2 + 0.1 * i, 0.8, 0.01 * i, 20 + i), 44100)
               for i in range(5)]
     summary = _prep(files, tmp_path / "out")
-    assert summary["simulated"] is False and summary["files"] == {"given": 6, "skipped": 0}
+    assert summary["files"] == {"given": 6, "skipped": 0}
     banks = [ClipBank(tmp_path / "out" / s) for s in ("train", "test")]
     meta = np.concatenate([b.meta["name"].to_numpy() for b in banks])
     assert sorted(meta) == sorted(["hall.wav#ch0", "hall.wav#ch1"] + [f"room{i}.flac" for i in range(5)])
     for bank in banks:
         assert len(bank) >= 1 and bank.samples.dtype == np.float32
-        assert set(bank.meta["kind"]) == {"measured"}
+        assert set(bank.meta["origin"]) == {"measured"}
+        assert list(bank.meta["kind"]) == [measured_kind(r) for r in bank.meta["rt60_s"]]
         for i in range(len(bank)):
             h = bank.clip(i)
             assert np.linalg.norm(h) == pytest.approx(1.0, abs=1e-4)
@@ -135,23 +138,41 @@ def test_bad_files_are_skipped_with_reason(tmp_path, caplog):
     assert set(reasons) == {str(broken), str(silent)}
     assert "silent" in reasons[str(silent)]
     assert any(str(broken) in r.getMessage() for r in caplog.records)
-    with pytest.raises(ValueError, match="data.ir_dirs.*broken.flac"):
+    with pytest.raises(ValueError, match="no impulse responses for both sides"):
         _prep([broken], tmp_path / "out2")
+    with caplog.at_level(logging.WARNING, logger="workflow_lib.ir_prep"):
+        _prep([broken], tmp_path / "out3", simulate=SIM)  # simulated rooms still make both sides
+    assert any("none of the 1 impulse-response files is usable (first: " + str(broken) in r.getMessage()
+               for r in caplog.records)
 
 
-def test_single_ir_is_used_for_both_splits_with_a_warning(tmp_path, caplog):
+def test_single_recording_goes_to_one_side_and_simulation_fills_the_other(tmp_path, caplog):
     one = _write(tmp_path / "only.wav", _synthetic_ir(0.3, 0.5, 0.0, 1))
     with caplog.at_level(logging.WARNING, logger="workflow_lib.ir_prep"):
-        _prep([one], tmp_path / "out")
-    assert any("only one usable impulse response" in r.getMessage() for r in caplog.records)
-    assert len(ClipBank(tmp_path / "out" / "train")) == len(ClipBank(tmp_path / "out" / "test")) == 1
+        _prep([one], tmp_path / "out", simulate=SIM)
+    assert any("all come from one recording" in r.getMessage() for r in caplog.records)
+    train, test = ClipBank(tmp_path / "out" / "train"), ClipBank(tmp_path / "out" / "test")
+    assert "only.wav" in set(train.meta["name"]) and "only.wav" not in set(test.meta["name"])
+    _prep([one], tmp_path / "pinned", simulate=SIM, holdout=["only*"])
+    assert "only.wav" in set(ClipBank(tmp_path / "pinned" / "test").meta["name"])
 
 
-def test_simulated_rooms(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="workflow_lib.ir_prep"):
-        summary = _prep([], tmp_path / "out")
-    assert any("simulating 5 random shoebox rooms" in r.getMessage() for r in caplog.records)
-    assert summary["simulated"] is True
+def test_holdout_pins_a_recording_to_the_evaluation_side(tmp_path):
+    files = [_write(tmp_path / f"room{c}.wav", _synthetic_ir(0.7, 1.5, 0.0, ord(c))) for c in "ABCDEF"]
+    files += [_write(tmp_path / "greathall_L.wav", _synthetic_ir(2.0, 3.0, 0.0, 99)),
+              _write(tmp_path / "greathall_R.wav", _synthetic_ir(2.0, 3.0, 0.0, 98))]
+    for seed in range(4):
+        _prep(files, tmp_path / f"out{seed}", seed=seed, holdout=["greathall*"], max_ir_s=3.0)
+        test = ClipBank(tmp_path / f"out{seed}" / "test")
+        train = ClipBank(tmp_path / f"out{seed}" / "train")
+        assert {"greathall_L.wav", "greathall_R.wav"} <= set(test.meta["name"])
+        assert not train.meta["name"].str.startswith("greathall").any() and len(train)
+        hall = test.meta[test.meta["name"] == "greathall_L.wav"].index[0]
+        assert test.lengths[hall] > 2 * 8000  # a long hall keeps its real length (max_ir_s 3 s), not 1 s
+
+
+def test_simulated_rooms(tmp_path):
+    _prep([], tmp_path / "out", simulate=SIM)
     train, test = ClipBank(tmp_path / "out" / "train"), ClipBank(tmp_path / "out" / "test")
     assert (len(train), len(test)) == (3, 2)  # split by index: the last round(5 * 0.3) = 2 rooms are test
     meta = np.concatenate([train.meta["rt60_s"], test.meta["rt60_s"]])
@@ -161,10 +182,39 @@ def test_simulated_rooms(tmp_path, caplog):
     assert ((meta > 0.2 * 0.8) & (meta < 0.5 * 1.25)).all()
     assert np.allclose(meta, target, rtol=0.2)
     for bank in (train, test):
-        assert set(bank.meta["kind"]) == {"simulated"}
+        assert set(bank.meta["origin"]) == {"simulated"} and set(bank.meta["kind"]) == {"room"}
         for i in range(len(bank)):
             h = bank.clip(i)
             assert np.linalg.norm(h) == pytest.approx(1.0, abs=1e-4) and int(np.argmax(np.abs(h))) <= 10
     # deterministic for a seed
-    _prep([], tmp_path / "again")
+    _prep([], tmp_path / "again", simulate=SIM)
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "train.npy"), np.load(tmp_path / "again" / "train.npy"))
+
+
+def test_long_rooms_and_resonant_spaces_are_simulated_for_both_sides(tmp_path):
+    sim = dict(SIM, n_rooms=14, rt60_s=[0.3, 3.0], room_max_m=[25.0, 20.0, 10.0], n_resonant=6)
+    summary = _prep([], tmp_path / "out", simulate=sim, max_ir_s=3.0)
+    train, test = ClipBank(tmp_path / "out" / "train"), ClipBank(tmp_path / "out" / "test")
+    for bank in (train, test):
+        assert set(bank.meta["kind"]) == {"room", "resonant"}
+    rooms = test.meta[test.meta["kind"] == "room"]
+    # stratified draws: the evaluation side covers the range, a long hall included
+    assert rooms["rt60_target_s"].max() > 1.5 and rooms["rt60_target_s"].min() < 1.0
+    assert np.allclose(rooms["rt60_s"], rooms["rt60_target_s"], rtol=0.25)
+    longest = int(np.argmax(test.meta["rt60_target_s"].where(test.meta["kind"] == "room", 0)))
+    assert test.lengths[longest] > 1.4 * 8000  # not cut to 1 s
+    assert summary["test"]["rooms_rt60_ge_1_5_s"] >= 1
+    # no simulated response is on both sides
+    tr = {train.clip(i).tobytes() for i in range(len(train))}
+    assert not any(test.clip(i).tobytes() in tr for i in range(len(test)))
+    # resonant spaces ring (a measurable decay of at least 0.2 s) in a few narrow resonances: their spectrum,
+    # smoothed to 1/12 octave, has peaks and notches far apart
+    f = np.fft.rfftfreq(1 << 15, 1 / 8000)
+    for bank in (train, test):
+        for i in np.flatnonzero(bank.meta["kind"] == "resonant"):
+            h = bank.clip(int(i))
+            assert bank.meta["rt60_s"].iloc[i] > 0.2
+            power = np.abs(np.fft.rfft(h, 1 << 15)) ** 2
+            bands = [10 * np.log10(power[(f > c * 2 ** (-1 / 24)) & (f < c * 2 ** (1 / 24))].mean())
+                     for c in np.geomspace(300, 3800, 60)]
+            assert np.percentile(bands, 95) - np.percentile(bands, 5) > 6.0

@@ -96,6 +96,19 @@ def test_build_song_bank_decodes_once_and_skips_bad_files(tmp_path):
     assert bank.samples.dtype == np.float16 and list(bank.lengths) == [24000, 20000]
     assert summary["segments"] == 5 + 4
     assert not list(tmp_path.glob(".bank*"))  # no temporary files left
+    # the codec copy: aligned sample for sample, one codec per song (by a hash of its id), clearly degraded
+    summary = build_song_bank(tmp_path / "songs.parquet", tmp_path / "splits.parquet", "train", tmp_path / "cb",
+                              codecs=["mp3-16k", "gsm"])
+    clean, coded = ClipBank(tmp_path / "cb"), ClipBank(tmp_path / "cb_codec")
+    assert np.array_equal(clean.starts, coded.starts) and np.array_equal(clean.lengths, coded.lengths)
+    assert set(coded.meta["codec"]) <= {"mp3-16k", "gsm"} and sum(summary["codecs"].values()) == 2
+    for i in range(len(clean)):
+        a, b = clean.clip(i), coded.clip(i)
+        assert not np.allclose(a, b) and np.corrcoef(a, b)[0, 1] > 0.3
+    assert "codec" not in clean.meta and not list(tmp_path.glob(".cb*"))
+    with pytest.raises(ValueError, match="unknown codecs"):
+        build_song_bank(tmp_path / "songs.parquet", tmp_path / "splits.parquet", "train", tmp_path / "x",
+                        codecs=["amr"])
 
 
 # --- training ------------------------------------------------------------------------------------------------------

@@ -103,6 +103,15 @@ class TrainConfig:
         return cls(**d)
 
 
+def codec_bank(song_bank: str | Path) -> ClipBank | None:
+    """The codec copy written beside a song bank (``{prefix}_codec``), or None when it was not built."""
+    prefix = Path(song_bank)
+    codec = prefix.with_name(prefix.name + "_codec")
+    if not codec.with_suffix(".npy").exists():
+        return None
+    return ClipBank(codec)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -169,20 +178,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _to_device(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                               ViewParams]:
+                                                               ViewParams, torch.Tensor | None]:
     pin = device.type == "cuda"
 
     def t(a: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(a))
         return x.pin_memory().to(device, non_blocking=True) if pin else x
 
-    return t(views.audio), t(views.irs), t(views.noise), views.params.to_torch(device)
+    dev = t(views.device_irs) if views.device_irs is not None else None
+    return t(views.audio), t(views.irs), t(views.noise), views.params.to_torch(device), dev
 
 
 @torch.no_grad()
 def degrade_views(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor, ViewParams]:
-    audio, irs, noise, params = _to_device(views, device)
-    return degrade(audio, irs, noise, params, SEGMENT_SAMPLES), params
+    audio, irs, noise, params, device_irs = _to_device(views, device)
+    return degrade(audio, irs, noise, params, SEGMENT_SAMPLES, device_irs=device_irs), params
 
 
 @torch.no_grad()
@@ -292,15 +302,17 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     train_songs, val_songs = ClipBank(train_bank), ClipBank(val_bank)
     noise = ClipBank(noise_bank) if noise_bank else None
     irs = ClipBank(ir_bank) if ir_bank else None
-    train_src = ViewSource(train_songs, noise, irs, cfg.augment)
+    codec_banks = [codec_bank(b) if cfg.augment.codec_prob > 0 else None for b in (train_bank, val_bank)]
+    train_src = ViewSource(train_songs, noise, irs, cfg.augment, codec=codec_banks[0])
     if len(train_src) < cfg.batch_pairs:
         raise ValueError(f"{train_bank}: {len(train_src)} training segments, fewer than one batch of "
                          f"{cfg.batch_pairs} pairs (lower train.batch_size or add songs)")
-    val_src = ViewSource(val_songs, noise, irs, cfg.augment)
+    val_src = ViewSource(val_songs, noise, irs, cfg.augment, codec=codec_banks[1])
     steps_per_epoch = len(train_src) // cfg.batch_pairs
     horizon = {"steps": steps_per_epoch * cfg.max_epochs}
     warmup_steps = max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    fingerprint = run_fingerprint(cfg, model_cfg, frontend_cfg, _table_digest(train_songs, val_songs, noise, irs))
+    fingerprint = run_fingerprint(cfg, model_cfg, frontend_cfg, _table_digest(train_songs, val_songs, noise, irs,
+                                                                                    *codec_banks))
 
     torch.manual_seed(cfg.seed)
     model = Fingerprinter(model_cfg, frontend_cfg).to(device)
@@ -443,7 +455,7 @@ def _write_metrics(history: list[dict[str, Any]], metrics_path: str | Path, curv
 
 
 # Keys of the config's `train:` section that the rules use (not part of TrainConfig).
-RULE_KEYS = {"threads", "val_max_songs"}
+RULE_KEYS = {"threads", "val_max_songs", "codecs"}
 
 
 def train_from_config(train_bank: str | Path, val_bank: str | Path, noise_bank: str | Path | None,
