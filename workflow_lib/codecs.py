@@ -40,6 +40,7 @@ CODECS: dict[str, Codec] = {c.name: c for c in (
 # Voice-call codecs: what a phone or voice-note chain ends with.
 PHONE_CODECS = ("gsm", "opus-8k", "mp3-16k")
 MAX_DELAY = 4000  # samples searched for the codec's delay (MP3 at 8 kHz: 1105)
+WRITE_BLOCK = 1 << 16
 
 
 def encode_decode(audio: np.ndarray, codec: str | Codec, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -52,7 +53,10 @@ def encode_decode(audio: np.ndarray, codec: str | Codec, sr: int = SAMPLE_RATE) 
     kw = {} if c.compression_level is None else {"compression_level": c.compression_level}
     if c.format == "MP3":
         kw["bitrate_mode"] = "CONSTANT"
-    sf.write(buf, x, sr, format=c.format, subtype=c.subtype, **kw)
+    # Written in blocks: libsndfile 1.2's Vorbis encoder crashes (SIGSEGV) when handed 300 s or more in one call.
+    with sf.SoundFile(buf, "w", sr, 1, format=c.format, subtype=c.subtype, **kw) as f:
+        for i in range(0, len(x), WRITE_BLOCK):
+            f.write(x[i:i + WRITE_BLOCK])
     buf.seek(0)
     y, _ = sf.read(buf, dtype="float32")
     y = y[:, 0] if y.ndim > 1 else y
