@@ -27,3 +27,21 @@ def music_dirs():
 
 def demo_marker(wildcards=None):
     return [f"{DEMO_DIR}/catalogue.csv"] if USE_DEMO else []
+
+
+# The model every stage after training uses: trained here (model.source: train), the bundled one, or a file.
+BUNDLED_MODEL = os.path.join(workflow.basedir, "models", "nafp-small.pt")
+
+
+def _model_file():
+    source = config["model"]["source"]
+    if source == "train":
+        return f"{RESULTS}/model/model.pt"
+    if source == "bundled":
+        return BUNDLED_MODEL
+    if not os.path.isfile(source):
+        raise WorkflowError(f"config model.source: {source} is not a model file (use train, bundled or a path)")
+    return source
+
+
+MODEL_FILE = _model_file()

@@ -27,7 +27,7 @@ rule extract:
     input:
         songs=f"{RESULTS}/manifest/songs.parquet",
         splits=f"{RESULTS}/split/splits.parquet",
-        model=f"{RESULTS}/model/model.pt",
+        model=MODEL_FILE,
     output:
         f"{FINGERPRINT_DIR}/shard-{{shard}}.parquet",
     wildcard_constraints:

@@ -2,23 +2,23 @@
 # Inputs follow docs/ARCHITECTURE.md: the model file, the index folder's files, the manifest, splits and the
 # held-out noise / IR banks.
 
-# DB_INDEX_DIR / DB_INDEX_FILES come from database.smk (included before this file).
-MODEL_FILE = f"{RESULTS}/model/model.pt"
+# DB_INDEX_DIR / DB_INDEX_FILES come from database.smk, MODEL_FILE from common.smk.
 EVAL_DIR = f"{RESULTS}/eval"
 THRESHOLD_FILE = f"{DB_INDEX_DIR}/threshold.json"
 # The evaluate keys that define the queries (for params: toggling the baseline or the modes reruns only what uses
 # them, not the query set or the calibration).
 QUERY_PLAN = {k: v for k, v in config["evaluate"].items() if k not in ("modes", "baseline_audfprint", "audfprint")}
+QUERY_AUDIO = f"{EVAL_DIR}/queries/audio"
 # The search keys that change search results (not batch size or device).
 SEARCH_PARAMS = {k: v for k, v in config["search"].items() if k not in ("batch_size", "device", "mode")}
 
 
 rule calibrate:
-    """No-match threshold for the configured false-positive rate, from songs outside the database."""
+    """No-match threshold for the configured false-positive rate, from queries of songs the model never trained on,
+    searched with their own fingerprints skipped (leave-one-song-out)."""
     input:
         model=MODEL_FILE,
         index=DB_INDEX_FILES,
-        index_meta=f"{DB_INDEX_DIR}/index_meta.parquet",
         songs=f"{RESULTS}/manifest/songs.parquet",
         splits=f"{RESULTS}/split/splits.parquet",
         noise=multiext(f"{RESULTS}/noise/train", ".npy", ".parquet"),
@@ -26,7 +26,7 @@ rule calibrate:
     output:
         threshold=THRESHOLD_FILE,
     params:
-        results=RESULTS,
+        index_dir=DB_INDEX_DIR,
         search=SEARCH_PARAMS,
         evaluate=QUERY_PLAN,
         device=config["search"]["device"],
@@ -45,7 +45,8 @@ rule calibrate:
 
 
 rule eval_queries:
-    """Seeded query files cut from the database songs (and songs outside it), clean and degraded."""
+    """Seeded query files cut from the database songs (never trained on, and trained on) and from unknown songs, clean
+    and degraded. The audio is temporary: Snakemake deletes it once both systems have answered (--notemp keeps it)."""
     input:
         songs=f"{RESULTS}/manifest/songs.parquet",
         splits=f"{RESULTS}/split/splits.parquet",
@@ -54,6 +55,7 @@ rule eval_queries:
         irs=multiext(f"{RESULTS}/irs/test", ".npy", ".parquet"),
     output:
         queries=f"{EVAL_DIR}/queries/queries.parquet",
+        audio=temp(directory(QUERY_AUDIO)),
     params:
         evaluate=QUERY_PLAN,
         out_dir=f"{EVAL_DIR}/queries",
@@ -73,13 +75,14 @@ rule eval_neural:
     """Every query file through the neural searcher, in every configured mode."""
     input:
         queries=rules.eval_queries.output.queries,
+        audio=rules.eval_queries.output.audio,
         model=MODEL_FILE,
         index=DB_INDEX_FILES,
         threshold=THRESHOLD_FILE,
     output:
         results=f"{EVAL_DIR}/results_neural.parquet",
     params:
-        results=RESULTS,
+        index_dir=DB_INDEX_DIR,
         search=SEARCH_PARAMS,
         device=config["search"]["device"],
         batch_size=config["search"]["batch_size"],
@@ -99,6 +102,7 @@ rule baseline_audfprint:
     """audfprint (landmark hashes) over the same database songs and the very same query files."""
     input:
         queries=rules.eval_queries.output.queries,
+        audio=rules.eval_queries.output.audio,
         songs=f"{RESULTS}/manifest/songs.parquet",
         index_meta=f"{DB_INDEX_DIR}/index_meta.parquet",
     output:
@@ -128,6 +132,7 @@ rule evaluate:
         queries=rules.eval_queries.output.queries,
         results=_eval_results(),
         threshold=THRESHOLD_FILE,
+        index_json=f"{DB_INDEX_DIR}/index.json",
     output:
         metrics=f"{EVAL_DIR}/metrics.parquet",
         summary=report(f"{EVAL_DIR}/summary.md", caption="../report/summary.rst", category="Evaluation",

@@ -68,4 +68,5 @@ rule train:
         "../scripts/train.py"
 
 
-ALL_TARGETS.append(rules.train.output.model)
+if config["model"]["source"] == "train":
+    ALL_TARGETS.append(rules.train.output.model)

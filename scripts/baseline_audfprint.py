@@ -1,5 +1,5 @@
 """Snakemake adapter: the audfprint landmark baseline on the same database songs and query files."""
-from workflow_lib.baseline_audfprint import run_baseline
+from workflow_lib.evaluation.audfprint import run_baseline
 from workflow_lib.logs import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,8 +1,8 @@
 """Snakemake adapter: answer every evaluation query with the neural searcher."""
-from workflow_lib.evaluate import evaluate_neural
+from workflow_lib.evaluation.neural import evaluate_neural
 from workflow_lib.logs import setup_logging
 
 setup_logging(snakemake.log[0])
-p = snakemake.params
-evaluate_neural(snakemake.input.queries, snakemake.output.results, p.results,
+i, p = snakemake.input, snakemake.params
+evaluate_neural(i.queries, snakemake.output.results, i.model, p.index_dir, i.threshold,
                 {**p.search, "device": p.device, "batch_size": p.batch_size}, p.modes, threads=snakemake.threads)

@@ -1,8 +1,7 @@
 """Snakemake adapter: cut and degrade the evaluation query files (results/eval/queries/)."""
-from workflow_lib.evaluate import make_query_set
+from workflow_lib.evaluation.queries import make_query_set
 from workflow_lib.logs import setup_logging
 
 setup_logging(snakemake.log[0])
-p = snakemake.params
-make_query_set(p.out_dir, snakemake.input.songs, snakemake.input.splits, snakemake.input.index_meta,
-               p.noise_prefix, p.ir_prefix, p.evaluate)
+i, p = snakemake.input, snakemake.params
+make_query_set(p.out_dir, i.songs, i.splits, i.index_meta, p.noise_prefix, p.ir_prefix, p.evaluate)

@@ -61,7 +61,7 @@ def search_settings(args: argparse.Namespace) -> dict:
     """Search keyword arguments: the config's ``search:`` section, overridden by the command line."""
     import yaml
 
-    from workflow_lib.evaluate import search_kwargs
+    from workflow_lib.search import searcher_kwargs as search_kwargs
 
     cfg_path = Path(args.config)
     try:
@@ -87,9 +87,14 @@ def row_for(path: str, match: Match | None, error: str | None, duration_s: float
     if error is not None:
         return {"file": path, "error": error}
     assert match is not None
+    g = match.best_guess
+    guess = None if g is None else {"song_id": g.song_id, "title": g.title, "artist": g.artist,
+                                    "offset_s": g.offset_s, "score": round(g.score, 4)}
     return {"file": path, "match": match.is_match, "song_id": match.song_id, "title": match.title,
             "artist": match.artist, "offset_s": match.offset_s, "confidence": round(match.confidence, 4),
+            "reason": match.reason, "best_guess": guess,
             "score": round(match.score, 4) if math.isfinite(match.score) else None,
+            "decision": round(match.decision, 4) if math.isfinite(match.decision) else None,
             "threshold": round(match.threshold, 4), "mode": match.mode, "query_s": duration_s,
             "seconds": round(match.seconds_taken, 4)}
 
@@ -102,10 +107,12 @@ def print_table(rows: list[dict]) -> None:
         if "error" in r:
             lines.append([name, "ERROR", r["error"], "", "", ""])
             continue
-        song = r["song_id"] if r["match"] else "no match"
+        song = r["song_id"] if r["match"] else f"no match ({r['reason']})"
         label = " - ".join(x for x in (r["artist"], r["title"]) if x) or "-"
         if not r["match"]:
-            label = f"(best guess: {label})" if r["song_id"] else "-"
+            g = r["best_guess"]
+            label = f"(best guess: {' - '.join(x for x in (g['artist'], g['title']) if x) or g['song_id']})" \
+                if g else "-"
         lines.append([name, song or "-", label, fmt_offset(r["offset_s"]) if r["match"] else "-",
                       f"{r['confidence']:.3f}", f"{r['seconds'] * 1000:.0f} ms"])
     widths = [max(len(h), *(len(str(x[i])) for x in lines)) for i, h in enumerate(head)]

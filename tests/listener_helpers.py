@@ -26,6 +26,7 @@ import torch
 import workflow_lib
 from workflow_lib.audio_io import load_audio
 from workflow_lib.clipbank import ClipBank, write_clip_bank
+from workflow_lib.calibrate import DEFAULT_STATISTIC as STATISTIC
 
 SR = 8000
 N_SONGS, SONG_S, CORPUS_SEED = 11, 24.0, 7
@@ -61,10 +62,10 @@ def _cache_key() -> str:
 
 def build_world(root: Path, cache_dir: Path | None) -> ListenerWorld:
     from workflow_lib.augment import AugmentConfig
-    from workflow_lib.calibrate import collect_null_scores, fit_calibration
+    from workflow_lib.evaluation.calibration import collect_null_scores, fit_from_candidates
     from workflow_lib.catalogue import build_catalogue
     from workflow_lib.demo_corpus import generate_demo_corpus
-    from workflow_lib.evaluate import QueryPlan
+    from workflow_lib.evaluation.plan import Condition, QueryPlan
     from workflow_lib.extract import extract_songs, load_model
     from workflow_lib.index import build_index
     from workflow_lib.ir_prep import prepare_irs
@@ -121,12 +122,13 @@ def build_world(root: Path, cache_dir: Path | None) -> ListenerWorld:
 
     # No-match threshold from real searches of degraded excerpts of songs outside the database.
     searcher = Searcher.from_results(results, device="cpu")
-    plan = QueryPlan(lengths_s=(1, 2, 3, 5), snr_db=(10, 20), include_clean=True, reverb=True)
+    plan = QueryPlan(lengths_s=(1, 2, 3, 5), conditions=(
+        Condition("clean"), Condition("20 dB + room", 20.0, "room"), Condition("10 dB + room", 10.0, "room")))
     null_ids = [ids[i] for i in CALIBRATION_SONGS]
     scores = collect_null_scores(searcher, table[table.song_id.isin(null_ids)].reset_index(drop=True),
                                  ClipBank(results / "noise" / "train"), ClipBank(results / "irs" / "train"), plan,
                                  n_per_length=50, noise_share=0.1, seed=0)
-    fit_calibration(scores, 0.02, {"model_checksum": model_checksum(model_path)}).save(
+    fit_from_candidates(scores, STATISTIC, 0.02, {"model_checksum": model_checksum(model_path)}).save(
         results / "index" / "threshold.json")
     return ListenerWorld(results, songs, paths, db_ids, ClipBank(results / "noise" / "test"),
                          ClipBank(results / "irs" / "test"))

@@ -5,13 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tests.search_helpers import SR, build_searcher, synth_song
 from workflow_lib.audio_io import load_audio, write_audio
 from workflow_lib.clipbank import ClipBank, write_clip_bank
-from workflow_lib.degrade import Degradation, add_noise, bandlimit, convolve, degrade, reverberate, rms
-from workflow_lib.evaluate import (QueryPlan, _chunked, compute_metrics, out_of_db_songs, plot_hit_rates,
-                                   pooled_fpr, run_neural, write_query_set, write_summary)
+from workflow_lib.degrade import (Degradation, add_noise, bandlimit, compress, convolve, degrade, ir_pool,
+                                  reverberate, rms)
+from workflow_lib.evaluation.chunks import run_in_chunks
+from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, snr_of, target_checks
+from workflow_lib.evaluation.neural import run_neural
+from workflow_lib.evaluation.plan import Condition, QueryPlan
+from workflow_lib.evaluation.queries import write_query_set
+from workflow_lib.evaluation.report import plot_hit_rates, write_summary
+from workflow_lib.evaluation.songs import pick_start, unknown_songs
 
 
 # ------------------------------------------------------------------------------------------------ degradations
@@ -74,25 +81,99 @@ def test_degrade_clean_is_the_exact_excerpt_and_checks_bounds():
         degrade(song, 0, 8000, Degradation(snr_db=5.0), np.random.default_rng(0))
 
 
+def _kinds_bank(tmp_path) -> ClipBank:
+    rng = np.random.default_rng(1)
+    irs, rows = [], []
+    for name, kind, origin, rt60 in (("short", "room", "simulated", 0.4), ("hall", "room", "measured", 2.2),
+                                     ("simhall", "room", "simulated", 1.8), ("ring", "resonant", "simulated", 1.0),
+                                     ("cab", "device", "measured", 0.05)):
+        n = int(min(rt60, 2.5) * SR)
+        h = rng.standard_normal(n) * 10 ** (-3 * np.arange(n) / SR / rt60)
+        h[0] = 1.0
+        irs.append((h / np.linalg.norm(h)).astype(np.float32))
+        rows.append({"name": name, "kind": kind, "origin": origin, "rt60_s": rt60})
+    write_clip_bank(tmp_path / "irs", irs, pd.DataFrame(rows), dtype="float32")
+    return ClipBank(tmp_path / "irs")
+
+
+def test_impulse_response_pools_select_by_kind_length_and_origin(tmp_path):
+    bank = _kinds_bank(tmp_path)
+    names = bank.meta["name"].to_numpy()
+    assert set(names[ir_pool(bank, "room")]) == {"short", "hall", "simhall"}
+    assert set(names[ir_pool(bank, "long")]) == {"hall", "simhall"}
+    assert set(names[ir_pool(bank, "real long")]) == {"hall"}
+    assert set(names[ir_pool(bank, "resonant")]) == {"ring"}
+    song = synth_song(4, 8.0)
+    for seed in range(5):  # a 'resonant' query is always reverberated by the ringing space
+        _, info = degrade(song, 2 * SR, SR, Degradation(room="resonant"), np.random.default_rng(seed), None, bank)
+        assert info["ir"] == "ring"
+
+
+def test_speed_change_plays_the_song_faster_from_the_same_start():
+    t = np.arange(10 * SR) / SR
+    song = (0.5 * np.sin(2 * np.pi * 500 * t)).astype(np.float32)
+    q, _ = degrade(song, 2 * SR, 2 * SR, Degradation(speed=1.04), np.random.default_rng(0))
+    peak = np.argmax(np.abs(np.fft.rfft(q))) * SR / len(q)
+    assert len(q) == 2 * SR and peak == pytest.approx(520.0, abs=1.0)
+    with pytest.raises(ValueError, match="outside"):  # the faster query reads past the end
+        degrade(song, 10 * SR - 2 * SR, 2 * SR, Degradation(speed=1.05), np.random.default_rng(0))
+
+
+def test_query_compression_matches_the_training_compressor():
+    from workflow_lib.augment import compress as compress_torch
+
+    x = synth_song(5, 3.0) * np.repeat([1.0, 0.05, 0.6], SR).astype(np.float32)
+    a = compress(x, 4.0, -20.0)
+    b = compress_torch(torch.from_numpy(x)[None], torch.tensor([4.0]), torch.tensor([-20.0]))[0].numpy()
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert rms(a[SR:2 * SR]) / rms(a[:SR]) > 1.5 * rms(x[SR:2 * SR]) / rms(x[:SR])  # quiet part brought up
+
+
+def test_phone_chain_band_limits_colours_and_codes():
+    plan = QueryPlan()
+    spec = plan.degradation(Condition("phone", 10.0, "room", "phone", "phone"), np.random.default_rng(3))
+    assert 250 <= spec.highpass_hz <= 400 and 3000 <= spec.lowpass_hz <= 3600
+    assert 2 <= len(spec.eq) <= 4 and spec.codec in {"gsm", "opus-8k", "mp3-16k"}
+    song = synth_song(6, 6.0)
+    q, _ = degrade(song, SR, 3 * SR, Degradation(highpass_hz=300.0, lowpass_hz=3400.0, codec="gsm"),
+                   np.random.default_rng(0))
+    spec_q = np.abs(np.fft.rfft(q)) ** 2
+    f = np.fft.rfftfreq(len(q), 1 / SR)
+    assert spec_q[f > 3700].sum() < 0.02 * spec_q.sum()  # nothing of the top band survives
+    assert np.corrcoef(q, song[SR:4 * SR])[0, 1] > 0.3  # still the same music
+
+
+def test_condition_validation():
+    with pytest.raises(ValueError, match="room must be"):
+        Condition("x", room="cave")
+    with pytest.raises(ValueError, match="codec"):
+        Condition("x", codec="amr")
+    with pytest.raises(ValueError, match="unique"):
+        QueryPlan.from_config({"conditions": [{"name": "a"}, {"name": "a"}]})
+    plan = QueryPlan.from_config({"conditions": [{"name": "fast", "speed": [0.96, 1.04], "snr_db": 10}]})
+    assert plan.conditions[0].speed == (0.96, 1.04) and plan.conditions[0].max_speed == 1.04
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 def _hand_made():
     queries = pd.DataFrame([
-        # id, song, in_db, start, length, condition
-        ("q1", "A", True, 10.0, 3.0, "clean"),
-        ("q2", "A", True, 20.1, 3.0, "clean"),
-        ("q3", "B", True, 5.0, 3.0, "clean"),
-        ("x1", None, False, 1.0, 3.0, "clean"),
-        ("x2", None, False, 2.0, 3.0, "clean"),
-        ("q4", "B", True, 7.0, 5.0, "clean"),
-    ], columns=["query_id", "song_id", "in_db", "start_s", "length_s", "condition"])
+        # id, group, song, in_db, start, length, condition
+        ("q1", "unseen", "A", True, 10.0, 3.0, "clean"),
+        ("q2", "unseen", "A", True, 20.1, 3.0, "clean"),
+        ("q3", "unseen", "B", True, 5.0, 3.0, "clean"),
+        ("x1", "unknown", None, False, 1.0, 3.0, "clean"),
+        ("x2", "unknown", None, False, 2.0, 3.0, "clean"),
+        ("q4", "unseen", "B", True, 7.0, 5.0, "clean"),
+        ("t1", "trained", "C", True, 3.0, 3.0, "clean"),
+    ], columns=["query_id", "group", "song_id", "in_db", "start_s", "length_s", "condition"])
     queries["source_song_id"] = queries["song_id"].fillna("Z")
     r = []
 
     def add(qid, system, songs, offs, match, ms):
-        r.append({"query_id": qid, "system": system, "mode": "sequence" if system == "neural" else "landmark", "top_songs": songs, "top_offsets_s": offs,
-                  "top_scores": [1.0] * len(songs), "score": 1.0, "is_match": match, "embed_ms": ms / 2,
-                  "search_ms": ms / 2, "total_ms": ms})
+        r.append({"query_id": qid, "system": system, "mode": "sequence" if system == "neural" else "landmark",
+                  "top_songs": songs, "top_offsets_s": offs, "top_scores": [1.0] * len(songs), "score": 1.0,
+                  "is_match": match, "embed_ms": ms / 2, "search_ms": ms / 2, "total_ms": ms})
 
     add("q1", "neural", ["A", "B"], [10.0, 3.0], True, 10)   # right song, exact offset, accepted
     add("q2", "neural", ["A"], [20.5], False, 20)            # right song, 0.4 s off: near not exact; rejected
@@ -100,6 +181,7 @@ def _hand_made():
     add("x1", "neural", ["A"], [3.0], True, 40)              # false positive
     add("x2", "neural", ["B"], [3.0], False, 50)             # correctly rejected
     add("q4", "neural", ["B"], [7.25], True, 60)             # 5 s group: exact (0.25 s off)
+    add("t1", "neural", ["C"], [3.0], True, 70)              # trained-on song: reported apart
     add("q1", "audfprint", [], [], False, 5)                 # no answer at all
     return queries, pd.DataFrame(r)
 
@@ -107,15 +189,19 @@ def _hand_made():
 def test_metrics_on_a_hand_made_table():
     queries, results = _hand_made()
     m = compute_metrics(queries, results)
-    n3 = m[(m.system == "neural") & (m.length_s == 3.0)].iloc[0]
-    assert n3.n_queries == 3 and n3.n_out_of_db == 2
-    assert n3.song_top1 == pytest.approx(2 / 3)
-    assert n3.seg_top1_exact == pytest.approx(1 / 3)
-    assert n3.seg_top1_near == pytest.approx(2 / 3)
-    assert n3.song_top3 == pytest.approx(1.0) and n3.song_top10 == pytest.approx(1.0)
-    assert n3.song_top1_accepted == pytest.approx(1 / 3)
-    assert n3.fpr == pytest.approx(0.5)
-    assert n3.latency_p50_ms == pytest.approx(30.0) and n3.search_p50_ms == pytest.approx(15.0)
+    row = m[(m.system == "neural") & (m.group == "unseen") & (m.length_s == 3.0)].iloc[0]
+    assert row.n_queries == 3
+    assert row.song_top1 == pytest.approx(2 / 3)
+    assert row.seg_top1_exact == pytest.approx(1 / 3)
+    assert row.seg_top1_near == pytest.approx(2 / 3)
+    assert row.song_top3 == pytest.approx(1.0) and row.song_top10 == pytest.approx(1.0)
+    assert row.song_top1_accepted == pytest.approx(1 / 3)
+    assert row.accept_right == pytest.approx(1 / 2)  # of the two right best guesses, one was accepted
+    assert row.latency_p50_ms == pytest.approx(20.0) and row.search_p50_ms == pytest.approx(10.0)
+    unk = m[(m.system == "neural") & (m.group == "unknown")].iloc[0]
+    assert unk.fpr == pytest.approx(0.5) and np.isnan(unk.song_top1)
+    trained = m[(m.system == "neural") & (m.group == "trained")].iloc[0]
+    assert trained.song_top1 == 1.0 and trained.n_queries == 1
     n5 = m[(m.system == "neural") & (m.length_s == 5.0)].iloc[0]
     assert n5.seg_top1_exact == 1.0 and np.isnan(n5.fpr)
     a = m[m.system == "audfprint"].iloc[0]
@@ -137,9 +223,11 @@ def test_summary_and_plots_are_written(tmp_path):
     m = compute_metrics(queries, results)
     text = write_summary(tmp_path / "summary.md", queries, m, pooled_fpr(queries, results), {"model": "x"})
     assert (tmp_path / "summary.md").read_text() == text
-    assert "## Song-level top-1 hit rate (%)" in text and "| clean | neural (sequence) | 66.7 | 100.0 |" in text
+    assert "## Unseen songs: Song-level top-1 hit rate (%)" in text
+    assert "| clean | neural (sequence) | 66.7 | 100.0 |" in text
+    assert "## Trained-on songs: Song-level top-1 hit rate (%)" in text
     assert "false-positive rate <= 1 %" in text and "50.00 %" in text
-    plot_hit_rates(m, tmp_path / "hit.png")
+    plot_hit_rates(m, tmp_path / "hit.png", title="unseen songs; database 3 songs")
     assert (tmp_path / "hit.png").stat().st_size > 5000
 
 
@@ -164,20 +252,28 @@ def corpus(tmp_path_factory):
         ir[8] = 1.0
         ir[9:] = 0.2 * rng.standard_normal(1191) * np.exp(-np.arange(1191) / (150.0 * (k + 1)))
         irs.append(ir)
-    write_clip_bank(root / "irs", irs, pd.DataFrame({"name": ["room0", "room1"]}), dtype="float32")
+    write_clip_bank(root / "irs", irs, pd.DataFrame({"name": ["room0", "room1"], "kind": "room",
+                                                     "origin": "simulated", "rt60_s": [0.2, 0.4]}),
+                    dtype="float32")
     return songs, ClipBank(root / "noise"), ClipBank(root / "irs")
 
 
-PLAN = QueryPlan(seed=3, n_starts=4, n_out_of_db_starts=2, lengths_s=(1, 2), snr_db=(5,), bandlimit_prob=0.5)
+PLAN = QueryPlan(seed=3, n_starts=4, n_out_of_db_starts=2, lengths_s=(1, 2),
+                 conditions=(Condition("clean"), Condition("5 dB + room", 5.0, "room", "bandlimit"),
+                             Condition("5 dB + long reverb", 5.0, "long")))
 
 
-def test_query_set_files_table_and_determinism(corpus, tmp_path):
+def test_query_set_files_table_and_determinism(corpus, tmp_path, caplog):
     songs, noise, irs = corpus
-    in_db, out = songs.iloc[:3], songs.iloc[3:]
-    t1 = write_query_set(tmp_path / "a", in_db, out, PLAN, noise, irs)
+    groups = {"unseen": songs.iloc[:3], "unknown": songs.iloc[3:]}
+    t1 = write_query_set(tmp_path / "a", groups, PLAN, noise, irs)
+    # the 'long' pool is empty in this bank: that condition is dropped with a warning
+    assert any("dropped" in r.getMessage() and "long reverb" in r.getMessage() for r in caplog.records)
     assert len(t1) == (4 + 2) * 2 * 2
-    assert set(t1.condition) == {"clean", "5 dB + reverb"} and t1[t1.condition != "clean"].reverb.all()
-    assert t1[~t1.in_db].song_id.isna().all() and set(t1[~t1.in_db].source_song_id) <= {"s3", "s4"}
+    assert set(t1.condition) == {"clean", "5 dB + room"} and (t1[t1.condition != "clean"].room == "room").all()
+    unk = t1[t1.group == "unknown"]
+    assert unk.song_id.isna().all() and set(unk.source_song_id) <= {"s3", "s4"}
+    assert (unk.exclude_song == unk.source_song_id).all() and t1[t1.in_db].exclude_song.isna().all()
     assert set(t1[t1.in_db].song_id) <= {"s0", "s1", "s2"}
     assert not list((tmp_path / "a").glob(".partial-*"))  # finished: the partial folder became audio/
     for q in t1.itertuples():
@@ -189,7 +285,7 @@ def test_query_set_files_table_and_determinism(corpus, tmp_path):
             assert np.abs(audio - src[q.start_sample:q.start_sample + len(audio)]).max() < 1e-3
     # Every length of one start shares the start point (the NAFP protocol).
     assert t1.groupby(t1.query_id.str[:6]).start_sample.nunique().max() == 1
-    t2 = write_query_set(tmp_path / "b", in_db, out, PLAN, noise, irs)
+    t2 = write_query_set(tmp_path / "b", groups, PLAN, noise, irs)
     pd.testing.assert_frame_equal(t1, t2)
     q = t1.iloc[-1]
     assert np.array_equal(load_audio(tmp_path / "a" / q.file), load_audio(tmp_path / "b" / q.file))
@@ -198,70 +294,75 @@ def test_query_set_files_table_and_determinism(corpus, tmp_path):
 def test_query_set_needs_the_banks_it_uses(corpus, tmp_path):
     songs, noise, _ = corpus
     with pytest.raises(ValueError, match="impulse-response"):
-        write_query_set(tmp_path, songs.iloc[:2], songs.iloc[2:], PLAN, noise, None)
+        write_query_set(tmp_path, {"unseen": songs.iloc[:2], "unknown": songs.iloc[2:]}, PLAN, noise, None)
 
 
-def test_out_of_database_songs_split_into_disjoint_halves():
+def test_unknown_songs_are_the_untrained_ones_in_disjoint_halves():
     songs = pd.DataFrame({"song_id": [f"s{i:02d}" for i in range(20)], "path": "x", "duration_s": 30.0})
     splits = pd.DataFrame({"song_id": songs.song_id, "split": ["train"] * 10 + ["val"] * 5 + ["test"] * 5})
-    db = set(songs.song_id[10:13])  # three val songs are in the database
-    cal = out_of_db_songs(songs, splits, db, 0, "calibration")
-    ev = out_of_db_songs(songs, splits, db, 0, "evaluation")
+    cal = unknown_songs(songs, splits, 0, "calibration")
+    ev = unknown_songs(songs, splits, 0, "evaluation")
     assert set(cal.song_id).isdisjoint(ev.song_id) and len(cal) and len(ev)
-    # Enough unseen (non-train) songs outside the database: training songs are not used.
-    assert set(cal.song_id) | set(ev.song_id) == set(songs.song_id[13:])
-    few = out_of_db_songs(songs, splits, set(songs.song_id[10:]), 0, "evaluation")
-    assert set(few.song_id) <= set(songs.song_id[:10])  # only training songs are left outside: they are used
+    # Every song the model did not train on (in the database or not) and no training song.
+    assert set(cal.song_id) | set(ev.song_id) == set(songs.song_id[10:])
+    # A collection indexed without a split (nothing trained on): every song.
+    everyone = unknown_songs(songs, None, 0, "calibration")
+    assert len(everyone) + len(unknown_songs(songs, None, 0, "evaluation")) == 20
 
 
-def test_end_to_end_evaluation_on_generated_songs(corpus, tmp_path):
+def test_end_to_end_evaluation_with_every_song_in_the_database(corpus, tmp_path):
+    """Unknown-song queries come from database songs and are searched leave-one-song-out: they are not found."""
     songs, noise, irs = corpus
-    in_db, out = songs.iloc[:3], songs.iloc[3:]
-    plan = QueryPlan(seed=1, n_starts=6, n_out_of_db_starts=2, lengths_s=(2, 5), snr_db=(10,), reverb=False,
-                     bandlimit_prob=0.0)
-    table = write_query_set(tmp_path / "q", in_db, out, plan, noise, irs)
-    searcher = build_searcher({r.song_id: load_audio(r.path) for r in in_db.itertuples()})
+    plan = QueryPlan(seed=1, n_starts=6, n_out_of_db_starts=4, lengths_s=(2, 5),
+                     conditions=(Condition("clean"), Condition("10 dB", 10.0)))
+    groups = {"unseen": songs.iloc[:3], "unknown": songs.iloc[3:]}
+    table = write_query_set(tmp_path / "q", groups, plan, noise, irs)
+    searcher = build_searcher({r.song_id: load_audio(r.path) for r in songs.itertuples()})  # all 5 songs indexed
     res = run_neural(searcher, table, tmp_path / "q", ("sequence", "vote"), tmp_path / "partial", chunk=10)
     assert len(res) == 2 * len(table) and res.embed_ms.gt(0).all()
     m = compute_metrics(table, res)
-    clean5 = m[(m.condition == "clean") & (m.length_s == 5.0)]
+    clean5 = m[(m.condition == "clean") & (m.length_s == 5.0) & (m.group == "unseen")]
     assert (clean5.song_top1 == 1.0).all() and (clean5.seg_top1_exact == 1.0).all()
-    assert (m.song_top10 >= m.song_top3).all() and (m.song_top3 >= m.song_top1).all()
+    ind = m[m.group == "unseen"]
+    assert (ind.song_top10 >= ind.song_top3).all() and (ind.song_top3 >= ind.song_top1).all()
+    unknown = res.merge(table[["query_id", "source_song_id", "group"]], on="query_id")
+    unknown = unknown[unknown.group == "unknown"]
+    assert len(unknown) and not any(src in tops for src, tops in zip(unknown.source_song_id, unknown.top_songs))
 
 
 def test_chunked_runs_resume_from_finished_chunks(tmp_path):
     calls = []
 
-    def fn(x):
-        calls.append(x)
-        return [{"x": x, "y": x * x}]
+    def fn(items):
+        calls.extend(items)
+        return [{"x": x, "y": x * x} for x in items]
 
-    rows = _chunked(list(range(7)), fn, tmp_path / "p", 3, "t")
-    assert [r["y"] for r in rows] == [0, 1, 4, 9, 16, 25, 36] and len(calls) == 7
+    rows = run_in_chunks(list(range(7)), fn, tmp_path / "p", 3, "t")
+    assert list(rows["y"]) == [0, 1, 4, 9, 16, 25, 36] and len(calls) == 7
     (tmp_path / "p" / "chunk-000001.parquet").unlink()  # as if killed during the second chunk
     calls.clear()
-    rows = _chunked(list(range(7)), fn, tmp_path / "p", 3, "t")
-    assert calls == [3, 4, 5] and [r["x"] for r in rows] == list(range(7))
+    rows = run_in_chunks(list(range(7)), fn, tmp_path / "p", 3, "t")
+    assert calls == [3, 4, 5] and list(rows["x"]) == list(range(7))
 
 
-def test_target_checks_compare_low_snr_reverb_with_audfprint():
+def test_target_checks_compare_low_snr_rooms_with_audfprint():
     rows = []
     for system, mode, hit in (("neural", "sequence", 0.9), ("audfprint", "landmark", 0.5)):
-        for cond, n in (("0 dB + reverb", 10), ("5 dB + reverb", 30), ("10 dB + reverb", 10)):
-            rows.append({"system": system, "mode": mode, "condition": cond, "length_s": 3.0, "n_queries": n,
-                         "song_top1": hit if cond != "5 dB + reverb" else hit - 0.1, "search_p50_ms": 1.0,
-                         "latency_p50_ms": 5.0})
-    from workflow_lib.evaluate import snr_of, target_checks
-    assert snr_of("5 dB + reverb") == 5.0 and snr_of("clean") is None and snr_of("-3 dB") == -3.0
+        for cond, n in (("0 dB + room", 10), ("5 dB + room", 30), ("10 dB + room", 10)):
+            rows.append({"system": system, "mode": mode, "group": "unseen", "condition": cond, "length_s": 3.0,
+                         "n_queries": n, "song_top1": hit if cond != "5 dB + room" else hit - 0.1,
+                         "search_p50_ms": 1.0, "latency_p50_ms": 5.0, "seg_top1_exact": hit,
+                         "accept_right": 1.0, "fpr": np.nan})
+    assert snr_of("5 dB + room") == 5.0 and snr_of("clean") is None and snr_of("-3 dB") == -3.0
+    assert snr_of("speed +-5 % + 10 dB") == 10.0
     checks = {name: (val, ok) for name, val, ok in target_checks(pd.DataFrame(rows), pd.DataFrame(
         columns=["system", "mode", "length_s", "n_out_of_db", "fpr"]))}
-    val, ok = checks["0-5 dB + reverb, 3 s: >= 20 points above audfprint"]
+    val, ok = checks["0-5 dB + room, 3 s: >= 20 points above audfprint"]
     # Weighted over the 0 and 5 dB rows only (10 dB is not part of the target): 82.5 % vs 42.5 %.
     assert ok and val == "82.5 % vs 42.5 % (+40.0 points)"
 
 
 def test_starts_avoid_silence_for_every_query_length():
-    from workflow_lib.evaluate import pick_start
     audio = np.zeros(20 * SR, np.float32)
     audio[3 * SR:] = synth_song(3, 17.0)  # a silent intro
 
@@ -277,39 +378,41 @@ def test_starts_avoid_silence_for_every_query_length():
 
 def test_audfprint_baseline_on_the_same_query_files(corpus, tmp_path):
     pytest.importorskip("audfprint2")
-    from workflow_lib.baseline_audfprint import run_baseline
+    from workflow_lib.evaluation.audfprint import run_baseline
 
     songs, noise, irs = corpus
-    in_db, out = songs.iloc[:3], songs.iloc[3:]
-    plan = QueryPlan(seed=2, n_starts=4, n_out_of_db_starts=2, lengths_s=(5,), snr_db=(), reverb=False)
-    table = write_query_set(tmp_path / "q", in_db, out, plan, noise, irs)
+    plan = QueryPlan(seed=2, n_starts=4, n_out_of_db_starts=2, lengths_s=(5,), conditions=(Condition("clean"),))
+    table = write_query_set(tmp_path / "q", {"unseen": songs.iloc[:3], "unknown": songs.iloc[3:]}, plan, noise,
+                            irs)
     songs.to_parquet(tmp_path / "songs.parquet")
-    pd.DataFrame({"song_id": np.repeat(in_db.song_id.to_numpy(), 3), "segment": 0}).to_parquet(tmp_path / "m.parquet")
+    # every song is in the database: the unknown-song queries drop their own song from audfprint's answers
+    pd.DataFrame({"song_id": np.repeat(songs.song_id.to_numpy(), 3), "segment": 0}).to_parquet(tmp_path / "m.parquet")
     res = run_baseline(tmp_path / "q" / "queries.parquet", tmp_path / "songs.parquet", tmp_path / "m.parquet",
                        tmp_path / "afp.parquet", {"min_count": 5}, threads=1)
     assert (tmp_path / "afp.parquet").exists() and not list(tmp_path.glob(".partial-*"))
-    m = compute_metrics(table, res).iloc[0]
-    assert m["system"] == "audfprint" and m["mode"] == "landmark"
+    m = compute_metrics(table, res)
+    seen = m[m.group == "unseen"].iloc[0]
+    assert seen["system"] == "audfprint" and seen["mode"] == "landmark"
     # Clean 5 s excerpts of tonal songs: the landmark matcher finds song and offset; unknown songs stay unmatched.
-    assert m.song_top1 == 1.0 and m.seg_top1_exact == 1.0 and m.fpr == 0.0
+    assert seen.song_top1 == 1.0 and seen.seg_top1_exact == 1.0
+    assert m[m.group == "unknown"].iloc[0].fpr == 0.0
 
 
 def test_missing_audfprint_package_is_a_clear_error(monkeypatch):
     import sys
 
-    from workflow_lib.baseline_audfprint import require_audfprint
+    from workflow_lib.evaluation.audfprint import require_audfprint
     monkeypatch.setitem(sys.modules, "audfprint2", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install audfprint2.*baseline_audfprint: false"):
         require_audfprint()
 
 
-def test_out_of_database_halves_are_balanced_even_with_the_split_seed():
+def test_unknown_song_halves_are_balanced_even_with_the_split_seed():
     from workflow_lib.split import assign_splits
     ids = [f"{i:016x}" for i in range(400)]
     songs = pd.DataFrame({"song_id": ids, "collection": "music", "path": "x", "duration_s": 30.0})
-    splits = assign_splits(songs, {"train": 0.6, "val": 0.2, "test": 0.2, "distractor": 0.0}, seed=0)
-    db = set(splits.song_id[splits.split != "train"])  # only training songs are left outside the database
-    cal = out_of_db_songs(songs, splits, db, 0, "calibration")
-    ev = out_of_db_songs(songs, splits, db, 0, "evaluation")
-    assert len(cal) + len(ev) == (splits.split == "train").sum()
+    splits = assign_splits(songs, {"train": 0.2, "val": 0.2, "test": 0.6, "distractor": 0.0}, seed=0)
+    cal = unknown_songs(songs, splits, 0, "calibration")
+    ev = unknown_songs(songs, splits, 0, "evaluation")
+    assert len(cal) + len(ev) == (splits.split != "train").sum()
     assert 0.4 < len(cal) / (len(cal) + len(ev)) < 0.6

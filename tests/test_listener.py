@@ -214,7 +214,7 @@ def _degraded(world, song_id: str, start_s: float, length_s: float, seed: int, s
     """Held-out test noise at ``snr_db`` plus a held-out room's reverb."""
     rng = np.random.default_rng(seed)
     audio = world.songs[song_id]
-    x, _ = degrade(audio, int(start_s * SR), int(length_s * SR), Degradation(snr_db=snr_db, reverb=True), rng,
+    x, _ = degrade(audio, int(start_s * SR), int(length_s * SR), Degradation(snr_db=snr_db, room="room"), rng,
                    world.noise, world.irs)
     return x
 
@@ -266,7 +266,7 @@ def test_silence_and_an_unknown_song_give_no_match(world, tmp_path):
     rng = np.random.default_rng(9)
     quiet_room = 10 ** (-70 / 20) * rng.standard_normal(3 * SR).astype(np.float32)  # -70 dBFS: below silence_dbfs
     song = synth_song(123, 24.0)
-    degraded, _ = degrade(song, 0, 15 * SR, Degradation(snr_db=10.0, reverb=True), rng, world.noise, world.irs)
+    degraded, _ = degrade(song, 0, 15 * SR, Degradation(snr_db=10.0, room="room"), rng, world.noise, world.irs)
     path = tmp_path / "unknown.wav"
     sf.write(path, np.concatenate([np.zeros(2 * SR, np.float32), quiet_room, degraded, song[15 * SR:]]), SR)
     decisions, summary = _listen_file(world, path)

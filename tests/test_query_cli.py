@@ -17,11 +17,12 @@ import torch
 from tests.search_helpers import SR, SpectralEncoder, synth_song
 from workflow_lib import model_io
 from workflow_lib.audio_io import write_audio
-from workflow_lib.calibrate import collect_null_scores, fit_calibration
+from workflow_lib.evaluation.calibration import collect_null_scores, fit_from_candidates
+from workflow_lib.calibrate import DEFAULT_STATISTIC as STATISTIC
 from workflow_lib.catalogue import COLUMNS
 from workflow_lib.extract import extract_songs, fingerprinter_identity
 from workflow_lib.features import FrontendConfig
-from workflow_lib.evaluate import QueryPlan
+from workflow_lib.evaluation.plan import Condition, QueryPlan
 from workflow_lib.index import FingerprintDB, build_index
 from workflow_lib.model import Fingerprinter, ModelConfig
 from workflow_lib.search import Searcher
@@ -69,9 +70,9 @@ def results(tmp_path_factory):
         write_audio(p, synth_song(700 + i, 20.0))
         null.append({"song_id": f"n{i}", "path": str(p), "duration_s": 20.0})
     searcher = Searcher(SpectralEncoder(dim=DIM), FingerprintDB.load(r / "index"), device="cpu")
-    plan = QueryPlan(lengths_s=(1, 3, 10), snr_db=(), reverb=False)
+    plan = QueryPlan(lengths_s=(1, 3, 10), conditions=(Condition("clean"),))
     scores = collect_null_scores(searcher, pd.DataFrame(null), None, None, plan, 30, 0.0, 0)
-    fit_calibration(scores, 0.02, {"model_checksum": checksum}).save(r / "index" / "threshold.json")
+    fit_from_candidates(scores, STATISTIC, 0.02, {"model_checksum": checksum}).save(r / "index" / "threshold.json")
     return r
 
 
@@ -109,7 +110,11 @@ def test_json_output_names_song_offset_and_no_match(results, cli, tmp_path, caps
     assert wav["artist"] == "Nyquist" and abs(wav["offset_s"] - 6.0) <= 0.25 and wav["confidence"] == 1.0
     assert wav["seconds"] > 0 and wav["query_s"] == pytest.approx(6.0, abs=0.01)
     assert mp3["match"] and mp3["song_id"] == "song2" and abs(mp3["offset_s"] - 10.5) <= 0.25
-    assert not unknown["match"] and unknown["score"] < unknown["threshold"]
+    assert not unknown["match"] and unknown["decision"] < unknown["threshold"]
+    # a no-match row names no song: the best guess is apart, so `row["title"]` cannot mislead a script
+    assert unknown["song_id"] is None and unknown["title"] is None and unknown["offset_s"] is None
+    assert unknown["reason"] == "below threshold" and unknown["best_guess"]["song_id"].startswith("song")
+    assert wav["best_guess"]["song_id"] == "song1" and wav["reason"] is None
     assert "broken.flac" in broken["error"]
 
 
@@ -142,7 +147,9 @@ def test_script_runs_as_a_program_with_the_real_model(results, tmp_path):
     assert res.returncode == 0, res.stderr
     row = json.loads(res.stdout)
     assert set(row) >= {"song_id", "title", "artist", "offset_s", "confidence", "match", "seconds"}
-    assert row["song_id"] in {"song0", "song1", "song2"}  # an untrained model: no claim about which
+    # an untrained model: no claim about which song, nor whether the rule accepts it
+    answer = row["song_id"] if row["match"] else row["best_guess"]["song_id"]
+    assert answer in {"song0", "song1", "song2"}
 
 
 def test_index_from_another_model_is_refused(results, cli, tmp_path, capsys):

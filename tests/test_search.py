@@ -9,10 +9,11 @@ import pytest
 
 from tests.search_helpers import SR, build_searcher, synth_song
 from workflow_lib.audio_io import write_audio
-from workflow_lib.calibrate import Calibration, collect_null_scores, fit_calibration
+from workflow_lib.calibrate import STATISTICS, Calibration, decision_statistic, fit_calibration
 from workflow_lib.clipbank import ClipBank, write_clip_bank
 from workflow_lib.degrade import Degradation, degrade
-from workflow_lib.evaluate import QueryPlan
+from workflow_lib.evaluation.calibration import collect_null_scores, fit_from_candidates
+from workflow_lib.evaluation.plan import Condition, QueryPlan
 from workflow_lib.index import FingerprintDB, RowMap
 from workflow_lib.search import search_embeddings
 
@@ -49,8 +50,8 @@ def test_query_at_10_db_returns_song_and_offset(searcher, noise_bank, song, offs
     start = int(offset_s * SR)
     rng = np.random.default_rng(1)
     q, _ = degrade(SONGS[song], start, 5 * SR, Degradation(snr_db=10.0), rng, noise_bank)
-    m = searcher.identify(q)
-    assert m.song_id == song and abs(m.offset_s - offset_s) <= 0.25
+    guess = searcher.identify(q).best_guess  # uncalibrated here: the search's answer, whatever the rule says
+    assert guess.song_id == song and abs(guess.offset_s - offset_s) <= 0.25
     # The degraded match is weaker than the clean one but far above the other songs.
     res = searcher.search(searcher.embed(q))
     assert res.candidates[0].score > 2 * res.candidates[1].score
@@ -68,30 +69,74 @@ def test_vote_and_sequence_agree_on_clean_queries(searcher):
         assert seq.offset_s == vote.offset_s == start / SR
 
 
-def test_out_of_database_query_is_no_match_after_calibration(searcher, noise_bank, tmp_path):
-    # Null songs (not in the database) written as files, like manifest songs.
+@pytest.fixture(scope="module")
+def null_candidates(searcher, noise_bank, tmp_path_factory):
+    """Candidate scores of null queries: songs searched as unknown (not in the database), written as files."""
+    d = tmp_path_factory.mktemp("null")
     rows = []
     for i in range(4):
-        p = tmp_path / f"null{i}.flac"
+        p = d / f"null{i}.flac"
         write_audio(p, synth_song(100 + i, 20.0))
         rows.append({"song_id": f"null{i}", "path": str(p), "duration_s": 20.0})
-    plan = QueryPlan(lengths_s=(1, 3, 5), snr_db=(10,), reverb=False, bandlimit_prob=0.0)
-    scores = collect_null_scores(searcher, pd.DataFrame(rows), noise_bank, None, plan, n_per_length=40,
-                                 noise_share=0.2, seed=0)
-    assert sorted(scores) == [1, 5, 9] and all(len(v) == 40 for v in scores.values())
-    searcher.calibration = fit_calibration(scores, target_fpr=0.05)
+    plan = QueryPlan(lengths_s=(1, 3, 5), conditions=(Condition("10 dB", 10.0),))
+    return collect_null_scores(searcher, pd.DataFrame(rows), noise_bank, None, plan, n_per_length=40,
+                               noise_share=0.2, seed=0)
+
+
+@pytest.mark.parametrize("statistic", STATISTICS)
+def test_out_of_database_query_is_no_match_after_calibration(searcher, null_candidates, statistic):
+    assert sorted(null_candidates) == [1, 5, 9] and all(len(v) == 40 for v in null_candidates.values())
+    searcher.calibration = fit_from_candidates(null_candidates, statistic, 0.05, {})
     try:
         unknown = synth_song(999, 10.0)
         for length in (1, 3, 5):
             m = searcher.identify(unknown[:length * SR])
             assert not m.is_match, (length, m.score, m.threshold)
             assert m.threshold == searcher.calibration.threshold(m.n_segments)
-            assert m.song_id is not None  # the best guess is still reported
+            # no answer, but the best guess is still reported apart
+            assert m.song_id is None and m.title is None and m.offset_s is None and m.reason == "below threshold"
+            assert m.best_guess is not None and m.best_guess.song_id.startswith("song")
         known = searcher.identify(SONGS["song2"][8 * SR:13 * SR])
         assert known.is_match and known.song_id == "song2" and known.confidence == 1.0
-        assert known.score >= known.threshold
+        assert known.decision >= known.threshold and known.best_guess.song_id == "song2"
     finally:
         searcher.calibration = None
+
+
+def test_decision_statistics_from_candidate_scores():
+    scores = [0.8, 0.4, 0.3, 0.35, 0.45]
+    assert decision_statistic(scores, "score") == 0.8
+    assert decision_statistic(scores, "margin") == pytest.approx(0.4)
+    rest = np.array(scores[1:])
+    assert decision_statistic(scores, "z") == pytest.approx((0.8 - rest.mean()) / rest.std())
+    assert decision_statistic([0.7], "margin") == pytest.approx(0.7)  # no runner-up: the score itself
+    assert decision_statistic([], "z") == float("-inf")
+    with pytest.raises(ValueError, match="unknown decision statistic"):
+        decision_statistic(scores, "p")
+
+
+def test_silence_never_matches_a_song_with_a_silent_tail(noise_bank):
+    """A database song ending in 20 s of digital silence: silent and quiet-room queries are 'no match (silence)'."""
+    songs = dict(SONGS)
+    songs["tail"] = np.concatenate([synth_song(50, 20.0), np.zeros(20 * SR, np.float32)])
+    s = build_searcher(songs)
+    zeros = np.zeros(5 * SR, np.float32)
+    rng = np.random.default_rng(0)
+    pink = np.cumsum(rng.standard_normal(5 * SR)).astype(np.float32)
+    pink -= np.convolve(pink, np.ones(400) / 400, "same")  # a quiet, coloured room noise
+    pink *= 10 ** (-66 / 20) / np.sqrt(np.mean(pink ** 2))
+    for q in (zeros, pink):
+        m = s.identify(q)
+        assert not m.is_match and m.song_id is None and m.reason == "silence" and m.best_guess is None
+        assert m.n_segments == 0
+    # The silent tail was stored as zero vectors: never a neighbour, however the query sounds.
+    rows = s.db.song_rows("tail")
+    vec = np.asarray(s.db.vectors[rows], dtype=np.float32)
+    assert not np.any(vec[-30:]) and np.all(np.linalg.norm(vec[:30], axis=1) > 0.9)
+    # A query that is half music, half silence is scored on the music it holds.
+    part = np.concatenate([songs["tail"][16 * SR:20 * SR], np.zeros(4 * SR, np.float32)])
+    m = s.identify(part)
+    assert m.best_guess.song_id == "tail" and m.n_segments < 15
 
 
 def test_cached_embeddings_give_the_same_answer_as_audio(searcher):

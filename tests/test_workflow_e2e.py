@@ -20,15 +20,17 @@ TINY = {
     "demo": {"n_songs": 10, "duration_s": 15.0, "seed": 5},
     "split": {"seed": 0, "fractions": {"train": 0.5, "val": 0.2, "test": 0.3, "distractor": 0.0}},
     "noise": {"generated_clips": 4},
-    "irs": {"simulate": {"n_rooms": 6, "rt60_s": [0.2, 0.6], "room_min_m": [3.0, 3.0, 2.4],
-                         "room_max_m": [8.0, 6.0, 3.0]}},
+    "irs": {"max_ir_s": 1.0, "simulate": {"n_rooms": 6, "rt60_s": [0.2, 0.6], "room_min_m": [3.0, 3.0, 2.4],
+                                          "room_max_m": [8.0, 6.0, 3.0], "n_resonant": 4}},
     "model": {"channels": [8, 8, 16, 16, 32, 32, 32, 32], "dim": 16, "head_hidden": 8},
     "train": {"threads": 1, "max_epochs": 1, "max_minutes": 60.0, "batch_size": 32, "val_queries": 16,
               "patience": 0},
     "extract": {"n_shards": 2, "threads": 1, "compile": False},
     "index": {"threads": 1},
     "search": {"calibration": {"queries_per_length": 20}},
-    "evaluate": {"n_starts": 4, "n_out_of_db_starts": 2, "lengths_s": [1, 3], "snr_db": [10]},
+    "evaluate": {"n_starts": 4, "n_trained_starts": 2, "n_out_of_db_starts": 2, "lengths_s": [1, 3],
+                 "conditions": [{"name": "clean"}, {"name": "10 dB + room", "snr_db": 10, "room": "room"},
+                                {"name": "resonant", "room": "resonant"}]},
 }
 
 

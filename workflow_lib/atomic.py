@@ -36,3 +36,14 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
 def write_text_atomic(final: str | os.PathLike, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text)
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """SHA-256 of a file's bytes, first ``length`` hex digits (model checksums, cache keys of partial results)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]

@@ -1,16 +1,15 @@
-"""No-match threshold: calibrated on queries whose song is not in the database, for a target false-positive rate.
+"""No-match threshold: calibrated on queries of unknown songs, for a target false-positive rate.
 
-The match score (mean cosine similarity of the query's segments with the aligned database segments, see
-``search.py``) of a query from an unknown song is the best of many chance alignments, so its distribution depends
-strongly on the query length: a 1 s query's best chance score is a single nearest-neighbour similarity, a 10 s
-query's is an average over 19 segments and much lower. The threshold is therefore calibrated per query length (in
-segments): it is the ``1 - target_fpr`` quantile of the out-of-database scores of that length, and lengths between
-calibrated ones are interpolated. The stored null scores also give each answer a confidence: the fraction of
-out-of-database queries of that length that score lower (one minus an empirical p-value).
-
-Null queries come from songs that are in the manifest but not in the index (``evaluate.py`` keeps the songs used
-here apart from the ones used to measure the false-positive rate), degraded like evaluation queries but with the
-*training* noise and IR banks, plus a share of pure background-noise queries (the microphone hears only the room).
+The decision statistic (``STATISTICS``, chosen by measurement, see bench/README.md) is computed from a search's
+ranked candidates (one per song): ``score`` is the best candidate's match score (mean cosine similarity of the
+query's segments with the aligned database segments, see ``search.py``); ``margin`` is how far the best candidate
+stands above the runner-up song; ``z`` is that distance in units of the spread of the other candidates. Its null
+distribution (queries of songs that are not in the database, or searched with their own fingerprints skipped)
+depends on the query length, so the threshold is calibrated per query length (in segments): it is the
+``1 - target_fpr`` quantile of the null values of that length, and lengths between calibrated ones are
+interpolated. The stored null values also give each answer a confidence: the fraction of unknown-song queries of
+that length that score lower (one minus an empirical p-value). The null queries themselves are cut and searched by
+``evaluation.calibration``.
 """
 
 from __future__ import annotations
@@ -28,6 +27,30 @@ from .atomic import write_text_atomic
 log = logging.getLogger(__name__)
 
 FORMAT = "nafp-threshold/1"
+STATISTICS = ("score", "margin", "z")
+# The statistic the calibrate rule uses unless configured (search.calibration.statistic); bench/README.md has the
+# measurement that chose it.
+DEFAULT_STATISTIC = "margin"
+# Cohort of a 'z' statistic: the other candidates' scores (at least this many, else a fixed spread is assumed).
+MIN_COHORT = 3
+DEFAULT_SPREAD = 0.05
+
+
+def decision_statistic(scores: list[float] | np.ndarray, statistic: str) -> float:
+    """The no-match rule's statistic from a search's candidate scores, best first (one candidate per song)."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown decision statistic {statistic!r} (choose from {STATISTICS})")
+    s = np.asarray(scores, dtype=np.float64)
+    if len(s) == 0:
+        return float("-inf")
+    if statistic == "score":
+        return float(s[0])
+    rest = s[1:]
+    if statistic == "margin":
+        return float(s[0] - (rest[0] if len(rest) else 0.0))
+    spread = float(rest.std()) if len(rest) >= MIN_COHORT else DEFAULT_SPREAD
+    centre = float(rest.mean()) if len(rest) else 0.0
+    return float((s[0] - centre) / max(spread, 1e-3))
 
 
 @dataclass
@@ -39,8 +62,11 @@ class Calibration:
     null_scores: list[list[float]]
     target_fpr: float
     meta: dict[str, Any] = field(default_factory=dict)
+    statistic: str = "score"
 
     def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"calibration: unknown statistic {self.statistic!r} (choose from {STATISTICS})")
         if not self.n_segments:
             raise ValueError("calibration has no lengths")
         if len(self.n_segments) != len(self.thresholds) or len(self.n_segments) != len(self.null_scores):
@@ -63,7 +89,7 @@ class Calibration:
 
     # -- storage ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "target_fpr": self.target_fpr, "meta": self.meta,
+        return {"format": FORMAT, "statistic": self.statistic, "target_fpr": self.target_fpr, "meta": self.meta,
                 "lengths": [{"n_segments": int(n), "threshold": round(float(t), 6), "n_queries": len(s),
                              "null_scores": [round(float(v), 5) for v in s]}
                             for n, t, s in zip(self.n_segments, self.thresholds, self.null_scores)]}
@@ -86,13 +112,13 @@ class Calibration:
             lengths = d["lengths"]
             return cls([int(x["n_segments"]) for x in lengths], [float(x["threshold"]) for x in lengths],
                        [list(map(float, x["null_scores"])) for x in lengths], float(d["target_fpr"]),
-                       dict(d.get("meta", {})))
+                       dict(d.get("meta", {})), str(d.get("statistic", "score")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: malformed threshold file ({exc})") from exc
 
 
 def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
-                    meta: dict[str, Any] | None = None) -> Calibration:
+                    meta: dict[str, Any] | None = None, statistic: str = "score") -> Calibration:
     """Thresholds from null scores grouped by query length in segments.
 
     The threshold is the smallest score above which at most ``target_fpr`` of the null scores lie ("higher"
@@ -117,114 +143,4 @@ def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
         raw.append(float(np.nextafter(srt[len(s) - 1 - k], np.inf)))
     thr = np.maximum.accumulate(np.asarray(raw)[::-1])[::-1]
     return Calibration(lengths, [float(t) for t in thr], [list(map(float, scores_by_length[n])) for n in lengths],
-                       target_fpr, dict(meta or {}))
-
-
-# ------------------------------------------------------------------------------------------------ null queries
-
-def collect_null_scores(searcher, songs, noise_bank, ir_bank, plan, n_per_length: int, noise_share: float,
-                        seed: int) -> dict[int, list[float]]:
-    """Best sequence-search score of out-of-database queries, grouped by query length in segments.
-
-    ``songs`` (``song_id, path, duration_s``) are outside the database; each query takes a random song, start,
-    length and condition of ``plan`` (an ``evaluate.QueryPlan``), degraded with the given (training) banks. A share
-    ``noise_share`` of the queries is background noise alone, at a random level.
-    """
-    from tqdm import tqdm
-
-    from . import SAMPLE_RATE
-    from .degrade import degrade, limit_peak
-    from .evaluate import draw_songs, iter_song_audio, pick_start
-
-    rng = np.random.default_rng([seed, 7])
-    lengths = list(plan.lengths_s)
-    conds = plan.conditions()
-    if noise_bank is None or len(noise_bank) == 0:
-        noise_share = 0.0
-        conds = [c for c in conds if c.snr_db is None] or conds
-    if ir_bank is None or len(ir_bank) == 0:
-        conds = [c for c in conds if not c.reverb]
-    if not conds:
-        raise ValueError("calibration: every condition needs a noise or IR bank that is empty")
-    n_total = n_per_length * len(lengths)
-    is_noise = rng.random(n_total) < noise_share
-    if len(songs) == 0:
-        if noise_bank is None or len(noise_bank) == 0:
-            raise ValueError("calibration: no songs outside the database and no noise bank: nothing to calibrate on "
-                             "(leave some songs out of the database, e.g. through the split fractions)")
-        log.warning("calibration: no songs outside the database; the threshold is fitted on background noise only, "
-                    "so its false-positive rate on unknown music is not controlled")
-        is_noise[:] = True
-    scores: dict[int, list[float]] = {}
-    bar = tqdm(total=n_total, desc="calibration queries", mininterval=10)
-
-    def score(x: np.ndarray) -> None:
-        res = searcher.search(searcher.embed(x), "sequence")
-        scores.setdefault(res.n_segments, []).append(res.best.score if res.best else -1.0)
-        bar.update()
-
-    song_q = np.flatnonzero(~is_noise)
-    if len(song_q):
-        which = draw_songs(songs["duration_s"].to_numpy(), len(song_q), max(lengths), rng)
-        for pos, audio in iter_song_audio(songs, which):
-            if audio is None:
-                continue
-            for k in song_q[which == pos]:
-                qrng = np.random.default_rng([seed, 11, int(k)])
-                n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
-                start = pick_start(audio, n, qrng, grid=False)
-                if start is None:
-                    continue
-                cond = conds[int(qrng.integers(len(conds)))]
-                try:
-                    x, _ = degrade(audio, start, n, plan.degradation(cond, qrng), qrng, noise_bank, ir_bank)
-                except ValueError as exc:  # e.g. a silent noise excerpt: the SNR is undefined
-                    log.info("calibration query %d skipped: %s", k, exc)
-                    continue
-                score(x)
-    for k in np.flatnonzero(is_noise):
-        qrng = np.random.default_rng([seed, 13, int(k)])
-        n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
-        x = noise_bank.random_excerpt(qrng, n)
-        level = 10 ** qrng.uniform(-2.0, -0.7)  # RMS from quiet room (-40 dBFS) to loud (-14 dBFS)
-        x = limit_peak(x * (level / max(float(np.sqrt(np.mean(x ** 2))), 1e-9)))
-        score(x)
-    bar.close()
-    return scores
-
-
-def run_calibration(out_path, results_dir, songs_path, splits_path, index_meta_path, noise_prefix, ir_prefix,
-                    search_cfg: dict, eval_cfg: dict, threads: int = 1) -> Calibration:
-    """Snakemake entry for the ``calibrate`` rule: fit the no-match threshold and write it as JSON."""
-    import pandas as pd
-    import torch
-
-    from .clipbank import ClipBank
-    from .evaluate import QueryPlan, database_song_ids, out_of_db_songs, search_kwargs
-    from .model_io import model_checksum
-    from .search import Searcher
-
-    cal = search_cfg["calibration"]
-    results_dir = Path(results_dir)
-    model_path = results_dir / "model" / "model.pt"
-    torch.set_num_threads(max(1, threads))
-    searcher = Searcher.from_paths(model_path, results_dir / "index", None, None, **search_kwargs(search_cfg))
-    plan = QueryPlan.from_config(eval_cfg)
-    songs, splits = pd.read_parquet(songs_path), pd.read_parquet(splits_path)
-    pool = out_of_db_songs(songs, splits, database_song_ids(index_meta_path), plan.seed, "calibration")
-    noise = ClipBank(noise_prefix) if noise_prefix else None
-    irs = ClipBank(ir_prefix) if ir_prefix else None
-    log.info("calibration: %d songs outside the database, %d queries per length, %.0f %% background noise only",
-             len(pool), cal["queries_per_length"], 100 * cal["noise_share"])
-    scores = collect_null_scores(searcher, pool, noise, irs, plan, cal["queries_per_length"], cal["noise_share"],
-                                 cal["seed"])
-    meta = {"model_checksum": model_checksum(model_path), "n_songs": len(pool),
-            "songs": "manifest songs outside the database (calibration half)",
-            "noise_share": cal["noise_share"], "search": {k: search_cfg[k] for k in ("top_k", "nprobe", "max_candidates")
-                                                          if k in search_cfg}}
-    calib = fit_calibration(scores, cal["target_fpr"], meta)
-    calib.save(out_path)
-    for n, t, s in zip(calib.n_segments, calib.thresholds, calib.null_scores):
-        log.info("threshold for %d segments: %.4f (null scores: median %.3f, max %.3f, n=%d)", n, t,
-                 float(np.median(s)), float(np.max(s)), len(s))
-    return calib
+                       target_fpr, dict(meta or {}), statistic)

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import HOP_SAMPLES, SEGMENT_SAMPLES
 from .audio_io import iter_audio
-from .segments import frame, n_segments
+from .segments import SILENCE_DBFS, frame, n_segments, segment_levels_db
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -94,8 +94,12 @@ def embedding_dim(fingerprinter: nn.Module, device: torch.device | str | None = 
 
 @torch.inference_mode()
 def embed_segments(fingerprinter: nn.Module, segments: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
-                   device: torch.device | str | None = None) -> np.ndarray:
-    """Embed ready-cut segments ``(n, 8000)`` -> ``(n, D)`` float32, ``batch_size`` at a time."""
+                   device: torch.device | str | None = None, silence_dbfs: float | None = SILENCE_DBFS) -> np.ndarray:
+    """Embed ready-cut segments ``(n, 8000)`` -> ``(n, D)`` float32, ``batch_size`` at a time.
+
+    Segments quieter than ``silence_dbfs`` (the silence gate, ``segments.SILENCE_DBFS``) get a zero vector: it
+    scores 0 against everything, so silence is never a neighbour in the database and never searched in a query.
+    """
     if segments.ndim != 2 or segments.shape[1] != SEGMENT_SAMPLES:
         raise ValueError(f"segments must have shape (n, {SEGMENT_SAMPLES}), got {segments.shape}")
     if batch_size < 1:
@@ -104,15 +108,13 @@ def embed_segments(fingerprinter: nn.Module, segments: np.ndarray, batch_size: i
     n = len(segments)
     if n == 0:
         return np.zeros((0, embedding_dim(fingerprinter, dev)), dtype=np.float32)
-    out: np.ndarray | None = None
-    for i in range(0, n, batch_size):
+    loud = np.flatnonzero(segment_levels_db(segments) >= silence_dbfs) if silence_dbfs is not None else np.arange(n)
+    out = np.zeros((n, embedding_dim(fingerprinter, dev)), dtype=np.float32)
+    for i in range(0, len(loud), batch_size):
+        rows = loud[i:i + batch_size]
         # The strided view from frame() is read-only and overlapping: copy each batch into one writable block.
-        x = torch.from_numpy(np.array(segments[i:i + batch_size], dtype=np.float32, order="C")).to(dev)
-        y = fingerprinter(x).float().cpu().numpy()
-        if out is None:
-            out = np.empty((n, y.shape[1]), dtype=np.float32)
-        out[i:i + len(y)] = y
-    assert out is not None
+        x = torch.from_numpy(np.array(segments[rows], dtype=np.float32, order="C")).to(dev)
+        out[rows] = fingerprinter(x).float().cpu().numpy()
     return out
 
 

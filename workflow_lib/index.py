@@ -472,11 +472,13 @@ class FingerprintDB:
 
     # -- search -------------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None,
-               rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               rerank: int | None = None, exclude_song: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows per query by inner product -> ``(sims (n, k) float32, rows (n, k) int64)``.
 
         Missing neighbours (fewer than ``k`` rows, or lists too sparse) have row -1 and similarity -inf. For
         approximate indexes ``rerank`` (default from the sidecar) candidates are re-scored exactly.
+        ``exclude_song`` searches as if that song were not in the database (its rows are skipped by a FAISS ID
+        selector): the leave-one-song-out queries that stand for songs nobody indexed.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
@@ -485,17 +487,31 @@ class FingerprintDB:
             self.set_nprobe(nprobe)
         if len(q) == 0 or self.ntotal == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        params = self._exclusion(exclude_song)
         if self.exact:
-            sims, rows = self.index.search(q, k)
+            sims, rows = self.index.search(q, k, params=params)
         else:
             kk = max(k, self.rerank if rerank is None else rerank)
-            _, cand = self.index.search(q, kk)
+            _, cand = self.index.search(q, kk, params=params)
             sims = self.scores(q, cand)
             order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
             sims, rows = np.take_along_axis(sims, order, 1), np.take_along_axis(cand, order, 1)
         sims = sims.astype(np.float32, copy=False)
         sims[rows < 0] = -np.inf
         return sims, rows.astype(np.int64, copy=False)
+
+    def _exclusion(self, song_id: str | None):
+        """FAISS search parameters that skip one song's rows (None: search everything)."""
+        i = self.song_position(song_id) if song_id is not None else -1
+        if i < 0:
+            return None
+        inner = faiss.IDSelectorRange(int(self.rows.start[i]), int(self.rows.start[i + 1]))
+        sel = faiss.IDSelectorNot(inner)
+        ivf = faiss.try_extract_index_ivf(self.index)
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=max(1, self.nprobe)) if ivf is not None else \
+            faiss.SearchParameters(sel=sel)
+        params._keep_alive = (inner, sel)  # SWIG objects hold raw pointers to these: keep them with the params
+        return params
 
     def scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact dot products ``queries[i] . vectors[rows[i, j]]`` -> ``(n, m)`` float32 (-inf where row < 0)."""

@@ -44,7 +44,7 @@ def load_settings(config_path: str | Path | None = None, overrides: dict[str, An
     import jsonschema
     import yaml
 
-    from .evaluate import search_kwargs
+    from .search import searcher_kwargs as search_kwargs
 
     def read(p: Path) -> dict:
         try:

@@ -39,10 +39,11 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 
 from . import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
-from .calibrate import Calibration, fit_calibration
+from .calibrate import Calibration, decision_statistic, fit_calibration
 from .calibrate import log as calib_log
 from .devices import ListenerError  # noqa: F401 (part of this module's interface)
 from .embed import embed_segments
+from .segments import SILENCE_DBFS, level_dbfs
 from .search import aligned_scores
 from .search import search_embeddings
 from .segments import frame, n_segments
@@ -67,7 +68,7 @@ class ListenConfig:
     offset_tolerance_hops: int = 1
     resync_margin: float = 0.03
     max_fpr: float | None = 0.002
-    silence_dbfs: float = -55.0
+    silence_dbfs: float = SILENCE_DBFS
     ring_s: float = 20.0
     block_s: float = 0.05
 
@@ -214,7 +215,7 @@ class Observation:
 
     song_id: str
     anchor: int
-    score: float
+    score: float  # the best candidate's match score
     threshold: float
     confidence: float
     is_match: bool
@@ -222,10 +223,15 @@ class Observation:
     title: str | None = None
     artist: str | None = None
     by_song: tuple[tuple[str, float], ...] = ()  # best score of each candidate song on the same window
+    decision: float = float("nan")  # the no-match rule's statistic of the best candidate
 
     def song_score(self, song_id: str) -> float:
         """Best score of ``song_id`` at any alignment on this window (-inf when it was not a candidate)."""
         return next((sc for sid, sc in self.by_song if sid == song_id), -math.inf)
+
+    def others(self, song_id: str) -> list[float]:
+        """Scores of the other candidate songs on this window, best first (the cohort of ``song_id``)."""
+        return [sc for sid, sc in self.by_song if sid != song_id]
 
     def agrees(self, other: "Observation | Heard | None", tolerance: int) -> bool:
         return other is not None and other.song_id == self.song_id and abs(other.anchor - self.anchor) <= tolerance
@@ -349,7 +355,8 @@ def listener_calibration(calibration: Calibration | None, max_fpr: float | None)
                  "listener uses the highest null score of each length (rerun 'calibrate' with more "
                  "search.calibration.queries_per_length for a finer rate)", max_fpr, smallest)
     with _quiet(calib_log):
-        return fit_calibration(scores, max_fpr, {**calibration.meta, "listener_max_fpr": max_fpr})
+        return fit_calibration(scores, max_fpr, {**calibration.meta, "listener_max_fpr": max_fpr},
+                               calibration.statistic)
 
 
 @contextlib.contextmanager
@@ -360,11 +367,6 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def level_dbfs(segment: np.ndarray) -> float:
-    rms = float(np.sqrt(np.mean(np.square(segment, dtype=np.float64)))) if len(segment) else 0.0
-    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 
 
 class ListenerCore:
@@ -440,7 +442,7 @@ class ListenerCore:
 
         t0 = time.perf_counter()
         emb = embed_segments(self.searcher.fingerprinter, segs[loud], self.searcher.batch_size,
-                             self.searcher.device) if loud.any() else None
+                             self.searcher.device, silence_dbfs=None) if loud.any() else None
         embed_ms = (time.perf_counter() - t0) * 1000.0
         k = 0
         for j, is_loud in zip(range(first, last + 1), loud):
@@ -470,6 +472,11 @@ class ListenerCore:
                              dropped_s, pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device)
 
     # -- decisions ------------------------------------------------------------------------------------------------
+    @property
+    def statistic(self) -> str:
+        cal = self.calibration if self.calibration is not None else getattr(self.searcher, "calibration", None)
+        return cal.statistic if cal is not None else "score"
+
     def _search(self, emb: np.ndarray, j0: int) -> Observation | None:
         s = self.searcher
         result = search_embeddings(self._db, emb, s.top_k, "sequence", s.max_candidates, s.n_results)
@@ -477,11 +484,12 @@ class ListenerCore:
         if best is None:
             return None
         n = result.n_segments
-        thr, conf = self.threshold(n), self.confidence(best.score, n)
+        stat = decision_statistic([c.score for c in result.candidates], self.statistic)
+        thr, conf = self.threshold(n), self.confidence(stat, n)
         title, artist = getattr(s, "catalogue", {}).get(best.song_id, (None, None))
         return Observation(best.song_id, best.start_segment - j0, float(best.score), thr, conf,
-                           bool(best.score >= thr), n, title, artist,
-                           tuple((c.song_id, float(c.score)) for c in result.candidates))
+                           bool(stat >= thr), n, title, artist,
+                           tuple((c.song_id, float(c.score)) for c in result.candidates), stat)
 
     def threshold(self, n_segments: int) -> float:
         """Score a window of ``n_segments`` must reach (the listener's calibration, else the searcher's rule)."""
@@ -489,37 +497,47 @@ class ListenerCore:
             return self.calibration.threshold(n_segments)
         return float(self.searcher.threshold(n_segments))
 
-    def confidence(self, score: float, n_segments: int) -> float:
+    def confidence(self, decision: float, n_segments: int) -> float:
+        """Same meaning as ``search.Match.confidence``: the share of unknown-song calibration queries of this
+        length whose statistic is lower."""
         if self.calibration is not None:
-            return float(self.calibration.confidence(score, n_segments))
-        return float(np.clip(score, 0.0, 1.0))  # uncalibrated: the raw score is the only honest number
+            return float(self.calibration.confidence(decision, n_segments))
+        cal = getattr(self.searcher, "calibration", None)
+        if cal is not None:
+            return float(cal.confidence(decision, n_segments))
+        return float(np.clip(decision, 0.0, 1.0))  # uncalibrated: the raw score is the only honest number
 
     def _held_song_fits(self, obs: Observation | None, cur: Heard) -> bool:
-        """The held song, at some alignment, passes the threshold and scores within ``resync_margin`` of the best
-        answer on that window: then another song's lead is no evidence of a change."""
+        """The held song, at some alignment, passes the threshold (its statistic against the other songs of the
+        window) and scores within ``resync_margin`` of the best answer on that window: then another song's lead is
+        no evidence of a change."""
         if obs is None:
             return False
         held = obs.song_score(cur.song_id)
-        return held >= obs.threshold and held >= obs.score - self.config.resync_margin
+        stat = decision_statistic([held] + obs.others(cur.song_id), self.statistic)
+        return stat >= obs.threshold and held >= obs.score - self.config.resync_margin
 
     def _song_code(self, song_id: str) -> int:
         if self._codes is None:
             self._codes = {str(sid): i for i, sid in enumerate(self._db.song_ids)}
         return self._codes.get(song_id, -1)
 
-    def _track(self, emb: np.ndarray, j0: int, heard: Heard) -> tuple[float, float, float]:
-        """Score of the declared match's own alignment on the window: (score, threshold, confidence)."""
+    def _track(self, emb: np.ndarray, j0: int, heard: Heard, obs: Observation | None
+               ) -> tuple[float, float, float, float]:
+        """The declared match's own alignment on the window: (score, threshold, confidence, statistic). The
+        statistic puts that score against the other songs ``obs`` found on the same window."""
         code = self._song_code(heard.song_id)
         n = len(emb)
         thr = self.threshold(n)
         if code < 0:
-            return -1.0, thr, 0.0
+            return -1.0, thr, 0.0, -math.inf
         score = float(aligned_scores(emb, self._db, np.array([code]), np.array([heard.anchor + j0]))[0])
-        return score, thr, self.confidence(score, n)
+        stat = decision_statistic([score] + (obs.others(heard.song_id) if obs is not None else []), self.statistic)
+        return score, thr, self.confidence(stat, n), stat
 
     @staticmethod
-    def _passes(tracked: tuple[float, float, float]) -> bool:
-        return tracked[0] >= tracked[1]
+    def _passes(tracked: tuple[float, float, float, float]) -> bool:
+        return tracked[3] >= tracked[1]
 
     def _decide(self, j_last: int, level: float, loud: bool, embed_ms: float) -> Decision:
         cfg = self.config
@@ -547,7 +565,7 @@ class ListenerCore:
             tail = self._search(emb[-self.n_tail:], js[-self.n_tail])
             full_song = obs.song_id if obs is not None and obs.is_match else None
             if tail is not None and tail.is_match and tail.song_id != full_song and not (
-                    cur is not None and (self._passes(self._track(emb[-self.n_tail:], js[-self.n_tail], cur))
+                    cur is not None and (self._passes(self._track(emb[-self.n_tail:], js[-self.n_tail], cur, tail))
                                          or self._held_song_fits(tail, cur))):
                 tail_says = tail
         # The newest seconds alone name another song than the whole window does, and the song being held no longer
@@ -568,7 +586,7 @@ class ListenerCore:
             # its K agreeing hops count as the new song's streak
             self._streak, self._last_obs = self._tail_streak - 1, tail_says
             self._tail_streak, self._last_tail = 0, None
-        tracked = self._track(emb, js[0], cur) if cur is not None else None
+        tracked = self._track(emb, js[0], cur, obs) if cur is not None else None
         search_ms = (time.perf_counter() - t0) * 1000.0
 
         # Hysteresis: K agreeing above-threshold hops in a row declare a match.
@@ -623,7 +641,7 @@ class ListenerCore:
         # The numbers shown are those of what is shown: the match's own alignment while it is held, else the best
         # candidate.
         if cur is not None and event is None and tracked is not None:
-            score, thr, conf = tracked
+            score, thr, conf = tracked[:3]
         elif obs is not None:
             score, thr, conf = obs.score, obs.threshold, obs.confidence
         else:

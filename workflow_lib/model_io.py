@@ -6,14 +6,13 @@ code runs when a model file is opened).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_path, file_digest
 from .features import FrontendConfig
 from .model import Fingerprinter, ModelConfig
 
@@ -78,8 +77,4 @@ def model_checksum(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_digest(path)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
-from .calibrate import Calibration
+from .calibrate import Calibration, decision_statistic
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ class Database(Protocol):
     song_ids: np.ndarray
     vectors: np.ndarray
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def search(self, queries: np.ndarray, k: int, exclude_song: str | None = None
+               ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def row_song_index(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -70,6 +71,7 @@ class SearchResult:
     mode: str
     n_segments: int
     candidates: list[Candidate]
+    silent: bool = False  # every query segment was below the silence gate: nothing was searched
 
     @property
     def best(self) -> Candidate | None:
@@ -77,8 +79,28 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class BestGuess:
+    """The strongest candidate of a search, whether or not the no-match rule accepted it."""
+
+    song_id: str
+    title: str | None
+    artist: str | None
+    offset_s: float
+    score: float
+
+
+@dataclass(frozen=True)
 class Match:
-    """The answer for one query. ``song_id`` etc. are the best guess even when ``is_match`` is False."""
+    """The answer for one query.
+
+    ``song_id``, ``title``, ``artist`` and ``offset_s`` are set only when the no-match rule accepts the best
+    candidate (``is_match``); otherwise they are None and ``reason`` says why (``silence``, ``no candidates``,
+    ``below threshold``). ``best_guess`` always holds the strongest candidate, if any. ``confidence`` has one
+    meaning everywhere (query, listen, scan): the share of calibration queries of unknown songs of this length
+    whose decision statistic is lower than this answer's, i.e. 1 - its empirical p-value under "the song is not in
+    the database"; 0.99 means 1 unknown-song query in 100 scores as high. ``score`` is the best candidate's match
+    score (mean aligned cosine similarity), ``decision`` the calibrated statistic compared with ``threshold``.
+    """
 
     song_id: str | None
     title: str | None
@@ -92,15 +114,22 @@ class Match:
     score: float = float("nan")
     threshold: float = float("nan")
     timings: dict[str, float] = field(default_factory=dict)
+    decision: float = float("nan")
+    best_guess: BestGuess | None = None
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def aligned_scores(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.ndarray,
-                   chunk_elems: int = 1 << 22) -> np.ndarray:
-    """Mean over query segments ``i`` of ``q[i] . db[song, start + i]`` (0 off the song) for each candidate."""
+                   chunk_elems: int = 1 << 22, active: np.ndarray | None = None) -> np.ndarray:
+    """Mean over query segments ``i`` of ``q[i] . db[song, start + i]`` (0 off the song) for each candidate.
+
+    The mean runs over the ``active`` segments (those above the silence gate; all by default): a query that is
+    partly silent is scored on what it heard."""
     j = len(q)
+    n_active = int(active.sum()) if active is not None else j
     out = np.empty(len(codes), dtype=np.float32)
     step = max(1, chunk_elems // max(1, j * q.shape[1]))  # bounds the gathered block (~16 MB of float32)
     offs = np.arange(j, dtype=np.int64)[:, None]
@@ -108,7 +137,7 @@ def aligned_scores(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.nd
         rows = db.rows_for(np.broadcast_to(codes[None, a:a + step], (j, len(codes[a:a + step]))),
                            starts[None, a:a + step] + offs)  # (j, c): row of query segment i in candidate c
         dots = db.scores(q, rows)  # exact dot products, -inf where the alignment runs off the song
-        out[a:a + step] = np.where(np.isfinite(dots), dots, 0.0).sum(axis=0) / j
+        out[a:a + step] = np.where(np.isfinite(dots), dots, 0.0).sum(axis=0) / max(n_active, 1)
     return out
 
 
@@ -129,21 +158,31 @@ def _best_per_song(db: Database, codes: np.ndarray, starts: np.ndarray, scores: 
 
 
 def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str = "sequence",
-                      max_candidates: int = 200, n_results: int = 10) -> SearchResult:
-    """Search ``(J, D)`` query fingerprints. Returns up to ``n_results`` candidates, one per song, best first."""
+                      max_candidates: int = 200, n_results: int = 10,
+                      exclude_song: str | None = None) -> SearchResult:
+    """Search ``(J, D)`` query fingerprints. Returns up to ``n_results`` candidates, one per song, best first.
+
+    ``exclude_song`` searches as if that song were not in the database (leave-one-song-out null queries)."""
     if mode not in MODES:
         raise ValueError(f"unknown search mode {mode!r} (choose from {MODES})")
     q = np.ascontiguousarray(emb, dtype=np.float32)
     if q.ndim != 2 or q.shape[0] == 0:
         return SearchResult(mode, int(q.shape[0]) if q.ndim == 2 else 0, [])
-    j = q.shape[0]
-    sims, rows = db.search(q, top_k)
+    # Segments below the silence gate were embedded as zero vectors: they are neither searched nor counted.
+    active = np.einsum("ij,ij->i", q, q) > 0
+    j = int(active.sum())
+    if j == 0:
+        return SearchResult(mode, 0, [], silent=True)
+    seg_index = np.flatnonzero(active)
+    qa = q[active]
+    sims, rows = db.search(qa, top_k, exclude_song=exclude_song) if exclude_song is not None else \
+        db.search(qa, top_k)
     codes, segs = db.row_song_index(rows)  # -1 where FAISS found fewer than k neighbours
     valid = codes >= 0
     if not valid.any():
         return SearchResult(mode, j, [])
     codes = codes.astype(np.int64)
-    starts = segs.astype(np.int64) - np.arange(j)[:, None]
+    starts = segs.astype(np.int64) - seg_index[:, None]
     sims = np.where(valid, sims, 0.0).astype(np.float64)
     if mode == "sequence":
         c, s, w = codes[valid], starts[valid], sims[valid]
@@ -152,7 +191,7 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
         support = np.bincount(inv, weights=w, minlength=len(uniq))
         keep = np.argsort(-support, kind="stable")[:max_candidates]
         cand_codes, cand_starts, cand_support = c[first[keep]], s[first[keep]], support[keep]
-        scores = aligned_scores(q, db, cand_codes, cand_starts)
+        scores = aligned_scores(q, db, cand_codes, cand_starts, active=active)
         return SearchResult(mode, j, _best_per_song(db, cand_codes, cand_starts, scores, cand_support, n_results))
     top = valid[:, 0]
     c0, s0, w0 = codes[top, 0], starts[top, 0], sims[top, 0]
@@ -166,7 +205,7 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
         st, st_inv = np.unique(s0[mine], return_inverse=True)
         cand_starts[n] = st[np.lexsort((-np.bincount(st_inv, weights=w0[mine]), -np.bincount(st_inv)))[0]]
     # The vote decides the ranking; the exact aligned score only measures the winner for the no-match rule.
-    scores = aligned_scores(q, db, song_codes[rank], cand_starts)
+    scores = aligned_scores(q, db, song_codes[rank], cand_starts, active=active)
     return SearchResult(mode, j, [Candidate(str(db.song_ids[c]), int(st), float(sc), float(v))
                                   for c, st, sc, v in zip(song_codes[rank], cand_starts, scores, votes[rank])])
 
@@ -265,11 +304,20 @@ class Searcher:
 
         return embed_audio(self.fingerprinter, _pad_query(audio_8k), self.batch_size, self.device)
 
-    def search(self, emb: np.ndarray, mode: str | None = None) -> SearchResult:
-        return search_embeddings(self.db, emb, self.top_k, mode or self.mode, self.max_candidates, self.n_results)
+    def search(self, emb: np.ndarray, mode: str | None = None, exclude_song: str | None = None) -> SearchResult:
+        return search_embeddings(self.db, emb, self.top_k, mode or self.mode, self.max_candidates, self.n_results,
+                                 exclude_song)
 
     def threshold(self, n_segments: int) -> float:
         return self.calibration.threshold(n_segments) if self.calibration else self.fallback_threshold
+
+    @property
+    def statistic(self) -> str:
+        return self.calibration.statistic if self.calibration is not None else "score"
+
+    def decision(self, result: SearchResult) -> float:
+        """The no-match rule's statistic for this result (``calibrate.decision_statistic``)."""
+        return decision_statistic([c.score for c in result.candidates], self.statistic)
 
     def decide(self, result: SearchResult, seconds_taken: float = 0.0,
                timings: dict[str, float] | None = None) -> Match:
@@ -277,15 +325,21 @@ class Searcher:
         best = result.best
         thr = self.threshold(result.n_segments)
         if best is None:
+            reason = "silence" if result.silent else "no candidates"
             return Match(None, None, None, None, 0.0, False, result.n_segments, seconds_taken, result.mode,
-                         float("nan"), thr, timings or {})
+                         float("nan"), thr, timings or {}, float("nan"), None, reason)
+        stat = self.decision(result)
         if self.calibration is not None:
-            conf = self.calibration.confidence(best.score, result.n_segments)
+            conf = self.calibration.confidence(stat, result.n_segments)
         else:  # uncalibrated: the raw score is the only honest number there is
             conf = float(np.clip(best.score, 0.0, 1.0))
         title, artist = self.catalogue.get(best.song_id, (None, None))
-        return Match(best.song_id, title, artist, best.offset_s, conf, bool(best.score >= thr), result.n_segments,
-                     seconds_taken, result.mode, best.score, thr, timings or {})
+        guess = BestGuess(best.song_id, title, artist, best.offset_s, best.score)
+        if stat >= thr:
+            return Match(best.song_id, title, artist, best.offset_s, conf, True, result.n_segments, seconds_taken,
+                         result.mode, best.score, thr, timings or {}, stat, guess, None)
+        return Match(None, None, None, None, conf, False, result.n_segments, seconds_taken, result.mode,
+                     best.score, thr, timings or {}, stat, guess, "below threshold")
 
     def identify_embeddings(self, emb: np.ndarray, mode: str | None = None) -> Match:
         """Answer for ready ``(J, D)`` fingerprints, e.g. the listener's cached ones of the last few seconds."""
@@ -306,6 +360,12 @@ class Searcher:
     def identify(self, audio_8k: np.ndarray, mode: str | None = None) -> Match:
         """8 kHz mono query -> best song, offset and confidence (``is_match`` False below the threshold)."""
         return self.identify_detailed(audio_8k, mode)[0]
+
+
+def searcher_kwargs(search_cfg: dict) -> dict:
+    """``Searcher.from_paths`` keyword arguments from the ``search:`` config section."""
+    keys = ("top_k", "nprobe", "max_candidates", "batch_size", "fallback_threshold", "device", "mode")
+    return {k: search_cfg[k] for k in keys if k in search_cfg}
 
 
 def load_catalogue(path: str | Path) -> dict[str, tuple[str | None, str | None]]:

@@ -25,3 +25,24 @@ def frame(audio: np.ndarray, seg: int = SEGMENT_SAMPLES, hop: int = HOP_SAMPLES)
 
 def segment_start_seconds(segment: int | np.ndarray, hop: int = HOP_SAMPLES, sr: int = 8000):
     return np.asarray(segment) * hop / sr
+
+
+# The silence gate shared by every path that embeds audio (extraction, query, listener, scan): a 1 s segment whose
+# RMS level is below this is not music. The front end's log floor maps every quiet segment to almost the same
+# log-mel, so a quiet room would otherwise match any song's digital silence at cosine ~1.
+SILENCE_DBFS = -55.0
+
+
+def segment_levels_db(segments: np.ndarray) -> np.ndarray:
+    """RMS level (dBFS) of each row of ``segments`` (n, seg); -inf for digital silence."""
+    x = np.asarray(segments, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        return np.zeros(0)
+    power = np.einsum("ij,ij->i", x, x, dtype=np.float64) / max(x.shape[1], 1)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(power)
+
+
+def level_dbfs(segment: np.ndarray) -> float:
+    """RMS level of one stretch of audio in dBFS (-inf for digital silence)."""
+    return float(segment_levels_db(np.asarray(segment, dtype=np.float32)[None, :])[0]) if len(segment) else -np.inf

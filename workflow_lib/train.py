@@ -465,7 +465,7 @@ def train_from_config(train_bank: str | Path, val_bank: str | Path, noise_bank: 
     """``train_model`` driven by the ``model:`` and ``train:`` sections of config/config.yaml."""
     from .model import model_config_from
 
-    m = dict(model_section)
+    m = {k: v for k, v in model_section.items() if k != "source"}  # where the model comes from: the rules' business
     model_cfg = model_config_from(m.pop("preset"), channels=m.pop("channels", None) or None, dim=m.pop("dim", None),
                                   head_hidden=m.pop("head_hidden", None))
     if m:

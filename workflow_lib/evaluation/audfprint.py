@@ -11,11 +11,8 @@ time-consistent hashes); its no-match rule is that minimum count.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -26,9 +23,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import SAMPLE_RATE
-from .atomic import atomic_path
-from .audio_io import AudioDecodeError, load_audio, resample
+from .. import SAMPLE_RATE
+from ..atomic import file_digest
+from ..audio_io import AudioDecodeError, load_audio, resample
+from .chunks import finish, partial_dir, run_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -215,59 +213,47 @@ def build_database(songs: pd.DataFrame, params: AudfprintParams, threads: int = 
 
 
 def run_queries(afp: Audfprint, queries: pd.DataFrame, threads: int = 1, n_results: int = 10,
-                partial_dir: str | Path | None = None, chunk: int = 1000) -> pd.DataFrame:
-    """Answer every query file; one row per query in the shared result layout (see ``evaluate.RESULT_COLUMNS``).
+                folder: Path | None = None, chunk: int = 1000) -> pd.DataFrame:
+    """Answer every query file; one row per query in the shared result layout (``neural.RESULT_COLUMNS``).
 
-    Query files are analysed by ``threads`` worker processes and matched here. With ``partial_dir``, every finished
-    chunk of queries is kept there, so a killed run resumes at the first unfinished chunk.
+    Query files are analysed by ``threads`` worker processes and matched here. Unknown-song queries drop their own
+    song from audfprint's answers (leave-one-song-out: its hash counts are per song, so this equals a database
+    without it). With ``folder``, every finished chunk of queries is kept there, so a killed run resumes.
     """
+    excluded = {r.query_id: r.exclude_song for r in queries.itertuples()
+                if isinstance(getattr(r, "exclude_song", None), str)}
     items = [(r.query_id, r.file, asdict(afp.params)) for r in queries.itertuples()]
-    part_dir = Path(partial_dir) if partial_dir is not None else None
-    if part_dir is not None:
-        part_dir.mkdir(parents=True, exist_ok=True)
     pool = ProcessPoolExecutor(threads) if threads > 1 else None
-    frames = []
+
+    def process(todo) -> list[dict]:
+        analysed = pool.map(_query_hashes, todo, chunksize=4) if pool else map(_query_hashes, todo)
+        rows = []
+        for qid, h, analyse_ms, err in analysed:
+            if err is not None:
+                raise AudioDecodeError(f"query {qid}: {err}")
+            t0 = time.perf_counter()
+            hits = afp.match_hashes(h, n_results + 1)
+            hits = [hit for hit in hits if hit[0] != excluded.get(qid)][:n_results]
+            match_ms = (time.perf_counter() - t0) * 1000.0
+            rows.append({"query_id": qid, "system": SYSTEM, "mode": "landmark",
+                         "top_songs": [s for s, _, _ in hits], "top_offsets_s": [o for _, _, o in hits],
+                         "top_scores": [float(c) for _, c, _ in hits],
+                         "score": float(hits[0][1]) if hits else 0.0,
+                         # audfprint reports only alignments with at least min_count consistent hashes
+                         "is_match": bool(hits), "confidence": float("nan"), "embed_ms": analyse_ms,
+                         "search_ms": match_ms, "total_ms": analyse_ms + match_ms})
+        return rows
+
     try:
-        with tqdm(total=len(items), desc="audfprint queries", mininterval=10) as bar:
-            for c0 in range(0, len(items), chunk):
-                part = part_dir / f"chunk-{c0 // chunk:06d}.parquet" if part_dir is not None else None
-                if part is not None and part.exists():
-                    frames.append(pd.read_parquet(part))
-                    bar.update(len(items[c0:c0 + chunk]))
-                    continue
-                todo = items[c0:c0 + chunk]
-                analysed = pool.map(_query_hashes, todo, chunksize=4) if pool else map(_query_hashes, todo)
-                rows = []
-                for qid, h, analyse_ms, err in analysed:
-                    if err is not None:
-                        raise AudioDecodeError(f"query {qid}: {err}")
-                    t0 = time.perf_counter()
-                    hits = afp.match_hashes(h, n_results)
-                    match_ms = (time.perf_counter() - t0) * 1000.0
-                    rows.append({"query_id": qid, "system": SYSTEM, "mode": "landmark",
-                                 "top_songs": [s for s, _, _ in hits], "top_offsets_s": [o for _, _, o in hits],
-                                 "top_scores": [float(c) for _, c, _ in hits],
-                                 "score": float(hits[0][1]) if hits else 0.0,
-                                 # audfprint reports only alignments with at least min_count consistent hashes
-                                 "is_match": bool(hits), "embed_ms": analyse_ms, "search_ms": match_ms,
-                                 "total_ms": analyse_ms + match_ms})
-                    bar.update()
-                frame = pd.DataFrame(rows)
-                if part is not None:
-                    with atomic_path(part) as tmp:
-                        frame.to_parquet(tmp, index=False)
-                frames.append(frame)
+        return run_in_chunks(items, process, folder, chunk, "audfprint queries")
     finally:
         if pool is not None:
             pool.shutdown()
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def run_baseline(queries_path: str | Path, songs_path: str | Path, index_meta_path: str | Path,
                  out_path: str | Path, params: dict | None = None, threads: int = 1) -> pd.DataFrame:
     """Snakemake entry: database = the songs of the neural index, queries = the evaluation query files."""
-    from .evaluate import file_digest
-
     p = AudfprintParams.from_dict(params)
     queries = pd.read_parquet(queries_path)
     base = Path(queries_path).parent
@@ -280,17 +266,9 @@ def run_baseline(queries_path: str | Path, songs_path: str | Path, index_meta_pa
     t0 = time.perf_counter()
     afp = build_database(songs, p, threads)
     log.info("audfprint database built in %.1f s", time.perf_counter() - t0)
-    out_path = Path(out_path)
     # Finished chunks are reused only for the very same query table, database songs and settings.
-    key = hashlib.sha1(json.dumps([file_digest(queries_path), sorted(afp.names), asdict(p)],
-                                  sort_keys=True).encode()).hexdigest()[:12]
-    partial = out_path.parent / f".partial-{out_path.stem}-{key}"
-    for old in out_path.parent.glob(f".partial-{out_path.stem}-*"):
-        if old != partial:
-            shutil.rmtree(old, ignore_errors=True)
-    res = run_queries(afp, queries, threads, partial_dir=partial)
-    with atomic_path(out_path) as tmp:
-        res.to_parquet(tmp, index=False)
-    shutil.rmtree(partial, ignore_errors=True)
+    folder = partial_dir(out_path, [file_digest(queries_path), sorted(afp.names), asdict(p)])
+    res = run_queries(afp, queries, threads, folder=folder)
+    finish(out_path, res, folder)
     log.info("audfprint: %d queries answered, %d matched", len(res), int(res["is_match"].sum()))
     return res

@@ -1,0 +1,139 @@
+"""The ``calibrate`` stage: queries of unknown songs, degraded like real use, give the no-match threshold.
+
+Null queries are cut from the calibration half of the unknown-song pool (``songs.unknown_songs``): songs the model
+never trained on, whether or not they are in the database, searched with their own fingerprints skipped
+(leave-one-song-out), so no song has to be left out of the database for the threshold. Each query takes a random
+song, start, length and condition of the evaluation's plan, degraded with the *training* noise and impulse
+responses (the test banks stay unseen until the evaluation), plus a share of pure background-noise queries (a
+microphone hearing only the room). The threshold file and its fitting live in ``calibrate`` (search's side).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .. import SAMPLE_RATE
+from ..calibrate import Calibration, decision_statistic, fit_calibration
+from ..clipbank import ClipBank
+from ..degrade import degrade, limit_peak
+from .plan import QueryPlan
+from .queries import usable_conditions
+from .songs import draw_songs, iter_song_audio, pick_start, unknown_songs
+
+log = logging.getLogger(__name__)
+
+
+def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | None, ir_bank: ClipBank | None,
+                        plan: QueryPlan, n_per_length: int, noise_share: float, seed: int
+                        ) -> dict[int, list[list[float]]]:
+    """Candidate scores (best first) of unknown-song queries, grouped by query length in segments.
+
+    ``songs`` (``song_id, path, duration_s``) are searched leave-one-song-out. A share ``noise_share`` of the
+    queries is background noise alone, at a random level.
+    """
+    rng = np.random.default_rng([seed, 7])
+    lengths = list(plan.lengths_s)
+    has_noise = noise_bank is not None and len(noise_bank) > 0
+    conds = [c for c in plan.conditions if (c.snr_db is None or has_noise)]
+    if ir_bank is None or len(ir_bank) == 0:
+        conds = [c for c in conds if c.room is None]
+    conds = usable_conditions(QueryPlan(conditions=tuple(conds)), noise_bank, ir_bank) if conds else []
+    if not conds:
+        raise ValueError("calibration: every condition needs a noise or impulse-response bank that is empty")
+    if not has_noise:
+        noise_share = 0.0
+    n_total = n_per_length * len(lengths)
+    is_noise = rng.random(n_total) < noise_share
+    if len(songs) == 0:
+        if not has_noise:
+            raise ValueError("calibration: no songs for unknown-song queries and no noise bank: nothing to "
+                             "calibrate on")
+        log.warning("calibration: no songs for unknown-song queries; the threshold is fitted on background noise "
+                    "only, so its false-positive rate on unknown music is not controlled")
+        is_noise[:] = True
+    scores: dict[int, list[list[float]]] = {}
+    bar = tqdm(total=n_total, desc="calibration queries", mininterval=10)
+    span_s = max(lengths) * max(c.max_speed for c in conds)
+
+    def record(x: np.ndarray, exclude: str | None) -> None:
+        res = searcher.search(searcher.embed(x), "sequence", exclude_song=exclude)
+        if res.n_segments:  # a query the silence gate emptied is answered "silence", never by the threshold
+            scores.setdefault(res.n_segments, []).append([c.score for c in res.candidates])
+        bar.update()
+
+    song_q = np.flatnonzero(~is_noise)
+    if len(song_q):
+        which = draw_songs(songs["duration_s"].to_numpy(), len(song_q), span_s, rng)
+        for pos, audio in iter_song_audio(songs, which):
+            if audio is None:
+                continue
+            sid = str(songs.iloc[pos]["song_id"])
+            for k in song_q[which == pos]:
+                qrng = np.random.default_rng([seed, 11, int(k)])
+                n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
+                cond = conds[int(qrng.integers(len(conds)))]
+                spec = plan.degradation(cond, qrng)
+                start = pick_start(audio, int(np.ceil(n * spec.speed)) + 1, qrng, grid=False)
+                if start is None:
+                    continue
+                try:
+                    x, _ = degrade(audio, start, n, spec, qrng, noise_bank, ir_bank)
+                except ValueError as exc:  # e.g. a silent noise excerpt: the SNR is undefined
+                    log.info("calibration query %d skipped: %s", k, exc)
+                    continue
+                record(x, sid)
+    for k in np.flatnonzero(is_noise):
+        qrng = np.random.default_rng([seed, 13, int(k)])
+        n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
+        x = noise_bank.random_excerpt(qrng, n)
+        level = 10 ** qrng.uniform(-2.0, -0.7)  # RMS from quiet room (-40 dBFS) to loud (-14 dBFS)
+        x = limit_peak(x * (level / max(float(np.sqrt(np.mean(x ** 2))), 1e-9)))
+        record(x, None)
+    bar.close()
+    return scores
+
+
+def fit_from_candidates(candidates: dict[int, list[list[float]]], statistic: str, target_fpr: float,
+                        meta: dict) -> Calibration:
+    """The threshold of ``statistic`` from the null queries' candidate scores."""
+    values = {n: [decision_statistic(c, statistic) for c in cs] for n, cs in candidates.items()}
+    return fit_calibration(values, target_fpr, meta, statistic)
+
+
+def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix,
+                    search_cfg: dict, eval_cfg: dict, threads: int = 1) -> Calibration:
+    """Snakemake entry for the ``calibrate`` rule: fit the no-match threshold and write it as JSON."""
+    import torch
+
+    from ..atomic import file_digest
+    from ..search import Searcher, searcher_kwargs
+
+    cal = search_cfg["calibration"]
+    torch.set_num_threads(max(1, threads))
+    searcher = Searcher.from_paths(model_path, index_dir, None, None, **searcher_kwargs(search_cfg))
+    plan = QueryPlan.from_config(eval_cfg)
+    songs = pd.read_parquet(songs_path)
+    splits = pd.read_parquet(splits_path) if splits_path and Path(splits_path).exists() else None
+    pool = unknown_songs(songs, splits, plan.seed, "calibration")
+    noise = ClipBank(noise_prefix) if noise_prefix else None
+    irs = ClipBank(ir_prefix) if ir_prefix else None
+    log.info("calibration: %d unknown songs (searched leave-one-song-out), %d queries per length, %.0f %% "
+             "background noise only, statistic %s", len(pool), cal["queries_per_length"], 100 * cal["noise_share"],
+             cal["statistic"])
+    candidates = collect_null_scores(searcher, pool, noise, irs, plan, cal["queries_per_length"],
+                                     cal["noise_share"], cal["seed"])
+    meta = {"model_checksum": file_digest(model_path), "n_songs": len(pool),
+            "songs": "songs not trained on, searched leave-one-song-out (calibration half)",
+            "noise_share": cal["noise_share"], "conditions": [c.name for c in plan.conditions],
+            "search": {k: search_cfg[k] for k in ("top_k", "nprobe", "max_candidates") if k in search_cfg}}
+    calib = fit_from_candidates(candidates, cal["statistic"], cal["target_fpr"], meta)
+    calib.save(out_path)
+    for n, t, s in zip(calib.n_segments, calib.thresholds, calib.null_scores):
+        log.info("threshold for %d segments: %s >= %.4f (null values: median %.3f, max %.3f, n=%d)", n,
+                 calib.statistic, t, float(np.median(s)), float(np.max(s)), len(s))
+    return calib

@@ -1,0 +1,230 @@
+"""The evaluation's outputs for people: ``summary.md`` (+ an HTML copy for the Snakemake report) and hit-rate plots.
+
+Unseen songs (never trained on) come first: they are what the figures claim; trained-on songs and the no-match rule
+(false-positive rate per condition on unknown songs) follow in their own sections.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_path, write_text_atomic
+from .metrics import compute_metrics, pooled_fpr, target_checks, wilson_interval
+from .neural import NEURAL
+
+log = logging.getLogger(__name__)
+
+HIT_TABLES = (("song_top1", "Song-level top-1 hit rate (%)"),
+              ("seg_top1_exact", "Segment-level top-1 exact (offset within 0.25 s, %)"),
+              ("seg_top1_near", "Segment-level top-1 near (offset within 0.5 s, %)"),
+              ("song_top10", "Song-level top-10 (%)"),
+              ("song_top1_accepted", "Song-level top-1 and accepted by the no-match rule (%)"),
+              ("accept_right", "Share of right best guesses the no-match rule accepts (%)"))
+
+
+def _label(system: str, mode: str) -> str:
+    return f"{system} ({mode})"
+
+
+def _pivot_md(df: pd.DataFrame, index: list[str], value: str, scale: float = 100.0, fmt: str = "{:.1f}") -> str:
+    lengths = sorted(df["length_s"].unique())
+    head = "| " + " | ".join(index) + " | " + " | ".join(f"{x:g} s" for x in lengths) + " |"
+    sep = "|" + "---|" * (len(index) + len(lengths))
+    lines = [head, sep]
+    for key, g in df.groupby(index, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        vals = g.set_index("length_s")[value]
+        cells = [fmt.format(vals[x] * scale) if x in vals.index and pd.notna(vals[x]) else "–" for x in lengths]
+        lines.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(path: str | Path, queries: pd.DataFrame, metrics: pd.DataFrame, fpr: pd.DataFrame,
+                  info: dict[str, Any] | None = None) -> str:
+    """``summary.md``: the run, the targets, and hit-rate / false-positive / latency tables."""
+    info = info or {}
+    m = metrics.copy()
+    m["system"] = [_label(s, mo) for s, mo in zip(m["system"], m["mode"])]
+    groups = queries["group"] if "group" in queries else np.where(queries["in_db"], "unseen", "unknown")
+    counts = pd.Series(groups).value_counts()
+    songs = queries.groupby(groups)["source_song_id"].nunique()
+    lines = ["# Evaluation summary", ""]
+    lines.append("Queries: " + ", ".join(f"{counts.get(g, 0)} from {songs.get(g, 0)} {label}" for g, label in
+                                         (("unseen", "database songs never trained on"),
+                                          ("trained", "database songs the model trained on"),
+                                          ("unknown", "songs searched as unknown (their own fingerprints "
+                                                      "skipped)")) if counts.get(g, 0)) + ".")
+    lines.append("Conditions: " + ", ".join(queries["condition"].drop_duplicates()) + ". Noise and impulse "
+                 "responses come from the held-out (test) banks; simulated rooms and resonant spaces are held-out "
+                 "draws of the generators that training also used, 'real' rooms are measured ones training never "
+                 "heard. Hit rates ignore the no-match rule unless marked 'accepted'; segment 'exact' = offset "
+                 "within 0.25 s, 'near' = within 0.5 s.")
+    for k, v in info.items():
+        lines.append(f"- {k}: {v}")
+    lines += ["", "## Targets (unseen songs)", "", "| target | measured | met |", "|---|---|---|"]
+    for name, val, ok in target_checks(metrics, fpr):
+        lines.append(f"| {name} | {val} | {'yes' if ok else ('no' if ok is not None else 'n/a')} |")
+    for group, title in (("unseen", "Unseen songs"), ("trained", "Trained-on songs")):
+        g = m[m["group"] == group]
+        if g.empty:
+            continue
+        tables = HIT_TABLES if group == "unseen" else HIT_TABLES[:2]
+        for metric, name in tables:
+            lines += ["", f"## {title}: {name}", "", _pivot_md(g, ["condition", "system"], metric)]
+    unk = m[m["group"] == "unknown"]
+    if len(unk):
+        lines += ["", "## No-match rule: false-positive rate on unknown songs per condition (%)", "",
+                  _pivot_md(unk, ["condition", "system"], "fpr", fmt="{:.2f}")]
+    if len(fpr):
+        f = fpr.copy()
+        f["system"] = [_label(s, mo) for s, mo in zip(f["system"], f["mode"])]
+        lines += ["", "## False-positive rate on unknown songs, all conditions (%)", "",
+                  _pivot_md(f, ["system"], "fpr", fmt="{:.2f}")]
+    first = m[(m["group"] == "unseen") & (m["condition"] == m["condition"].iloc[0])] if len(m) else m
+    if len(first):
+        lines += ["", f"## Latency per query, condition '{first['condition'].iloc[0]}' (ms)", "",
+                  "Fingerprinting + search (decoding not included); search alone below.", "", "p50:", "",
+                  _pivot_md(first, ["system"], "latency_p50_ms", 1.0), "", "p95:", "",
+                  _pivot_md(first, ["system"], "latency_p95_ms", 1.0), "",
+                  "Search only (p50):", "", _pivot_md(first, ["system"], "search_p50_ms", 1.0, "{:.2f}")]
+    text = "\n".join(lines) + "\n"
+    write_text_atomic(path, text)
+    return text
+
+
+def plot_hit_rates(metrics: pd.DataFrame, path: str | Path, metric: str = "song_top1",
+                   ylabel: str = "song-level top-1 (%)", title: str = "") -> None:
+    """Hit rate vs query length on unseen songs, one panel per condition, one line per system and mode, with 95 %
+    binomial (Wilson) intervals; each panel's axis is zoomed to its data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = metrics[(metrics["group"] == "unseen") & metrics[metric].notna()] if "group" in metrics else metrics
+    conds = list(dict.fromkeys(data["condition"]))
+    ncol = min(4, max(1, len(conds)))
+    nrow = int(np.ceil(len(conds) / ncol)) or 1
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow + 0.6), squeeze=False)
+    markers = "os^Dv<>"
+    lines = list(data.groupby(["system", "mode"], sort=False).groups)
+    for ax, cond in zip(axes.flat, conds):
+        g = data[data["condition"] == cond]
+        lows = []
+        for i, (system, mode) in enumerate(lines):
+            s = g[(g["system"] == system) & (g["mode"] == mode)].sort_values("length_s")
+            if s.empty:
+                continue
+            lo_hi = np.array([wilson_interval(r * n, n) for r, n in zip(s[metric], s["n_queries"])])
+            y = s[metric].to_numpy() * 100
+            # Lines that coincide stay visible: each is nudged sideways a little and keeps its own marker.
+            x = s["length_s"].to_numpy() * (1 + 0.03 * (i - (len(lines) - 1) / 2))
+            ax.errorbar(x, y, yerr=[y - lo_hi[:, 0] * 100, lo_hi[:, 1] * 100 - y], marker=markers[i % len(markers)],
+                        capsize=2, label=_label(system, mode), linestyle="--" if system != NEURAL else "-",
+                        markersize=4)
+            lows.append(float(np.nanmin(lo_hi[:, 0])) * 100)
+        ax.set_title(cond, fontsize=9)
+        ax.set_xlabel("query length (s)")
+        bottom = max(0.0, min(lows) - 3) if lows else 0.0
+        ax.set_ylim(bottom, 100.5 + (100 - bottom) * 0.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in list(axes.flat)[len(conds):]:
+        ax.axis("off")
+    if conds:
+        axes.flat[0].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def markdown_to_html(md: str, title: str = "Evaluation summary") -> str:
+    """HTML for the subset of Markdown ``write_summary`` produces (headings, paragraphs, bullets, pipe tables), so
+    the Snakemake report can show the summary inline."""
+    import html
+
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+           "body{font-family:sans-serif;margin:1.5em;max-width:70em}table{border-collapse:collapse;margin:.5em 0}"
+           "td,th{border:1px solid #bbb;padding:.2em .6em;text-align:right}td:first-child,th:first-child,"
+           "td:nth-child(2){text-align:left}</style></head><body>"]
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>")
+            for r in table[1:]:
+                out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+            out.append("</table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-", ":"} for c in cells):
+                table.append(cells)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def calibration_info(threshold_path: str | Path | None) -> dict[str, Any]:
+    """Lines for the summary header describing the no-match rule in use."""
+    if not threshold_path or not Path(threshold_path).exists():
+        return {"no-match rule": "not calibrated (fallback threshold)"}
+    from ..calibrate import Calibration
+
+    cal = Calibration.load(threshold_path)
+    thr = ", ".join(f"{n}: {t:.3f}" for n, t in zip(cal.n_segments, cal.thresholds))
+    return {"no-match rule": f"{cal.statistic} >= threshold for a {cal.target_fpr:g} false-positive rate, fitted on "
+                             f"{sum(len(s) for s in cal.null_scores)} unknown-song queries from "
+                             f"{cal.meta.get('n_songs', '?')} songs (thresholds by query segments: {thr})",
+            "model": cal.meta.get("model_checksum", "?")}
+
+
+def summarize(queries_path: str | Path, result_paths: Sequence[str | Path], metrics_path: str | Path,
+              summary_path: str | Path, html_path: str | Path | None, plot_paths: dict[str, str | Path],
+              threshold_path: str | Path | None = None, index_json: str | Path | None = None) -> pd.DataFrame:
+    """Snakemake entry for ``evaluate``: metrics.parquet, summary.md (+ .html) and the plots from all systems."""
+    if isinstance(result_paths, (str, Path)):
+        result_paths = [result_paths]
+    queries = pd.read_parquet(queries_path)
+    results = pd.concat([pd.read_parquet(p) for p in result_paths], ignore_index=True)
+    metrics = compute_metrics(queries, results)
+    fpr = pooled_fpr(queries, results)
+    with atomic_path(metrics_path) as tmp:
+        metrics.to_parquet(tmp, index=False)
+    info = calibration_info(threshold_path)
+    title = ""
+    if index_json and Path(index_json).exists():
+        import json
+
+        idx = json.loads(Path(index_json).read_text())
+        info["database"] = f"{idx.get('n_songs', '?')} songs, {idx.get('ntotal', '?')} fingerprints ({idx.get('factory', '?')})"
+        title = f"unseen songs; database {idx.get('n_songs', '?')} songs; model {idx.get('model_checksum', '?')}"
+    text = write_summary(summary_path, queries, metrics, fpr, info)
+    if html_path:
+        write_text_atomic(html_path, markdown_to_html(text))
+    for metric, path in plot_paths.items():
+        plot_hit_rates(metrics, path, metric, {"song_top1": "song-level top-1 (%)",
+                                               "seg_top1_exact": "segment top-1 exact (%)"}.get(metric, metric),
+                       title)
+    log.info("evaluation: %d metric rows from %d result rows", len(metrics), len(results))
+    return metrics
