@@ -70,6 +70,8 @@ def build_song_bank(songs_parquet: str | Path, splits_parquet: str | Path, split
     out_prefix = Path(out_prefix)
     codec_prefix = out_prefix.with_name(out_prefix.name + "_codec")
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_prefix.parent.glob(f".{out_prefix.name}.*.raw"):  # left by a killed (or crashed) run
+        stale.unlink(missing_ok=True)
     rows: list[dict] = []
     total = 0
     raws = {}
