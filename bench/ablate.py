@@ -22,15 +22,15 @@ import json
 import sys
 from pathlib import Path
 
-from workflow_lib.cpu_process import setup_cpu_process
+from workflow_lib.common.cpu_process import setup_cpu_process
 
 setup_cpu_process(keep_buffers=True)  # before torch loads
 
 import yaml  # noqa: E402
 
-from workflow_lib.logs import setup_logging  # noqa: E402
-from workflow_lib.train import RULE_KEYS, TrainConfig, train_model  # noqa: E402
-from workflow_lib.model import model_config_from  # noqa: E402
+from workflow_lib.common.logs import setup_logging  # noqa: E402
+from workflow_lib.training.train import RULE_KEYS, TrainConfig, train_model  # noqa: E402
+from workflow_lib.model.network import model_config_from  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # Each variant switches one component of the new recipe off (back to what the old recipe did).

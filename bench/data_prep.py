@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from workflow_lib.demo_corpus import generate_demo_corpus
-from workflow_lib.ir_prep import prepare_irs
-from workflow_lib.manifest import list_audio_files
-from workflow_lib.noise_prep import prepare_noise
+from workflow_lib.data.demo_corpus import generate_demo_corpus
+from workflow_lib.data.irs import prepare_irs
+from workflow_lib.data.manifest import list_audio_files
+from workflow_lib.data.noise import prepare_noise
 
 SIM = {"n_rooms": 48, "rt60_s": [0.2, 1.0], "room_min_m": [3.0, 3.0, 2.4], "room_max_m": [15.0, 12.0, 5.0]}
 NOISE = dict(test_fraction=0.3, max_clip_s=30.0, babble_speakers=(3, 7), babble_clips=60, babble_clip_s=10.0,

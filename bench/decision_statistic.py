@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_lib.calibrate import STATISTICS, decision_statistic, fit_calibration
-from workflow_lib.split import unit_hash
+from workflow_lib.search.threshold import STATISTICS, decision_statistic, fit_calibration
+from workflow_lib.data.split import unit_hash
 
 SEG_PER_S = 2  # 0.5 s hop
 

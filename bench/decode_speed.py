@@ -1,4 +1,4 @@
-"""Decode + resample speed of workflow_lib.audio_io on one core, in x realtime.
+"""Decode + resample speed of workflow_lib.audio.files on one core, in x realtime.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python bench/decode_speed.py [FOLDER] [--limit N]
 Default folder: ../shared/corpus/dev/music (real MP3s, 22.05 kHz mono, 32 kbit/s).
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from workflow_lib.audio_io import iter_audio
+from workflow_lib.audio.files import iter_audio
 
 
 def main() -> None:

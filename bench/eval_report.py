@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_lib.evaluate import pooled_fpr, target_checks  # noqa: E402
+from workflow_lib.evaluation.metrics import pooled_fpr, target_checks  # noqa: E402
 
 
 def table(m: pd.DataFrame, value: str, scale: float = 100.0, fmt: str = "{:6.1f}") -> str:
@@ -58,8 +58,8 @@ def main() -> None:
           f"{int((~queries.in_db).sum())} outside ({queries[~queries.in_db].source_song_id.nunique()} songs)")
     log = Path(args.run) / "logs/train.log"
     if log.exists():
-        epochs = [line.split("INFO workflow_lib.train: ")[1].strip() for line in log.read_text().splitlines()
-                  if "workflow_lib.train: epoch" in line or "wrote results/model" in line]
+        epochs = [line.split("INFO workflow_lib.training.train: ")[1].strip() for line in log.read_text().splitlines()
+                  if "workflow_lib.training.train: epoch" in line or "wrote results/model" in line]
         print("training:", *epochs[-3:], sep="\n  ")
     thr = json.loads((r / "index/threshold.json").read_text())
     print("no-match thresholds (segments: score):",

@@ -25,9 +25,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from workflow_lib.audio_io import iter_audio  # noqa: E402
-from workflow_lib.embed import embed_file, optimize_for_inference  # noqa: E402
-from workflow_lib.model import Fingerprinter, count_parameters, model_config_from  # noqa: E402
+from workflow_lib.audio.files import iter_audio  # noqa: E402
+from workflow_lib.model.embed import embed_file, optimize_for_inference  # noqa: E402
+from workflow_lib.model.network import Fingerprinter, count_parameters, model_config_from  # noqa: E402
 
 SEG_PER_S = 2.0  # segments per second of audio at 0.5 s hop
 

@@ -33,9 +33,9 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from workflow_lib.extract import ModelIdentity, ShardMeta, fingerprint_table  # noqa: E402
-from workflow_lib.index import FingerprintDB, TrainSettings, build_index  # noqa: E402
-from workflow_lib.search import search_embeddings  # noqa: E402
+from workflow_lib.database.extract import ModelIdentity, ShardMeta, fingerprint_table  # noqa: E402
+from workflow_lib.database.index import FingerprintDB, TrainSettings, build_index  # noqa: E402
+from workflow_lib.search.searcher import search_embeddings  # noqa: E402
 
 DIM = 128
 SONG_SEGMENTS = 480  # a 4-minute song

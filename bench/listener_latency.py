@@ -70,12 +70,12 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from workflow_lib.audio_io import load_audio
-    from workflow_lib.clipbank import ClipBank
-    from workflow_lib.degrade import Degradation, degrade
-    from workflow_lib.listen_cli import load_settings
-    from workflow_lib.listener import MATCH, ListenerCore
-    from workflow_lib.search import Searcher
+    from workflow_lib.audio.files import load_audio
+    from workflow_lib.data.clipbank import ClipBank
+    from workflow_lib.evaluation.degrade import Degradation, degrade
+    from workflow_lib.cli.listen import load_settings
+    from workflow_lib.listener.core import MATCH, ListenerCore
+    from workflow_lib.search.searcher import Searcher
 
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)

@@ -20,18 +20,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow_lib.cpu_process import setup_cpu_process  # noqa: E402
+from workflow_lib.common.cpu_process import setup_cpu_process  # noqa: E402
 
 setup_cpu_process()  # before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from workflow_lib.augment import AugmentConfig  # noqa: E402
-from workflow_lib.clipbank import ClipBank  # noqa: E402
-from workflow_lib.model_io import load_fingerprinter, read_model_file  # noqa: E402
-from workflow_lib.train import TrainConfig, Validator, embed  # noqa: E402
-from workflow_lib.train_data import ViewSource  # noqa: E402
+from workflow_lib.training.augment import AugmentConfig  # noqa: E402
+from workflow_lib.data.clipbank import ClipBank  # noqa: E402
+from workflow_lib.model.model_file import load_fingerprinter, read_model_file  # noqa: E402
+from workflow_lib.training.train import TrainConfig, Validator, embed  # noqa: E402
+from workflow_lib.training.data import ViewSource  # noqa: E402
 
 
 def main() -> None:

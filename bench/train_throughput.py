@@ -3,7 +3,7 @@
 Usage: .venv/bin/python bench/train_throughput.py [--presets small nafp] [--threads 2] [--batch-size 128]
        [--steps 8] [--device auto] [--default-malloc]
 
-Training steps are the real ones (``workflow_lib.train.train_step`` fed by ``ViewSource`` through the prefetch
+Training steps are the real ones (``workflow_lib.training.train.train_step`` fed by ``ViewSource`` through the prefetch
 thread): view cutting, on-device degradation (1 s impulse responses, noise, filters), log-mel, masking, forward,
 NT-Xent, backward and LAMB. The data are generated (songs of random notes, white noise, exponentially decaying
 impulse responses): speed does not depend on content. Inference is the eager ``Fingerprinter`` (log-mel
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from workflow_lib.cpu_process import keep_freed_memory, setup_cpu_process
+from workflow_lib.common.cpu_process import keep_freed_memory, setup_cpu_process
 
 setup_cpu_process()  # as scripts/train.py does, before torch loads OpenMP (malloc: see --default-malloc)
 import statistics
@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workflow_lib.augment import AugmentConfig
-from workflow_lib.clipbank import ClipBank, write_clip_bank
-from workflow_lib.model import Fingerprinter, count_parameters, model_config_from
-from workflow_lib.train import TrainConfig, make_optimizer, resolve_device, train_step
-from workflow_lib.train_data import ViewSource, prefetch
+from workflow_lib.training.augment import AugmentConfig
+from workflow_lib.data.clipbank import ClipBank, write_clip_bank
+from workflow_lib.model.network import Fingerprinter, count_parameters, model_config_from
+from workflow_lib.training.train import TrainConfig, make_optimizer, resolve_device, train_step
+from workflow_lib.training.data import ViewSource, prefetch
 
 
 def make_banks(d: Path, seed: int = 0) -> tuple[ClipBank, ClipBank, ClipBank]:

@@ -1,10 +1,10 @@
 """Snakemake adapter: train (or reuse the training of) the FAISS index and add every fingerprint file."""
-from workflow_lib.cpu_process import setup_cpu_process
+from workflow_lib.common.cpu_process import setup_cpu_process
 
 setup_cpu_process()  # before faiss loads
 
-from workflow_lib.index import TrainSettings, build_index, read_removed_songs  # noqa: E402
-from workflow_lib.logs import setup_logging  # noqa: E402
+from workflow_lib.database.index import TrainSettings, build_index, read_removed_songs  # noqa: E402
+from workflow_lib.common.logs import setup_logging  # noqa: E402
 
 setup_logging(snakemake.log[0])
 o = snakemake.params.opts

@@ -1,6 +1,6 @@
 """Snakemake adapter: fit the no-match threshold on unknown-song queries (leave-one-song-out)."""
 from workflow_lib.evaluation.calibration import run_calibration
-from workflow_lib.logs import setup_logging
+from workflow_lib.common.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 i, p = snakemake.input, snakemake.params

@@ -1,6 +1,6 @@
 """Snakemake adapter: song id -> title / artist / path for every manifest song (and songs added with db.py)."""
-from workflow_lib.catalogue import added_catalogue_rows, write_catalogue
-from workflow_lib.logs import setup_logging
+from workflow_lib.database.catalogue import added_catalogue_rows, write_catalogue
+from workflow_lib.common.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 write_catalogue(snakemake.input.songs, snakemake.output[0], extra=[added_catalogue_rows(snakemake.input.added)])

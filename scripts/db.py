@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as a plain script from any directory
     sys.path.insert(0, str(REPO))
 
-from workflow_lib.cpu_process import setup_cpu_process  # noqa: E402
+from workflow_lib.common.cpu_process import setup_cpu_process  # noqa: E402
 
 setup_cpu_process()  # before torch and faiss load
 
-from workflow_lib.logs import setup_logging  # noqa: E402
+from workflow_lib.common.logs import setup_logging  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(None, logging.INFO if args.verbose else logging.WARNING)
-    from workflow_lib.database import add_files, database_info, remove_songs
+    from workflow_lib.database.edit import add_files, database_info, remove_songs
 
     try:
         if args.command == "add":

@@ -1,8 +1,8 @@
 """Snakemake adapter: generate the built-in synthetic demo corpus."""
 from pathlib import Path
 
-from workflow_lib.demo_corpus import generate_demo_corpus
-from workflow_lib.logs import setup_logging
+from workflow_lib.data.demo_corpus import generate_demo_corpus
+from workflow_lib.common.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

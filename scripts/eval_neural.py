@@ -1,6 +1,6 @@
 """Snakemake adapter: answer every evaluation query with the neural searcher."""
 from workflow_lib.evaluation.neural import evaluate_neural
-from workflow_lib.logs import setup_logging
+from workflow_lib.common.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 i, p = snakemake.input, snakemake.params

@@ -1,6 +1,6 @@
 """Snakemake adapter: metrics, summary table and plots from every system's answers."""
 from workflow_lib.evaluation.report import summarize
-from workflow_lib.logs import setup_logging
+from workflow_lib.common.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 i, o = snakemake.input, snakemake.output

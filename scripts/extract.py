@@ -1,10 +1,10 @@
 """Snakemake adapter: fingerprint one shard of the database songs into results/fingerprints/shard-{i}.parquet."""
-from workflow_lib.cpu_process import setup_cpu_process
+from workflow_lib.common.cpu_process import setup_cpu_process
 
 setup_cpu_process(keep_buffers=True)  # before torch loads
 
-from workflow_lib.extract import extract_shard  # noqa: E402
-from workflow_lib.logs import setup_logging  # noqa: E402
+from workflow_lib.database.extract import extract_shard  # noqa: E402
+from workflow_lib.common.logs import setup_logging  # noqa: E402
 
 setup_logging(snakemake.log[0])
 p = snakemake.params

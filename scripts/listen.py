@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     # Only light imports before --list-devices: it answers at once, without loading torch.
-    from workflow_lib.devices import FileSource, ListenerError, SoundDeviceSource, format_device_list
+    from workflow_lib.listener.devices import FileSource, ListenerError, SoundDeviceSource, format_device_list
 
     if args.list_devices:
         try:
-            from workflow_lib.devices import list_input_devices
+            from workflow_lib.listener.devices import list_input_devices
 
             devices = list_input_devices()
         except ListenerError as exc:
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             print(format_device_list(devices))
         return 0
 
-    from workflow_lib.listen_cli import Display, load_settings
-    from workflow_lib.listener import Listener, ListenerCore
+    from workflow_lib.cli.listen import Display, load_settings
+    from workflow_lib.listener.core import Listener, ListenerCore
 
     display = Display(json_lines=args.json)
     try:
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from workflow_lib.audio_io import AudioDecodeError
-    from workflow_lib.search import Searcher
+    from workflow_lib.audio.files import AudioDecodeError
+    from workflow_lib.search.searcher import Searcher
 
     torch.set_num_threads(settings.threads)
     if args.search_device:

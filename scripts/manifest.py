@@ -1,6 +1,6 @@
 """Snakemake adapter: scan the music folders into songs.parquet / rejected.parquet."""
-from workflow_lib.logs import setup_logging
-from workflow_lib.manifest import write_manifest
+from workflow_lib.common.logs import setup_logging
+from workflow_lib.data.manifest import write_manifest
 
 setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -1,7 +1,7 @@
 """Snakemake adapter: impulse responses (measured, simulated rooms and resonant spaces) into train/test clip banks."""
-from workflow_lib.ir_prep import prepare_irs
-from workflow_lib.logs import setup_logging
-from workflow_lib.manifest import list_audio_files
+from workflow_lib.data.irs import prepare_irs
+from workflow_lib.common.logs import setup_logging
+from workflow_lib.data.manifest import list_audio_files
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -1,7 +1,7 @@
 """Snakemake adapter: decode noise (and babble from speech) into train/test clip banks."""
-from workflow_lib.logs import setup_logging
-from workflow_lib.manifest import list_audio_files
-from workflow_lib.noise_prep import prepare_noise
+from workflow_lib.common.logs import setup_logging
+from workflow_lib.data.manifest import list_audio_files
+from workflow_lib.data.noise import prepare_noise
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -25,8 +25,8 @@ if str(REPO) not in sys.path:  # runnable as a plain script from any directory
 
 import numpy as np  # noqa: E402
 
-from workflow_lib.audio_io import AudioDecodeError, load_audio  # noqa: E402
-from workflow_lib.search import MODES, Match  # noqa: E402
+from workflow_lib.audio.files import AudioDecodeError, load_audio  # noqa: E402
+from workflow_lib.search.searcher import MODES, Match  # noqa: E402
 
 log = logging.getLogger("query")
 
@@ -61,7 +61,7 @@ def search_settings(args: argparse.Namespace) -> dict:
     """Search keyword arguments: the config's ``search:`` section, overridden by the command line."""
     import yaml
 
-    from workflow_lib.search import searcher_kwargs as search_kwargs
+    from workflow_lib.search.searcher import searcher_kwargs as search_kwargs
 
     cfg_path = Path(args.config)
     try:
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from workflow_lib.search import Searcher
+    from workflow_lib.search.searcher import Searcher
 
     torch.set_num_threads(args.threads)
     kw = search_settings(args)

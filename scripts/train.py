@@ -1,10 +1,10 @@
 """Snakemake adapter: train (or resume training) the fingerprinter; writes model.pt, metrics.csv and the curves."""
-from workflow_lib.cpu_process import setup_cpu_process
+from workflow_lib.common.cpu_process import setup_cpu_process
 
 setup_cpu_process(keep_buffers=True)  # before torch loads
 
-from workflow_lib.logs import setup_logging  # noqa: E402
-from workflow_lib.train import train_from_config  # noqa: E402
+from workflow_lib.common.logs import setup_logging  # noqa: E402
+from workflow_lib.training.train import train_from_config  # noqa: E402
 
 setup_logging(snakemake.log[0])
 p, out = snakemake.params, snakemake.output

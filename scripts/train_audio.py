@@ -1,7 +1,7 @@
 """Snakemake adapter: decode the training or validation songs once into a memory-mapped song bank
 (and its low-bitrate codec copy when training uses one)."""
-from workflow_lib.logs import setup_logging
-from workflow_lib.train_data import build_song_bank
+from workflow_lib.common.logs import setup_logging
+from workflow_lib.training.data import build_song_bank
 
 setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workflow_lib.audio_io import write_audio
-from workflow_lib.extract import ModelIdentity, ShardMeta, fingerprint_table
+from workflow_lib.audio.files import write_audio
+from workflow_lib.database.extract import ModelIdentity, ShardMeta, fingerprint_table
 
 SR = 8000
 
@@ -86,9 +86,9 @@ def write_fingerprint_file(path: Path, songs: dict[str, np.ndarray], checksum: s
 
 def save_tiny_model(path: Path, seed: int = 0) -> Path:
     """A real (untrained) narrow Fingerprinter saved as model.pt."""
-    from workflow_lib.features import FrontendConfig
-    from workflow_lib.model import Fingerprinter, ModelConfig
-    from workflow_lib.model_io import save_model
+    from workflow_lib.model.features import FrontendConfig
+    from workflow_lib.model.network import Fingerprinter, ModelConfig
+    from workflow_lib.model.model_file import save_model
 
     torch.manual_seed(seed)
     cfg = ModelConfig(channels=[4, 4, 4, 4, 8, 8, 8, 8], dim=8, head_hidden=4, preset="small")

@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 
 import workflow_lib
-from workflow_lib.audio_io import load_audio
-from workflow_lib.clipbank import ClipBank, write_clip_bank
-from workflow_lib.calibrate import DEFAULT_STATISTIC as STATISTIC
+from workflow_lib.audio.files import load_audio
+from workflow_lib.data.clipbank import ClipBank, write_clip_bank
+from workflow_lib.search.threshold import DEFAULT_STATISTIC as STATISTIC
 
 SR = 8000
 N_SONGS, SONG_S, CORPUS_SEED = 11, 24.0, 7
@@ -38,8 +38,9 @@ MODEL = {"channels": [16, 16, 32, 32, 64, 64, 128, 128], "dim": 64, "head_hidden
 TRAIN = {"max_epochs": EPOCHS, "max_minutes": 10.0, "batch_size": 64, "lr": 2e-3, "warmup_epochs": 1.0, "patience": 12,
          "val_queries": 40, "eval_batch": 64, "seed": 0, "device": "cpu"}
 # Modules whose code decides what the trained model is: a change to any of them retrains.
-_MODEL_SOURCES = ("model.py", "features.py", "train.py", "augment.py", "train_data.py", "losses.py",
-                  "demo_corpus.py", "model_io.py", "noise_prep.py", "ir_prep.py")
+_MODEL_SOURCES = ("model/network.py", "model/features.py", "training/train.py", "training/augment.py",
+                  "training/data.py", "training/losses.py", "data/demo_corpus.py", "model/model_file.py",
+                  "data/noise.py", "data/irs.py", "data/acoustics.py")
 
 
 @dataclass
@@ -61,20 +62,20 @@ def _cache_key() -> str:
 
 
 def build_world(root: Path, cache_dir: Path | None) -> ListenerWorld:
-    from workflow_lib.augment import AugmentConfig
+    from workflow_lib.training.augment import AugmentConfig
     from workflow_lib.evaluation.calibration import collect_null_scores, fit_from_candidates
-    from workflow_lib.catalogue import build_catalogue
-    from workflow_lib.demo_corpus import generate_demo_corpus
+    from workflow_lib.database.catalogue import build_catalogue
+    from workflow_lib.data.demo_corpus import generate_demo_corpus
     from workflow_lib.evaluation.plan import Condition, QueryPlan
-    from workflow_lib.extract import extract_songs, load_model
-    from workflow_lib.index import build_index
-    from workflow_lib.ir_prep import prepare_irs
-    from workflow_lib.manifest import song_id_for
-    from workflow_lib.model import ModelConfig
-    from workflow_lib.model_io import model_checksum
-    from workflow_lib.noise_prep import prepare_noise
-    from workflow_lib.search import Searcher
-    from workflow_lib.train import TrainConfig, train_model
+    from workflow_lib.database.extract import extract_songs, load_model
+    from workflow_lib.database.index import build_index
+    from workflow_lib.data.irs import prepare_irs
+    from workflow_lib.data.manifest import song_id_for
+    from workflow_lib.model.network import ModelConfig
+    from workflow_lib.model.model_file import model_checksum
+    from workflow_lib.data.noise import prepare_noise
+    from workflow_lib.search.searcher import Searcher
+    from workflow_lib.training.train import TrainConfig, train_model
 
     torch.set_num_threads(1)
     results = root / "results"

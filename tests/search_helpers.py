@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workflow_lib.embed import embed_audio
-from workflow_lib.index import FingerprintDB, RowMap, normalize
-from workflow_lib.search import Searcher
+from workflow_lib.model.embed import embed_audio
+from workflow_lib.database.index import FingerprintDB, RowMap, normalize
+from workflow_lib.search.searcher import Searcher
 
 SR = 8000
 

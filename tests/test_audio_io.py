@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workflow_lib.audio_io import AudioDecodeError, audio_info, has_ffmpeg, iter_audio, load_audio, resample
+from workflow_lib.audio.files import AudioDecodeError, audio_info, has_ffmpeg, iter_audio, load_audio, resample
 from tests.conftest import tone_mix
 
 FORMATS = [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS"), ("opus", "OPUS"), ("mp3", "MPEG_LAYER_III")]
@@ -135,7 +135,7 @@ def test_damaged_aac_is_rejected_with_a_reason_not_a_hang(tmp_path):
     import sys
 
     m4a = _damaged_aac(tmp_path)
-    code = ("import sys\nfrom workflow_lib.audio_io import AudioDecodeError, load_audio\n"
+    code = ("import sys\nfrom workflow_lib.audio.files import AudioDecodeError, load_audio\n"
             "try:\n    load_audio(sys.argv[1])\nexcept AudioDecodeError as e:\n    print('REJECTED', e)\n")
     res = subprocess.run([sys.executable, "-c", code, str(m4a)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -145,7 +145,7 @@ def test_damaged_aac_is_rejected_with_a_reason_not_a_hang(tmp_path):
 @pytest.mark.skipif(not has_ffmpeg(), reason="ffmpeg not installed")
 def test_ffmpeg_decode_time_is_capped(tmp_path, monkeypatch):
     """A decoder that stalls is killed when the time budget is spent, and the file is rejected with that reason."""
-    import workflow_lib.audio_io as aio
+    import workflow_lib.audio.files as aio
 
     wav = tmp_path / "s.wav"
     sf.write(str(wav), tone_mix(2.0, 44100), 44100)

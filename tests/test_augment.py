@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from workflow_lib.augment import (FILTER_SETTLE, AugmentConfig, ViewParams, apply_biquads, biquad_coefficients,
+from workflow_lib.training.augment import (FILTER_SETTLE, AugmentConfig, ViewParams, apply_biquads, biquad_coefficients,
                                   compress, degrade, mask_spectrogram, mix_at_snr, reverberate, sample_view_params)
-from workflow_lib.clipbank import ClipBank, write_clip_bank
-from workflow_lib.train_data import ViewSource, prefetch
+from workflow_lib.data.clipbank import ClipBank, write_clip_bank
+from workflow_lib.training.data import ViewSource, prefetch
 
 
 def snr_db(signal: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

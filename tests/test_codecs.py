@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from workflow_lib.codecs import CODECS, codec_delay, encode_decode
+from workflow_lib.audio.codecs import CODECS, codec_delay, encode_decode
 
 
 def _music_like(seconds: float, seed: int = 0) -> np.ndarray:
@@ -32,7 +32,7 @@ def test_codec_keeps_length_and_alignment_and_degrades(name):
 
 def test_long_inputs_do_not_crash_the_encoder():
     """libsndfile's Vorbis encoder segfaulted on 300 s written in one call; run in a child so a crash fails here."""
-    code = ("import numpy as np\nfrom workflow_lib.codecs import encode_decode\n"
+    code = ("import numpy as np\nfrom workflow_lib.audio.codecs import encode_decode\n"
             "x = (0.2 * np.random.default_rng(0).standard_normal(320 * 8000)).astype(np.float32)\n"
             "for c in ('vorbis-21k', 'mp3-16k', 'opus-8k'):\n    assert len(encode_decode(x, c)) == len(x)\n"
             "print('ok')\n")

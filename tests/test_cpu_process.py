@@ -4,7 +4,7 @@ import platform
 import numpy as np
 import pytest
 
-from workflow_lib.cpu_process import keep_freed_memory
+from workflow_lib.common.cpu_process import keep_freed_memory
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

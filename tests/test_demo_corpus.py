@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from workflow_lib.demo_corpus import generate_demo_corpus
+from workflow_lib.data.demo_corpus import generate_demo_corpus
 
 N_SONGS, DURATION_S, SEED = 4, 20.0, 7
 

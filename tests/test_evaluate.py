@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.search_helpers import SR, build_searcher, synth_song
-from workflow_lib.audio_io import load_audio, write_audio
-from workflow_lib.clipbank import ClipBank, write_clip_bank
-from workflow_lib.degrade import (Degradation, add_noise, bandlimit, compress, convolve, degrade, ir_pool,
+from workflow_lib.audio.files import load_audio, write_audio
+from workflow_lib.data.clipbank import ClipBank, write_clip_bank
+from workflow_lib.evaluation.degrade import (Degradation, add_noise, bandlimit, compress, convolve, degrade, ir_pool,
                                   reverberate, rms)
 from workflow_lib.evaluation.chunks import run_in_chunks
 from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, snr_of, target_checks
@@ -120,7 +120,7 @@ def test_speed_change_plays_the_song_faster_from_the_same_start():
 
 
 def test_query_compression_matches_the_training_compressor():
-    from workflow_lib.augment import compress as compress_torch
+    from workflow_lib.training.augment import compress as compress_torch
 
     x = synth_song(5, 3.0) * np.repeat([1.0, 0.05, 0.6], SR).astype(np.float32)
     a = compress(x, 4.0, -20.0)
@@ -408,7 +408,7 @@ def test_missing_audfprint_package_is_a_clear_error(monkeypatch):
 
 
 def test_unknown_song_halves_are_balanced_even_with_the_split_seed():
-    from workflow_lib.split import assign_splits
+    from workflow_lib.data.split import assign_splits
     ids = [f"{i:016x}" for i in range(400)]
     songs = pd.DataFrame({"song_id": ids, "collection": "music", "path": "x", "duration_s": 30.0})
     splits = assign_splits(songs, {"train": 0.2, "val": 0.2, "test": 0.6, "distractor": 0.0}, seed=0)

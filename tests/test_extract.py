@@ -11,12 +11,12 @@ import torch
 
 from tests.db_helpers import FailingFingerprinter, ProjectionFingerprinter, save_tiny_model, song_audio, write_songs
 from workflow_lib import HOP_SAMPLES
-from workflow_lib.audio_io import load_audio
-from workflow_lib.embed import CompiledFingerprinter, embed_audio, embed_file, iter_embed_chunks
-from workflow_lib.extract import (FingerprintFileError, ModelIdentity, ModelMismatchError, check_model,
+from workflow_lib.audio.files import load_audio
+from workflow_lib.model.embed import CompiledFingerprinter, embed_audio, embed_file, iter_embed_chunks
+from workflow_lib.database.extract import (FingerprintFileError, ModelIdentity, ModelMismatchError, check_model,
                                   extract_shard, extract_songs, fingerprinter_identity, read_fingerprints, read_meta,
                                   select_database_songs, shard_of, shard_songs)
-from workflow_lib.segments import n_segments
+from workflow_lib.audio.segments import n_segments
 
 IDENT = ModelIdentity("model-a", {"n_mels": 256}, 16)
 
@@ -208,7 +208,7 @@ def test_fingerprints_of_another_model_are_refused(tmp_path):
 # ----------------------------------------------------------------------------------------------- the real model
 
 def test_extract_shard_with_a_real_model_file(tmp_path):
-    from workflow_lib.model_io import load_fingerprinter, model_checksum
+    from workflow_lib.model.model_file import load_fingerprinter, model_checksum
 
     model = save_tiny_model(tmp_path / "model" / "model.pt")
     lengths = {f"{i:016x}": 2.0 + 0.5 * i for i in range(6)}
@@ -240,7 +240,7 @@ def test_extract_shard_with_a_real_model_file(tmp_path):
 
 def test_compilation_only_when_there_is_enough_audio_to_repay_it(tmp_path, monkeypatch, caplog):
     compiled = []
-    monkeypatch.setattr("workflow_lib.embed.optimize_for_inference", lambda m: compiled.append(m) or m)
+    monkeypatch.setattr("workflow_lib.model.embed.optimize_for_inference", lambda m: compiled.append(m) or m)
     paths = write_songs(tmp_path / "music", {"a": 2.0})
     table = songs_table(paths).assign(duration_s=2.0)
     with caplog.at_level("INFO"):

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tests.db_helpers import save_tiny_model, unit_vectors, write_fingerprint_file, write_songs
-from workflow_lib.extract import FingerprintFileError, ModelMismatchError
-from workflow_lib.index import (FingerprintDB, IndexFileError, TrainSettings, add_to_index, build_index,
+from workflow_lib.database.extract import FingerprintFileError, ModelMismatchError
+from workflow_lib.database.index import (FingerprintDB, IndexFileError, TrainSettings, add_to_index, build_index,
                                 choose_factory, make_index, read_removed_songs, remove_from_index)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,8 +218,8 @@ def load_db_cli():
 
 
 def test_db_cli_adds_removes_and_describes(tmp_path, capsys):
-    from workflow_lib.catalogue import load_catalogue
-    from workflow_lib.extract import extract_songs, load_model
+    from workflow_lib.database.catalogue import load_catalogue
+    from workflow_lib.database.extract import extract_songs, load_model
 
     results = tmp_path / "results"
     model = save_tiny_model(results / "model" / "model.pt")
@@ -294,14 +294,14 @@ def test_rerunning_one_shard_target_rebuilds_only_that_shard(tmp_path):
     assert after[targets[1]] != before[targets[1]] and after[targets[0]] == before[targets[0]]
     assert "shard=1" in log and "shard=0" not in log
     # Every database song is in exactly one shard.
-    from workflow_lib.extract import read_fingerprints
+    from workflow_lib.database.extract import read_fingerprints
 
     ids = [s for t in targets for s in dict.fromkeys(read_fingerprints(tmp_path / t)[1].song_id)]
     assert sorted(ids) == sorted(lengths)
 
 
 def test_half_to_float_reads_read_only_rows_without_a_warning(recwarn):
-    from workflow_lib.index import half_to_float
+    from workflow_lib.database.index import half_to_float
 
     x = np.arange(12, dtype=np.float16).reshape(3, 4)
     x.flags.writeable = False  # as the memory-mapped vectors are

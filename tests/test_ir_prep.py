@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workflow_lib.clipbank import ClipBank
-from workflow_lib.ir_prep import estimate_rt60, group_key, measured_kind, prepare_irs, process_ir
-from workflow_lib.split import unit_hash
+from workflow_lib.data.clipbank import ClipBank
+from workflow_lib.data.irs import estimate_rt60, group_key, measured_kind, prepare_irs, process_ir
+from workflow_lib.data.split import unit_hash
 
 SR_IN = 16000
 SIM = {"n_rooms": 5, "rt60_s": [0.2, 0.5], "room_min_m": [3.0, 3.0, 2.4], "room_max_m": [8.0, 6.0, 3.5],
@@ -132,7 +132,7 @@ def test_bad_files_are_skipped_with_reason(tmp_path, caplog):
     broken = tmp_path / "broken.flac"
     broken.write_bytes(b"fLaC" + bytes(64))
     silent = _write(tmp_path / "silent.wav", np.zeros(4000, np.float32))
-    with caplog.at_level(logging.WARNING, logger="workflow_lib.ir_prep"):
+    with caplog.at_level(logging.WARNING, logger="workflow_lib.data.irs"):
         summary = _prep(good + [broken, silent], tmp_path / "out")
     reasons = {s["path"]: s["reason"] for s in summary["skipped"]}
     assert set(reasons) == {str(broken), str(silent)}
@@ -140,7 +140,7 @@ def test_bad_files_are_skipped_with_reason(tmp_path, caplog):
     assert any(str(broken) in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="no impulse responses for both sides"):
         _prep([broken], tmp_path / "out2")
-    with caplog.at_level(logging.WARNING, logger="workflow_lib.ir_prep"):
+    with caplog.at_level(logging.WARNING, logger="workflow_lib.data.irs"):
         _prep([broken], tmp_path / "out3", simulate=SIM)  # simulated rooms still make both sides
     assert any("none of the 1 impulse-response files is usable (first: " + str(broken) in r.getMessage()
                for r in caplog.records)
@@ -148,7 +148,7 @@ def test_bad_files_are_skipped_with_reason(tmp_path, caplog):
 
 def test_single_recording_goes_to_one_side_and_simulation_fills_the_other(tmp_path, caplog):
     one = _write(tmp_path / "only.wav", _synthetic_ir(0.3, 0.5, 0.0, 1))
-    with caplog.at_level(logging.WARNING, logger="workflow_lib.ir_prep"):
+    with caplog.at_level(logging.WARNING, logger="workflow_lib.data.irs"):
         _prep([one], tmp_path / "out", simulate=SIM)
     assert any("all come from one recording" in r.getMessage() for r in caplog.records)
     train, test = ClipBank(tmp_path / "out" / "train"), ClipBank(tmp_path / "out" / "test")

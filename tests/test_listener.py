@@ -16,12 +16,12 @@ import soundfile as sf
 
 from tests.listener_helpers import listener_world
 from tests.search_helpers import build_searcher, synth_song
-from workflow_lib.audio_io import resample
-from workflow_lib.degrade import Degradation, degrade
-from workflow_lib.devices import FileSource
-from workflow_lib.index import FingerprintDB, RowMap, normalize
-from workflow_lib.listen_cli import Display, load_settings
-from workflow_lib.listener import (LISTENING, MATCH, SILENCE, Listener, ListenConfig, ListenerCore, NeighbourCache,
+from workflow_lib.audio.files import resample
+from workflow_lib.evaluation.degrade import Degradation, degrade
+from workflow_lib.listener.devices import FileSource
+from workflow_lib.database.index import FingerprintDB, RowMap, normalize
+from workflow_lib.cli.listen import Display, load_settings
+from workflow_lib.listener.core import (LISTENING, MATCH, SILENCE, Listener, ListenConfig, ListenerCore, NeighbourCache,
                                    RingBuffer)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def _degraded(world, song_id: str, start_s: float, length_s: float, seed: int, s
 
 
 def _listen_file(world, path: Path, config: ListenConfig | None = None):
-    from workflow_lib.search import Searcher
+    from workflow_lib.search.searcher import Searcher
 
     searcher = Searcher.from_results(world.results, device="cpu")
     decisions = []
@@ -280,7 +280,7 @@ def test_realtime_file_playback_runs_in_threads_and_names_the_song(world, tmp_pa
     path = tmp_path / "rt.wav"
     sf.write(path, world.songs[sid][4 * SR:8 * SR], SR)  # 4 s at real speed
     decisions = []
-    from workflow_lib.search import Searcher
+    from workflow_lib.search.searcher import Searcher
 
     core = ListenerCore(Searcher.from_results(world.results, device="cpu"))
     listener = Listener(core, FileSource(path, realtime=True, block_s=0.02), decisions.append)
@@ -417,7 +417,7 @@ class _FakeSoundDevice:
 
 
 def test_busy_device_gives_a_clear_error_listing_the_devices(monkeypatch):
-    import workflow_lib.devices as devices
+    import workflow_lib.listener.devices as devices
 
     fake = _FakeSoundDevice()
     monkeypatch.setattr(devices, "_sounddevice", lambda: fake)
@@ -434,7 +434,7 @@ def test_busy_device_gives_a_clear_error_listing_the_devices(monkeypatch):
 def test_capture_callback_mixes_to_mono_and_counts_overflows_without_failing(monkeypatch):
     import types
 
-    import workflow_lib.devices as devices
+    import workflow_lib.listener.devices as devices
 
     monkeypatch.setattr(devices, "_sounddevice", lambda: _FakeSoundDevice())
     src = devices.SoundDeviceSource(None)
@@ -463,8 +463,8 @@ def test_a_repeated_section_does_not_re_declare_and_the_offset_ends_right():
 
 
 def test_listener_thresholds_refit_stricter_from_the_stored_null_scores():
-    from workflow_lib.calibrate import fit_calibration
-    from workflow_lib.listener import listener_calibration
+    from workflow_lib.search.threshold import fit_calibration
+    from workflow_lib.listener.core import listener_calibration
 
     rng = np.random.default_rng(0)
     null = {1: list(rng.uniform(0.2, 0.6, 400)), 5: list(rng.uniform(0.1, 0.4, 400))}

@@ -28,7 +28,7 @@ import pytest
 import soundfile as sf
 
 from tests.listener_helpers import listener_world
-from workflow_lib.audio_io import resample
+from workflow_lib.audio.files import resample
 
 REPO = Path(__file__).resolve().parents[1]
 PULSEAUDIO, PAPLAY, PACTL = (shutil.which(p) for p in ("pulseaudio", "paplay", "pactl"))

@@ -4,8 +4,8 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import tone_mix
-from workflow_lib.manifest import build_manifest, song_id_for, write_manifest
-from workflow_lib.split import SPLITS, assign_splits, write_splits
+from workflow_lib.data.manifest import build_manifest, song_id_for, write_manifest
+from workflow_lib.data.split import SPLITS, assign_splits, write_splits
 
 
 @pytest.fixture()

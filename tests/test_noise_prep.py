@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workflow_lib.clipbank import ClipBank
-from workflow_lib.noise_prep import TARGET_RMS, active_pieces, prepare_noise
+from workflow_lib.data.clipbank import ClipBank
+from workflow_lib.data.noise import TARGET_RMS, active_pieces, prepare_noise
 
 SR_IN = 16000  # files are written at 16 kHz so decoding also resamples
 
@@ -116,7 +116,7 @@ def test_babble_mixes_several_talkers(banks):
 
 
 def test_generated_fallback_with_notice(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="workflow_lib.noise_prep"):
+    with caplog.at_level(logging.WARNING, logger="workflow_lib.data.noise"):
         summary = _run([], [], tmp_path, generated_clips=8)
     assert any("no noise folders configured: using generated noise" in r.getMessage() for r in caplog.records)
     assert summary["generated_fallback"] is True
@@ -143,7 +143,7 @@ def test_bad_and_silent_files_are_skipped_with_reason(tmp_path, caplog):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(100))
     silent = _write(tmp_path / "silent.wav", np.zeros(SR_IN * 2, np.float32))
-    with caplog.at_level(logging.WARNING, logger="workflow_lib.noise_prep"):
+    with caplog.at_level(logging.WARNING, logger="workflow_lib.data.noise"):
         summary = _run(good + [broken, silent], [], tmp_path / "out")
     reasons = {s["path"]: s["reason"] for s in summary["skipped"]}
     assert set(reasons) == {str(broken), str(silent)}

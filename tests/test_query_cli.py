@@ -15,17 +15,17 @@ import soundfile as sf
 import torch
 
 from tests.search_helpers import SR, SpectralEncoder, synth_song
-from workflow_lib import model_io
-from workflow_lib.audio_io import write_audio
+from workflow_lib.model import model_file as model_io
+from workflow_lib.audio.files import write_audio
 from workflow_lib.evaluation.calibration import collect_null_scores, fit_from_candidates
-from workflow_lib.calibrate import DEFAULT_STATISTIC as STATISTIC
-from workflow_lib.catalogue import COLUMNS
-from workflow_lib.extract import extract_songs, fingerprinter_identity
-from workflow_lib.features import FrontendConfig
+from workflow_lib.search.threshold import DEFAULT_STATISTIC as STATISTIC
+from workflow_lib.database.catalogue import COLUMNS
+from workflow_lib.database.extract import extract_songs, fingerprinter_identity
+from workflow_lib.model.features import FrontendConfig
 from workflow_lib.evaluation.plan import Condition, QueryPlan
-from workflow_lib.index import FingerprintDB, build_index
-from workflow_lib.model import Fingerprinter, ModelConfig
-from workflow_lib.search import Searcher
+from workflow_lib.database.index import FingerprintDB, build_index
+from workflow_lib.model.network import Fingerprinter, ModelConfig
+from workflow_lib.search.searcher import Searcher
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "query.py"

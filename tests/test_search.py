@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 
 from tests.search_helpers import SR, build_searcher, synth_song
-from workflow_lib.audio_io import write_audio
-from workflow_lib.calibrate import STATISTICS, Calibration, decision_statistic, fit_calibration
-from workflow_lib.clipbank import ClipBank, write_clip_bank
-from workflow_lib.degrade import Degradation, degrade
+from workflow_lib.audio.files import write_audio
+from workflow_lib.search.threshold import STATISTICS, Calibration, decision_statistic, fit_calibration
+from workflow_lib.data.clipbank import ClipBank, write_clip_bank
+from workflow_lib.evaluation.degrade import Degradation, degrade
 from workflow_lib.evaluation.calibration import collect_null_scores, fit_from_candidates
 from workflow_lib.evaluation.plan import Condition, QueryPlan
-from workflow_lib.index import FingerprintDB, RowMap
-from workflow_lib.search import search_embeddings
+from workflow_lib.database.index import FingerprintDB, RowMap
+from workflow_lib.search.searcher import search_embeddings
 
 SONGS = {f"song{i}": synth_song(i, 30.0) for i in range(6)}
 

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-import workflow_lib.train as train_mod
-from workflow_lib.augment import AugmentConfig
-from workflow_lib.clipbank import ClipBank, write_clip_bank
-from workflow_lib.losses import nt_xent
-from workflow_lib.model import ModelConfig
-from workflow_lib.model_io import load_fingerprinter
-from workflow_lib.train import CheckpointError, TrainConfig, lr_factor, train_from_config, train_model
-from workflow_lib.train_data import build_song_bank
+import workflow_lib.training.train as train_mod
+from workflow_lib.training.augment import AugmentConfig
+from workflow_lib.data.clipbank import ClipBank, write_clip_bank
+from workflow_lib.training.losses import nt_xent
+from workflow_lib.model.network import ModelConfig
+from workflow_lib.model.model_file import load_fingerprinter
+from workflow_lib.training.train import CheckpointError, TrainConfig, lr_factor, train_from_config, train_model
+from workflow_lib.training.data import build_song_bank
 
 TINY = ModelConfig(channels=[4, 4, 8, 8, 8, 8, 16, 16], dim=8, head_hidden=4, preset="small")
 
@@ -266,9 +266,9 @@ def test_cuda_request_without_cuda_is_refused(banks, tmp_path):
 
 
 def test_validation_queries_are_degraded_even_with_clean_anchors(banks):
-    from workflow_lib.segments import frame
-    from workflow_lib.train import Validator
-    from workflow_lib.train_data import ViewSource
+    from workflow_lib.audio.segments import frame
+    from workflow_lib.training.train import Validator
+    from workflow_lib.training.data import ViewSource
 
     songs = ClipBank(banks / "val")
     cfg = TrainConfig(**{**CFG.__dict__, "augment": AugmentConfig(max_ir_s=0.05, clean_anchor_prob=1.0)})

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .. import SAMPLE_RATE
-from ..atomic import file_digest
-from ..audio_io import AudioDecodeError, load_audio, resample
-from .chunks import finish, partial_dir, run_in_chunks
+from workflow_lib import SAMPLE_RATE
+from workflow_lib.common.atomic import file_digest
+from workflow_lib.audio.files import AudioDecodeError, load_audio, resample
+from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
 
 log = logging.getLogger(__name__)
 

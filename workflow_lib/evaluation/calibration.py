@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .. import SAMPLE_RATE
-from ..calibrate import Calibration, decision_statistic, fit_calibration
-from ..clipbank import ClipBank
-from ..degrade import degrade, limit_peak
-from .plan import QueryPlan
-from .queries import usable_conditions
-from .songs import draw_songs, iter_song_audio, pick_start, unknown_songs
+from workflow_lib import SAMPLE_RATE
+from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
+from workflow_lib.data.clipbank import ClipBank
+from workflow_lib.evaluation.degrade import degrade, limit_peak
+from workflow_lib.evaluation.plan import QueryPlan
+from workflow_lib.evaluation.queries import usable_conditions
+from workflow_lib.evaluation.songs import draw_songs, iter_song_audio, pick_start, unknown_songs
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, no
     """Snakemake entry for the ``calibrate`` rule: fit the no-match threshold and write it as JSON."""
     import torch
 
-    from ..atomic import file_digest
-    from ..search import Searcher, searcher_kwargs
+    from workflow_lib.common.atomic import file_digest
+    from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     cal = search_cfg["calibration"]
     torch.set_num_threads(max(1, threads))

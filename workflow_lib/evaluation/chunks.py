@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from ..atomic import atomic_path
+from workflow_lib.common.atomic import atomic_path
 
 
 def partial_dir(out_path: str | Path, key: Any) -> Path:

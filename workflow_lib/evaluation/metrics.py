@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .neural import NEURAL
+from workflow_lib.evaluation.neural import NEURAL
 
 EXACT_TOL_S = 0.25
 NEAR_TOL_S = 0.5

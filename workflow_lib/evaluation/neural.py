@@ -10,10 +10,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .. import SAMPLE_RATE
-from ..atomic import file_digest
-from ..audio_io import load_audio
-from .chunks import finish, partial_dir, run_in_chunks
+from workflow_lib import SAMPLE_RATE
+from workflow_lib.common.atomic import file_digest
+from workflow_lib.audio.files import load_audio
+from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def evaluate_neural(queries_path: str | Path, out_path: str | Path, model_path: 
     """Snakemake entry for ``eval_neural``: resumable per chunk of queries."""
     import torch
 
-    from ..search import Searcher, searcher_kwargs
+    from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     torch.set_num_threads(max(1, threads))
     queries = pd.read_parquet(queries_path)

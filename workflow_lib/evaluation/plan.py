@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..acoustics import random_eq_biquads
-from ..codecs import CODECS, PHONE_CODECS
-from ..degrade import IR_POOLS, Degradation
+from workflow_lib.data.acoustics import random_eq_biquads
+from workflow_lib.audio.codecs import CODECS, PHONE_CODECS
+from workflow_lib.evaluation.degrade import IR_POOLS, Degradation
 
 DEVICES = ("bandlimit", "phone")
 PHONE_BAND_HZ = ((250.0, 400.0), (3000.0, 3600.0))

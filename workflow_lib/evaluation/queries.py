@@ -22,13 +22,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .. import SAMPLE_RATE
-from ..atomic import atomic_path
-from ..audio_io import write_audio
-from ..clipbank import ClipBank
-from ..degrade import degrade, ir_pool
-from .plan import Condition, QueryPlan
-from .songs import (database_song_ids, draw_songs, iter_song_audio, pick_start, query_songs, trained_songs,
+from workflow_lib import SAMPLE_RATE
+from workflow_lib.common.atomic import atomic_path
+from workflow_lib.audio.files import write_audio
+from workflow_lib.data.clipbank import ClipBank
+from workflow_lib.evaluation.degrade import degrade, ir_pool
+from workflow_lib.evaluation.plan import Condition, QueryPlan
+from workflow_lib.evaluation.songs import (database_song_ids, draw_songs, iter_song_audio, pick_start, query_songs, trained_songs,
                     unknown_songs)
 
 log = logging.getLogger(__name__)

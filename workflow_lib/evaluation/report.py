@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path, write_text_atomic
-from .metrics import compute_metrics, pooled_fpr, target_checks, wilson_interval
-from .neural import NEURAL
+from workflow_lib.common.atomic import atomic_path, write_text_atomic
+from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, target_checks, wilson_interval
+from workflow_lib.evaluation.neural import NEURAL
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def calibration_info(threshold_path: str | Path | None) -> dict[str, Any]:
     """Lines for the summary header describing the no-match rule in use."""
     if not threshold_path or not Path(threshold_path).exists():
         return {"no-match rule": "not calibrated (fallback threshold)"}
-    from ..calibrate import Calibration
+    from workflow_lib.search.threshold import Calibration
 
     cal = Calibration.load(threshold_path)
     thr = ", ".join(f"{n}: {t:.3f}" for n, t in zip(cal.n_segments, cal.thresholds))

@@ -21,10 +21,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import HOP_SAMPLES
-from ..audio_io import AudioDecodeError, load_audio
-from ..degrade import MIN_SIGNAL_RMS, rms
-from ..holdout import holdout_split
+from workflow_lib import HOP_SAMPLES
+from workflow_lib.audio.files import AudioDecodeError, load_audio
+from workflow_lib.evaluation.degrade import MIN_SIGNAL_RMS, rms
+from workflow_lib.data.holdout import holdout_split
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,290 @@
+"""Audio decoding: any supported file -> 8 kHz mono float32, streamed in chunks so memory stays bounded.
+
+Decoding uses libsndfile through ``soundfile`` (WAV, FLAC, OGG/Vorbis, Opus, MP3 and more, no external programs) and
+resampling uses ``soxr`` (the SoX resampler: high quality, streaming, and several hundred times faster than realtime
+on one core). Formats libsndfile cannot read (m4a/aac/wma...) go through ``ffmpeg`` when it is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from workflow_lib import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".w64", ".caf"}
+FFMPEG_EXTENSIONS = {".m4a", ".aac", ".mp4", ".wma", ".webm", ".mka"}
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
+
+# ffmpeg (m4a/aac/...): a file whose decoder reports more errors than this is rejected as corrupt; waiting for ffmpeg
+# is capped at BASE + PER_S x the file's duration (ffmpeg decodes AAC at hundreds of times realtime).
+MAX_DECODER_ERRORS = 20
+DECODE_TIMEOUT_BASE_S = 60.0
+DECODE_TIMEOUT_PER_S = 0.1
+PROBE_TIMEOUT_S = 60.0
+
+# Decoded block size in source frames: large enough to amortise per-call overhead, small enough to bound memory.
+_BLOCK_FRAMES = 1 << 18
+
+
+class AudioDecodeError(RuntimeError):
+    """A file could not be decoded; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+    format: str
+    frames: int
+
+
+def has_ffmpeg() -> bool:
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def _needs_ffmpeg(path: Path) -> bool:
+    return path.suffix.lower() in FFMPEG_EXTENSIONS
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Header information without decoding the whole file. Raises AudioDecodeError for unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioDecodeError(f"{path}: no such file")
+    if _needs_ffmpeg(path):
+        return _ffprobe_info(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError with a terse message
+        raise AudioDecodeError(f"{path}: not a readable audio file ({exc})") from exc
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise AudioDecodeError(f"{path}: invalid header (rate {info.samplerate}, channels {info.channels})")
+    if path.suffix.lower() == ".wav":
+        _check_wav_complete(path)
+    return AudioInfo(str(path), info.frames / info.samplerate, int(info.samplerate), int(info.channels),
+                     str(info.format), int(info.frames))
+
+
+def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """Yield consecutive mono float32 chunks at ``sr`` (about ``chunk_seconds`` each, the last one shorter).
+
+    Raises AudioDecodeError when the file is unreadable, corrupt, or decodes to far fewer samples than its header
+    promises (a truncated file).
+    """
+    path = Path(path)
+    if _needs_ffmpeg(path):
+        yield from _iter_ffmpeg(path, sr, chunk_seconds)
+        return
+    info = audio_info(path)
+    resampler = soxr.ResampleStream(info.sample_rate, sr, 1, dtype="float32", quality="HQ") \
+        if info.sample_rate != sr else None
+    target = max(1, int(chunk_seconds * sr))
+    pending: list[np.ndarray] = []
+    n_pending = 0
+    decoded = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                last = len(block) < _BLOCK_FRAMES
+                decoded += len(block)
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
+                if len(out):
+                    pending.append(np.ascontiguousarray(out, dtype=np.float32))
+                    n_pending += len(out)
+                while n_pending >= target:
+                    joined = np.concatenate(pending)
+                    yield joined[:target]
+                    pending, n_pending = [joined[target:]], len(joined) - target
+                if last:
+                    break
+    except AudioDecodeError:
+        raise
+    except Exception as exc:
+        raise AudioDecodeError(f"{path}: decoding failed after {decoded} frames ({exc})") from exc
+    # MP3 headers only estimate the length; anything beyond a few percent short means a cut-off file.
+    if info.frames > 0 and decoded < 0.95 * info.frames:
+        raise AudioDecodeError(f"{path}: truncated: decoded {decoded} of {info.frames} frames")
+    if n_pending:
+        yield np.concatenate(pending)
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a whole file to mono float32 at ``sr``."""
+    chunks = list(iter_audio(path, sr))
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a 1-D array (used for in-memory audio such as microphone input or generated signals)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if sr_in == sr_out:
+        return audio
+    return soxr.resample(audio, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def write_audio(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE,
+                tags: dict[str, str] | None = None) -> None:
+    """Write float audio as 16-bit PCM (format from the suffix), via a temporary file so it is never half-written.
+
+    ``tags`` (e.g. title, artist, album) are written as file metadata where the format supports it (FLAC, WAV, OGG).
+    """
+    from workflow_lib.common.atomic import atomic_path
+
+    audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
+    with atomic_path(path) as tmp:
+        subtype = "PCM_16" if Path(path).suffix.lower() in {".wav", ".flac"} else None
+        with sf.SoundFile(str(tmp), "w", sr, channels, subtype=subtype) as f:
+            for key, value in (tags or {}).items():
+                setattr(f, key, value)  # soundfile exposes the libsndfile string fields as attributes
+            f.write(audio)
+
+
+def _check_wav_complete(path: Path) -> None:
+    """libsndfile silently shortens a cut-off WAV to the bytes present; compare with the size its header declares."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(4) != b"RIFF":
+            return  # RF64/other variants: trust libsndfile
+        f.seek(12)
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return
+            chunk_id, chunk_size = head[:4], int.from_bytes(head[4:], "little")
+            if chunk_id == b"data":
+                if chunk_size != 0xFFFFFFFF and f.tell() + chunk_size > size:
+                    raise AudioDecodeError(f"{path}: truncated: header declares {chunk_size} data bytes, "
+                                           f"file holds {size - f.tell()}")
+                return
+            f.seek(chunk_size + (chunk_size & 1), 1)
+
+
+# --- ffmpeg fallback -------------------------------------------------------------------------------------------
+
+def _require_ffmpeg(path: Path) -> None:
+    if not has_ffmpeg():
+        raise AudioDecodeError(f"{path}: {path.suffix} files need ffmpeg, which is not installed "
+                               "(apt-get install ffmpeg)")
+
+
+def _ffprobe_info(path: Path) -> AudioInfo:
+    _require_ffmpeg(path)
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+           "stream=sample_rate,channels,codec_name:format=duration", "-of", "default=nw=1", str(path)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise AudioDecodeError(f"{path}: ffprobe did not finish reading the header within {PROBE_TIMEOUT_S:.0f} s "
+                               "(damaged file?)") from None
+    fields = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+    if res.returncode != 0 or "sample_rate" not in fields:
+        raise AudioDecodeError(f"{path}: ffprobe found no audio stream ({res.stderr.strip()[:200]})")
+    rate, channels = int(fields["sample_rate"]), int(fields.get("channels", 1))
+    try:
+        duration = float(fields.get("duration", "nan"))
+    except ValueError:
+        duration = float("nan")
+    return AudioInfo(str(path), duration, rate, channels, fields.get("codec_name", "ffmpeg"),
+                     int(duration * rate) if np.isfinite(duration) else -1)
+
+
+class _StderrDrain(threading.Thread):
+    """Reads a child's stderr to the end on its own thread, so the child can never block on a full pipe while we
+    read its stdout (the two pipes are drained concurrently). Keeps the first few error lines and counts them."""
+
+    def __init__(self, stream, keep_lines: int = 5):
+        super().__init__(daemon=True, name="ffmpeg-stderr")
+        self.stream, self.keep_lines = stream, keep_lines
+        self.lines: list[str] = []
+        self.count = 0
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode(errors="replace").strip()
+            if not line:
+                continue
+            self.count += 1
+            if len(self.lines) < self.keep_lines:
+                self.lines.append(line[:200])
+
+    def excerpt(self) -> str:
+        return "; ".join(self.lines) or "no message"
+
+
+def decode_time_limit(duration_s: float) -> float:
+    """Wall-clock seconds ffmpeg may spend producing a file's audio before the file is rejected as stuck."""
+    return DECODE_TIMEOUT_BASE_S + DECODE_TIMEOUT_PER_S * (duration_s if np.isfinite(duration_s) else 3600.0)
+
+
+def _iter_ffmpeg(path: Path, sr: int, chunk_seconds: float) -> Iterator[np.ndarray]:
+    """Decode through ffmpeg. stderr is drained on a thread (a damaged file's error text can exceed the pipe buffer
+    and deadlock a reader that drains stdout first); the time spent waiting for ffmpeg is capped; a file that
+    decodes with more than ``MAX_DECODER_ERRORS`` errors is rejected as corrupt instead of yielding garbage."""
+    info = _ffprobe_info(path)
+    limit_s = decode_time_limit(info.duration_s)
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(sr), "-f", "f32le",
+           "-acodec", "pcm_f32le", "-"]
+    chunk_bytes = max(4, int(chunk_seconds * sr) * 4)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        drain = _StderrDrain(proc.stderr)
+        drain.start()
+        waited = 0.0
+        total = 0
+        try:
+            while True:
+                t0 = time.monotonic()
+                # A read that outlasts what is left of the budget kills ffmpeg; the read then returns what it has.
+                watchdog = threading.Timer(max(0.0, limit_s - waited), proc.kill)
+                watchdog.start()
+                try:
+                    buf = proc.stdout.read(chunk_bytes)
+                finally:
+                    watchdog.cancel()
+                waited += time.monotonic() - t0
+                if waited >= limit_s:
+                    raise AudioDecodeError(f"{path}: decoding did not finish within {limit_s:.0f} s "
+                                           f"(ffmpeg: {drain.excerpt()})")
+                if drain.count > MAX_DECODER_ERRORS:
+                    raise AudioDecodeError(f"{path}: corrupt: ffmpeg reported more than {MAX_DECODER_ERRORS} "
+                                           f"decoding errors ({drain.excerpt()})")
+                if not buf:
+                    break
+                usable = len(buf) - len(buf) % 4
+                total += usable
+                yield np.frombuffer(buf[:usable], dtype="<f4").astype(np.float32)
+            rc = proc.wait(timeout=max(1.0, limit_s - waited))
+            drain.join(timeout=5.0)
+            if drain.count > MAX_DECODER_ERRORS:
+                raise AudioDecodeError(f"{path}: corrupt: ffmpeg reported {drain.count} decoding errors "
+                                       f"({drain.excerpt()})")
+            if rc != 0 or total == 0:
+                raise AudioDecodeError(f"{path}: ffmpeg could not decode it ({drain.excerpt() if drain.count else 'no audio'})")
+            if drain.count:
+                log.info("%s: ffmpeg reported %d decoding error(s), tolerated: %s", path, drain.count,
+                         drain.excerpt())
+        except subprocess.TimeoutExpired:
+            raise AudioDecodeError(f"{path}: ffmpeg did not exit within {limit_s:.0f} s") from None
+        finally:
+            if proc.poll() is None:  # an early exit (error, or the caller stopped iterating): never leave it running
+                proc.kill()
+                proc.wait()

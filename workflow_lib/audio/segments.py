@@ -1,0 +1,48 @@
+"""Framing of audio into the 1 s segments at 0.5 s hop that every stage shares."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
+
+
+def n_segments(n_samples: int, seg: int = SEGMENT_SAMPLES, hop: int = HOP_SAMPLES) -> int:
+    """Number of whole segments in ``n_samples`` (0 when shorter than one segment)."""
+    if n_samples < seg:
+        return 0
+    return (n_samples - seg) // hop + 1
+
+
+def frame(audio: np.ndarray, seg: int = SEGMENT_SAMPLES, hop: int = HOP_SAMPLES) -> np.ndarray:
+    """Read-only view of shape ``(n_segments, seg)``; segment ``j`` starts at sample ``j * hop``."""
+    n = n_segments(len(audio), seg, hop)
+    if n == 0:
+        return np.zeros((0, seg), dtype=audio.dtype)
+    return np.lib.stride_tricks.as_strided(
+        audio, shape=(n, seg), strides=(audio.strides[0] * hop, audio.strides[0]), writeable=False)
+
+
+def segment_start_seconds(segment: int | np.ndarray, hop: int = HOP_SAMPLES, sr: int = 8000):
+    return np.asarray(segment) * hop / sr
+
+
+# The silence gate shared by every path that embeds audio (extraction, query, listener, scan): a 1 s segment whose
+# RMS level is below this is not music. The front end's log floor maps every quiet segment to almost the same
+# log-mel, so a quiet room would otherwise match any song's digital silence at cosine ~1.
+SILENCE_DBFS = -55.0
+
+
+def segment_levels_db(segments: np.ndarray) -> np.ndarray:
+    """RMS level (dBFS) of each row of ``segments`` (n, seg); -inf for digital silence."""
+    x = np.asarray(segments, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        return np.zeros(0)
+    power = np.einsum("ij,ij->i", x, x, dtype=np.float64) / max(x.shape[1], 1)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(power)
+
+
+def level_dbfs(segment: np.ndarray) -> float:
+    """RMS level of one stretch of audio in dBFS (-inf for digital silence)."""
+    return float(segment_levels_db(np.asarray(segment, dtype=np.float32)[None, :])[0]) if len(segment) else -np.inf

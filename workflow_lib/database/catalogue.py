@@ -1,0 +1,136 @@
+"""Song catalogue: song id -> title, artist, path, so that every answer names a song a person recognises.
+
+Titles and artists come from the file's tags (ID3, Vorbis comments, MP4 atoms... through mutagen) when present, else
+from the file name: ``"Artist - Title"`` and ``"source__artist__title"`` patterns are split, a leading track number
+is dropped and underscores become spaces. The title is never empty; an unknown artist is ``""``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+from tqdm import tqdm
+
+from workflow_lib.common.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["song_id", "title", "artist", "path"]
+_TRACK_NO = re.compile(r"^\s*\d{1,3}\s*(?:[-._)]\s*|\s+)(?=\S)")
+
+
+def _first_tag(tags, *keys: str) -> str:
+    for key in keys:
+        try:
+            values = tags.get(key)
+        except (KeyError, ValueError):  # some tag formats raise instead of returning None
+            values = None
+        if values:
+            value = str(values[0] if isinstance(values, (list, tuple)) else values).strip()
+            if value:
+                return value
+    return ""
+
+
+def read_tags(path: str | Path) -> tuple[str, str]:
+    """(title, artist) from the file's tags; empty strings where absent or unreadable."""
+    try:
+        import mutagen
+
+        f = mutagen.File(str(path), easy=True)
+    except Exception as exc:  # mutagen raises format-specific errors for damaged tags
+        log.debug("no readable tags in %s (%s)", path, exc)
+        return "", ""
+    if f is None or not f.tags:
+        return "", ""
+    return _first_tag(f.tags, "title"), _first_tag(f.tags, "artist", "albumartist", "performer")
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text.replace("_", " ")).strip(" -.")
+
+
+def names_from_filename(path: str | Path) -> tuple[str, str]:
+    """(title, artist) guessed from the file name."""
+    stem = Path(path).stem
+    artist = ""
+    if " - " in stem:
+        artist, title = stem.split(" - ", 1)
+        if artist.strip().isdigit():  # "01 - Title": the first part is a track number
+            artist = ""
+    elif "__" in stem:
+        parts = [p for p in stem.split("__") if p.strip("_ ")]
+        title = parts[-1] if parts else stem
+        artist = parts[-2] if len(parts) > 1 else ""
+    else:
+        title = stem
+    title = _clean(_TRACK_NO.sub("", title)) or _clean(title) or stem
+    return title, _clean(artist)
+
+
+def catalogue_entry(song_id: str, path: str | Path) -> dict[str, str]:
+    title, artist = read_tags(path)
+    if not title:
+        guess_title, guess_artist = names_from_filename(path)
+        title, artist = guess_title, artist or guess_artist
+    return {"song_id": song_id, "title": title, "artist": artist, "path": str(path)}
+
+
+def build_catalogue(songs: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``song_id, title, artist, path`` for a table with ``song_id`` and ``path``."""
+    rows = [catalogue_entry(sid, path) for sid, path in
+            tqdm(zip(songs["song_id"], songs["path"]), total=len(songs), desc="catalogue", unit="song",
+                 mininterval=10)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write_catalogue(songs_path: str | Path, out_path: str | Path,
+                    extra: Iterable[pd.DataFrame] = ()) -> pd.DataFrame:
+    """The ``catalogue`` rule: every manifest song, plus ``extra`` ready-made rows (songs added from the command
+    line); later rows win for a repeated song id."""
+    songs = pd.read_parquet(songs_path, columns=["song_id", "path"])
+    table = pd.concat([build_catalogue(songs), *[e[COLUMNS] for e in extra]], ignore_index=True)
+    table = table.drop_duplicates("song_id", keep="last").reset_index(drop=True)
+    with atomic_path(out_path) as tmp:
+        table.to_parquet(tmp, index=False)
+    n_tagged = int((table["artist"] != "").sum())
+    log.info("catalogue: %d songs (%d with an artist) -> %s", len(table), n_tagged, out_path)
+    return table
+
+
+def load_catalogue(path: str | Path) -> pd.DataFrame:
+    """The catalogue indexed by ``song_id``; a clear error when it is missing or lacks columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: catalogue missing; run `snakemake catalogue`")
+    table = pd.read_parquet(path)
+    missing = set(COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: catalogue lacks columns {sorted(missing)}")
+    return table.set_index("song_id", drop=False)
+
+
+def upsert_catalogue(path: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """Add or replace rows (by song id) in a catalogue file, atomically; creates the file when missing."""
+    path = Path(path)
+    old = pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
+    table = pd.concat([old[COLUMNS], rows[COLUMNS]], ignore_index=True)
+    table = table.drop_duplicates("song_id", keep="last").reset_index(drop=True)
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+    return table
+
+
+def added_catalogue_rows(fingerprint_paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Catalogue rows stored in the metadata of fingerprint files written by ``scripts/db.py add``."""
+    from workflow_lib.database.extract import read_meta
+
+    rows: list[dict] = []
+    for p in fingerprint_paths:
+        meta = read_meta(p)
+        rows += [r for r in meta.extra.get("catalogue", []) if r["song_id"] in meta.sources]
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,155 @@
+"""Incremental database edits on a results folder (the ``scripts/db.py`` command line).
+
+``add`` fingerprints new audio files with the folder's model, appends them to the built index without retraining
+and adds them to the catalogue; ``remove`` deletes songs by id. Both also leave a record that the workflow reads, so
+a later ``build_index`` (e.g. after new shards) keeps the edits:
+
+- ``<results>/fingerprints/added/*.parquet``: fingerprints of songs added here (same format as the shards, with
+  their catalogue rows in the metadata); ``build_index`` and ``catalogue`` take them as inputs.
+- ``<results>/fingerprints/removed_songs.txt``: ids removed here, one per line; ``build_index`` leaves them out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+
+from workflow_lib.common.atomic import write_text_atomic
+from workflow_lib.audio.files import AUDIO_EXTENSIONS
+from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
+from workflow_lib.database.extract import ModelMismatchError, extract_songs, load_model
+from workflow_lib.database.index import FingerprintDB, add_to_index, read_removed_songs, read_sidecar, remove_from_index
+from workflow_lib.data.manifest import song_id_for
+
+log = logging.getLogger(__name__)
+
+ADDED_COLLECTION = "added"
+
+
+@dataclass(frozen=True)
+class ResultsLayout:
+    """Where the database files of a results folder live (docs/ARCHITECTURE.md)."""
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model" / "model.pt"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def catalogue(self) -> Path:
+        return self.root / "catalogue.parquet"
+
+    @property
+    def added(self) -> Path:
+        return self.root / "fingerprints" / "added"
+
+    @property
+    def removed(self) -> Path:
+        return self.root / "fingerprints" / "removed_songs.txt"
+
+
+def collect_audio_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Audio files named directly or found below folders (hidden files skipped); a missing path is an error."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not found:
+                log.warning("no audio files under %s", p)
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return list(dict.fromkeys(f.resolve() for f in out))
+
+
+def added_song_id(path: Path) -> str:
+    """Id of a song added from the command line: its absolute path in the ``added`` collection."""
+    return song_id_for(ADDED_COLLECTION, path.resolve().as_posix())
+
+
+def _write_removed(layout: ResultsLayout, ids: set[str]) -> None:
+    text = "".join(f"{s}\n" for s in sorted(ids))
+    write_text_atomic(layout.removed, "# song ids removed with scripts/db.py; build_index leaves them out\n" + text)
+
+
+def add_files(results: str | Path, inputs: Iterable[str | Path], *, batch_size: int = 256, device: str = "auto",
+              threads: int = 1, replace: bool = False) -> dict[str, Any]:
+    """Fingerprint audio files and add them to the database of ``results`` (no retraining)."""
+    layout = ResultsLayout(Path(results))
+    info = read_sidecar(layout.index)
+    files = collect_audio_files(inputs)
+    if not files:
+        raise ValueError("no audio files to add")
+    torch.set_num_threads(max(1, threads))
+    fingerprinter, identity = load_model(layout.model, device)
+    if identity.checksum != info["model_checksum"]:
+        raise ModelMismatchError(f"{layout.model} (model {identity.checksum}) is not the model the index in "
+                                 f"{layout.index} was built with ({info['model_checksum']})")
+    songs = pd.DataFrame({"song_id": [added_song_id(f) for f in files], "path": [str(f) for f in files]})
+    db = FingerprintDB.load(layout.index)
+    present = [s for s in songs["song_id"] if db.song_position(s) >= 0]
+    del db
+    if present and not replace:
+        raise ValueError(f"{len(present)} of these files are already in the database (e.g. "
+                         f"{songs.set_index('song_id').loc[present[0], 'path']}); use --replace to re-add them")
+    catalogue = pd.DataFrame([catalogue_entry(s, p) for s, p in zip(songs["song_id"], songs["path"])])
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    digest = hashlib.sha1("\n".join(sorted(songs["song_id"])).encode()).hexdigest()[:8]
+    out = layout.added / f"added-{stamp}-{digest}.parquet"
+    cache_dir = layout.added.parent / ".cache" / out.stem
+    try:
+        meta = extract_songs(fingerprinter, identity, songs, out, batch_size=batch_size, reuse=False,
+                             cache_dir=cache_dir, extra={"catalogue": catalogue.to_dict(orient="records")})
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)  # a one-off extraction: nothing to reuse later
+    if meta.n_songs == 0:
+        out.unlink()
+        raise ValueError(f"none of the {len(files)} files could be fingerprinted: "
+                         + "; ".join(f"{s['path']}: {s['reason']}" for s in meta.skipped[:5]))
+    add_to_index(layout.index, [out], threads=threads, replace=replace)
+    ok = set(meta.sources)
+    upsert_catalogue(layout.catalogue, catalogue[catalogue["song_id"].isin(ok)])
+    removed = read_removed_songs([layout.removed])
+    if removed & ok:  # re-added songs are no longer removed
+        _write_removed(layout, removed - ok)
+    return {"added": sorted(ok), "skipped": meta.skipped, "fingerprints": meta.n_rows, "file": str(out)}
+
+
+def remove_songs(results: str | Path, song_ids: Iterable[str], *, threads: int = 1) -> tuple[list[str], list[str]]:
+    """Remove songs by id from the database of ``results``; returns (removed, not found)."""
+    layout = ResultsLayout(Path(results))
+    removed, missing = remove_from_index(layout.index, song_ids, threads=threads)
+    if removed:
+        _write_removed(layout, read_removed_songs([layout.removed]) | set(removed))
+    return removed, missing
+
+
+def database_info(results: str | Path) -> dict[str, Any]:
+    """Counts, model, factory, sizes and the edit history of a results folder's database."""
+    layout = ResultsLayout(Path(results))
+    db = FingerprintDB.load(layout.index)
+    files = {p.name: p.stat().st_size for p in layout.index.iterdir() if p.is_file() and not p.name.startswith(".")}
+    added = sorted(layout.added.glob("*.parquet")) if layout.added.is_dir() else []
+    return {"index": str(layout.index), "model_checksum": db.model_checksum, "factory": db.factory,
+            "nprobe": db.nprobe, "songs": db.n_songs, "fingerprints": db.ntotal, "dim": db.dim,
+            "hours": round(db.ntotal * 0.5 / 3600, 2), "file_bytes": files,
+            "disk_bytes_per_fingerprint": round(sum(files.values()) / max(db.ntotal, 1), 1),
+            "memory_bytes": db.memory_bytes(), "built_at": db.info.get("built_at"),
+            "build_seconds": db.info.get("build_seconds"), "trained": db.info.get("trained"),
+            "added_files": len(added), "removed_songs": len(read_removed_songs([layout.removed])),
+            "history": db.info.get("history", [])}

@@ -1,0 +1,769 @@
+"""Realtime listener: names the song playing into a microphone (or a file played like one), continuously.
+
+Three parts, so that capture never waits on compute and the decision logic can be tested without threads:
+
+* ``RingBuffer``: the capture side (a PortAudio callback, or a file player) only copies samples into it.
+* ``Listener``: the worker. It drains the ring, resamples from the device's native rate to 8 kHz (streaming soxr)
+  and feeds ``ListenerCore``; it runs in its own thread for live capture, or inline for files played as fast as
+  possible.
+* ``ListenerCore.push(audio_8k) -> Decision | None``: deterministic state. Every 0.5 s hop it embeds the newest 1 s
+  segment (only that one: older ones are cached), keeps the embeddings of the last ``window_s`` seconds and runs the
+  sequence search of ``search.py`` over them. The FAISS neighbours of each cached segment are cached too
+  (``NeighbourCache``), so a hop costs one segment's embedding, one segment's neighbour search and the aligned
+  re-scoring of the window.
+
+Decisions (hysteresis): a hop's best candidate counts when its score passes the no-match threshold for the window's
+length (``calibrate.py``; with ``max_fpr`` refitted stricter from the calibration's stored null scores, because the
+listener asks every hop). A match is declared when ``consistent_hops`` such hops in a row agree on the song and on
+its alignment with the stream (the song position must advance with the clock, within ``offset_tolerance_hops``) and
+the window holds at least ``min_match_s`` of audio. A declared match is held while its own alignment still passes
+the threshold on the window and no other alignment beats it by more than ``resync_margin`` (a repeated chorus
+scores alike at several offsets; the one the longer history chose stays); the same song clearly better at another
+offset for K hops re-synchronises it. It ends after ``release_hops`` hops without support, at once on silence, or
+when another song is declared. To follow a song change quickly, the last ``tail_s`` seconds are also searched on
+their own: when for K hops they name another song and the held one no longer explains them, the window is cut to
+them (the older segments belong to the previous song) and the new song is declared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+
+from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
+from workflow_lib.search.threshold import log as calib_log
+from workflow_lib.listener.devices import ListenerError  # noqa: F401 (part of this module's interface)
+from workflow_lib.model.embed import embed_segments
+from workflow_lib.audio.segments import SILENCE_DBFS, level_dbfs
+from workflow_lib.search.searcher import aligned_scores
+from workflow_lib.search.searcher import search_embeddings
+from workflow_lib.audio.segments import frame, n_segments
+
+log = logging.getLogger(__name__)
+
+HOP_S = HOP_SAMPLES / SAMPLE_RATE
+SEGMENT_S = SEGMENT_SAMPLES / SAMPLE_RATE
+
+LISTENING, MATCH, SILENCE = "listening", "match", "silence"
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """The ``listen:`` config section (see config/config.yaml for what each key does)."""
+
+    window_s: float = 5.0
+    tail_s: float = 2.0
+    consistent_hops: int = 2
+    min_match_s: float = 2.0
+    release_hops: int = 4
+    offset_tolerance_hops: int = 1
+    resync_margin: float = 0.03
+    max_fpr: float | None = 0.002
+    silence_dbfs: float = SILENCE_DBFS
+    ring_s: float = 20.0
+    block_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.window_s < SEGMENT_S:
+            raise ValueError(f"listen.window_s must be at least {SEGMENT_S:g} s (one segment), got {self.window_s}")
+        if not SEGMENT_S <= self.tail_s <= self.window_s:
+            raise ValueError(f"listen.tail_s must lie in [{SEGMENT_S:g}, window_s={self.window_s:g}] s, "
+                             f"got {self.tail_s}")
+        if self.consistent_hops < 1 or self.release_hops < 1 or self.offset_tolerance_hops < 0:
+            raise ValueError("listen: consistent_hops and release_hops must be >= 1, offset_tolerance_hops >= 0")
+        if self.max_fpr is not None and not 0 < self.max_fpr < 1:
+            raise ValueError(f"listen.max_fpr must lie in (0, 1) or be null, got {self.max_fpr}")
+        if not 0 <= self.resync_margin < 1:
+            raise ValueError(f"listen.resync_margin must lie in [0, 1), got {self.resync_margin}")
+        if not SEGMENT_S <= self.min_match_s <= self.window_s:
+            raise ValueError(f"listen.min_match_s must lie in [{SEGMENT_S:g}, window_s={self.window_s:g}] s, "
+                             f"got {self.min_match_s}")
+        if self.ring_s < 2 * SEGMENT_S or not 0 < self.block_s <= 1:
+            raise ValueError("listen: ring_s must be >= 2 s and block_s in (0, 1] s")
+
+    @property
+    def window_segments(self) -> int:
+        return n_segments(int(round(self.window_s * SAMPLE_RATE)))
+
+    @property
+    def tail_segments(self) -> int:
+        return n_segments(int(round(self.tail_s * SAMPLE_RATE)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ListenConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown listen config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------------ ring buffer
+
+class RingBuffer:
+    """Single-producer, single-consumer float32 ring. ``write`` (the capture callback) holds the lock for one copy
+    and never waits for the reader; when the reader falls more than ``capacity`` behind, the oldest samples are
+    overwritten and ``read`` reports how many were lost."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError("ring capacity must be positive")
+        self._buf = np.zeros(capacity, dtype=np.float32)
+        self._written = 0  # total samples ever written
+        self._read = 0  # total samples consumed or dropped
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.dropped = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self._buf)
+
+    def write(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float32).ravel()
+        n, cap = len(x), len(self._buf)
+        if n == 0:
+            return
+        with self._lock:
+            if n > cap:  # only the newest capacity samples can be kept anyway
+                self._written += n - cap
+                x, n = x[-cap:], cap
+            pos = self._written % cap
+            first = min(n, cap - pos)
+            self._buf[pos:pos + first] = x[:first]
+            self._buf[:n - first] = x[first:]
+            self._written += n
+        self._ready.set()
+
+    def read(self) -> tuple[np.ndarray, int]:
+        """Everything written since the last read (oldest first) and the number of samples lost before it."""
+        with self._lock:
+            cap = len(self._buf)
+            lost = max(0, self._written - self._read - cap)
+            start = self._read + lost
+            n = self._written - start
+            pos = start % cap
+            first = min(n, cap - pos)
+            out = np.concatenate([self._buf[pos:pos + first], self._buf[:n - first]])
+            self._read = self._written
+            self._ready.clear()
+        self.dropped += lost
+        return out, lost
+
+    def pending(self) -> int:
+        with self._lock:
+            return self._written - self._read
+
+    def wait(self, timeout: float) -> bool:
+        """Block until new samples arrive (True) or ``timeout`` seconds pass (False)."""
+        return self._ready.wait(timeout)
+
+
+# ------------------------------------------------------------------------------------------------ search cache
+
+class NeighbourCache:
+    """A ``search.Database`` wrapper that remembers the FAISS neighbours of recently seen query embeddings.
+
+    The listener searches a sliding window: all but the newest segment were already searched on earlier hops, so
+    only the new one goes to the index. Everything else (aligned exact re-scoring, row maps) goes to the database.
+    """
+
+    def __init__(self, db: Any, capacity: int):
+        self._db = db
+        self._capacity = max(1, capacity)
+        self._cache: OrderedDict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.index_queries = 0  # segments actually sent to the index (for tests and statistics)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        keys = [(row.tobytes(), k) for row in q]
+        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        if missing:
+            sims, rows = self._db.search(q[missing], k)
+            self.index_queries += len(missing)
+            for i, s, r in zip(missing, sims, rows):
+                self._cache[keys[i]] = (s, r)
+        for key in keys:
+            self._cache.move_to_end(key)
+        while len(self._cache) > max(self._capacity, len(keys)):
+            self._cache.popitem(last=False)
+        sims = np.stack([self._cache[key][0] for key in keys]) if keys else np.zeros((0, k), np.float32)
+        rows = np.stack([self._cache[key][1] for key in keys]) if keys else np.zeros((0, k), np.int64)
+        return sims, rows
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __getattr__(self, name: str) -> Any:  # song_ids, vectors, rows_for, scores, row_song_index...
+        return getattr(self._db, name)
+
+
+# ------------------------------------------------------------------------------------------------ decisions
+
+@dataclass(frozen=True)
+class Observation:
+    """One hop's best candidate. ``anchor`` = song segment - stream segment: constant while a song plays on."""
+
+    song_id: str
+    anchor: int
+    score: float  # the best candidate's match score
+    threshold: float
+    confidence: float
+    is_match: bool
+    n_segments: int
+    title: str | None = None
+    artist: str | None = None
+    by_song: tuple[tuple[str, float], ...] = ()  # best score of each candidate song on the same window
+    decision: float = float("nan")  # the no-match rule's statistic of the best candidate
+
+    def song_score(self, song_id: str) -> float:
+        """Best score of ``song_id`` at any alignment on this window (-inf when it was not a candidate)."""
+        return next((sc for sid, sc in self.by_song if sid == song_id), -math.inf)
+
+    def others(self, song_id: str) -> list[float]:
+        """Scores of the other candidate songs on this window, best first (the cohort of ``song_id``)."""
+        return [sc for sid, sc in self.by_song if sid != song_id]
+
+    def agrees(self, other: "Observation | Heard | None", tolerance: int) -> bool:
+        return other is not None and other.song_id == self.song_id and abs(other.anchor - self.anchor) <= tolerance
+
+
+@dataclass
+class Heard:
+    """A declared match: which song, when in the stream and where in the song."""
+
+    song_id: str
+    title: str | None
+    artist: str | None
+    anchor: int
+    start_s: float  # stream time of the oldest segment in the window that declared it
+    declared_s: float  # stream time at which it was declared
+    end_s: float  # stream time of the last hop that supported it
+    max_confidence: float
+    max_score: float
+    hops: int = 1
+
+    def song_position(self, stream_s: float) -> float:
+        """Position in the song (seconds) at stream time ``stream_s``."""
+        return stream_s + self.anchor * HOP_S
+
+    @property
+    def song_offset_s(self) -> float:
+        """Song time at stream time 0 (where the stream started in the song)."""
+        return self.anchor * HOP_S
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(song_start_s=round(self.song_position(self.start_s), 3),
+                 song_end_s=round(self.song_position(self.end_s), 3))
+        return d
+
+
+@dataclass
+class Decision:
+    """What the listener concluded after one hop. ``song_*`` fields describe the declared match in state
+    ``match`` and the best (not yet trusted) guess otherwise."""
+
+    stream_s: float  # stream time at the end of the newest segment
+    state: str  # listening | match | silence
+    song_id: str | None
+    title: str | None
+    artist: str | None
+    song_pos_s: float | None  # position in that song at stream_s
+    song_offset_s: float | None  # song time at stream time 0 (song_pos_s - stream_s)
+    score: float
+    threshold: float
+    confidence: float
+    above_threshold: bool
+    streak: int
+    n_segments: int
+    compute_ms: float
+    embed_ms: float
+    search_ms: float
+    level_dbfs: float
+    event: str | None = None  # match (declared), change (another song declared), lost (back to listening)
+    window_cut: bool = False  # the window was cut to its tail (music changed)
+    overflows: int = 0
+    dropped_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+
+@dataclass
+class ListenSummary:
+    heard: list[Heard]
+    stream_s: float
+    decisions: int
+    overflows: int
+    dropped_s: float
+    compute_ms_p50: float
+    compute_ms_p95: float
+    compute_ms_max: float
+    device: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = _plain({k: v for k, v in asdict(self).items() if k != "heard"})
+        d["heard"] = [_plain(h.to_dict()) for h in self.heard]
+        return d
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready: floats rounded, NaN/inf as None (JSON has no NaN)."""
+    return {k: (round(v, 4) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in d.items()}
+
+
+class SearcherLike(Protocol):
+    """What the core needs from ``search.Searcher``."""
+
+    fingerprinter: Any
+    db: Any
+    device: Any
+    batch_size: int
+    top_k: int
+    max_candidates: int
+    n_results: int
+    calibration: Calibration | None
+    catalogue: dict[str, tuple[str | None, str | None]]
+
+    def threshold(self, n_segments: int) -> float: ...
+
+
+def listener_calibration(calibration: Calibration | None, max_fpr: float | None) -> Calibration | None:
+    """The no-match rule the listener applies to each window.
+
+    A query answers once; the listener asks every 0.5 s, twice (whole window and tail), so at the query's
+    false-positive rate it would name songs that are not playing every few minutes of unknown music. With
+    ``max_fpr`` the thresholds are refitted from the calibration's own stored null scores (``calibrate.py``) for
+    that stricter per-window rate; ``None`` keeps the calibrated ones.
+    """
+    if calibration is None or max_fpr is None or max_fpr >= calibration.target_fpr:
+        return calibration
+    scores = {n: s for n, s in zip(calibration.n_segments, calibration.null_scores)}
+    smallest = min(len(s) for s in scores.values())
+    if smallest * max_fpr < 1:
+        log.info("listen.max_fpr %.3g is finer than the %d null queries per length of the calibration allow: the "
+                 "listener uses the highest null score of each length (rerun 'calibrate' with more "
+                 "search.calibration.queries_per_length for a finer rate)", max_fpr, smallest)
+    with _quiet(calib_log):
+        return fit_calibration(scores, max_fpr, {**calibration.meta, "listener_max_fpr": max_fpr},
+                               calibration.statistic)
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class ListenerCore:
+    """Deterministic listener state: feed 8 kHz audio in any chunk sizes, get a ``Decision`` per processed hop.
+
+    ``push`` processes every whole new segment in the chunk (embedding them in one batch; when a chunk holds more
+    than a window, only the newest window's segments) and returns the decision for the newest one, or None when the
+    chunk completed no new segment.
+    """
+
+    def __init__(self, searcher: SearcherLike, config: ListenConfig | None = None):
+        self.searcher = searcher
+        self.config = config or ListenConfig()
+        self.n_window = self.config.window_segments
+        self.n_tail = min(self.config.tail_segments, self.n_window)
+        self.n_min = min(n_segments(int(round(self.config.min_match_s * SAMPLE_RATE))), self.n_window)
+        self._db = NeighbourCache(searcher.db, capacity=4 * self.n_window)
+        self.calibration = listener_calibration(getattr(searcher, "calibration", None), self.config.max_fpr)
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # absolute stream sample of _buf[0]
+        self._discard = 0  # incoming samples to drop to get back onto the segment grid after a gap
+        self._next_seg = 0
+        self._window: deque[tuple[int, np.ndarray]] = deque(maxlen=self.n_window)
+        self._streak = 0
+        self._last_obs: Observation | None = None
+        self._misses = 0
+        self._tail_streak = 0
+        self._last_tail: Observation | None = None
+        self._codes: dict[str, int] | None = None
+        self.current: Heard | None = None
+        self.heard: list[Heard] = []
+        self.decisions = 0
+        self.compute_ms: deque[float] = deque(maxlen=10_000)
+
+    # -- stream ---------------------------------------------------------------------------------------------------
+    @property
+    def stream_samples(self) -> int:
+        """Samples of 8 kHz stream time received so far (including skipped gaps)."""
+        return self._buf_start + len(self._buf) - self._discard
+
+    def skip(self, n_samples: int) -> None:
+        """Audio was lost (the worker fell behind the capture): the window restarts after the gap, and stream
+        time advances by the gap so reported times stay true."""
+        if n_samples <= 0:
+            return
+        pos = self._buf_start + len(self._buf) + int(n_samples)
+        nxt = -(-pos // HOP_SAMPLES)  # first segment that starts at or after the gap
+        self._discard = nxt * HOP_SAMPLES - pos
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = nxt * HOP_SAMPLES
+        self._next_seg = nxt
+        self._window.clear()
+
+    def push(self, audio_8k: np.ndarray) -> Decision | None:
+        x = np.asarray(audio_8k, dtype=np.float32).ravel()
+        if self._discard:
+            cut = min(self._discard, len(x))
+            x, self._discard = x[cut:], self._discard - cut
+        if len(x) == 0:
+            return None
+        self._buf = np.concatenate([self._buf, x]) if len(self._buf) else x.copy()
+        total = self._buf_start + len(self._buf)
+        if total < SEGMENT_SAMPLES:
+            return None
+        last = (total - SEGMENT_SAMPLES) // HOP_SAMPLES
+        if last < self._next_seg:
+            return None
+        first = max(self._next_seg, last - self.n_window + 1)  # older ones would leave the window at once
+        lo = first * HOP_SAMPLES - self._buf_start
+        segs = frame(self._buf[lo:lo + (last - first) * HOP_SAMPLES + SEGMENT_SAMPLES])
+        levels = np.array([level_dbfs(s) for s in segs])
+        loud = levels > self.config.silence_dbfs
+
+        t0 = time.perf_counter()
+        emb = embed_segments(self.searcher.fingerprinter, segs[loud], self.searcher.batch_size,
+                             self.searcher.device, silence_dbfs=None) if loud.any() else None
+        embed_ms = (time.perf_counter() - t0) * 1000.0
+        k = 0
+        for j, is_loud in zip(range(first, last + 1), loud):
+            if not is_loud:
+                self._window.clear()  # silence ends whatever was playing
+                continue
+            if self._window and self._window[-1][0] != j - 1:
+                self._window.clear()  # a gap: alignment with older segments is unknown
+            assert emb is not None
+            self._window.append((j, emb[k]))
+            k += 1
+
+        keep_from = (last + 1) * HOP_SAMPLES
+        self._buf = self._buf[keep_from - self._buf_start:].copy()
+        self._buf_start = keep_from
+        self._next_seg = last + 1
+        return self._decide(last, float(levels[-1]), bool(loud[-1]), embed_ms)
+
+    def finish(self) -> None:
+        """End of stream: the open match (if any) stays in ``heard`` with its last supported time."""
+        self.current = None
+
+    def summary(self, overflows: int = 0, dropped_s: float = 0.0, device: str = "") -> ListenSummary:
+        ms = np.asarray(self.compute_ms, dtype=np.float64)
+        pct = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: float("nan"))
+        return ListenSummary(list(self.heard), self.stream_samples / SAMPLE_RATE, self.decisions, overflows,
+                             dropped_s, pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device)
+
+    # -- decisions ------------------------------------------------------------------------------------------------
+    @property
+    def statistic(self) -> str:
+        cal = self.calibration if self.calibration is not None else getattr(self.searcher, "calibration", None)
+        return cal.statistic if cal is not None else "score"
+
+    def _search(self, emb: np.ndarray, j0: int) -> Observation | None:
+        s = self.searcher
+        result = search_embeddings(self._db, emb, s.top_k, "sequence", s.max_candidates, s.n_results)
+        best = result.best
+        if best is None:
+            return None
+        n = result.n_segments
+        stat = decision_statistic([c.score for c in result.candidates], self.statistic)
+        thr, conf = self.threshold(n), self.confidence(stat, n)
+        title, artist = getattr(s, "catalogue", {}).get(best.song_id, (None, None))
+        return Observation(best.song_id, best.start_segment - j0, float(best.score), thr, conf,
+                           bool(stat >= thr), n, title, artist,
+                           tuple((c.song_id, float(c.score)) for c in result.candidates), stat)
+
+    def threshold(self, n_segments: int) -> float:
+        """Score a window of ``n_segments`` must reach (the listener's calibration, else the searcher's rule)."""
+        if self.calibration is not None:
+            return self.calibration.threshold(n_segments)
+        return float(self.searcher.threshold(n_segments))
+
+    def confidence(self, decision: float, n_segments: int) -> float:
+        """Same meaning as ``search.Match.confidence``: the share of unknown-song calibration queries of this
+        length whose statistic is lower."""
+        if self.calibration is not None:
+            return float(self.calibration.confidence(decision, n_segments))
+        cal = getattr(self.searcher, "calibration", None)
+        if cal is not None:
+            return float(cal.confidence(decision, n_segments))
+        return float(np.clip(decision, 0.0, 1.0))  # uncalibrated: the raw score is the only honest number
+
+    def _held_song_fits(self, obs: Observation | None, cur: Heard) -> bool:
+        """The held song, at some alignment, passes the threshold (its statistic against the other songs of the
+        window) and scores within ``resync_margin`` of the best answer on that window: then another song's lead is
+        no evidence of a change."""
+        if obs is None:
+            return False
+        held = obs.song_score(cur.song_id)
+        stat = decision_statistic([held] + obs.others(cur.song_id), self.statistic)
+        return stat >= obs.threshold and held >= obs.score - self.config.resync_margin
+
+    def _song_code(self, song_id: str) -> int:
+        if self._codes is None:
+            self._codes = {str(sid): i for i, sid in enumerate(self._db.song_ids)}
+        return self._codes.get(song_id, -1)
+
+    def _track(self, emb: np.ndarray, j0: int, heard: Heard, obs: Observation | None
+               ) -> tuple[float, float, float, float]:
+        """The declared match's own alignment on the window: (score, threshold, confidence, statistic). The
+        statistic puts that score against the other songs ``obs`` found on the same window."""
+        code = self._song_code(heard.song_id)
+        n = len(emb)
+        thr = self.threshold(n)
+        if code < 0:
+            return -1.0, thr, 0.0, -math.inf
+        score = float(aligned_scores(emb, self._db, np.array([code]), np.array([heard.anchor + j0]))[0])
+        stat = decision_statistic([score] + (obs.others(heard.song_id) if obs is not None else []), self.statistic)
+        return score, thr, self.confidence(stat, n), stat
+
+    @staticmethod
+    def _passes(tracked: tuple[float, float, float, float]) -> bool:
+        return tracked[3] >= tracked[1]
+
+    def _decide(self, j_last: int, level: float, loud: bool, embed_ms: float) -> Decision:
+        cfg = self.config
+        tol = cfg.offset_tolerance_hops
+        stream_s = (j_last * HOP_SAMPLES + SEGMENT_SAMPLES) / SAMPLE_RATE
+        event: str | None = None
+        self.decisions += 1
+        if not loud:
+            self._streak, self._last_obs = 0, None
+            self._tail_streak, self._last_tail = 0, None
+            if self.current is not None:
+                self.current, event = None, "lost"
+            self.compute_ms.append(embed_ms)
+            return Decision(stream_s, SILENCE, None, None, None, None, None, float("nan"), float("nan"), 0.0, False,
+                            0, 0, embed_ms, embed_ms, 0.0, level, event)
+
+        t0 = time.perf_counter()
+        js = [j for j, _ in self._window]
+        emb = np.stack([e for _, e in self._window])
+        obs = self._search(emb, js[0])
+        cur = self.current
+        cut = False
+        tail_says: Observation | None = None
+        if len(emb) > self.n_tail:
+            tail = self._search(emb[-self.n_tail:], js[-self.n_tail])
+            full_song = obs.song_id if obs is not None and obs.is_match else None
+            if tail is not None and tail.is_match and tail.song_id != full_song and not (
+                    cur is not None and (self._passes(self._track(emb[-self.n_tail:], js[-self.n_tail], cur, tail))
+                                         or self._held_song_fits(tail, cur))):
+                tail_says = tail
+        # The newest seconds alone name another song than the whole window does, and the song being held no longer
+        # explains them. When they keep doing so for K hops, the music changed: the window is cut to them (the
+        # older segments would only drag the new song's score down). One hop is not enough: a short window's
+        # false positives come far more often than whole-window ones. (The same song at another offset is no
+        # reason either: a repeated chorus matches several places of its song equally well.)
+        if tail_says is not None:
+            self._tail_streak = self._tail_streak + 1 if tail_says.agrees(self._last_tail, tol) else 1
+            self._last_tail = tail_says
+        else:
+            self._tail_streak, self._last_tail = 0, None
+        if tail_says is not None and self._tail_streak >= cfg.consistent_hops:
+            for _ in range(len(emb) - self.n_tail):
+                self._window.popleft()
+            emb, js = emb[-self.n_tail:], js[-self.n_tail:]
+            obs, cut = tail_says, True
+            # its K agreeing hops count as the new song's streak
+            self._streak, self._last_obs = self._tail_streak - 1, tail_says
+            self._tail_streak, self._last_tail = 0, None
+        tracked = self._track(emb, js[0], cur, obs) if cur is not None else None
+        search_ms = (time.perf_counter() - t0) * 1000.0
+
+        # Hysteresis: K agreeing above-threshold hops in a row declare a match.
+        if obs is not None and obs.is_match:
+            self._streak = self._streak + 1 if obs.agrees(self._last_obs, tol) else 1
+            self._last_obs = obs
+        else:
+            self._streak, self._last_obs = 0, None
+        start_s = js[0] * HOP_S
+        # A declared match holds while its own alignment still passes the threshold and no other alignment beats
+        # it by more than resync_margin: in a repeated section several alignments score alike, and the one that
+        # the longer history chose stays.
+        supported = tracked is not None and self._passes(tracked) and \
+            (obs is None or tracked[0] >= obs.score - cfg.resync_margin)
+        # Another song leads, but the held one scores nearly as well: ambiguous, so neither a miss nor a change.
+        ambiguous = cur is not None and not supported and obs is not None and obs.song_id != cur.song_id and \
+            self._held_song_fits(obs, cur)
+        if cur is not None and supported:
+            assert tracked is not None
+            cur.end_s, cur.hops = stream_s, cur.hops + 1
+            cur.max_confidence = max(cur.max_confidence, tracked[2])
+            cur.max_score = max(cur.max_score, tracked[0])
+            self._misses = 0
+        elif ambiguous:
+            pass
+        elif self._streak >= cfg.consistent_hops and len(js) >= self.n_min and obs is not None:
+            if cur is not None and obs.song_id == cur.song_id:
+                # Same song, consistently (and clearly) better at another place: the earlier, shorter window was
+                # misled by a repeated section, or the player jumped. Correct the offset; same listening.
+                cur.anchor, cur.end_s, cur.hops = obs.anchor, stream_s, cur.hops + 1
+                self._misses, event = 0, "resync"
+            else:
+                event = "match" if cur is None else "change"
+                self.current = Heard(obs.song_id, obs.title, obs.artist, obs.anchor, start_s, stream_s, stream_s,
+                                     obs.confidence, obs.score)
+                self.heard.append(self.current)
+                self._misses = 0
+        elif cur is not None:
+            self._misses += 1
+            if self._misses >= cfg.release_hops:
+                self.current, event = None, "lost"
+
+        compute_ms = embed_ms + search_ms
+        self.compute_ms.append(compute_ms)
+        cur = self.current
+        if cur is not None:
+            song_id, title, artist, anchor = cur.song_id, cur.title, cur.artist, cur.anchor
+        elif obs is not None:
+            song_id, title, artist, anchor = obs.song_id, obs.title, obs.artist, obs.anchor
+        else:
+            song_id = title = artist = anchor = None
+        # The numbers shown are those of what is shown: the match's own alignment while it is held, else the best
+        # candidate.
+        if cur is not None and event is None and tracked is not None:
+            score, thr, conf = tracked[:3]
+        elif obs is not None:
+            score, thr, conf = obs.score, obs.threshold, obs.confidence
+        else:
+            score, thr, conf = float("nan"), self.threshold(len(js)), 0.0
+        return Decision(
+            stream_s, MATCH if cur is not None else LISTENING, song_id, title, artist,
+            None if anchor is None else stream_s + anchor * HOP_S, None if anchor is None else anchor * HOP_S,
+            score, thr, conf, bool(obs and obs.is_match), self._streak, len(js), compute_ms, embed_ms, search_ms,
+            level, event, cut)
+
+
+# ------------------------------------------------------------------------------------------------ the worker
+
+class CaptureSource(Protocol):
+    """Where audio comes from (``devices.SoundDeviceSource``, ``devices.FileSource``)."""
+
+    sample_rate: int
+    name: str
+    realtime: bool  # False: no capture thread; the worker pulls ``blocks()`` itself, as fast as it can
+    overflows: int
+
+    def start(self, sink: Callable[[np.ndarray], None]) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def finished(self) -> bool: ...
+
+    def error(self) -> str | None: ...
+
+    def blocks(self) -> Iterator[np.ndarray]: ...
+
+
+class Listener:
+    """Capture -> ring buffer -> (worker) resample -> ``ListenerCore`` -> ``on_decision`` callback."""
+
+    def __init__(self, core: ListenerCore, source: CaptureSource,
+                 on_decision: Callable[[Decision], None] | None = None):
+        import soxr
+
+        self.core = core
+        self.source = source
+        self.on_decision = on_decision or (lambda d: None)
+        cfg = core.config
+        self.ring = RingBuffer(int(round(cfg.ring_s * source.sample_rate)))
+        self._resampler = soxr.ResampleStream(source.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") \
+            if source.sample_rate != SAMPLE_RATE else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._exc: BaseException | None = None
+        self.dropped_samples = 0  # at the source rate
+
+    # -- running --------------------------------------------------------------------------------------------------
+    def run(self) -> ListenSummary:
+        """Run to the end of the input (a file) or until ``stop()``; returns the summary."""
+        if not self.source.realtime:
+            for block in self.source.blocks():
+                if self._stop.is_set():
+                    break
+                self.ring.write(block)
+                self._drain(final=False)
+            self._drain(final=True)
+        else:
+            self.source.start(self.ring.write)
+            try:
+                while not self._stop.is_set():
+                    self.ring.wait(0.1)
+                    self._drain(final=False)
+                    err = self.source.error()
+                    if err:
+                        raise ListenerError(err)
+                    if self.source.finished() and self.ring.pending() == 0:
+                        self._drain(final=True)
+                        break
+            finally:
+                self.source.stop()
+        self.core.finish()
+        return self.summary()
+
+    def start(self) -> None:
+        """Run in a worker thread (live capture); ``join`` it, ``stop`` it from any thread."""
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as exc:  # handed to the thread that joins
+                self._exc = exc
+
+        self._thread = threading.Thread(target=target, name="listener-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker; True when it has ended. Re-raises an error of the worker thread."""
+        if self._thread is None:  # never started (or ran inline with run())
+            return True
+        self._thread.join(timeout)
+        if self._exc is not None:
+            exc, self._exc = self._exc, None
+            raise exc
+        return not self._thread.is_alive()
+
+    def summary(self) -> ListenSummary:
+        return self.core.summary(self.source.overflows, self.dropped_samples / self.source.sample_rate,
+                                 self.source.name)
+
+    # -- the worker step ------------------------------------------------------------------------------------------
+    def _drain(self, final: bool) -> None:
+        x, lost = self.ring.read()
+        if lost:
+            self.dropped_samples += lost
+            log.warning("the worker fell %.1f s behind the capture: %.2f s of audio skipped", self.core.config.ring_s,
+                        lost / self.source.sample_rate)
+            self.core.skip(int(round(lost * SAMPLE_RATE / self.source.sample_rate)))
+        if self._resampler is not None:
+            x = self._resampler.resample_chunk(x, last=final)
+        if len(x) == 0:
+            return
+        # Everything that arrived goes in at once: when the worker is behind, the backlog is embedded in one batch
+        # and decided once, so it catches up instead of falling further behind.
+        d = self.core.push(x)
+        if d is not None:
+            d.overflows = self.source.overflows
+            d.dropped_s = self.dropped_samples / self.source.sample_rate
+            self.on_decision(d)

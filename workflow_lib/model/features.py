@@ -1,0 +1,77 @@
+"""Log-mel front end shared by training, extraction and the listener.
+
+NAFP settings: 1 s windows at 8 kHz, STFT n_fft 1024 / hop 256 (zero-padded by n_fft/2 on both sides, so 32 frames),
+**magnitude** (power 1) Slaney mel filterbank with 256 bands over 300-4000 Hz, then ``log10(mel + 0.06)`` and the
+**per-sample** maximum subtracted. The reference TF code subtracts the maximum over the whole batch, which makes a
+fingerprint depend on what else is in the batch; per-sample normalisation keeps extraction batch-independent and
+makes the features invariant to the overall gain of the input. The +0.06 floor keeps near-silent bins from
+dominating the log scale (quiet passages map to a flat floor instead of amplified noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torchaudio
+from torch import nn
+
+from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    sample_rate: int = SAMPLE_RATE
+    segment_samples: int = SEGMENT_SAMPLES
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 256
+    f_min: float = 300.0
+    f_max: float = 4000.0
+    log_offset: float = 0.06
+
+    @property
+    def n_frames(self) -> int:
+        # center=True framing: one frame per hop plus the first.
+        return 1 + self.segment_samples // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FrontendConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown front-end config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def log_mel_normalise(mel: torch.Tensor, log_offset: float) -> torch.Tensor:
+    """``log10(mel + offset)`` minus each sample's maximum over (freq, time); the maximum bin becomes 0."""
+    logmel = torch.log10(mel + log_offset)
+    return logmel - logmel.amax(dim=(-2, -1), keepdim=True)
+
+
+class LogMelFrontend(nn.Module):
+    """Waveform ``(B, segment_samples)`` float -> normalised log-mel ``(B, 1, n_mels, n_frames)``.
+
+    Always computed in float32 (also under CUDA autocast): the log of small magnitudes loses too much in half
+    precision.
+    """
+
+    def __init__(self, config: FrontendConfig | None = None):
+        super().__init__()
+        self.config = config or FrontendConfig()
+        c = self.config
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop_length, f_min=c.f_min, f_max=c.f_max,
+            n_mels=c.n_mels, power=1.0, center=True, pad_mode="constant", norm="slaney", mel_scale="slaney")
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        if wav.dim() != 2:
+            raise ValueError(f"expected waveform of shape (batch, samples), got {tuple(wav.shape)}")
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            mel = self.mel(wav.float())  # (B, n_mels, n_frames)
+            return log_mel_normalise(mel, self.config.log_offset).unsqueeze(1)

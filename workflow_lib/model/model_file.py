@@ -1,0 +1,80 @@
+"""The model file (``model.pt``): save, load, checksum. Format in docs/ARCHITECTURE.md ("Model file").
+
+A plain dict of tensors and JSON-like values, so it loads with ``torch.load(..., weights_only=True)`` (no pickled
+code runs when a model file is opened).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workflow_lib.common.atomic import atomic_path, file_digest
+from workflow_lib.model.features import FrontendConfig
+from workflow_lib.model.network import Fingerprinter, ModelConfig
+
+MODEL_FORMAT = "nafp-model/1"
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing, unreadable, corrupt or of another format; the message names the file."""
+
+
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], model_config: ModelConfig,
+               frontend_config: FrontendConfig, train_meta: dict[str, Any]) -> None:
+    """Write ``model.pt`` atomically. ``train_meta`` must be JSON-like (it is stored as plain values so the file
+    loads with ``weights_only=True``)."""
+    try:
+        train_meta = json.loads(json.dumps(train_meta))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"train_meta must hold only JSON-like values ({exc})") from exc
+    payload = {"format": MODEL_FORMAT, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+               "model_config": model_config.to_dict(), "frontend_config": frontend_config.to_dict(),
+               "train_meta": train_meta}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """The validated payload dict of a model file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found (train one with `snakemake ... results/model/model.pt`)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, disallowed pickled objects...
+        raise ModelFileError(f"{path}: not a readable model file, it may be corrupt or truncated ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ModelFileError(f"{path}: not a {MODEL_FORMAT} model file (format: {found!r})")
+    missing = {"state_dict", "model_config", "frontend_config", "train_meta"} - set(payload)
+    if missing:
+        raise ModelFileError(f"{path}: model file lacks {sorted(missing)}")
+    return payload
+
+
+def load_fingerprinter(path: str | Path, device: str | torch.device = "cpu") -> Fingerprinter:
+    """The ready ``Fingerprinter`` (front end + encoder) in eval mode on ``device``."""
+    payload = read_model_file(path)
+    try:
+        model = Fingerprinter(ModelConfig.from_dict(payload["model_config"]),
+                              FrontendConfig.from_dict(payload["frontend_config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: weights do not match the stored model config ({exc})") from exc
+    return model.to(device).eval()
+
+
+def model_checksum(path: str | Path) -> str:
+    """SHA-256 of the file's bytes, first 16 hex digits: stamped into shards and the index to refuse mismatches."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    return file_digest(path)

@@ -1,0 +1,377 @@
+"""Song and offset search: query audio -> segment fingerprints -> neighbours -> aligned re-scoring -> answer.
+
+Two modes over the same neighbour lists (``k`` nearest database segments for each 1 s query segment at 0.5 s hop):
+
+* ``sequence`` (NAFP's matcher, with pfann's song awareness): every neighbour proposes a candidate alignment
+  (song, start = database segment - query segment). Candidates are pre-ranked by the summed similarity of the
+  neighbours that support them, and the strongest ``max_candidates`` are re-scored exactly: the mean, over all query
+  segments, of the dot product with the database segment at the aligned position (zero where the alignment runs
+  off the song), using the uncompressed vectors. The best candidate gives the song and the offset.
+* ``vote``: each query segment's nearest neighbour votes for its song; the song with most votes wins (ties: summed
+  similarity), its offset is the most common proposed start among its votes. The winner is then scored exactly like
+  a sequence candidate, so both modes share one score scale and one no-match threshold.
+
+The score of the answer is compared with a threshold calibrated on out-of-database queries (``calibrate.py``).
+``search_embeddings`` works on ready embeddings so the realtime listener can search cached ones incrementally.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib.search.threshold import Calibration, decision_statistic
+
+log = logging.getLogger(__name__)
+
+MODES = ("sequence", "vote")
+HOP_S = HOP_SAMPLES / SAMPLE_RATE
+# Queries shorter than this are refused; between it and 1 s they are zero-padded to one segment.
+MIN_QUERY_SAMPLES = SEGMENT_SAMPLES // 2
+
+
+class Database(Protocol):
+    """What the search needs from the fingerprint database (``index.FingerprintDB`` provides it)."""
+
+    song_ids: np.ndarray
+    vectors: np.ndarray
+
+    def search(self, queries: np.ndarray, k: int, exclude_song: str | None = None
+               ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def row_song_index(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def rows_for(self, songs: np.ndarray, segments: np.ndarray) -> np.ndarray: ...
+
+    def scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    song_id: str
+    start_segment: int
+    score: float  # mean aligned cosine similarity over the query's segments
+    support: float  # sequence: summed neighbour similarity; vote: number of votes
+
+    @property
+    def offset_s(self) -> float:
+        return self.start_segment * HOP_S
+
+
+@dataclass
+class SearchResult:
+    """Ranked candidates (best first; at most one per song) for one query."""
+
+    mode: str
+    n_segments: int
+    candidates: list[Candidate]
+    silent: bool = False  # every query segment was below the silence gate: nothing was searched
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+
+@dataclass(frozen=True)
+class BestGuess:
+    """The strongest candidate of a search, whether or not the no-match rule accepted it."""
+
+    song_id: str
+    title: str | None
+    artist: str | None
+    offset_s: float
+    score: float
+
+
+@dataclass(frozen=True)
+class Match:
+    """The answer for one query.
+
+    ``song_id``, ``title``, ``artist`` and ``offset_s`` are set only when the no-match rule accepts the best
+    candidate (``is_match``); otherwise they are None and ``reason`` says why (``silence``, ``no candidates``,
+    ``below threshold``). ``best_guess`` always holds the strongest candidate, if any. ``confidence`` has one
+    meaning everywhere (query, listen, scan): the share of calibration queries of unknown songs of this length
+    whose decision statistic is lower than this answer's, i.e. 1 - its empirical p-value under "the song is not in
+    the database"; 0.99 means 1 unknown-song query in 100 scores as high. ``score`` is the best candidate's match
+    score (mean aligned cosine similarity), ``decision`` the calibrated statistic compared with ``threshold``.
+    """
+
+    song_id: str | None
+    title: str | None
+    artist: str | None
+    offset_s: float | None
+    confidence: float
+    is_match: bool
+    n_segments: int
+    seconds_taken: float
+    mode: str
+    score: float = float("nan")
+    threshold: float = float("nan")
+    timings: dict[str, float] = field(default_factory=dict)
+    decision: float = float("nan")
+    best_guess: BestGuess | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def aligned_scores(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.ndarray,
+                   chunk_elems: int = 1 << 22, active: np.ndarray | None = None) -> np.ndarray:
+    """Mean over query segments ``i`` of ``q[i] . db[song, start + i]`` (0 off the song) for each candidate.
+
+    The mean runs over the ``active`` segments (those above the silence gate; all by default): a query that is
+    partly silent is scored on what it heard."""
+    j = len(q)
+    n_active = int(active.sum()) if active is not None else j
+    out = np.empty(len(codes), dtype=np.float32)
+    step = max(1, chunk_elems // max(1, j * q.shape[1]))  # bounds the gathered block (~16 MB of float32)
+    offs = np.arange(j, dtype=np.int64)[:, None]
+    for a in range(0, len(codes), step):
+        rows = db.rows_for(np.broadcast_to(codes[None, a:a + step], (j, len(codes[a:a + step]))),
+                           starts[None, a:a + step] + offs)  # (j, c): row of query segment i in candidate c
+        dots = db.scores(q, rows)  # exact dot products, -inf where the alignment runs off the song
+        out[a:a + step] = np.where(np.isfinite(dots), dots, 0.0).sum(axis=0) / max(n_active, 1)
+    return out
+
+
+def _best_per_song(db: Database, codes: np.ndarray, starts: np.ndarray, scores: np.ndarray, support: np.ndarray,
+                   n_results: int) -> list[Candidate]:
+    order = np.lexsort((-support, -scores))  # by score, then support
+    seen: set[int] = set()
+    out: list[Candidate] = []
+    for i in order:
+        c = int(codes[i])
+        if c in seen:
+            continue
+        seen.add(c)
+        out.append(Candidate(str(db.song_ids[c]), int(starts[i]), float(scores[i]), float(support[i])))
+        if len(out) >= n_results:
+            break
+    return out
+
+
+def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str = "sequence",
+                      max_candidates: int = 200, n_results: int = 10,
+                      exclude_song: str | None = None) -> SearchResult:
+    """Search ``(J, D)`` query fingerprints. Returns up to ``n_results`` candidates, one per song, best first.
+
+    ``exclude_song`` searches as if that song were not in the database (leave-one-song-out null queries)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown search mode {mode!r} (choose from {MODES})")
+    q = np.ascontiguousarray(emb, dtype=np.float32)
+    if q.ndim != 2 or q.shape[0] == 0:
+        return SearchResult(mode, int(q.shape[0]) if q.ndim == 2 else 0, [])
+    # Segments below the silence gate were embedded as zero vectors: they are neither searched nor counted.
+    active = np.einsum("ij,ij->i", q, q) > 0
+    j = int(active.sum())
+    if j == 0:
+        return SearchResult(mode, 0, [], silent=True)
+    seg_index = np.flatnonzero(active)
+    qa = q[active]
+    sims, rows = db.search(qa, top_k, exclude_song=exclude_song) if exclude_song is not None else \
+        db.search(qa, top_k)
+    codes, segs = db.row_song_index(rows)  # -1 where FAISS found fewer than k neighbours
+    valid = codes >= 0
+    if not valid.any():
+        return SearchResult(mode, j, [])
+    codes = codes.astype(np.int64)
+    starts = segs.astype(np.int64) - seg_index[:, None]
+    sims = np.where(valid, sims, 0.0).astype(np.float64)
+    if mode == "sequence":
+        c, s, w = codes[valid], starts[valid], sims[valid]
+        span = int(s.max() - s.min()) + 1
+        uniq, first, inv = np.unique(c * span + (s - s.min()), return_index=True, return_inverse=True)
+        support = np.bincount(inv, weights=w, minlength=len(uniq))
+        keep = np.argsort(-support, kind="stable")[:max_candidates]
+        cand_codes, cand_starts, cand_support = c[first[keep]], s[first[keep]], support[keep]
+        scores = aligned_scores(q, db, cand_codes, cand_starts, active=active)
+        return SearchResult(mode, j, _best_per_song(db, cand_codes, cand_starts, scores, cand_support, n_results))
+    top = valid[:, 0]
+    c0, s0, w0 = codes[top, 0], starts[top, 0], sims[top, 0]
+    song_codes, inv = np.unique(c0, return_inverse=True)
+    votes = np.bincount(inv, minlength=len(song_codes)).astype(np.float64)
+    simsum = np.bincount(inv, weights=w0, minlength=len(song_codes))
+    rank = np.lexsort((-simsum, -votes))[:n_results]
+    cand_starts = np.empty(len(rank), dtype=np.int64)
+    for n, r in enumerate(rank):  # most common start among this song's votes (ties: higher summed similarity)
+        mine = inv == r
+        st, st_inv = np.unique(s0[mine], return_inverse=True)
+        cand_starts[n] = st[np.lexsort((-np.bincount(st_inv, weights=w0[mine]), -np.bincount(st_inv)))[0]]
+    # The vote decides the ranking; the exact aligned score only measures the winner for the no-match rule.
+    scores = aligned_scores(q, db, song_codes[rank], cand_starts, active=active)
+    return SearchResult(mode, j, [Candidate(str(db.song_ids[c]), int(st), float(sc), float(v))
+                                  for c, st, sc, v in zip(song_codes[rank], cand_starts, scores, votes[rank])])
+
+
+# ------------------------------------------------------------------------------------------------ the searcher
+
+def _pad_query(audio: np.ndarray) -> np.ndarray:
+    """Queries between half a segment and one segment are zero-padded to one segment; shorter ones refused."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"query audio must be 1-D mono, got shape {audio.shape}")
+    if len(audio) < MIN_QUERY_SAMPLES:
+        raise ValueError(f"query too short: {len(audio) / SAMPLE_RATE:.2f} s (at least "
+                         f"{MIN_QUERY_SAMPLES / SAMPLE_RATE:.1f} s needed)")
+    if len(audio) < SEGMENT_SAMPLES:
+        audio = np.pad(audio, (0, SEGMENT_SAMPLES - len(audio)))
+    return audio
+
+
+class Searcher:
+    """Model + fingerprint database + catalogue + no-match calibration: ``identify(audio_8k) -> Match``.
+
+    Build it with ``Searcher.from_results("results")`` (or ``from_paths``); the pieces can also be passed directly
+    (tests, the listener).
+    """
+
+    def __init__(self, fingerprinter, db: Database,
+                 catalogue: dict[str, tuple[str | None, str | None]] | None = None,
+                 calibration: Calibration | None = None, top_k: int = 20, max_candidates: int = 200,
+                 mode: str = "sequence", batch_size: int = 64, device: str = "auto",
+                 fallback_threshold: float = 0.5, n_results: int = 10):
+        from workflow_lib.model.embed import resolve_device
+
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r} (choose from {MODES})")
+        self.device = resolve_device(device)
+        self.fingerprinter = fingerprinter.to(self.device).eval()
+        self.db = db
+        self.catalogue = catalogue or {}
+        self.calibration = calibration
+        self.top_k, self.max_candidates, self.mode = top_k, max_candidates, mode
+        self.batch_size, self.n_results = batch_size, n_results
+        self.fallback_threshold = fallback_threshold
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_paths(cls, model_path: str | Path, index_dir: str | Path, catalogue_path: str | Path | None = None,
+                   threshold_path: str | Path | None = None, nprobe: int | None = None,
+                   **kwargs: Any) -> "Searcher":
+        from workflow_lib.database.index import FingerprintDB
+        from workflow_lib.model.model_file import load_fingerprinter, model_checksum
+
+        from workflow_lib.model.embed import embedding_dim, resolve_device
+
+        device = resolve_device(kwargs.get("device", "auto"))
+        checksum = model_checksum(model_path)
+        # Refuses an index built by another model (the fingerprints would not be comparable).
+        db = FingerprintDB.load(index_dir, nprobe=nprobe, expect_model=checksum)
+        fingerprinter = load_fingerprinter(model_path, device)
+        dim = embedding_dim(fingerprinter, device)
+        if dim != db.dim:
+            raise ValueError(f"{model_path} makes {dim}-d fingerprints but {index_dir} holds {db.dim}-d ones: "
+                             "rebuild the index with this model")
+        catalogue = load_catalogue(catalogue_path) if catalogue_path else None
+        calibration = None
+        if threshold_path is not None and not Path(threshold_path).exists():
+            log.warning("%s not found: using the fixed fallback threshold %.2f on the match score; run the "
+                        "'calibrate' rule for a threshold with a known false-positive rate", threshold_path,
+                        kwargs.get("fallback_threshold", 0.5))
+        elif threshold_path is not None:
+            calibration = Calibration.load(threshold_path)
+            cal_ck = calibration.meta.get("model_checksum")
+            if cal_ck and cal_ck != checksum:
+                raise ValueError(f"{threshold_path} was calibrated for model {cal_ck}, not {checksum}: "
+                                 "rerun the 'calibrate' rule")
+            used = {"top_k": kwargs.get("top_k", 20), "nprobe": nprobe,
+                    "max_candidates": kwargs.get("max_candidates", 200)}
+            differ = {k: (v, used[k]) for k, v in calibration.meta.get("search", {}).items()
+                      if k in used and v != used[k]}
+            if differ:
+                log.warning("search settings differ from the calibration's (calibrated, now): %s; the "
+                            "false-positive rate of the no-match rule may differ from its target", differ)
+        kwargs["device"] = str(device)
+        return cls(fingerprinter, db, catalogue, calibration, **kwargs)
+
+    @classmethod
+    def from_results(cls, results: str | Path = "results", **kwargs: Any) -> "Searcher":
+        """The standard layout written by the workflow (see docs/ARCHITECTURE.md)."""
+        r = Path(results)
+        return cls.from_paths(r / "model" / "model.pt", r / "index", r / "catalogue.parquet",
+                              r / "index" / "threshold.json", **kwargs)
+
+    # -- use ----------------------------------------------------------------------------------------------------
+    def embed(self, audio_8k: np.ndarray) -> np.ndarray:
+        from workflow_lib.model.embed import embed_audio
+
+        return embed_audio(self.fingerprinter, _pad_query(audio_8k), self.batch_size, self.device)
+
+    def search(self, emb: np.ndarray, mode: str | None = None, exclude_song: str | None = None) -> SearchResult:
+        return search_embeddings(self.db, emb, self.top_k, mode or self.mode, self.max_candidates, self.n_results,
+                                 exclude_song)
+
+    def threshold(self, n_segments: int) -> float:
+        return self.calibration.threshold(n_segments) if self.calibration else self.fallback_threshold
+
+    @property
+    def statistic(self) -> str:
+        return self.calibration.statistic if self.calibration is not None else "score"
+
+    def decision(self, result: SearchResult) -> float:
+        """The no-match rule's statistic for this result (``calibrate.decision_statistic``)."""
+        return decision_statistic([c.score for c in result.candidates], self.statistic)
+
+    def decide(self, result: SearchResult, seconds_taken: float = 0.0,
+               timings: dict[str, float] | None = None) -> Match:
+        """Turn ranked candidates into an answer with the no-match rule applied."""
+        best = result.best
+        thr = self.threshold(result.n_segments)
+        if best is None:
+            reason = "silence" if result.silent else "no candidates"
+            return Match(None, None, None, None, 0.0, False, result.n_segments, seconds_taken, result.mode,
+                         float("nan"), thr, timings or {}, float("nan"), None, reason)
+        stat = self.decision(result)
+        if self.calibration is not None:
+            conf = self.calibration.confidence(stat, result.n_segments)
+        else:  # uncalibrated: the raw score is the only honest number there is
+            conf = float(np.clip(best.score, 0.0, 1.0))
+        title, artist = self.catalogue.get(best.song_id, (None, None))
+        guess = BestGuess(best.song_id, title, artist, best.offset_s, best.score)
+        if stat >= thr:
+            return Match(best.song_id, title, artist, best.offset_s, conf, True, result.n_segments, seconds_taken,
+                         result.mode, best.score, thr, timings or {}, stat, guess, None)
+        return Match(None, None, None, None, conf, False, result.n_segments, seconds_taken, result.mode,
+                     best.score, thr, timings or {}, stat, guess, "below threshold")
+
+    def identify_embeddings(self, emb: np.ndarray, mode: str | None = None) -> Match:
+        """Answer for ready ``(J, D)`` fingerprints, e.g. the listener's cached ones of the last few seconds."""
+        t0 = time.perf_counter()
+        result = self.search(emb, mode)
+        dt = time.perf_counter() - t0
+        return self.decide(result, dt, {"search_ms": dt * 1000.0})
+
+    def identify_detailed(self, audio_8k: np.ndarray, mode: str | None = None) -> tuple[Match, SearchResult]:
+        t0 = time.perf_counter()
+        emb = self.embed(audio_8k)
+        t1 = time.perf_counter()
+        result = self.search(emb, mode)
+        t2 = time.perf_counter()
+        timings = {"embed_ms": (t1 - t0) * 1000.0, "search_ms": (t2 - t1) * 1000.0}
+        return self.decide(result, t2 - t0, timings), result
+
+    def identify(self, audio_8k: np.ndarray, mode: str | None = None) -> Match:
+        """8 kHz mono query -> best song, offset and confidence (``is_match`` False below the threshold)."""
+        return self.identify_detailed(audio_8k, mode)[0]
+
+
+def searcher_kwargs(search_cfg: dict) -> dict:
+    """``Searcher.from_paths`` keyword arguments from the ``search:`` config section."""
+    keys = ("top_k", "nprobe", "max_candidates", "batch_size", "fallback_threshold", "device", "mode")
+    return {k: search_cfg[k] for k in keys if k in search_cfg}
+
+
+def load_catalogue(path: str | Path) -> dict[str, tuple[str | None, str | None]]:
+    """song_id -> (title, artist) from ``catalogue.parquet`` (empty fields become None)."""
+    from workflow_lib.database.catalogue import load_catalogue as read_catalogue
+
+    table = read_catalogue(path)
+    return {str(s): (str(t) if t else None, str(a) if a else None)
+            for s, t, a in zip(table["song_id"], table["title"], table["artist"])}

@@ -1,0 +1,146 @@
+"""No-match threshold: calibrated on queries of unknown songs, for a target false-positive rate.
+
+The decision statistic (``STATISTICS``, chosen by measurement, see bench/README.md) is computed from a search's
+ranked candidates (one per song): ``score`` is the best candidate's match score (mean cosine similarity of the
+query's segments with the aligned database segments, see ``search.py``); ``margin`` is how far the best candidate
+stands above the runner-up song; ``z`` is that distance in units of the spread of the other candidates. Its null
+distribution (queries of songs that are not in the database, or searched with their own fingerprints skipped)
+depends on the query length, so the threshold is calibrated per query length (in segments): it is the
+``1 - target_fpr`` quantile of the null values of that length, and lengths between calibrated ones are
+interpolated. The stored null values also give each answer a confidence: the fraction of unknown-song queries of
+that length that score lower (one minus an empirical p-value). The null queries themselves are cut and searched by
+``evaluation.calibration``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workflow_lib.common.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT = "nafp-threshold/1"
+STATISTICS = ("score", "margin", "z")
+# The statistic the calibrate rule uses unless configured (search.calibration.statistic); bench/README.md has the
+# measurement that chose it.
+DEFAULT_STATISTIC = "margin"
+# Cohort of a 'z' statistic: the other candidates' scores (at least this many, else a fixed spread is assumed).
+MIN_COHORT = 3
+DEFAULT_SPREAD = 0.05
+
+
+def decision_statistic(scores: list[float] | np.ndarray, statistic: str) -> float:
+    """The no-match rule's statistic from a search's candidate scores, best first (one candidate per song)."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown decision statistic {statistic!r} (choose from {STATISTICS})")
+    s = np.asarray(scores, dtype=np.float64)
+    if len(s) == 0:
+        return float("-inf")
+    if statistic == "score":
+        return float(s[0])
+    rest = s[1:]
+    if statistic == "margin":
+        return float(s[0] - (rest[0] if len(rest) else 0.0))
+    spread = float(rest.std()) if len(rest) >= MIN_COHORT else DEFAULT_SPREAD
+    centre = float(rest.mean()) if len(rest) else 0.0
+    return float((s[0] - centre) / max(spread, 1e-3))
+
+
+@dataclass
+class Calibration:
+    """Per-length thresholds (``n_segments`` ascending) and the null scores they came from."""
+
+    n_segments: list[int]
+    thresholds: list[float]
+    null_scores: list[list[float]]
+    target_fpr: float
+    meta: dict[str, Any] = field(default_factory=dict)
+    statistic: str = "score"
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"calibration: unknown statistic {self.statistic!r} (choose from {STATISTICS})")
+        if not self.n_segments:
+            raise ValueError("calibration has no lengths")
+        if len(self.n_segments) != len(self.thresholds) or len(self.n_segments) != len(self.null_scores):
+            raise ValueError("calibration: n_segments, thresholds and null_scores differ in length")
+        if list(self.n_segments) != sorted(set(self.n_segments)):
+            raise ValueError(f"calibration: n_segments must be strictly increasing, got {self.n_segments}")
+        self._sorted = [np.sort(np.asarray(s, dtype=np.float64)) for s in self.null_scores]
+
+    # -- use ----------------------------------------------------------------------------------------------------
+    def threshold(self, n_segments: int) -> float:
+        """Threshold for a query of ``n_segments`` (linear between calibrated lengths, clamped outside them: a
+        query longer than the longest calibrated one keeps that length's threshold, which is conservative)."""
+        return float(np.interp(n_segments, self.n_segments, self.thresholds))
+
+    def confidence(self, score: float, n_segments: int) -> float:
+        """Fraction of out-of-database queries of this length scoring below ``score`` (interpolated like the
+        threshold)."""
+        cdf = [float(np.searchsorted(s, score, side="left")) / len(s) if len(s) else 0.0 for s in self._sorted]
+        return float(np.clip(np.interp(n_segments, self.n_segments, cdf), 0.0, 1.0))
+
+    # -- storage ------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "statistic": self.statistic, "target_fpr": self.target_fpr, "meta": self.meta,
+                "lengths": [{"n_segments": int(n), "threshold": round(float(t), 6), "n_queries": len(s),
+                             "null_scores": [round(float(v), 5) for v in s]}
+                            for n, t, s in zip(self.n_segments, self.thresholds, self.null_scores)]}
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no-match threshold file not found: {path} (run the 'calibrate' rule)") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        if d.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {d.get('format')!r}, expected {FORMAT!r}")
+        try:
+            lengths = d["lengths"]
+            return cls([int(x["n_segments"]) for x in lengths], [float(x["threshold"]) for x in lengths],
+                       [list(map(float, x["null_scores"])) for x in lengths], float(d["target_fpr"]),
+                       dict(d.get("meta", {})), str(d.get("statistic", "score")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: malformed threshold file ({exc})") from exc
+
+
+def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
+                    meta: dict[str, Any] | None = None, statistic: str = "score") -> Calibration:
+    """Thresholds from null scores grouped by query length in segments.
+
+    The threshold is the smallest score above which at most ``target_fpr`` of the null scores lie ("higher"
+    quantile, so the empirical false-positive rate never exceeds the target). Thresholds are then made
+    non-increasing in length: a longer query never needs a higher score than a shorter one, which removes
+    sampling noise between neighbouring lengths in the safe direction.
+    """
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
+    lengths = sorted(k for k, v in scores_by_length.items() if len(v))
+    if not lengths:
+        raise ValueError("no null scores to calibrate on")
+    raw = []
+    for n in lengths:
+        s = np.asarray(scores_by_length[n], dtype=np.float64)
+        if len(s) * target_fpr < 1:
+            log.warning("calibration: only %d null queries of %d segments: the %.3g false-positive target is finer "
+                        "than one query, so the threshold is the highest null score", len(s), n, target_fpr)
+        # Strictly above the k-th largest score, where k = floor(n * fpr) may be exceeded.
+        k = int(np.floor(len(s) * target_fpr))
+        srt = np.sort(s)
+        raw.append(float(np.nextafter(srt[len(s) - 1 - k], np.inf)))
+    thr = np.maximum.accumulate(np.asarray(raw)[::-1])[::-1]
+    return Calibration(lengths, [float(t) for t in thr], [list(map(float, scores_by_length[n])) for n in lengths],
+                       target_fpr, dict(meta or {}), statistic)

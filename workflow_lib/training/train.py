@@ -1,0 +1,475 @@
+"""Resumable contrastive training of the fingerprinter (NT-Xent, LAMB, warm-up + cosine), with validation.
+
+One epoch visits every 1 s segment (0.5 s hop) of the training songs once, in a seeded shuffled order; each segment
+gives a pair of independently jittered and degraded views. After every epoch: validation (NT-Xent on fixed
+validation pairs and the top-1 hit rate of fixed degraded 1 s queries against every clean validation segment by
+exact search), a row in ``metrics.csv``, the curves figure, and an atomic checkpoint holding everything needed to
+continue (weights, optimizer, scheduler, AMP scaler, best weights, history, elapsed time). A killed run started
+again continues after the last finished epoch; every random choice of epoch ``e`` derives from (seed, e), so the
+result equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
+from workflow_lib.common.atomic import atomic_path
+from workflow_lib.training.augment import AugmentConfig, ViewParams, degrade, mask_spectrogram
+from workflow_lib.data.clipbank import ClipBank
+from workflow_lib.model.features import FrontendConfig
+from workflow_lib.training.losses import nt_xent
+from workflow_lib.model.network import Fingerprinter, ModelConfig, count_parameters
+from workflow_lib.model.model_file import save_model
+from workflow_lib.audio.segments import frame
+from workflow_lib.training.data import ViewBatch, ViewSource, prefetch
+from workflow_lib.training.plots import plot_training_curves
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "nafp-checkpoint/1"
+METRIC_COLUMNS = ["epoch", "steps", "train_loss", "val_loss", "val_top1", "val_near", "val_song", "lr",
+                  "sec_per_step", "pairs_per_s", "epoch_s", "elapsed_min"]
+# Settings that only affect how/where a run executes, not what it computes: changing them keeps the checkpoint.
+LOG_EVERY_S = 120.0
+RUNTIME_KEYS = {"device", "max_minutes", "amp", "patience", "eval_batch"}
+
+
+class CheckpointError(RuntimeError):
+    """The training checkpoint cannot be used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"
+    max_epochs: int = 12
+    max_minutes: float = 4.0
+    batch_size: int = 128  # views per step: anchors + positives (the paper's 640 = 320 pairs)
+    lr: float = 2e-3
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 0.2
+    min_lr_ratio: float = 0.01
+    temperature: float = 0.05
+    patience: int = 4
+    val_queries: int = 500
+    amp: bool = True
+    eval_batch: int = 256
+    schedule: str = "time"  # "time": cosine fitted to the epochs max_minutes allows; "epochs": over max_epochs
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.device not in {"auto", "cpu", "cuda"}:
+            raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.schedule not in {"time", "epochs"}:
+            raise ValueError(f"train.schedule must be time or epochs, got {self.schedule!r}")
+        if self.batch_size < 4 or self.batch_size % 2:
+            raise ValueError(f"train.batch_size must be an even number >= 4 (anchors + positives), got "
+                             f"{self.batch_size}")
+        if self.max_epochs < 1 or self.lr <= 0 or self.temperature <= 0 or self.max_minutes <= 0:
+            raise ValueError("train: max_epochs, lr, temperature and max_minutes must be positive")
+
+    @property
+    def batch_pairs(self) -> int:
+        return self.batch_size // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["augment"] = self.augment.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
+        d = dict(d)
+        if "augment" in d:
+            d["augment"] = AugmentConfig.from_dict(d["augment"])
+        return cls(**d)
+
+
+def codec_bank(song_bank: str | Path) -> ClipBank | None:
+    """The codec copy written beside a song bank (``{prefix}_codec``), or None when it was not built."""
+    prefix = Path(song_bank)
+    codec = prefix.with_name(prefix.name + "_codec")
+    if not codec.with_suffix(".npy").exists():
+        return None
+    return ClipBank(codec)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, warmup_steps: int, horizon: dict[str, int]
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """LAMB (pytorch-optimizer's maintained implementation) with a per-step warm-up + cosine schedule.
+
+    ``horizon["steps"]`` is where the cosine ends; it is read at every step, so the caller can fit it to the time
+    budget once the first epoch has been timed.
+    """
+    from pytorch_optimizer import Lamb
+
+    optimizer = Lamb(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup_steps, horizon["steps"], cfg.min_lr_ratio))
+    return optimizer, scheduler
+
+
+def _table_digest(*banks: ClipBank | None) -> str:
+    h = hashlib.sha256()
+    for bank in banks:
+        if bank is None:
+            h.update(b"none")
+            continue
+        h.update(np.ascontiguousarray(bank.starts).tobytes())
+        h.update(np.ascontiguousarray(bank.lengths).tobytes())
+        if "song_id" in bank.meta:
+            h.update("\n".join(bank.meta["song_id"].astype(str)).encode())
+    return h.hexdigest()
+
+
+def run_fingerprint(cfg: TrainConfig, model_cfg: ModelConfig, frontend_cfg: FrontendConfig,
+                    data_digest: str) -> str:
+    """Identity of a training run: a checkpoint is only resumed by a run with the same fingerprint."""
+    train_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
+    blob = json.dumps({"train": train_cfg, "model": model_cfg.to_dict(), "frontend": frontend_cfg.to_dict(),
+                       "data": data_digest}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: training checkpoint is corrupt or unreadable ({exc}). Delete it to train "
+                              "from scratch.") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} training checkpoint. Delete it to train from "
+                              "scratch.")
+    return ckpt
+
+
+def _to_device(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                               ViewParams, torch.Tensor | None]:
+    pin = device.type == "cuda"
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(a))
+        return x.pin_memory().to(device, non_blocking=True) if pin else x
+
+    dev = t(views.device_irs) if views.device_irs is not None else None
+    return t(views.audio), t(views.irs), t(views.noise), views.params.to_torch(device), dev
+
+
+@torch.no_grad()
+def degrade_views(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor, ViewParams]:
+    audio, irs, noise, params, device_irs = _to_device(views, device)
+    return degrade(audio, irs, noise, params, SEGMENT_SAMPLES, device_irs=device_irs), params
+
+
+@torch.no_grad()
+def embed(model: Fingerprinter, wav: torch.Tensor, batch: int, device: torch.device,
+          autocast: dict[str, Any]) -> torch.Tensor:
+    """L2-normalised embeddings of waveforms (N, 8000), in batches, as float32 on ``device``."""
+    out = []
+    for i in range(0, len(wav), batch):
+        with torch.autocast(**autocast):
+            out.append(model(wav[i:i + batch].to(device)).float())
+    return torch.cat(out) if out else torch.zeros(0, model.dim, device=device)
+
+
+def train_step(model: Fingerprinter, views: ViewBatch, optimizer: torch.optim.Optimizer, scheduler: Any,
+               scaler: Any, temperature: float, device: torch.device, autocast: dict[str, Any]) -> float:
+    """One optimisation step on a batch of pairs (anchors first, then positives); returns the loss."""
+    wav, params = degrade_views(views, device)
+    with torch.autocast(**autocast):
+        spec = mask_spectrogram(model.frontend(wav), params.time_mask, params.freq_mask)
+        z = model.encoder(spec)
+        half = len(z) // 2
+        loss = nt_xent(z[:half], z[half:], temperature)
+    optimizer.zero_grad(set_to_none=True)
+    if torch.isfinite(loss):  # a non-finite loss is reported by the caller; never step on it
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+    return loss.item()
+
+
+class Validator:
+    """Fixed validation pairs/queries (drawn once per run from the seed) and the clean segment database."""
+
+    def __init__(self, source: ViewSource, cfg: TrainConfig, device: torch.device):
+        self.source, self.cfg, self.device = source, cfg, device
+        n = min(cfg.val_queries, len(source))
+        rng = np.random.default_rng([cfg.seed, 2])
+        self.rows = np.sort(rng.choice(len(source), n, replace=False)) if n else np.zeros(0, np.int64)
+        # Degraded once, in chunks so a large query set never needs one huge FFT batch.
+        chunks_a, chunks_b = [], []
+        for i in range(0, n, cfg.eval_batch):
+            pair = source.pairs(rng, self.rows[i:i + cfg.eval_batch])
+            wav, _ = degrade_views(pair, device)
+            half = len(wav) // 2
+            # Queries are the positives: always degraded (an anchor may be the clean segment itself).
+            chunks_a.append(wav[half:].cpu())
+            chunks_b.append(wav[:half].cpu())
+        self.queries = torch.cat(chunks_a) if chunks_a else torch.zeros(0, SEGMENT_SAMPLES)
+        self.partners = torch.cat(chunks_b) if chunks_b else torch.zeros(0, SEGMENT_SAMPLES)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def database(self, model: Fingerprinter, autocast: dict[str, Any]) -> torch.Tensor:
+        """Embeddings of every clean segment of the validation songs, in the source's row order."""
+        bank = self.source.songs
+        parts = []
+        for i in range(len(bank)):
+            segs = frame(bank.clip(i), SEGMENT_SAMPLES, HOP_SAMPLES)
+            for j in range(0, len(segs), self.cfg.eval_batch):
+                parts.append(embed(model, torch.from_numpy(np.array(segs[j:j + self.cfg.eval_batch])),
+                                   self.cfg.eval_batch, self.device, autocast))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def evaluate(self, model: Fingerprinter, autocast: dict[str, Any]) -> dict[str, float]:
+        model.eval()
+        try:
+            q = embed(model, self.queries, self.cfg.eval_batch, self.device, autocast)
+            p = embed(model, self.partners, self.cfg.eval_batch, self.device, autocast)
+            bp = self.cfg.batch_pairs
+            losses = [nt_xent(q[i:i + bp], p[i:i + bp], self.cfg.temperature).item()
+                      for i in range(0, len(q) - bp + 1, bp)]
+            if not losses and len(q) >= 2:  # fewer queries than one batch: one smaller batch
+                losses = [nt_xent(q, p, self.cfg.temperature).item()]
+            db = self.database(model, autocast)
+            top1 = torch.cat([(q[i:i + 1024] @ db.T).argmax(1) for i in range(0, len(q), 1024)]).cpu().numpy()
+        finally:
+            model.train()
+        true = self.rows
+        src = self.source
+        same_song = src.song_index[top1] == src.song_index[true]
+        near = same_song & (np.abs(src.segment_index[top1] - src.segment_index[true]) <= 1)
+        return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
+                "val_top1": float(np.mean(top1 == true)), "val_near": float(np.mean(near)),
+                "val_song": float(np.mean(same_song))}
+
+
+def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | Path | None,
+                ir_bank: str | Path | None, model_path: str | Path, metrics_path: str | Path,
+                curves_path: str | Path, checkpoint_path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig,
+                frontend_cfg: FrontendConfig | None = None, threads: int = 1) -> dict[str, Any]:
+    """Train (or continue training) and write ``model.pt``, ``metrics.csv``, the curves PNG and the checkpoint.
+
+    Bank arguments are clip-bank prefixes (``X`` for ``X.npy`` + ``X.parquet``). Returns the model's train_meta.
+    """
+    t_start = time.monotonic()
+    frontend_cfg = frontend_cfg or FrontendConfig()
+    torch.set_num_threads(max(1, int(threads)))
+    device = resolve_device(cfg.device)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    autocast = {"device_type": device.type, "dtype": amp_dtype, "enabled": use_amp}
+    checkpoint_path = Path(checkpoint_path)
+
+    train_songs, val_songs = ClipBank(train_bank), ClipBank(val_bank)
+    noise = ClipBank(noise_bank) if noise_bank else None
+    irs = ClipBank(ir_bank) if ir_bank else None
+    codec_banks = [codec_bank(b) if cfg.augment.codec_prob > 0 else None for b in (train_bank, val_bank)]
+    train_src = ViewSource(train_songs, noise, irs, cfg.augment, codec=codec_banks[0])
+    if len(train_src) < cfg.batch_pairs:
+        raise ValueError(f"{train_bank}: {len(train_src)} training segments, fewer than one batch of "
+                         f"{cfg.batch_pairs} pairs (lower train.batch_size or add songs)")
+    val_src = ViewSource(val_songs, noise, irs, cfg.augment, codec=codec_banks[1])
+    steps_per_epoch = len(train_src) // cfg.batch_pairs
+    horizon = {"steps": steps_per_epoch * cfg.max_epochs}
+    warmup_steps = max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    fingerprint = run_fingerprint(cfg, model_cfg, frontend_cfg, _table_digest(train_songs, val_songs, noise, irs,
+                                                                                    *codec_banks))
+
+    torch.manual_seed(cfg.seed)
+    model = Fingerprinter(model_cfg, frontend_cfg).to(device)
+    optimizer, scheduler = make_optimizer(model, cfg, warmup_steps, horizon)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    log.info("device %s (AMP %s), %d threads; model %s: %d parameters; %d train songs / %d segments (%d steps of "
+             "%d pairs per epoch); %d val songs / %d segments", device, amp_dtype if use_amp else "off",
+             torch.get_num_threads(), model_cfg.preset, count_parameters(model), len(train_songs), len(train_src),
+             steps_per_epoch, cfg.batch_pairs, len(val_songs), len(val_src))
+
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "best_state": None,
+                             "elapsed_s": 0.0, "stop_reason": None, "horizon_epochs": cfg.max_epochs}
+    if checkpoint_path.exists():
+        ckpt = load_checkpoint(checkpoint_path)
+        if ckpt.get("fingerprint") != fingerprint:
+            log.warning("%s belongs to a different configuration or data set; starting from scratch (it will be "
+                        "overwritten after the first epoch)", checkpoint_path)
+        else:
+            try:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                scheduler.load_state_dict(ckpt["scheduler"])
+                scaler.load_state_dict(ckpt["scaler"])
+                torch.set_rng_state(ckpt["torch_rng"])
+                state.update({k: ckpt[k] for k in state})
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise CheckpointError(f"{checkpoint_path}: checkpoint does not fit this model ({exc}). Delete it "
+                                      "to train from scratch.") from exc
+            horizon["steps"] = steps_per_epoch * state["horizon_epochs"]
+            log.info("resuming from %s after epoch %d (best val top-1 %.3f at epoch %d)", checkpoint_path,
+                     state["epoch"], state["best_score"], state["best_epoch"])
+
+    validator = Validator(val_src, cfg, device) if len(val_src) else None
+    if validator is None:
+        log.warning("no validation segments: no validation metrics and no early stopping; the last epoch is kept")
+    budget_s = cfg.max_minutes * 60
+    prior_elapsed = state["elapsed_s"]
+
+    def elapsed() -> float:
+        return prior_elapsed + time.monotonic() - t_start
+
+    model.train()
+    while state["stop_reason"] is None:
+        epoch = state["epoch"] + 1
+        if epoch > cfg.max_epochs:
+            state["stop_reason"] = "max_epochs"
+            break
+        last_epoch_s = state["history"][-1]["epoch_s"] if state["history"] else 0.0
+        if state["history"] and elapsed() + last_epoch_s > budget_s:
+            state["stop_reason"] = "max_minutes"
+            log.info("stopping: another epoch (~%.0f s) would exceed train.max_minutes (%.1f)", last_epoch_s,
+                     cfg.max_minutes)
+            break
+        t_epoch = time.monotonic()
+        rng = np.random.default_rng([cfg.seed, 1, epoch])
+        losses: list[float] = []
+        bar = tqdm(prefetch(train_src.epoch_batches(rng, cfg.batch_pairs)), total=steps_per_epoch,
+                   desc=f"epoch {epoch}/{cfg.max_epochs}", unit="step", mininterval=2, leave=False)
+        next_log = time.monotonic() + LOG_EVERY_S
+        for views in bar:
+            loss = train_step(model, views, optimizer, scheduler, scaler, cfg.temperature, device, autocast)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch}: loss is {loss} (lower train.lr?)")
+            losses.append(loss)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
+            if time.monotonic() > next_log:  # the log file gets progress too, not only the terminal's bar
+                next_log += LOG_EVERY_S
+                log.info("epoch %d: step %d/%d, loss %.4f, %.0f pairs/s", epoch, len(losses), steps_per_epoch,
+                         np.mean(losses[-20:]), len(losses) * cfg.batch_pairs / (time.monotonic() - t_epoch))
+        bar.close()
+        train_s = time.monotonic() - t_epoch
+        metrics = validator.evaluate(model, autocast) if validator else \
+            {"val_loss": float("nan"), "val_top1": float("nan"), "val_near": float("nan"), "val_song": float("nan")}
+        epoch_s = time.monotonic() - t_epoch
+        row = {"epoch": epoch, "steps": len(losses), "train_loss": float(np.mean(losses)), **metrics,
+               "lr": optimizer.param_groups[0]["lr"], "sec_per_step": train_s / max(1, len(losses)),
+               "pairs_per_s": len(losses) * cfg.batch_pairs / train_s, "epoch_s": epoch_s,
+               "elapsed_min": elapsed() / 60}
+        state["history"].append(row)
+        state["epoch"] = epoch
+        if cfg.schedule == "time" and epoch == 1:
+            # Fit the cosine to the epochs the time budget allows, so a time-limited run still ends at a low LR.
+            fit = int(budget_s // max(elapsed(), 1e-3))
+            state["horizon_epochs"] = max(1, min(cfg.max_epochs, fit))
+            horizon["steps"] = steps_per_epoch * state["horizon_epochs"]
+            log.info("learning-rate schedule fitted to %d epochs (first epoch incl. set-up: %.0f s, budget %.1f min)",
+                     state["horizon_epochs"], elapsed(), cfg.max_minutes)
+        score = metrics["val_top1"] if validator else float(epoch)
+        if score > state["best_score"]:
+            state["best_score"], state["best_epoch"] = score, epoch
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val top-1 %.3f (near %.3f, song %.3f), lr %.2e, "
+                 "%.0f pairs/s, %.0f s", epoch, row["train_loss"], row["val_loss"], row["val_top1"], row["val_near"],
+                 row["val_song"], row["lr"], row["pairs_per_s"], epoch_s)
+        if validator and cfg.patience > 0 and epoch - state["best_epoch"] >= cfg.patience:
+            state["stop_reason"] = "early_stopping"
+            log.info("early stopping: no better val top-1 for %d epochs (best %.3f at epoch %d)", cfg.patience,
+                     state["best_score"], state["best_epoch"])
+        state["elapsed_s"] = elapsed()
+        _save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
+        _write_metrics(state["history"], metrics_path, curves_path)
+
+    if state["best_state"] is None:
+        raise RuntimeError("training finished without a single epoch (train.max_epochs < 1?)")
+    best = state["history"][state["best_epoch"] - 1]
+    train_meta = {
+        "format_version": 1, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "epochs": state["epoch"], "best_epoch": state["best_epoch"], "stop_reason": state["stop_reason"],
+        "val_top1": best["val_top1"], "val_near": best["val_near"], "val_song": best["val_song"],
+        "val_loss": best["val_loss"],
+        "val_queries": len(validator) if validator else 0, "train_songs": len(train_songs),
+        "train_segments": len(train_src), "val_songs": len(val_songs), "val_segments": len(val_src),
+        "train_minutes": state["elapsed_s"] / 60, "schedule_epochs": state["horizon_epochs"],
+        "device": str(device), "amp": use_amp,
+        "parameters": count_parameters(model), "torch": str(torch.__version__), "config": cfg.to_dict(),
+        "fingerprint": fingerprint,
+    }
+    save_model(model_path, state["best_state"], model_cfg, frontend_cfg, train_meta)
+    _write_metrics(state["history"], metrics_path, curves_path)
+    log.info("wrote %s: epoch %d of %d (stopped by %s), val top-1 %.3f", model_path, state["best_epoch"],
+             state["epoch"], state["stop_reason"], best["val_top1"])
+    return train_meta
+
+
+def _save_checkpoint(path: Path, fingerprint: str, state: dict[str, Any], model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
+    payload = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, **state,
+               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state()}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _write_metrics(history: list[dict[str, Any]], metrics_path: str | Path, curves_path: str | Path) -> None:
+    table = pd.DataFrame(history, columns=METRIC_COLUMNS)
+    with atomic_path(metrics_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    plot_training_curves(table, curves_path)
+
+
+# Keys of the config's `train:` section that the rules use (not part of TrainConfig).
+RULE_KEYS = {"threads", "val_max_songs", "codecs"}
+
+
+def train_from_config(train_bank: str | Path, val_bank: str | Path, noise_bank: str | Path | None,
+                      ir_bank: str | Path | None, model_path: str | Path, metrics_path: str | Path,
+                      curves_path: str | Path, checkpoint_path: str | Path, model_section: dict[str, Any],
+                      train_section: dict[str, Any], threads: int = 1) -> dict[str, Any]:
+    """``train_model`` driven by the ``model:`` and ``train:`` sections of config/config.yaml."""
+    from workflow_lib.model.network import model_config_from
+
+    m = {k: v for k, v in model_section.items() if k != "source"}  # where the model comes from: the rules' business
+    model_cfg = model_config_from(m.pop("preset"), channels=m.pop("channels", None) or None, dim=m.pop("dim", None),
+                                  head_hidden=m.pop("head_hidden", None))
+    if m:
+        raise ValueError(f"config model: unknown keys {sorted(m)}")
+    cfg = TrainConfig.from_dict({k: v for k, v in train_section.items() if k not in RULE_KEYS})
+    return train_model(train_bank, val_bank, noise_bank, ir_bank, model_path, metrics_path, curves_path,
+                       checkpoint_path, cfg, model_cfg, threads=threads)
