@@ -30,18 +30,18 @@ def demo_marker(wildcards=None):
 
 
 # The model every stage after training uses: trained here (model.source: train), the bundled one, or a file.
-BUNDLED_MODEL = os.path.join(workflow.basedir, "models", "nafp-small.pt")
+from workflow_lib.common.layout import model_source_path
 
 
 def _model_file():
     source = config["model"]["source"]
-    if source == "train":
+    path = model_source_path(source, ".")
+    if path is None:
         return f"{RESULTS}/model/model.pt"
-    if source == "bundled":
-        return BUNDLED_MODEL
-    if not os.path.isfile(source):
-        raise WorkflowError(f"config model.source: {source} is not a model file (use train, bundled or a path)")
-    return source
+    if not path.is_file():
+        raise WorkflowError(f"config model.source: {source} names no model file ({path}); use train, bundled or "
+                            "the path of a model.pt")
+    return str(path)
 
 
 MODEL_FILE = _model_file()

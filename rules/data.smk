@@ -1,4 +1,22 @@
-# Data stages: demo corpus, manifest, split, noise and impulse-response preparation.
+# Data stages: the run's settings, demo corpus, manifest, split, noise and impulse-response preparation.
+
+
+rule effective_config:
+    """The validated config of this run (defaults + --configfile + --config) as results/config.yaml: the nafp
+    commands read it back, so a query is searched the way its database was made."""
+    output:
+        f"{RESULTS}/config.yaml",
+    params:
+        # The whole config as a parameter: any change rewrites the file.
+        config=config,
+    log:
+        f"{LOGS}/effective_config.log",
+    threads: 1
+    resources:
+        mem_mb=200,
+        runtime=5,
+    script:
+        "../scripts/effective_config.py"
 
 
 rule demo_corpus:
@@ -105,3 +123,4 @@ rule data:
 
 
 ALL_TARGETS.extend(rules.data.input)
+ALL_TARGETS.append(rules.effective_config.output[0])

@@ -318,13 +318,10 @@ def test_cli_file_fast_json(world, tmp_path):
 
 @pytest.fixture(scope="module")
 def listen_main():
-    """``scripts/listen.py``'s ``main``, called in this process (no interpreter start per case)."""
-    import importlib.util
+    """``nafp listen``, called in this process (no interpreter start per case)."""
+    from workflow_lib.cli.main import main
 
-    spec = importlib.util.spec_from_file_location("listen_script", REPO / "scripts" / "listen.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return lambda argv: main(["listen", *argv])
 
 
 def test_cli_text_output_and_summary(world, tmp_path, listen_main, capsys):
@@ -363,14 +360,19 @@ def test_cli_names_a_missing_device_and_lists_devices(world, listen_main, capsys
 def test_settings_merge_user_config_and_overrides(tmp_path):
     user = tmp_path / "user.yaml"
     user.write_text("listen:\n  window_s: 4.0\n  release_hops: 6\nsearch:\n  top_k: 7\n")
-    s = load_settings(user, {"consistent_hops": 3, "window_s": None})
+    s = load_settings(str(tmp_path), user, {"consistent_hops": 3, "window_s": None})
     assert s.listen.window_s == 4.0 and s.listen.release_hops == 6 and s.listen.consistent_hops == 3
     assert s.search["top_k"] == 7 and s.threads == 1 and s.device is None
-    s = load_settings(user, {"window_s": 1.5})
+    s = load_settings(str(tmp_path), user, {"window_s": 1.5})
     assert (s.listen.window_s, s.listen.tail_s, s.listen.min_match_s) == (1.5, 1.5, 1.5)
+    # the results folder's own settings (written by the workflow) come first, --config on top of them
+    (tmp_path / "config.yaml").write_text("listen:\n  release_hops: 9\n  window_s: 6.0\n")
+    s = load_settings(str(tmp_path), None)
+    assert s.listen.release_hops == 9 and s.listen.window_s == 6.0
+    assert load_settings(str(tmp_path), user).listen.release_hops == 6
     user.write_text("listen:\n  window_s: many\n")
     with pytest.raises(ValueError, match="window_s"):
-        load_settings(user)
+        load_settings(str(tmp_path), user)
 
 
 def test_display_writes_json_lines_without_nan(synth):

@@ -1,8 +1,7 @@
-"""scripts/query.py on a results folder built with the real extraction, index and catalogue functions."""
+"""`nafp query` (and scripts/query.py) on a results folder built with the real extraction, index and catalogue functions."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -33,11 +32,14 @@ TINY = ModelConfig(channels=[8, 8, 16, 16, 16, 16, 32, 32], dim=16, head_hidden=
 DIM = 16  # the test encoder's output size matches the tiny model's, so the real model can search the index
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("query_cli", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+class _QueryCli:
+    """``nafp query``, called in this process."""
+
+    @staticmethod
+    def main(argv):
+        from workflow_lib.cli.main import main
+
+        return main(["query", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,7 @@ def results(tmp_path_factory):
 def cli(monkeypatch):
     """The CLI module with the untrained model swapped for the spectral test encoder the database was made with."""
     monkeypatch.setattr(model_io, "load_fingerprinter", lambda path, device="cpu": SpectralEncoder(dim=DIM).to(device))
-    return _load_cli()
+    return _QueryCli()
 
 
 def _query_files(tmp_path: Path) -> dict[str, Path]:

@@ -27,7 +27,8 @@ TINY = {
               "patience": 0},
     "extract": {"n_shards": 2, "threads": 1, "compile": False},
     "index": {"threads": 1},
-    "search": {"calibration": {"queries_per_length": 20}},
+    # search.mode vote (not the default): `nafp query` on this run must search the way the run was configured
+    "search": {"mode": "vote", "calibration": {"queries_per_length": 20}},
     "evaluate": {"n_starts": 4, "n_trained_starts": 2, "n_out_of_db_starts": 2, "lengths_s": [1, 3],
                  "conditions": [{"name": "clean"}, {"name": "10 dB + room", "snr_db": 10, "room": "room"},
                                 {"name": "resonant", "room": "resonant"}]},
@@ -81,6 +82,36 @@ def test_model_database_and_evaluation_come_out_of_the_same_run(workflow_run):
     metrics = pd.read_parquet(r / "eval/metrics.parquet")
     assert len(metrics) > 0
     assert "|" in (r / "eval/summary.md").read_text()
+
+
+@pytest.mark.e2e
+def test_every_song_is_found_and_queries_use_the_runs_settings(workflow_run, capsys):
+    """The whole collection is in the database, an excerpt of each song names it, and `nafp query` reads the
+    settings this run was made with (its config file set search.mode: vote) unless an option overrides them."""
+    import json
+
+    from workflow_lib.audio.files import load_audio, write_audio
+    from workflow_lib.cli.main import main
+
+    r = workflow_run / "results"
+    songs = pd.read_parquet(r / "manifest/songs.parquet")
+    assert "mode: vote" in (r / "config.yaml").read_text()
+    files = []
+    for i, row in enumerate(songs.itertuples()):
+        f = workflow_run / "excerpts" / f"{row.song_id}.wav"
+        write_audio(f, load_audio(row.path)[4 * 8000:9 * 8000])  # 5 s from 4.0 s
+        files.append(str(f))
+    assert main(["query", *files, "--results", str(r), "--json", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {row["mode"] for row in rows} == {"vote"}
+    for row, sid in zip(rows, songs.song_id):
+        guess = row["best_guess"]
+        assert guess["song_id"] == sid and guess["offset_s"] == pytest.approx(4.0), row
+    assert main(["query", files[0], "--results", str(r), "--json", "--device", "cpu", "--mode", "sequence"]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == "sequence"
+    assert main(["db", "list", "--results", str(r), "--csv"]) == 0
+    listed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert set(listed.song_id) == set(songs.song_id)
 
 
 @pytest.mark.e2e

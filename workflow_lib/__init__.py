@@ -4,4 +4,4 @@ SAMPLE_RATE = 8000
 SEGMENT_SAMPLES = 8000  # 1 s
 HOP_SAMPLES = 4000  # 0.5 s
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,25 +1,57 @@
-"""The listener's command-line side: settings from the config files, and what the terminal shows.
+"""``nafp listen``: name the song playing into the microphone (or an audio file played through the same path),
+continuously, within seconds.
 
-``scripts/listen.py`` parses the arguments and calls these; the listening itself is ``listener.py``.
+A live line shows the current song, its position (advancing with time), the confidence and the compute time per
+decision; events (a song named, a change, the music stopping) get their own lines. Ctrl-C ends the session with a
+summary of what was heard. Settings: the ``listen:`` and ``search:`` sections the results folder was built with
+(``--config`` merges a file on top), then the options below. Exit status: 0 done, 1 a failure while listening,
+2 cannot start. The listening itself is ``listener.core``; this module is the command and the terminal display.
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
 import json
+import logging
 import math
+import os
+import signal
 import sys
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
+from workflow_lib.cli.text import fmt_time, song_label
 from workflow_lib.listener.core import Decision, ListenConfig, ListenSummary, MATCH, SILENCE
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO / "config" / "config.yaml"
-SCHEMA = REPO / "config" / "schema.yaml"
+log = logging.getLogger("nafp.listen")
 # Keys of the ``listen:`` section that are not ListenConfig fields (they configure the command, not the core).
 CLI_KEYS = ("device", "threads")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("listen", help="name the song playing into the microphone, live",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_options(p)
+    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                   help="seconds of recent audio searched each hop (default: listen.window_s)")
+    p.add_argument("--consistent", type=int, default=None, metavar="K",
+                   help="agreeing hops before a match is declared (default: listen.consistent_hops)")
+    p.add_argument("--input", default=None, metavar="FILE", help="play an audio file instead of capturing")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--realtime", dest="realtime", action="store_true", default=True,
+                       help="play --input at real speed, like a live source (default)")
+    speed.add_argument("--fast", dest="realtime", action="store_false",
+                       help="play --input as fast as the computer allows")
+    p.add_argument("--json", action="store_true", help="JSON lines: one object per decision, then a summary")
+    p.add_argument("--list-devices", action="store_true", help="list the audio input devices and exit")
+    p.add_argument("--device", default=None,
+                   help="input device: index or part of its name (default: listen.device, else the system "
+                        "default input)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: listen.threads)")
+    p.add_argument("--search-device", default=None, help="where the model runs: auto, cpu, cuda (default: config)")
+    p.set_defaults(run=run)
 
 
 @dataclass
@@ -29,42 +61,17 @@ class ListenSettings:
     device: str | int | None = None
     threads: int = 1
     sources: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def load_settings(results: str, config_path: str | None = None, overrides: dict[str, Any] | None = None
+                  ) -> ListenSettings:
+    """The settings ``results`` was built with (``common.config.run_config``: its config.yaml, ``config_path``
+    merged on top), then command-line ``overrides`` of ``listen:`` keys. Raises ValueError."""
+    from workflow_lib.common.config import run_config
+    from workflow_lib.search.searcher import searcher_kwargs
 
-
-def load_settings(config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ListenSettings:
-    """The repository defaults (config/config.yaml), a user config merged on top (as Snakemake's ``--configfile``
-    does), validated against config/schema.yaml, then command-line ``overrides`` of ``listen:`` keys."""
-    import jsonschema
-    import yaml
-
-    from workflow_lib.search.searcher import searcher_kwargs as search_kwargs
-
-    def read(p: Path) -> dict:
-        try:
-            return yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError:
-            raise ValueError(f"config file not found: {p}") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{p}: not valid YAML ({exc})") from None
-
-    sources = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
-    cfg = read(DEFAULT_CONFIG) if sources else {}
-    if config_path is not None and Path(config_path).resolve() != DEFAULT_CONFIG.resolve():
-        cfg = _merge(cfg, read(Path(config_path)))
-        sources.append(str(config_path))
-    if SCHEMA.is_file():
-        try:
-            jsonschema.validate(cfg, yaml.safe_load(SCHEMA.read_text()))
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-            raise ValueError(f"config {' + '.join(sources)}: key {where}: {exc.message}") from None
+    cfg, sources = run_config(results, config_path)
     section = dict(cfg.get("listen") or {})
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     section.update(given)
@@ -80,24 +87,117 @@ def load_settings(config_path: str | Path | None = None, overrides: dict[str, An
     threads = int(cli.get("threads") or 1)
     if threads < 1:
         raise ValueError(f"listen.threads must be at least 1, got {threads}")
-    return ListenSettings(listen, search_kwargs(cfg.get("search") or {}), cli.get("device"), threads, sources)
+    return ListenSettings(listen, searcher_kwargs(cfg.get("search") or {}), cli.get("device"), threads, sources, cfg)
+
+
+def _sigterm_as_interrupt(signum, frame):  # a service manager's stop ends the session like Ctrl-C
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.window is not None and args.window < 1:
+        return fail("--window must be at least 1 second")
+    if args.consistent is not None and args.consistent < 1:
+        return fail("--consistent must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        return fail("--threads must be at least 1")
+    # Only light imports before --list-devices: it answers at once, without loading torch.
+    from workflow_lib.listener.devices import FileSource, ListenerError, SoundDeviceSource, format_device_list
+
+    if args.list_devices:
+        try:
+            from workflow_lib.listener.devices import list_input_devices
+
+            devices = list_input_devices()
+        except ListenerError as exc:
+            return fail(str(exc))
+        if args.json:
+            print(json.dumps(devices))
+        else:
+            print("Audio input devices (* = default):")
+            print(format_device_list(devices))
+        return EXIT_OK
+
+    from pathlib import Path
+
+    from workflow_lib.common.layout import ResultsLayout
+    from workflow_lib.listener.core import Listener, ListenerCore
+
+    display = Display(json_lines=args.json)
+    try:
+        settings = load_settings(args.results, args.config, {"window_s": args.window,
+                                                             "consistent_hops": args.consistent,
+                                                             "device": args.device, "threads": args.threads})
+    except ValueError as exc:
+        return fail(str(exc))
+
+    import torch
+
+    from workflow_lib.audio.files import AudioDecodeError
+    from workflow_lib.search.searcher import Searcher
+
+    torch.set_num_threads(settings.threads)
+    if args.search_device:
+        settings.search["device"] = args.search_device
+    try:
+        if args.input:
+            source = FileSource(args.input, realtime=args.realtime, block_s=settings.listen.block_s)
+        else:
+            source = SoundDeviceSource(settings.device, block_s=settings.listen.block_s)
+    except (ListenerError, AudioDecodeError) as exc:
+        return fail(str(exc))
+    t0 = time.perf_counter()
+    if not Path(args.results).is_dir():
+        return fail(f"cannot load the database from {args.results}: no such folder (run the workflow or "
+                    "`nafp index` first, or pass --results)")
+    try:
+        searcher = Searcher.from_layout(ResultsLayout.of(args.results, settings.config), **settings.search)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        return fail(f"cannot load the database from {args.results}: {exc}")
+    log.info("database loaded in %.2f s", time.perf_counter() - t0)
+
+    core = ListenerCore(searcher, settings.listen)
+    listener = Listener(core, source, display)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # A shell starting us in the background (cmd &) makes SIGINT ignored; restore it so kill -INT ends the session.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    what = source.name if args.input else f"input device '{source.name}' at {source.sample_rate} Hz"
+    display.message(f"Listening to {what} (window {settings.listen.window_s:g} s, match after "
+                    f"{settings.listen.consistent_hops} agreeing hops). Ctrl-C to stop.")
+    status = EXIT_OK
+    try:
+        if args.input and not args.realtime:
+            listener.run()
+        else:
+            listener.start()
+            while not listener.join(0.2):
+                pass
+    except KeyboardInterrupt:
+        listener.stop()
+        try:
+            listener.join(5.0)
+        except ListenerError as exc:
+            display.message(f"error: {exc}")
+            status = EXIT_INPUT
+    except (ListenerError, AudioDecodeError) as exc:
+        display.message(f"error: {exc}")
+        status = EXIT_INPUT
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    core.finish()
+    display.summary(listener.summary())
+    if not listener.join(0):
+        # The worker is stuck in the audio driver (a capture that will not stop): the summary is out, so leave
+        # without waiting for PortAudio's exit handler, which would wait on the same driver.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 # ------------------------------------------------------------------------------------------------ display
-
-def fmt_time(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "-"
-    sign = "-" if s < 0 else ""
-    m, sec = divmod(abs(s), 60)
-    return f"{sign}{int(m)}:{sec:04.1f}"
-
-
-def song_label(title: str | None, artist: str | None, song_id: str | None) -> str:
-    if title and artist:
-        return f'"{title}" - {artist}'
-    return f'"{title}"' if title else (song_id or "?")
-
 
 def decision_line(d: Decision) -> str:
     """One status line: stream time, state, song, position in the song, confidence, compute per decision."""

@@ -1,4 +1,4 @@
-"""Incremental database edits on a results folder (the ``scripts/db.py`` command line).
+"""Incremental database edits on a results folder (the ``nafp db`` command).
 
 ``add`` fingerprints new audio files with the folder's model, appends them to the built index without retraining
 and adds them to the catalogue; ``remove`` deletes songs by id. Both also leave a record that the workflow reads, so
@@ -15,7 +15,6 @@ import hashlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,6 +22,7 @@ import pandas as pd
 import torch
 
 from workflow_lib.common.atomic import write_text_atomic
+from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.audio.files import AUDIO_EXTENSIONS
 from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
 from workflow_lib.database.extract import ModelMismatchError, extract_songs, load_model
@@ -32,32 +32,6 @@ from workflow_lib.data.manifest import song_id_for
 log = logging.getLogger(__name__)
 
 ADDED_COLLECTION = "added"
-
-
-@dataclass(frozen=True)
-class ResultsLayout:
-    """Where the database files of a results folder live (docs/ARCHITECTURE.md)."""
-    root: Path
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model" / "model.pt"
-
-    @property
-    def index(self) -> Path:
-        return self.root / "index"
-
-    @property
-    def catalogue(self) -> Path:
-        return self.root / "catalogue.parquet"
-
-    @property
-    def added(self) -> Path:
-        return self.root / "fingerprints" / "added"
-
-    @property
-    def removed(self) -> Path:
-        return self.root / "fingerprints" / "removed_songs.txt"
 
 
 def collect_audio_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -84,13 +58,17 @@ def added_song_id(path: Path) -> str:
 
 def _write_removed(layout: ResultsLayout, ids: set[str]) -> None:
     text = "".join(f"{s}\n" for s in sorted(ids))
-    write_text_atomic(layout.removed, "# song ids removed with scripts/db.py; build_index leaves them out\n" + text)
+    write_text_atomic(layout.removed, "# song ids removed with `nafp db remove`; build_index leaves them out\n" + text)
 
 
-def add_files(results: str | Path, inputs: Iterable[str | Path], *, batch_size: int = 256, device: str = "auto",
-              threads: int = 1, replace: bool = False) -> dict[str, Any]:
+def _layout(results: str | Path | ResultsLayout) -> ResultsLayout:
+    return results if isinstance(results, ResultsLayout) else ResultsLayout(Path(results))
+
+
+def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path], *, batch_size: int = 256,
+              device: str = "auto", threads: int = 1, replace: bool = False) -> dict[str, Any]:
     """Fingerprint audio files and add them to the database of ``results`` (no retraining)."""
-    layout = ResultsLayout(Path(results))
+    layout = _layout(results)
     info = read_sidecar(layout.index)
     files = collect_audio_files(inputs)
     if not files:
@@ -130,26 +108,43 @@ def add_files(results: str | Path, inputs: Iterable[str | Path], *, batch_size: 
     return {"added": sorted(ok), "skipped": meta.skipped, "fingerprints": meta.n_rows, "file": str(out)}
 
 
-def remove_songs(results: str | Path, song_ids: Iterable[str], *, threads: int = 1) -> tuple[list[str], list[str]]:
+def remove_songs(results: str | Path | ResultsLayout, song_ids: Iterable[str], *, threads: int = 1
+                 ) -> tuple[list[str], list[str]]:
     """Remove songs by id from the database of ``results``; returns (removed, not found)."""
-    layout = ResultsLayout(Path(results))
+    layout = _layout(results)
     removed, missing = remove_from_index(layout.index, song_ids, threads=threads)
     if removed:
         _write_removed(layout, read_removed_songs([layout.removed]) | set(removed))
     return removed, missing
 
 
-def database_info(results: str | Path) -> dict[str, Any]:
+def database_info(results: str | Path | ResultsLayout) -> dict[str, Any]:
     """Counts, model, factory, sizes and the edit history of a results folder's database."""
-    layout = ResultsLayout(Path(results))
+    layout = _layout(results)
     db = FingerprintDB.load(layout.index)
     files = {p.name: p.stat().st_size for p in layout.index.iterdir() if p.is_file() and not p.name.startswith(".")}
     added = sorted(layout.added.glob("*.parquet")) if layout.added.is_dir() else []
     return {"index": str(layout.index), "model_checksum": db.model_checksum, "factory": db.factory,
-            "nprobe": db.nprobe, "songs": db.n_songs, "fingerprints": db.ntotal, "dim": db.dim,
+            "nprobe": None if db.exact else db.nprobe, "songs": db.n_songs, "fingerprints": db.ntotal, "dim": db.dim,
             "hours": round(db.ntotal * 0.5 / 3600, 2), "file_bytes": files,
             "disk_bytes_per_fingerprint": round(sum(files.values()) / max(db.ntotal, 1), 1),
             "memory_bytes": db.memory_bytes(), "built_at": db.info.get("built_at"),
             "build_seconds": db.info.get("build_seconds"), "trained": db.info.get("trained"),
             "added_files": len(added), "removed_songs": len(read_removed_songs([layout.removed])),
             "history": db.info.get("history", [])}
+
+
+def list_songs(results: str | Path | ResultsLayout) -> pd.DataFrame:
+    """Every song in the database: id, title, artist, duration (s, from its fingerprints) and file."""
+    from workflow_lib.database.catalogue import load_catalogue
+
+    layout = _layout(results)
+    db = FingerprintDB.load(layout.index)
+    songs = pd.DataFrame({"song_id": db.song_ids.astype(str), "duration_s": (db.rows.counts - 1) * 0.5 + 1.0})
+    if layout.catalogue.exists():
+        cat = load_catalogue(layout.catalogue).reset_index(drop=True)[["song_id", "title", "artist", "path"]]
+        songs = songs.merge(cat, on="song_id", how="left")
+    else:
+        songs = songs.assign(title=None, artist=None, path=None)
+    return songs[["song_id", "title", "artist", "duration_s", "path"]].sort_values(["artist", "title", "song_id"],
+                                                                                   na_position="last")

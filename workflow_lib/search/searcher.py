@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.search.threshold import Calibration, decision_statistic
 
 log = logging.getLogger(__name__)
@@ -292,11 +293,14 @@ class Searcher:
         return cls(fingerprinter, db, catalogue, calibration, **kwargs)
 
     @classmethod
+    def from_layout(cls, layout: ResultsLayout, **kwargs: Any) -> "Searcher":
+        """A results folder's model (wherever ``model.source`` put it), index, catalogue and threshold."""
+        return cls.from_paths(layout.model, layout.index, layout.catalogue, layout.threshold, **kwargs)
+
+    @classmethod
     def from_results(cls, results: str | Path = "results", **kwargs: Any) -> "Searcher":
-        """The standard layout written by the workflow (see docs/ARCHITECTURE.md)."""
-        r = Path(results)
-        return cls.from_paths(r / "model" / "model.pt", r / "index", r / "catalogue.parquet",
-                              r / "index" / "threshold.json", **kwargs)
+        """The standard layout written by the workflow, with the run's own model (see docs/ARCHITECTURE.md)."""
+        return cls.from_layout(ResultsLayout(Path(results)), **kwargs)
 
     # -- use ----------------------------------------------------------------------------------------------------
     def embed(self, audio_8k: np.ndarray) -> np.ndarray:

@@ -1,0 +1,6 @@
+"""Snakemake adapter: write the run's validated config to results/config.yaml."""
+from workflow_lib.common.config import write_effective_config
+from workflow_lib.common.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+write_effective_config(dict(snakemake.params.config), snakemake.output[0])

@@ -1,0 +1,82 @@
+"""``nafp``: one command with subcommands for everything a user does with a fingerprint database.
+
+    nafp index MUSIC_DIR...      make a folder of music searchable with the bundled model (no training)
+    nafp query FILE...           name the song (and where in it) of audio files
+    nafp scan FILE...            every song in a long recording, with where it starts and ends
+    nafp listen                  name the song playing into the microphone, live
+    nafp db add|remove|info|list edit or describe a database
+
+Every subcommand takes ``--results DIR`` (default ``results``) and reads the settings that folder was built with
+(``DIR/config.yaml``, written by the workflow); explicit options override them. Answers go to stdout, logs and
+progress to stderr. Exit status: 0 done, 1 some input failed (the others were still answered), 2 usage or set-up
+error (nothing was done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from workflow_lib import __version__
+
+# subcommand -> module under workflow_lib.cli with add_parser(subparsers) and run(args) -> int
+SUBCOMMANDS = {"query": "query", "listen": "listen", "db": "db"}
+EXIT_OK, EXIT_INPUT, EXIT_SETUP = 0, 1, 2
+
+
+def common_options(p: argparse.ArgumentParser) -> None:
+    """Options every subcommand has."""
+    p.add_argument("--results", default="results",
+                   help="results folder of a workflow run or of `nafp index` (default: %(default)s)")
+    p.add_argument("--config", default=None,
+                   help="config file merged over the settings the results folder was built with")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nafp", description="Neural audio fingerprinting: make music searchable, then "
+                                "name songs in files, recordings and the microphone.")
+    p.add_argument("--version", action="version", version=f"nafp {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        mod = importlib.import_module(f"workflow_lib.cli.{module}")
+        mod.add_parser(sub)
+    return p
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, force=True,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    # FAISS announces at INFO which optional CPU build it could not load (an ImportError text): not an error.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
+def fail(message: str, status: int = EXIT_SETUP) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_SETUP
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run_subcommand(name: str, argv: list[str] | None = None) -> int:
+    """Entry of the ``scripts/*.py`` wrappers: ``nafp NAME ARGS...``."""
+    return main([name, *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

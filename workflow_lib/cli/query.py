@@ -1,0 +1,148 @@
+"""``nafp query FILE...``: name the song of each file and where in the song it starts.
+
+Prints one row per file: the song (title and artist from the catalogue), where in the song the clip starts, the
+confidence (1 - the p-value of the answer among queries of unknown songs, see ``search.searcher.Match``) and the
+time taken. A file whose answer fails the calibrated no-match rule is "no match" (with the reason), and its best
+guess is shown apart. Unreadable files are reported with the reason and make the exit status 1; the others are
+still answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from workflow_lib import SAMPLE_RATE
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
+from workflow_lib.cli.text import fmt_time, printable
+
+log = logging.getLogger("nafp.query")
+
+
+def add_parser(sub) -> None:
+    from workflow_lib.search.searcher import MODES
+
+    p = sub.add_parser("query", help="name the song (and offset) of audio files",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any supported format and length)")
+    common_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON lines (one object per file) instead of a table")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="sequence: aligned re-scoring; vote: majority of segment hits (default: search.mode)")
+    p.add_argument("--top-k", type=int, default=None, help="neighbours per query segment (default: search.top_k)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default: search.nprobe)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda... (default: search.device)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for fingerprinting (default: %(default)s; a query is a small batch, more "
+                        "threads only pay off for files of minutes)")
+    p.set_defaults(run=run)
+
+
+def load_searcher(args: argparse.Namespace, overrides: dict | None = None):
+    """The ``Searcher`` of ``args.results``: the model, index, catalogue and threshold of that folder, searched
+    with the settings it was built with (``--config`` and explicit options override). Raises ``SetupError``."""
+    from workflow_lib.common.config import ConfigError, run_config
+    from workflow_lib.common.layout import ResultsLayout
+    from workflow_lib.search.searcher import Searcher, searcher_kwargs
+
+    results = Path(args.results)
+    if not results.is_dir():
+        raise SetupError(f"results folder not found: {results} (run the workflow or `nafp index` first, or pass "
+                         "--results)")
+    try:
+        cfg, _ = run_config(results, args.config)
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
+    kw = searcher_kwargs(cfg.get("search", {}))
+    kw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Searcher.from_layout(ResultsLayout.of(results, cfg), **kw), cfg
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise SetupError(f"cannot load the database from {results}: {exc}") from None
+
+
+class SetupError(RuntimeError):
+    """Nothing can be answered (missing results folder, model or index; bad settings)."""
+
+
+def row_for(path: str, match, error: str | None, duration_s: float | None) -> dict:
+    if error is not None:
+        return {"file": path, "error": error}
+    g = match.best_guess
+    guess = None if g is None else {"song_id": g.song_id, "title": g.title, "artist": g.artist,
+                                    "offset_s": g.offset_s, "score": round(g.score, 4)}
+    return {"file": path, "match": match.is_match, "song_id": match.song_id, "title": match.title,
+            "artist": match.artist, "offset_s": match.offset_s, "confidence": round(match.confidence, 4),
+            "reason": match.reason, "best_guess": guess,
+            "score": round(match.score, 4) if math.isfinite(match.score) else None,
+            "decision": round(match.decision, 4) if math.isfinite(match.decision) else None,
+            "threshold": round(match.threshold, 4), "mode": match.mode, "query_s": duration_s,
+            "seconds": round(match.seconds_taken, 4)}
+
+
+def print_table(rows: list[dict], out=None) -> None:
+    out = out or sys.stdout
+    head = ["file", "song", "artist - title", "offset", "confidence", "time"]
+    lines = []
+    for r in rows:
+        name = printable(Path(r["file"]).name)
+        if "error" in r:
+            lines.append([name, "ERROR", printable(r["error"]), "", "", ""])
+            continue
+        if r["match"]:
+            song = printable(r["song_id"])
+            label = " - ".join(printable(x) for x in (r["artist"], r["title"]) if x) or "-"
+        else:
+            song = f"no match ({r['reason']})"
+            g = r["best_guess"]
+            named = " - ".join(printable(x) for x in (g["artist"], g["title"]) if x) if g else ""
+            label = f"(best guess: {named or printable(g['song_id'])})" if g else "-"
+        lines.append([name, song, label, fmt_time(r["offset_s"]) if r["match"] else "-", f"{r['confidence']:.3f}",
+                      f"{r['seconds'] * 1000:.0f} ms"])
+    widths = [max(len(h), *(len(str(x[i])) for x in lines)) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)), file=out)
+    for x in lines:
+        print("  ".join(str(v).ljust(w) for v, w in zip(x, widths)), file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top_k is not None and args.top_k < 1:
+        return fail("--top-k must be at least 1")
+    if args.nprobe is not None and args.nprobe < 1:
+        return fail("--nprobe must be at least 1")
+    if args.threads < 1:
+        return fail("--threads must be at least 1")
+    import numpy as np
+    import torch
+
+    from workflow_lib.audio.files import AudioDecodeError, load_audio
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        searcher, _ = load_searcher(args, {"top_k": args.top_k, "nprobe": args.nprobe, "device": args.device,
+                                           "mode": args.mode})
+    except SetupError as exc:
+        return fail(str(exc), EXIT_SETUP)
+    searcher.embed(np.zeros(SAMPLE_RATE, dtype=np.float32))  # first-call set-up is not part of any file's time
+    log.info("database loaded in %.2f s", time.perf_counter() - t0)
+    rows, failed = [], 0
+    for path in args.files:
+        try:
+            audio = load_audio(path)
+            match = searcher.identify(audio)
+            row = row_for(path, match, None, round(len(audio) / SAMPLE_RATE, 3))
+        except (AudioDecodeError, ValueError) as exc:
+            failed += 1
+            row = row_for(path, None, str(exc), None)
+        rows.append(row)
+        if args.json:  # streamed, so a long batch shows progress
+            print(json.dumps(row), flush=True)
+    if not args.json:
+        print_table(rows)
+    return EXIT_INPUT if failed else EXIT_OK

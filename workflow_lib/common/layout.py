@@ -1,0 +1,59 @@
+"""Where the files of a results folder live (docs/ARCHITECTURE.md), for the commands that read or edit one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED_MODEL = REPO / "models" / "nafp-small.pt"
+
+
+def model_source_path(source: str, run_dir: str | Path) -> Path | None:
+    """The model file a ``model.source`` names: None for ``train`` (the run's own), the bundled model, or a path
+    (relative paths are relative to the run directory, as in the workflow)."""
+    if source == "train":
+        return None
+    if source == "bundled":
+        return BUNDLED_MODEL
+    p = Path(source)
+    return p if p.is_absolute() else Path(run_dir) / p
+
+
+@dataclass(frozen=True)
+class ResultsLayout:
+    root: Path
+    model_source: str = "train"
+
+    @classmethod
+    def of(cls, results: str | Path, config: dict | None = None) -> "ResultsLayout":
+        source = str(((config or {}).get("model") or {}).get("source", "train"))
+        return cls(Path(results), source)
+
+    @property
+    def model(self) -> Path:
+        return model_source_path(self.model_source, self.root.parent) or self.root / "model" / "model.pt"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def threshold(self) -> Path:
+        return self.root / "index" / "threshold.json"
+
+    @property
+    def catalogue(self) -> Path:
+        return self.root / "catalogue.parquet"
+
+    @property
+    def added(self) -> Path:
+        return self.root / "fingerprints" / "added"
+
+    @property
+    def removed(self) -> Path:
+        return self.root / "fingerprints" / "removed_songs.txt"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
