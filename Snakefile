@@ -1,5 +1,5 @@
-# Neural audio fingerprinting workflow. Run everything with `snakemake --cores N all`;
-# any stage reruns alone by its target (see README). All logic lives in workflow_lib/.
+# Neural audio fingerprinting workflow. Run everything with `snakemake --cores N all`; any stage reruns alone by its
+# target (see README). All logic lives in workflow_lib/; profiles/default/ holds the settings every run uses.
 import os
 
 from snakemake.utils import min_version, validate
@@ -13,8 +13,8 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 validate(config, os.path.join(workflow.basedir, "config/schema.yaml"))
 
-# Each rules file appends the final outputs of its stages here; `all` builds them.
-ALL_TARGETS = []
+
+report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -27,4 +27,15 @@ include: "rules/evaluate.smk"
 rule all:
     default_target: True
     input:
-        ALL_TARGETS,
+        rules.effective_config.output,
+        rules.data.input,
+        rules.train.output.model if config["model"]["source"] == "train" else [],
+        rules.database.input,
+        rules.evaluate.output.summary,
+
+
+onsuccess:
+    if os.path.exists(rules.evaluate.output.summary):
+        print(f"\nDone. The evaluation: {rules.evaluate.output.summary} (also `snakemake --report report.html`).\n"
+              f"Search the database:   .venv/bin/nafp query YOUR_CLIP.mp3 --results {os.path.abspath(RESULTS)}\n"
+              f"Listen live:           .venv/bin/nafp listen --results {os.path.abspath(RESULTS)}")

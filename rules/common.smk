@@ -1,14 +1,52 @@
-# Paths and helpers shared by all rules files.
+# Paths, helpers and checks shared by all rules files (the snakemake-workflows layout: rules files hold rules only).
+import glob
 import os
 
 from snakemake.exceptions import WorkflowError
 
+from workflow_lib.common.layout import model_source_path
+
 RESULTS = "results"
 LOGS = "logs"
+# Every rule runs in this one environment (all stages share workflow_lib); see the README on --sdm conda.
+ENV = "../envs/workflow.yaml"
 
 # With no music configured the built-in synthetic demo corpus is generated and used instead.
 USE_DEMO = len(config["data"]["music_dirs"]) == 0
-DEMO_DIR = f"{RESULTS}/demo_corpus"
+
+# The result files of every stage (docs/ARCHITECTURE.md describes their formats). Rules name their outputs from
+# this table; downstream rules refer to upstream outputs through rules.<name>.output.
+PATHS = {
+    "config": f"{RESULTS}/config.yaml",
+    "demo_catalogue": f"{RESULTS}/demo_corpus/catalogue.csv",
+    "demo_music": f"{RESULTS}/demo_corpus/music",
+    "songs": f"{RESULTS}/manifest/songs.parquet",
+    "rejected": f"{RESULTS}/manifest/rejected.parquet",
+    "splits": f"{RESULTS}/split/splits.parquet",
+    "noise": f"{RESULTS}/noise/{{side}}",  # clip bank prefix; side = train | test
+    "irs": f"{RESULTS}/irs/{{side}}",
+    "song_bank": f"{RESULTS}/model/audio/{{split}}",  # split = train | val
+    "model": f"{RESULTS}/model/model.pt",
+    "train_metrics": f"{RESULTS}/model/metrics.csv",
+    "train_curves": f"{RESULTS}/model/training_curves.png",
+    "checkpoint": f"{RESULTS}/model/checkpoints/last.pt",  # not an output: kept across a killed run's rerun
+    "shard": f"{RESULTS}/fingerprints/shard-{{shard}}.parquet",
+    "added": f"{RESULTS}/fingerprints/added",  # `nafp db add` records (not outputs: edits of a built database)
+    "removed": f"{RESULTS}/fingerprints/removed_songs.txt",
+    "index_dir": f"{RESULTS}/index",
+    "catalogue": f"{RESULTS}/catalogue.parquet",
+    "threshold": f"{RESULTS}/index/threshold.json",
+    "eval_dir": f"{RESULTS}/eval",
+}
+INDEX_FILES = [f"{PATHS['index_dir']}/{name}" for name in ("index.faiss", "index_meta.parquet", "vectors.f16.npy",
+                                                            "index.json")]
+SHARD_FILES = expand(PATHS["shard"], shard=range(config["extract"]["n_shards"]))
+
+
+def bank(kind, side):
+    """The two files of a clip bank (``kind`` noise | irs | song_bank)."""
+    key = "split" if kind == "song_bank" else "side"
+    return multiext(PATHS[kind].format(**{key: side}), ".npy", ".parquet")
 
 
 def _check_dirs(key):
@@ -19,25 +57,52 @@ def _check_dirs(key):
 
 for _key in ("music_dirs", "distractor_dirs", "noise_dirs", "speech_dirs", "ir_dirs"):
     _check_dirs(_key)
+_fractions = config["split"]["fractions"]
+if abs(sum(_fractions.values()) - 1.0) > 1e-6:  # checked at start, not after the manifest decoded everything
+    raise WorkflowError(f"config split.fractions must sum to 1, got {sum(_fractions.values()):g} ({_fractions})")
 
 
 def music_dirs():
-    return [f"{DEMO_DIR}/music"] if USE_DEMO else config["data"]["music_dirs"]
+    return [PATHS["demo_music"]] if USE_DEMO else config["data"]["music_dirs"]
 
 
 def demo_marker(wildcards=None):
-    return [f"{DEMO_DIR}/catalogue.csv"] if USE_DEMO else []
+    return [PATHS["demo_catalogue"]] if USE_DEMO else []
+
+
+# The low-bitrate codec copy of the songs is built only when training draws codec views.
+TRAIN_CODECS = config["train"]["codecs"] if config["train"]["augment"]["codec_prob"] > 0 else []
+
+
+def song_bank_files(split):
+    files = bank("song_bank", split)
+    if TRAIN_CODECS:
+        files += multiext(PATHS["song_bank"].format(split=split) + "_codec", ".npy", ".parquet")
+    return files
+
+
+def added_fingerprints(wildcards=None):
+    """Fingerprint files written by `nafp db add` (none in a fresh results folder)."""
+    return sorted(glob.glob(f"{PATHS['added']}/*.parquet"))
+
+
+def removed_songs_file(wildcards=None):
+    return [PATHS["removed"]] if os.path.exists(PATHS["removed"]) else []
+
+
+def eval_results(wildcards=None):
+    out = [rules.eval_neural.output.results]
+    if config["evaluate"]["baseline_audfprint"]:
+        out.append(rules.baseline_audfprint.output.results)
+    return out
 
 
 # The model every stage after training uses: trained here (model.source: train), the bundled one, or a file.
-from workflow_lib.common.layout import model_source_path
-
-
 def _model_file():
     source = config["model"]["source"]
     path = model_source_path(source, ".")
     if path is None:
-        return f"{RESULTS}/model/model.pt"
+        return PATHS["model"]
     if not path.is_file():
         raise WorkflowError(f"config model.source: {source} names no model file ({path}); use train, bundled or "
                             "the path of a model.pt")
@@ -45,3 +110,7 @@ def _model_file():
 
 
 MODEL_FILE = _model_file()
+# The evaluate keys that define the queries (for params: toggling the baseline or the modes reruns only what uses
+# them, not the query set or the calibration), and the search keys that change results (not batch size or device).
+QUERY_PLAN = {k: v for k, v in config["evaluate"].items() if k not in ("modes", "baseline_audfprint", "audfprint")}
+SEARCH_PARAMS = {k: v for k, v in config["search"].items() if k not in ("batch_size", "device", "mode")}

@@ -5,12 +5,14 @@ rule effective_config:
     """The validated config of this run (defaults + --configfile + --config) as results/config.yaml: the nafp
     commands read it back, so a query is searched the way its database was made."""
     output:
-        f"{RESULTS}/config.yaml",
+        PATHS["config"],
     params:
         # The whole config as a parameter: any change rewrites the file.
         config=config,
     log:
         f"{LOGS}/effective_config.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=200,
@@ -20,15 +22,18 @@ rule effective_config:
 
 
 rule demo_corpus:
+    """Synthetic songs, only when no music is configured."""
     output:
-        catalogue=f"{DEMO_DIR}/catalogue.csv",
-        music=directory(f"{DEMO_DIR}/music"),
+        catalogue=PATHS["demo_catalogue"],
+        music=directory(PATHS["demo_music"]),
     params:
         n_songs=config["demo"]["n_songs"],
         duration_s=config["demo"]["duration_s"],
         seed=config["demo"]["seed"],
     log:
         f"{LOGS}/demo_corpus.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
@@ -38,11 +43,12 @@ rule demo_corpus:
 
 
 rule manifest:
+    """Every audio file of the music folders, checked; the rest listed with the reason."""
     input:
         demo_marker,
     output:
-        songs=f"{RESULTS}/manifest/songs.parquet",
-        rejected=f"{RESULTS}/manifest/rejected.parquet",
+        songs=PATHS["songs"],
+        rejected=PATHS["rejected"],
     params:
         # Listed as params so that changing the folders reruns the scan.
         music_dirs=music_dirs(),
@@ -51,6 +57,8 @@ rule manifest:
         silence_dbfs=config["data"]["silence_dbfs"],
     log:
         f"{LOGS}/manifest.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
@@ -60,15 +68,18 @@ rule manifest:
 
 
 rule split:
+    """Song-disjoint train/val/test/distractor split by a seeded hash of each song id."""
     input:
         songs=rules.manifest.output.songs,
     output:
-        splits=f"{RESULTS}/split/splits.parquet",
+        splits=PATHS["splits"],
     params:
         fractions=config["split"]["fractions"],
         seed=config["split"]["seed"],
     log:
         f"{LOGS}/split.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
@@ -78,16 +89,18 @@ rule split:
 
 
 rule prepare_noise:
+    """Noise (and babble from speech) decoded into train/test clip banks, split by file."""
     output:
-        multiext(f"{RESULTS}/noise/train", ".npy", ".parquet"),
-        multiext(f"{RESULTS}/noise/test", ".npy", ".parquet"),
+        train=bank("noise", "train"),
+        test=bank("noise", "test"),
     params:
         noise_dirs=config["data"]["noise_dirs"],
         speech_dirs=config["data"]["speech_dirs"],
         opts=config["noise"],
-        out_dir=f"{RESULTS}/noise",
     log:
         f"{LOGS}/prepare_noise.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
@@ -97,15 +110,17 @@ rule prepare_noise:
 
 
 rule prepare_irs:
+    """Measured and simulated rooms, resonant spaces and device responses, in train/test clip banks."""
     output:
-        multiext(f"{RESULTS}/irs/train", ".npy", ".parquet"),
-        multiext(f"{RESULTS}/irs/test", ".npy", ".parquet"),
+        train=bank("irs", "train"),
+        test=bank("irs", "test"),
     params:
         ir_dirs=config["data"]["ir_dirs"],
         opts=config["irs"],
-        out_dir=f"{RESULTS}/irs",
     log:
         f"{LOGS}/prepare_irs.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -120,7 +135,3 @@ rule data:
         rules.split.output,
         rules.prepare_noise.output,
         rules.prepare_irs.output,
-
-
-ALL_TARGETS.extend(rules.data.input)
-ALL_TARGETS.append(rules.effective_config.output[0])

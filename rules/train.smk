@@ -1,20 +1,12 @@
 # Model stage: decode the training/validation songs once into memory-mapped banks, then train the fingerprinter.
 # The train rule resumes from results/model/checkpoints/last.pt when it exists (deliberately not a declared output,
-# so Snakemake keeps it when a killed job is rerun); delete that folder to train from scratch.
-
-
-# The low-bitrate codec copy of the songs is built only when training draws codec views.
-TRAIN_CODECS = config["train"]["codecs"] if config["train"]["augment"]["codec_prob"] > 0 else []
-
-
-def song_bank_files(split):
-    files = multiext(f"{RESULTS}/model/audio/{split}", ".npy", ".parquet")
-    if TRAIN_CODECS:
-        files += multiext(f"{RESULTS}/model/audio/{split}_codec", ".npy", ".parquet")
-    return files
+# so Snakemake keeps it when a killed job is rerun); delete that folder to train from scratch. Progress files of
+# the running job (metrics and curves of every epoch) are written beside the checkpoint; the declared outputs
+# appear only when training has finished.
 
 
 rule train_audio:
+    """Songs of a split decoded once into a memory-mapped bank (and its codec copy)."""
     input:
         songs=rules.manifest.output.songs,
         splits=rules.split.output.splits,
@@ -23,12 +15,13 @@ rule train_audio:
     wildcard_constraints:
         split="train|val",
     params:
-        prefix=lambda w: f"{RESULTS}/model/audio/{w.split}",
         max_songs=lambda w: config["train"]["val_max_songs"] if w.split == "val" else 0,
         seed=config["train"]["seed"],
         codecs=TRAIN_CODECS,
     log:
         f"{LOGS}/train_audio_{{split}}.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
@@ -38,35 +31,28 @@ rule train_audio:
 
 
 rule train:
+    """Contrastive training of the fingerprinter; resumes after a kill."""
     input:
         train_audio=song_bank_files("train"),
         val_audio=song_bank_files("val"),
-        noise=multiext(f"{RESULTS}/noise/train", ".npy", ".parquet"),
-        irs=multiext(f"{RESULTS}/irs/train", ".npy", ".parquet"),
+        noise=rules.prepare_noise.output.train,
+        irs=rules.prepare_irs.output.train,
     output:
-        model=f"{RESULTS}/model/model.pt",
-        metrics=f"{RESULTS}/model/metrics.csv",
-        curves=f"{RESULTS}/model/training_curves.png",
+        model=PATHS["model"],
+        metrics=PATHS["train_metrics"],
+        curves=report(PATHS["train_curves"], caption="../report/training_curves.rst", category="Training"),
     params:
-        banks={
-            "train": f"{RESULTS}/model/audio/train",
-            "val": f"{RESULTS}/model/audio/val",
-            "noise": f"{RESULTS}/noise/train",
-            "irs": f"{RESULTS}/irs/train",
-        },
-        checkpoint=f"{RESULTS}/model/checkpoints/last.pt",
+        checkpoint=PATHS["checkpoint"],
         model=config["model"],
         train=config["train"],
     log:
         f"{LOGS}/train.log",
+    conda:
+        ENV
     threads: config["train"]["threads"]
     resources:
         mem_mb=8000,
         # minutes: the training budget plus set-up and the final epoch's overrun
-        runtime=int(config["train"]["max_minutes"]) + 30,
+        runtime=min(int(config["train"]["max_minutes"]) + 30, 7 * 24 * 60),
     script:
         "../scripts/train.py"
-
-
-if config["model"]["source"] == "train":
-    ALL_TARGETS.append(rules.train.output.model)

@@ -1,4 +1,7 @@
 """Snakemake adapter: train (or reuse the training of) the FAISS index and add every fingerprint file."""
+import _checkout  # noqa: F401  (workflow_lib from this checkout, in any job environment)
+from pathlib import Path
+
 from workflow_lib.common.cpu_process import setup_cpu_process
 
 setup_cpu_process()  # before faiss loads
@@ -11,6 +14,6 @@ o = snakemake.params.opts
 settings = TrainSettings(factory=o["factory"], flat_max=o["flat_max"], pq_m=o["pq_m"], max_train=o["max_train"],
                          seed=o["seed"], retrain_growth=o["retrain_growth"])
 exclude = set(o["remove_songs"]) | read_removed_songs(snakemake.input.removed)
-build_index(list(snakemake.input.shards) + list(snakemake.input.added), snakemake.params.out_dir,
+build_index(list(snakemake.input.shards) + list(snakemake.input.added), Path(snakemake.output[0]).parent,
             settings=settings, exclude_songs=exclude, nprobe=o["nprobe"], rerank=o["rerank"],
             threads=snakemake.threads)

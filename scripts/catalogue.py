@@ -1,4 +1,5 @@
 """Snakemake adapter: song id -> title / artist / path for every manifest song (and songs added with db.py)."""
+import _checkout  # noqa: F401  (workflow_lib from this checkout, in any job environment)
 from workflow_lib.database.catalogue import added_catalogue_rows, write_catalogue
 from workflow_lib.common.logs import setup_logging
 

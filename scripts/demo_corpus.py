@@ -1,4 +1,5 @@
 """Snakemake adapter: generate the built-in synthetic demo corpus."""
+import _checkout  # noqa: F401  (workflow_lib from this checkout, in any job environment)
 from pathlib import Path
 
 from workflow_lib.data.demo_corpus import generate_demo_corpus

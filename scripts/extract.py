@@ -1,4 +1,5 @@
 """Snakemake adapter: fingerprint one shard of the database songs into results/fingerprints/shard-{i}.parquet."""
+import _checkout  # noqa: F401  (workflow_lib from this checkout, in any job environment)
 from workflow_lib.common.cpu_process import setup_cpu_process
 
 setup_cpu_process(keep_buffers=True)  # before torch loads

@@ -1,4 +1,5 @@
 """Snakemake adapter: scan the music folders into songs.parquet / rejected.parquet."""
+import _checkout  # noqa: F401  (workflow_lib from this checkout, in any job environment)
 from workflow_lib.common.logs import setup_logging
 from workflow_lib.data.manifest import write_manifest
 

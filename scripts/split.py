@@ -1,4 +1,5 @@
 """Snakemake adapter: assign songs to train/val/test/distractor splits."""
+import _checkout  # noqa: F401  (workflow_lib from this checkout, in any job environment)
 from workflow_lib.common.logs import setup_logging
 from workflow_lib.data.split import write_splits
 

@@ -143,3 +143,13 @@ rule extract:
     assert cluster_test.job_stats(text) == {"extract": 2, "all": 1}
     assert cluster_test.victim_jobs(text, "extract") == [("0", ["logs/extract/0.log"]), ("1", ["logs/extract/1.log"])]
     assert cluster_test.resources_by_rule(text)["extract"]["cpus_per_task"] in {"1", "2"}
+
+
+def test_conda_environment_pins_what_the_set_up_installs():
+    """envs/workflow.yaml lists its pins in full (Snakemake copies the file alone): they must stay requirements.txt's."""
+    env = yaml.safe_load((REPO / "envs/workflow.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    reqs = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    tools = {"snakemake", "snakemake-executor-plugin-slurm", "pygments", "pytest", "import-linter"}
+    runtime = {r for r in reqs if r and r.split("==")[0] not in tools}
+    assert set(pip) == runtime

@@ -210,11 +210,11 @@ def test_corrupt_or_inconsistent_index_files_give_clear_errors(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- command line
 
-def load_db_cli():
-    spec = importlib.util.spec_from_file_location("db_cli", REPO / "scripts" / "db.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def db_cli(*args: str) -> int:
+    """``nafp db ACTION ...`` in this process."""
+    from workflow_lib.cli.main import main
+
+    return main(["db", *args])
 
 
 def test_db_cli_adds_removes_and_describes(tmp_path, capsys):
@@ -230,10 +230,7 @@ def test_db_cli_adds_removes_and_describes(tmp_path, capsys):
                   shard)
     build_index([shard], results / "index")
     new = write_songs(tmp_path / "incoming" / "Some Artist - Great Song", {"x": 3.5}, seed=7)
-    cli = load_db_cli()
-
-    assert cli.main(["--results", str(results), "--threads", "1", "add", str(new["x"].parent),
-                     "--device", "cpu"]) == 0
+    assert db_cli("add", str(new["x"].parent), "--results", str(results), "--threads", "1", "--device", "cpu") == 0
     db = FingerprintDB.load(results / "index")
     assert db.n_songs == 3
     added_id = [s for s in db.song_ids if s not in paths][0]
@@ -242,21 +239,21 @@ def test_db_cli_adds_removes_and_describes(tmp_path, capsys):
     added_files = list((results / "fingerprints" / "added").glob("*.parquet"))
     assert len(added_files) == 1
     # Adding the same file again is refused, with the reason.
-    assert cli.main(["--results", str(results), "add", str(new["x"]), "--device", "cpu"]) == 1
+    assert db_cli("add", str(new["x"]), "--results", str(results), "--device", "cpu") == 1
     assert "already in the database" in capsys.readouterr().err
 
-    assert cli.main(["--results", str(results), "remove", "a", added_id]) == 0
+    assert db_cli("remove", "a", added_id, "--results", str(results)) == 0
     assert read_removed_songs([results / "fingerprints" / "removed_songs.txt"]) == {"a", added_id}
     assert list(FingerprintDB.load(results / "index").song_ids) == ["b"]
-    assert cli.main(["--results", str(results), "remove", "zzz"]) == 1
+    assert db_cli("remove", "zzz", "--results", str(results)) == 1
     capsys.readouterr()
-    assert cli.main(["--results", str(results), "info", "--json"]) == 0
+    assert db_cli("info", "--json", "--results", str(results)) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["songs"] == 1 and info["removed_songs"] == 2 and [h["op"] for h in info["history"]] == [
         "add", "remove"]
     # A model other than the index's is refused.
     save_tiny_model(results / "model" / "model.pt", seed=5)
-    assert cli.main(["--results", str(results), "add", str(paths["a"]), "--device", "cpu"]) == 1
+    assert db_cli("add", str(paths["a"]), "--results", str(results), "--device", "cpu") == 1
     assert "not the model the index" in capsys.readouterr().err
 
 
@@ -308,3 +305,33 @@ def test_half_to_float_reads_read_only_rows_without_a_warning(recwarn):
     out = half_to_float(x[1])
     assert out.dtype == np.float32 and out.tolist() == [4.0, 5.0, 6.0, 7.0]
     assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+def test_files_stamped_with_another_framing_are_refused(tmp_path):
+    """The 8 kHz / 1 s / 0.5 s framing is stamped into model.pt, shards and index.json and checked on load."""
+    import json
+
+    import torch
+
+    from workflow_lib.database.extract import extract_songs, load_model, read_meta
+    from workflow_lib.database.index import IndexFileError, read_sidecar
+    from workflow_lib.model.model_file import ModelFileError, read_model_file
+
+    model = save_tiny_model(tmp_path / "model.pt")
+    payload = torch.load(model, weights_only=True)
+    payload["frontend_config"]["sample_rate"] = 16000
+    torch.save(payload, tmp_path / "wide.pt")
+    with pytest.raises(ModelFileError, match="sample_rate"):
+        read_model_file(tmp_path / "wide.pt")
+    paths = write_songs(tmp_path / "music", {"a": 3.0})
+    fp, ident = load_model(model, "cpu")
+    shard = tmp_path / "shard.parquet"
+    extract_songs(fp, ident, pd.DataFrame({"song_id": ["a"], "path": [str(paths["a"])]}), shard)
+    assert read_meta(shard).hop_samples == 4000
+    build_index([shard], tmp_path / "index")
+    side = tmp_path / "index" / "index.json"
+    info = json.loads(side.read_text())
+    assert (info["sample_rate"], info["segment_samples"], info["hop_samples"]) == (8000, 8000, 4000)
+    side.write_text(json.dumps({**info, "hop_samples": 2000}))
+    with pytest.raises(IndexFileError, match="hop_samples"):
+        read_sidecar(tmp_path / "index")

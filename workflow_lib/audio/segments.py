@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
+from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 
 
 def n_segments(n_samples: int, seg: int = SEGMENT_SAMPLES, hop: int = HOP_SAMPLES) -> int:
@@ -23,8 +23,20 @@ def frame(audio: np.ndarray, seg: int = SEGMENT_SAMPLES, hop: int = HOP_SAMPLES)
         audio, shape=(n, seg), strides=(audio.strides[0] * hop, audio.strides[0]), writeable=False)
 
 
-def segment_start_seconds(segment: int | np.ndarray, hop: int = HOP_SAMPLES, sr: int = 8000):
+def segment_start_seconds(segment: int | np.ndarray, hop: int = HOP_SAMPLES, sr: int = SAMPLE_RATE):
     return np.asarray(segment) * hop / sr
+
+
+def check_framing(source: str, sample_rate: int | None = None, segment_samples: int | None = None,
+                  hop_samples: int | None = None) -> None:
+    """Refuse a file made for another framing than this build's (``workflow_lib.SAMPLE_RATE``, 1 s segments at
+    0.5 s hop): its fingerprints would not line up with the ones searched. Values not stamped (None) pass."""
+    want = {"sample_rate": SAMPLE_RATE, "segment_samples": SEGMENT_SAMPLES, "hop_samples": HOP_SAMPLES}
+    got = {"sample_rate": sample_rate, "segment_samples": segment_samples, "hop_samples": hop_samples}
+    wrong = {k: v for k, v in got.items() if v is not None and int(v) != want[k]}
+    if wrong:
+        raise ValueError(f"{source} was made with {wrong}, but this build fingerprints with "
+                         f"{ {k: want[k] for k in wrong} }: rebuild it with this version")
 
 
 # The silence gate shared by every path that embeds audio (extraction, query, listener, scan): a 1 s segment whose

@@ -65,3 +65,8 @@ class ClipBank:
             off = int(rng.integers(n - length + 1))
             return np.asarray(self.samples[self.starts[i] + off:self.starts[i] + off + length], dtype=np.float32)
         return np.resize(self.clip(i), length)
+
+
+def bank_prefix(path: str | Path) -> Path:
+    """The prefix of a clip bank from one of its files (``x/train.npy`` -> ``x/train``), as rules name them."""
+    return Path(path).with_suffix("")

@@ -12,6 +12,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib.common.atomic import atomic_path
+from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, AudioDecodeError, audio_info, has_ffmpeg, iter_audio
 from workflow_lib.audio.files import FFMPEG_EXTENSIONS
 
@@ -56,7 +57,7 @@ def check_song(path: Path, min_duration_s: float, silence_dbfs: float) -> tuple[
                 peak = max(peak, float(np.max(np.abs(chunk))))
     except AudioDecodeError as exc:
         return None, f"unreadable: {exc}"
-    duration = n / 8000
+    duration = n / SAMPLE_RATE
     if duration < min_duration_s:
         return None, f"too short: {duration:.2f} s < {min_duration_s} s"
     peak_db = 20 * np.log10(peak) if peak > 0 else -np.inf

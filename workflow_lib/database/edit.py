@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
+from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import write_text_atomic
 from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.audio.files import AUDIO_EXTENSIONS
@@ -126,7 +127,7 @@ def database_info(results: str | Path | ResultsLayout) -> dict[str, Any]:
     added = sorted(layout.added.glob("*.parquet")) if layout.added.is_dir() else []
     return {"index": str(layout.index), "model_checksum": db.model_checksum, "factory": db.factory,
             "nprobe": None if db.exact else db.nprobe, "songs": db.n_songs, "fingerprints": db.ntotal, "dim": db.dim,
-            "hours": round(db.ntotal * 0.5 / 3600, 2), "file_bytes": files,
+            "hours": round(db.ntotal * HOP_SAMPLES / SAMPLE_RATE / 3600, 2), "file_bytes": files,
             "disk_bytes_per_fingerprint": round(sum(files.values()) / max(db.ntotal, 1), 1),
             "memory_bytes": db.memory_bytes(), "built_at": db.info.get("built_at"),
             "build_seconds": db.info.get("build_seconds"), "trained": db.info.get("trained"),
@@ -140,7 +141,8 @@ def list_songs(results: str | Path | ResultsLayout) -> pd.DataFrame:
 
     layout = _layout(results)
     db = FingerprintDB.load(layout.index)
-    songs = pd.DataFrame({"song_id": db.song_ids.astype(str), "duration_s": (db.rows.counts - 1) * 0.5 + 1.0})
+    seconds = (db.rows.counts - 1) * HOP_SAMPLES / SAMPLE_RATE + SEGMENT_SAMPLES / SAMPLE_RATE
+    songs = pd.DataFrame({"song_id": db.song_ids.astype(str), "duration_s": seconds})
     if layout.catalogue.exists():
         cat = load_catalogue(layout.catalogue).reset_index(drop=True)[["song_id", "title", "artist", "path"]]
         songs = songs.merge(cat, on="song_id", how="left")

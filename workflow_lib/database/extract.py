@@ -36,6 +36,7 @@ from tqdm import tqdm
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import atomic_path
 from workflow_lib.audio.files import AudioDecodeError
+from workflow_lib.audio.segments import check_framing
 from workflow_lib.model.embed import DEFAULT_BATCH_SIZE, embed_file, embedding_dim, resolve_device
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,10 @@ def read_meta(path: str | Path) -> ShardMeta:
         raise FingerprintFileError(f"{path}: corrupt fingerprint file, not readable as Parquet ({exc}); delete it "
                                    "and rerun its extract job") from exc
     meta = ShardMeta.from_schema(schema, path)
+    try:
+        check_framing(str(path), meta.sample_rate, meta.segment_samples, meta.hop_samples)
+    except ValueError as exc:
+        raise FingerprintFileError(str(exc)) from None
     expected = {"song_id", "segment", "embedding"}
     if not expected <= set(schema.names):
         raise FingerprintFileError(f"{path}: missing columns {sorted(expected - set(schema.names))}")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 if TYPE_CHECKING:
     import pandas as pd
 
+from workflow_lib.audio.segments import check_framing
 from workflow_lib.common.atomic import atomic_path, write_text_atomic
 from workflow_lib.database.extract import (FingerprintFileError, ModelMismatchError, ShardMeta, check_model, iter_rows, read_meta)
 
@@ -608,6 +609,11 @@ def read_sidecar(folder: str | Path) -> dict[str, Any]:
         raise IndexFileError(f"{folder / SIDECAR_FILE}: corrupt sidecar ({exc}); rebuild the index") from exc
     if info.get("format") != INDEX_FORMAT:
         raise IndexFileError(f"{folder / SIDECAR_FILE}: not an index sidecar (format {info.get('format')!r})")
+    try:
+        check_framing(str(folder / SIDECAR_FILE), info.get("sample_rate"), info.get("segment_samples"),
+                      info.get("hop_samples"))
+    except ValueError as exc:
+        raise IndexFileError(str(exc)) from None
     return info
 
 
@@ -742,6 +748,8 @@ def build_index(fingerprint_paths: Sequence[str | Path], out_dir: str | Path, *,
         del vec
         rows = RowMap.from_counts(ids, counts)
         info = {"format": INDEX_FORMAT, "model_checksum": first.model_checksum, "frontend": first.frontend,
+                "sample_rate": first.sample_rate, "segment_samples": first.segment_samples,
+                "hop_samples": first.hop_samples,
                 "dim": int(index.d), "factory": tinfo["factory"], "metric": "inner_product",
                 "nprobe": default_nprobe(index) if nprobe == "auto" else int(nprobe),
                 "rerank": rerank, "vectors_dtype": "float16",

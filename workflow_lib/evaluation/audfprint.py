@@ -27,6 +27,7 @@ from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import file_digest
 from workflow_lib.audio.files import AudioDecodeError, load_audio, resample
 from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
+from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,7 @@ class AudfprintParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "AudfprintParams":
         d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown audfprint parameters: {sorted(unknown)}")
+        check_keys(d, cls.__dataclass_fields__, "audfprint parameter")
         return cls(**d)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from workflow_lib.data.acoustics import random_eq_biquads
 from workflow_lib.audio.codecs import CODECS, PHONE_CODECS
 from workflow_lib.evaluation.degrade import IR_POOLS, Degradation
+from workflow_lib.common.config import check_keys
 
 DEVICES = ("bandlimit", "phone")
 PHONE_BAND_HZ = ((250.0, 400.0), (3000.0, 3600.0))
@@ -63,9 +64,7 @@ class Condition:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Condition":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"evaluate.conditions: unknown keys {sorted(unknown)} in {d}")
+        check_keys(d, (f.name for f in fields(cls)), f"evaluate.conditions ({d})")
         d = dict(d)
         if d.get("speed") is not None:
             d["speed"] = tuple(d["speed"])

@@ -47,6 +47,7 @@ from workflow_lib.audio.segments import SILENCE_DBFS, level_dbfs
 from workflow_lib.search.searcher import aligned_scores
 from workflow_lib.search.searcher import search_embeddings
 from workflow_lib.audio.segments import frame, n_segments
+from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,7 @@ class ListenConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ListenConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown listen config keys: {sorted(unknown)}")
+        check_keys(d, cls.__dataclass_fields__, "listen config")
         return cls(**d)
 
 

@@ -31,7 +31,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{device}' requested but CUDA is not available")
+        raise RuntimeError(f"device '{device}' requested but no CUDA device is available (use 'auto' or 'cpu')")
     return dev
 
 

@@ -18,6 +18,7 @@ import torchaudio
 from torch import nn
 
 from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib.common.config import check_keys
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,7 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FrontendConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown front-end config keys: {sorted(unknown)}")
+        check_keys(d, (f.name for f in fields(cls)), "front-end config")
         return cls(**d)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from workflow_lib.audio.segments import check_framing
 from workflow_lib.common.atomic import atomic_path, file_digest
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.model.network import Fingerprinter, ModelConfig
@@ -57,6 +58,11 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     missing = {"state_dict", "model_config", "frontend_config", "train_meta"} - set(payload)
     if missing:
         raise ModelFileError(f"{path}: model file lacks {sorted(missing)}")
+    fe = payload["frontend_config"] if isinstance(payload["frontend_config"], dict) else {}
+    try:
+        check_framing(str(path), fe.get("sample_rate"), fe.get("segment_samples"))
+    except ValueError as exc:
+        raise ModelFileError(str(exc)) from None
     return payload
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workflow_lib.model.features import FrontendConfig, LogMelFrontend
+from workflow_lib.common.config import check_keys
 
 # Largest batch the encoder runs at once on CPU in inference (see Encoder.forward).
 CPU_INFERENCE_CHUNK = 32
@@ -55,10 +56,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        check_keys(d, (f.name for f in fields(cls)), "model config")
         return cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()})
 
 

@@ -270,7 +270,7 @@ class Searcher:
         if dim != db.dim:
             raise ValueError(f"{model_path} makes {dim}-d fingerprints but {index_dir} holds {db.dim}-d ones: "
                              "rebuild the index with this model")
-        catalogue = load_catalogue(catalogue_path) if catalogue_path else None
+        catalogue = catalogue_titles(catalogue_path) if catalogue_path else None
         calibration = None
         if threshold_path is not None and not Path(threshold_path).exists():
             log.warning("%s not found: using the fixed fallback threshold %.2f on the match score; run the "
@@ -372,10 +372,11 @@ def searcher_kwargs(search_cfg: dict) -> dict:
     return {k: search_cfg[k] for k in keys if k in search_cfg}
 
 
-def load_catalogue(path: str | Path) -> dict[str, tuple[str | None, str | None]]:
-    """song_id -> (title, artist) from ``catalogue.parquet`` (empty fields become None)."""
-    from workflow_lib.database.catalogue import load_catalogue as read_catalogue
+def catalogue_titles(path: str | Path) -> dict[str, tuple[str | None, str | None]]:
+    """song_id -> (title, artist) of ``catalogue.parquet`` (``database.catalogue.load_catalogue``; empty fields
+    become None): what an answer shows."""
+    from workflow_lib.database.catalogue import load_catalogue
 
-    table = read_catalogue(path)
+    table = load_catalogue(path)
     return {str(s): (str(t) if t else None, str(a) if a else None)
             for s, t, a in zip(table["song_id"], table["title"], table["artist"])}

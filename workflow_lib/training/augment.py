@@ -27,6 +27,7 @@ import torch
 import torchaudio.functional as AF
 
 from workflow_lib import SAMPLE_RATE
+from workflow_lib.common.config import check_keys
 
 # Samples of extra history given to the IIR filters so their start-up transient falls outside the view.
 FILTER_SETTLE = 256
@@ -92,10 +93,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AugmentConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown augment config keys: {sorted(unknown)}")
+        check_keys(d, (f.name for f in fields(cls)), "augment config")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 

@@ -9,8 +9,9 @@ import pandas as pd
 from workflow_lib.common.atomic import atomic_path
 
 
-def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> None:
-    """Write a three-panel PNG from the per-epoch metrics table (columns as in ``train.METRIC_COLUMNS``)."""
+def plot_training_curves(metrics: pd.DataFrame, path: str | Path, best_epoch: int | None = None) -> None:
+    """Write a three-panel PNG from the per-epoch metrics table (columns as in ``train.METRIC_COLUMNS``); the kept
+    (best) epoch is marked on every panel."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -25,7 +26,7 @@ def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> None:
         if metrics["val_loss"].notna().any():
             ax.plot(ep, metrics["val_loss"], "s-", label="validation")
         ax.legend(loc="upper right")
-    ax.set(title="NT-Xent loss", xlabel="epoch")
+    ax.set(title="NT-Xent loss", xlabel="epoch", ylabel="loss (lower is better)")
     ax = axes[1]
     if len(metrics) and metrics["val_top1"].notna().any():
         ax.plot(ep, 100 * metrics["val_top1"], "o-", label="top-1 exact segment")
@@ -40,6 +41,10 @@ def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> None:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for a in axes:
         a.grid(alpha=0.3)
+        if best_epoch:
+            a.axvline(best_epoch, color="tab:green", linestyle="--", linewidth=1, label="kept epoch")
+    if best_epoch:
+        axes[1].legend(loc="lower right", fontsize=8)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     with atomic_path(path) as tmp:

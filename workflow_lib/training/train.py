@@ -32,11 +32,13 @@ from workflow_lib.training.augment import AugmentConfig, ViewParams, degrade, ma
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.training.losses import nt_xent
+from workflow_lib.model.embed import resolve_device
 from workflow_lib.model.network import Fingerprinter, ModelConfig, count_parameters
 from workflow_lib.model.model_file import save_model
 from workflow_lib.audio.segments import frame
 from workflow_lib.training.data import ViewBatch, ViewSource, prefetch
 from workflow_lib.training.plots import plot_training_curves
+from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +95,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
+        check_keys(d, (f.name for f in fields(cls)), "train config")
         d = dict(d)
         if "augment" in d:
             d["augment"] = AugmentConfig.from_dict(d["augment"])
@@ -110,14 +109,6 @@ def codec_bank(song_bank: str | Path) -> ClipBank | None:
     if not codec.with_suffix(".npy").exists():
         return None
     return ClipBank(codec)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    return torch.device(name)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -413,7 +404,10 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
                      state["best_score"], state["best_epoch"])
         state["elapsed_s"] = elapsed()
         _save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
-        _write_metrics(state["history"], metrics_path, curves_path)
+        # Progress of the running job beside the checkpoint: the declared outputs appear only when it finishes,
+        # so a kill never leaves an output that looks complete.
+        _write_metrics(state["history"], checkpoint_path.parent / "metrics.csv",
+                       checkpoint_path.parent / "training_curves.png", state["best_epoch"])
 
     if state["best_state"] is None:
         raise RuntimeError("training finished without a single epoch (train.max_epochs < 1?)")
@@ -431,7 +425,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         "fingerprint": fingerprint,
     }
     save_model(model_path, state["best_state"], model_cfg, frontend_cfg, train_meta)
-    _write_metrics(state["history"], metrics_path, curves_path)
+    _write_metrics(state["history"], metrics_path, curves_path, state["best_epoch"])
     log.info("wrote %s: epoch %d of %d (stopped by %s), val top-1 %.3f", model_path, state["best_epoch"],
              state["epoch"], state["stop_reason"], best["val_top1"])
     return train_meta
@@ -447,11 +441,12 @@ def _save_checkpoint(path: Path, fingerprint: str, state: dict[str, Any], model:
         torch.save(payload, tmp)
 
 
-def _write_metrics(history: list[dict[str, Any]], metrics_path: str | Path, curves_path: str | Path) -> None:
+def _write_metrics(history: list[dict[str, Any]], metrics_path: str | Path, curves_path: str | Path,
+                   best_epoch: int | None = None) -> None:
     table = pd.DataFrame(history, columns=METRIC_COLUMNS)
     with atomic_path(metrics_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    plot_training_curves(table, curves_path)
+    plot_training_curves(table, curves_path, best_epoch)
 
 
 # Keys of the config's `train:` section that the rules use (not part of TrainConfig).
