@@ -34,6 +34,14 @@ rule all:
         rules.evaluate.output.summary,
 
 
+rule searchable:
+    """A searchable database without evaluation: what `nafp index` builds (with model.source: bundled)."""
+    input:
+        rules.effective_config.output,
+        rules.database.input,
+        rules.calibrate.output,
+
+
 onsuccess:
     if os.path.exists(rules.evaluate.output.summary):
         print(f"\nDone. The evaluation: {rules.evaluate.output.summary} (also `snakemake --report report.html`).\n"

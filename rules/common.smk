@@ -4,9 +4,10 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from workflow_lib.common.layout import model_source_path
+from workflow_lib.common.layout import is_bundled, model_source_path
+from workflow_lib.model.model_file import ModelFileError, verify_checksum
 
-RESULTS = "results"
+RESULTS = config["results"]
 LOGS = "logs"
 # Every rule runs in this one environment (all stages share workflow_lib); see the README on --sdm conda.
 ENV = "../envs/workflow.yaml"
@@ -106,10 +107,30 @@ def _model_file():
     if not path.is_file():
         raise WorkflowError(f"config model.source: {source} names no model file ({path}); use train, bundled or "
                             "the path of a model.pt")
+    _verify(path)
     return str(path)
 
 
+def _verify(path):
+    """The bundled model must be the file its checksum names (a damaged copy is refused at once)."""
+    if is_bundled(path):
+        try:
+            verify_checksum(path)
+        except ModelFileError as exc:
+            raise WorkflowError(str(exc))
+
+
 MODEL_FILE = _model_file()
+
+
+def init_model(wildcards=None):
+    """The model file training starts from (train.init: none | bundled | a path): an input of the train rule."""
+    path = model_source_path(config["train"]["init"], ".") if config["train"]["init"] != "none" else None
+    if path is not None and not path.is_file():
+        raise WorkflowError(f"config train.init: {config['train']['init']} names no model file ({path})")
+    if path is not None:
+        _verify(path)
+    return [str(path)] if path is not None else []
 # The evaluate keys that define the queries (for params: toggling the baseline or the modes reruns only what uses
 # them, not the query set or the calibration), and the search keys that change results (not batch size or device).
 QUERY_PLAN = {k: v for k, v in config["evaluate"].items() if k not in ("modes", "baseline_audfprint", "audfprint")}

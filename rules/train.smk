@@ -37,6 +37,7 @@ rule train:
         val_audio=song_bank_files("val"),
         noise=rules.prepare_noise.output.train,
         irs=rules.prepare_irs.output.train,
+        init=init_model,
     output:
         model=PATHS["model"],
         metrics=PATHS["train_metrics"],

@@ -12,4 +12,4 @@ setup_logging(snakemake.log[0], append=True)  # a resumed run keeps the killed r
 i, p, out = snakemake.input, snakemake.params, snakemake.output
 train_from_config(bank_prefix(i.train_audio[0]), bank_prefix(i.val_audio[0]), bank_prefix(i.noise[0]),
                   bank_prefix(i.irs[0]), out.model, out.metrics, out.curves, p.checkpoint, dict(p.model),
-                  dict(p.train), threads=snakemake.threads)
+                  dict(p.train), threads=snakemake.threads, init_from=i.init[0] if i.init else None)

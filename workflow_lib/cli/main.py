@@ -22,7 +22,7 @@ import sys
 from workflow_lib import __version__
 
 # subcommand -> module under workflow_lib.cli with add_parser(subparsers) and run(args) -> int
-SUBCOMMANDS = {"query": "query", "listen": "listen", "db": "db"}
+SUBCOMMANDS = {"index": "index", "query": "query", "listen": "listen", "db": "db"}
 EXIT_OK, EXIT_INPUT, EXIT_SETUP = 0, 1, 2
 
 

@@ -9,6 +9,10 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLED_MODEL = REPO / "models" / "nafp-small.pt"
 
 
+def is_bundled(path: str | Path) -> bool:
+    return Path(path).resolve() == BUNDLED_MODEL.resolve()
+
+
 def model_source_path(source: str, run_dir: str | Path) -> Path | None:
     """The model file a ``model.source`` names: None for ``train`` (the run's own), the bundled model, or a path
     (relative paths are relative to the run directory, as in the workflow)."""

@@ -84,3 +84,18 @@ def model_checksum(path: str | Path) -> str:
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     return file_digest(path)
+
+
+def verify_checksum(path: str | Path, checksum_file: str | Path | None = None) -> None:
+    """Refuse a model file whose SHA-256 differs from the one recorded beside it (``<path>.sha256``, as for the
+    bundled model): a damaged, truncated or replaced file would otherwise be used silently."""
+    path = Path(path)
+    checksum_file = Path(checksum_file) if checksum_file else path.with_name(path.name + ".sha256")
+    if not checksum_file.is_file():
+        raise ModelFileError(f"{path}: no recorded checksum ({checksum_file} is missing)")
+    want = checksum_file.read_text().split()[0].strip().lower()
+    got = file_digest(path, 64) if path.is_file() else "missing"
+    if got != want:
+        raise ModelFileError(f"{path}: SHA-256 {got[:16]}... does not match the recorded {want[:16]}... "
+                             f"({checksum_file}): the file is damaged or was replaced; restore it "
+                             "(git checkout models/) or point model.source at another model file")

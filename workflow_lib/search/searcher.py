@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.common.layout import ResultsLayout
+from workflow_lib.common.layout import ResultsLayout, is_bundled
 from workflow_lib.search.threshold import Calibration, decision_statistic
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,10 @@ class Searcher:
     @classmethod
     def from_layout(cls, layout: ResultsLayout, **kwargs: Any) -> "Searcher":
         """A results folder's model (wherever ``model.source`` put it), index, catalogue and threshold."""
+        if is_bundled(layout.model):
+            from workflow_lib.model.model_file import verify_checksum
+
+            verify_checksum(layout.model)
         return cls.from_paths(layout.model, layout.index, layout.catalogue, layout.threshold, **kwargs)
 
     @classmethod

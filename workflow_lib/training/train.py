@@ -34,7 +34,7 @@ from workflow_lib.model.features import FrontendConfig
 from workflow_lib.training.losses import nt_xent
 from workflow_lib.model.embed import resolve_device
 from workflow_lib.model.network import Fingerprinter, ModelConfig, count_parameters
-from workflow_lib.model.model_file import save_model
+from workflow_lib.model.model_file import model_checksum, read_model_file, save_model
 from workflow_lib.audio.segments import frame
 from workflow_lib.training.data import ViewBatch, ViewSource, prefetch
 from workflow_lib.training.plots import plot_training_curves
@@ -276,8 +276,12 @@ class Validator:
 def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | Path | None,
                 ir_bank: str | Path | None, model_path: str | Path, metrics_path: str | Path,
                 curves_path: str | Path, checkpoint_path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig,
-                frontend_cfg: FrontendConfig | None = None, threads: int = 1) -> dict[str, Any]:
+                frontend_cfg: FrontendConfig | None = None, threads: int = 1,
+                init_from: str | Path | None = None) -> dict[str, Any]:
     """Train (or continue training) and write ``model.pt``, ``metrics.csv``, the curves PNG and the checkpoint.
+
+    ``init_from`` (a model file) starts from its weights instead of random ones: fine-tuning a trained model (e.g.
+    the bundled one) on a collection; its architecture must be ``model_cfg``'s.
 
     Bank arguments are clip-bank prefixes (``X`` for ``X.npy`` + ``X.parquet``). Returns the model's train_meta.
     """
@@ -307,6 +311,9 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
 
     torch.manual_seed(cfg.seed)
     model = Fingerprinter(model_cfg, frontend_cfg).to(device)
+    if init_from is not None:
+        _load_initial_weights(model, init_from, model_cfg, frontend_cfg)
+        fingerprint = run_fingerprint(cfg, model_cfg, frontend_cfg, fingerprint + model_checksum(init_from))
     optimizer, scheduler = make_optimizer(model, cfg, warmup_steps, horizon)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     log.info("device %s (AMP %s), %d threads; model %s: %d parameters; %d train songs / %d segments (%d steps of "
@@ -422,13 +429,28 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         "train_minutes": state["elapsed_s"] / 60, "schedule_epochs": state["horizon_epochs"],
         "device": str(device), "amp": use_amp,
         "parameters": count_parameters(model), "torch": str(torch.__version__), "config": cfg.to_dict(),
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint, "init_from": model_checksum(init_from) if init_from is not None else None,
     }
     save_model(model_path, state["best_state"], model_cfg, frontend_cfg, train_meta)
     _write_metrics(state["history"], metrics_path, curves_path, state["best_epoch"])
     log.info("wrote %s: epoch %d of %d (stopped by %s), val top-1 %.3f", model_path, state["best_epoch"],
              state["epoch"], state["stop_reason"], best["val_top1"])
     return train_meta
+
+
+def _load_initial_weights(model: Fingerprinter, path: str | Path, model_cfg: ModelConfig,
+                          frontend_cfg: FrontendConfig) -> None:
+    """Start from a model file's weights; refuse one of another architecture or front end, naming the difference."""
+    payload = read_model_file(path)
+    other = ModelConfig.from_dict(payload["model_config"])
+    other_fe = FrontendConfig.from_dict(payload["frontend_config"])
+    if (other.channels, other.dim, other.head_hidden, other.time_strides) != \
+            (model_cfg.channels, model_cfg.dim, model_cfg.head_hidden, model_cfg.time_strides) or other_fe != frontend_cfg:
+        raise ValueError(f"train.init: {path} is a {other.preset} model with channels {other.channels}, dim "
+                         f"{other.dim}; this run trains {model_cfg.preset} with channels {model_cfg.channels}, dim "
+                         f"{model_cfg.dim}: use the same model settings to fine-tune it, or train.init: none")
+    model.load_state_dict(payload["state_dict"])
+    log.info("starting from the weights of %s (model %s)", path, model_checksum(path))
 
 
 def _save_checkpoint(path: Path, fingerprint: str, state: dict[str, Any], model: torch.nn.Module,
@@ -450,14 +472,16 @@ def _write_metrics(history: list[dict[str, Any]], metrics_path: str | Path, curv
 
 
 # Keys of the config's `train:` section that the rules use (not part of TrainConfig).
-RULE_KEYS = {"threads", "val_max_songs", "codecs"}
+RULE_KEYS = {"threads", "val_max_songs", "codecs", "init"}
 
 
 def train_from_config(train_bank: str | Path, val_bank: str | Path, noise_bank: str | Path | None,
                       ir_bank: str | Path | None, model_path: str | Path, metrics_path: str | Path,
                       curves_path: str | Path, checkpoint_path: str | Path, model_section: dict[str, Any],
-                      train_section: dict[str, Any], threads: int = 1) -> dict[str, Any]:
-    """``train_model`` driven by the ``model:`` and ``train:`` sections of config/config.yaml."""
+                      train_section: dict[str, Any], threads: int = 1,
+                      init_from: str | Path | None = None) -> dict[str, Any]:
+    """``train_model`` driven by the ``model:`` and ``train:`` sections of config/config.yaml (``init_from``: the
+    model file ``train.init`` names, resolved by the rule)."""
     from workflow_lib.model.network import model_config_from
 
     m = {k: v for k, v in model_section.items() if k != "source"}  # where the model comes from: the rules' business
@@ -467,4 +491,4 @@ def train_from_config(train_bank: str | Path, val_bank: str | Path, noise_bank: 
         raise ValueError(f"config model: unknown keys {sorted(m)}")
     cfg = TrainConfig.from_dict({k: v for k, v in train_section.items() if k not in RULE_KEYS})
     return train_model(train_bank, val_bank, noise_bank, ir_bank, model_path, metrics_path, curves_path,
-                       checkpoint_path, cfg, model_cfg, threads=threads)
+                       checkpoint_path, cfg, model_cfg, threads=threads, init_from=init_from)

@@ -1,0 +1,92 @@
+"""``nafp index MUSIC_DIR...``: make a music collection searchable with the bundled model, no training.
+
+Runs the workflow's ``searchable`` target (manifest, fingerprints of every song, the FAISS index, the catalogue and
+the no-match calibration) with the collection's folders, the bundled model (or ``--model``) and the results folder
+as its working directory. Progress is Snakemake's and each job's; a killed run is resumed by the same command, and
+running it again after adding files picks them up. Ends by printing what to run next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from workflow_lib.cli.main import EXIT_OK, EXIT_SETUP, fail
+from workflow_lib.common.config import REPO
+
+INDEX_CONFIG = "index-config.yaml"  # written into the results folder: the same command resumes with it
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("index", help="make a folder of music searchable with the bundled model (no training)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("music", nargs="+", metavar="MUSIC_DIR", help="folders of music, scanned recursively")
+    p.add_argument("--results", default="results", help="where the database goes (default: %(default)s)")
+    p.add_argument("--model", default="bundled",
+                   help="bundled (default), or the path of a model.pt trained by the workflow")
+    p.add_argument("--cores", default="all", help="CPU cores to use (default: all)")
+    p.add_argument("--queries-per-length", type=int, default=1000,
+                   help="unknown-song queries per query length for the no-match calibration (default: 1000)")
+    p.add_argument("--config", default=None, help="a config file merged over the index settings")
+    p.add_argument("-v", "--verbose", action="store_true", help="Snakemake's full output")
+    p.set_defaults(run=run)
+
+
+def index_config(music: list[Path], model: str, queries_per_length: int) -> dict:
+    """Settings of an index-only run: every song in the database, nothing trained, results in the folder itself."""
+    return {"results": ".",
+            "data": {"music_dirs": [str(m) for m in music]},
+            "model": {"source": model},
+            "split": {"fractions": {"train": 0.0, "val": 0.0, "test": 1.0, "distractor": 0.0}},
+            "extract": {"splits": ["train", "val", "test", "distractor"], "n_shards": max(2, os.cpu_count() or 2)},
+            "search": {"calibration": {"queries_per_length": queries_per_length}}}
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    music = [Path(m).expanduser().resolve() for m in args.music]
+    missing = [str(m) for m in music if not m.is_dir()]
+    if missing:
+        return fail(f"not a folder: {', '.join(missing)}")
+    model = args.model
+    if model != "bundled":
+        model = str(Path(model).expanduser().resolve())
+        if not Path(model).is_file():
+            return fail(f"--model: no such file: {args.model}")
+    if args.queries_per_length < 10:
+        return fail("--queries-per-length must be at least 10")
+    results = Path(args.results).expanduser().resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    cfg_path = results / INDEX_CONFIG
+    cfg_path.write_text("# Settings of `nafp index` for this folder (rewritten by each run of it).\n" +
+                        yaml.safe_dump(index_config(music, model, args.queries_per_length), sort_keys=False))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(results),
+           "--configfile", str(cfg_path), *(["--configfile", str(Path(args.config).resolve())] if args.config else []),
+           "--cores", str(args.cores), "searchable"]
+    if not args.verbose:
+        cmd.append("--quiet")
+    print(f"indexing {', '.join(map(str, music))} into {results} (model: {model})", file=sys.stderr)
+    rc = subprocess.run(cmd, cwd=results).returncode
+    if rc != 0:
+        return fail(f"indexing stopped (Snakemake exit status {rc}); the messages above say why. Run the same "
+                    "command again to resume.", EXIT_SETUP)
+    n = _songs(results)
+    print(f"\n{n} songs are searchable in {results}. Next:\n"
+          f"  nafp query CLIP.mp3 --results {results}          name the song of a file\n"
+          f"  nafp scan RECORDING.wav --results {results}      every song in a long recording\n"
+          f"  nafp listen --results {results}                  the microphone, live\n"
+          f"  nafp db add NEW_FOLDER --results {results}       add songs later (no retraining)")
+    return EXIT_OK
+
+
+def _songs(results: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((results / "index" / "index.json").read_text())["n_songs"])
+    except (OSError, ValueError, KeyError):
+        return 0
