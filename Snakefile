@@ -2,7 +2,10 @@
 # target (see README). All logic lives in workflow_lib/; profiles/default/ holds the settings every run uses.
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+from workflow_lib.common.config import ConfigError, validate as validate_config
 
 min_version("9.0")
 
@@ -11,7 +14,11 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
-validate(config, os.path.join(workflow.basedir, "config/schema.yaml"))
+# Checked against config/schema.yaml at once; a wrong key or type is named in one line.
+try:
+    validate_config(config, ["the run's config (config/config.yaml + --configfile + --config)"])
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
 
 report: "report/workflow.rst"

@@ -1,11 +1,20 @@
 # Paths, helpers and checks shared by all rules files (the snakemake-workflows layout: rules files hold rules only).
 import glob
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
 
 from workflow_lib.common.layout import is_bundled, model_source_path
 from workflow_lib.model.model_file import ModelFileError, verify_checksum
+
+# A run killed with Snakemake itself (kill -9, power loss) leaves Snakemake's lock files: the same command must
+# resume, so the main process removes locks that no live run of this workflow holds (common/locks.py).
+if workflow.is_main_process:
+    from workflow_lib.common.locks import clear_stale_snakemake_locks
+
+    if clear_stale_snakemake_locks():
+        print("Removed the locks of an earlier run that was killed; resuming.", file=sys.stderr)
 
 RESULTS = config["results"]
 LOGS = "logs"

@@ -61,17 +61,51 @@ def _needs_ffmpeg(path: Path) -> bool:
     return path.suffix.lower() in FFMPEG_EXTENSIONS
 
 
+def check_readable(path: Path) -> None:
+    """Say plainly what is wrong with a path before any decoder sees it (libsndfile reports an empty or text file
+    as "does not exist or is not a regular file (possibly a pipe?)" and an unreadable one as "System error")."""
+    if path.is_dir():
+        raise AudioDecodeError(f"{path}: is a folder, not an audio file")
+    if not path.exists():
+        raise AudioDecodeError(f"{path}: no such file")
+    if not path.is_file():
+        raise AudioDecodeError(f"{path}: not a regular file (a pipe or device?)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise AudioDecodeError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not head:
+        raise AudioDecodeError(f"{path}: empty file (0 bytes)")
+    if _looks_like_text(head):
+        raise AudioDecodeError(f"{path}: a text file, not audio")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Printable UTF-8 with no NUL byte: no audio container starts like that (ID3 tags, RIFF, fLaC, OggS all
+    carry binary fields within their first bytes)."""
+    if b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\r\n\t" for c in text)
+
+
 def audio_info(path: str | Path) -> AudioInfo:
     """Header information without decoding the whole file. Raises AudioDecodeError for unreadable files."""
     path = Path(path)
-    if not path.is_file():
-        raise AudioDecodeError(f"{path}: no such file")
+    check_readable(path)
     if _needs_ffmpeg(path):
         return _ffprobe_info(path)
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError with a terse message
-        raise AudioDecodeError(f"{path}: not a readable audio file ({exc})") from exc
+        reason = str(exc).split(": ", 1)[-1] if "Error opening" in str(exc) else str(exc)
+        if "possibly a pipe" in reason or "Format not recognised" in reason:
+            reason = "format not recognised"
+        raise AudioDecodeError(f"{path}: not a readable audio file ({reason})") from exc
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioDecodeError(f"{path}: invalid header (rate {info.samplerate}, channels {info.channels})")
     if path.suffix.lower() == ".wav":

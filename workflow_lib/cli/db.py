@@ -37,12 +37,12 @@ def add_parser(sub) -> None:
         q.set_defaults(run=run)
 
 
-def _layout(args):
-    from workflow_lib.common.config import ConfigError, run_config
+def _settings(args):
+    from workflow_lib.common.config import run_config
     from workflow_lib.common.layout import ResultsLayout
 
     cfg, _ = run_config(args.results, args.config)
-    return ResultsLayout.of(args.results, cfg)
+    return ResultsLayout.of(args.results, cfg), cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
     from workflow_lib.database.edit import add_files, database_info, list_songs, remove_songs
 
     try:
-        layout = _layout(args)
+        layout, cfg = _settings(args)
         if args.db_command == "add":
+            data = cfg.get("data", {})
             res = add_files(layout, args.paths, batch_size=args.batch_size, device=args.device,
-                            threads=args.threads, replace=args.replace)
-            print(f"added {len(res['added'])} songs ({res['fingerprints']} fingerprints) -> {res['file']}")
+                            threads=args.threads, replace=args.replace,
+                            min_duration_s=data.get("min_duration_s", 3.0),
+                            silence_dbfs=data.get("silence_dbfs", -60.0))
+            print(f"added {len(res['added'])} songs ({res['fingerprints']} fingerprints)"
+                  + (f" -> {res['file']}" if res["file"] else ""))
             for s in res["skipped"]:
                 print(f"skipped {printable(s['path'])}: {printable(s['reason'])}", file=sys.stderr)
             return EXIT_INPUT if res["skipped"] else EXIT_OK

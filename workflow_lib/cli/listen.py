@@ -237,9 +237,12 @@ def summary_text(s: ListenSummary) -> str:
                      f"confidence {h.max_confidence:.2f}, named after {h.declared_s - h.start_s:.1f} s)")
     if not s.heard:
         lines.append("  (nothing recognised)")
-    lines.append(f"{s.decisions} decisions, compute per decision p50 {s.compute_ms_p50:.0f} ms, p95 "
-                 f"{s.compute_ms_p95:.0f} ms, max {s.compute_ms_max:.0f} ms; input overflows {s.overflows}; "
-                 f"audio skipped {s.dropped_s:.1f} s")
+    if s.decisions:
+        lines.append(f"{s.decisions} decisions, compute per decision p50 {s.compute_ms_p50:.0f} ms, p95 "
+                     f"{s.compute_ms_p95:.0f} ms, max {s.compute_ms_max:.0f} ms; input overflows {s.overflows}; "
+                     f"audio skipped {s.dropped_s:.1f} s")
+    else:
+        lines.append(f"no decisions (less than one second of audio); input overflows {s.overflows}")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ import logging
 import sys
 
 from workflow_lib import __version__
+from workflow_lib.common.logs import quiet_third_party_loggers
 
 # subcommand -> module under workflow_lib.cli with add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS = {"index": "index", "query": "query", "listen": "listen", "db": "db"}
@@ -50,8 +51,7 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, force=True,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
-    # FAISS announces at INFO which optional CPU build it could not load (an ImportError text): not an error.
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    quiet_third_party_loggers()
 
 
 def fail(message: str, status: int = EXIT_SETUP) -> int:
@@ -60,13 +60,13 @@ def fail(message: str, status: int = EXIT_SETUP) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help(sys.stderr)
-        return EXIT_SETUP
-    setup_logging(getattr(args, "verbose", False))
-    try:
+    try:  # Ctrl-C at any moment (even while torch is still importing) ends quietly
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help(sys.stderr)
+            return EXIT_SETUP
+        setup_logging(getattr(args, "verbose", False))
         return int(args.run(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 
-def setup_logging(log_path: str | None = None, level: int = logging.INFO, append: bool = False) -> logging.Logger:
+def setup_logging(log_path: str | None = None, level: int = logging.INFO, append: bool = False,
+                  history: str | None = None) -> logging.Logger:
     """Log to ``log_path`` (the rule's ``log:`` file) and to stderr, so a failing job shows why in both places.
 
-    ``append`` keeps what the file holds (a resumed job's log continues the killed run's lines)."""
+    ``append`` keeps what the file holds. ``history`` is a second log that every run of a resumable job appends
+    to (Snakemake empties a job's log file when it reruns the job): its earlier lines are copied to the top of
+    ``log_path`` first, so the log of a resumed job still shows what the killed run did."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path and history and Path(history).is_file():
+        earlier = Path(history).read_text(errors="replace")
+        if earlier.strip():
+            with open(log_path, "a") as f:
+                f.write(earlier + "---- the job is resumed: the lines above are from its earlier run(s) ----\n")
+            append = True
     if log_path:
         handlers.append(logging.FileHandler(log_path, mode="a" if append else "w"))
+    if history:
+        Path(history).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(history, mode="a"))
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    quiet_third_party_loggers()
     return logging.getLogger("workflow_lib")
+
+
+def quiet_third_party_loggers() -> None:
+    """FAISS announces at INFO which optional CPU builds it could not import, as ModuleNotFoundError text: it
+    reads like an error and is not one."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)

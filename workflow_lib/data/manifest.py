@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -28,10 +29,45 @@ def song_id_for(collection: str, rel_path: str) -> str:
     return hashlib.sha1(f"{collection}/{rel_path}".encode()).hexdigest()[:16]
 
 
+def walk_files(root: Path) -> tuple[list[Path], list[dict]]:
+    """Every regular file below ``root`` (sorted, hidden files and folders skipped), following symbolic links to
+    folders, with loop protection: a folder reached a second time (a link loop, or two links to one folder) is not
+    scanned again. Returns (files, problems): each problem is ``{"path", "reason"}`` (a loop, a broken link), so
+    nothing below the folder is dropped without a word."""
+    files: list[Path] = []
+    problems: list[dict] = []
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if real in seen:
+                problems.append({"path": full, "reason": f"symbolic link to a folder already scanned ({real}): "
+                                                         "skipped, not scanned twice"})
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if p.is_file():
+                files.append(p)
+            elif p.is_symlink():
+                problems.append({"path": str(p), "reason": f"broken symbolic link (to {os.readlink(p)})"})
+    return sorted(files), problems
+
+
 def find_files(root: Path) -> list[Path]:
-    """Every regular file below ``root`` (sorted, hidden files skipped); non-audio ones are rejected later."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".")
-                                                                     for part in p.relative_to(root).parts))
+    """Every regular file below ``root`` (see ``walk_files``); the problems are logged."""
+    files, problems = walk_files(root)
+    for prob in problems:
+        log.warning("skipped %s: %s", prob["path"], prob["reason"])
+    return files
 
 
 def check_song(path: Path, min_duration_s: float, silence_dbfs: float) -> tuple[dict | None, str | None]:
@@ -76,7 +112,10 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
         root = Path(root).resolve()
         if not root.is_dir():
             raise FileNotFoundError(f"{collection} folder does not exist or is not a folder: {root}")
-        files = find_files(root)
+        files, problems = walk_files(root)
+        for prob in problems:
+            log.warning("rejected %s: %s", prob["path"], prob["reason"])
+        rejected.extend(problems)
         log.info("%s: %d files under %s", collection, len(files), root)
         for path in tqdm(files, desc=f"scan {collection}", unit="file", mininterval=5):
             fields, reason = check_song(path, min_duration_s, silence_dbfs)

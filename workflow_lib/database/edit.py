@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,24 +25,28 @@ import torch
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import write_text_atomic
 from workflow_lib.common.layout import ResultsLayout
+from workflow_lib.common.locks import folder_lock
 from workflow_lib.audio.files import AUDIO_EXTENSIONS
 from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
 from workflow_lib.database.extract import ModelMismatchError, extract_songs, load_model
 from workflow_lib.database.index import FingerprintDB, add_to_index, read_removed_songs, read_sidecar, remove_from_index
-from workflow_lib.data.manifest import song_id_for
+from workflow_lib.data.manifest import check_song, song_id_for, walk_files
 
 log = logging.getLogger(__name__)
 
 ADDED_COLLECTION = "added"
 
 
-def collect_audio_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Audio files named directly or found below folders (hidden files skipped); a missing path is an error."""
+def collect_audio_files(paths: Iterable[str | Path], problems: list[dict] | None = None) -> list[Path]:
+    """Audio files named directly or found below folders (the manifest's walker: hidden files skipped, folder links
+    followed); a missing path is an error. Links that loop or are broken are added to ``problems``."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            files, probs = walk_files(p)
+            if problems is not None:
+                problems.extend(probs)
+            found = [f for f in files if f.suffix.lower() in AUDIO_EXTENSIONS]
             if not found:
                 log.warning("no audio files under %s", p)
             out += found
@@ -67,55 +72,138 @@ def _layout(results: str | Path | ResultsLayout) -> ResultsLayout:
 
 
 def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path], *, batch_size: int = 256,
-              device: str = "auto", threads: int = 1, replace: bool = False) -> dict[str, Any]:
-    """Fingerprint audio files and add them to the database of ``results`` (no retraining)."""
+              device: str = "auto", threads: int = 1, replace: bool = False, min_duration_s: float = 3.0,
+              silence_dbfs: float = -60.0) -> dict[str, Any]:
+    """Fingerprint audio files and add them to the database of ``results`` (no retraining).
+
+    Files go through the manifest's checks (``data.manifest.check_song``: readable to the end, long enough, not
+    silent) and files whose audio is already in the database (same bytes as a song's file, whatever its name) are
+    skipped; every skip comes back with its reason. The edit holds the index folder's lock and commits in an order
+    a kill cannot break: the fingerprints file, then the catalogue rows, then the index (one commit, see
+    ``index._write_folder``); a rerun after a kill cleans up what the killed run left and adds the songs again.
+    """
     layout = _layout(results)
-    info = read_sidecar(layout.index)
-    files = collect_audio_files(inputs)
-    if not files:
-        raise ValueError("no audio files to add")
-    torch.set_num_threads(max(1, threads))
-    fingerprinter, identity = load_model(layout.model, device)
-    if identity.checksum != info["model_checksum"]:
-        raise ModelMismatchError(f"{layout.model} (model {identity.checksum}) is not the model the index in "
-                                 f"{layout.index} was built with ({info['model_checksum']})")
-    songs = pd.DataFrame({"song_id": [added_song_id(f) for f in files], "path": [str(f) for f in files]})
+    with folder_lock(layout.index):
+        _clean_after_kill(layout)
+        info = read_sidecar(layout.index)
+        problems: list[dict] = []
+        files = collect_audio_files(inputs, problems)
+        skipped = [dict(p) for p in problems]
+        if not files and not skipped:
+            raise ValueError("no audio files to add")
+        usable = []
+        for f in files:
+            _, reason = check_song(f, min_duration_s, silence_dbfs)
+            if reason is not None:
+                skipped.append({"path": str(f), "reason": reason})
+            else:
+                usable.append(f)
+        songs = pd.DataFrame({"song_id": [added_song_id(f) for f in usable], "path": [str(f) for f in usable]})
+        db = FingerprintDB.load(layout.index)
+        present = [s for s in songs["song_id"] if db.song_position(s) >= 0]
+        del db
+        if present and not replace:
+            raise ValueError(f"{len(present)} of these files are already in the database (e.g. "
+                             f"{songs.set_index('song_id').loc[present[0], 'path']}); use --replace to re-add them")
+        dups = content_duplicates([Path(p) for p in songs["path"]], layout, exclude=set(present))
+        for path, (sid, other) in dups.items():
+            skipped.append({"path": str(path), "reason": f"same audio as song {sid} already in the database "
+                                                         f"({other})"})
+        songs = songs[~songs["path"].isin({str(p) for p in dups})].reset_index(drop=True)
+        if songs.empty:
+            return {"added": [], "skipped": skipped, "fingerprints": 0, "file": None}
+        torch.set_num_threads(max(1, threads))
+        fingerprinter, identity = load_model(layout.model, device)
+        if identity.checksum != info["model_checksum"]:
+            raise ModelMismatchError(f"{layout.model} (model {identity.checksum}) is not the model the index in "
+                                     f"{layout.index} was built with ({info['model_checksum']})")
+        catalogue = pd.DataFrame([catalogue_entry(s, p) for s, p in zip(songs["song_id"], songs["path"])])
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        digest = hashlib.sha1("\n".join(sorted(songs["song_id"])).encode()).hexdigest()[:8]
+        out = layout.added / f"added-{stamp}-{digest}.parquet"
+        cache_dir = layout.added.parent / ".cache" / out.stem
+        try:
+            meta = extract_songs(fingerprinter, identity, songs, out, batch_size=batch_size, reuse=False,
+                                 cache_dir=cache_dir, extra={"catalogue": catalogue.to_dict(orient="records")})
+        finally:
+            shutil.rmtree(cache_dir, ignore_errors=True)  # a one-off extraction: nothing to reuse later
+        skipped += meta.skipped
+        if meta.n_songs == 0:
+            out.unlink(missing_ok=True)
+            return {"added": [], "skipped": skipped, "fingerprints": 0, "file": None}
+        ok = set(meta.sources)
+        upsert_catalogue(layout.catalogue, catalogue[catalogue["song_id"].isin(ok)])  # before the index: a kill
+        add_to_index(layout.index, [out], threads=threads, replace=replace, lock=False)  # leaves no nameless song
+        removed = read_removed_songs([layout.removed])
+        if removed & ok:  # re-added songs are no longer removed
+            _write_removed(layout, removed - ok)
+        return {"added": sorted(ok), "skipped": skipped, "fingerprints": meta.n_rows, "file": str(out)}
+
+
+def _clean_after_kill(layout: ResultsLayout) -> None:
+    """What a killed ``add`` left: its extraction cache, and a fingerprints file whose songs never reached the
+    index (the rerun fingerprints them again; kept, the file would add them twice at the next build)."""
+    cache = layout.added.parent / ".cache"
+    if cache.is_dir():
+        for d in cache.glob("added-*"):
+            shutil.rmtree(d, ignore_errors=True)
+    if not layout.added.is_dir():
+        return
+    import pyarrow.parquet as pq
+
     db = FingerprintDB.load(layout.index)
-    present = [s for s in songs["song_id"] if db.song_position(s) >= 0]
-    del db
-    if present and not replace:
-        raise ValueError(f"{len(present)} of these files are already in the database (e.g. "
-                         f"{songs.set_index('song_id').loc[present[0], 'path']}); use --replace to re-add them")
-    catalogue = pd.DataFrame([catalogue_entry(s, p) for s, p in zip(songs["song_id"], songs["path"])])
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    digest = hashlib.sha1("\n".join(sorted(songs["song_id"])).encode()).hexdigest()[:8]
-    out = layout.added / f"added-{stamp}-{digest}.parquet"
-    cache_dir = layout.added.parent / ".cache" / out.stem
-    try:
-        meta = extract_songs(fingerprinter, identity, songs, out, batch_size=batch_size, reuse=False,
-                             cache_dir=cache_dir, extra={"catalogue": catalogue.to_dict(orient="records")})
-    finally:
-        shutil.rmtree(cache_dir, ignore_errors=True)  # a one-off extraction: nothing to reuse later
-    if meta.n_songs == 0:
-        out.unlink()
-        raise ValueError(f"none of the {len(files)} files could be fingerprinted: "
-                         + "; ".join(f"{s['path']}: {s['reason']}" for s in meta.skipped[:5]))
-    add_to_index(layout.index, [out], threads=threads, replace=replace)
-    ok = set(meta.sources)
-    upsert_catalogue(layout.catalogue, catalogue[catalogue["song_id"].isin(ok)])
-    removed = read_removed_songs([layout.removed])
-    if removed & ok:  # re-added songs are no longer removed
-        _write_removed(layout, removed - ok)
-    return {"added": sorted(ok), "skipped": meta.skipped, "fingerprints": meta.n_rows, "file": str(out)}
+    for f in sorted(layout.added.glob("*.parquet")):
+        try:
+            ids = set(pq.read_table(f, columns=["song_id"]).column("song_id").to_pylist())
+        except Exception:  # a half-written file cannot exist (atomic writes), but a foreign one might
+            continue
+        if ids and not any(db.song_position(s) >= 0 for s in ids):
+            log.warning("%s: fingerprints of an add that was killed before it reached the index: removed", f)
+            f.unlink()
+    for f in layout.added.glob(".*"):
+        f.unlink(missing_ok=True)
+
+
+def content_duplicates(paths: list[Path], layout: ResultsLayout, exclude: set[str] = frozenset()
+                       ) -> dict[Path, tuple[str, str]]:
+    """New files whose bytes equal a database song's file (any name, any folder): path -> (song id, its file).
+    Sizes are compared first, so only same-size files are hashed."""
+    from workflow_lib.common.atomic import file_digest
+    from workflow_lib.database.catalogue import load_catalogue
+
+    if not layout.catalogue.exists() or not paths:
+        return {}
+    cat = load_catalogue(layout.catalogue).reset_index(drop=True)
+    db = FingerprintDB.load(layout.index)
+    by_size: dict[int, list[tuple[str, str]]] = {}
+    for sid, p in zip(cat["song_id"], cat["path"]):
+        if sid in exclude or db.song_position(str(sid)) < 0 or not isinstance(p, str):
+            continue
+        try:
+            by_size.setdefault(os.stat(p).st_size, []).append((str(sid), p))
+        except OSError:
+            continue
+    out: dict[Path, tuple[str, str]] = {}
+    for path in paths:
+        same = by_size.get(path.stat().st_size, [])
+        if not same:
+            continue
+        mine = file_digest(path, 64)
+        for sid, other in same:
+            if Path(other).resolve() != path.resolve() and file_digest(other, 64) == mine:
+                out[path] = (sid, other)
+                break
+    return out
 
 
 def remove_songs(results: str | Path | ResultsLayout, song_ids: Iterable[str], *, threads: int = 1
                  ) -> tuple[list[str], list[str]]:
     """Remove songs by id from the database of ``results``; returns (removed, not found)."""
     layout = _layout(results)
-    removed, missing = remove_from_index(layout.index, song_ids, threads=threads)
-    if removed:
-        _write_removed(layout, read_removed_songs([layout.removed]) | set(removed))
+    with folder_lock(layout.index):
+        removed, missing = remove_from_index(layout.index, song_ids, threads=threads, lock=False)
+        if removed:
+            _write_removed(layout, read_removed_songs([layout.removed]) | set(removed))
     return removed, missing
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from workflow_lib.audio.segments import check_framing
+from workflow_lib.common.locks import folder_lock
 from workflow_lib.common.atomic import atomic_path, write_text_atomic
 from workflow_lib.database.extract import (FingerprintFileError, ModelMismatchError, ShardMeta, check_model, iter_rows, read_meta)
 
@@ -600,6 +602,7 @@ def half_to_float(x: np.ndarray) -> np.ndarray:
 
 def read_sidecar(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
+    recover_folder(folder)
     for name in (SIDECAR_FILE, INDEX_FILE, META_FILE, VECTORS_FILE):
         if not (folder / name).is_file():
             raise IndexFileError(f"{folder / name}: missing; build the index first (snakemake build_index)")
@@ -686,16 +689,67 @@ def _iter_planned(plan: list[tuple[Path, str, int]]) -> Iterator[tuple[list[str]
         yield ids, counts, normalize(np.concatenate(embs))
 
 
+COMMIT_PREFIX, COMMIT_MARKER = ".commit-", "COMMITTED"
+FOLDER_FILES = (VECTORS_FILE, META_FILE, INDEX_FILE, SIDECAR_FILE)  # the order they are put in place: sidecar last
+
+
 def _write_folder(folder: Path, index: faiss.Index, rows: RowMap, vectors_tmp: Path, info: dict[str, Any]) -> None:
-    """Put a complete set of index files in place: vectors, id map and index first, the sidecar last."""
+    """Replace the index files as one commit: the new set is written into a staging folder, a marker file makes it
+    committed, then the files are renamed into place (sidecar last). A kill before the marker leaves the old set
+    (the staging folder is discarded later); after it, ``recover_folder`` finishes the renames."""
     folder.mkdir(parents=True, exist_ok=True)
-    os.replace(vectors_tmp, folder / VECTORS_FILE)
-    rows.write(folder / META_FILE)
-    with atomic_path(folder / INDEX_FILE) as tmp:
-        faiss.write_index(index, str(tmp))
+    staging = folder / f"{COMMIT_PREFIX}{os.getpid()}-{time.time_ns()}"
+    staging.mkdir()
+    os.replace(vectors_tmp, staging / VECTORS_FILE)
+    rows.write(staging / META_FILE)
+    faiss.write_index(index, str(staging / INDEX_FILE))
     info = {**info, "ntotal": rows.ntotal, "n_songs": len(rows.song_ids),
-            "index_bytes": (folder / INDEX_FILE).stat().st_size}
-    write_text_atomic(folder / SIDECAR_FILE, json.dumps(info, indent=2))
+            "index_bytes": (staging / INDEX_FILE).stat().st_size}
+    (staging / SIDECAR_FILE).write_text(json.dumps(info, indent=2))
+    _fsync_folder(staging)
+    write_text_atomic(staging / COMMIT_MARKER, "a complete set of index files\n")  # the commit point
+    _finish_commit(folder, staging)
+
+
+def _fsync_folder(folder: Path) -> None:
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _finish_commit(folder: Path, staging: Path) -> None:
+    for name in FOLDER_FILES:
+        if (staging / name).exists():
+            os.replace(staging / name, folder / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover_folder(folder: str | Path) -> None:
+    """Finish a committed edit that a kill interrupted, discard an uncommitted one, and drop temporary files that a
+    killed build left behind. Skipped while another process holds the folder's edit lock."""
+    from workflow_lib.common.locks import LockedError, try_lock
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    leftovers = [p for p in folder.iterdir() if p.name.startswith(COMMIT_PREFIX) or
+                 (p.name.startswith(".") and ".tmp" in p.name) or
+                 any(p.name.startswith(f".{name}.") for name in FOLDER_FILES)]
+    if not leftovers:
+        return
+    try:
+        with try_lock(folder):
+            for p in leftovers:
+                if p.name.startswith(COMMIT_PREFIX) and (p / COMMIT_MARKER).exists():
+                    log.warning("%s: finishing an index update that was interrupted after its commit", folder)
+                    _finish_commit(folder, p)
+                elif p.is_dir():
+                    log.warning("%s: discarding an index update that was interrupted before its commit", folder)
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+    except LockedError:
+        pass  # an edit is running: it finishes its own commit
 
 
 def _vectors_tmp(folder: Path) -> Path:
@@ -758,7 +812,8 @@ def build_index(fingerprint_paths: Sequence[str | Path], out_dir: str | Path, *,
                 "sources": [str(p) for p in paths], "excluded": sorted(exclude),
                 "build_seconds": round(time.perf_counter() - t0, 3),
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "history": []}
-        _write_folder(out_dir, index, rows, tmp, info)
+        with folder_lock(out_dir):
+            _write_folder(out_dir, index, rows, tmp, info)
     finally:
         tmp.unlink(missing_ok=True)
     log.info("index %s: %d fingerprints of %d songs (%s) in %.1f s", out_dir, total, len(ids), tinfo["factory"],
@@ -772,9 +827,13 @@ def _load_for_update(folder: Path) -> tuple[faiss.Index, RowMap, np.ndarray, dic
 
 
 def add_to_index(folder: str | Path, fingerprint_paths: Sequence[str | Path], *, threads: int = 1,
-                 replace: bool = False) -> dict[str, Any]:
+                 replace: bool = False, lock: bool = True) -> dict[str, Any]:
     """Append the songs of fingerprint files to an existing index (no retraining). Songs already present are
-    refused unless ``replace`` (then the old rows are removed first)."""
+    refused unless ``replace`` (then the old rows are removed first). ``lock`` False: the caller holds the folder's
+    edit lock (``common.locks.folder_lock``)."""
+    if lock:
+        with folder_lock(folder):
+            return add_to_index(folder, fingerprint_paths, threads=threads, replace=replace, lock=False)
     faiss.omp_set_num_threads(max(1, threads))
     folder = Path(folder)
     index, rows, vectors, info = _load_for_update(folder)
@@ -842,9 +901,12 @@ def _remove_songs(folder: Path, index: faiss.Index, rows: RowMap, vectors: np.nd
     return _load_for_update(folder)
 
 
-def remove_from_index(folder: str | Path, song_ids: Iterable[str], *, threads: int = 1) -> tuple[list[str],
-                                                                                                   list[str]]:
+def remove_from_index(folder: str | Path, song_ids: Iterable[str], *, threads: int = 1, lock: bool = True
+                      ) -> tuple[list[str], list[str]]:
     """Remove songs by id; returns (removed, not found). Rows are compacted, ids stay consistent."""
+    if lock:
+        with folder_lock(folder):
+            return remove_from_index(folder, song_ids, threads=threads, lock=False)
     faiss.omp_set_num_threads(max(1, threads))
     folder = Path(folder)
     index, rows, vectors, info = _load_for_update(folder)

@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib import SAMPLE_RATE
+from workflow_lib.audio.segments import n_segments
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, limit_peak
@@ -62,8 +63,10 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
 
     def record(x: np.ndarray, exclude: str | None) -> None:
         res = searcher.search(searcher.embed(x), "sequence", exclude_song=exclude)
+        # Grouped by the query's nominal length: a partly quiet query searches fewer segments (the silence gate),
+        # and answering it interpolates between the calibrated lengths; a stray group of one query would not.
         if res.n_segments:  # a query the silence gate emptied is answered "silence", never by the threshold
-            scores.setdefault(res.n_segments, []).append([c.score for c in res.candidates])
+            scores.setdefault(max(1, n_segments(len(x))), []).append([c.score for c in res.candidates])
         bar.update()
 
     song_q = np.flatnonzero(~is_noise)

@@ -18,7 +18,8 @@ from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
 log = logging.getLogger(__name__)
 
 NEURAL = "neural"
-RESULT_COLUMNS = ["query_id", "system", "mode", "top_songs", "top_offsets_s", "top_scores", "score", "is_match",
+RESULT_COLUMNS = ["query_id", "system", "mode", "top_songs", "top_offsets_s", "top_scores", "top_votes",
+                  "top_support", "score", "is_match",
                   "confidence", "embed_ms", "search_ms", "total_ms"]
 
 
@@ -50,6 +51,8 @@ def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Seq
                         "top_songs": [c.song_id for c in res.candidates],
                         "top_offsets_s": [c.offset_s for c in res.candidates],
                         "top_scores": [c.score for c in res.candidates],
+                        "top_votes": [c.votes for c in res.candidates],
+                        "top_support": [c.support for c in res.candidates],
                         "score": m.score if res.candidates else float("nan"), "is_match": m.is_match,
                         "confidence": m.confidence, "embed_ms": embed_ms, "search_ms": search_ms,
                         "total_ms": embed_ms + search_ms})

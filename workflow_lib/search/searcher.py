@@ -59,6 +59,7 @@ class Candidate:
     start_segment: int
     score: float  # mean aligned cosine similarity over the query's segments
     support: float  # sequence: summed neighbour similarity; vote: number of votes
+    votes: int = 0  # query segments with the aligned database segment (+-1 hop) among their nearest neighbours
 
     @property
     def offset_s(self) -> float:
@@ -142,8 +143,16 @@ def aligned_scores(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.nd
     return out
 
 
+def count_votes(nb_codes: np.ndarray, nb_starts: np.ndarray, code: int, start: int, tolerance: int = 1) -> int:
+    """Query segments (rows of the neighbour lists) that have the alignment (``code``, ``start`` +- ``tolerance``
+    hops) among their neighbours: how many parts of the query independently point at it (the count of
+    time-consistent matches a landmark system counts; the tolerance keeps a slightly sped-up query's votes)."""
+    hit = (nb_codes == code) & (np.abs(nb_starts - start) <= tolerance)
+    return int(hit.any(axis=1).sum())
+
+
 def _best_per_song(db: Database, codes: np.ndarray, starts: np.ndarray, scores: np.ndarray, support: np.ndarray,
-                   n_results: int) -> list[Candidate]:
+                   n_results: int, nb_codes: np.ndarray, nb_starts: np.ndarray) -> list[Candidate]:
     order = np.lexsort((-support, -scores))  # by score, then support
     seen: set[int] = set()
     out: list[Candidate] = []
@@ -152,7 +161,8 @@ def _best_per_song(db: Database, codes: np.ndarray, starts: np.ndarray, scores: 
         if c in seen:
             continue
         seen.add(c)
-        out.append(Candidate(str(db.song_ids[c]), int(starts[i]), float(scores[i]), float(support[i])))
+        out.append(Candidate(str(db.song_ids[c]), int(starts[i]), float(scores[i]), float(support[i]),
+                             count_votes(nb_codes, nb_starts, c, int(starts[i]))))
         if len(out) >= n_results:
             break
     return out
@@ -193,7 +203,9 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
         keep = np.argsort(-support, kind="stable")[:max_candidates]
         cand_codes, cand_starts, cand_support = c[first[keep]], s[first[keep]], support[keep]
         scores = aligned_scores(q, db, cand_codes, cand_starts, active=active)
-        return SearchResult(mode, j, _best_per_song(db, cand_codes, cand_starts, scores, cand_support, n_results))
+        nb_codes = np.where(valid, codes, -1)
+        return SearchResult(mode, j, _best_per_song(db, cand_codes, cand_starts, scores, cand_support, n_results,
+                                                    nb_codes, starts))
     top = valid[:, 0]
     c0, s0, w0 = codes[top, 0], starts[top, 0], sims[top, 0]
     song_codes, inv = np.unique(c0, return_inverse=True)
@@ -207,7 +219,9 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
         cand_starts[n] = st[np.lexsort((-np.bincount(st_inv, weights=w0[mine]), -np.bincount(st_inv)))[0]]
     # The vote decides the ranking; the exact aligned score only measures the winner for the no-match rule.
     scores = aligned_scores(q, db, song_codes[rank], cand_starts, active=active)
-    return SearchResult(mode, j, [Candidate(str(db.song_ids[c]), int(st), float(sc), float(v))
+    nb_codes = np.where(valid, codes, -1)
+    return SearchResult(mode, j, [Candidate(str(db.song_ids[c]), int(st), float(sc), float(v),
+                                            count_votes(nb_codes, starts, int(c), int(st)))
                                   for c, st, sc, v in zip(song_codes[rank], cand_starts, scores, votes[rank])])
 
 

@@ -1,0 +1,281 @@
+"""Nothing is lost and everything resumes after a kill (issue 15): SIGKILL of the whole Snakemake process group
+during training, extraction and the index build, each followed by the plain same command; crash-safe database
+edits; the commit journal of the index folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.db_helpers import save_tiny_model, write_songs
+from tests.test_workflow_e2e import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _start(work: Path) -> subprocess.Popen:
+    """The README's command, in its own process group (so the kill takes Snakemake and every job it started)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+           "--configfile", str(work / "tiny.yaml"), "--cores", "2", "all"]
+    log = open(work / f"run-{time.time_ns()}.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 300.0) -> bool:
+    """SIGKILL the process group once ``ready()`` holds; False if the run finished (or timed out) first."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return False
+
+
+@pytest.mark.e2e
+def test_kill_of_the_whole_snakemake_run_resumes_with_the_same_command(tmp_path):
+    work = tmp_path / "run"
+    work.mkdir()
+    cfg = {**TINY, "train": {**TINY["train"], "max_epochs": 3}}
+    (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    r = work / "results"
+    stages = {
+        # during the second training epoch (the first checkpoint exists)
+        "train": lambda: (r / "model/checkpoints/last.pt").exists(),
+        "extract": lambda: (work / "logs/extract/shard-0.log").exists(),
+        "build_index": lambda: (work / "logs/build_index.log").exists(),
+    }
+    killed = []
+    for name, ready in stages.items():
+        if _kill_when(_start(work), ready):
+            killed.append(name)
+    assert "train" in killed and "extract" in killed  # the index build may finish before the kill lands
+    assert not (r / "model/model.pt").exists() or "train" not in killed[-1:]
+    final = _start(work)
+    assert final.wait(timeout=900) == 0, (work / sorted(os.listdir(work))[-1]).read_text()[-3000:]
+    log = (work / "logs/train.log").read_text()
+    assert "resuming from" in log and log.count("device cpu") >= 2  # resumed, and the killed run's lines kept
+    import torch
+
+    from workflow_lib.database.index import FingerprintDB
+
+    assert torch.load(r / "model/model.pt", weights_only=True)["train_meta"]["epochs"] == 3
+    db = FingerprintDB.load(r / "index")
+    songs = pd.read_parquet(r / "manifest/songs.parquet")
+    assert db.n_songs == len(songs) and (r / "eval/summary.md").exists()
+    # no temporary file of a killed writer is left anywhere under results/
+    leftovers = [p for p in r.rglob(".*") if p.is_file() and p.name not in (".lock", ".snakemake_timestamp")]
+    assert not leftovers, leftovers
+
+
+# ------------------------------------------------------------------------------------------------ database edits
+
+def _database(tmp_path: Path):
+    from workflow_lib.database.extract import extract_songs, load_model
+    from workflow_lib.database.index import build_index
+
+    results = tmp_path / "results"
+    model = save_tiny_model(results / "model" / "model.pt")
+    paths = write_songs(tmp_path / "music", {"a": 4.0, "b": 5.0})
+    fp, ident = load_model(model, "cpu")
+    shard = results / "fingerprints" / "shard-0.parquet"
+    songs = pd.DataFrame({"song_id": list(paths), "path": [str(p) for p in paths.values()]})
+    extract_songs(fp, ident, songs, shard)
+    build_index([shard], results / "index")
+    from workflow_lib.database.catalogue import build_catalogue
+
+    build_catalogue(songs.assign(duration_s=5.0)).to_parquet(results / "catalogue.parquet", index=False)
+    return results, paths
+
+
+def test_db_add_checks_files_like_the_manifest_and_skips_duplicates_by_content(tmp_path, capsys):
+    from workflow_lib.audio.files import write_audio
+    from workflow_lib.cli.main import main
+
+    results, paths = _database(tmp_path)
+    new = tmp_path / "new"
+    new.mkdir()
+    write_audio(new / "silent.wav", np.zeros(8000 * 6, np.float32))
+    write_audio(new / "short.wav", 0.3 * np.sin(np.arange(8000) / 3.0).astype(np.float32))  # 1 s
+    (new / "copy_of_a.wav").write_bytes(paths["a"].read_bytes())  # already indexed by the workflow
+    write_songs(new, {"fresh": 4.0}, seed=11)
+    rc = main(["db", "add", str(new), "--results", str(results), "--device", "cpu", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1  # some files were skipped: the exit status says so
+    assert "silent" in err and "too short" in err and "same audio as song a" in err
+    from workflow_lib.database.index import FingerprintDB
+
+    assert FingerprintDB.load(results / "index").n_songs == 3  # only 'fresh' was added
+
+
+def test_a_kill_during_db_add_leaves_a_database_that_the_rerun_completes(tmp_path):
+    """The add is killed (SIGKILL) after the catalogue was written, and again after the index commit was marked
+    but before its files were renamed: each rerun leaves every indexed song titled, nothing twice."""
+    results, _ = _database(tmp_path)
+    new = write_songs(tmp_path / "incoming", {"x": 4.0, "y": 4.5}, seed=3)
+    folder = str(new["x"].parent)
+    add = ["db", "add", folder, "--results", str(results), "--device", "cpu", "--threads", "1"]
+    driver = (
+        "import os, signal, sys\n"
+        "import workflow_lib.database.edit as edit, workflow_lib.database.index as index\n"
+        "point = sys.argv[1]\n"
+        "def die(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if point == 'after_catalogue':\n"
+        "    real = edit.upsert_catalogue\n"
+        "    def up(*a, **k):\n        real(*a, **k)\n        die()\n"
+        "    edit.upsert_catalogue = up\n"
+        "else:\n    index._finish_commit = die\n"
+        "from workflow_lib.cli.main import main\nsys.exit(main(sys.argv[2:]))\n")
+    from workflow_lib.database.catalogue import load_catalogue
+    from workflow_lib.database.index import FingerprintDB
+
+    for point in ("after_catalogue", "after_commit_marker"):
+        res = subprocess.run([sys.executable, "-c", driver, point, *add], capture_output=True, text=True)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        db = FingerprintDB.load(results / "index")  # loads (an interrupted commit is finished or discarded)
+        cat = load_catalogue(results / "catalogue.parquet")
+        assert all(s in cat.index for s in db.song_ids)  # never a song without its title
+        if point == "after_commit_marker":
+            assert db.n_songs == 4  # the committed edit was finished when the folder was next read
+        else:
+            assert db.n_songs == 2
+            from workflow_lib.cli.main import main
+
+            assert main(add) == 0
+            assert FingerprintDB.load(results / "index").n_songs == 4
+            from workflow_lib.cli.main import main as again
+
+            assert again(["db", "remove", *[s for s in FingerprintDB.load(results / "index").song_ids
+                                            if s not in ("a", "b")], "--results", str(results)]) == 0
+    added = list((results / "fingerprints" / "added").glob("*.parquet"))
+    ids = [i for f in added for i in pd.read_parquet(f, columns=["song_id"]).song_id.unique()]
+    assert len(ids) == len(set(ids))  # no song fingerprinted into two added files
+    assert not list((results / "index").glob(".commit-*"))
+
+
+def test_commit_journal_finishes_committed_and_discards_uncommitted_edits(tmp_path):
+    from workflow_lib.database.index import COMMIT_MARKER, FOLDER_FILES, FingerprintDB, read_sidecar
+
+    results, _ = _database(tmp_path)
+    idx = results / "index"
+    before = read_sidecar(idx)
+    half = idx / ".commit-1-1"
+    half.mkdir()
+    (half / "index.json").write_text("{}")  # an edit killed before its marker
+    assert read_sidecar(idx) == before and not half.exists()
+    done = idx / ".commit-2-2"
+    done.mkdir()
+    for name in FOLDER_FILES:
+        (done / name).write_bytes((idx / name).read_bytes())
+    import json
+
+    side = json.loads((done / "index.json").read_text())
+    (done / "index.json").write_text(json.dumps({**side, "built_at": "finished by recovery"}))
+    (done / COMMIT_MARKER).write_text("x")
+    assert read_sidecar(idx)["built_at"] == "finished by recovery" and not done.exists()
+    assert FingerprintDB.load(idx).n_songs == 2
+
+
+# ------------------------------------------------------------------------------------------------ folders, text
+
+def test_symbolic_links_to_folders_are_followed_and_loops_reported(tmp_path):
+    from workflow_lib.data.manifest import build_manifest
+
+    music = tmp_path / "music"
+    write_songs(music / "real", {"one": 4.0})
+    write_songs(tmp_path / "elsewhere", {"two": 4.0}, seed=5)
+    (music / "linked").symlink_to(tmp_path / "elsewhere")  # a folder linked into the collection
+    (music / "real" / "loop").symlink_to(music)  # a loop back to the top
+    (music / "dangling.wav").symlink_to(tmp_path / "nothing.wav")
+    songs, rejected = build_manifest([("music", str(music))], 3.0, -60.0)
+    assert sorted(Path(p).name for p in songs.path) == ["one.wav", "two.wav"]
+    reasons = dict(zip(rejected.path.map(lambda p: Path(p).name), rejected.reason))
+    assert "already scanned" in reasons["loop"] and "broken symbolic link" in reasons["dangling.wav"]
+
+
+def test_control_characters_in_tags_never_reach_the_terminal(tmp_path, capsys):
+    from workflow_lib.cli.query import print_table
+    from workflow_lib.cli.text import printable, song_label
+
+    evil = "Song\x1b[2J\x1b]0;owned\x07"
+    assert "\x1b" not in printable(evil) and "\\x1b[2J" in printable(evil)
+    assert "\x1b" not in song_label(evil, "Artist\r", None)
+    print_table([{"file": "x.wav", "match": True, "song_id": "s", "title": evil, "artist": "A\x1b[31m",
+                  "offset_s": 1.0, "confidence": 0.9, "seconds": 0.01, "reason": None, "best_guess": None}])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[2J" in out
+
+
+def test_bad_files_are_named_for_what_they_are(tmp_path):
+    from workflow_lib.audio.files import AudioDecodeError, audio_info
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "notes.mp3").write_text("this is not a song\n")
+    (tmp_path / "folder.flac").mkdir()
+    for name, says in (("empty.wav", "empty file (0 bytes)"), ("notes.mp3", "a text file, not audio"),
+                       ("folder.flac", "is a folder"), ("missing.ogg", "no such file")):
+        with pytest.raises(AudioDecodeError, match=re.escape(says)):
+            audio_info(tmp_path / name)
+    # a file the user may not read (root reads everything, so the refusal is simulated where files open it)
+    import workflow_lib.audio.files as files
+
+    locked = tmp_path / "locked.wav"
+    locked.write_bytes(b"RIFF" + bytes(100))
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    files.open = refuse
+    try:
+        with pytest.raises(AudioDecodeError, match=re.escape("cannot be read (Permission denied)")):
+            audio_info(locked)
+    finally:
+        del files.open
+
+
+def test_config_mistakes_are_named_in_one_line_at_start(tmp_path):
+    from tests.test_workflow_e2e import run_snakemake
+
+    res = run_snakemake(tmp_path, "-n", "all", config={"musik": 1}, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "musik" in out and len(out.splitlines()) < 40
+    res = run_snakemake(tmp_path, "-n", "all", check=False,
+                        config={"split": {"fractions": {"train": 0.5, "val": 0.2, "test": 0.2, "distractor": 0.0}}})
+    assert res.returncode != 0 and "must sum to 1" in res.stdout + res.stderr
+
+
+def test_listening_summary_without_decisions_says_so():
+    from workflow_lib.cli.listen import summary_text
+    from workflow_lib.listener.core import ListenSummary
+
+    text = summary_text(ListenSummary([], 0.3, 0, 0, 0.0, float("nan"), float("nan"), float("nan"), ""))
+    assert "nan" not in text and "no decisions" in text
+
+
+def test_ctrl_c_while_the_listener_starts_prints_no_traceback(tmp_path):
+    from workflow_lib.audio.files import write_audio
+
+    clip = tmp_path / "clip.wav"
+    write_audio(clip, 0.3 * np.sin(np.arange(8000 * 20) / 5.0).astype(np.float32))
+    proc = subprocess.Popen([sys.executable, "-m", "workflow_lib.cli.main", "listen", "--input", str(clip),
+                             "--results", str(tmp_path / "nothing")], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # still importing
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and proc.returncode in (2, 130)
