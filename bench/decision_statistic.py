@@ -30,6 +30,39 @@ def n_segments(length_s: float) -> int:
     return int(round((length_s - 1) * SEG_PER_S)) + 1
 
 
+def _pad(v, n=2, fill=0.0):
+    v = list(v)
+    return v + [fill] * (n - len(v))
+
+
+# Candidate statistics from a search's ranked candidates: scores s (best first), votes v, query segments J.
+def _margin(s, v, j):
+    s = _pad(s)
+    return s[0] - s[1]
+
+
+def _z(s, v, j):
+    if not len(s):
+        return -np.inf
+    rest = np.asarray(s[1:], dtype=float)
+    spread = rest.std() if len(rest) >= 3 else 0.05
+    return (s[0] - (rest.mean() if len(rest) else 0.0)) / max(spread, 1e-3)
+
+
+STATS = {
+    "score": lambda s, v, j: _pad(s, fill=-1.0)[0],
+    "margin": _margin,
+    "z": _z,
+    "votes": lambda s, v, j: _pad(v)[0],
+    "vote share": lambda s, v, j: _pad(v)[0] / j,
+    "vote lead": lambda s, v, j: (_pad(v)[0] - _pad(v)[1]) / j,
+    "margin x vote share": lambda s, v, j: _margin(s, v, j) * (0.5 + _pad(v)[0] / j),
+    "margin / spread": lambda s, v, j: _margin(s, v, j) / max(np.std(s[1:]) if len(s) > 3 else 0.05, 0.01),
+    "relative margin": lambda s, v, j: _margin(s, v, j) / max(1.0 - _pad(s)[1], 0.05),
+    "z vs top 3": lambda s, v, j: (_pad(s)[0] - np.mean(_pad(s, 4)[1:4])) / max(np.std(s[1:]) if len(s) > 3
+                                                                                else 0.05, 0.01),
+}
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", help="results/ folder of an evaluation run")
@@ -44,20 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     unknown = res[res["group"] == "unknown"].copy()
     unseen = res[res["group"] == "unseen"].copy()
     unseen["right"] = [len(t) > 0 and t[0] == s for t, s in zip(unseen["top_songs"], unseen["song_id"])]
+    for frame in (unknown, unseen):
+        frame["J"] = [max(1, n) for n in frame["n_seg"]]
     unknown["half"] = [unit_hash(f"stat/{s}", 0) < 0.5 for s in unknown["source_song_id"]]
     conds = list(dict.fromkeys(q["condition"]))
     print(f"{len(unknown)} unknown-song queries ({unknown.source_song_id.nunique()} songs), {len(unseen)} unseen "
           f"database queries; target false-positive rate {args.fpr:g}; mode {args.mode}\n")
     rows = []
-    for stat in STATISTICS:
-        unknown["v"] = [decision_statistic(list(t), stat) for t in unknown["top_scores"]]
-        unseen["v"] = [decision_statistic(list(t), stat) for t in unseen["top_scores"]]
+    for stat, fn in STATS.items():
+        for frame in (unknown, unseen):
+            frame["v"] = [fn(list(t), list(v), j) for t, v, j in zip(frame["top_scores"], frame["top_votes"],
+                                                                     frame["J"])]
         fp = {c: [] for c in conds}
         acc = {c: [] for c in conds}
         for fit_half in (True, False):
             fit = unknown[unknown["half"] == fit_half]
             test = unknown[unknown["half"] != fit_half]
-            cal = fit_calibration({n: g["v"].tolist() for n, g in fit.groupby("n_seg")}, args.fpr, {}, stat)
+            cal = fit_calibration({n: g["v"].tolist() for n, g in fit.groupby("n_seg")}, args.fpr, {})
             thr_u = test["n_seg"].map(cal.threshold)
             thr_s = unseen["n_seg"].map(cal.threshold)
             for c in conds:

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -157,6 +157,78 @@ def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 3
         raise AudioDecodeError(f"{path}: truncated: decoded {decoded} of {info.frames} frames")
     if n_pending:
         yield np.concatenate(pending)
+
+
+def iter_wav_stream(stream: BinaryIO, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0,
+                    name: str = "stdin") -> Iterator[np.ndarray]:
+    """Mono float32 chunks at ``sr`` from a WAV byte stream that cannot seek (a pipe, e.g. ``ffmpeg ... -f wav -``).
+
+    Pipes carry a header whose data size is unknown (0 or 0xFFFFFFFF): the data run to the end of the stream.
+    PCM 8/16/24/32-bit, float32/64 and WAVE_FORMAT_EXTENSIBLE are read; anything else is a clear error.
+    """
+    def read_exact(n: int) -> bytes:
+        data = stream.read(n)
+        if len(data) < n:
+            raise AudioDecodeError(f"{name}: truncated WAV header ({len(data)} of {n} bytes)")
+        return data
+
+    head = stream.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+        raise AudioDecodeError(f"{name}: not a WAV stream (it starts with {head[:12]!r}); pipe WAV, e.g. "
+                               "ffmpeg -i INPUT -f wav -")
+    fmt = None
+    while True:
+        chunk = stream.read(8)
+        if len(chunk) < 8:
+            raise AudioDecodeError(f"{name}: WAV stream ended before its audio data")
+        cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if cid == b"fmt ":
+            body = read_exact(size + (size & 1))
+            tag, channels, rate = int.from_bytes(body[0:2], "little"), int.from_bytes(body[2:4], "little"), \
+                int.from_bytes(body[4:8], "little")
+            bits = int.from_bytes(body[14:16], "little")
+            if tag == 0xFFFE and size >= 26:
+                tag = int.from_bytes(body[24:26], "little")
+            fmt = (tag, channels, rate, bits)
+        elif cid == b"data":
+            break
+        else:
+            read_exact(size + (size & 1)) if size < 1 << 20 else stream.read(size + (size & 1))
+    if fmt is None:
+        raise AudioDecodeError(f"{name}: WAV stream has no format chunk before its data")
+    tag, channels, rate, bits = fmt
+    dtypes = {(1, 8): np.uint8, (1, 16): "<i2", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}
+    if (tag, bits) not in dtypes and (tag, bits) != (1, 24):
+        raise AudioDecodeError(f"{name}: WAV format {tag} with {bits}-bit samples is not supported (use PCM or "
+                               "float)")
+    if channels < 1 or rate < 1:
+        raise AudioDecodeError(f"{name}: invalid WAV header ({channels} channels, {rate} Hz)")
+    width = bits // 8
+    frame_bytes = width * channels
+    resampler = soxr.ResampleStream(rate, sr, 1, dtype="float32", quality="HQ") if rate != sr else None
+    block = max(frame_bytes, int(chunk_seconds * rate) * frame_bytes)
+    rest = b""
+    while True:
+        data = stream.read(block)
+        last = not data
+        data = rest + (data or b"")
+        usable = len(data) - len(data) % frame_bytes
+        data, rest = data[:usable], data[usable:]
+        if (tag, bits) == (1, 24):
+            b = np.frombuffer(data, np.uint8).reshape(-1, 3)
+            x = ((b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8) | (b[:, 2].astype(np.int32) << 16))
+                 << 8 >> 8).astype(np.float32) / (1 << 23)
+        else:
+            raw = np.frombuffer(data, dtypes[(tag, bits)])
+            x = raw.astype(np.float32)
+            if tag == 1:
+                x = (x - 128.0) / 128.0 if bits == 8 else x / float(1 << (bits - 1))
+        mono = x.reshape(-1, channels).mean(axis=1) if channels > 1 else x
+        out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
+        if len(out):
+            yield np.ascontiguousarray(out, dtype=np.float32)
+        if last:
+            return
 
 
 def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -23,7 +23,7 @@ from workflow_lib import __version__
 from workflow_lib.common.logs import quiet_third_party_loggers
 
 # subcommand -> module under workflow_lib.cli with add_parser(subparsers) and run(args) -> int
-SUBCOMMANDS = {"index": "index", "query": "query", "listen": "listen", "db": "db"}
+SUBCOMMANDS = {"index": "index", "query": "query", "scan": "scan", "listen": "listen", "db": "db"}
 EXIT_OK, EXIT_INPUT, EXIT_SETUP = 0, 1, 2
 
 

@@ -5,6 +5,11 @@ confidence (1 - the p-value of the answer among queries of unknown songs, see ``
 time taken. A file whose answer fails the calibrated no-match rule is "no match" (with the reason), and its best
 guess is shown apart. Unreadable files are reported with the reason and make the exit status 1; the others are
 still answered.
+
+A file longer than twice the listening window may hold the song in only part of it (10 s of talk, then the
+song), or several songs: it is also scanned (``nafp scan``), and when the scan finds occurrences the answer is
+the longest one, with its time range in the file (``file_start_s``, ``file_end_s``; ``offset_s`` is then where in
+the song that range starts) and how many occurrences the file holds (``occurrences``; see them with ``nafp scan``).
 """
 
 from __future__ import annotations
@@ -66,6 +71,14 @@ def load_searcher(args: argparse.Namespace, overrides: dict | None = None):
         raise SetupError(f"cannot load the database from {results}: {exc}") from None
 
 
+def listen_config(cfg: dict):
+    """The listening settings a results folder was built with (the scan's window, thresholds, hysteresis)."""
+    from workflow_lib.cli.listen import CLI_KEYS
+    from workflow_lib.listener.core import ListenConfig
+
+    return ListenConfig.from_dict({k: v for k, v in (cfg.get("listen") or {}).items() if k not in CLI_KEYS})
+
+
 class SetupError(RuntimeError):
     """Nothing can be answered (missing results folder, model or index; bad settings)."""
 
@@ -82,7 +95,17 @@ def row_for(path: str, match, error: str | None, duration_s: float | None) -> di
             "score": round(match.score, 4) if math.isfinite(match.score) else None,
             "decision": round(match.decision, 4) if math.isfinite(match.decision) else None,
             "threshold": round(match.threshold, 4), "mode": match.mode, "query_s": duration_s,
-            "seconds": round(match.seconds_taken, 4)}
+            "seconds": round(match.seconds_taken, 4), "file_start_s": None, "file_end_s": None, "occurrences": None}
+
+
+def with_occurrence(row: dict, scan) -> dict:
+    """The answer for a file whose scan found occurrences: the longest one, with its time range in the file."""
+    best = scan.best
+    return {**row, "match": True, "song_id": best.song_id, "title": best.title, "artist": best.artist,
+            "offset_s": round(best.song_start_s, 3), "confidence": round(best.confidence, 4), "reason": None,
+            "file_start_s": round(best.start_s, 3), "file_end_s": round(best.end_s, 3),
+            "occurrences": len(scan.occurrences),
+            "seconds": round(row["seconds"] + scan.compute_s, 4)}
 
 
 def print_table(rows: list[dict], out=None) -> None:
@@ -102,6 +125,9 @@ def print_table(rows: list[dict], out=None) -> None:
             g = r["best_guess"]
             named = " - ".join(printable(x) for x in (g["artist"], g["title"]) if x) if g else ""
             label = f"(best guess: {named or printable(g['song_id'])})" if g else "-"
+        if r.get("occurrences"):
+            label += (f" [at {fmt_time(r['file_start_s'])}-{fmt_time(r['file_end_s'])} of the file"
+                      + (f"; {r['occurrences']} occurrences, see nafp scan]" if r["occurrences"] > 1 else "]"))
         lines.append([name, song, label, fmt_time(r["offset_s"]) if r["match"] else "-", f"{r['confidence']:.3f}",
                       f"{r['seconds'] * 1000:.0f} ms"])
     widths = [max(len(h), *(len(str(x[i])) for x in lines)) for i, h in enumerate(head)]
@@ -125,18 +151,25 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        searcher, _ = load_searcher(args, {"top_k": args.top_k, "nprobe": args.nprobe, "device": args.device,
-                                           "mode": args.mode})
+        searcher, cfg = load_searcher(args, {"top_k": args.top_k, "nprobe": args.nprobe, "device": args.device,
+                                             "mode": args.mode})
     except SetupError as exc:
         return fail(str(exc), EXIT_SETUP)
     searcher.embed(np.zeros(SAMPLE_RATE, dtype=np.float32))  # first-call set-up is not part of any file's time
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
+    listen = listen_config(cfg)
     rows, failed = [], 0
     for path in args.files:
         try:
             audio = load_audio(path)
             match = searcher.identify(audio)
             row = row_for(path, match, None, round(len(audio) / SAMPLE_RATE, 3))
+            if len(audio) > 2 * listen.window_s * SAMPLE_RATE:  # the song may fill only part of a long file
+                from workflow_lib.listener.scan import scan_chunks
+
+                scan = scan_chunks(searcher, [audio], listen, name=path)
+                if scan.occurrences:
+                    row = with_occurrence(row, scan)
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             row = row_for(path, None, str(exc), None)

@@ -44,7 +44,7 @@ from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.listener.devices import ListenerError  # noqa: F401 (part of this module's interface)
 from workflow_lib.model.embed import embed_segments
 from workflow_lib.audio.segments import SILENCE_DBFS, level_dbfs
-from workflow_lib.search.searcher import aligned_scores
+from workflow_lib.search.searcher import Neighbours, aligned_scores
 from workflow_lib.search.searcher import search_embeddings
 from workflow_lib.audio.segments import frame, n_segments
 from workflow_lib.common.config import check_keys
@@ -197,6 +197,14 @@ class NeighbourCache:
         sims = np.stack([self._cache[key][0] for key in keys]) if keys else np.zeros((0, k), np.float32)
         rows = np.stack([self._cache[key][1] for key in keys]) if keys else np.zeros((0, k), np.int64)
         return sims, rows
+
+    def prime(self, queries: np.ndarray, neighbours: "Neighbours", k: int) -> None:
+        """Remember neighbours found elsewhere (e.g. one batched search of a whole recording) for these rows."""
+        for q, s, r in zip(np.ascontiguousarray(queries, dtype=np.float32), neighbours.sims, neighbours.rows):
+            self._cache[(q.tobytes(), k)] = (s, r)
+            self._cache.move_to_end((q.tobytes(), k))
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
 
     def clear(self) -> None:
         self._cache.clear()
@@ -458,6 +466,27 @@ class ListenerCore:
         self._buf_start = keep_from
         self._next_seg = last + 1
         return self._decide(last, float(levels[-1]), bool(loud[-1]), embed_ms)
+
+    def push_segments(self, first: int, emb: np.ndarray, levels: np.ndarray,
+                      neighbours: "Neighbours | None" = None, embed_ms: float = 0.0) -> list[Decision]:
+        """Feed segments that were embedded elsewhere (the batch scan): segments ``first``.. of the stream with their
+        fingerprints ``emb`` (zero vectors for silent ones), RMS ``levels`` (dBFS) and optionally their neighbour
+        lists. Returns one decision per segment (the stream form decides only on the newest of a chunk)."""
+        out = []
+        if neighbours is not None:
+            loud = levels > self.config.silence_dbfs
+            self._db.prime(emb[loud], neighbours[loud], self.searcher.top_k)
+        per = embed_ms / max(1, len(emb))
+        for k in range(len(emb)):
+            j = first + k
+            loud = bool(levels[k] > self.config.silence_dbfs) and bool(np.any(emb[k]))
+            if not loud or (self._window and self._window[-1][0] != j - 1):
+                self._window.clear()  # silence ends whatever was playing; a gap loses the alignment
+            if loud:
+                self._window.append((j, emb[k]))
+            out.append(self._decide(j, float(levels[k]), loud, per))
+        self._next_seg = first + len(emb)
+        return out
 
     def finish(self) -> None:
         """End of stream: the open match (if any) stays in ``heard`` with its last supported time."""

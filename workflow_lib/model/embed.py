@@ -128,8 +128,10 @@ def embed_audio(fingerprinter: nn.Module, audio_8k: np.ndarray, batch_size: int 
 
 
 def iter_embed_chunks(fingerprinter: nn.Module, chunks: Iterable[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE,
-                      device: torch.device | str | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first_segment, embeddings)`` blocks for a stream of consecutive audio chunks.
+                      device: torch.device | str | None = None, with_levels: bool = False,
+                      silence_dbfs: float | None = SILENCE_DBFS) -> Iterator[tuple]:
+    """Yield ``(first_segment, embeddings)`` blocks for a stream of consecutive audio chunks (with ``with_levels``:
+    ``(first_segment, embeddings, levels_dbfs)``).
 
     The samples after the last whole segment of a chunk are kept and prefixed to the next chunk, so the segments
     (and their indices) are exactly those of ``embed_audio`` on the concatenated stream.
@@ -141,7 +143,9 @@ def iter_embed_chunks(fingerprinter: nn.Module, chunks: Iterable[np.ndarray], ba
             np.ascontiguousarray(chunk, dtype=np.float32)
         n = n_segments(len(buf))
         if n:
-            yield next_segment, embed_segments(fingerprinter, frame(buf), batch_size, device)
+            segs = frame(buf)
+            emb = embed_segments(fingerprinter, segs, batch_size, device, silence_dbfs)
+            yield (next_segment, emb, segment_levels_db(segs)) if with_levels else (next_segment, emb)
             next_segment += n
             carry = buf[n * HOP_SAMPLES:].copy()  # fewer than SEGMENT_SAMPLES samples: the next segment's head
         else:

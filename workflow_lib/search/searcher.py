@@ -168,12 +168,48 @@ def _best_per_song(db: Database, codes: np.ndarray, starts: np.ndarray, scores: 
     return out
 
 
+@dataclass
+class Neighbours:
+    """The nearest database segments of each query segment: ``sims`` (J, k) exact similarities and ``rows``
+    (J, k) database rows, -1 / -inf where fewer were found, and where the segment was silent (a zero vector:
+    nothing was searched for it). Computed once per segment, they can be reused by every window that holds it (the
+    listener and the scan do)."""
+
+    sims: np.ndarray
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> "Neighbours":
+        return Neighbours(self.sims[key], self.rows[key])
+
+    @staticmethod
+    def concat(parts: list["Neighbours"]) -> "Neighbours":
+        return Neighbours(np.concatenate([p.sims for p in parts]), np.concatenate([p.rows for p in parts]))
+
+
+def find_neighbours(db: Database, emb: np.ndarray, top_k: int = 20, exclude_song: str | None = None) -> Neighbours:
+    """``top_k`` nearest database segments of every row of ``emb`` (one batched FAISS search; silent rows get
+    none)."""
+    q = np.ascontiguousarray(emb, dtype=np.float32)
+    sims = np.full((len(q), top_k), -np.inf, np.float32)
+    rows = np.full((len(q), top_k), -1, np.int64)
+    active = np.einsum("ij,ij->i", q, q) > 0 if len(q) else np.zeros(0, bool)
+    if active.any():
+        found = db.search(q[active], top_k, exclude_song=exclude_song) if exclude_song is not None else \
+            db.search(q[active], top_k)
+        sims[active], rows[active] = found
+    return Neighbours(sims, rows)
+
+
 def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str = "sequence",
-                      max_candidates: int = 200, n_results: int = 10,
-                      exclude_song: str | None = None) -> SearchResult:
+                      max_candidates: int = 200, n_results: int = 10, exclude_song: str | None = None,
+                      neighbours: Neighbours | None = None) -> SearchResult:
     """Search ``(J, D)`` query fingerprints. Returns up to ``n_results`` candidates, one per song, best first.
 
-    ``exclude_song`` searches as if that song were not in the database (leave-one-song-out null queries)."""
+    ``exclude_song`` searches as if that song were not in the database (leave-one-song-out null queries).
+    ``neighbours`` reuses the segments' neighbour lists found earlier (``find_neighbours``) instead of searching."""
     if mode not in MODES:
         raise ValueError(f"unknown search mode {mode!r} (choose from {MODES})")
     q = np.ascontiguousarray(emb, dtype=np.float32)
@@ -184,10 +220,12 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
     j = int(active.sum())
     if j == 0:
         return SearchResult(mode, 0, [], silent=True)
+    if neighbours is None:
+        neighbours = find_neighbours(db, q, top_k, exclude_song)
+    elif len(neighbours) != len(q):
+        raise ValueError(f"{len(neighbours)} neighbour lists for {len(q)} query segments")
     seg_index = np.flatnonzero(active)
-    qa = q[active]
-    sims, rows = db.search(qa, top_k, exclude_song=exclude_song) if exclude_song is not None else \
-        db.search(qa, top_k)
+    sims, rows = neighbours.sims[active], neighbours.rows[active]
     codes, segs = db.row_song_index(rows)  # -1 where FAISS found fewer than k neighbours
     valid = codes >= 0
     if not valid.any():
@@ -195,6 +233,7 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
     codes = codes.astype(np.int64)
     starts = segs.astype(np.int64) - seg_index[:, None]
     sims = np.where(valid, sims, 0.0).astype(np.float64)
+    nb_codes = np.where(valid, codes, -1)
     if mode == "sequence":
         c, s, w = codes[valid], starts[valid], sims[valid]
         span = int(s.max() - s.min()) + 1
@@ -203,7 +242,6 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
         keep = np.argsort(-support, kind="stable")[:max_candidates]
         cand_codes, cand_starts, cand_support = c[first[keep]], s[first[keep]], support[keep]
         scores = aligned_scores(q, db, cand_codes, cand_starts, active=active)
-        nb_codes = np.where(valid, codes, -1)
         return SearchResult(mode, j, _best_per_song(db, cand_codes, cand_starts, scores, cand_support, n_results,
                                                     nb_codes, starts))
     top = valid[:, 0]
@@ -219,7 +257,6 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
         cand_starts[n] = st[np.lexsort((-np.bincount(st_inv, weights=w0[mine]), -np.bincount(st_inv)))[0]]
     # The vote decides the ranking; the exact aligned score only measures the winner for the no-match rule.
     scores = aligned_scores(q, db, song_codes[rank], cand_starts, active=active)
-    nb_codes = np.where(valid, codes, -1)
     return SearchResult(mode, j, [Candidate(str(db.song_ids[c]), int(st), float(sc), float(v),
                                             count_votes(nb_codes, starts, int(c), int(st)))
                                   for c, st, sc, v in zip(song_codes[rank], cand_starts, scores, votes[rank])])

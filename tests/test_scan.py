@@ -1,0 +1,152 @@
+"""`nafp scan`: known-answer programmes of generated songs, bad inputs, stdin, and memory on an hour-long stream."""
+
+from __future__ import annotations
+
+import io
+import json
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.search_helpers import SR, build_searcher, synth_song
+from workflow_lib.listener.core import ListenConfig
+from workflow_lib.listener.scan import scan_chunks
+
+
+@pytest.fixture(scope="module")
+def world():
+    songs = {f"s{i}": synth_song(i, 30.0) for i in range(5)}
+    return songs, build_searcher(songs)
+
+
+def _speech_like(seconds: float, seed: int) -> np.ndarray:
+    """Talk-like sound: band-limited noise in syllable-rate bursts (no song of the database)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    noise = np.convolve(rng.standard_normal(n), np.hanning(9) / 4.5, "same")
+    envelope = np.repeat(rng.uniform(0.0, 1.0, n // 1600 + 1) > 0.4, 1600)[:n] * np.hanning(1600).max()
+    return (0.2 * noise * np.convolve(envelope, np.hanning(400) / 200, "same")).astype(np.float32)
+
+
+def _programme(songs: dict[str, np.ndarray]) -> tuple[np.ndarray, list[tuple[str, float, float, float]]]:
+    """A programme and its truth: (song, start s, end s, song position at start s) per occurrence."""
+    parts, truth, t = [], [], 0.0
+
+    def add(x: np.ndarray, song: str | None = None, pos: float = 0.0) -> None:
+        nonlocal t
+        parts.append(x)
+        if song:
+            truth.append((song, t, t + len(x) / SR, pos))
+        t += len(x) / SR
+
+    add(np.zeros(3 * SR, np.float32))  # silence
+    add(songs["s0"][5 * SR:20 * SR], "s0", 5.0)
+    # a 2 s crossfade into s1: the programme's clock advances by the non-overlapping part
+    a, b = songs["s0"][20 * SR:22 * SR], songs["s1"][0:2 * SR]
+    ramp = np.linspace(0, 1, 2 * SR, dtype=np.float32)
+    parts.append(a * (1 - ramp) + b * ramp)
+    truth[-1] = (truth[-1][0], truth[-1][1], t + 1.0, truth[-1][3])  # s0 ends half way through the fade
+    t += 2.0
+    add(songs["s1"][2 * SR:16 * SR], "s1", 1.0)
+    truth[-1] = ("s1", truth[-1][1] - 1.0, truth[-1][2], 1.0)
+    add(_speech_like(8.0, 3))  # talk
+    add(songs["s2"][10 * SR:25 * SR], "s2", 10.0)  # back to back with s3
+    add(songs["s3"][0:12 * SR], "s3", 0.0)
+    add(synth_song(99, 12.0))  # unknown music
+    add(songs["s0"][0:10 * SR], "s0", 0.0)  # s0 again, from its start
+    return np.concatenate(parts), truth
+
+
+def test_programme_timeline_matches_the_truth(world):
+    songs, searcher = world
+    audio, truth = _programme(songs)
+    res = scan_chunks(searcher, [audio[i:i + 7 * SR] for i in range(0, len(audio), 7 * SR)],
+                      ListenConfig(window_s=4.0, tail_s=2.0), name="programme")
+    got = [(o.song_id, o.start_s, o.end_s, o.song_start_s) for o in res.occurrences]
+    assert [g[0] for g in got] == [t[0] for t in truth], got  # every song, in order, the repeat too
+    for (song, a, b, pos), (_, ta, tb, tpos) in zip(got, truth):
+        assert abs(a - ta) <= 2.0 and abs(b - tb) <= 2.0, (song, a, b, ta, tb)
+        assert abs(pos - tpos) <= 1.0, (song, pos, tpos)  # where in the song it started
+    kinds = [(g.kind, round(g.start_s), round(g.end_s)) for g in res.gaps]
+    assert kinds[0][0] == "silence" and kinds[0][1] == 0
+    assert sum(1 for k in kinds if k[0] == "no match") >= 2  # the talk and the unknown song
+    rows = res.rows()
+    assert {r["kind"] for r in rows} == {"song", "silence", "no match"}
+    assert all(rows[i]["end_s"] <= rows[i + 1]["start_s"] + 1e-6 for i in range(len(rows) - 1))  # no overlap
+    assert res.best.song_id in {"s0", "s2"}  # the longest occurrence
+
+
+def test_cli_outputs_json_csv_and_plot_and_reads_wav_on_stdin(world, tmp_path, monkeypatch, capsys):
+    from workflow_lib.cli import main as cli_main, query as cli_query
+
+    songs, searcher = world
+    audio, truth = _programme(songs)
+    wav = tmp_path / "show.wav"
+    sf.write(wav, audio, SR)
+    monkeypatch.setattr(cli_query, "load_searcher", lambda args, overrides=None: (searcher, {}))
+    assert cli_main.main(["scan", str(wav), "--json", "--results", str(tmp_path), "--plot",
+                          str(tmp_path / "t.png")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["song_id"] for r in rows if r["kind"] == "song"] == [t[0] for t in truth]
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+    assert cli_main.main(["scan", str(wav), "--csv", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("file,kind,start_s,end_s,song_id") and len(out) == len(rows) + 1
+    buf = io.BytesIO()
+    sf.write(buf, audio, SR, format="WAV", subtype="PCM_16")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(buf.getvalue())))
+    assert cli_main.main(["scan", "-", "--json", "--results", str(tmp_path)]) == 0
+    piped = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["song_id"] for r in piped if r["kind"] == "song"] == [t[0] for t in truth]
+
+
+def test_truncated_unreadable_and_non_wav_inputs_give_clear_errors(world, tmp_path, monkeypatch, capsys):
+    from workflow_lib.cli import main as cli_main, query as cli_query
+
+    songs, searcher = world
+    monkeypatch.setattr(cli_query, "load_searcher", lambda args, overrides=None: (searcher, {}))
+    good = tmp_path / "good.wav"
+    sf.write(good, songs["s1"], SR)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])  # header says more than the file holds
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio\n")
+    assert cli_main.main(["scan", str(cut), str(text), str(good), "--results", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "truncated" in captured.err and "a text file, not audio" in captured.err
+    assert "good.wav" in captured.out  # the readable file was still scanned
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ID3 this is an mp3, not a wav")))
+    assert cli_main.main(["scan", "-", "--results", str(tmp_path)]) == 1
+    assert "not a WAV stream" in capsys.readouterr().err
+
+
+def test_an_hour_long_stream_stays_within_a_memory_bound():
+    """One hour of audio, streamed in chunks through a child process: its peak memory stays bounded."""
+    code = """
+import resource, sys
+import numpy as np
+from tests.search_helpers import SR, build_searcher, synth_song
+from workflow_lib.listener.core import ListenConfig
+from workflow_lib.listener.scan import scan_chunks
+songs = {f"s{i}": synth_song(i, 30.0) for i in range(4)}
+searcher = build_searcher(songs)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def chunks():  # 60 minutes: the songs over and over, with quiet talk between
+    rng = np.random.default_rng(0)
+    for k in range(120):
+        yield songs[f"s{k % 4}"] * rng.uniform(0.3, 1.0)
+res = scan_chunks(searcher, chunks(), ListenConfig(window_s=4.0))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(res.duration_s, len(res.occurrences), (after - before) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    duration, n_occ, grown_mb = out.stdout.split()
+    assert float(duration) == pytest.approx(3600.0)
+    assert int(n_occ) >= 100  # songs back to back: each one is found
+    assert float(grown_mb) < 200, grown_mb  # ~115 MB of audio was streamed through; memory grew far less

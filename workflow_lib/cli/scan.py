@@ -1,0 +1,101 @@
+"""``nafp scan FILE...``: every song in long recordings (radio, TV, DJ mixes, podcasts), with where each starts and
+ends in the recording and in the song, and the gaps between them (silence, or no match: unknown music or talk).
+
+``-`` reads a WAV stream on stdin, e.g. ``ffmpeg -i show.m4a -f wav - | nafp scan -``. Runs as fast as the CPU
+allows with the listener's decision logic and the results folder's calibrated no-match rule. Output: a readable
+table (default), ``--json`` lines or ``--csv``, one row per occurrence or gap; ``--plot PNG`` draws the timeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
+from workflow_lib.cli.text import fmt_time, printable, song_label
+
+FIELDS = ["file", "kind", "start_s", "end_s", "song_id", "title", "artist", "song_start_s", "song_end_s",
+          "confidence"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("scan", help="every song in a long recording, with where it starts and ends",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", metavar="FILE", help="recordings (any supported format), or - for WAV on stdin")
+    common_options(p)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="JSON lines, one object per occurrence or gap")
+    out.add_argument("--csv", action="store_true", help="CSV with a header, one row per occurrence or gap")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="draw the timeline (one PNG per file; with several files, FILE's name is added)")
+    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                   help="seconds of audio searched together (default: listen.window_s)")
+    p.add_argument("--device", default=None, help="where the model runs: auto, cpu, cuda (default: search.device)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default: 2)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        return fail("--threads must be at least 1")
+    if args.files.count("-") > 1:
+        return fail("- (stdin) can be given once")
+    from workflow_lib.cli.listen import load_settings
+    from workflow_lib.cli.query import SetupError, load_searcher
+
+    try:
+        settings = load_settings(args.results, args.config, {"window_s": args.window})
+    except ValueError as exc:
+        return fail(str(exc))
+    import torch
+
+    from workflow_lib.audio.files import AudioDecodeError, iter_audio, iter_wav_stream
+    from workflow_lib.listener.scan import plot_timeline, scan_chunks
+
+    torch.set_num_threads(args.threads)
+    try:
+        searcher, _ = load_searcher(args, {"device": args.device})
+    except SetupError as exc:
+        return fail(str(exc), EXIT_SETUP)
+    writer = csv.DictWriter(sys.stdout, FIELDS) if args.csv else None
+    if writer:
+        writer.writeheader()
+    failed = 0
+    for path in args.files:
+        chunks = iter_wav_stream(sys.stdin.buffer, name="stdin") if path == "-" else iter_audio(path)
+        try:
+            result = scan_chunks(searcher, chunks, settings.listen, name="stdin" if path == "-" else path)
+        except (AudioDecodeError, ValueError) as exc:
+            failed += 1
+            print(f"error: {printable(exc)}", file=sys.stderr)
+            continue
+        rows = result.rows()
+        if args.json:
+            for r in rows:
+                print(json.dumps(r), flush=True)
+        elif writer:
+            writer.writerows(rows)
+        else:
+            print_timeline(result)
+        if args.plot:
+            target = Path(args.plot) if len(args.files) == 1 else \
+                Path(args.plot).with_name(f"{Path(args.plot).stem}-{Path(path).stem}{Path(args.plot).suffix}")
+            plot_timeline(result, target)
+            print(f"timeline drawn: {target}", file=sys.stderr)
+    return EXIT_INPUT if failed else EXIT_OK
+
+
+def print_timeline(result) -> None:
+    print(f"{printable(result.name)}: {fmt_time(result.duration_s)} scanned in {result.compute_s:.1f} s "
+          f"({result.duration_s / max(result.compute_s, 1e-9):.0f}x realtime), {len(result.occurrences)} "
+          f"occurrence{'s' if len(result.occurrences) != 1 else ''}")
+    for r in result.timeline():
+        span = f"{fmt_time(r.start_s):>9} - {fmt_time(r.end_s):<9}"
+        if r.kind == "song":
+            print(f"  {span} {song_label(r.title, r.artist, r.song_id)}  (song {fmt_time(r.song_start_s)}-"
+                  f"{fmt_time(r.song_end_s)}, confidence {r.confidence:.2f})")
+        else:
+            print(f"  {span} ({r.kind})")
