@@ -142,5 +142,10 @@ def init_model(wildcards=None):
     return [str(path)] if path is not None else []
 # The evaluate keys that define the queries (for params: toggling the baseline or the modes reruns only what uses
 # them, not the query set or the calibration), and the search keys that change results (not batch size or device).
-QUERY_PLAN = {k: v for k, v in config["evaluate"].items() if k not in ("modes", "baseline_audfprint", "audfprint")}
+QUERY_PLAN = {k: v for k, v in config["evaluate"].items()
+              if k not in ("modes", "baseline_audfprint", "audfprint", "monitoring")}
+
+
+def monitoring_results(wildcards=None):
+    return [rules.monitor.output.results] if config["evaluate"]["monitoring"]["enabled"] else []
 SEARCH_PARAMS = {k: v for k, v in config["search"].items() if k not in ("batch_size", "device", "mode")}

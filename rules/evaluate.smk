@@ -110,6 +110,39 @@ rule baseline_audfprint:
         "../scripts/baseline_audfprint.py"
 
 
+rule monitor:
+    """Monitoring benchmark (optional, evaluate.monitoring.enabled): synthetic programmes scanned by nafp scan and,
+    with the baseline enabled, by audfprint."""
+    input:
+        model=MODEL_FILE,
+        index=rules.build_index.output,
+        catalogue=rules.catalogue.output,
+        threshold=rules.calibrate.output.threshold,
+        songs=rules.manifest.output.songs,
+        splits=rules.split.output.splits,
+        noise=rules.prepare_noise.output.test,
+        irs=rules.prepare_irs.output.test,
+    output:
+        results=f"{PATHS['eval_dir']}/monitoring.parquet",
+    params:
+        search=SEARCH_PARAMS,
+        device=config["search"]["device"],
+        batch_size=config["search"]["batch_size"],
+        listen=config["listen"],
+        evaluate=QUERY_PLAN | {"monitoring": config["evaluate"]["monitoring"]},
+        audfprint=config["evaluate"]["audfprint"] if config["evaluate"]["baseline_audfprint"] else None,
+    log:
+        f"{LOGS}/monitor.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=240,
+    script:
+        "../scripts/monitor.py"
+
+
 rule evaluate:
     """Metrics, summary table and hit-rate plots (neural, and audfprint when enabled)."""
     input:
@@ -117,6 +150,7 @@ rule evaluate:
         results=eval_results(),
         threshold=rules.calibrate.output.threshold,
         index=rules.build_index.output,
+        monitoring=monitoring_results,
     output:
         metrics=f"{PATHS['eval_dir']}/metrics.parquet",
         summary=report(f"{PATHS['eval_dir']}/summary.md", caption="../report/summary.rst", category="Evaluation",

@@ -150,3 +150,30 @@ print(res.duration_s, len(res.occurrences), (after - before) / 1024)
     assert float(duration) == pytest.approx(3600.0)
     assert int(n_occ) >= 100  # songs back to back: each one is found
     assert float(grown_mb) < 200, grown_mb  # ~115 MB of audio was streamed through; memory grew far less
+
+
+def test_monitoring_programme_truth_and_scores():
+    from workflow_lib.evaluation.monitoring import MonitoringPlan, make_programme, score_programme
+
+    known = [(f"k{i}", synth_song(i, 40.0)) for i in range(3)]
+    unknown = [(f"u{i}", synth_song(50 + i, 40.0)) for i in range(2)]
+    plan = MonitoringPlan(minutes=3.0, reverb=False)
+    prog = make_programme("p", np.random.default_rng(4), known, unknown, plan, 10.0, None, None, None)
+    assert prog.duration_s >= 180 and prog.truth
+    for o in prog.truth:  # the truth points at the very samples of the song (no noise, no room here; the points
+        song = dict(known)[o["song_id"]]  # avoid the fades and a talk-over can cover one of them)
+        corr = []
+        for f in np.linspace(0.2, 0.8, 5):
+            t = o["start_s"] + f * (o["end_s"] - o["start_s"] - 1)
+            a, b = int(t * SR), int((o["song_start_s"] + t - o["start_s"]) * SR)
+            corr.append(np.corrcoef(prog.audio[a:a + SR], song[b:b + SR])[0, 1])
+        assert max(corr) > 0.9, (o, corr)
+    perfect = score_programme(prog.truth, prog.truth, prog.duration_s)
+    assert perfect["f1"] == 1.0 and perfect["boundary_error_s"] == 0.0 and perfect["false_alarm_minutes"] == 0
+    late = [{**o, "start_s": o["start_s"] + 2.0, "song_start_s": o["song_start_s"] + 2.0} for o in prog.truth]
+    shifted = score_programme(prog.truth, late, prog.duration_s)
+    assert shifted["boundary_error_s"] == pytest.approx(1.0) and shifted["offset_error_s"] == pytest.approx(0.0)
+    assert shifted["recall"] < 1.0 and shifted["precision"] == 1.0
+    alarm = score_programme(prog.truth, prog.truth + [{"song_id": "k0", "start_s": 0.0, "end_s": 0.0 + 1e-9,
+                                                       "song_start_s": 0.0}], prog.duration_s)
+    assert alarm["false_alarm_minutes"] == 0.0  # shorter than a second: no labelled second

@@ -31,7 +31,9 @@ TINY = {
     "search": {"mode": "vote", "calibration": {"queries_per_length": 20}},
     "evaluate": {"n_starts": 4, "n_trained_starts": 2, "n_out_of_db_starts": 2, "lengths_s": [1, 3],
                  "conditions": [{"name": "clean"}, {"name": "10 dB + room", "snr_db": 10, "room": "room"},
-                                {"name": "resonant", "room": "resonant"}]},
+                                {"name": "resonant", "room": "resonant"}],
+                 "baseline_audfprint": True,
+                 "monitoring": {"enabled": True, "programmes": 1, "minutes": 1.0, "snr_db": [10]}},
 }
 
 
@@ -80,8 +82,11 @@ def test_model_database_and_evaluation_come_out_of_the_same_run(workflow_run):
     meta = pd.read_parquet(r / "index/index_meta.parquet")
     assert len(meta) == sum(len(s) for s in shards)
     metrics = pd.read_parquet(r / "eval/metrics.parquet")
-    assert len(metrics) > 0
-    assert "|" in (r / "eval/summary.md").read_text()
+    assert len(metrics) > 0 and set(metrics.system) == {"neural", "audfprint"}
+    summary = (r / "eval/summary.md").read_text()
+    assert "| clean | neural (sequence) |" in summary and "## Monitoring benchmark" in summary
+    mon = pd.read_parquet(r / "eval/monitoring.parquet")
+    assert set(mon.system) == {"neural", "audfprint"} and mon.minutes.min() >= 1.0
 
 
 @pytest.mark.e2e

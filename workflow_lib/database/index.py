@@ -475,13 +475,14 @@ class FingerprintDB:
 
     # -- search -------------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None,
-               rerank: int | None = None, exclude_song: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+               rerank: int | None = None, exclude_song: str | Iterable[str] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows per query by inner product -> ``(sims (n, k) float32, rows (n, k) int64)``.
 
         Missing neighbours (fewer than ``k`` rows, or lists too sparse) have row -1 and similarity -inf. For
         approximate indexes ``rerank`` (default from the sidecar) candidates are re-scored exactly.
-        ``exclude_song`` searches as if that song were not in the database (its rows are skipped by a FAISS ID
-        selector): the leave-one-song-out queries that stand for songs nobody indexed.
+        ``exclude_song`` (one id or a set) searches as if those songs were not in the database (their rows are
+        skipped by a FAISS ID selector): queries that stand for songs nobody indexed.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
@@ -503,12 +504,18 @@ class FingerprintDB:
         sims[rows < 0] = -np.inf
         return sims, rows.astype(np.int64, copy=False)
 
-    def _exclusion(self, song_id: str | None):
-        """FAISS search parameters that skip one song's rows (None: search everything)."""
-        i = self.song_position(song_id) if song_id is not None else -1
-        if i < 0:
+    def _exclusion(self, songs: str | Iterable[str] | None):
+        """FAISS search parameters that skip the rows of one song or of a set of songs (None: search everything)."""
+        ids = [songs] if isinstance(songs, str) else list(songs or ())
+        pos = [p for p in (self.song_position(s) for s in ids) if p >= 0]
+        if not pos:
             return None
-        inner = faiss.IDSelectorRange(int(self.rows.start[i]), int(self.rows.start[i + 1]))
+        if len(pos) == 1:
+            inner = faiss.IDSelectorRange(int(self.rows.start[pos[0]]), int(self.rows.start[pos[0] + 1]))
+        else:
+            rows = np.concatenate([np.arange(self.rows.start[i], self.rows.start[i + 1]) for i in pos]).astype(np.int64)
+            inner = faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows))
+            inner._rows = rows  # the selector reads this array: keep it alive with the selector
         sel = faiss.IDSelectorNot(inner)
         ivf = faiss.try_extract_index_ivf(self.index)
         params = faiss.SearchParametersIVF(sel=sel, nprobe=max(1, self.nprobe)) if ivf is not None else \

@@ -473,9 +473,6 @@ class ListenerCore:
         fingerprints ``emb`` (zero vectors for silent ones), RMS ``levels`` (dBFS) and optionally their neighbour
         lists. Returns one decision per segment (the stream form decides only on the newest of a chunk)."""
         out = []
-        if neighbours is not None:
-            loud = levels > self.config.silence_dbfs
-            self._db.prime(emb[loud], neighbours[loud], self.searcher.top_k)
         per = embed_ms / max(1, len(emb))
         for k in range(len(emb)):
             j = first + k
@@ -483,6 +480,8 @@ class ListenerCore:
             if not loud or (self._window and self._window[-1][0] != j - 1):
                 self._window.clear()  # silence ends whatever was playing; a gap loses the alignment
             if loud:
+                if neighbours is not None:  # primed as it enters the window: the cache holds a few windows only
+                    self._db.prime(emb[k:k + 1], neighbours[k:k + 1], self.searcher.top_k)
                 self._window.append((j, emb[k]))
             out.append(self._decide(j, float(levels[k]), loud, per))
         self._next_seg = first + len(emb)

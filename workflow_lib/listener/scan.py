@@ -96,8 +96,9 @@ class ScanResult:
 
 
 def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | None = None, name: str = "",
-                batch_seconds: float = 60.0) -> ScanResult:
-    """Scan a stream of consecutive 8 kHz chunks (e.g. ``audio.files.iter_audio`` of a file)."""
+                exclude_songs: set[str] | None = None) -> ScanResult:
+    """Scan a stream of consecutive 8 kHz chunks (e.g. ``audio.files.iter_audio`` of a file). ``exclude_songs``
+    are searched as if they were not in the database (the monitoring benchmark's unknown music)."""
     config = config or ListenConfig()
     t0 = time.perf_counter()
     core = ListenerCore(searcher, config)
@@ -114,7 +115,7 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
 
     for first, emb, lev in iter_embed_chunks(searcher.fingerprinter, counted(chunks), searcher.batch_size,
                                              searcher.device, with_levels=True, silence_dbfs=config.silence_dbfs):
-        nb = find_neighbours(searcher.db, emb, searcher.top_k)
+        nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
         core.push_segments(first, emb, lev, nb)
         embs.append(emb.astype(np.float16))
         levels.append(lev)
