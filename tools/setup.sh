@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(libportaudio2 ffmpeg pulseaudio pulseaudio-utils)
+APT_PACKAGES=(libportaudio2 ffmpeg pulseaudio pulseaudio-utils tmux)
 PY=${PYTHON:-python3}
 
 missing=()

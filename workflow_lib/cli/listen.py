@@ -19,10 +19,10 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
-from workflow_lib.cli.text import fmt_time, song_label
+from workflow_lib.cli.text import display_width, fit, fmt_time, song_label, terminal_width
 from workflow_lib.listener.core import Decision, ListenConfig, ListenSummary, MATCH, SILENCE
 
 log = logging.getLogger("nafp.listen")
@@ -199,33 +199,70 @@ def run(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ display
 
-def decision_line(d: Decision) -> str:
-    """One status line: stream time, state, song, position in the song, confidence, compute per decision."""
+# A line is a list of parts (priority, text); the one part marked FLEX (the song) is cut before anything is dropped.
+FLEX = -1
+FLEX_MIN = 24  # columns the song (with its "best guess" or "now playing" prefix) keeps before lower-priority parts are dropped for it
+
+
+def decision_line(d: Decision, width: int | None = None) -> str:
+    """One status line: stream time, state, song, position in the song, confidence, compute per decision.
+
+    With ``width``, the line fits that many columns: the least useful parts go first (compute time, then the
+    scores), and the song's name is cut (kept at least ``FLEX_MIN`` columns) rather than dropped.
+    """
     head = f"[{fmt_time(d.stream_s):>7}]"
-    tail = f"{d.compute_ms:5.0f} ms/decision"
-    if d.overflows:
-        tail += f", {d.overflows} overflows"
+    tail = f"{d.compute_ms:.0f} ms/decision" + (f", {d.overflows} overflows" if d.overflows else "")
     if d.state == SILENCE:
-        return f"{head} silence ({d.level_dbfs:.0f} dBFS), listening...  {tail}"
-    if d.state == MATCH:
-        return (f"{head} \u266a {song_label(d.title, d.artist, d.song_id)} at {fmt_time(d.song_pos_s)}  "
-                f"confidence {d.confidence:.2f}  {tail}")
-    if d.song_id is None:
-        return f"{head} listening...  {tail}"
-    return (f"{head} listening... best guess {song_label(d.title, d.artist, d.song_id)} score {d.score:.3f} "
-            f"(needs {d.threshold:.3f}), {d.streak} in a row  {tail}")
+        parts = [(0, head), (0, f"silence ({d.level_dbfs:.0f} dBFS)"), (1, "listening..."), (3, tail)]
+    elif d.state == MATCH:
+        parts = [(0, head), (FLEX, "\u266a " + song_label(d.title, d.artist, d.song_id)),
+                 (1, f"at {fmt_time(d.song_pos_s)}"), (2, f"confidence {d.confidence:.2f}"), (3, tail)]
+    elif d.song_id is None:
+        parts = [(0, head), (0, "listening..."), (3, tail)]
+    else:
+        parts = [(0, head), (0, "listening..."), (FLEX, "best guess " + song_label(d.title, d.artist, d.song_id)),
+                 (1, f"score {d.score:.3f} (needs {d.threshold:.3f})"), (2, f"{d.streak} in a row"), (3, tail)]
+    return compose(parts, width)
 
 
-def event_line(d: Decision) -> str | None:
+def event_line(d: Decision, width: int | None = None) -> str | None:
+    head = f"[{fmt_time(d.stream_s):>7}]"
     if d.event in ("match", "change"):
-        return (f"[{fmt_time(d.stream_s):>7}] {'now playing' if d.event == 'match' else 'changed to'}: "
-                f"{song_label(d.title, d.artist, d.song_id)} (song position {fmt_time(d.song_pos_s)}, "
-                f"confidence {d.confidence:.2f})")
-    if d.event == "resync":
-        return f"[{fmt_time(d.stream_s):>7}] offset corrected: now at {fmt_time(d.song_pos_s)} of the song"
-    if d.event == "lost":
-        return f"[{fmt_time(d.stream_s):>7}] music stopped or changed: listening..."
-    return None
+        parts = [(0, head), (FLEX, ("now playing: " if d.event == "match" else "changed to: ")
+                              + song_label(d.title, d.artist, d.song_id)), (1, f"at {fmt_time(d.song_pos_s)} of the song"),
+                 (2, f"confidence {d.confidence:.2f}")]
+    elif d.event == "resync":
+        parts = [(0, head), (0, "offset corrected:"), (1, f"now at {fmt_time(d.song_pos_s)} of the song")]
+    elif d.event == "lost":
+        parts = [(0, head), (0, "music stopped or changed:"), (1, "listening...")]
+    else:
+        return None
+    return compose(parts, width)
+
+
+def compose(parts: list[tuple[int, str]], width: int | None, sep: str = "  ") -> str:
+    """Join ``(priority, text)`` parts into a line of at most ``width`` columns (None: no limit).
+
+    Parts of priority 2 and above are dropped (highest number first, the last of equals) while the FLEX part would
+    have to be cut; parts of priority 1 only while it would be cut below ``FLEX_MIN`` columns. Then the FLEX part
+    is cut to what is left, and as a last resort the whole line is cut with an ellipsis.
+    """
+    kept = list(parts)
+
+    def length(flex_cols: int | None) -> int:
+        return sum(display_width(t) if p != FLEX or flex_cols is None else min(display_width(t), flex_cols)
+                   for p, t in kept) + display_width(sep) * (len(kept) - 1)
+
+    if width is None:
+        return sep.join(t for _, t in kept)
+    for floor, flex_cols in ((2, None), (1, FLEX_MIN)):
+        while length(flex_cols) > width and any(p >= floor for p, _ in kept):
+            worst = max(p for p, _ in kept)
+            del kept[max(i for i, (p, _) in enumerate(kept) if p == worst)]
+    if length(None) > width:
+        room = width - length(0)
+        kept = [(p, fit(t, max(room, 1)) if p == FLEX else t) for p, t in kept]
+    return fit(sep.join(t for _, t in kept), width)
 
 
 def summary_text(s: ListenSummary) -> str:
@@ -249,8 +286,10 @@ def summary_text(s: ListenSummary) -> str:
 class Display:
     """Terminal output: a live line rewritten in place (a terminal), a line per decision (a pipe), or JSON lines."""
 
-    def __init__(self, json_lines: bool = False, out: TextIO | None = None, live: bool | None = None):
+    def __init__(self, json_lines: bool = False, out: TextIO | None = None, live: bool | None = None,
+                 width: Callable[[], int] = terminal_width):
         self.out = out or sys.stdout
+        self.width = width
         self.json = json_lines
         self.live = (self.out.isatty() if live is None else live) and not json_lines
         self._dirty = False
@@ -260,13 +299,18 @@ class Display:
             self.out.write(json.dumps({"type": "decision", **d.to_dict()}) + "\n")
             self.out.flush()
             return
-        ev = event_line(d)
         if self.live:
+            # One row per line: a line wider than the terminal wraps and "\r ESC[2K" clears only its last row, so
+            # each line is fitted to the width now (the terminal may have been resized); one column spare, as some
+            # terminals wrap when the last column is written.
+            width = max(20, self.width() - 1)
+            ev = event_line(d, width)
             if ev:
                 self.out.write("\r\x1b[2K" + ev + "\n")
-            self.out.write("\r\x1b[2K" + decision_line(d))
+            self.out.write("\r\x1b[2K" + decision_line(d, width))
             self._dirty = True
-        else:
+        else:  # a pipe or a file: whole lines, one per decision
+            ev = event_line(d)
             if ev:
                 self.out.write(ev + "\n")
             self.out.write(decision_line(d) + "\n")

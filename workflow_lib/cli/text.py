@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import sys
 import unicodedata
 
 
@@ -56,4 +58,10 @@ def fit(text: str, width: int) -> str:
 
 
 def terminal_width(default: int = 80) -> int:
-    return shutil.get_terminal_size((default, 24)).columns
+    """Columns of the terminal on stdout, asked now (it may have been resized); ``COLUMNS`` or ``default`` when
+    stdout is not a terminal. The terminal itself comes first: a stale exported ``COLUMNS`` (GNU readline sets one
+    in the environment that child processes inherit) must not make lines wrap."""
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # not a terminal, or stdout replaced by an object without a fd
+        return shutil.get_terminal_size((default, 24)).columns

@@ -61,12 +61,13 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
     bar = tqdm(total=n_total, desc="calibration queries", mininterval=10)
     span_s = max(lengths) * max(c.max_speed for c in conds)
 
-    def record(x: np.ndarray, exclude: str | None) -> None:
+    def record(x: np.ndarray, n_nominal: int, exclude: str | None) -> None:
         res = searcher.search(searcher.embed(x), "sequence", exclude_song=exclude)
-        # Grouped by the query's nominal length: a partly quiet query searches fewer segments (the silence gate),
-        # and answering it interpolates between the calibrated lengths; a stray group of one query would not.
+        # Grouped by the query's nominal length (samples asked for, not the degraded clip's, which a speed change
+        # stretches): a partly quiet query searches fewer segments (the silence gate), and answering it
+        # interpolates between the calibrated lengths; a stray group of a few queries would not.
         if res.n_segments:  # a query the silence gate emptied is answered "silence", never by the threshold
-            scores.setdefault(max(1, n_segments(len(x))), []).append([c.score for c in res.candidates])
+            scores.setdefault(max(1, n_segments(n_nominal)), []).append([c.score for c in res.candidates])
         bar.update()
 
     song_q = np.flatnonzero(~is_noise)
@@ -89,14 +90,14 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
                 except ValueError as exc:  # e.g. a silent noise excerpt: the SNR is undefined
                     log.info("calibration query %d skipped: %s", k, exc)
                     continue
-                record(x, sid)
+                record(x, n, sid)
     for k in np.flatnonzero(is_noise):
         qrng = np.random.default_rng([seed, 13, int(k)])
         n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
         x = noise_bank.random_excerpt(qrng, n)
         level = 10 ** qrng.uniform(-2.0, -0.7)  # RMS from quiet room (-40 dBFS) to loud (-14 dBFS)
         x = limit_peak(x * (level / max(float(np.sqrt(np.mean(x ** 2))), 1e-9)))
-        record(x, None)
+        record(x, n, None)
     bar.close()
     return scores
 
