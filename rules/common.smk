@@ -32,7 +32,9 @@ PATHS = {
     "demo_music": f"{RESULTS}/demo_corpus/music",
     "songs": f"{RESULTS}/manifest/songs.parquet",
     "rejected": f"{RESULTS}/manifest/rejected.parquet",
+    "rejected_csv": f"{RESULTS}/manifest/rejected.csv",  # CSV copies: what people open (the Parquet is for code)
     "splits": f"{RESULTS}/split/splits.parquet",
+    "splits_csv": f"{RESULTS}/split/splits.csv",
     "noise": f"{RESULTS}/noise/{{side}}",  # clip bank prefix; side = train | test
     "irs": f"{RESULTS}/irs/{{side}}",
     "song_bank": f"{RESULTS}/model/audio/{{split}}",  # split = train | val
@@ -46,6 +48,7 @@ PATHS = {
     "index_dir": f"{RESULTS}/index",
     "catalogue": f"{RESULTS}/catalogue.parquet",
     "threshold": f"{RESULTS}/index/threshold.json",
+    "thresholds_csv": f"{RESULTS}/index/thresholds.csv",
     "eval_dir": f"{RESULTS}/eval",
 }
 INDEX_FILES = [f"{PATHS['index_dir']}/{name}" for name in ("index.faiss", "index_meta.parquet", "vectors.f16.npy",

@@ -5,7 +5,8 @@ rule effective_config:
     """The validated config of this run (defaults + --configfile + --config) as results/config.yaml: the nafp
     commands read it back, so a query is searched the way its database was made."""
     output:
-        PATHS["config"],
+        report(PATHS["config"], caption="../report/config.rst", category="Settings",
+               labels={"item": "effective config"}),
     params:
         # The whole config as a parameter: any change rewrites the file.
         config=config,
@@ -49,6 +50,7 @@ rule manifest:
     output:
         songs=PATHS["songs"],
         rejected=PATHS["rejected"],
+        rejected_csv=PATHS["rejected_csv"],
     params:
         # Listed as params so that changing the folders reruns the scan.
         music_dirs=music_dirs(),
@@ -73,6 +75,7 @@ rule split:
         songs=rules.manifest.output.songs,
     output:
         splits=PATHS["splits"],
+        csv=PATHS["splits_csv"],
     params:
         fractions=config["split"]["fractions"],
         seed=config["split"]["seed"],

@@ -15,6 +15,8 @@ rule calibrate:
         irs=rules.prepare_irs.output.train,
     output:
         threshold=PATHS["threshold"],
+        table=report(PATHS["thresholds_csv"], caption="../report/thresholds.rst", category="Settings",
+                     labels={"item": "no-match thresholds"}),
     params:
         search=SEARCH_PARAMS,
         evaluate=QUERY_PLAN,
@@ -153,8 +155,9 @@ rule evaluate:
         monitoring=monitoring_results,
     output:
         metrics=f"{PATHS['eval_dir']}/metrics.parquet",
-        summary=report(f"{PATHS['eval_dir']}/summary.md", caption="../report/summary.rst", category="Evaluation",
-                       labels={"figure": "summary (Markdown)"}),
+        metrics_csv=report(f"{PATHS['eval_dir']}/metrics.csv", caption="../report/metrics.rst", category="Evaluation",
+                           labels={"figure": "metrics table"}),
+        summary=f"{PATHS['eval_dir']}/summary.md",  # the same summary as the HTML one below, for reading in git
         summary_html=report(f"{PATHS['eval_dir']}/summary.html", caption="../report/summary.rst", category="Evaluation",
                             labels={"figure": "summary"}),
         hit_song=report(f"{PATHS['eval_dir']}/hit_rate_song.png", caption="../report/hit_rate_song.rst",

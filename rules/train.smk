@@ -40,8 +40,10 @@ rule train:
         init=init_model,
     output:
         model=PATHS["model"],
-        metrics=PATHS["train_metrics"],
-        curves=report(PATHS["train_curves"], caption="../report/training_curves.rst", category="Training"),
+        metrics=report(PATHS["train_metrics"], caption="../report/training_metrics.rst", category="Training",
+                       labels={"figure": "per-epoch metrics"}),
+        curves=report(PATHS["train_curves"], caption="../report/training_curves.rst", category="Training",
+                      labels={"figure": "training curves"}),
     params:
         checkpoint=PATHS["checkpoint"],
         model=config["model"],

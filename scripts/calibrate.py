@@ -10,4 +10,5 @@ setup_logging(snakemake.log[0])
 i, p = snakemake.input, snakemake.params
 run_calibration(snakemake.output.threshold, i.model, Path(i.index[0]).parent, i.songs, i.splits,
                 bank_prefix(i.noise[0]), bank_prefix(i.irs[0]),
-                {**p.search, "device": p.device, "batch_size": p.batch_size}, p.evaluate, threads=snakemake.threads)
+                {**p.search, "device": p.device, "batch_size": p.batch_size}, p.evaluate, threads=snakemake.threads,
+                table_path=snakemake.output.table)

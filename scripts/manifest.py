@@ -6,4 +6,4 @@ from workflow_lib.data.manifest import write_manifest
 setup_logging(snakemake.log[0])
 p = snakemake.params
 write_manifest(p.music_dirs, p.distractor_dirs, snakemake.output.songs, snakemake.output.rejected,
-               p.min_duration_s, p.silence_dbfs)
+               p.min_duration_s, p.silence_dbfs, snakemake.output.rejected_csv)

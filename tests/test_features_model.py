@@ -167,6 +167,24 @@ def test_model_checksum(saved_model, tmp_path):
     assert model_checksum(other) != c
 
 
+def test_a_model_file_that_differs_from_its_recorded_checksum_is_refused(saved_model, tmp_path):
+    import hashlib
+    import shutil
+
+    from workflow_lib.model.model_file import verify_checksum
+
+    _, path = saved_model
+    copy = tmp_path / "bundled.pt"
+    shutil.copy(path, copy)
+    with pytest.raises(ModelFileError, match="no recorded checksum"):
+        verify_checksum(copy)
+    (tmp_path / "bundled.pt.sha256").write_text(hashlib.sha256(copy.read_bytes()).hexdigest() + "  bundled.pt\n")
+    verify_checksum(copy)  # as recorded: accepted
+    copy.write_bytes(copy.read_bytes()[:-10])  # damaged
+    with pytest.raises(ModelFileError, match="does not match the recorded"):
+        verify_checksum(copy)
+
+
 def test_model_file_errors_name_the_file(saved_model, tmp_path):
     _, path = saved_model
     with pytest.raises(ModelFileError, match="not found"):

@@ -52,7 +52,8 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: 
 @pytest.fixture(scope="module")
 def workflow_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("wf")
-    run_snakemake(work, "all")
+    res = run_snakemake(work, "all")
+    (work / "snakemake.out").write_text(res.stdout + res.stderr)
     return work
 
 
@@ -117,6 +118,33 @@ def test_every_song_is_found_and_queries_use_the_runs_settings(workflow_run, cap
     assert main(["db", "list", "--results", str(r), "--csv"]) == 0
     listed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
     assert set(listed.song_id) == set(songs.song_id)
+
+
+@pytest.mark.e2e
+def test_the_run_ends_by_pointing_at_the_summary_and_a_query(workflow_run):
+    out = (workflow_run / "snakemake.out").read_text()
+    assert "Done. The evaluation: results/eval/summary.md" in out
+    assert f"nafp query YOUR_CLIP.mp3 --results {workflow_run / 'results'}" in out
+    # the readable copies of Parquet outputs
+    r = workflow_run / "results"
+    assert set(pd.read_csv(r / "split/splits.csv").columns) >= {"song_id", "split", "path"}
+    assert list(pd.read_csv(r / "manifest/rejected.csv").columns) == ["path", "reason"]
+    thresholds = pd.read_csv(r / "index/thresholds.csv")
+    assert list(thresholds.query_s) == [1.0, 3.0] and (thresholds.null_queries > 0).all()
+    assert len(pd.read_csv(r / "eval/metrics.csv")) == len(pd.read_parquet(r / "eval/metrics.parquet"))
+
+
+@pytest.mark.e2e
+def test_the_html_report_holds_the_curves_tables_settings_and_one_summary(workflow_run):
+    report = workflow_run / "report.html"
+    run_snakemake(workflow_run, "--report", str(report))
+    html = report.read_text()
+    for item in ("training curves", "per-epoch metrics", "metrics table", "no-match thresholds", "effective config",
+                 "song-level hit rate vs query length"):
+        assert item in html, item
+    # The results are listed as '"results/...": {"name": ...}' entries: the summary once (HTML), not twice.
+    assert '"results/eval/summary.html": {' in html and '"results/eval/summary.md": {' not in html
+    assert "Neural audio fingerprinting" in html  # the workflow description (report/workflow.rst)
 
 
 @pytest.mark.e2e

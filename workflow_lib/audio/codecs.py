@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from workflow_lib import SAMPLE_RATE
+from workflow_lib.audio.decoder_messages import DecoderMessages, captured_stderr
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def encode_decode(audio: np.ndarray, codec: str | Codec, sr: int = SAMPLE_RATE) 
         for i in range(0, len(x), WRITE_BLOCK):
             f.write(x[i:i + WRITE_BLOCK])
     buf.seek(0)
-    y, _ = sf.read(buf, dtype="float32")
+    with captured_stderr(DecoderMessages()):  # a low-bitrate MP3's decoder notices are expected, not news
+        y, _ = sf.read(buf, dtype="float32")
     y = y[:, 0] if y.ndim > 1 else y
     delay = codec_delay(x, y)
     y = y[delay:delay + len(x)]

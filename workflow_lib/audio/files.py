@@ -21,6 +21,7 @@ import soundfile as sf
 import soxr
 
 from workflow_lib import SAMPLE_RATE
+from workflow_lib.audio.decoder_messages import DecoderMessages, captured_stderr
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,16 @@ def _looks_like_text(head: bytes) -> bool:
     return all(c.isprintable() or c in "\r\n\t" for c in text)
 
 
-def audio_info(path: str | Path) -> AudioInfo:
-    """Header information without decoding the whole file. Raises AudioDecodeError for unreadable files."""
+def audio_info(path: str | Path, messages: DecoderMessages | None = None) -> AudioInfo:
+    """Header information without decoding the whole file. Raises AudioDecodeError for unreadable files.
+    What the decoder prints on stderr meanwhile is counted into ``messages`` (``decoder_messages``)."""
     path = Path(path)
     check_readable(path)
     if _needs_ffmpeg(path):
         return _ffprobe_info(path)
     try:
-        info = sf.info(str(path))
+        with captured_stderr(messages if messages is not None else DecoderMessages()):
+            info = sf.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError with a terse message
         reason = str(exc).split(": ", 1)[-1] if "Error opening" in str(exc) else str(exc)
         if "possibly a pipe" in reason or "Format not recognised" in reason:
@@ -114,17 +117,29 @@ def audio_info(path: str | Path) -> AudioInfo:
                      str(info.format), int(info.frames))
 
 
-def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0) -> Iterator[np.ndarray]:
+def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0,
+               messages: DecoderMessages | None = None) -> Iterator[np.ndarray]:
     """Yield consecutive mono float32 chunks at ``sr`` (about ``chunk_seconds`` each, the last one shorter).
 
     Raises AudioDecodeError when the file is unreadable, corrupt, or decodes to far fewer samples than its header
-    promises (a truncated file).
+    promises (a truncated file). The decoder's own stderr lines (libmpg123's damaged-frame notices) are counted
+    into ``messages`` instead of printed; without ``messages`` their count is logged at DEBUG once per file (the
+    manifest counts them for every song, ``decoder_messages`` column).
     """
     path = Path(path)
     if _needs_ffmpeg(path):
         yield from _iter_ffmpeg(path, sr, chunk_seconds)
         return
-    info = audio_info(path)
+    own = messages is None
+    if own:
+        messages = DecoderMessages()
+    yield from _iter_soundfile(path, sr, chunk_seconds, messages)
+    if own and messages.count:
+        log.debug("%s: %s", path, messages.summary())
+
+
+def _iter_soundfile(path: Path, sr: int, chunk_seconds: float, messages: DecoderMessages) -> Iterator[np.ndarray]:
+    info = audio_info(path, messages)
     resampler = soxr.ResampleStream(info.sample_rate, sr, 1, dtype="float32", quality="HQ") \
         if info.sample_rate != sr else None
     target = max(1, int(chunk_seconds * sr))
@@ -132,9 +147,12 @@ def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 3
     n_pending = 0
     decoded = 0
     try:
-        with sf.SoundFile(str(path)) as f:
+        with captured_stderr(messages):
+            f = sf.SoundFile(str(path))
+        with f:
             while True:
-                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                with captured_stderr(messages):  # around the decoder call only: the consumer's output is not held
+                    block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
                 last = len(block) < _BLOCK_FRAMES
                 decoded += len(block)
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]

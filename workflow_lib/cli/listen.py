@@ -221,7 +221,7 @@ def decision_line(d: Decision, width: int | None = None) -> str:
         parts = [(0, head), (0, "listening..."), (3, tail)]
     else:
         parts = [(0, head), (0, "listening..."), (FLEX, "best guess " + song_label(d.title, d.artist, d.song_id)),
-                 (1, f"score {d.score:.3f} (needs {d.threshold:.3f})"), (2, f"{d.streak} in a row"), (3, tail)]
+                 (1, f"{d.statistic} {d.decision:.3f} (needs {d.threshold:.3f})"), (2, f"{d.streak} in a row"), (3, tail)]
     return compose(parts, width)
 
 

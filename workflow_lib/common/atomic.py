@@ -38,6 +38,12 @@ def write_text_atomic(final: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_csv_atomic(table, final: str | os.PathLike) -> None:
+    """A pandas table as CSV (the readable copy of a Parquet output: opens in any spreadsheet or ``column``)."""
+    with atomic_path(final) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:
     """SHA-256 of a file's bytes, first ``length`` hex digits (model checksums, cache keys of partial results)."""
     import hashlib

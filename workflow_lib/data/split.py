@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_lib.common.atomic import atomic_path
+from workflow_lib.common.atomic import atomic_path, write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ def assign_splits(songs: pd.DataFrame, fractions: dict[str, float], seed: int) -
     return pd.DataFrame({"song_id": songs["song_id"].to_numpy(), "split": out})
 
 
-def write_splits(songs_path: str | Path, out_path: str | Path, fractions: dict[str, float], seed: int) -> pd.DataFrame:
+def write_splits(songs_path: str | Path, out_path: str | Path, fractions: dict[str, float], seed: int,
+                 csv_path: str | Path | None = None) -> pd.DataFrame:
+    """The split as ``out_path`` (Parquet) and, with ``csv_path``, a CSV naming each song's file too."""
     songs = pd.read_parquet(songs_path)
     splits = assign_splits(songs, fractions, seed)
     counts = splits["split"].value_counts().reindex(SPLITS, fill_value=0)
@@ -55,5 +57,8 @@ def write_splits(songs_path: str | Path, out_path: str | Path, fractions: dict[s
                              "add songs or raise the fraction")
     with atomic_path(out_path) as tmp:
         splits.to_parquet(tmp, index=False)
+    if csv_path is not None:
+        readable = splits.merge(songs[["song_id", "path", "duration_s"]], on="song_id", how="left")
+        write_csv_atomic(readable.sort_values(["split", "path"]), csv_path)
     log.info("splits: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     return splits

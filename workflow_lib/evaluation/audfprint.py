@@ -27,6 +27,7 @@ from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import file_digest
 from workflow_lib.audio.files import AudioDecodeError, load_audio, resample
 from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
+from workflow_lib.search.duplicates import parse_exclusion
 from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
@@ -219,8 +220,11 @@ def run_queries(afp: Audfprint, queries: pd.DataFrame, threads: int = 1, n_resul
     song from audfprint's answers (leave-one-song-out: its hash counts are per song, so this equals a database
     without it). With ``folder``, every finished chunk of queries is kept there, so a killed run resumes.
     """
-    excluded = {r.query_id: r.exclude_song for r in queries.itertuples()
-                if isinstance(getattr(r, "exclude_song", None), str)}
+    excluded = {}
+    for r in queries.itertuples():
+        ex = parse_exclusion(getattr(r, "exclude_song", None))
+        if ex is not None:
+            excluded[r.query_id] = frozenset([ex]) if isinstance(ex, str) else ex
     items = [(r.query_id, r.file, asdict(afp.params)) for r in queries.itertuples()]
     pool = ProcessPoolExecutor(threads) if threads > 1 else None
 
@@ -231,8 +235,9 @@ def run_queries(afp: Audfprint, queries: pd.DataFrame, threads: int = 1, n_resul
             if err is not None:
                 raise AudioDecodeError(f"query {qid}: {err}")
             t0 = time.perf_counter()
-            hits = afp.match_hashes(h, n_results + 1)
-            hits = [hit for hit in hits if hit[0] != excluded.get(qid)][:n_results]
+            skip = excluded.get(qid, frozenset())
+            hits = afp.match_hashes(h, n_results + len(skip))
+            hits = [hit for hit in hits if hit[0] not in skip][:n_results]
             match_ms = (time.perf_counter() - t0) * 1000.0
             rows.append({"query_id": qid, "system": SYSTEM, "mode": "landmark",
                          "top_songs": [s for s, _, _ in hits], "top_offsets_s": [o for _, _, o in hits],

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
+from workflow_lib.search.duplicates import duplicate_groups, find_duplicates, unknown_exclusion
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, limit_peak
@@ -30,12 +31,13 @@ log = logging.getLogger(__name__)
 
 
 def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | None, ir_bank: ClipBank | None,
-                        plan: QueryPlan, n_per_length: int, noise_share: float, seed: int
-                        ) -> dict[int, list[list[float]]]:
+                        plan: QueryPlan, n_per_length: int, noise_share: float, seed: int,
+                        twins: dict[str, frozenset[str]] | None = None) -> dict[int, list[list[float]]]:
     """Candidate scores (best first) of unknown-song queries, grouped by query length in segments.
 
-    ``songs`` (``song_id, path, duration_s``) are searched leave-one-song-out. A share ``noise_share`` of the
-    queries is background noise alone, at a random level.
+    ``songs`` (``song_id, path, duration_s``) are searched leave-one-song-out, and without their ``twins`` (songs
+    of the database holding the same music, ``search.duplicates``: naming one is right, not a false positive). A
+    share ``noise_share`` of the queries is background noise alone, at a random level.
     """
     rng = np.random.default_rng([seed, 7])
     lengths = list(plan.lengths_s)
@@ -61,7 +63,7 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
     bar = tqdm(total=n_total, desc="calibration queries", mininterval=10)
     span_s = max(lengths) * max(c.max_speed for c in conds)
 
-    def record(x: np.ndarray, n_nominal: int, exclude: str | None) -> None:
+    def record(x: np.ndarray, n_nominal: int, exclude: str | frozenset[str] | None) -> None:
         res = searcher.search(searcher.embed(x), "sequence", exclude_song=exclude)
         # Grouped by the query's nominal length (samples asked for, not the degraded clip's, which a speed change
         # stretches): a partly quiet query searches fewer segments (the silence gate), and answering it
@@ -90,7 +92,7 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
                 except ValueError as exc:  # e.g. a silent noise excerpt: the SNR is undefined
                     log.info("calibration query %d skipped: %s", k, exc)
                     continue
-                record(x, n, sid)
+                record(x, n, unknown_exclusion(sid, twins or {}))
     for k in np.flatnonzero(is_noise):
         qrng = np.random.default_rng([seed, 13, int(k)])
         n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
@@ -110,11 +112,12 @@ def fit_from_candidates(candidates: dict[int, list[list[float]]], statistic: str
 
 
 def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix,
-                    search_cfg: dict, eval_cfg: dict, threads: int = 1) -> Calibration:
-    """Snakemake entry for the ``calibrate`` rule: fit the no-match threshold and write it as JSON."""
+                    search_cfg: dict, eval_cfg: dict, threads: int = 1, table_path=None) -> Calibration:
+    """Snakemake entry for the ``calibrate`` rule: fit the no-match threshold and write it as JSON (and, with
+    ``table_path``, its per-length table as CSV)."""
     import torch
 
-    from workflow_lib.common.atomic import file_digest
+    from workflow_lib.common.atomic import file_digest, write_csv_atomic
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     cal = search_cfg["calibration"]
@@ -129,14 +132,18 @@ def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, no
     log.info("calibration: %d unknown songs (searched leave-one-song-out), %d queries per length, %.0f %% "
              "background noise only, statistic %s", len(pool), cal["queries_per_length"], 100 * cal["noise_share"],
              cal["statistic"])
+    twins = duplicate_groups(find_duplicates(searcher.db, pool["song_id"].astype(str)))
     candidates = collect_null_scores(searcher, pool, noise, irs, plan, cal["queries_per_length"],
-                                     cal["noise_share"], cal["seed"])
+                                     cal["noise_share"], cal["seed"], twins)
     meta = {"model_checksum": file_digest(model_path), "n_songs": len(pool),
+            "songs_with_twins": sorted(s for s in twins if s in set(pool["song_id"].astype(str))),
             "songs": "songs not trained on, searched leave-one-song-out (calibration half)",
             "noise_share": cal["noise_share"], "conditions": [c.name for c in plan.conditions],
             "search": {k: search_cfg[k] for k in ("top_k", "nprobe", "max_candidates") if k in search_cfg}}
     calib = fit_from_candidates(candidates, cal["statistic"], cal["target_fpr"], meta)
     calib.save(out_path)
+    if table_path is not None:
+        write_csv_atomic(calib.table(), table_path)
     for n, t, s in zip(calib.n_segments, calib.thresholds, calib.null_scores):
         log.info("threshold for %d segments: %s >= %.4f (null values: median %.3f, max %.3f, n=%d)", n,
                  calib.statistic, t, float(np.median(s)), float(np.max(s)), len(s))

@@ -226,6 +226,7 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
     from workflow_lib.evaluation.songs import database_song_ids, query_songs, unknown_songs
     from workflow_lib.listener.core import ListenConfig
     from workflow_lib.listener.scan import scan_chunks
+    from workflow_lib.search.duplicates import twins_of, unknown_exclusion
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     torch.set_num_threads(max(1, threads))
@@ -237,6 +238,11 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
     known = query_songs(songs, splits, db_ids, qplan.query_splits)
     unknown = unknown_songs(songs, splits, plan.seed, "evaluation")
     unknown = unknown[~unknown["song_id"].isin(set(known["song_id"]))]
+    # Unknown music is searched without its twins (songs of the database holding the same music,
+    # search.duplicates); those twins then cannot play the known songs either.
+    twins = twins_of(index_dir, unknown["song_id"].astype(str))
+    twin_ids = set().union(*twins.values()) if twins else set()
+    known = known[~known["song_id"].isin(twin_ids)]
     rng = np.random.default_rng([plan.seed, 21])
 
     def pick(table: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -264,7 +270,8 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
         for k in range(plan.programmes):
             prog = make_programme(f"programme-{snr:g}dB-{k}", np.random.default_rng([plan.seed, int(snr * 10), k]),
                                   known_audio, unknown_audio, plan, snr, noise, irs, babble)
-            exclude = {sid for sid, _ in unknown_audio}
+            exclude = set().union(*(unknown_exclusion(sid, twins) if sid in twins else {sid}
+                                    for sid, _ in unknown_audio))
             t0 = time.perf_counter()
             res = scan_chunks(searcher, [prog.audio[i:i + 60 * SR] for i in range(0, len(prog.audio), 60 * SR)],
                               listen, name=prog.name, exclude_songs=exclude)

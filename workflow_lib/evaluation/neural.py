@@ -14,6 +14,7 @@ from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import file_digest
 from workflow_lib.audio.files import load_audio
 from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
+from workflow_lib.search.duplicates import parse_exclusion
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,14 @@ def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Seq
     Each query is embedded once and searched in every mode; ``embed_ms`` is the fingerprinting time, ``search_ms``
     the neighbour search plus re-scoring of that mode, ``total_ms`` their sum (file decoding is not timed: it is the
     same for both systems and depends on the format, not on the method). Unknown-song queries are searched with
-    their own song excluded (``exclude_song``: leave-one-song-out).
+    their own song (and its twins, ``search.duplicates``) excluded (``exclude_song``: leave-one-song-out).
     """
     base = Path(base_dir)
     searcher.embed(np.zeros(SAMPLE_RATE, dtype=np.float32))  # warm-up: first-call allocations are not latency
 
     def one(q) -> list[dict]:
         audio = load_audio(base / q.file)
-        exclude = q.exclude_song if isinstance(getattr(q, "exclude_song", None), str) else None
+        exclude = parse_exclusion(getattr(q, "exclude_song", None))
         t0 = time.perf_counter()
         emb = searcher.embed(audio)
         embed_ms = (time.perf_counter() - t0) * 1000.0

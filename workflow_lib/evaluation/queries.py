@@ -28,6 +28,7 @@ from workflow_lib.audio.files import write_audio
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, ir_pool
 from workflow_lib.evaluation.plan import Condition, QueryPlan
+from workflow_lib.search.duplicates import format_exclusion, twins_of, unknown_exclusion
 from workflow_lib.evaluation.songs import (database_song_ids, draw_songs, iter_song_audio, pick_start, query_songs, trained_songs,
                     unknown_songs)
 
@@ -94,7 +95,8 @@ def _draw_starts(songs: pd.DataFrame, n: int, plan: QueryPlan, group: str,
 
 
 def write_query_set(out_dir: str | Path, groups: dict[str, pd.DataFrame], plan: QueryPlan,
-                    noise_bank: ClipBank | None, ir_bank: ClipBank | None) -> pd.DataFrame:
+                    noise_bank: ClipBank | None, ir_bank: ClipBank | None,
+                    twins: dict[str, frozenset[str]] | None = None) -> pd.DataFrame:
     """Cut, degrade and write every query file under ``out_dir/audio`` and the table ``out_dir/queries.parquet``.
 
     ``groups`` maps ``unseen`` / ``trained`` / ``unknown`` to their songs. Files go to a hidden partial folder
@@ -140,7 +142,9 @@ def write_query_set(out_dir: str | Path, groups: dict[str, pd.DataFrame], plan: 
                 in_db = st.group != "unknown"
                 rows.append({"query_id": qid, "group": st.group, "song_id": st.song_id if in_db else None,
                              "in_db": in_db, "source_song_id": st.song_id,
-                             "exclude_song": None if in_db else st.song_id, "start_s": st.start / SAMPLE_RATE,
+                             "exclude_song": None if in_db else format_exclusion(
+                                 unknown_exclusion(st.song_id, twins or {})),
+                             "start_s": st.start / SAMPLE_RATE,
                              "start_sample": st.start, "length_s": float(length_s), "condition": cond.name,
                              "snr_db": np.nan if spec.snr_db is None else spec.snr_db, "room": spec.room,
                              "ir": info["ir"],
@@ -194,4 +198,7 @@ def make_query_set(out_dir: str | Path, songs_path: str | Path, splits_path: str
     log.info("query songs: %s", {g: len(s) for g, s in groups.items()})
     noise = ClipBank(noise_prefix) if noise_prefix else None
     irs = ClipBank(ir_prefix) if ir_prefix else None
-    return write_query_set(out_dir, groups, plan, noise, irs)
+    # An unknown song is searched without its own fingerprints and without its twins' (search.duplicates).
+    twins = twins_of(Path(index_meta_path).parent, groups["unknown"]["song_id"].astype(str)) \
+        if len(groups.get("unknown", ())) and plan.n_out_of_db_starts else {}
+    return write_query_set(out_dir, groups, plan, noise, irs, twins)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from workflow_lib.common.atomic import atomic_path, write_text_atomic
+from workflow_lib.common.atomic import atomic_path, write_csv_atomic, write_text_atomic
 from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, target_checks, wilson_interval
 from workflow_lib.evaluation.neural import NEURAL
 
@@ -219,8 +219,9 @@ def calibration_info(threshold_path: str | Path | None) -> dict[str, Any]:
 def summarize(queries_path: str | Path, result_paths: Sequence[str | Path], metrics_path: str | Path,
               summary_path: str | Path, html_path: str | Path | None, plot_paths: dict[str, str | Path],
               threshold_path: str | Path | None = None, index_json: str | Path | None = None,
-              monitoring_path: str | Path | None = None) -> pd.DataFrame:
-    """Snakemake entry for ``evaluate``: metrics.parquet, summary.md (+ .html) and the plots from all systems."""
+              monitoring_path: str | Path | None = None, metrics_csv: str | Path | None = None) -> pd.DataFrame:
+    """Snakemake entry for ``evaluate``: metrics.parquet (+ .csv), summary.md (+ .html) and the plots from all
+    systems."""
     if isinstance(result_paths, (str, Path)):
         result_paths = [result_paths]
     queries = pd.read_parquet(queries_path)
@@ -229,6 +230,8 @@ def summarize(queries_path: str | Path, result_paths: Sequence[str | Path], metr
     fpr = pooled_fpr(queries, results)
     with atomic_path(metrics_path) as tmp:
         metrics.to_parquet(tmp, index=False)
+    if metrics_csv:
+        write_csv_atomic(metrics.round(4), metrics_csv)
     info = calibration_info(threshold_path)
     title = ""
     if index_json and Path(index_json).exists():

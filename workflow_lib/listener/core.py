@@ -286,8 +286,8 @@ class Decision:
     artist: str | None
     song_pos_s: float | None  # position in that song at stream_s
     song_offset_s: float | None  # song time at stream time 0 (song_pos_s - stream_s)
-    score: float
-    threshold: float
+    score: float  # the match score (aligned similarity) of what is shown
+    threshold: float  # what ``decision`` must reach
     confidence: float
     above_threshold: bool
     streak: int
@@ -300,6 +300,8 @@ class Decision:
     window_cut: bool = False  # the window was cut to its tail (music changed)
     overflows: int = 0
     dropped_s: float = 0.0
+    decision: float = float("nan")  # the no-match rule's statistic (``statistic``) of what is shown
+    statistic: str = "score"
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -667,16 +669,16 @@ class ListenerCore:
         # The numbers shown are those of what is shown: the match's own alignment while it is held, else the best
         # candidate.
         if cur is not None and event is None and tracked is not None:
-            score, thr, conf = tracked[:3]
+            score, thr, conf, stat = tracked
         elif obs is not None:
-            score, thr, conf = obs.score, obs.threshold, obs.confidence
+            score, thr, conf, stat = obs.score, obs.threshold, obs.confidence, obs.decision
         else:
-            score, thr, conf = float("nan"), self.threshold(len(js)), 0.0
+            score, thr, conf, stat = float("nan"), self.threshold(len(js)), 0.0, float("nan")
         return Decision(
             stream_s, MATCH if cur is not None else LISTENING, song_id, title, artist,
             None if anchor is None else stream_s + anchor * HOP_S, None if anchor is None else anchor * HOP_S,
             score, thr, conf, bool(obs and obs.is_match), self._streak, len(js), compute_ms, embed_ms, search_ms,
-            level, event, cut)
+            level, event, cut, decision=stat, statistic=self.statistic)
 
 
 # ------------------------------------------------------------------------------------------------ the worker

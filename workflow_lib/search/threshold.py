@@ -18,11 +18,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import write_text_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,18 @@ class Calibration:
 
     def save(self, path: str | Path) -> None:
         write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+
+    def table(self) -> "pd.DataFrame":
+        """One row per calibrated query length: what the no-match rule asks of a query (for people to read)."""
+        import pandas as pd
+
+        seg_s, hop_s = SEGMENT_SAMPLES / SAMPLE_RATE, HOP_SAMPLES / SAMPLE_RATE
+        return pd.DataFrame({
+            "query_s": [seg_s + (n - 1) * hop_s for n in self.n_segments], "n_segments": self.n_segments,
+            "statistic": self.statistic, "threshold": np.round(self.thresholds, 4),
+            "target_fpr": self.target_fpr, "null_queries": [len(s) for s in self.null_scores],
+            "null_median": [round(float(np.median(s)), 4) if len(s) else None for s in self.null_scores],
+            "null_max": [round(float(np.max(s)), 4) if len(s) else None for s in self.null_scores]})
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":

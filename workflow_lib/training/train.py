@@ -369,8 +369,10 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         t_epoch = time.monotonic()
         rng = np.random.default_rng([cfg.seed, 1, epoch])
         losses: list[float] = []
+        # The count the run expects: with the time schedule, the epochs fitted after the first one.
+        of = f" of \u2264{cfg.max_epochs}" if cfg.schedule == "time" and epoch == 1 else f"/{state['horizon_epochs']}"
         bar = tqdm(prefetch(train_src.epoch_batches(rng, cfg.batch_pairs)), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{cfg.max_epochs}", unit="step", mininterval=2, leave=False)
+                   desc=f"epoch {epoch}{of}", unit="step", mininterval=2, leave=False)
         next_log = time.monotonic() + LOG_EVERY_S
         for views in bar:
             loss = train_step(model, views, optimizer, scheduler, scaler, cfg.temperature, device, autocast)
