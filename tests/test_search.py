@@ -229,3 +229,46 @@ def test_calibration_file_errors_name_the_file(tmp_path):
     bad.write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="bad.json"):
         Calibration.load(bad)
+
+
+def _room_bank(folder, rt60_s: float, n: int, seed: int) -> ClipBank:
+    """Rooms of one reverberation time: octave-band exponential tails (``acoustics.stochastic_tail``)."""
+    from workflow_lib.data.acoustics import stochastic_tail
+
+    rng = np.random.default_rng(seed)
+    clips = []
+    for _ in range(n):
+        h = stochastic_tail(rng, int(min(3.0, 1.2 * rt60_s) * SR), rt60_s)
+        h[0] += 3.0 * np.abs(h).max()  # the direct sound
+        clips.append((h / np.linalg.norm(h)).astype(np.float32))
+    prefix = folder / f"rooms_{rt60_s:g}"
+    write_clip_bank(prefix, clips, pd.DataFrame({"name": [f"r{i}" for i in range(n)], "kind": "room",
+                                                  "rt60_s": rt60_s}))
+    return ClipBank(prefix)
+
+
+def _unknown_songs(folder, first_seed: int, n: int) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        p = folder / f"unknown{first_seed + i}.flac"
+        write_audio(p, synth_song(first_seed + i, 20.0))
+        rows.append({"song_id": f"unknown{first_seed + i}", "path": str(p), "duration_s": 20.0})
+    return pd.DataFrame(rows)
+
+
+def test_calibrated_false_positive_rate_holds_when_the_rooms_get_much_longer(searcher, noise_bank, tmp_path):
+    """Issue 12: calibrated on short rooms, the rule keeps its false-positive rate on queries of other unknown songs
+    in rooms eight times as reverberant (a raw similarity level would drift: reverb lowers every score)."""
+    plan = QueryPlan(lengths_s=(1, 3, 5), conditions=(Condition("10 dB + room", 10.0, room="room"),))
+    target = 0.05
+    fit = collect_null_scores(searcher, _unknown_songs(tmp_path, 200, 6), noise_bank,
+                              _room_bank(tmp_path, 0.25, 6, seed=1), plan, n_per_length=200, noise_share=0.0,
+                              seed=0)
+    calib = fit_from_candidates(fit, "margin", target, {})
+    shifted = collect_null_scores(searcher, _unknown_songs(tmp_path, 300, 6), noise_bank,
+                                  _room_bank(tmp_path, 2.0, 6, seed=2), plan, n_per_length=200, noise_share=0.0,
+                                  seed=1)
+    passed = [decision_statistic(c, "margin") >= calib.threshold(n) for n, cs in shifted.items() for c in cs]
+    fpr = float(np.mean(passed))
+    assert len(passed) >= 550
+    assert target / 4 <= fpr <= 2.5 * target, fpr  # 600 queries: 7-75 false positives, 30 expected

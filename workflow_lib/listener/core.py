@@ -17,7 +17,9 @@ length (``calibrate.py``; with ``max_fpr`` refitted stricter from the calibratio
 listener asks every hop). A match is declared when ``consistent_hops`` such hops in a row agree on the song and on
 its alignment with the stream (the song position must advance with the clock, within ``offset_tolerance_hops``) and
 the window holds at least ``min_match_s`` of audio. A declared match is held while its own alignment still passes
-the threshold on the window and no other alignment beats it by more than ``resync_margin`` (a repeated chorus
+the calibrated threshold (``search.calibration.target_fpr``, looser than the declaring one: hysteresis, so a held song
+is not dropped and named again each time a noisy hop dips under the strict rate) on the window and no other
+alignment beats it by more than ``resync_margin`` (a repeated chorus
 scores alike at several offsets; the one the longer history chose stays); the same song clearly better at another
 offset for K hops re-synchronises it. It ends after ``release_hops`` hops without support, at once on silence, or
 when another song is declared. To follow a song change quickly, the last ``tail_s`` seconds are also searched on
@@ -393,6 +395,8 @@ class ListenerCore:
         self.n_min = min(n_segments(int(round(self.config.min_match_s * SAMPLE_RATE))), self.n_window)
         self._db = NeighbourCache(searcher.db, capacity=4 * self.n_window)
         self.calibration = listener_calibration(getattr(searcher, "calibration", None), self.config.max_fpr)
+        # Holding a declared match asks for the calibrated rate, not the stricter declaring one (hysteresis).
+        self.hold_calibration = getattr(searcher, "calibration", None)
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # absolute stream sample of _buf[0]
         self._discard = 0  # incoming samples to drop to get back onto the segment grid after a gap
@@ -519,6 +523,12 @@ class ListenerCore:
                            bool(stat >= thr), n, title, artist,
                            tuple((c.song_id, float(c.score)) for c in result.candidates), stat)
 
+    def hold_threshold(self, n_segments: int) -> float:
+        """What a declared match's own alignment must keep reaching (the calibrated rule, without ``max_fpr``)."""
+        if self.hold_calibration is not None:
+            return float(self.hold_calibration.threshold(n_segments))
+        return self.threshold(n_segments)
+
     def threshold(self, n_segments: int) -> float:
         """Score a window of ``n_segments`` must reach (the listener's calibration, else the searcher's rule)."""
         if self.calibration is not None:
@@ -543,7 +553,7 @@ class ListenerCore:
             return False
         held = obs.song_score(cur.song_id)
         stat = decision_statistic([held] + obs.others(cur.song_id), self.statistic)
-        return stat >= obs.threshold and held >= obs.score - self.config.resync_margin
+        return stat >= self.hold_threshold(obs.n_segments) and held >= obs.score - self.config.resync_margin
 
     def _song_code(self, song_id: str) -> int:
         if self._codes is None:
@@ -556,7 +566,7 @@ class ListenerCore:
         statistic puts that score against the other songs ``obs`` found on the same window."""
         code = self._song_code(heard.song_id)
         n = len(emb)
-        thr = self.threshold(n)
+        thr = self.hold_threshold(n)
         if code < 0:
             return -1.0, thr, 0.0, -math.inf
         score = float(aligned_scores(emb, self._db, np.array([code]), np.array([heard.anchor + j0]))[0])
