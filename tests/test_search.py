@@ -272,3 +272,15 @@ def test_calibrated_false_positive_rate_holds_when_the_rooms_get_much_longer(sea
     fpr = float(np.mean(passed))
     assert len(passed) >= 550
     assert target / 4 <= fpr <= 2.5 * target, fpr  # 600 queries: 7-75 false positives, 30 expected
+
+
+def test_recalibration_is_advised_once_the_database_has_doubled_or_halved(tmp_path):
+    from workflow_lib.search.threshold import recalibration_advice
+
+    path = tmp_path / "threshold.json"
+    calib = fit_calibration({1: list(np.linspace(0, 1, 100))}, 0.05, {"database_songs": 100}, "margin")
+    calib.save(path)
+    assert recalibration_advice(path, 100) is None and recalibration_advice(path, 199) is None
+    assert "100 songs, now 200" in recalibration_advice(path, 200)
+    assert "now 50" in recalibration_advice(path, 50)
+    assert recalibration_advice(tmp_path / "missing.json", 500) is None

@@ -14,6 +14,7 @@ import sys
 
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
 from workflow_lib.cli.text import fmt_time, printable
+from workflow_lib.search.threshold import recalibration_advice
 
 
 def add_parser(sub) -> None:
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                   + (f" -> {res['file']}" if res["file"] else ""))
             for s in res["skipped"]:
                 print(f"skipped {printable(s['path'])}: {printable(s['reason'])}", file=sys.stderr)
+            _advise_recalibration(layout)
             return EXIT_INPUT if res["skipped"] else EXIT_OK
         if args.db_command == "remove":
             removed, missing = remove_songs(layout, args.song_ids, threads=args.threads)
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
                 print_songs(songs)
             return EXIT_OK
         info = database_info(layout)
+        info["calibrated"] = layout.threshold.exists()
+        info["recalibrate"] = recalibration_advice(layout.threshold, info["songs"])
         if args.json:
             print(json.dumps(info, indent=2))
         else:
@@ -95,6 +99,14 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc), EXIT_SETUP)
     except (OSError, ValueError, RuntimeError) as exc:  # our errors name the file or id; no traceback needed
         return fail(str(exc), EXIT_INPUT if args.db_command in ("add", "remove") else EXIT_SETUP)
+
+
+def _advise_recalibration(layout) -> None:
+    from workflow_lib.database.index import read_sidecar
+
+    advice = recalibration_advice(layout.threshold, int(read_sidecar(layout.index).get("n_songs", 0)))
+    if advice:
+        print(f"note: {advice}", file=sys.stderr)
 
 
 def print_info(info: dict) -> None:
@@ -110,7 +122,9 @@ def print_info(info: dict) -> None:
             ("memory", f"{mem['index'] / mb:.1f} MiB index + {mem['row_map'] / mb:.1f} MiB id map in memory; "
                        f"{mem['vectors_mmap'] / mb:.1f} MiB of vectors memory-mapped"),
             ("built", f"{info['built_at']} in {info['build_seconds']} s"),
-            ("edits", f"{info['added_files']} added file(s), {info['removed_songs']} removed song(s)")]
+            ("edits", f"{info['added_files']} added file(s), {info['removed_songs']} removed song(s)"),
+            ("no-match rule", info["recalibrate"] or ("calibrated; still fits the database's size"
+                                                      if info["calibrated"] else "not calibrated (no threshold.json)"))]
     for key, value in rows:
         print(f"{key:14s} {value}")
     for h in info["history"]:

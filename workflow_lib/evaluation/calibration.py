@@ -135,7 +135,7 @@ def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, no
     twins = duplicate_groups(find_duplicates(searcher.db, pool["song_id"].astype(str)))
     candidates = collect_null_scores(searcher, pool, noise, irs, plan, cal["queries_per_length"],
                                      cal["noise_share"], cal["seed"], twins)
-    meta = {"model_checksum": file_digest(model_path), "n_songs": len(pool),
+    meta = {"model_checksum": file_digest(model_path), "n_songs": len(pool), "database_songs": searcher.db.n_songs,
             "songs_with_twins": sorted(s for s in twins if s in set(pool["song_id"].astype(str))),
             "songs": "songs not trained on, searched leave-one-song-out (calibration half)",
             "noise_share": cal["noise_share"], "conditions": [c.name for c in plan.conditions],

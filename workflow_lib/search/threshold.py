@@ -133,6 +133,28 @@ class Calibration:
             raise ValueError(f"{path}: malformed threshold file ({exc})") from exc
 
 
+# The null distribution depends on the database: more songs, more chances for an unknown query to look like one.
+# Songs added after the calibration are searchable at once; past this growth the threshold should be refitted.
+RECALIBRATE_GROWTH = 2.0
+
+
+def recalibration_advice(path: str | Path, n_songs_now: int) -> str | None:
+    """A sentence telling the user to rerun the calibration when the database has grown ``RECALIBRATE_GROWTH``
+    times (or shrunk to half) since the threshold in ``path`` was fitted; None when it still fits (or is unknown)."""
+    try:
+        calibrated = int(json.loads(Path(path).read_text()).get("meta", {}).get("database_songs", 0))
+    except (OSError, ValueError, TypeError):
+        return None
+    if calibrated <= 0 or n_songs_now <= 0:
+        return None
+    ratio = n_songs_now / calibrated
+    if 1 / RECALIBRATE_GROWTH < ratio < RECALIBRATE_GROWTH:
+        return None
+    return (f"the no-match threshold was calibrated on a database of {calibrated} songs, now {n_songs_now}: its "
+            "false-positive rate no longer holds; recalibrate (run `nafp index` again on the same folders, or the "
+            "workflow's calibrate rule: snakemake results/index/threshold.json --forcerun calibrate)")
+
+
 def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
                     meta: dict[str, Any] | None = None, statistic: str = "score") -> Calibration:
     """Thresholds from null scores grouped by query length in segments.
