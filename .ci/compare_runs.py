@@ -31,6 +31,8 @@ VOLATILE_KEYS = re.compile(r"(^|_)(seconds|secs|minutes|elapsed(_\w+)?|time|time
 VOLATILE_SECTION = re.compile(r"latency|speed|timing", re.I)
 # Markers that Snakemake leaves next to directory outputs.
 IGNORED_NAMES = {".snakemake_timestamp"}
+# Logs (e.g. the training's history log beside its checkpoint) record this run's moments and speed, not results.
+IGNORED_SUFFIXES = {".log"}
 
 
 class Difference(Exception):
@@ -182,7 +184,8 @@ def result_files(run: Path, sub: str = "results", hidden: bool = False) -> set[s
     """Files under `sub`, as paths relative to the run. Hidden ones (a path part starting with '.': caches that a
     stage keeps for its next run, temporary files) are results of no stage and only listed with hidden=True."""
     base = run / sub
-    files = {p.relative_to(run) for p in base.rglob("*") if p.is_file() and p.name not in IGNORED_NAMES}
+    files = {p.relative_to(run) for p in base.rglob("*")
+             if p.is_file() and p.name not in IGNORED_NAMES and p.suffix not in IGNORED_SUFFIXES}
     return {str(p) for p in files if hidden or not any(part.startswith(".") for part in p.parts)}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,8 @@ def _runs(tmp_path: Path) -> tuple[Path, Path]:
                       "duration_s": [10.0, 12.5]}).to_parquet(run / "results/manifest/songs.parquet")
         np.save(run / "results/vectors.npy", np.arange(12, dtype=np.float16).reshape(3, 4))
         (run / "results/index.json").write_text(json.dumps({"rows": 3, "build_seconds": float(len(str(run)))}))
+        (run / "results/model").mkdir()
+        (run / "results/model/train.log").write_text(f"{time.time()} INFO epoch 1 took {len(str(run))} s\n")
     return a, b
 
 
@@ -94,6 +97,7 @@ def test_compare_runs_sees_equal_content_through_workdir_paths_and_timings(tmp_p
     assert diffs == {}
     assert verdicts["results/vectors.npy"] == "identical"
     assert verdicts["results/manifest/songs.parquet"] == "same content"  # paths differ only by the workdir
+    assert "results/model/train.log" not in verdicts  # a log records the run's moments, not a result
 
 
 @pytest.mark.parametrize("damage", ["parquet", "npy", "json", "missing"])

@@ -239,7 +239,8 @@ def summarize(queries_path: str | Path, result_paths: Sequence[str | Path], metr
 
         idx = json.loads(Path(index_json).read_text())
         info["database"] = f"{idx.get('n_songs', '?')} songs, {idx.get('ntotal', '?')} fingerprints ({idx.get('factory', '?')})"
-        title = f"unseen songs; database {idx.get('n_songs', '?')} songs; model {idx.get('model_checksum', '?')}"
+        # No model checksum in the figure: it covers the model file's timestamps, and the summary names it.
+        title = f"unseen songs; database {idx.get('n_songs', '?')} songs"
     monitoring = pd.read_parquet(monitoring_path) if monitoring_path else None
     text = write_summary(summary_path, queries, metrics, fpr, info, monitoring)
     if html_path:
