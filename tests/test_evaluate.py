@@ -229,6 +229,11 @@ def test_summary_and_plots_are_written(tmp_path):
     assert "false-positive rate <= 1 %" in text and "50.00 %" in text
     plot_hit_rates(m, tmp_path / "hit.png", title="unseen songs; database 3 songs")
     assert (tmp_path / "hit.png").stat().st_size > 5000
+    # A perfect score over 300 queries: the Wilson interval's upper edge lands 1e-14 below 100 % (matplotlib
+    # refuses negative error bars).
+    perfect = m.assign(song_top1=1.0, n_queries=300)
+    plot_hit_rates(perfect, tmp_path / "perfect.png")
+    assert (tmp_path / "perfect.png").stat().st_size > 5000
 
 
 # ------------------------------------------------------------------------------------------------ query set

@@ -272,7 +272,7 @@ def test_rerunning_one_shard_target_rebuilds_only_that_shard(tmp_path):
     pd.DataFrame({"song_id": list(paths), "split": "test"}).to_parquet(r / "split" / "splits.parquet")
     save_tiny_model(r / "model" / "model.pt")
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"data": {"music_dirs": [str(music)]},
+    cfg.write_text(yaml.safe_dump({"data": {"music_dirs": [str(music)]}, "model": {"source": "train"},
                                    "extract": {"n_shards": 2, "threads": 1, "compile": False, "device": "cpu"}}))
     targets = [f"results/fingerprints/shard-{i}.parquet" for i in range(2)]
 

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from tests.search_helpers import SR, build_searcher, synth_song
 from workflow_lib.listener.core import ListenConfig
-from workflow_lib.listener.scan import scan_chunks
+from workflow_lib.listener.scan import Occurrence, merge_continuations, scan_chunks
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +177,18 @@ def test_monitoring_programme_truth_and_scores():
     alarm = score_programme(prog.truth, prog.truth + [{"song_id": "k0", "start_s": 0.0, "end_s": 0.0 + 1e-9,
                                                        "song_start_s": 0.0}], prog.duration_s)
     assert alarm["false_alarm_minutes"] == 0.0  # shorter than a second: no labelled second
+
+
+def test_a_resync_within_a_song_does_not_split_its_occurrence():
+    def occ(start, end, song, song_start):
+        return Occurrence(start, end, song, None, None, song_start, song_start + end - start, 0.9)
+
+    merged = merge_continuations([
+        occ(0.0, 115.0, "a", 0.0), occ(115.0, 277.0, "a", 115.6),   # offset re-anchored by 0.6 s: one occurrence
+        occ(300.0, 307.0, "b", 8.0), occ(307.0, 315.0, "b", 6.8),   # jumped back to a repeated section: two
+        occ(315.0, 700.0, "b", 14.8),                               # ...and the second runs on
+        occ(701.0, 760.0, "a", 0.0),                                # the first song again, from its start: new
+    ])
+    assert [(o.song_id, o.start_s, o.end_s, o.song_start_s) for o in merged] == [
+        ("a", 0.0, 277.0, 0.0), ("b", 300.0, 307.0, 8.0), ("b", 307.0, 700.0, 6.8), ("a", 701.0, 760.0, 0.0)]
+    assert merged[0].song_end_s == pytest.approx(115.6 + 162.0)

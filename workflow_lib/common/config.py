@@ -85,6 +85,11 @@ def run_config(results: str | Path, config_path: str | Path | None = None) -> tu
         log.warning("%s not found: using the default settings (config/config.yaml); rerun the workflow to record "
                     "the settings this database was built with", effective)
         cfg, sources = load_config(None)
+    recorded = read_yaml(effective) if effective.is_file() else {}
+    if "source" not in (recorded.get("model") or {}) and (Path(results) / "model" / "model.pt").is_file():
+        # A folder that records no model.source (made before the key, or by hand) but holds its own trained model
+        # was built with that model, not with whatever the default source is now.
+        cfg["model"]["source"] = "train"
     if config_path is not None:
         cfg = merge(cfg, read_yaml(config_path))
         sources.append(str(config_path))

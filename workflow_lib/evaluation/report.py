@@ -141,7 +141,9 @@ def plot_hit_rates(metrics: pd.DataFrame, path: str | Path, metric: str = "song_
             y = s[metric].to_numpy() * 100
             # Lines that coincide stay visible: each is nudged sideways a little and keeps its own marker.
             x = s["length_s"].to_numpy() * (1 + 0.03 * (i - (len(lines) - 1) / 2))
-            ax.errorbar(x, y, yerr=[y - lo_hi[:, 0] * 100, lo_hi[:, 1] * 100 - y], marker=markers[i % len(markers)],
+            # Clipped at 0: at a rate of exactly 0 or 100 % the interval's edge can land a rounding error inside.
+            yerr = np.maximum(0.0, [y - lo_hi[:, 0] * 100, lo_hi[:, 1] * 100 - y])
+            ax.errorbar(x, y, yerr=yerr, marker=markers[i % len(markers)],
                         capsize=2, label=_label(system, mode), linestyle="--" if system != NEURAL else "-",
                         markersize=4)
             lows.append(float(np.nanmin(lo_hi[:, 0])) * 100)

@@ -70,7 +70,7 @@ class ListenConfig:
     release_hops: int = 4
     offset_tolerance_hops: int = 1
     resync_margin: float = 0.03
-    max_fpr: float | None = 0.002
+    max_fpr: float | None = 0.005
     silence_dbfs: float = SILENCE_DBFS
     ring_s: float = 20.0
     block_s: float = 0.05

@@ -174,7 +174,30 @@ def _refine(searcher, heard: list, emb: np.ndarray, config: ListenConfig) -> lis
             prev.end_s = mid
             nxt.song_start_s += mid - nxt.start_s
             nxt.start_s = mid
-    return [o for o in out if o.end_s > o.start_s]
+    return merge_continuations([o for o in out if o.end_s > o.start_s])
+
+
+# Neighbouring occurrences of one song whose song time runs on with the recording's (within this much) are one
+# occurrence: the listener re-anchors a held song when its offset wanders by a hop or two (a resync), which is not
+# a new playing of it.
+CONTINUATION_TOLERANCE_S = 1.5
+
+
+def merge_continuations(occurrences: list[Occurrence], tolerance_s: float = CONTINUATION_TOLERANCE_S
+                        ) -> list[Occurrence]:
+    """Join each occurrence to the previous one when both are the same song, they touch (at most ``tolerance_s``
+    apart in the recording) and the song continues where it left off (its jump differs from the recording's by at
+    most ``tolerance_s``). A song that restarts or jumps to a repeated section stays a separate occurrence."""
+    out: list[Occurrence] = []
+    for o in sorted(occurrences, key=lambda o: o.start_s):
+        prev = out[-1] if out else None
+        if (prev is not None and o.song_id == prev.song_id and o.start_s - prev.end_s <= tolerance_s
+                and abs((o.song_start_s - prev.song_end_s) - (o.start_s - prev.end_s)) <= tolerance_s):
+            prev.end_s, prev.song_end_s = max(prev.end_s, o.end_s), max(prev.song_end_s, o.song_end_s)
+            prev.confidence = max(prev.confidence, o.confidence)
+        else:
+            out.append(o)
+    return out
 
 
 def _gaps(occurrences: list[Occurrence], levels: np.ndarray, duration_s: float, silence_dbfs: float) -> list[Gap]:

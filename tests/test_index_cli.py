@@ -1,0 +1,73 @@
+"""`nafp index` with the bundled model (issue 13): a folder of generated songs becomes searchable without the train
+rule, every song is in the index, the no-match threshold is calibrated from songs that are all in the database
+(leave-one-song-out), and an excerpt of each song is identified by `nafp query`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workflow_lib import SAMPLE_RATE
+from workflow_lib.audio.files import load_audio, write_audio
+from workflow_lib.common.layout import BUNDLED_MODEL
+from workflow_lib.data.demo_corpus import generate_demo_corpus
+
+N_SONGS = 6
+
+
+def nafp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workflow_lib.cli.main", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("index")
+    generate_demo_corpus(root / "corpus", N_SONGS, 30.0, seed=11)
+    r = nafp("index", str(root / "corpus" / "music"), "--results", str(root / "db"), "--cores", "2",
+             "--queries-per-length", "20", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root, r
+
+
+def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(indexed):
+    root, r = indexed
+    db = root / "db"
+    info = json.loads((db / "index" / "index.json").read_text())
+    assert info["n_songs"] == N_SONGS
+    assert not (db / "model").exists()  # the train rule never ran: the bundled model was used as it is
+    assert f"{N_SONGS} songs are searchable" in r.stdout and "nafp query" in r.stdout
+    threshold = json.loads((db / "index" / "threshold.json").read_text())
+    # Calibrated leave-one-song-out: the unknown songs it searched are database songs.
+    assert threshold["lengths"] and threshold["meta"]["database_songs"] == N_SONGS
+    assert 0 < threshold["meta"]["n_songs"] <= N_SONGS  # the songs searched as unknown are all database songs
+
+
+def test_an_excerpt_of_every_song_is_named(indexed, tmp_path):
+    root, _ = indexed
+    songs = pd.read_parquet(root / "db" / "manifest" / "songs.parquet")
+    clips = []
+    for i, row in enumerate(songs.itertuples()):
+        audio = load_audio(row.path)
+        start = int((5 + 2 * i) * SAMPLE_RATE)
+        clip = tmp_path / f"clip{i}.wav"
+        write_audio(clip, audio[start:start + 5 * SAMPLE_RATE])
+        clips.append((clip, row.song_id))
+    r = nafp("query", *[str(c) for c, _ in clips], "--results", str(root / "db"), "--json", cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["best_guess"]["song_id"] for row in rows] == [sid for _, sid in clips]
+    assert np.mean([row["match"] for row in rows]) >= 0.8
+
+
+def test_the_bundled_model_file_matches_its_recorded_checksum():
+    import hashlib
+
+    recorded = (BUNDLED_MODEL.parent / (BUNDLED_MODEL.name + ".sha256")).read_text().split()[0]
+    assert hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest() == recorded

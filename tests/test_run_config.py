@@ -1,0 +1,29 @@
+"""Which model a results folder's commands use when its recorded settings do not say (issue 13)."""
+
+from __future__ import annotations
+
+import yaml
+
+from workflow_lib.common.config import run_config
+from workflow_lib.common.layout import BUNDLED_MODEL, ResultsLayout
+
+
+def test_a_folder_with_its_own_trained_model_keeps_it_when_no_source_is_recorded(tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    cfg, _ = run_config(bare)
+    assert cfg["model"]["source"] == "bundled"  # the default: nothing trained here
+    assert ResultsLayout.of(bare, cfg).model == BUNDLED_MODEL
+
+    trained = tmp_path / "trained"
+    (trained / "model").mkdir(parents=True)
+    (trained / "model" / "model.pt").write_bytes(b"weights")
+    cfg, _ = run_config(trained)
+    assert cfg["model"]["source"] == "train"
+    assert ResultsLayout.of(trained, cfg).model == trained / "model" / "model.pt"
+    # A recorded source always wins, and so does a config given on the command line.
+    (trained / "config.yaml").write_text(yaml.safe_dump({"model": {"source": "bundled"}}))
+    assert run_config(trained)[0]["model"]["source"] == "bundled"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"model": {"source": "train"}}))
+    assert run_config(trained, other)[0]["model"]["source"] == "train"
