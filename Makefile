@@ -9,7 +9,7 @@ setup:
 	@bash tools/setup.sh
 
 demo: setup
-	$(SNAKEMAKE) --cores $(CORES) --configfile config/examples/demo.yaml all
+	$(SNAKEMAKE) all --cores $(CORES) --configfile config/examples/demo.yaml
 	@echo; echo "== results/eval/summary.md =="; cat results/eval/summary.md 2>/dev/null || true
 
 test: setup
