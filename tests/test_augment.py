@@ -403,3 +403,21 @@ def test_views_are_reproducible_for_a_seed(kind_banks):
     for x, y in ((a.audio, b.audio), (a.irs, b.irs), (a.noise, b.noise), (a.device_irs, b.device_irs),
                  (a.params.eq_gain_db, b.params.eq_gain_db), (a.params.compress_ratio, b.params.compress_ratio)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_sped_up_last_segment_ends_in_silence_not_in_the_next_song(tmp_path):
+    """Played 5 % faster, a song's last segment needs samples past its end: they are silence. The first song must
+    not borrow the second's samples, and the bank's last song must not run past the end of the bank."""
+    first = np.full(16000, 0.5, np.float32)
+    second = np.full(12000, -0.5, np.float32)
+    write_clip_bank(tmp_path / "songs", [first, second], pd.DataFrame({"song_id": ["a", "b"], "name": ["a", "b"]}))
+    songs = ClipBank(tmp_path / "songs")
+    src = ViewSource(songs, None, None, AugmentConfig(jitter_s=0.0, reverb_prob=0.0, speed_prob=1.0,
+                                                      speed=(1.05, 1.05)))
+    last = [int(np.flatnonzero(src.song_index == s)[-1]) for s in (0, 1)]
+    for row, level in zip(last, (0.5, -0.5)):
+        audio = src._cut(songs.samples, int(src.song_index[row]), int(src.segment_index[row]) * 4000, 1.05)
+        assert len(audio) == src.window
+        tail = audio[-200:]  # past the song's end: silence (resampling rings only at the edge)
+        assert np.all(np.abs(tail) < 0.05), tail[:5]
+        assert np.sign(np.median(audio[-8000:-1000])) == np.sign(level)  # the song itself, never the other one

@@ -224,8 +224,11 @@ class ViewSource:
         end = first + start + (int(round(self.segment * speed)) if speed != 1.0 else self.segment)
         a = end - span
         lo = max(a, first)
+        # Sped up, the last segment of a song reaches past its end: silence there, never the next song's samples
+        # (nor past the end of the bank).
+        hi = min(end, first + int(self.songs.lengths[song]))
         raw = np.zeros(span, dtype=np.float32)
-        raw[lo - a:] = samples[lo:end]
+        raw[lo - a:hi - a] = samples[lo:hi]
         if speed == 1.0:
             return raw
         # Played ``speed`` times faster: ``span`` source samples become ``window`` output samples.
