@@ -78,14 +78,15 @@ def run_config(results: str | Path, config_path: str | Path | None = None) -> tu
     ``config_path`` merged on top when given. A folder without one (made before the file existed, or by hand) gets
     the defaults, with a warning."""
     effective = Path(results) / EFFECTIVE_CONFIG
+    recorded: dict = {}
     if effective.is_file():  # laid over the defaults, so a hand-written partial file works too
         defaults = read_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else {}
-        cfg, sources = merge(defaults, read_yaml(effective)), [str(effective)]
+        recorded = read_yaml(effective) or {}
+        cfg, sources = merge(defaults, recorded), [str(effective)]
     else:
         log.warning("%s not found: using the default settings (config/config.yaml); rerun the workflow to record "
                     "the settings this database was built with", effective)
         cfg, sources = load_config(None)
-    recorded = read_yaml(effective) if effective.is_file() else {}
     if "source" not in (recorded.get("model") or {}) and (Path(results) / "model" / "model.pt").is_file():
         # A folder that records no model.source (made before the key, or by hand) but holds its own trained model
         # was built with that model, not with whatever the default source is now.
