@@ -1,9 +1,11 @@
 """Listener operating point: the monitor stage (``evaluation.monitoring.run_monitoring``: seeded 10-minute
 programmes at 10 and 0 dB with crossfades, talk, held-out rooms and unknown songs, scanned by ``nafp scan``'s decision,
-the listener's own) rerun for several listen.max_fpr and consistent_hops values; prints F1, precision, recall and
-false-alarm minutes per programme (bench/README.md, "Listener operating point").
+the listener's own) rerun for several listen.max_fpr and consistent_hops values and programme seeds; prints F1,
+precision, recall, false-alarm minutes and boundary error per programme, then the pooled figures per setting
+(bench/README.md, "Listener operating point" and "Scanning: following the song").
 
     python bench/listener_operating_point.py RESULTS [--model M] [--max-fpr 0.002 0.005 none] [--hops 2 3]
+        [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from workflow_lib.common.layout import ResultsLayout  # noqa: E402
-from workflow_lib.evaluation.monitoring import run_monitoring  # noqa: E402
+from workflow_lib.evaluation.monitoring import run_monitoring, summarise_monitoring  # noqa: E402
 
 
 def main() -> int:
@@ -27,24 +30,34 @@ def main() -> int:
     ap.add_argument("--model", help="model file (default: the results folder's model.source)")
     ap.add_argument("--max-fpr", nargs="+", default=["0.002", "0.005", "none"])
     ap.add_argument("--hops", nargs="+", type=int, default=[2, 3])
+    ap.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help="programme seeds (evaluate.monitoring.seed; default: the results folder's)")
     args = ap.parse_args()
     r = args.results
     cfg = yaml.safe_load((r / "config.yaml").read_text())
-    evaluate = {**cfg["evaluate"], "monitoring": {**cfg["evaluate"].get("monitoring", {}), "enabled": True}}
+    monitoring = {**cfg["evaluate"].get("monitoring", {}), "enabled": True}
+    seeds = args.seeds if args.seeds is not None else [monitoring.get("seed", 0)]
     model = args.model or ResultsLayout.of(r, cfg).model
-    print("max_fpr hops | per programme: (F1, precision, recall, false-alarm min, no-song min, boundary error s)")
+    print("max_fpr hops seed | per programme: (F1, precision, recall, false-alarm min, no-song min, boundary error s)")
     for fpr in [None if v.lower() in ("none", "null") else float(v) for v in args.max_fpr]:
         for hops in args.hops:
             listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops}
-            with tempfile.TemporaryDirectory() as tmp:
-                table = run_monitoring(Path(tmp) / "monitoring.parquet", model, r / "index", r / "catalogue.parquet",
-                                       r / "index" / "threshold.json", r / "manifest" / "songs.parquet",
-                                       r / "split" / "splits.parquet", r / "noise" / "test", r / "irs" / "test",
-                                       cfg["search"], listen, evaluate, None, threads=2)
-            print(fpr, hops, [tuple(round(float(x[k]), 3) for k in ("f1", "precision", "recall",
-                                                                    "false_alarm_minutes", "no_song_minutes",
-                                                                    "boundary_error_s"))
-                              for x in table.to_dict("records")])
+            tables = []
+            for seed in seeds:
+                evaluate = {**cfg["evaluate"], "monitoring": {**monitoring, "seed": seed}}
+                with tempfile.TemporaryDirectory() as tmp:
+                    table = run_monitoring(Path(tmp) / "monitoring.parquet", model, r / "index",
+                                           r / "catalogue.parquet", r / "index" / "threshold.json",
+                                           r / "manifest" / "songs.parquet", r / "split" / "splits.parquet",
+                                           r / "noise" / "test", r / "irs" / "test", cfg["search"], listen, evaluate,
+                                           None, threads=2)
+                print(fpr, hops, seed, [tuple(round(float(x[k]), 3) for k in (
+                    "f1", "precision", "recall", "false_alarm_minutes", "no_song_minutes", "boundary_error_s"))
+                    for x in table.to_dict("records")])
+                tables.append(table)
+            pooled = summarise_monitoring(pd.concat(tables, ignore_index=True))
+            print(f"pooled over seeds {seeds}, max_fpr {fpr}, consistent_hops {hops}:")
+            print(pooled.round(3).to_string(index=False))
     return 0
 
 

@@ -13,8 +13,9 @@ import pytest
 import soundfile as sf
 
 from tests.search_helpers import SR, build_searcher, synth_song
-from workflow_lib.listener.core import ListenConfig
-from workflow_lib.listener.scan import Occurrence, merge_continuations, scan_chunks
+from workflow_lib.listener.core import Heard, ListenConfig
+from workflow_lib.listener.scan import HOP_S, Occurrence, _refine, merge_continuations, scan_chunks
+from workflow_lib.model.embed import embed_audio
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +178,34 @@ def test_monitoring_programme_truth_and_scores():
     alarm = score_programme(prog.truth, prog.truth + [{"song_id": "k0", "start_s": 0.0, "end_s": 0.0 + 1e-9,
                                                        "song_start_s": 0.0}], prog.duration_s)
     assert alarm["false_alarm_minutes"] == 0.0  # shorter than a second: no labelled second
+
+
+def _declared(song: str, start_s: float, end_s: float, song_position_s: float) -> Heard:
+    """A match as the listener declares it: ``song`` heard from ``start_s`` to ``end_s`` of the stream, at
+    ``song_position_s`` of the song at ``start_s``."""
+    anchor = int(round((song_position_s - start_s) / HOP_S))
+    return Heard(song, None, None, anchor, start_s, start_s, end_s, 0.9, 0.9)
+
+
+def test_a_playing_declared_in_pieces_is_followed_to_its_edges(world):
+    """The listener names a playing late and in pieces (noise, talk over it); the scan follows the song at its
+    alignment: one occurrence from where the song starts to where it ends, across talk, a declaration at a wrong
+    place of the song absorbed, and the song's second playing straight after kept apart."""
+    songs, searcher = world
+    song = songs["s1"]
+    talk_over = song[8 * SR:18 * SR] + 3 * _speech_like(10.0, 5)  # 10 s of loud talk over the song
+    audio = np.concatenate([synth_song(98, 10.0), song[0:8 * SR], talk_over, song[18 * SR:26 * SR],
+                            song[0:12 * SR], synth_song(97, 10.0)])
+    emb = embed_audio(searcher.fingerprinter, audio, device="cpu")
+    heard = [_declared("s1", 14.0, 17.0, 4.0),   # late: the playing started at 10 s
+             _declared("s1", 21.0, 23.0, 1.0),   # a wrong place of the song (during the talk)
+             _declared("s1", 29.0, 31.0, 19.0),  # after the talk, same alignment
+             _declared("s1", 39.0, 42.0, 3.0)]   # the second playing, from the song's start at 36 s
+    got = [(o.song_id, o.start_s, o.end_s, o.song_start_s) for o in _refine(searcher, heard, emb,
+                                                                            ListenConfig(window_s=4.0))]
+    assert [g[0] for g in got] == ["s1", "s1"], got
+    for (_, a, b, pos), (ta, tb, tpos) in zip(got, [(10.0, 36.0, 0.0), (36.0, 48.0, 0.0)]):
+        assert abs(a - ta) <= 1.0 and abs(b - tb) <= 1.0 and abs(pos - tpos) <= 0.5, got
 
 
 def test_a_resync_within_a_song_does_not_split_its_occurrence():

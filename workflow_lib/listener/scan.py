@@ -4,10 +4,11 @@ The recording is decoded and fingerprinted in chunks (bounded memory for the aud
 database segments are found in one batched search per chunk, and the segments are fed through the listener's own
 decision logic (``core.ListenerCore.push_segments``: the same windows, thresholds, hysteresis and song-change
 handling as live listening, one implementation for stream and file), as fast as the CPU allows. Its declared matches
-become occurrences; each one's boundaries are then refined segment by segment: the window-level decision smears a
-boundary by the window length, while the aligned similarity of each segment with the song's matching segment shows
-where the song really starts and ends. Stretches between occurrences are gaps, labelled ``silence`` or ``no
-match`` (unknown music or talk).
+say which song plays and at which alignment; each is then followed at that alignment, segment by segment, as far as
+the song goes (``_refine``): the listener names a song only when a whole window beats every other song, so in noise
+or under talk it names a long playing late and in pieces, while the aligned similarity of each segment with the
+song's matching segment shows where the song really starts and ends. Stretches between occurrences are gaps,
+labelled ``silence`` or ``no match`` (unknown music or talk).
 
 The fingerprints of the whole recording are kept for that refinement, as float16: about 0.5 MB per minute of
 recording (the audio itself is never held whole).
@@ -31,10 +32,16 @@ log = logging.getLogger(__name__)
 
 HOP_S = HOP_SAMPLES / SAMPLE_RATE
 SEGMENT_S = SEGMENT_SAMPLES / SAMPLE_RATE
-# A segment belongs to an occurrence when its aligned similarity with the song reaches this share of the
-# occurrence's typical (median) similarity, and at least MIN_SEGMENT_SIM.
+# Following a declared song at its alignment (_refine): a segment belongs to the occurrence while its aligned
+# similarity with the song, smoothed over SMOOTH_SEGMENTS (2.5 s), reaches EDGE_SHARE of the occurrence's typical
+# (median) similarity and at least TRACK_FLOOR, dips of up to BRIDGE_SEGMENTS (6 s) bridged. TRACK_FLOOR sits at
+# the 96th percentile of the smoothed similarity at a wrong song or alignment, where a right alignment's is above
+# 0.40 for 95 % of its segments (bundled model, monitoring programmes; bench/README.md, "Scanning: following the
+# song"). Following only ever extends a match the listener declared; it never starts one.
 EDGE_SHARE = 0.5
-MIN_SEGMENT_SIM = 0.2
+TRACK_FLOOR = 0.35
+SMOOTH_SEGMENTS = 5
+BRIDGE_SEGMENTS = 12
 
 
 @dataclass
@@ -134,38 +141,58 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
 
 
 def _refine(searcher, heard: list, emb: np.ndarray, config: ListenConfig) -> list[Occurrence]:
-    """Occurrences from the listener's declared matches, boundaries refined by per-segment aligned similarity."""
+    """Occurrences from the listener's declared matches, each followed at its alignment as far as the song goes.
+
+    The listener names a song only when a whole window beats every other song in the database, so in noise or
+    talk it names a long playing in pieces, and late. Once the song and its alignment are known, whether each
+    segment still belongs to it is a much easier question: its aligned similarity with the song's matching
+    segment (``_alignment_runs``). Consecutive declarations of one song form a group; each alignment of the group
+    claims the stretch where its similarity holds, the alignment that explains most of the group first (a song
+    with a repeated chorus is sometimes declared at the chorus's other place: that alignment explains less and
+    is absorbed), and a second playing of the song (another alignment) keeps its own stretch.
+    """
     db = searcher.db
     catalogue = getattr(searcher, "catalogue", {}) or {}
     n = len(emb)
-    reach = config.window_segments  # how far a boundary may move: the window that smeared it
-    out: list[Occurrence] = []
-    for h in heard:
-        code = db.song_position(h.song_id)
-        j0 = int(round(h.start_s / HOP_S))
-        j1 = max(j0, int(round((h.end_s - SEGMENT_S) / HOP_S)))
-        lo, hi = max(0, j0 - reach), min(n - 1, j1 + reach)
-        if code < 0 or hi < lo:
-            continue
-        js = np.arange(lo, hi + 1)
-        rows = db.rows_for(np.full(len(js), code), js + h.anchor)
-        q = emb[lo:hi + 1].astype(np.float32)
-        sims = np.where(rows >= 0, db.scores(q, rows[:, None])[:, 0], 0.0)
-        sims = np.where(np.isfinite(sims), sims, 0.0)
-        core = sims[j0 - lo:j1 - lo + 1]
-        typical = float(np.median(core[core > 0])) if np.any(core > 0) else 0.0
-        level = max(EDGE_SHARE * typical, MIN_SEGMENT_SIM)
-        inside = sims >= level
-        # two segments in a row mark a boundary: one stray match is not the song starting
-        pair = inside[:-1] & inside[1:] if len(inside) > 1 else inside
-        hits = np.flatnonzero(pair)
-        if len(hits):
-            a, b = int(js[hits[0]]), int(js[hits[-1] + 1 if len(inside) > 1 else hits[-1]])
+    tol = max(2, config.offset_tolerance_hops)
+    pieces = [(h, *_core(h, n)) for h in sorted(heard, key=lambda h: h.start_s)]
+    pieces = [p for p in pieces if p[2] >= p[1]]
+    groups: list[list] = []
+    for p in pieces:  # consecutive declarations of one song, nothing else declared between them
+        if groups and groups[-1][-1][0].song_id == p[0].song_id:
+            groups[-1].append(p)
         else:
-            a, b = j0, j1
-        title, artist = catalogue.get(h.song_id, (h.title, h.artist))
-        out.append(Occurrence(a * HOP_S, b * HOP_S + SEGMENT_S, h.song_id, title, artist,
-                              (a + h.anchor) * HOP_S, (b + h.anchor) * HOP_S + SEGMENT_S, float(h.max_confidence)))
+            groups.append([p])
+    out: list[Occurrence] = []
+    for gi, group in enumerate(groups):
+        song_id = group[0][0].song_id
+        code = db.song_position(song_id)
+        if code < 0:
+            continue
+        # how far the group may reach: up to the neighbouring groups' declared stretches
+        lo = max(p[2] for p in groups[gi - 1]) + 1 if gi else 0
+        hi = min(p[1] for p in groups[gi + 1]) - 1 if gi + 1 < len(groups) else n - 1
+        lo, hi = min(lo, min(p[1] for p in group)), max(hi, max(p[2] for p in group))
+        claimed = np.zeros(hi - lo + 1, bool)
+        candidates = []
+        for anchor, members in _alignments(group, tol):
+            runs = _alignment_runs(db, code, anchor, emb, lo, hi, [(a - lo, b - lo) for _, a, b in members])
+            covered = np.zeros(hi - lo + 1, bool)
+            for a, b in runs:
+                covered[a:b + 1] = True
+            candidates.append((int(covered.sum()), anchor, members, runs))
+        for _, anchor, members, runs in sorted(candidates, key=lambda c: -c[0]):
+            confidence = max(float(h.max_confidence) for h, _, _ in members)
+            title, artist = catalogue.get(song_id, (members[0][0].title, members[0][0].artist))
+            # One alignment's runs within a group are one playing: the song's time ran on with the clock
+            # through the weak stretches between them, and no other song was declared there.
+            for a, b in _free_spans(claimed, min(r[0] for r in runs), max(r[1] for r in runs)):
+                if not any(a <= cb - lo and ca - lo <= b for _, ca, cb in members):
+                    continue  # what is left holds none of this alignment's own declarations
+                claimed[a:b + 1] = True
+                a, b = a + lo, b + lo
+                out.append(Occurrence(a * HOP_S, b * HOP_S + SEGMENT_S, song_id, title, artist,
+                                      (a + anchor) * HOP_S, (b + anchor) * HOP_S + SEGMENT_S, confidence))
     out.sort(key=lambda o: o.start_s)
     for prev, nxt in zip(out, out[1:]):  # refined edges of neighbours may overlap: they meet half way
         if nxt.start_s < prev.end_s:
@@ -175,6 +202,80 @@ def _refine(searcher, heard: list, emb: np.ndarray, config: ListenConfig) -> lis
             nxt.song_start_s += mid - nxt.start_s
             nxt.start_s = mid
     return merge_continuations([o for o in out if o.end_s > o.start_s])
+
+
+def _core(h, n: int) -> tuple[int, int]:
+    """The segments a declared match covers (first, last)."""
+    j0 = int(round(h.start_s / HOP_S))
+    return j0, min(n - 1, max(j0, int(round((h.end_s - SEGMENT_S) / HOP_S))))
+
+
+def _alignments(group: list, tol: int) -> list[tuple[int, list]]:
+    """The group's declarations clustered by alignment (anchors within ``tol`` hops are one alignment, the
+    anchor of its longest declaration standing for it)."""
+    clusters: list[list] = []
+    for p in sorted(group, key=lambda p: p[0].anchor):
+        if clusters and p[0].anchor - clusters[-1][-1][0].anchor <= tol:
+            clusters[-1].append(p)
+        else:
+            clusters.append([p])
+    return [(max(c, key=lambda p: p[2] - p[1])[0].anchor, c) for c in clusters]
+
+
+def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int,
+                    cores: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Where one alignment of a song holds within segments ``lo..hi``: the stretches (relative to ``lo``) around
+    its declared ``cores`` where the aligned similarity, smoothed over SMOOTH_SEGMENTS, stays at the level
+    (EDGE_SHARE of its typical similarity in the cores, at least TRACK_FLOOR), bridging dips of up to
+    BRIDGE_SEGMENTS (talk over the song, a noise burst); each edge then snaps to the first (last) two unsmoothed
+    segments in a row at the level."""
+    js = np.arange(lo, hi + 1)
+    rows = db.rows_for(np.full(len(js), code), js + anchor)
+    raw = np.zeros(len(js), np.float32)
+    ok = rows >= 0
+    if ok.any():
+        raw[ok] = db.scores(emb[lo:hi + 1][ok].astype(np.float32), rows[ok][:, None])[:, 0]
+    raw = np.where(np.isfinite(raw), raw, 0.0)
+    inner = np.concatenate([raw[a:b + 1] for a, b in cores])
+    typical = float(np.median(inner[inner > 0])) if np.any(inner > 0) else 0.0
+    level = max(EDGE_SHARE * typical, TRACK_FLOOR)
+    above = np.convolve(raw, np.ones(SMOOTH_SEGMENTS) / SMOOTH_SEGMENTS, "same") >= level
+    raw_pairs = (raw[:-1] >= level) & (raw[1:] >= level)
+    runs: list[tuple[int, int]] = []
+    for a, b in sorted(cores):
+        if runs and b <= runs[-1][1]:
+            continue  # already inside the run of an earlier declaration
+        a, b = _extend(above, a, -1), _extend(above, b, +1)
+        near = np.flatnonzero(raw_pairs[max(0, a - SMOOTH_SEGMENTS):a + SMOOTH_SEGMENTS + 1])
+        if len(near):
+            a = max(0, a - SMOOTH_SEGMENTS) + int(near[0])
+        near = np.flatnonzero(raw_pairs[max(0, b - SMOOTH_SEGMENTS):b + SMOOTH_SEGMENTS])
+        if len(near):
+            b = max(0, b - SMOOTH_SEGMENTS) + int(near[-1]) + 1
+        runs.append((a, b))
+    return runs
+
+
+def _extend(above: np.ndarray, j: int, step: int) -> int:
+    """The farthest segment from ``j`` (in direction ``step``) that is ``above``, crossing gaps of at most
+    BRIDGE_SEGMENTS."""
+    best, miss, k = j, 0, j + step
+    while 0 <= k < len(above):
+        if above[k]:
+            best, miss = k, 0
+        else:
+            miss += 1
+            if miss > BRIDGE_SEGMENTS:
+                break
+        k += step
+    return best
+
+
+def _free_spans(claimed: np.ndarray, a: int, b: int) -> list[tuple[int, int]]:
+    """The unclaimed stretches of ``a..b`` at least two segments long."""
+    free = ~claimed[a:b + 1]
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], free.astype(np.int8), [0]])))
+    return [(a + int(s), a + int(e) - 1) for s, e in zip(edges[::2], edges[1::2]) if e - s >= 2]
 
 
 # Neighbouring occurrences of one song whose song time runs on with the recording's (within this much) are one
