@@ -477,3 +477,14 @@ def test_listener_thresholds_refit_stricter_from_the_stored_null_scores():
         assert np.mean(np.asarray(null[n]) >= strict.threshold(n)) <= 0.005
     assert listener_calibration(cal, None) is cal and listener_calibration(None, 0.001) is None
     assert listener_calibration(cal, 0.1) is cal  # never looser than the calibration
+
+
+def test_a_session_ends_even_when_an_exit_handler_waits_forever():
+    """PortAudio's exit handler can wait on the audio server after the summary is out; the listener's exit
+    watchdog ends the process with the session's status instead of hanging."""
+    code = ("import atexit, time\n"
+            "from workflow_lib.cli.listen import exit_watchdog\n"
+            "atexit.register(time.sleep, 600)  # an exit handler waiting on a server that never answers\n"
+            "exit_watchdog(3, seconds=0.5)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr  # the watchdog's status, not a normal exit (0)

@@ -194,7 +194,28 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+    if not args.input:
+        exit_watchdog(status)
     return status
+
+
+EXIT_GRACE_S = 5.0
+
+
+def exit_watchdog(status: int, seconds: float = EXIT_GRACE_S) -> None:
+    """Leave with ``status`` at most ``seconds`` from now, whatever the exit is still waiting on. The session is over
+    and its summary written, but PortAudio's exit handler (Pa_Terminate, run at interpreter exit) can wait on the
+    audio server: seen through ALSA's pulse plugin on a loaded machine, where the process outlived Ctrl-C by over
+    30 s. A daemon thread still runs while exit handlers do, so it ends such a wait."""
+    import threading
+
+    def leave() -> None:
+        time.sleep(seconds)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    threading.Thread(target=leave, name="exit-watchdog", daemon=True).start()
 
 
 # ------------------------------------------------------------------------------------------------ display
