@@ -204,9 +204,9 @@ EXIT_GRACE_S = 5.0
 
 def exit_watchdog(status: int, seconds: float = EXIT_GRACE_S) -> None:
     """Leave with ``status`` at most ``seconds`` from now, whatever the exit is still waiting on. The session is over
-    and its summary written, but PortAudio's exit handler (Pa_Terminate, run at interpreter exit) can wait on the
-    audio server: seen through ALSA's pulse plugin on a loaded machine, where the process outlived Ctrl-C by over
-    30 s. A daemon thread still runs while exit handlers do, so it ends such a wait."""
+    and its summary written, but the interpreter's exit, where PortAudio's exit handler runs, can still wait on the
+    audio system: a CI run on a loaded machine saw the listener on ALSA's pulse plugin outlive Ctrl-C by over 30 s
+    after its summary. A daemon thread still runs while exit handlers do, so it ends such a wait."""
     import threading
 
     def leave() -> None:
