@@ -43,6 +43,7 @@ VARIANTS: dict[str, dict] = {
     "no-speed": {"speed_prob": 0.0},
     "no-compress": {"compress_prob": 0.0},
     "no-low-snr": {"snr_db": [0.0, 10.0]},
+    "speed-0.1": {"speed_prob": 0.1},  # the speed changes at a third of their share (they cost rooms at 0.3)
     # every new component off: the old chain on the new data and impulse-response bank
     "old-chain": {"resonant_share": 0.0, "max_ir_s": 1.0, "device_ir_prob": 0.0, "eq_bands": [1, 1],
                   "eq_gain_db": [-12.0, 12.0], "eq_prob": 0.5, "codec_prob": 0.0, "speed_prob": 0.0,
