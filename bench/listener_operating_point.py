@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
+from workflow_lib.common.config import run_config  # noqa: E402
 from workflow_lib.common.layout import ResultsLayout  # noqa: E402
 from workflow_lib.evaluation.monitoring import run_monitoring, summarise_monitoring  # noqa: E402
 
@@ -34,7 +34,7 @@ def main() -> int:
                     help="programme seeds (evaluate.monitoring.seed; default: the results folder's)")
     args = ap.parse_args()
     r = args.results
-    cfg = yaml.safe_load((r / "config.yaml").read_text())
+    cfg, _ = run_config(r)  # the settings the folder was built with
     monitoring = {**cfg["evaluate"].get("monitoring", {}), "enabled": True}
     seeds = args.seeds if args.seeds is not None else [monitoring.get("seed", 0)]
     model = args.model or ResultsLayout.of(r, cfg).model

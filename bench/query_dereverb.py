@@ -20,10 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-import yaml  # noqa: E402
-
-from workflow_lib.common.layout import ResultsLayout  # noqa: E402
-from workflow_lib.search.searcher import Searcher, searcher_kwargs  # noqa: E402
+from workflow_lib.cli.query import load_searcher  # noqa: E402
 
 FRAME, SHIFT = 256, 64  # 32 ms frames, 8 ms shift at 8 kHz
 
@@ -46,10 +43,7 @@ def main() -> int:
     ap.add_argument("--lengths", type=float, nargs="+", default=[3.0, 5.0])
     ap.add_argument("--conditions", default="resonant|5 dB + resonant|5 dB + room|0 dB + long reverb")
     args = ap.parse_args()
-    r = args.results
-    cfg = yaml.safe_load((r / "config.yaml").read_text())  # the run's own model and search settings
-    searcher = Searcher.from_paths(ResultsLayout.of(r, cfg).model, r / "index", r / "catalogue.parquet",
-                                   r / "index" / "threshold.json", **searcher_kwargs(cfg["search"]))
+    searcher, _ = load_searcher(argparse.Namespace(results=args.results, config=None))  # as `nafp query` opens it
     queries = pd.read_parquet(args.results / "eval" / "queries" / "queries.parquet")
     print("condition | length s | queries | top-1 as it is | top-1 after WPE")
     for condition in args.conditions.split("|"):

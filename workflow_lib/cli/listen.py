@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
@@ -207,8 +208,6 @@ def exit_watchdog(status: int, seconds: float = EXIT_GRACE_S) -> None:
     and its summary written, but the interpreter's exit, where PortAudio's exit handler runs, can still wait on the
     audio system: a CI run on a loaded machine saw the listener on ALSA's pulse plugin outlive Ctrl-C by over 30 s
     after its summary. A daemon thread still runs while exit handlers do, so it ends such a wait."""
-    import threading
-
     def leave() -> None:
         time.sleep(seconds)
         sys.stdout.flush()

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.listener.core import ListenConfig, ListenerCore
+from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
 from workflow_lib.model.embed import iter_embed_chunks
 from workflow_lib.search.searcher import find_neighbours
 
@@ -140,7 +140,7 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
     return result
 
 
-def _refine(searcher, heard: list, emb: np.ndarray, config: ListenConfig) -> list[Occurrence]:
+def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig) -> list[Occurrence]:
     """Occurrences from the listener's declared matches, each followed at its alignment as far as the song goes.
 
     The listener names a song only when a whole window beats every other song in the database, so in noise or
@@ -165,34 +165,11 @@ def _refine(searcher, heard: list, emb: np.ndarray, config: ListenConfig) -> lis
             groups.append([p])
     out: list[Occurrence] = []
     for gi, group in enumerate(groups):
-        song_id = group[0][0].song_id
-        code = db.song_position(song_id)
-        if code < 0:
-            continue
         # how far the group may reach: up to the neighbouring groups' declared stretches
         lo = max(p[2] for p in groups[gi - 1]) + 1 if gi else 0
         hi = min(p[1] for p in groups[gi + 1]) - 1 if gi + 1 < len(groups) else n - 1
         lo, hi = min(lo, min(p[1] for p in group)), max(hi, max(p[2] for p in group))
-        claimed = np.zeros(hi - lo + 1, bool)
-        candidates = []
-        for anchor, members in _alignments(group, tol):
-            runs = _alignment_runs(db, code, anchor, emb, lo, hi, [(a - lo, b - lo) for _, a, b in members])
-            covered = np.zeros(hi - lo + 1, bool)
-            for a, b in runs:
-                covered[a:b + 1] = True
-            candidates.append((int(covered.sum()), anchor, members, runs))
-        for _, anchor, members, runs in sorted(candidates, key=lambda c: -c[0]):
-            confidence = max(float(h.max_confidence) for h, _, _ in members)
-            title, artist = catalogue.get(song_id, (members[0][0].title, members[0][0].artist))
-            # One alignment's runs within a group are one playing: the song's time ran on with the clock
-            # through the weak stretches between them, and no other song was declared there.
-            for a, b in _free_spans(claimed, min(r[0] for r in runs), max(r[1] for r in runs)):
-                if not any(a <= cb - lo and ca - lo <= b for _, ca, cb in members):
-                    continue  # what is left holds none of this alignment's own declarations
-                claimed[a:b + 1] = True
-                a, b = a + lo, b + lo
-                out.append(Occurrence(a * HOP_S, b * HOP_S + SEGMENT_S, song_id, title, artist,
-                                      (a + anchor) * HOP_S, (b + anchor) * HOP_S + SEGMENT_S, confidence))
+        out += _follow_group(db, catalogue, group, emb, lo, hi, tol)
     out.sort(key=lambda o: o.start_s)
     for prev, nxt in zip(out, out[1:]):  # refined edges of neighbours may overlap: they meet half way
         if nxt.start_s < prev.end_s:
@@ -204,7 +181,39 @@ def _refine(searcher, heard: list, emb: np.ndarray, config: ListenConfig) -> lis
     return merge_continuations([o for o in out if o.end_s > o.start_s])
 
 
-def _core(h, n: int) -> tuple[int, int]:
+def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi: int,
+                  tol: int) -> list[Occurrence]:
+    """The occurrences of one group of consecutive declarations of a song, within segments ``lo..hi``: each
+    alignment claims the stretch from its first to its last run (one playing: the song's time ran on with the clock
+    through the weak stretches between them, and no other song was declared there), the alignment covering most
+    first; what is left to a later alignment counts only where it holds one of that alignment's declarations."""
+    song_id = group[0][0].song_id
+    code = db.song_position(song_id)
+    if code < 0:
+        return []
+    candidates = []
+    for anchor, members in _alignments(group, tol):
+        runs = _alignment_runs(db, code, anchor, emb, lo, hi, [(a - lo, b - lo) for _, a, b in members])
+        covered = np.zeros(hi - lo + 1, bool)
+        for a, b in runs:
+            covered[a:b + 1] = True
+        candidates.append((int(covered.sum()), anchor, members, runs))
+    claimed = np.zeros(hi - lo + 1, bool)
+    out = []
+    for _, anchor, members, runs in sorted(candidates, key=lambda c: -c[0]):
+        confidence = max(float(h.max_confidence) for h, _, _ in members)
+        title, artist = catalogue.get(song_id, (members[0][0].title, members[0][0].artist))
+        for a, b in _free_spans(claimed, min(r[0] for r in runs), max(r[1] for r in runs)):
+            if not any(a <= cb - lo and ca - lo <= b for _, ca, cb in members):
+                continue
+            claimed[a:b + 1] = True
+            a, b = a + lo, b + lo
+            out.append(Occurrence(a * HOP_S, b * HOP_S + SEGMENT_S, song_id, title, artist,
+                                  (a + anchor) * HOP_S, (b + anchor) * HOP_S + SEGMENT_S, confidence))
+    return out
+
+
+def _core(h: Heard, n: int) -> tuple[int, int]:
     """The segments a declared match covers (first, last)."""
     j0 = int(round(h.start_s / HOP_S))
     return j0, min(n - 1, max(j0, int(round((h.end_s - SEGMENT_S) / HOP_S))))
