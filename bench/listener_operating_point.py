@@ -5,7 +5,10 @@ precision, recall, false-alarm minutes and boundary error per programme, then th
 (bench/README.md, "Listener operating point" and "Scanning: following the song").
 
     python bench/listener_operating_point.py RESULTS [--model M] [--max-fpr 0.002 0.005 none] [--hops 2 3]
-        [--seeds 0 1 2]
+        [--seeds 0 1 2] [--edge-share 0.5 0.6]
+
+``--edge-share`` tries other values of ``listener.scan.EDGE_SHARE`` (how far below an occurrence's typical
+similarity the scan still follows it).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pandas as pd  # noqa: E402
 from workflow_lib.common.config import run_config  # noqa: E402
 from workflow_lib.common.layout import ResultsLayout  # noqa: E402
 from workflow_lib.evaluation.monitoring import run_monitoring, summarise_monitoring  # noqa: E402
+from workflow_lib.listener import scan  # noqa: E402
 
 
 def main() -> int:
@@ -32,32 +36,37 @@ def main() -> int:
     ap.add_argument("--hops", nargs="+", type=int, default=[2, 3])
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="programme seeds (evaluate.monitoring.seed; default: the results folder's)")
+    ap.add_argument("--edge-share", nargs="+", type=float, default=[scan.EDGE_SHARE])
     args = ap.parse_args()
     r = args.results
     cfg, _ = run_config(r)  # the settings the folder was built with
     monitoring = {**cfg["evaluate"].get("monitoring", {}), "enabled": True}
     seeds = args.seeds if args.seeds is not None else [monitoring.get("seed", 0)]
     model = args.model or ResultsLayout.of(r, cfg).model
-    print("max_fpr hops seed | per programme: (F1, precision, recall, false-alarm min, no-song min, boundary error s)")
-    for fpr in [None if v.lower() in ("none", "null") else float(v) for v in args.max_fpr]:
-        for hops in args.hops:
-            listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops}
-            tables = []
-            for seed in seeds:
-                evaluate = {**cfg["evaluate"], "monitoring": {**monitoring, "seed": seed}}
-                with tempfile.TemporaryDirectory() as tmp:
-                    table = run_monitoring(Path(tmp) / "monitoring.parquet", model, r / "index",
-                                           r / "catalogue.parquet", r / "index" / "threshold.json",
-                                           r / "manifest" / "songs.parquet", r / "split" / "splits.parquet",
-                                           r / "noise" / "test", r / "irs" / "test", cfg["search"], listen, evaluate,
-                                           None, threads=2)
-                print(fpr, hops, seed, [tuple(round(float(x[k]), 3) for k in (
-                    "f1", "precision", "recall", "false_alarm_minutes", "no_song_minutes", "boundary_error_s"))
-                    for x in table.to_dict("records")])
-                tables.append(table)
-            pooled = summarise_monitoring(pd.concat(tables, ignore_index=True))
-            print(f"pooled over seeds {seeds}, max_fpr {fpr}, consistent_hops {hops}:")
-            print(pooled.round(3).to_string(index=False))
+    print("max_fpr hops edge_share seed | per programme: (F1, precision, recall, false-alarm min, no-song min, "
+          "boundary error s)")
+    settings = [(fpr, hops, share) for fpr in [None if v.lower() in ("none", "null") else float(v)
+                                               for v in args.max_fpr]
+                for hops in args.hops for share in args.edge_share]
+    for fpr, hops, share in settings:
+        scan.EDGE_SHARE = share
+        listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops}
+        tables = []
+        for seed in seeds:
+            evaluate = {**cfg["evaluate"], "monitoring": {**monitoring, "seed": seed}}
+            with tempfile.TemporaryDirectory() as tmp:
+                table = run_monitoring(Path(tmp) / "monitoring.parquet", model, r / "index",
+                                       r / "catalogue.parquet", r / "index" / "threshold.json",
+                                       r / "manifest" / "songs.parquet", r / "split" / "splits.parquet",
+                                       r / "noise" / "test", r / "irs" / "test", cfg["search"], listen, evaluate,
+                                       None, threads=2)
+            print(fpr, hops, share, seed, [tuple(round(float(x[k]), 3) for k in (
+                "f1", "precision", "recall", "false_alarm_minutes", "no_song_minutes", "boundary_error_s"))
+                for x in table.to_dict("records")])
+            tables.append(table)
+        pooled = summarise_monitoring(pd.concat(tables, ignore_index=True))
+        print(f"pooled over seeds {seeds}, max_fpr {fpr}, consistent_hops {hops}, edge_share {share}:")
+        print(pooled.round(3).to_string(index=False))
     return 0
 
 

@@ -11,16 +11,25 @@ from workflow_lib.search.duplicates import (duplicate_groups, find_duplicates, f
 from workflow_lib.search.searcher import search_embeddings
 
 
-def _db_with_a_twin(dim: int = 32) -> FingerprintDB:
-    """Songs a..e of 80 segments; d holds a's segments 20..69 (lightly perturbed) inside its own music."""
+def _db_with_a_twin(dim: int = 32, contained: bool = False) -> FingerprintDB:
+    """Songs a..e of 80 segments; d holds a's segments 20..69 (lightly perturbed) inside its own music.
+
+    ``contained``: also f, 40 segments (two windows) that are b's first 40 in another mix (aligned score about
+    0.82, under the twin level of 0.85), and e's first window is c's in that mix (one window of four)."""
     rng = np.random.default_rng(3)
     songs = {s: normalize(rng.standard_normal((80, dim)).astype(np.float32)) for s in "abcde"}
     songs["d"][10:60] = normalize(songs["a"][20:70] + 0.05 * rng.standard_normal((50, dim)).astype(np.float32))
+    if contained:
+        def remix(x):
+            return normalize(x + 0.125 * rng.standard_normal(x.shape).astype(np.float32))
+
+        songs["f"] = remix(songs["b"][:40])
+        songs["e"][:19] = remix(songs["c"][:19])
     ids = list(songs)
     vectors = np.concatenate([songs[s] for s in ids]).astype(np.float16)
     index = faiss.IndexFlatIP(dim)
     index.add(normalize(vectors.astype(np.float32)))
-    return FingerprintDB(index, RowMap.from_counts(ids, [80] * len(ids)), vectors,
+    return FingerprintDB(index, RowMap.from_counts(ids, [len(songs[s]) for s in ids]), vectors,
                          {"model_checksum": "test", "ntotal": len(vectors)})
 
 
@@ -33,6 +42,16 @@ def test_a_song_holding_anothers_music_is_its_twin_and_unrelated_songs_are_not()
     groups = duplicate_groups(table[table.song_id == "a"])  # one direction found is enough for both
     assert groups == {"a": frozenset({"d"}), "d": frozenset({"a"})}
     assert unknown_exclusion("a", groups) == frozenset({"a", "d"}) and unknown_exclusion("b", groups) == "b"
+
+
+def test_a_song_found_in_another_mix_in_most_of_its_windows_is_its_twin_and_one_shared_window_is_not():
+    db = _db_with_a_twin(contained=True)
+    table = find_duplicates(db)
+    pairs = set(zip(table.song_id, table.duplicate_id))
+    contained = table[table.song_id == "f"]
+    assert 0.78 < contained.mean_score.iloc[0] < 0.85, table  # under the twin level: only the share rule finds it
+    assert pairs == {("a", "d"), ("d", "a"), ("f", "b"), ("b", "f")}, table  # e and c share one window: not twins
+    assert set(find_duplicates(db, contained_share=1.1).song_id) == {"a", "d"}
 
 
 def test_searching_a_song_as_unknown_without_its_twin_names_no_twin():

@@ -367,6 +367,20 @@ def test_target_checks_compare_low_snr_rooms_with_audfprint():
     assert ok and val == "82.5 % vs 42.5 % (+40.0 points)"
 
 
+def test_the_per_condition_fpr_target_needs_every_condition_inside_the_band():
+    def check(fprs):
+        rows = [{"system": "neural", "mode": "sequence", "group": "unknown", "condition": c, "length_s": 3.0,
+                 "n_queries": 200, "fpr": f, "song_top1": np.nan, "seg_top1_exact": np.nan, "accept_right": np.nan,
+                 "search_p50_ms": np.nan, "latency_p50_ms": np.nan}
+                for c, f in zip(("clean", "5 dB + room", "resonant"), fprs)]
+        checks = {name: (val, ok) for name, val, ok in target_checks(pd.DataFrame(rows), pd.DataFrame())}
+        return checks["false-positive rate within 0.5-2 % in every condition (1 % target)"]
+
+    assert check([0.01, 0.006, 0.015]) == ("0.60-1.50 % over 3 conditions", True)
+    assert check([0.01, 0.001, 0.015])[1] is False  # one condition under the band: a rule that rejects too much
+    assert check([0.01, 0.006, 0.03])[1] is False
+
+
 def test_starts_avoid_silence_for_every_query_length():
     audio = np.zeros(20 * SR, np.float32)
     audio[3 * SR:] = synth_song(3, 17.0)  # a silent intro

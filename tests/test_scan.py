@@ -154,20 +154,24 @@ print(res.duration_s, len(res.occurrences), (after - before) / 1024)
 
 
 def test_monitoring_programme_truth_and_scores():
-    from workflow_lib.evaluation.monitoring import MonitoringPlan, make_programme, score_programme
+    from workflow_lib.evaluation.monitoring import MonitoringPlan, make_programme, score_programme, second_labels
 
     known = [(f"k{i}", synth_song(i, 40.0)) for i in range(3)]
     unknown = [(f"u{i}", synth_song(50 + i, 40.0)) for i in range(2)]
     plan = MonitoringPlan(minutes=3.0, reverb=False)
     prog = make_programme("p", np.random.default_rng(4), known, unknown, plan, 10.0, None, None, None)
     assert prog.duration_s >= 180 and prog.truth
-    for o in prog.truth:  # the truth points at the very samples of the song (no noise, no room here; the points
-        song = dict(known)[o["song_id"]]  # avoid the fades and a talk-over can cover one of them)
+    # The truth points at the very samples of the song (no noise, no room here; the points avoid the fades, and a
+    # talk-over can cover one of them); where the unknown songs play is recorded too (to tell which one a false
+    # alarm was heard in).
+    assert prog.unknown_truth and {u["song_id"] for u in prog.unknown_truth} == prog.unknown_songs
+    songs = dict(known + unknown)
+    for o in prog.truth + prog.unknown_truth:
         corr = []
         for f in np.linspace(0.2, 0.8, 5):
             t = o["start_s"] + f * (o["end_s"] - o["start_s"] - 1)
             a, b = int(t * SR), int((o["song_start_s"] + t - o["start_s"]) * SR)
-            corr.append(np.corrcoef(prog.audio[a:a + SR], song[b:b + SR])[0, 1])
+            corr.append(np.corrcoef(prog.audio[a:a + SR], songs[o["song_id"]][b:b + SR])[0, 1])
         assert max(corr) > 0.9, (o, corr)
     perfect = score_programme(prog.truth, prog.truth, prog.duration_s)
     assert perfect["f1"] == 1.0 and perfect["boundary_error_s"] == 0.0 and perfect["false_alarm_minutes"] == 0
@@ -178,6 +182,31 @@ def test_monitoring_programme_truth_and_scores():
     alarm = score_programme(prog.truth, prog.truth + [{"song_id": "k0", "start_s": 0.0, "end_s": 0.0 + 1e-9,
                                                        "song_start_s": 0.0}], prog.duration_s)
     assert alarm["false_alarm_minutes"] == 0.0  # shorter than a second: no labelled second
+    # An occurrence run 3 s on past its true end (into what follows it) and a song named where none plays: both
+    # are false alarms where no database song plays, but only the first is at an occurrence's edge.
+    o = next(o for o in prog.truth if all(abs(q["start_s"] - o["end_s"]) > 10 for q in prog.truth))
+    gap = second_labels(prog.truth, prog.duration_s) == None  # noqa: E711
+    far = next(s for s in np.flatnonzero(gap)
+               if all(min(abs(s + 0.5 - q["start_s"]), abs(s + 0.5 - q["end_s"])) > 10 for q in prog.truth))
+    pred = [{**q, "end_s": q["end_s"] + 3.0} if q is o else q for q in prog.truth]
+    pred.append({"song_id": o["song_id"], "start_s": float(far), "end_s": far + 1.0, "song_start_s": 0.0})
+    both = score_programme(prog.truth, pred, prog.duration_s)
+    assert both["false_alarm_minutes"] * 60 == pytest.approx(4) and both["edge_alarm_minutes"] * 60 == pytest.approx(3)
+
+
+def test_a_programme_can_end_with_a_song_longer_than_its_slack():
+    from workflow_lib.evaluation.monitoring import MonitoringPlan, make_programme
+
+    # A 2-second programme whose one item is a 415 s excerpt of a 7-minute song (seed 8 draws it): the item runs
+    # past the 400 s of slack the programme's buffer starts with (a 10-minute song crashed the benchmark).
+    long_song = np.tile(synth_song(1, 20.0), 21)
+    plan = MonitoringPlan(minutes=2 / 60, reverb=False, talk_share=0.0, unknown_share=0.0)
+    prog = make_programme("p", np.random.default_rng(8), [("k0", long_song)], [], plan, 10.0, None, None, None)
+    assert prog.duration_s > 400
+    assert len(prog.truth) == 1 and prog.truth[0]["end_s"] == pytest.approx(prog.duration_s)
+    a = int(100 * SR)  # the programme holds the song's samples up to its end
+    b = int((prog.truth[0]["song_start_s"] + 100 - prog.truth[0]["start_s"]) * SR)
+    assert np.corrcoef(prog.audio[a:a + SR], long_song[b:b + SR])[0, 1] > 0.99
 
 
 def _declared(song: str, start_s: float, end_s: float, song_position_s: float) -> Heard:

@@ -5,11 +5,13 @@ A programme strings together excerpts (10 s to whole songs) of database songs ne
 songs (songs the search skips, as if nobody had indexed them), talk stretches and short silences, joined
 back to back or by crossfades of 1-4 s, with talk over part of the music, one noise bed at the programme's SNR
 and one held-out room. The truth lists every song occurrence (start and end in the programme, where in the song
-it starts); a crossfade's boundary is its middle.
+it starts, how long the crossfades at its ends last); a crossfade's boundary is its middle.
 
 Metrics per programme and overall: precision, recall and F1 of the song label of every second; median boundary
 error (s) of matched occurrences; median offset error (s, where in the song); false-alarm minutes per hour of
-audio that holds no database song; realtime factor of the scan. audfprint runs on the same programmes through
+audio that holds no database song, and the part of them at an occurrence's edge (within ``EDGE_ALARM_S`` of a
+start or end of a true occurrence of the same song: an edge run into the audio beside it, not a wrong answer);
+realtime factor of the scan. audfprint runs on the same programmes through
 windows of ``afp_window_s`` at ``afp_hop_s`` (its own matcher names each window), each second taking the best
 window covering it.
 """
@@ -32,6 +34,7 @@ from workflow_lib.evaluation.degrade import add_noise, ir_pool, limit_peak, reve
 log = logging.getLogger(__name__)
 
 SR = SAMPLE_RATE
+EDGE_ALARM_S = 6.0
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,9 @@ class Programme:
     name: str
     audio: np.ndarray
     snr_db: float
-    truth: list[dict] = field(default_factory=list)  # song_id, start_s, end_s, song_start_s
+    truth: list[dict] = field(default_factory=list)  # song_id, start_s, end_s, song_start_s, fade_in_s, fade_out_s
     unknown_songs: set[str] = field(default_factory=set)
+    unknown_truth: list[dict] = field(default_factory=list)  # where unknown songs play, as in truth
 
     @property
     def duration_s(self) -> float:
@@ -93,9 +97,11 @@ def make_programme(name: str, rng: np.random.Generator, known: list[tuple[str, n
     pos = 0
     truth: list[dict] = []
     used_unknown: set[str] = set()
+    unknown_truth: list[dict] = []
     while pos < target:
         roll = rng.random()
-        if roll < plan.talk_share:
+        from_music = roll >= plan.talk_share
+        if not from_music:
             item, label = talk_like(rng, int(rng.uniform(8, 40) * SR), babble), None
             item = item / max(rms(item), 1e-6) * 0.05
             song_start = 0.0
@@ -125,11 +131,17 @@ def make_programme(name: str, rng: np.random.Generator, known: list[tuple[str, n
             item[:fade] *= ramp
             if truth and abs(truth[-1]["end_s"] - pos / SR) < 1e-6:  # the item before ends mid-fade
                 truth[-1]["end_s"] = (a + fade / 2) / SR
+                truth[-1]["fade_out_s"] = fade / SR
+        if a + len(item) > len(out):  # a whole song longer than the slack the buffer was given
+            out = np.concatenate([out, np.zeros(a + len(item) - len(out), np.float32)])
         out[a:a + len(item)] += item
+        t0 = (a + fade / 2) / SR if fade else a / SR
+        if from_music and label is None:
+            unknown_truth.append({"song_id": sid, "start_s": t0, "end_s": (a + len(item)) / SR,
+                                  "song_start_s": song_start + (t0 - a / SR)})
         if label is not None:
-            t0 = (a + fade / 2) / SR if fade else a / SR
             truth.append({"song_id": label, "start_s": t0, "end_s": (a + len(item)) / SR,
-                          "song_start_s": song_start + (t0 - a / SR)})
+                          "song_start_s": song_start + (t0 - a / SR), "fade_in_s": fade / SR, "fade_out_s": 0.0})
         pos = a + len(item)
     audio = out[:pos]
     if plan.reverb and ir_bank is not None and len(ir_bank):
@@ -141,7 +153,7 @@ def make_programme(name: str, rng: np.random.Generator, known: list[tuple[str, n
         bed = np.concatenate([noise_bank.random_excerpt(rng, min(len(audio), 30 * SR))
                               for _ in range(int(np.ceil(len(audio) / (30 * SR))))])[:len(audio)]
         audio = add_noise(audio, bed, snr_db)
-    return Programme(name, limit_peak(audio), snr_db, truth, used_unknown)
+    return Programme(name, limit_peak(audio), snr_db, truth, used_unknown, unknown_truth)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -166,7 +178,10 @@ def score_programme(truth: list[dict], pred: list[dict], duration_s: float) -> d
     rec = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
     no_song = t == None  # noqa: E711
-    alarms = int(np.sum(no_song & (p != None)))  # noqa: E711
+    alarm_at = np.flatnonzero(no_song & (p != None))  # noqa: E711
+    alarms = len(alarm_at)
+    edge_alarms = sum(any(o["song_id"] == p[s] and min(abs(s + 0.5 - o["start_s"]), abs(s + 0.5 - o["end_s"]))
+                          <= EDGE_ALARM_S for o in truth) for s in alarm_at)
     bounds, offsets = [], []
     for o in truth:
         mine = [q for q in pred if q["song_id"] == o["song_id"] and
@@ -181,6 +196,7 @@ def score_programme(truth: list[dict], pred: list[dict], duration_s: float) -> d
             "boundary_error_s": float(np.median(bounds)) if bounds else float("nan"),
             "offset_error_s": float(np.median(offsets)) if offsets else float("nan"),
             "no_song_minutes": float(no_song.sum()) / 60, "false_alarm_minutes": alarms / 60,
+            "edge_alarm_minutes": edge_alarms / 60,
             "occurrences": len(truth), "found": len(offsets)}
 
 
@@ -316,5 +332,9 @@ def summarise_monitoring(table: pd.DataFrame) -> pd.DataFrame:
                      "offset_error_s": g["offset_error_s"].median(),
                      "false_alarm_min_per_hour": 60 * g["false_alarm_minutes"].sum() /
                      max(g["no_song_minutes"].sum(), 1e-9),
+                     # monitoring tables written before edge alarms were counted have no such column
+                     "edge_alarm_share": (g["edge_alarm_minutes"].sum() / g["false_alarm_minutes"].sum()
+                                          if "edge_alarm_minutes" in g and g["false_alarm_minutes"].sum() > 0
+                                          else float("nan")),
                      "realtime": g["realtime"].median()})
     return pd.DataFrame(rows)
