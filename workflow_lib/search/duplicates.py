@@ -85,7 +85,8 @@ def find_duplicates(db, song_ids: Iterable[str] | None = None, max_windows: int 
         for other, scores in named.items():
             strong = [s for s in scores if s >= min_score]
             contained = [s for s in scores if s >= contained_score]
-            if len(strong) < need and (len(contained) < max(need, contained_share * n)):
+            # the contained rule needs min_windows windows even in a short song: one window at 0.8 is a confusion
+            if len(strong) < need and len(contained) < max(min_windows, contained_share * n):
                 continue
             held = strong if len(strong) >= need else contained
             out.append({"song_id": sid, "duplicate_id": other, "windows": len(held), "windows_searched": n,
