@@ -82,37 +82,60 @@ def _binned_thresholds(v: np.ndarray, f: np.ndarray, fpr: float, bins: int) -> t
     return edges, thr
 
 
+def _cross_validated_rows(name: str, unknown: pd.DataFrame, unseen: pd.DataFrame, conds: list[str],
+                          fit_rule) -> list[dict]:
+    """Rows (``name``, condition, fpr, accept_right) of a rule on the statistic ``v``: ``fit_rule(null queries)``
+    returns ``passes(frame) -> bool array``; it is fitted on one half of the unknown songs and measured on the other
+    half (false positives) and on the unseen database songs' right best guesses at 3-10 s, then the halves swap."""
+    fp = {c: [] for c in conds}
+    acc = {c: [] for c in conds}
+    right = (unseen["right"] & unseen["length_s"].between(3, 10)).to_numpy()
+    for fit_half in (True, False):
+        passes = fit_rule(unknown[unknown["half"] == fit_half])
+        test = unknown[unknown["half"] != fit_half]
+        pu, ps = passes(test), passes(unseen)
+        for c in conds:
+            m = (test["condition"] == c).to_numpy()
+            fp[c].append(float(pu[m].mean()) if m.any() else np.nan)
+            m = (unseen["condition"] == c).to_numpy() & right
+            acc[c].append(float(ps[m].mean()) if m.any() else np.nan)
+    return [{"statistic": name, "condition": c, "fpr": np.nanmean(fp[c]), "accept_right": np.nanmean(acc[c])}
+            for c in conds]
+
+
+def _per_length_rule(fpr: float):
+    """The calibrate rule's shape: one threshold per query length, pooled over conditions."""
+    def fit(null: pd.DataFrame):
+        cal = fit_calibration({n: g["v"].tolist() for n, g in null.groupby("n_seg")}, fpr, {})
+        return lambda frame: (frame["v"] >= frame["n_seg"].map(cal.threshold)).to_numpy()
+    return fit
+
+
+def _binned_rule(fpr: float, bins: int):
+    """One threshold per query length and per equal-count bin of the feature ``f``."""
+    def fit(null: pd.DataFrame):
+        rules = {n: _binned_thresholds(g["v"].to_numpy(), g["f"].to_numpy(), fpr, bins)
+                 for n, g in null.groupby("n_seg")}
+
+        def passes(frame):
+            out = np.zeros(len(frame), bool)
+            for i, (n, v, f) in enumerate(zip(frame["n_seg"], frame["v"], frame["f"])):
+                edges, thr = rules[min(rules, key=lambda k: abs(k - n))]
+                out[i] = v >= thr[np.searchsorted(edges, f, side="right")]
+            return out
+        return passes
+    return fit
+
+
 def _conditional_rows(unknown, unseen, conds, fpr) -> list[dict]:
+    for frame in (unknown, unseen):
+        frame["v"] = [_margin(list(t), None, None) for t in frame["top_scores"]]
     rows = []
     for name, feature in CONDITIONED.items():
         for frame in (unknown, unseen):
-            frame["v"] = [_margin(list(t), None, None) for t in frame["top_scores"]]
             frame["f"] = [feature(list(t)) for t in frame["top_scores"]]
         for bins in BINS:
-            fp = {c: [] for c in conds}
-            acc = {c: [] for c in conds}
-            for fit_half in (True, False):
-                fit = unknown[unknown["half"] == fit_half]
-                test = unknown[unknown["half"] != fit_half]
-                rules = {n: _binned_thresholds(g["v"].to_numpy(), g["f"].to_numpy(), fpr, bins)
-                         for n, g in fit.groupby("n_seg")}
-
-                def passes(frame):
-                    out = np.zeros(len(frame), bool)
-                    for i, (n, v, f) in enumerate(zip(frame["n_seg"], frame["v"], frame["f"])):
-                        edges, thr = rules[min(rules, key=lambda k: abs(k - n))]
-                        out[i] = v >= thr[np.searchsorted(edges, f, side="right")]
-                    return out
-
-                pu, ps = passes(test), passes(unseen)
-                for c in conds:
-                    m = (test["condition"] == c).to_numpy()
-                    fp[c].append(float(pu[m].mean()) if m.any() else np.nan)
-                    m = ((unseen["condition"] == c) & unseen["right"] & unseen["length_s"].between(3, 10)).to_numpy()
-                    acc[c].append(float(ps[m].mean()) if m.any() else np.nan)
-            for c in conds:
-                rows.append({"statistic": f"{name} ({bins} bins)", "condition": c, "fpr": np.nanmean(fp[c]),
-                             "accept_right": np.nanmean(acc[c])})
+            rows += _cross_validated_rows(f"{name} ({bins} bins)", unknown, unseen, conds, _binned_rule(fpr, bins))
     return rows
 
 
@@ -157,21 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         for frame in (unknown, unseen):
             frame["v"] = [fn(list(t), list(v), j) for t, v, j in zip(frame["top_scores"], frame["top_votes"],
                                                                      frame["J"])]
-        fp = {c: [] for c in conds}
-        acc = {c: [] for c in conds}
-        for fit_half in (True, False):
-            fit = unknown[unknown["half"] == fit_half]
-            test = unknown[unknown["half"] != fit_half]
-            cal = fit_calibration({n: g["v"].tolist() for n, g in fit.groupby("n_seg")}, args.fpr, {})
-            thr_u = test["n_seg"].map(cal.threshold)
-            thr_s = unseen["n_seg"].map(cal.threshold)
-            for c in conds:
-                m = test["condition"] == c
-                fp[c].append(float((test.loc[m, "v"] >= thr_u[m]).mean()) if m.any() else np.nan)
-                m = (unseen["condition"] == c) & unseen["right"] & unseen["length_s"].between(3, 10)
-                acc[c].append(float((unseen.loc[m, "v"] >= thr_s[m]).mean()) if m.any() else np.nan)
-        for c in conds:
-            rows.append({"statistic": stat, "condition": c, "fpr": np.nanmean(fp[c]), "accept_right": np.nanmean(acc[c])})
+        rows += _cross_validated_rows(stat, unknown, unseen, conds, _per_length_rule(args.fpr))
     rows += _conditional_rows(unknown, unseen, conds, args.fpr) + _oracle_rows(unknown, unseen, conds, args.fpr)
     t = pd.DataFrame(rows)
     for col, title in (("fpr", "false-positive rate (%) per condition"),

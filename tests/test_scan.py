@@ -198,7 +198,7 @@ def test_a_programme_can_end_with_a_song_longer_than_its_slack():
     from workflow_lib.evaluation.monitoring import MonitoringPlan, make_programme
 
     # A 2-second programme whose one item is a 415 s excerpt of a 7-minute song (seed 8 draws it): the item runs
-    # past the 400 s of slack the programme's buffer starts with (a 10-minute song crashed the benchmark).
+    # past the 400 s of slack the programme buffer once had (a 10-minute song crashed the benchmark).
     long_song = np.tile(synth_song(1, 20.0), 21)
     plan = MonitoringPlan(minutes=2 / 60, reverb=False, talk_share=0.0, unknown_share=0.0)
     prog = make_programme("p", np.random.default_rng(8), [("k0", long_song)], [], plan, 10.0, None, None, None)

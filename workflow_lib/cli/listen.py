@@ -192,9 +192,7 @@ def run(args: argparse.Namespace) -> int:
     if not listener.join(0):
         # The worker is stuck in the audio driver (a capture that will not stop): the summary is out, so leave
         # without waiting for PortAudio's exit handler, which would wait on the same driver.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        _leave_now(status)
     if not args.input:
         exit_watchdog(status)
     return status
@@ -210,11 +208,16 @@ def exit_watchdog(status: int, seconds: float = EXIT_GRACE_S) -> None:
     after its summary. A daemon thread still runs while exit handlers do, so it ends such a wait."""
     def leave() -> None:
         time.sleep(seconds)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        _leave_now(status)
 
     threading.Thread(target=leave, name="exit-watchdog", daemon=True).start()
+
+
+def _leave_now(status: int) -> None:
+    """End the process with ``status`` at once (output flushed), skipping the interpreter's exit handlers."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 # ------------------------------------------------------------------------------------------------ display

@@ -93,7 +93,9 @@ def make_programme(name: str, rng: np.random.Generator, known: list[tuple[str, n
                    noise_bank: ClipBank | None, ir_bank: ClipBank | None, babble: ClipBank | None) -> Programme:
     """One programme of about ``plan.minutes`` with its truth (see the module doc)."""
     target = int(plan.minutes * 60 * SR)
-    out = np.zeros(target + 400 * SR, np.float32)
+    # the last item starts before the target and may run a whole song (or 40 s of talk) past it
+    longest = max([40 * SR] + [len(song) for _, song in known + unknown])
+    out = np.zeros(target + longest + 4 * SR, np.float32)
     pos = 0
     truth: list[dict] = []
     used_unknown: set[str] = set()
@@ -132,8 +134,6 @@ def make_programme(name: str, rng: np.random.Generator, known: list[tuple[str, n
             if truth and abs(truth[-1]["end_s"] - pos / SR) < 1e-6:  # the item before ends mid-fade
                 truth[-1]["end_s"] = (a + fade / 2) / SR
                 truth[-1]["fade_out_s"] = fade / SR
-        if a + len(item) > len(out):  # a whole song longer than the slack the buffer was given
-            out = np.concatenate([out, np.zeros(a + len(item) - len(out), np.float32)])
         out[a:a + len(item)] += item
         t0 = (a + fade / 2) / SR if fade else a / SR
         if from_music and label is None:

@@ -201,11 +201,11 @@ def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi
         for a, b in runs:
             covered[a:b + 1] = True
         candidates.append((int(covered.sum()), anchor, members, runs))
+    title, artist = catalogue.get(song_id, (group[0][0].title, group[0][0].artist))
     claimed = np.zeros(hi - lo + 1, bool)
     out = []
     for _, anchor, members, runs in sorted(candidates, key=lambda c: -c[0]):
         confidence = max(float(h.max_confidence) for h, _, _ in members)
-        title, artist = catalogue.get(song_id, (members[0][0].title, members[0][0].artist))
         for a, b in _free_spans(claimed, min(r[0] for r in runs), max(r[1] for r in runs)):
             if not any(a <= cb - lo and ca - lo <= b for _, ca, cb in members):
                 continue
