@@ -198,6 +198,60 @@ def test_resume_after_interrupt_equals_uninterrupted_run(banks, tmp_path, monkey
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
+def test_a_kill_mid_epoch_resumes_from_the_last_step_saved_and_ends_as_the_uninterrupted_run(banks, tmp_path,
+                                                                                                monkeypatch):
+    run(banks, tmp_path / "straight", CFG)
+    every_step = TrainConfig(**{**CFG.__dict__, "checkpoint_minutes": 0})  # a runtime setting: same run
+    calls = {"n": 0}
+    real = train_mod.nt_xent
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8 + 3 + 4:  # the 4th step of epoch 2 (8 steps, then 3 validation batches)
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "nt_xent", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(banks, tmp_path / "killed", every_step)
+    ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["partial"]["epoch"] == 2 and ckpt["partial"]["step"] == 3
+    monkeypatch.setattr(train_mod, "nt_xent", real)
+    run(banks, tmp_path / "killed", every_step)
+
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and b["partial"] is None
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for key in ("steps", "train_loss", "val_loss", "val_top1"):
+        assert [r[key] for r in a["history"]] == [r[key] for r in b["history"]]
+
+
+def test_a_checkpoint_from_before_mid_epoch_saves_still_resumes(banks, tmp_path, monkeypatch, caplog):
+    real = train_mod.nt_xent
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8 + 3 + 1:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "nt_xent", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(banks, tmp_path, CFG)
+    monkeypatch.setattr(train_mod, "nt_xent", real)
+    path = tmp_path / "checkpoints" / "last.pt"
+    old = torch.load(path, weights_only=True)
+    del old["partial"]  # the key checkpoints of older versions lack
+    torch.save(old, path)
+    with caplog.at_level("INFO"):
+        meta = run(banks, tmp_path, CFG)
+    assert "resuming from" in caplog.text and "different configuration" not in caplog.text
+    assert meta["epochs"] == 2
+
+
 def test_finished_run_is_not_retrained(banks, tmp_path, monkeypatch):
     run(banks, tmp_path, CFG)
     monkeypatch.setattr(train_mod, "nt_xent", lambda *a, **k: pytest.fail("trained again"))

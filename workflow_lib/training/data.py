@@ -304,12 +304,19 @@ class ViewSource:
         clean = rng.random(len(rows)) < self.cfg.clean_anchor_prob if self.cfg.clean_anchor_prob > 0 else None
         return ViewBatch.concat([self.views(rng, rows, clean), self.views(rng, rows)])
 
-    def epoch_batches(self, rng: np.random.Generator, batch_pairs: int) -> Iterator[ViewBatch]:
+    def epoch_batches(self, rng: np.random.Generator, batch_pairs: int, start: int = 0,
+                      rng_state: dict | None = None) -> Iterator[tuple[ViewBatch, dict]]:
         """Every segment once, shuffled, in batches of ``batch_pairs`` pairs (the ragged last batch is dropped so
-        every step sees the same number of negatives)."""
+        every step sees the same number of negatives), each with the generator's state after drawing it.
+
+        A run killed mid-epoch resumes with ``start`` (batches already trained on) and the ``rng_state`` yielded
+        with the last of them: the rest of the epoch is then the very batches the uninterrupted run would draw."""
         order = rng.permutation(len(self))
-        for i in range(len(order) // batch_pairs):
-            yield self.pairs(rng, order[i * batch_pairs:(i + 1) * batch_pairs])
+        if rng_state is not None:
+            rng.bit_generator.state = rng_state
+        for i in range(start, len(order) // batch_pairs):
+            batch = self.pairs(rng, order[i * batch_pairs:(i + 1) * batch_pairs])
+            yield batch, rng.bit_generator.state
 
     def song_segments(self, song: int) -> tuple[int, int]:
         """(first row, number of rows) of ``song`` in the segment grid."""

@@ -47,7 +47,7 @@ METRIC_COLUMNS = ["epoch", "steps", "train_loss", "val_loss", "val_top1", "val_n
                   "sec_per_step", "pairs_per_s", "epoch_s", "elapsed_min"]
 # Settings that only affect how/where a run executes, not what it computes: changing them keeps the checkpoint.
 LOG_EVERY_S = 120.0
-RUNTIME_KEYS = {"device", "max_minutes", "amp", "patience", "eval_batch"}
+RUNTIME_KEYS = {"device", "max_minutes", "amp", "patience", "eval_batch", "checkpoint_minutes"}
 
 
 class CheckpointError(RuntimeError):
@@ -70,6 +70,7 @@ class TrainConfig:
     val_queries: int = 500
     amp: bool = True
     eval_batch: int = 256
+    checkpoint_minutes: float = 10.0  # also save mid-epoch this often, so a kill loses at most this much (0: every step)
     schedule: str = "time"  # "time": cosine fitted to the epochs max_minutes allows; "epochs": over max_epochs
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -83,6 +84,8 @@ class TrainConfig:
                              f"{self.batch_size}")
         if self.max_epochs < 1 or self.lr <= 0 or self.temperature <= 0 or self.max_minutes <= 0:
             raise ValueError("train: max_epochs, lr, temperature and max_minutes must be positive")
+        if self.checkpoint_minutes < 0:
+            raise ValueError(f"train.checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
 
     @property
     def batch_pairs(self) -> int:
@@ -323,8 +326,10 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
 
     for stale in checkpoint_path.parent.glob(f".{checkpoint_path.name}.*"):  # a save killed half-way
         stale.unlink(missing_ok=True)
+    # "partial": progress inside the running epoch (a mid-epoch checkpoint), None at an epoch's end.
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "best_state": None,
-                             "elapsed_s": 0.0, "stop_reason": None, "horizon_epochs": cfg.max_epochs}
+                             "elapsed_s": 0.0, "stop_reason": None, "horizon_epochs": cfg.max_epochs,
+                             "partial": None}
     if checkpoint_path.exists():
         ckpt = load_checkpoint(checkpoint_path)
         if ckpt.get("fingerprint") != fingerprint:
@@ -337,13 +342,16 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
                 scheduler.load_state_dict(ckpt["scheduler"])
                 scaler.load_state_dict(ckpt["scaler"])
                 torch.set_rng_state(ckpt["torch_rng"])
-                state.update({k: ckpt[k] for k in state})
+                state.update({k: ckpt[k] for k in state if k != "partial"})
+                state["partial"] = ckpt.get("partial")  # absent in checkpoints written before mid-epoch saves
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"{checkpoint_path}: checkpoint does not fit this model ({exc}). Delete it "
                                       "to train from scratch.") from exc
             horizon["steps"] = steps_per_epoch * state["horizon_epochs"]
             log.info("resuming from %s after epoch %d (best val top-1 %.3f at epoch %d)", checkpoint_path,
                      state["epoch"], state["best_score"], state["best_epoch"])
+            if state["partial"]:
+                log.info("... and %d steps into epoch %d", state["partial"]["step"], state["epoch"] + 1)
 
     validator = Validator(val_src, cfg, device) if len(val_src) else None
     if validator is None:
@@ -361,20 +369,23 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
             state["stop_reason"] = "max_epochs"
             break
         last_epoch_s = state["history"][-1]["epoch_s"] if state["history"] else 0.0
-        if state["history"] and elapsed() + last_epoch_s > budget_s:
+        if state["history"] and not state["partial"] and elapsed() + last_epoch_s > budget_s:
             state["stop_reason"] = "max_minutes"
             log.info("stopping: another epoch (~%.0f s) would exceed train.max_minutes (%.1f)", last_epoch_s,
                      cfg.max_minutes)
             break
-        t_epoch = time.monotonic()
         rng = np.random.default_rng([cfg.seed, 1, epoch])
-        losses: list[float] = []
+        partial = state["partial"] or {"step": 0, "losses": [], "rng_state": None, "train_s": 0.0}
+        losses: list[float] = list(partial["losses"])
+        t_epoch = time.monotonic() - partial["train_s"]  # the epoch's clock counts the steps before a kill
         # The count the run expects: with the time schedule, the epochs fitted after the first one.
         of = f" of \u2264{cfg.max_epochs}" if cfg.schedule == "time" and epoch == 1 else f"/{state['horizon_epochs']}"
-        bar = tqdm(prefetch(train_src.epoch_batches(rng, cfg.batch_pairs)), total=steps_per_epoch,
+        batches = train_src.epoch_batches(rng, cfg.batch_pairs, start=partial["step"], rng_state=partial["rng_state"])
+        bar = tqdm(prefetch(batches), total=steps_per_epoch, initial=partial["step"],
                    desc=f"epoch {epoch}{of}", unit="step", mininterval=2, leave=False)
         next_log = time.monotonic() + LOG_EVERY_S
-        for views in bar:
+        next_save = time.monotonic() + cfg.checkpoint_minutes * 60
+        for views, rng_state in bar:
             loss = train_step(model, views, optimizer, scheduler, scaler, cfg.temperature, device, autocast)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch}: loss is {loss} (lower train.lr?)")
@@ -384,7 +395,15 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
                 next_log += LOG_EVERY_S
                 log.info("epoch %d: step %d/%d, loss %.4f, %.0f pairs/s", epoch, len(losses), steps_per_epoch,
                          np.mean(losses[-20:]), len(losses) * cfg.batch_pairs / (time.monotonic() - t_epoch))
+            if time.monotonic() >= next_save and len(losses) < steps_per_epoch:
+                # An epoch of a long run takes most of an hour on a CPU: a kill must not throw it all away.
+                next_save = time.monotonic() + cfg.checkpoint_minutes * 60
+                state["partial"] = {"epoch": epoch, "step": len(losses), "losses": losses, "rng_state": rng_state,
+                                    "train_s": time.monotonic() - t_epoch}
+                state["elapsed_s"] = elapsed()
+                _save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
         bar.close()
+        state["partial"] = None
         train_s = time.monotonic() - t_epoch
         metrics = validator.evaluate(model, autocast) if validator else \
             {"val_loss": float("nan"), "val_top1": float("nan"), "val_near": float("nan"), "val_song": float("nan")}
