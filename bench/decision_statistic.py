@@ -7,8 +7,14 @@ statistic (``calibrate.STATISTICS``):
 2. measures, on the other half, the false-positive rate per condition, and on the database songs never trained on,
    the share of right best guesses that pass (per condition).
 
-Usage: .venv/bin/python bench/decision_statistic.py runs/devx_eval_old/results [--fpr 0.01]
+Usage: .venv/bin/python bench/decision_statistic.py runs/devx_eval_old/results [--fpr 0.01] [--calibration]
 The halves swap and both results are averaged, so every unknown song is used once for fitting and once for testing.
+
+``--calibration`` measures transfer instead: each rule is fitted the way the calibrate rule fits it, on the run's
+own calibration null queries (its unknown songs searched leave-one-song-out, degraded with the *training* noise and
+rooms; collected again with the calibrate rule's code and settings and cached as
+``index/calibration_nulls.parquet``), and measured on all of the evaluation's unknown-song queries (test noise,
+held-out rooms). Rules that need votes are left out (the calibration keeps candidate scores only).
 """
 
 from __future__ import annotations
@@ -83,16 +89,21 @@ def _binned_thresholds(v: np.ndarray, f: np.ndarray, fpr: float, bins: int) -> t
 
 
 def _cross_validated_rows(name: str, unknown: pd.DataFrame, unseen: pd.DataFrame, conds: list[str],
-                          fit_rule) -> list[dict]:
+                          fit_rule, nulls: pd.DataFrame | None = None) -> list[dict]:
     """Rows (``name``, condition, fpr, accept_right) of a rule on the statistic ``v``: ``fit_rule(null queries)``
     returns ``passes(frame) -> bool array``; it is fitted on one half of the unknown songs and measured on the other
-    half (false positives) and on the unseen database songs' right best guesses at 3-10 s, then the halves swap."""
+    half (false positives) and on the unseen database songs' right best guesses at 3-10 s, then the halves swap.
+    With ``nulls`` (the calibration's null queries) it is fitted on those once and measured on every unknown-song
+    query."""
     fp = {c: [] for c in conds}
     acc = {c: [] for c in conds}
     right = (unseen["right"] & unseen["length_s"].between(3, 10)).to_numpy()
-    for fit_half in (True, False):
-        passes = fit_rule(unknown[unknown["half"] == fit_half])
-        test = unknown[unknown["half"] != fit_half]
+    if nulls is not None:
+        splits = [(nulls, unknown)]
+    else:
+        splits = [(unknown[unknown["half"] == h], unknown[unknown["half"] != h]) for h in (True, False)]
+    for fit_on, test in splits:
+        passes = fit_rule(fit_on)
         pu, ps = passes(test), passes(unseen)
         for c in conds:
             m = (test["condition"] == c).to_numpy()
@@ -127,16 +138,55 @@ def _binned_rule(fpr: float, bins: int):
     return fit
 
 
-def _conditional_rows(unknown, unseen, conds, fpr) -> list[dict]:
-    for frame in (unknown, unseen):
+def _conditional_rows(unknown, unseen, conds, fpr, nulls=None) -> list[dict]:
+    frames = [f for f in (unknown, unseen, nulls) if f is not None]
+    for frame in frames:
         frame["v"] = [_margin(list(t), None, None) for t in frame["top_scores"]]
     rows = []
     for name, feature in CONDITIONED.items():
-        for frame in (unknown, unseen):
+        for frame in frames:
             frame["f"] = [feature(list(t)) for t in frame["top_scores"]]
         for bins in BINS:
-            rows += _cross_validated_rows(f"{name} ({bins} bins)", unknown, unseen, conds, _binned_rule(fpr, bins))
+            rows += _cross_validated_rows(f"{name} ({bins} bins)", unknown, unseen, conds, _binned_rule(fpr, bins),
+                                          nulls)
     return rows
+
+
+def calibration_nulls(results: Path) -> pd.DataFrame:
+    """The calibrate rule's null queries of the run in ``results`` (``n_seg``, ``top_scores``), collected with its
+    code and settings (same seed: the same queries) and cached beside the threshold."""
+    cache = results / "index" / "calibration_nulls.parquet"
+    if not cache.exists():
+        import torch
+
+        from workflow_lib.common.atomic import atomic_path
+        from workflow_lib.common.config import run_config
+        from workflow_lib.common.layout import model_source_path
+        from workflow_lib.data.clipbank import ClipBank
+        from workflow_lib.evaluation.calibration import collect_null_scores
+        from workflow_lib.evaluation.plan import QueryPlan
+        from workflow_lib.evaluation.songs import unknown_songs
+        from workflow_lib.search.duplicates import duplicate_groups, find_duplicates
+        from workflow_lib.search.searcher import Searcher, searcher_kwargs
+
+        torch.set_num_threads(1)
+        cfg, _ = run_config(results)
+        search = {k: v for k, v in cfg["search"].items() if k != "mode"}  # as the calibrate rule's params
+        searcher = Searcher.from_paths(model_source_path(cfg["model"]["source"], results.parent), results / "index",
+                                       None, None, **searcher_kwargs(search))
+        plan = QueryPlan.from_config({k: v for k, v in cfg["evaluate"].items()
+                                      if k not in ("modes", "baseline_audfprint", "audfprint", "monitoring")})
+        splits = pd.read_parquet(results / "split" / "splits.parquet")
+        pool = unknown_songs(pd.read_parquet(results / "manifest" / "songs.parquet"), splits, plan.seed,
+                             "calibration")
+        twins = duplicate_groups(find_duplicates(searcher.db, pool["song_id"].astype(str)))
+        cal = cfg["search"]["calibration"]
+        cands = collect_null_scores(searcher, pool, ClipBank(results / "noise" / "train"),
+                                    ClipBank(results / "irs" / "train"), plan, cal["queries_per_length"],
+                                    cal["noise_share"], cal["seed"], twins)
+        with atomic_path(cache) as tmp:
+            pd.DataFrame([{"n_seg": n, "top_scores": c} for n, cs in cands.items() for c in cs]).to_parquet(tmp)
+    return pd.read_parquet(cache)
 
 
 def _oracle_rows(unknown, unseen, conds, fpr) -> list[dict]:
@@ -160,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", help="results/ folder of an evaluation run")
     ap.add_argument("--fpr", type=float, default=0.01)
     ap.add_argument("--mode", default="sequence")
+    ap.add_argument("--calibration", action="store_true",
+                    help="fit on the run's calibration null queries, measure on all unknown-song queries")
     args = ap.parse_args(argv)
     r = Path(args.results)
     q = pd.read_parquet(r / "eval" / "queries" / "queries.parquet")
@@ -175,13 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     conds = list(dict.fromkeys(q["condition"]))
     print(f"{len(unknown)} unknown-song queries ({unknown.source_song_id.nunique()} songs), {len(unseen)} unseen "
           f"database queries; target false-positive rate {args.fpr:g}; mode {args.mode}\n")
+    nulls = calibration_nulls(r) if args.calibration else None
+    if nulls is not None:
+        print(f"fitted on the calibration's {len(nulls)} null queries, measured on every unknown-song query\n")
+        nulls["J"] = [max(1, n) for n in nulls["n_seg"]]
+        nulls["top_votes"] = [None] * len(nulls)
     rows = []
     for stat, fn in STATS.items():
-        for frame in (unknown, unseen):
-            frame["v"] = [fn(list(t), list(v), j) for t, v, j in zip(frame["top_scores"], frame["top_votes"],
-                                                                     frame["J"])]
-        rows += _cross_validated_rows(stat, unknown, unseen, conds, _per_length_rule(args.fpr))
-    rows += _conditional_rows(unknown, unseen, conds, args.fpr) + _oracle_rows(unknown, unseen, conds, args.fpr)
+        if nulls is not None and "vote" in stat:
+            continue
+        for frame in [f for f in (unknown, unseen, nulls) if f is not None]:
+            frame["v"] = [fn(list(t), None if v is None else list(v), j)
+                          for t, v, j in zip(frame["top_scores"], frame["top_votes"], frame["J"])]
+        rows += _cross_validated_rows(stat, unknown, unseen, conds, _per_length_rule(args.fpr), nulls)
+    rows += _conditional_rows(unknown, unseen, conds, args.fpr, nulls) + _oracle_rows(unknown, unseen, conds, args.fpr)
     t = pd.DataFrame(rows)
     for col, title in (("fpr", "false-positive rate (%) per condition"),
                        ("accept_right", "right best guesses accepted, 3-10 s queries (%)")):
