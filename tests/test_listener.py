@@ -75,6 +75,16 @@ def test_neighbour_cache_sends_only_new_segments_to_the_index_and_returns_the_sa
     np.testing.assert_array_equal(rows2, ref_rows)
     np.testing.assert_allclose(sims2, ref_sims)
     assert cache.n_songs == 3  # everything else goes to the database
+    # The runner-up look-up (a song left out) is cached apart and answers as the database does.
+    without_a = frozenset({"a"})
+    sims3, rows3 = cache.search(q[1:6], 5, exclude_song=without_a)
+    assert cache.index_queries == 11
+    ref_sims, ref_rows = db.search(q[1:6], 5, exclude_song=without_a)
+    np.testing.assert_array_equal(rows3, ref_rows)
+    np.testing.assert_allclose(sims3, ref_sims)
+    assert not np.isin(rows3, np.arange(100)).any()  # none of song "a"'s rows
+    cache.search(q[2:6], 5, exclude_song=without_a)
+    assert cache.index_queries == 11
 
 
 # ------------------------------------------------------------------------------------------------ decisions

@@ -186,6 +186,31 @@ def test_aligned_rescoring_counts_off_song_segments_as_zero():
     assert [c.song_id for c in res_t.candidates] == ["t", "s"]  # one candidate per song
 
 
+@pytest.mark.parametrize("mode", ["sequence", "vote"])
+def test_a_song_that_fills_every_neighbour_slot_still_has_a_runner_up(mode):
+    # "drone": six segments all close to e0; "other": e1..e3 and a segment at 0.6 to e0. A query near e0 finds only
+    # drone segments among its 4 nearest neighbours: one candidate song.
+    rng = np.random.default_rng(0)
+    drone = np.eye(8)[0] + 0.05 * rng.standard_normal((6, 8))
+    other = np.vstack([np.eye(8)[1:4], 0.6 * np.eye(8)[0] + 0.8 * np.eye(8)[4]])
+    vec = np.vstack([drone, other])
+    vec = (vec / np.linalg.norm(vec, axis=1, keepdims=True)).astype(np.float16)
+    index = faiss.IndexFlatIP(8)
+    index.add(vec.astype(np.float32))
+    db = FingerprintDB(index, RowMap.from_counts(["drone", "other"], [6, 4]), vec,
+                       {"model_checksum": "x", "ntotal": len(vec)})
+    q = np.eye(8, dtype=np.float32)[[0]]
+    res = search_embeddings(db, q, top_k=4, mode=mode)
+    assert [c.song_id for c in res.candidates] == ["drone", "other"]
+    assert res.candidates[1].score == pytest.approx(0.6, abs=0.01) and res.candidates[1].start_segment == 3
+    # The margin is the lead over that song, not the whole score (the lone candidate's old lead over 0).
+    scores = [c.score for c in res.candidates]
+    assert decision_statistic(scores, "margin") == pytest.approx(scores[0] - 0.6, abs=0.01)
+    # Searched without "other" (leave-one-song-out), nothing is left to be a runner-up: still one candidate.
+    alone = search_embeddings(db, q, top_k=4, mode=mode, exclude_song="other")
+    assert [c.song_id for c in alone.candidates] == ["drone"]
+
+
 def test_vote_counts_segment_winners():
     vec = np.eye(8, dtype=np.float16)  # "s" = e0..e3, "t" = e4..e7
     index = faiss.IndexFlatIP(8)

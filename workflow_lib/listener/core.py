@@ -180,15 +180,19 @@ class NeighbourCache:
     def __init__(self, db: Any, capacity: int):
         self._db = db
         self._capacity = max(1, capacity)
-        self._cache: OrderedDict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[tuple[bytes, int, Any], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.index_queries = 0  # segments actually sent to the index (for tests and statistics)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, exclude_song: str | frozenset[str] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        # The search's runner-up look-up (without the song that filled every list) is cached too: while one song
+        # plays, every hop asks for it again on a window that differs by one segment.
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        keys = [(row.tobytes(), k) for row in q]
+        keys = [(row.tobytes(), k, exclude_song) for row in q]
         missing = [i for i, key in enumerate(keys) if key not in self._cache]
         if missing:
-            sims, rows = self._db.search(q[missing], k)
+            sims, rows = self._db.search(q[missing], k) if exclude_song is None else \
+                self._db.search(q[missing], k, exclude_song=exclude_song)
             self.index_queries += len(missing)
             for i, s, r in zip(missing, sims, rows):
                 self._cache[keys[i]] = (s, r)
@@ -203,8 +207,8 @@ class NeighbourCache:
     def prime(self, queries: np.ndarray, neighbours: "Neighbours", k: int) -> None:
         """Remember neighbours found elsewhere (e.g. one batched search of a whole recording) for these rows."""
         for q, s, r in zip(np.ascontiguousarray(queries, dtype=np.float32), neighbours.sims, neighbours.rows):
-            self._cache[(q.tobytes(), k)] = (s, r)
-            self._cache.move_to_end((q.tobytes(), k))
+            self._cache[(q.tobytes(), k, None)] = (s, r)
+            self._cache.move_to_end((q.tobytes(), k, None))
         while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
 
