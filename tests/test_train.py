@@ -165,24 +165,31 @@ def test_training_writes_all_outputs(banks, tmp_path):
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # temp files all renamed
 
 
-def test_resume_after_interrupt_equals_uninterrupted_run(banks, tmp_path, monkeypatch):
-    run(banks, tmp_path / "straight", CFG)
-
+def kill_at_loss_call(monkeypatch, n: int):
+    """Make the ``n``-th NT-Xent call raise KeyboardInterrupt, as a kill would (8 training steps per epoch of CFG,
+    then 3 validation batches); returns the function that undoes it."""
     calls = {"n": 0}
     real = train_mod.nt_xent
 
-    def dies_in_epoch_two(*args, **kwargs):
+    def dies(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 8 + 3 + 2:  # 8 steps per epoch, then 3 validation batches of 4 pairs
+        if calls["n"] == n:
             raise KeyboardInterrupt("simulated kill")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "nt_xent", dies_in_epoch_two)
+    monkeypatch.setattr(train_mod, "nt_xent", dies)
+    return lambda: monkeypatch.setattr(train_mod, "nt_xent", real)
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(banks, tmp_path, monkeypatch):
+    run(banks, tmp_path / "straight", CFG)
+
+    revive = kill_at_loss_call(monkeypatch, 8 + 3 + 2)  # the 2nd step of epoch 2
     with pytest.raises(KeyboardInterrupt):
         run(banks, tmp_path / "killed", CFG)
     ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and not (tmp_path / "killed" / "model.pt").exists()
-    monkeypatch.setattr(train_mod, "nt_xent", real)
+    revive()
     run(banks, tmp_path / "killed", CFG)
 
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
@@ -202,21 +209,12 @@ def test_a_kill_mid_epoch_resumes_from_the_last_step_saved_and_ends_as_the_unint
                                                                                                 monkeypatch):
     run(banks, tmp_path / "straight", CFG)
     every_step = TrainConfig(**{**CFG.__dict__, "checkpoint_minutes": 0})  # a runtime setting: same run
-    calls = {"n": 0}
-    real = train_mod.nt_xent
-
-    def dies_in_epoch_two(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8 + 3 + 4:  # the 4th step of epoch 2 (8 steps, then 3 validation batches)
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "nt_xent", dies_in_epoch_two)
+    revive = kill_at_loss_call(monkeypatch, 8 + 3 + 4)  # the 4th step of epoch 2
     with pytest.raises(KeyboardInterrupt):
         run(banks, tmp_path / "killed", every_step)
     ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["partial"]["epoch"] == 2 and ckpt["partial"]["step"] == 3
-    monkeypatch.setattr(train_mod, "nt_xent", real)
+    revive()
     run(banks, tmp_path / "killed", every_step)
 
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
@@ -229,19 +227,10 @@ def test_a_kill_mid_epoch_resumes_from_the_last_step_saved_and_ends_as_the_unint
 
 
 def test_a_checkpoint_from_before_mid_epoch_saves_still_resumes(banks, tmp_path, monkeypatch, caplog):
-    real = train_mod.nt_xent
-    calls = {"n": 0}
-
-    def dies_in_epoch_two(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8 + 3 + 1:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "nt_xent", dies_in_epoch_two)
+    revive = kill_at_loss_call(monkeypatch, 8 + 3 + 1)
     with pytest.raises(KeyboardInterrupt):
         run(banks, tmp_path, CFG)
-    monkeypatch.setattr(train_mod, "nt_xent", real)
+    revive()
     path = tmp_path / "checkpoints" / "last.pt"
     old = torch.load(path, weights_only=True)
     del old["partial"]  # the key checkpoints of older versions lack
