@@ -157,33 +157,16 @@ def calibration_nulls(results: Path) -> pd.DataFrame:
     code and settings (same seed: the same queries) and cached beside the threshold."""
     cache = results / "index" / "calibration_nulls.parquet"
     if not cache.exists():
-        import torch
-
         from workflow_lib.common.atomic import atomic_path
         from workflow_lib.common.config import run_config
         from workflow_lib.common.layout import model_source_path
-        from workflow_lib.data.clipbank import ClipBank
-        from workflow_lib.evaluation.calibration import collect_null_scores
-        from workflow_lib.evaluation.plan import QueryPlan
-        from workflow_lib.evaluation.songs import unknown_songs
-        from workflow_lib.search.duplicates import duplicate_groups, find_duplicates
-        from workflow_lib.search.searcher import Searcher, searcher_kwargs
+        from workflow_lib.evaluation.calibration import null_candidates
 
-        torch.set_num_threads(1)
         cfg, _ = run_config(results)
-        search = {k: v for k, v in cfg["search"].items() if k != "mode"}  # as the calibrate rule's params
-        searcher = Searcher.from_paths(model_source_path(cfg["model"]["source"], results.parent), results / "index",
-                                       None, None, **searcher_kwargs(search))
-        plan = QueryPlan.from_config({k: v for k, v in cfg["evaluate"].items()
-                                      if k not in ("modes", "baseline_audfprint", "audfprint", "monitoring")})
-        splits = pd.read_parquet(results / "split" / "splits.parquet")
-        pool = unknown_songs(pd.read_parquet(results / "manifest" / "songs.parquet"), splits, plan.seed,
-                             "calibration")
-        twins = duplicate_groups(find_duplicates(searcher.db, pool["song_id"].astype(str)))
-        cal = cfg["search"]["calibration"]
-        cands = collect_null_scores(searcher, pool, ClipBank(results / "noise" / "train"),
-                                    ClipBank(results / "irs" / "train"), plan, cal["queries_per_length"],
-                                    cal["noise_share"], cal["seed"], twins)
+        cands, _ = null_candidates(model_source_path(cfg["model"]["source"], results.parent), results / "index",
+                                   results / "manifest" / "songs.parquet", results / "split" / "splits.parquet",
+                                   results / "noise" / "train", results / "irs" / "train",
+                                   {k: v for k, v in cfg["search"].items() if k != "mode"}, cfg["evaluate"])
         with atomic_path(cache) as tmp:
             pd.DataFrame([{"n_seg": n, "top_scores": c} for n, cs in cands.items() for c in cs]).to_parquet(tmp)
     return pd.read_parquet(cache)

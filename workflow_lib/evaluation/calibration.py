@@ -111,13 +111,13 @@ def fit_from_candidates(candidates: dict[int, list[list[float]]], statistic: str
     return fit_calibration(values, target_fpr, meta, statistic)
 
 
-def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix,
-                    search_cfg: dict, eval_cfg: dict, threads: int = 1, table_path=None) -> Calibration:
-    """Snakemake entry for the ``calibrate`` rule: fit the no-match threshold and write it as JSON (and, with
-    ``table_path``, its per-length table as CSV)."""
+def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix, search_cfg: dict,
+                    eval_cfg: dict, threads: int = 1) -> tuple[dict[int, list[list[float]]], dict]:
+    """The ``calibrate`` rule's null queries, searched: their candidate scores by length (``collect_null_scores``)
+    and the threshold file's ``meta``. Also what bench/decision_statistic.py refits other rules on."""
     import torch
 
-    from workflow_lib.common.atomic import file_digest, write_csv_atomic
+    from workflow_lib.common.atomic import file_digest
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     cal = search_cfg["calibration"]
@@ -140,6 +140,18 @@ def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, no
             "songs": "songs not trained on, searched leave-one-song-out (calibration half)",
             "noise_share": cal["noise_share"], "conditions": [c.name for c in plan.conditions],
             "search": {k: search_cfg[k] for k in ("top_k", "nprobe", "max_candidates") if k in search_cfg}}
+    return candidates, meta
+
+
+def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix,
+                    search_cfg: dict, eval_cfg: dict, threads: int = 1, table_path=None) -> Calibration:
+    """Snakemake entry for the ``calibrate`` rule: fit the no-match threshold and write it as JSON (and, with
+    ``table_path``, its per-length table as CSV)."""
+    from workflow_lib.common.atomic import write_csv_atomic
+
+    cal = search_cfg["calibration"]
+    candidates, meta = null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix,
+                                       search_cfg, eval_cfg, threads)
     calib = fit_from_candidates(candidates, cal["statistic"], cal["target_fpr"], meta)
     calib.save(out_path)
     if table_path is not None:
