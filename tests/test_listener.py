@@ -21,6 +21,7 @@ from workflow_lib.evaluation.degrade import Degradation, degrade
 from workflow_lib.listener.devices import FileSource
 from workflow_lib.database.index import FingerprintDB, RowMap, normalize
 from workflow_lib.cli.listen import Display, load_settings
+from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
 from workflow_lib.listener.core import (LISTENING, MATCH, SILENCE, Listener, ListenConfig, ListenerCore, NeighbourCache,
                                    RingBuffer)
 
@@ -87,6 +88,20 @@ def test_neighbour_cache_sends_only_new_segments_to_the_index_and_returns_the_sa
     assert cache.index_queries == 11
 
 
+def test_neighbour_cache_never_finds_its_excluded_songs_not_even_in_the_runner_up_look_up():
+    # The monitoring benchmark scans with some database songs standing for unknown music: the runner-up look-up
+    # (a second song left out) must leave them out too.
+    db = _random_db()
+    cache = NeighbourCache(db, capacity=8, exclude_songs={"b"})
+    q = normalize(np.random.default_rng(2).standard_normal((4, 16)).astype(np.float32))
+    for extra, left_out in ((None, {"b"}), (frozenset({"a"}), {"a", "b"})):
+        sims, rows = cache.search(q, 5, exclude_song=extra)
+        ref_sims, ref_rows = db.search(q, 5, exclude_song=frozenset(left_out))
+        np.testing.assert_array_equal(rows, ref_rows)
+        np.testing.assert_allclose(sims, ref_sims)
+    assert (rows >= 200).all()  # only song "c" is left
+
+
 # ------------------------------------------------------------------------------------------------ decisions
 
 @pytest.fixture(scope="module")
@@ -103,6 +118,34 @@ def drive(core: ListenerCore, audio: np.ndarray, chunk: int = 4000) -> list:
         if d is not None:
             out.append(d)
     return out
+
+
+def test_runner_up_neighbours_found_for_a_whole_chunk_answer_every_look_up_and_change_no_decision(synth):
+    # The scan hands the core, with each chunk's neighbours, every lone segment's neighbours without its song
+    # (one batched search per song): the core then sends nothing to the index and decides exactly as it does
+    # when it looks them up itself, segment by segment.
+    songs, _ = synth
+    # a steady chord: every second of it is nearer to its other seconds than to any other song's
+    t = np.arange(30 * SR) / SR
+    drone = (0.2 * sum(np.sin(2 * np.pi * f * t) for f in (440.0, 554.0, 660.0))).astype(np.float32)
+    searcher = build_searcher({"drone": drone, "s1": songs["s1"], "s2": songs["s2"]})
+    emb = searcher.embed(np.concatenate([drone[: 8 * SR], songs["s1"][: 8 * SR]]))
+    levels = np.zeros(len(emb))
+    nb = find_neighbours(searcher.db, emb, searcher.top_k)
+    runner_up = runner_up_neighbours(searcher.db, emb, nb, searcher.top_k)
+    assert "drone" in runner_up.lone  # it fills whole neighbour lists: the look-up is needed
+    for i, song in enumerate(runner_up.lone):
+        if song is not None:
+            ref = searcher.db.search(emb[i:i + 1], searcher.top_k, exclude_song=song)
+            np.testing.assert_array_equal(runner_up.others.rows[i], ref[1][0])
+    alone, primed = ListenerCore(searcher), ListenerCore(searcher)
+    by_itself = alone.push_segments(0, emb, levels, nb)
+    with_them = primed.push_segments(0, emb, levels, nb, runner_up=runner_up)
+    assert alone._db.index_queries > 0 and primed._db.index_queries == 0
+    timings = ("compute_ms", "embed_ms", "search_ms")
+    assert [{k: v for k, v in d.to_dict().items() if k not in timings} for d in with_them] == \
+        [{k: v for k, v in d.to_dict().items() if k not in timings} for d in by_itself]
+    assert [h.song_id for h in primed.heard] == ["drone", "s1"]
 
 
 def test_one_decision_per_hop_whatever_the_chunk_size(synth):

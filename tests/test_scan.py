@@ -250,3 +250,29 @@ def test_a_resync_within_a_song_does_not_split_its_occurrence():
     assert [(o.song_id, o.start_s, o.end_s, o.song_start_s) for o in merged] == [
         ("a", 0.0, 277.0, 0.0), ("b", 300.0, 307.0, 8.0), ("b", 307.0, 700.0, 6.8), ("a", 701.0, 760.0, 0.0)]
     assert merged[0].song_end_s == pytest.approx(115.6 + 162.0)
+
+
+def test_songs_scanned_as_unknown_are_left_out_of_every_search_the_runner_up_look_ups_included(world):
+    # The monitoring benchmark scans with database songs standing for unknown music. A steady chord fills whole
+    # neighbour lists, so its windows look up a runner-up without it: that search must leave the unknown song out too.
+    songs, _ = world
+    t = np.arange(30 * SR) / SR
+    drone = (0.2 * sum(np.sin(2 * np.pi * f * t) for f in (440.0, 554.0, 660.0))).astype(np.float32)
+    searcher = build_searcher({"drone": drone, "s1": songs["s1"], "s2": songs["s2"]})
+    db, left_out = searcher.db, []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(db, name)
+
+        def search(self, q, k, exclude_song=None, **kw):
+            left_out.append({exclude_song} if isinstance(exclude_song, str) else set(exclude_song or ()))
+            return db.search(q, k, exclude_song=exclude_song, **kw)
+
+    searcher.db = Spy()
+    audio = np.concatenate([drone[: 10 * SR], songs["s2"][: 10 * SR]])
+    result = scan_chunks(searcher, [audio[a:a + 3 * SR] for a in range(0, len(audio), 3 * SR)],
+                         exclude_songs={"s2"})
+    assert {"drone"} in [s - {"s2"} for s in left_out]  # the runner-up look-up without the chord was made
+    assert all("s2" in s for s in left_out)
+    assert [o.song_id for o in result.occurrences] == ["drone"]

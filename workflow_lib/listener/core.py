@@ -36,7 +36,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -46,8 +46,8 @@ from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.listener.devices import ListenerError  # noqa: F401 (part of this module's interface)
 from workflow_lib.model.embed import embed_segments
 from workflow_lib.audio.segments import SILENCE_DBFS, level_dbfs
-from workflow_lib.search.searcher import Neighbours, aligned_scores
-from workflow_lib.search.searcher import search_embeddings
+from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
+from workflow_lib.search.searcher import add_runner_up, search_embeddings
 from workflow_lib.audio.segments import frame, n_segments
 from workflow_lib.common.config import check_keys
 
@@ -175,11 +175,13 @@ class NeighbourCache:
 
     The listener searches a sliding window: all but the newest segment were already searched on earlier hops, so
     only the new one goes to the index. Everything else (aligned exact re-scoring, row maps) goes to the database.
+    ``exclude_songs`` are never found, by any search through the cache (the monitoring benchmark's unknown music).
     """
 
-    def __init__(self, db: Any, capacity: int):
+    def __init__(self, db: Any, capacity: int, exclude_songs: Iterable[str] = ()):
         self._db = db
         self._capacity = max(1, capacity)
+        self._base = frozenset(exclude_songs)
         self._cache: OrderedDict[tuple[bytes, int, Any], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.index_queries = 0  # segments actually sent to the index (for tests and statistics)
 
@@ -191,8 +193,8 @@ class NeighbourCache:
         keys = [(row.tobytes(), k, exclude_song) for row in q]
         missing = [i for i, key in enumerate(keys) if key not in self._cache]
         if missing:
-            sims, rows = self._db.search(q[missing], k) if exclude_song is None else \
-                self._db.search(q[missing], k, exclude_song=exclude_song)
+            skip = self._base | _song_set(exclude_song)
+            sims, rows = self._db.search(q[missing], k, exclude_song=skip) if skip else self._db.search(q[missing], k)
             self.index_queries += len(missing)
             for i, s, r in zip(missing, sims, rows):
                 self._cache[keys[i]] = (s, r)
@@ -204,11 +206,15 @@ class NeighbourCache:
         rows = np.stack([self._cache[key][1] for key in keys]) if keys else np.zeros((0, k), np.int64)
         return sims, rows
 
-    def prime(self, queries: np.ndarray, neighbours: "Neighbours", k: int) -> None:
-        """Remember neighbours found elsewhere (e.g. one batched search of a whole recording) for these rows."""
+    def prime(self, queries: np.ndarray, neighbours: "Neighbours", k: int,
+              exclude_song: str | frozenset[str] | None = None) -> None:
+        """Remember neighbours found elsewhere (e.g. one batched search of a whole recording) for these rows, as
+        the answer to ``search(queries, k, exclude_song)`` (they must have been found without the cache's own
+        ``exclude_songs`` too)."""
         for q, s, r in zip(np.ascontiguousarray(queries, dtype=np.float32), neighbours.sims, neighbours.rows):
-            self._cache[(q.tobytes(), k, None)] = (s, r)
-            self._cache.move_to_end((q.tobytes(), k, None))
+            key = (q.tobytes(), k, exclude_song)
+            self._cache[key] = (s, r)
+            self._cache.move_to_end(key)
         while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
 
@@ -217,6 +223,10 @@ class NeighbourCache:
 
     def __getattr__(self, name: str) -> Any:  # song_ids, vectors, rows_for, scores, row_song_index...
         return getattr(self._db, name)
+
+
+def _song_set(songs: str | frozenset[str] | None) -> frozenset[str]:
+    return frozenset((songs,)) if isinstance(songs, str) else frozenset(songs or ())
 
 
 # ------------------------------------------------------------------------------------------------ decisions
@@ -391,13 +401,14 @@ class ListenerCore:
     chunk completed no new segment.
     """
 
-    def __init__(self, searcher: SearcherLike, config: ListenConfig | None = None):
+    def __init__(self, searcher: SearcherLike, config: ListenConfig | None = None,
+                 exclude_songs: Iterable[str] = ()):
         self.searcher = searcher
         self.config = config or ListenConfig()
         self.n_window = self.config.window_segments
         self.n_tail = min(self.config.tail_segments, self.n_window)
         self.n_min = min(n_segments(int(round(self.config.min_match_s * SAMPLE_RATE))), self.n_window)
-        self._db = NeighbourCache(searcher.db, capacity=4 * self.n_window)
+        self._db = NeighbourCache(searcher.db, capacity=4 * self.n_window, exclude_songs=exclude_songs)
         self.calibration = listener_calibration(getattr(searcher, "calibration", None), self.config.max_fpr)
         # Holding a declared match asks for the calibrated rate, not the stricter declaring one (hysteresis).
         self.hold_calibration = getattr(searcher, "calibration", None)
@@ -478,10 +489,14 @@ class ListenerCore:
         return self._decide(last, float(levels[-1]), bool(loud[-1]), embed_ms)
 
     def push_segments(self, first: int, emb: np.ndarray, levels: np.ndarray,
-                      neighbours: "Neighbours | None" = None, embed_ms: float = 0.0) -> list[Decision]:
+                      neighbours: "Neighbours | None" = None, embed_ms: float = 0.0,
+                      runner_up: "RunnerUpNeighbours | None" = None) -> list[Decision]:
         """Feed segments that were embedded elsewhere (the batch scan): segments ``first``.. of the stream with their
         fingerprints ``emb`` (zero vectors for silent ones), RMS ``levels`` (dBFS) and optionally their neighbour
-        lists. Returns one decision per segment (the stream form decides only on the newest of a chunk)."""
+        lists (found without the core's ``exclude_songs``), and the neighbours without the song that fills a
+        segment's whole list (``search.runner_up_neighbours``): the search's runner-up look-up then finds them in
+        the cache instead of searching the index one segment at a time. Returns one decision per segment (the
+        stream form decides only on the newest of a chunk)."""
         out = []
         per = embed_ms / max(1, len(emb))
         for k in range(len(emb)):
@@ -492,6 +507,9 @@ class ListenerCore:
             if loud:
                 if neighbours is not None:  # primed as it enters the window: the cache holds a few windows only
                     self._db.prime(emb[k:k + 1], neighbours[k:k + 1], self.searcher.top_k)
+                if runner_up is not None and runner_up.lone[k] is not None:
+                    self._db.prime(emb[k:k + 1], runner_up.others[k:k + 1], self.searcher.top_k,
+                                   frozenset((runner_up.lone[k],)))
                 self._window.append((j, emb[k]))
             out.append(self._decide(j, float(levels[k]), loud, per))
         self._next_seg = first + len(emb)
@@ -513,12 +531,16 @@ class ListenerCore:
         cal = self.calibration if self.calibration is not None else getattr(self.searcher, "calibration", None)
         return cal.statistic if cal is not None else "score"
 
-    def _search(self, emb: np.ndarray, j0: int) -> Observation | None:
+    def _search(self, emb: np.ndarray, j0: int, other_than: str | None = None) -> Observation | None:
+        """The window's best candidate; None when there is none, or when it is ``other_than`` (the caller only
+        asks about other songs: the runner-up look-up, which only measures that answer, is then not made)."""
         s = self.searcher
-        result = search_embeddings(self._db, emb, s.top_k, "sequence", s.max_candidates, s.n_results)
+        result = search_embeddings(self._db, emb, s.top_k, "sequence", s.max_candidates, s.n_results,
+                                   runner_up=False)
         best = result.best
-        if best is None:
+        if best is None or best.song_id == other_than:
             return None
+        result = add_runner_up(self._db, emb, result, s.top_k, s.max_candidates, s.n_results)
         n = result.n_segments
         stat = decision_statistic([c.score for c in result.candidates], self.statistic)
         thr, conf = self.threshold(n), self.confidence(stat, n)
@@ -604,8 +626,8 @@ class ListenerCore:
         cut = False
         tail_says: Observation | None = None
         if len(emb) > self.n_tail:
-            tail = self._search(emb[-self.n_tail:], js[-self.n_tail])
             full_song = obs.song_id if obs is not None and obs.is_match else None
+            tail = self._search(emb[-self.n_tail:], js[-self.n_tail], other_than=full_song)
             if tail is not None and tail.is_match and tail.song_id != full_song and not (
                     cur is not None and (self._passes(self._track(emb[-self.n_tail:], js[-self.n_tail], cur, tail))
                                          or self._held_song_fits(tail, cur))):

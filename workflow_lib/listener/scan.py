@@ -26,7 +26,7 @@ import numpy as np
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
 from workflow_lib.model.embed import iter_embed_chunks
-from workflow_lib.search.searcher import find_neighbours
+from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
     are searched as if they were not in the database (the monitoring benchmark's unknown music)."""
     config = config or ListenConfig()
     t0 = time.perf_counter()
-    core = ListenerCore(searcher, config)
+    core = ListenerCore(searcher, config, exclude_songs=exclude_songs or ())
     embs: list[np.ndarray] = []
     levels: list[np.ndarray] = []
     n_seg = 0
@@ -126,7 +126,8 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
     for first, emb, lev in iter_embed_chunks(searcher.fingerprinter, counted(chunks), searcher.batch_size,
                                              searcher.device, with_levels=True, silence_dbfs=config.silence_dbfs):
         nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
-        core.push_segments(first, emb, lev, nb)
+        core.push_segments(first, emb, lev, nb,
+                           runner_up=runner_up_neighbours(searcher.db, emb, nb, searcher.top_k, exclude_songs or None))
         embs.append(emb.astype(np.float16))
         levels.append(lev)
         n_seg = first + len(emb)

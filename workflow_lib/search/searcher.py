@@ -143,29 +143,26 @@ def aligned_scores(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.nd
     return out
 
 
-def count_votes(nb_codes: np.ndarray, nb_starts: np.ndarray, code: int, start: int, tolerance: int = 1) -> int:
-    """Query segments (rows of the neighbour lists) that have the alignment (``code``, ``start`` +- ``tolerance``
-    hops) among their neighbours: how many parts of the query independently point at it (the count of
-    time-consistent matches a landmark system counts; the tolerance keeps a slightly sped-up query's votes)."""
-    hit = (nb_codes == code) & (np.abs(nb_starts - start) <= tolerance)
-    return int(hit.any(axis=1).sum())
+def count_votes(nb_codes: np.ndarray, nb_starts: np.ndarray, codes: np.ndarray, starts: np.ndarray,
+                tolerance: int = 1) -> np.ndarray:
+    """For each alignment (``codes[n]``, ``starts[n]``): the query segments (rows of the neighbour lists) that have
+    it, +- ``tolerance`` hops, among their neighbours: how many parts of the query independently point at it (the
+    count of time-consistent matches a landmark system counts; the tolerance keeps a slightly sped-up query's
+    votes)."""
+    codes = np.asarray(codes, dtype=np.int64)[:, None, None]
+    starts = np.asarray(starts, dtype=np.int64)[:, None, None]
+    hit = (nb_codes[None] == codes) & (np.abs(nb_starts[None] - starts) <= tolerance)
+    return hit.any(axis=2).sum(axis=1)
 
 
 def _best_per_song(db: Database, codes: np.ndarray, starts: np.ndarray, scores: np.ndarray, support: np.ndarray,
                    n_results: int, nb_codes: np.ndarray, nb_starts: np.ndarray) -> list[Candidate]:
     order = np.lexsort((-support, -scores))  # by score, then support
-    seen: set[int] = set()
-    out: list[Candidate] = []
-    for i in order:
-        c = int(codes[i])
-        if c in seen:
-            continue
-        seen.add(c)
-        out.append(Candidate(str(db.song_ids[c]), int(starts[i]), float(scores[i]), float(support[i]),
-                             count_votes(nb_codes, nb_starts, c, int(starts[i]))))
-        if len(out) >= n_results:
-            break
-    return out
+    _, first = np.unique(codes[order], return_index=True)  # each song's best alignment
+    pick = order[np.sort(first)[:n_results]]
+    votes = count_votes(nb_codes, nb_starts, codes[pick], starts[pick])
+    return [Candidate(str(db.song_ids[c]), int(st), float(sc), float(su), int(v))
+            for c, st, sc, su, v in zip(codes[pick], starts[pick], scores[pick], support[pick], votes)]
 
 
 @dataclass
@@ -204,10 +201,43 @@ def find_neighbours(db: Database, emb: np.ndarray, top_k: int = 20,
     return Neighbours(sims, rows)
 
 
+@dataclass
+class RunnerUpNeighbours:
+    """Per query segment: the song that fills its whole neighbour list (``lone``, None where several songs do) and
+    its neighbours without that song (``others``; empty rows where ``lone`` is None)."""
+
+    lone: list[str | None]
+    others: Neighbours
+
+
+def runner_up_neighbours(db: Database, emb: np.ndarray, neighbours: Neighbours, top_k: int = 20,
+                         exclude_song: str | frozenset[str] | None = None) -> RunnerUpNeighbours:
+    """What ``search_embeddings`` looks up, one segment at a time, for a window that only one song fills: each
+    such segment's neighbours without that song, found here in one batched search per song (the scan finds them
+    for a whole chunk at once). A window has a lone candidate only when every segment's list is filled by the same
+    song, so these are all the look-ups it can make. ``exclude_song``: as the search of ``neighbours``."""
+    codes, _ = db.row_song_index(neighbours.rows)
+    lone_code = np.where((codes >= 0).all(axis=1) & (codes == codes[:, :1]).all(axis=1), codes[:, 0], -1) \
+        if codes.size else np.full(len(codes), -1)
+    others = Neighbours(np.full(neighbours.sims.shape, -np.inf, np.float32),
+                        np.full(neighbours.rows.shape, -1, np.int64))
+    base = {exclude_song} if isinstance(exclude_song, str) else set(exclude_song or ())
+    lone: list[str | None] = [None] * len(lone_code)
+    q = np.ascontiguousarray(emb, dtype=np.float32)
+    for c in np.unique(lone_code[lone_code >= 0]):
+        song = str(db.song_ids[c])
+        idx = np.flatnonzero(lone_code == c)
+        found = find_neighbours(db, q[idx], top_k, frozenset(base | {song}))
+        others.sims[idx], others.rows[idx] = found.sims, found.rows
+        for i in idx:
+            lone[i] = song
+    return RunnerUpNeighbours(lone, others)
+
+
 def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str = "sequence",
                       max_candidates: int = 200, n_results: int = 10,
                       exclude_song: str | frozenset[str] | None = None,
-                      neighbours: Neighbours | None = None) -> SearchResult:
+                      neighbours: Neighbours | None = None, runner_up: bool = True) -> SearchResult:
     """Search ``(J, D)`` query fingerprints. Returns up to ``n_results`` candidates, one per song, best first.
 
     ``exclude_song`` (one id or a set) searches as if those songs were not in the database (leave-one-song-out null
@@ -215,12 +245,19 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
     searching.
 
     When one song fills every neighbour list (a second of a long, uniform song), the best other song is looked up
-    by a second search without it, so the answer always has a runner-up when the database has one: the no-match
-    rule's margin is the lead over that song, not over nothing. Without it, a lone candidate's lead was its whole
-    score, and such queries of unknown songs made the calibration's 1 s threshold (margin 0.76) reject almost every
-    right 1 s answer.
+    by a second search without it (``add_runner_up``; ``runner_up=False`` leaves it to the caller), so the answer
+    always has a runner-up when the database has one: the no-match rule's margin is the lead over that song, not
+    over nothing. Without it, a lone candidate's lead was its whole score, and such queries of unknown songs made
+    the calibration's 1 s threshold (margin 0.76) reject almost every right 1 s answer.
     """
     result = _ranked_candidates(db, emb, top_k, mode, max_candidates, n_results, exclude_song, neighbours)
+    return add_runner_up(db, emb, result, top_k, max_candidates, n_results, exclude_song) if runner_up else result
+
+
+def add_runner_up(db: Database, emb: np.ndarray, result: SearchResult, top_k: int = 20, max_candidates: int = 200,
+                  n_results: int = 10, exclude_song: str | frozenset[str] | None = None) -> SearchResult:
+    """``search_embeddings``'s second search, for a ``result`` of the same arguments found with
+    ``runner_up=False``: when it has a single candidate, the best other song is appended."""
     if len(result.candidates) == 1 and n_results > 1:
         skip = {result.best.song_id} | ({exclude_song} if isinstance(exclude_song, str) else set(exclude_song or ()))
         # Only the best other song's score is needed: its strongest alignments are enough (a tenth of the budget).
@@ -280,9 +317,10 @@ def _ranked_candidates(db: Database, emb: np.ndarray, top_k: int, mode: str, max
         cand_starts[n] = st[np.lexsort((-np.bincount(st_inv, weights=w0[mine]), -np.bincount(st_inv)))[0]]
     # The vote decides the ranking; the exact aligned score only measures the winner for the no-match rule.
     scores = aligned_scores(q, db, song_codes[rank], cand_starts, active=active)
-    return SearchResult(mode, j, [Candidate(str(db.song_ids[c]), int(st), float(sc), float(v),
-                                            count_votes(nb_codes, starts, int(c), int(st)))
-                                  for c, st, sc, v in zip(song_codes[rank], cand_starts, scores, votes[rank])])
+    agree = count_votes(nb_codes, starts, song_codes[rank], cand_starts)
+    return SearchResult(mode, j, [Candidate(str(db.song_ids[c]), int(st), float(sc), float(v), int(a))
+                                  for c, st, sc, v, a in zip(song_codes[rank], cand_starts, scores, votes[rank],
+                                                             agree)])
 
 
 # ------------------------------------------------------------------------------------------------ the searcher
