@@ -47,7 +47,7 @@ from workflow_lib.listener.devices import ListenerError  # noqa: F401 (part of t
 from workflow_lib.model.embed import embed_segments
 from workflow_lib.audio.segments import SILENCE_DBFS, level_dbfs
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
-from workflow_lib.search.searcher import add_runner_up, search_embeddings
+from workflow_lib.search.searcher import add_runner_up, search_embeddings, song_set
 from workflow_lib.audio.segments import frame, n_segments
 from workflow_lib.common.config import check_keys
 
@@ -193,7 +193,7 @@ class NeighbourCache:
         keys = [(row.tobytes(), k, exclude_song) for row in q]
         missing = [i for i, key in enumerate(keys) if key not in self._cache]
         if missing:
-            skip = self._base | _song_set(exclude_song)
+            skip = self._base | song_set(exclude_song)
             sims, rows = self._db.search(q[missing], k, exclude_song=skip) if skip else self._db.search(q[missing], k)
             self.index_queries += len(missing)
             for i, s, r in zip(missing, sims, rows):
@@ -223,10 +223,6 @@ class NeighbourCache:
 
     def __getattr__(self, name: str) -> Any:  # song_ids, vectors, rows_for, scores, row_song_index...
         return getattr(self._db, name)
-
-
-def _song_set(songs: str | frozenset[str] | None) -> frozenset[str]:
-    return frozenset((songs,)) if isinstance(songs, str) else frozenset(songs or ())
 
 
 # ------------------------------------------------------------------------------------------------ decisions

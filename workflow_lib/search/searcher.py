@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 
@@ -201,6 +201,11 @@ def find_neighbours(db: Database, emb: np.ndarray, top_k: int = 20,
     return Neighbours(sims, rows)
 
 
+def song_set(songs: str | Iterable[str] | None) -> frozenset[str]:
+    """An ``exclude_song`` argument (one id, a set of ids, or None) as a set."""
+    return frozenset((songs,)) if isinstance(songs, str) else frozenset(songs or ())
+
+
 @dataclass
 class RunnerUpNeighbours:
     """Per query segment: the song that fills its whole neighbour list (``lone``, None where several songs do) and
@@ -221,7 +226,7 @@ def runner_up_neighbours(db: Database, emb: np.ndarray, neighbours: Neighbours, 
         if codes.size else np.full(len(codes), -1)
     others = Neighbours(np.full(neighbours.sims.shape, -np.inf, np.float32),
                         np.full(neighbours.rows.shape, -1, np.int64))
-    base = {exclude_song} if isinstance(exclude_song, str) else set(exclude_song or ())
+    base = song_set(exclude_song)
     lone: list[str | None] = [None] * len(lone_code)
     q = np.ascontiguousarray(emb, dtype=np.float32)
     for c in np.unique(lone_code[lone_code >= 0]):
@@ -259,7 +264,7 @@ def add_runner_up(db: Database, emb: np.ndarray, result: SearchResult, top_k: in
     """``search_embeddings``'s second search, for a ``result`` of the same arguments found with
     ``runner_up=False``: when it has a single candidate, the best other song is appended."""
     if len(result.candidates) == 1 and n_results > 1:
-        skip = {result.best.song_id} | ({exclude_song} if isinstance(exclude_song, str) else set(exclude_song or ()))
+        skip = {result.best.song_id} | song_set(exclude_song)
         # Only the best other song's score is needed: its strongest alignments are enough (a tenth of the budget).
         other = _ranked_candidates(db, emb, top_k, "sequence", max(10, max_candidates // 10), 1, frozenset(skip),
                                    None)
