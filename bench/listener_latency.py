@@ -12,7 +12,9 @@ listener does after resampling. Reported:
 * seconds of audio until the first decision that names the right song, and the right song at the right offset
   (within 0.5 s); median and p90 over the excerpts (an excerpt never named counts as infinite);
 * wrong-song declarations (a match or change to a song that is not playing), per excerpt;
-* song changes: pairs of degraded excerpts back to back, seconds after the change until the new song is named.
+* song changes: pairs of degraded excerpts back to back, seconds after the change until the new song is named;
+* false declarations on music the database does not hold: catalogue songs outside the index, or, when every
+  catalogue song is indexed, database songs each streamed with itself left out of every search.
 
 Per decision the search work is bounded: one new segment goes to the index (its neighbours are cached for the
 window), and at most ``search.max_candidates`` alignments are re-scored over the window, so the figure grows little
@@ -34,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from workflow_lib import SAMPLE_RATE as SR  # noqa: E402
+from workflow_lib.evaluation.degrade import IR_POOLS  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--excerpts", type=int, default=100, help="degraded excerpts (default: %(default)s)")
     p.add_argument("--length", type=float, default=12.0, help="seconds per excerpt (default: %(default)s)")
     p.add_argument("--snr", type=float, default=10.0, help="SNR in dB of the test noise (default: %(default)s)")
+    p.add_argument("--room", default="room", choices=IR_POOLS,
+                   help="impulse-response pool of the held-out responses (default: %(default)s)")
     p.add_argument("--no-reverb", action="store_true")
     p.add_argument("--changes", type=int, default=30, help="song-change pairs (default: %(default)s)")
     p.add_argument("--unknown", type=int, default=50,
@@ -51,6 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", default=None, help="config merged over config/config.yaml (listen: section)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="override a listen: key, e.g. --set tail_s=2.5 (repeatable)")
+    p.add_argument("--split", default=None, metavar="NAME",
+                   help="query only the database songs of this split (results/split/splits.parquet), e.g. test: "
+                        "songs the model never trained on")
     p.add_argument("--query-path-contains", default=None, metavar="TEXT",
                    help="draw excerpts only from database songs whose path contains TEXT (the other songs stay in "
                         "the database as distractors)")
@@ -74,25 +82,35 @@ def main() -> None:
     from workflow_lib.data.clipbank import ClipBank
     from workflow_lib.evaluation.degrade import Degradation, degrade
     from workflow_lib.cli.listen import load_settings
+    from workflow_lib.common.config import run_config
+    from workflow_lib.common.layout import ResultsLayout
     from workflow_lib.listener.core import MATCH, ListenerCore
     from workflow_lib.search.searcher import Searcher
 
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    settings = load_settings(args.config, overrides)
-    cfg = settings.listen
     r = Path(args.results)
-    searcher = Searcher.from_results(r, **{**settings.search, "device": "cpu"})
+    settings = load_settings(str(r), args.config, overrides)  # the settings the results folder was built with
+    cfg = settings.listen
+    # the model the folder was built with (its model.source: trained there, or a bundled or given file)
+    searcher = Searcher.from_layout(ResultsLayout.of(r, run_config(r, args.config)[0]),
+                                    **{**settings.search, "device": "cpu"})
     db = searcher.db
     cat = pd.read_parquet(r / "catalogue.parquet").set_index("song_id")
     ids = [str(s) for s in db.song_ids if str(s) in cat.index
            and (args.query_path_contains is None or args.query_path_contains in str(cat.loc[str(s), "path"]))]
+    if args.split is not None:
+        splits = pd.read_parquet(r / "split" / "splits.parquet")
+        chosen = set(splits.loc[splits["split"] == args.split, "song_id"].astype(str))
+        ids = [sid for sid in ids if sid in chosen]
+        if not ids:
+            sys.exit(f"no database song of split {args.split!r}")
     songs = {sid: load_audio(cat.loc[sid, "path"]) for sid in ids}
     need = int((args.length + 1) * SR)
     ids = [sid for sid in ids if len(songs[sid]) >= need]
     noise, irs = ClipBank(r / "noise" / "test"), ClipBank(r / "irs" / "test")
-    spec = Degradation(snr_db=args.snr, reverb=not args.no_reverb)
+    spec = Degradation(snr_db=args.snr, room=None if args.no_reverb else args.room)
     rng = np.random.default_rng(args.seed)
     n = int(args.length * SR)
     preset = searcher.fingerprinter.model_config.preset if hasattr(searcher.fingerprinter, "model_config") else "?"
@@ -145,15 +163,19 @@ def main() -> None:
     # Music that is not in the database: every declaration is a false positive.
     outside = [str(s) for s in cat.index if str(s) not in set(map(str, db.song_ids))
                and (args.query_path_contains is None or args.query_path_contains in str(cat.loc[s, "path"]))]
+    # Without any (every catalogue song indexed), database songs stand for unknown music: each is streamed with
+    # itself left out of every search (leave-one-song-out, as the calibration and the monitoring benchmark do).
+    left_out = not outside
+    pool = outside or ids
     false_decl, unknown_s = 0, 0.0
-    for i in range(args.unknown if outside else 0):
-        sid = outside[i % len(outside)]
-        audio = load_audio(cat.loc[sid, "path"])
+    for i in range(args.unknown if pool else 0):
+        sid = pool[int(rng.integers(len(pool)))] if left_out else pool[i % len(pool)]
+        audio = songs[sid] if left_out else load_audio(cat.loc[sid, "path"])
         if len(audio) <= n:
             continue
         start = int(rng.integers(0, len(audio) - n))
         x, _ = degrade(audio, start, n, spec, rng, noise, irs)
-        core = ListenerCore(searcher, cfg)
+        core = ListenerCore(searcher, cfg, exclude_songs={sid} if left_out else ())
         stream(core, x)
         false_decl += len(core.heard)
         unknown_s += args.length
@@ -178,8 +200,8 @@ def main() -> None:
           f"wrong-song declarations: {wrong}")
     print(f"{args.changes} song changes: new song named after median {out['change_delay_median_s']:.1f} s, "
           f"missed {change_missed}, wrong-song declarations {change_wrong}")
-    print(f"{unknown_s / 60:.1f} min of songs outside the database ({len(outside)} songs): {false_decl} false "
-          f"declarations")
+    what = "database songs, each left out of the search" if left_out else "songs outside the database"
+    print(f"{unknown_s / 60:.1f} min of {what} ({len(pool)} songs): {false_decl} false declarations")
     if args.json:
         print(json.dumps({k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in out.items()}))
 
