@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 
@@ -154,7 +155,8 @@ print(res.duration_s, len(res.occurrences), (after - before) / 1024)
 
 
 def test_monitoring_programme_truth_and_scores():
-    from workflow_lib.evaluation.monitoring import MonitoringPlan, make_programme, score_programme, second_labels
+    from workflow_lib.evaluation.monitoring import (MonitoringPlan, make_programme, score_programme, second_labels,
+                                                    summarise_monitoring)
 
     known = [(f"k{i}", synth_song(i, 40.0)) for i in range(3)]
     unknown = [(f"u{i}", synth_song(50 + i, 40.0)) for i in range(2)]
@@ -192,6 +194,16 @@ def test_monitoring_programme_truth_and_scores():
     pred.append({"song_id": o["song_id"], "start_s": float(far), "end_s": far + 1.0, "song_start_s": 0.0})
     both = score_programme(prog.truth, pred, prog.duration_s)
     assert both["false_alarm_minutes"] * 60 == pytest.approx(4) and both["edge_alarm_minutes"] * 60 == pytest.approx(3)
+    # A programme of unknown music only: a song named there is a false alarm, and the label's F1 is undefined (not
+    # 0, which would pull the mean over programmes down for an error the false-alarm rate already counts).
+    nothing = score_programme([], [{"song_id": "k0", "start_s": 5.0, "end_s": 65.0, "song_start_s": 0.0}], 120.0)
+    assert nothing["false_alarm_minutes"] == 1.0 and np.isnan(nothing["f1"]) and np.isnan(nothing["precision"])
+    table = pd.DataFrame([{"system": "neural", "snr_db": 10.0, "minutes": 2.0, "realtime": 100.0, **r}
+                          for r in (both, nothing)])
+    pooled = summarise_monitoring(table).iloc[0]
+    assert pooled["f1"] == pytest.approx(both["f1"]) and pooled["programmes"] == 2
+    assert pooled["false_alarm_min_per_hour"] == pytest.approx(
+        60 * (both["false_alarm_minutes"] + 1.0) / (both["no_song_minutes"] + nothing["no_song_minutes"]))
 
 
 def test_a_programme_can_end_with_a_song_longer_than_its_slack():

@@ -174,9 +174,12 @@ def score_programme(truth: list[dict], pred: list[dict], duration_s: float) -> d
     tp = int(np.sum((p != None) & (p == t)))  # noqa: E711 (element-wise comparison with None)
     fp = int(np.sum((p != None) & (p != t)))  # noqa: E711
     fn = int(np.sum((t != None) & (p != t)))  # noqa: E711
-    prec = tp / (tp + fp) if tp + fp else 1.0
-    rec = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    if tp + fn == 0:  # no database song plays: the label's F1 is undefined; what was named is false alarms
+        prec = rec = f1 = float("nan")
+    else:
+        prec = tp / (tp + fp) if tp + fp else 1.0
+        rec = tp / (tp + fn)
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
     no_song = t == None  # noqa: E711
     alarm_at = np.flatnonzero(no_song & (p != None))  # noqa: E711
     alarms = len(alarm_at)
@@ -323,7 +326,8 @@ def _subset(bank: ClipBank, mask) -> ClipBank:
 
 
 def summarise_monitoring(table: pd.DataFrame) -> pd.DataFrame:
-    """Overall rows per system and SNR: F1 etc. pooled over programmes (false alarms per hour of no-song audio)."""
+    """Overall rows per system and SNR: F1 etc. pooled over programmes (false alarms per hour of no-song audio).
+    Precision, recall and F1 are means over the programmes in which a database song plays (the others have none)."""
     rows = []
     for (system, snr), g in table.groupby(["system", "snr_db"], sort=False):
         rows.append({"system": system, "snr_db": snr, "programmes": len(g), "minutes": g["minutes"].sum(),
