@@ -182,7 +182,7 @@ class NeighbourCache:
         self._db = db
         self._capacity = max(1, capacity)
         self._base = frozenset(exclude_songs)
-        self._cache: OrderedDict[tuple[bytes, int, Any], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[tuple[bytes, int, frozenset[str]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.index_queries = 0  # segments actually sent to the index (for tests and statistics)
 
     def search(self, queries: np.ndarray, k: int, exclude_song: str | frozenset[str] | None = None
@@ -190,10 +190,11 @@ class NeighbourCache:
         # The search's runner-up look-up (without the song that filled every list) is cached too: while one song
         # plays, every hop asks for it again on a window that differs by one segment.
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        keys = [(row.tobytes(), k, exclude_song) for row in q]
+        left_out = song_set(exclude_song)  # one key whichever way the same songs are named
+        keys = [(row.tobytes(), k, left_out) for row in q]
         missing = [i for i, key in enumerate(keys) if key not in self._cache]
         if missing:
-            skip = self._base | song_set(exclude_song)
+            skip = self._base | left_out
             sims, rows = self._db.search(q[missing], k, exclude_song=skip) if skip else self._db.search(q[missing], k)
             self.index_queries += len(missing)
             for i, s, r in zip(missing, sims, rows):
@@ -211,8 +212,9 @@ class NeighbourCache:
         """Remember neighbours found elsewhere (e.g. one batched search of a whole recording) for these rows, as
         the answer to ``search(queries, k, exclude_song)`` (they must have been found without the cache's own
         ``exclude_songs`` too)."""
+        left_out = song_set(exclude_song)
         for q, s, r in zip(np.ascontiguousarray(queries, dtype=np.float32), neighbours.sims, neighbours.rows):
-            key = (q.tobytes(), k, exclude_song)
+            key = (q.tobytes(), k, left_out)
             self._cache[key] = (s, r)
             self._cache.move_to_end(key)
         while len(self._cache) > self._capacity:
@@ -504,8 +506,7 @@ class ListenerCore:
                 if neighbours is not None:  # primed as it enters the window: the cache holds a few windows only
                     self._db.prime(emb[k:k + 1], neighbours[k:k + 1], self.searcher.top_k)
                 if runner_up is not None and runner_up.lone[k] is not None:
-                    self._db.prime(emb[k:k + 1], runner_up.others[k:k + 1], self.searcher.top_k,
-                                   frozenset((runner_up.lone[k],)))
+                    self._db.prime(emb[k:k + 1], runner_up.others[k:k + 1], self.searcher.top_k, runner_up.lone[k])
                 self._window.append((j, emb[k]))
             out.append(self._decide(j, float(levels[k]), loud, per))
         self._next_seg = first + len(emb)
@@ -624,7 +625,7 @@ class ListenerCore:
         if len(emb) > self.n_tail:
             full_song = obs.song_id if obs is not None and obs.is_match else None
             tail = self._search(emb[-self.n_tail:], js[-self.n_tail], other_than=full_song)
-            if tail is not None and tail.is_match and tail.song_id != full_song and not (
+            if tail is not None and tail.is_match and not (  # (never the window's own song: other_than)
                     cur is not None and (self._passes(self._track(emb[-self.n_tail:], js[-self.n_tail], cur, tail))
                                          or self._held_song_fits(tail, cur))):
                 tail_says = tail
