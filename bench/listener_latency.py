@@ -85,7 +85,7 @@ def main() -> None:
     from workflow_lib.common.config import run_config
     from workflow_lib.common.layout import ResultsLayout
     from workflow_lib.listener.core import MATCH, ListenerCore
-    from workflow_lib.search.duplicates import twins_of, unknown_exclusion
+    from workflow_lib.search.duplicates import song_paths, twins_of, unknown_exclusion
     from workflow_lib.search.searcher import Searcher, song_set
 
     logging.disable(logging.WARNING)
@@ -171,7 +171,7 @@ def main() -> None:
     pool = outside or ids
     drawn = [pool[int(rng.integers(len(pool)))] if left_out else pool[i % len(pool)]
              for i in range(args.unknown if pool else 0)]
-    twins = twins_of(layout.index, set(drawn)) if left_out else {}
+    twins = twins_of(layout.index, set(drawn), song_paths(cat.reset_index())) if left_out else {}
     false_decl, unknown_s, silent_skipped = 0, 0.0, 0
     for sid in drawn:
         audio = songs[sid] if left_out else load_audio(cat.loc[sid, "path"])

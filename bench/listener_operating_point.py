@@ -5,7 +5,7 @@ precision, recall, false-alarm minutes and boundary error per programme, then th
 (bench/README.md, "Listener operating point" and "Scanning: following the song").
 
     python bench/listener_operating_point.py RESULTS [--model M] [--max-fpr 0.002 0.005 none] [--hops 2 3]
-        [--seeds 0 1 2] [--edge-share 0.5 0.6]
+        [--seeds 0 1 2] [--edge-share 0.5 0.6] [--threads 2]
 
 ``--edge-share`` tries other values of ``listener.scan.EDGE_SHARE`` (how far below an occurrence's typical
 similarity the scan still follows it).
@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="programme seeds (evaluate.monitoring.seed; default: the results folder's)")
     ap.add_argument("--edge-share", nargs="+", type=float, default=[scan.EDGE_SHARE])
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default 2)")
     args = ap.parse_args()
     r = args.results
     cfg, _ = run_config(r)  # the settings the folder was built with
@@ -59,7 +60,7 @@ def main() -> int:
                                        r / "catalogue.parquet", r / "index" / "threshold.json",
                                        r / "manifest" / "songs.parquet", r / "split" / "splits.parquet",
                                        r / "noise" / "test", r / "irs" / "test", cfg["search"], listen, evaluate,
-                                       None, threads=2)
+                                       None, threads=args.threads)
             print(fpr, hops, share, seed, [tuple(round(float(x[k]), 3) for k in (
                 "f1", "precision", "recall", "false_alarm_minutes", "no_song_minutes", "boundary_error_s"))
                 for x in table.to_dict("records")])

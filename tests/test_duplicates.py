@@ -6,7 +6,8 @@ import faiss
 import numpy as np
 
 from workflow_lib.database.index import FingerprintDB, RowMap, normalize
-from workflow_lib.search.duplicates import (duplicate_groups, find_duplicates, format_exclusion, parse_exclusion,
+from workflow_lib.search.duplicates import (audio_correlation, duplicate_groups, find_duplicates,
+                                            find_shared_passages, find_twins, format_exclusion, parse_exclusion,
                                             unknown_exclusion)
 from workflow_lib.search.searcher import search_embeddings
 
@@ -72,3 +73,62 @@ def test_exclusions_round_trip_through_a_table_cell():
     assert parse_exclusion(format_exclusion(frozenset({"b", "a"}))) == frozenset({"a", "b"})
     assert parse_exclusion(None) is None and parse_exclusion(float("nan")) is None
     assert format_exclusion(frozenset({"b", "a"})) == "a|b"
+
+
+def _db_and_audio_sharing_a_passage(dim: int = 32):
+    """Songs a, b, c, d, e of 80 segments (40.5 s of 8 kHz noise each). d plays a's audio from 20 s to 30 s at
+    15-25 s of its own (its fingerprints there are a's, lightly perturbed); e's fingerprints copy b's at the same
+    places, but its audio is its own: a song whose chords only sound like another's."""
+    from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
+
+    rng = np.random.default_rng(5)
+    songs = {s: normalize(rng.standard_normal((80, dim)).astype(np.float32)) for s in "abcde"}
+    n = 79 * HOP_SAMPLES + SEGMENT_SAMPLES
+    audio = {s: rng.standard_normal(n).astype(np.float32) for s in songs}
+    for copy, source in (("d", "a"), ("e", "b")):
+        songs[copy][30:50] = normalize(songs[source][40:60] + 0.05 * rng.standard_normal((20, dim)).astype(np.float32))
+    audio["d"][30 * HOP_SAMPLES:50 * HOP_SAMPLES] = audio["a"][40 * HOP_SAMPLES:60 * HOP_SAMPLES]
+    ids = list(songs)
+    vectors = np.concatenate([songs[s] for s in ids]).astype(np.float16)
+    index = faiss.IndexFlatIP(dim)
+    index.add(normalize(vectors.astype(np.float32)))
+    db = FingerprintDB(index, RowMap.from_counts(ids, [len(songs[s]) for s in ids]), vectors,
+                       {"model_checksum": "test", "ntotal": len(vectors)})
+    return db, audio
+
+
+def test_audio_correlation_finds_the_same_audio_anywhere_in_the_stretch_and_not_unrelated_audio():
+    rng = np.random.default_rng(0)
+    other = rng.standard_normal(20000)
+    assert audio_correlation(other[7000:11000], other) > 0.999
+    assert audio_correlation(-0.3 * other[123:4123], other) > 0.999  # level and polarity do not matter
+    assert audio_correlation(rng.standard_normal(4000), other) < 0.1
+    assert audio_correlation(np.zeros(4000), other) == 0.0 and audio_correlation(other, other[:100]) == 0.0
+
+
+def test_a_shared_passage_makes_a_twin_only_where_the_audio_is_the_same():
+    db, audio = _db_and_audio_sharing_a_passage()
+    # 10 s windows mix the shared 10 s with d's own music: the fingerprint rules do not find it
+    assert find_duplicates(db).empty
+    table = find_shared_passages(db, list("abcde"), audio.get)
+    # d's two 5 s windows inside the passage name a, and a's audio is there; e's name b, whose audio is not
+    assert set(zip(table.song_id, table.duplicate_id)) == {("a", "d"), ("d", "a")}, table
+    assert (table.windows >= 2).all() and (table.mean_score > 0.9).all()
+    # a song whose audio cannot be had is not checked, and the fingerprint rules alone decide
+    assert find_shared_passages(db, ["d"], {s: a for s, a in audio.items() if s != "a"}.get).empty
+    assert find_twins(db, ["d"]).empty
+
+
+def test_twins_are_checked_for_shared_passages_when_the_songs_files_are_given(tmp_path):
+    import soundfile as sf
+
+    from workflow_lib import SAMPLE_RATE
+
+    db, audio = _db_and_audio_sharing_a_passage()
+    paths = {}
+    for s, x in audio.items():
+        paths[s] = str(tmp_path / f"{s}.wav")
+        sf.write(paths[s], 0.2 * x / np.abs(x).max(), SAMPLE_RATE)
+    paths["c"] = str(tmp_path / "missing.wav")  # unreadable: a logged skip, not a failure
+    assert find_twins(db, ["d", "c"]).empty
+    assert duplicate_groups(find_twins(db, ["d", "c"], paths)) == {"d": frozenset({"a"}), "a": frozenset({"d"})}

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
-from workflow_lib.search.duplicates import duplicate_groups, find_duplicates, unknown_exclusion
+from workflow_lib.search.duplicates import duplicate_groups, find_twins, song_paths, unknown_exclusion
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, limit_peak
@@ -132,7 +132,8 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
     log.info("calibration: %d unknown songs (searched leave-one-song-out), %d queries per length, %.0f %% "
              "background noise only, statistic %s", len(pool), cal["queries_per_length"], 100 * cal["noise_share"],
              cal["statistic"])
-    twins = duplicate_groups(find_duplicates(searcher.db, pool["song_id"].astype(str)))
+    # the audio of every song of the run (database songs included) lets shared passages be checked
+    twins = duplicate_groups(find_twins(searcher.db, pool["song_id"].astype(str), song_paths(songs)))
     candidates = collect_null_scores(searcher, pool, noise, irs, plan, cal["queries_per_length"],
                                      cal["noise_share"], cal["seed"], twins)
     meta = {"model_checksum": file_digest(model_path), "n_songs": len(pool), "database_songs": searcher.db.n_songs,

@@ -245,7 +245,7 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
     from workflow_lib.evaluation.songs import database_song_ids, query_songs, unknown_songs
     from workflow_lib.listener.core import ListenConfig
     from workflow_lib.listener.scan import scan_chunks
-    from workflow_lib.search.duplicates import twins_of, unknown_exclusion
+    from workflow_lib.search.duplicates import song_paths, twins_of, unknown_exclusion
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     torch.set_num_threads(max(1, threads))
@@ -259,7 +259,7 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
     unknown = unknown[~unknown["song_id"].isin(set(known["song_id"]))]
     # Unknown music is searched without its twins (songs of the database holding the same music,
     # search.duplicates); those twins then cannot play the known songs either.
-    twins = twins_of(index_dir, unknown["song_id"].astype(str))
+    twins = twins_of(index_dir, unknown["song_id"].astype(str), song_paths(songs))
     twin_ids = set().union(*twins.values()) if twins else set()
     known = known[~known["song_id"].isin(twin_ids)]
     rng = np.random.default_rng([plan.seed, 21])

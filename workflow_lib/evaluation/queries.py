@@ -28,7 +28,7 @@ from workflow_lib.audio.files import write_audio
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, ir_pool
 from workflow_lib.evaluation.plan import Condition, QueryPlan
-from workflow_lib.search.duplicates import format_exclusion, twins_of, unknown_exclusion
+from workflow_lib.search.duplicates import format_exclusion, song_paths, twins_of, unknown_exclusion
 from workflow_lib.evaluation.songs import (database_song_ids, draw_songs, iter_song_audio, pick_start, query_songs, trained_songs,
                     unknown_songs)
 
@@ -199,6 +199,6 @@ def make_query_set(out_dir: str | Path, songs_path: str | Path, splits_path: str
     noise = ClipBank(noise_prefix) if noise_prefix else None
     irs = ClipBank(ir_prefix) if ir_prefix else None
     # An unknown song is searched without its own fingerprints and without its twins' (search.duplicates).
-    twins = twins_of(Path(index_meta_path).parent, groups["unknown"]["song_id"].astype(str)) \
+    twins = twins_of(Path(index_meta_path).parent, groups["unknown"]["song_id"].astype(str), song_paths(songs)) \
         if len(groups.get("unknown", ())) and plan.n_out_of_db_starts else {}
     return write_query_set(out_dir, groups, plan, noise, irs, twins)
