@@ -147,7 +147,7 @@ def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str],
     correlates (0.7-0.99 against 0.04-0.09 in the dev + extra corpus)."""
     from functools import lru_cache
 
-    from workflow_lib import SAMPLE_RATE
+    from workflow_lib import HOP_SAMPLES, SAMPLE_RATE
 
     song = lru_cache(maxsize=8)(load_song)  # a song and its partners, not the whole collection, in memory
 
@@ -162,7 +162,7 @@ def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str],
             if mine is None or theirs is None:
                 continue
             a = int(start_s * SAMPLE_RATE)
-            window = mine[a:a + int(window_segments * HOP_S * SAMPLE_RATE)]
+            window = mine[a:a + window_segments * HOP_SAMPLES]
             lo = max(0, int((offset_s - slack_s) * SAMPLE_RATE))
             hi = int((offset_s + slack_s) * SAMPLE_RATE) + len(window)
             if audio_correlation(window, theirs[lo:hi]) >= min_correlation:
@@ -231,8 +231,7 @@ def find_twins(db, song_ids: Iterable[str], paths: Mapping[str, str] | None = No
     tables = [find_duplicates(db, ids)]
     if paths:
         tables.append(find_shared_passages(db, ids, _path_loader(paths)))
-    table = pd.concat(tables, ignore_index=True).drop_duplicates(["song_id", "duplicate_id"])
-    return table
+    return pd.concat(tables, ignore_index=True).drop_duplicates(["song_id", "duplicate_id"])
 
 
 def song_paths(songs: pd.DataFrame) -> dict[str, str]:
