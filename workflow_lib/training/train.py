@@ -324,8 +324,10 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
              torch.get_num_threads(), model_cfg.preset, count_parameters(model), len(train_songs), len(train_src),
              steps_per_epoch, cfg.batch_pairs, len(val_songs), len(val_src))
 
-    for stale in checkpoint_path.parent.glob(f".{checkpoint_path.name}.*"):  # a save killed half-way
-        stale.unlink(missing_ok=True)
+    # a save killed half-way: the checkpoint's, or the per-epoch metrics' and curves' written beside it
+    for name in (checkpoint_path.name, "metrics.csv", "training_curves.png"):
+        for stale in checkpoint_path.parent.glob(f".{name}.*"):
+            stale.unlink(missing_ok=True)
     # "partial": progress inside the running epoch (a mid-epoch checkpoint), None at an epoch's end.
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "best_state": None,
                              "elapsed_s": 0.0, "stop_reason": None, "horizon_epochs": cfg.max_epochs,
