@@ -29,9 +29,28 @@ fi
 
 # The snakemake slurm-jobstep plugin removes SLURM_CONF (with all SLURM_* variables) before its nested srun, so the
 # config must also be at the compiled-in default path: we symlink ours there for the life of the cluster.
+# A link left by a run of ours that was killed before slurm-down (the session or CI job ended mid-test) is stale:
+# its target is gone, or its root's recorded daemons are all dead. Only such a link is replaced; a real config is not.
+stale_link() {
+  local target other name pid
+  target=$(readlink /etc/slurm/slurm.conf) || return 1   # a plain file: a real installation
+  [ -e "$target" ] || return 0                            # dangling: nothing can use it
+  other=$(dirname "$(dirname "$target")")
+  [ -f "$other/etc_link" ] && [ "$(cat "$other/etc_link")" = "$target" ] || return 1   # not made by this script
+  [ -f "$other/pids" ] || return 0                        # slurm-down ran but could not remove the link
+  while read -r name pid; do
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] && return 1   # that cluster still runs
+  done < "$other/pids"
+  return 0
+}
 if [ -e /etc/slurm/slurm.conf ] || [ -L /etc/slurm/slurm.conf ]; then
   if [ "$(readlink /etc/slurm/slurm.conf)" != "$ROOT/etc/slurm.conf" ]; then
-    echo "slurm-up: /etc/slurm/slurm.conf exists and is not ours; refusing to overwrite it" >&2; exit 1
+    if stale_link; then
+      echo "slurm-up: replacing the stale link /etc/slurm/slurm.conf -> $(readlink /etc/slurm/slurm.conf) (its cluster is gone)"
+      rm -f /etc/slurm/slurm.conf
+    else
+      echo "slurm-up: /etc/slurm/slurm.conf exists and is not ours; refusing to overwrite it" >&2; exit 1
+    fi
   fi
 fi
 for port in 6817 6818; do  # another cluster (or a leftover one) on these ports would make ours fail obscurely
