@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 NAMES = {"song_top1": "song-level top-1 (%)", "seg_top1_exact": "segment top-1 exact, offset within 0.25 s (%)",
+         "seg_top1_same_audio": "segment top-1 exact or on a repeat of the query's audio (%)",
          "accept_right": "right best guesses accepted by the no-match rule (%)",
          "fpr": "false-positive rate on unknown songs (%)"}
 

@@ -153,6 +153,7 @@ rule evaluate:
         threshold=rules.calibrate.output.threshold,
         index=rules.build_index.output,
         monitoring=monitoring_results,
+        songs=rules.manifest.output.songs,  # audio of the songs: offsets on a repeat of the query's audio
     output:
         metrics=f"{PATHS['eval_dir']}/metrics.parquet",
         metrics_csv=report(f"{PATHS['eval_dir']}/metrics.csv", caption="../report/metrics.rst", category="Evaluation",

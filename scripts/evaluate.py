@@ -8,4 +8,4 @@ i, o = snakemake.input, snakemake.output
 index_json = next(f for f in i.index if f.endswith("index.json"))
 summarize(i.queries, i.results, o.metrics, o.summary, o.summary_html,
           {"song_top1": o.hit_song, "seg_top1_exact": o.hit_segment}, i.threshold, index_json,
-          monitoring_path=i.monitoring[0] if i.monitoring else None, metrics_csv=o.metrics_csv)
+          monitoring_path=i.monitoring[0] if i.monitoring else None, metrics_csv=o.metrics_csv, songs_path=i.songs)

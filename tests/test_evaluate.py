@@ -435,3 +435,26 @@ def test_unknown_song_halves_are_balanced_even_with_the_split_seed():
     ev = unknown_songs(songs, splits, 0, "evaluation")
     assert len(cal) + len(ev) == (splits.split != "train").sum()
     assert 0.4 < len(cal) / (len(cal) + len(ev)) < 0.6
+
+
+def test_an_offset_on_a_repeat_of_the_query_audio_counts_as_the_same_audio(tmp_path):
+    # A song whose seconds 0-4 play again at 10-14 s (a loop), unrelated audio elsewhere.
+    loop = synth_song(1, 4.0)
+    audio = np.concatenate([loop, synth_song(2, 6.0), loop, synth_song(3, 6.0)])
+    write_audio(tmp_path / "loop.flac", audio)
+    songs = pd.DataFrame({"song_id": ["s"], "path": [str(tmp_path / "loop.flac")]})
+    queries = pd.DataFrame({"query_id": ["a", "b", "c", "d"], "song_id": "s", "in_db": True, "group": "unseen",
+                            "start_s": [1.0, 1.0, 1.0, 5.0], "length_s": 2.0, "condition": "clean"})
+    # a: exact; b: on the repeat (11.1 s: within the exact tolerance of 11.0); c: elsewhere; d: from 5 s, answered
+    # at 15.2 s (not repeated there).
+    results = pd.DataFrame({"query_id": ["a", "b", "c", "d"], "system": "neural", "mode": "sequence",
+                            "top_songs": [["s"]] * 4, "top_offsets_s": [[1.0], [11.1], [6.5], [15.2]],
+                            "is_match": True, "total_ms": 1.0, "search_ms": 1.0, "embed_ms": 1.0})
+    row = compute_metrics(queries, results, songs).iloc[0]
+    assert row.seg_top1_exact == pytest.approx(1 / 4)
+    assert row.seg_top1_same_audio == pytest.approx(2 / 4)
+    assert np.isnan(compute_metrics(queries, results).iloc[0].seg_top1_same_audio)  # no audio, not measured
+    # An unreadable song is a logged skip, not a failure: its answers are not counted as repeats.
+    (tmp_path / "bad.flac").write_bytes(b"not audio")
+    bad = compute_metrics(queries, results, songs.assign(path=str(tmp_path / "bad.flac"))).iloc[0]
+    assert bad.seg_top1_same_audio == pytest.approx(1 / 4)
