@@ -48,6 +48,9 @@ VARIANTS: dict[str, dict] = {
     # more resonant spaces (the weak spot) and fewer speed views (which cost the resonant space at one epoch):
     # meant for fine-tuning a trained model (--init) that already holds speed changes
     "resonant-more-speed-0.1": {"resonant_share": 0.6, "speed_prob": 0.1},
+    # more resonant spaces, speed views at the recipe's share: a second fine-tuning stage that wins back the speed
+    # change the one above gave up
+    "resonant-more": {"resonant_share": 0.6},
     # every new component off: the old chain on the new data and impulse-response bank
     "old-chain": {"resonant_share": 0.0, "max_ir_s": 1.0, "device_ir_prob": 0.0, "eq_bands": [1, 1],
                   "eq_gain_db": [-12.0, 12.0], "eq_prob": 0.5, "codec_prob": 0.0, "speed_prob": 0.0,
