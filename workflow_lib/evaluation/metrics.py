@@ -17,7 +17,8 @@ from workflow_lib.evaluation.neural import NEURAL
 
 EXACT_TOL_S = 0.25
 NEAR_TOL_S = 0.5
-HIT_METRICS = ["seg_top1_exact", "seg_top1_same_audio", "seg_top1_near", "song_top1", "song_top3", "song_top10", "song_top1_accepted"]
+HIT_METRICS = ["seg_top1_exact", "seg_top1_same_audio", "seg_top1_near", "song_top1", "song_top3", "song_top10",
+               "song_top1_accepted"]
 KEYS = ["system", "mode", "group", "condition", "length_s"]
 
 
@@ -52,7 +53,8 @@ def score_results(queries: pd.DataFrame, results: pd.DataFrame, exact_tol: float
         return v[0] if v is not None and len(v) else None
 
     top_song = m["top_songs"].map(first)
-    top_off = m["top_offset_s"] = m["top_offsets_s"].map(lambda v: float(v[0]) if v is not None and len(v) else np.nan)
+    m["top_offset_s"] = m["top_offsets_s"].map(lambda v: float(v[0]) if v is not None and len(v) else np.nan)
+    top_off = m["top_offset_s"]
     truth = m["song_id"]
     in_db = m["in_db"].astype(bool)
     m["song_top1"] = in_db & (top_song == truth)

@@ -5,7 +5,7 @@ occurs at two places of its song, an answer naming the other place is as right a
 and no fingerprint (ours, audfprint's) can tell the two apart. The strict segment-level metric
 (``seg_top1_exact``) counts such answers wrong; ``seg_top1_same_audio`` counts them right when the song's own audio
 says so, and both are reported. In the dev + extra corpus (game and demo-scene music, much of it looped) this is
-a fifth to a half of the right-song answers with a wrong offset, depending on the condition.
+about a quarter of the right-song answers with a wrong offset (15-40 % by condition and length).
 
 The audio decides, not the fingerprint: the song's clean audio where the query was cut from must correlate at
 ``SAME_AUDIO_CORRELATION`` or more with its audio at the answer's offset (searched within the exact tolerance, the

@@ -16,6 +16,7 @@ import pandas as pd
 from workflow_lib.common.atomic import atomic_path, write_csv_atomic, write_text_atomic
 from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, target_checks, wilson_interval
 from workflow_lib.evaluation.neural import NEURAL
+from workflow_lib.evaluation.repeats import SAME_AUDIO_CORRELATION
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ def write_summary(path: str | Path, queries: pd.DataFrame, metrics: pd.DataFrame
                  "draws of the generators that training also used, 'real' rooms are measured ones training never "
                  "heard. Hit rates ignore the no-match rule unless marked 'accepted'; segment 'exact' = offset "
                  "within 0.25 s, 'near' = within 0.5 s; 'repeat of the query's audio' also counts an offset where the "
-                 "song plays the query's own audio again (a loop: correlation >= 0.9), which no fingerprint can tell "
-                 "apart.")
+                 "song plays the query's own audio again (a loop: correlation >= "
+                 f"{SAME_AUDIO_CORRELATION:g}), which no fingerprint can tell apart.")
     for k, v in info.items():
         lines.append(f"- {k}: {v}")
     lines += ["", "## Targets (unseen songs)", "", "| target | measured | met |", "|---|---|---|"]
