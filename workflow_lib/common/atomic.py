@@ -33,6 +33,14 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(final: str | os.PathLike) -> None:
+    """Remove the temporary files that ``atomic_path(final)`` left when its writer was killed before the rename
+    (a resumed stage calls this before writing ``final`` again)."""
+    final = Path(final)
+    for stale in final.parent.glob(f".{final.name}.*"):
+        stale.unlink(missing_ok=True)
+
+
 def write_text_atomic(final: str | os.PathLike, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text)

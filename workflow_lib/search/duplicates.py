@@ -2,9 +2,10 @@
 reused in another game's soundtrack, a song that contains another.
 
 Real collections have them (16 of the 472 songs of the dev + extra corpus: five pairs and one song contained in
-another by the rules below, and two pairs that share passages). They matter wherever a song is searched *as if it were unknown* (calibration's null queries, the
-evaluation's unknown-song queries, the monitoring benchmark's unknown music): skipping the song's own fingerprints
-still leaves its twin, the search rightly names the twin, and that right answer is counted as a false positive.
+another by the rules below, and two pairs that share passages). They matter wherever a song is searched *as if it
+were unknown* (calibration's null queries, the evaluation's unknown-song queries, the monitoring benchmark's unknown
+music): skipping the song's own fingerprints still leaves its twin, the search rightly names the twin, and that
+right answer is counted as a false positive.
 Such "false positives" are the top of the null distribution, so they set the threshold for strict rates (the
 listener's 0.2 %), making it reject most real matches. Every place that searches a song as unknown therefore skips
 the song's twins too.

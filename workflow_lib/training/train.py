@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
-from workflow_lib.common.atomic import atomic_path
+from workflow_lib.common.atomic import atomic_path, remove_stale_temporaries
 from workflow_lib.training.augment import AugmentConfig, ViewParams, degrade, mask_spectrogram
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.model.features import FrontendConfig
@@ -324,10 +324,12 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
              torch.get_num_threads(), model_cfg.preset, count_parameters(model), len(train_songs), len(train_src),
              steps_per_epoch, cfg.batch_pairs, len(val_songs), len(val_src))
 
-    # a save killed half-way: the checkpoint's, or the per-epoch metrics' and curves' written beside it
-    for name in (checkpoint_path.name, "metrics.csv", "training_curves.png"):
-        for stale in checkpoint_path.parent.glob(f".{name}.*"):
-            stale.unlink(missing_ok=True)
+    # Progress of the running job beside the checkpoint: the declared outputs appear only when it finishes, so a
+    # kill never leaves an output that looks complete.
+    live_metrics = checkpoint_path.parent / "metrics.csv"
+    live_curves = checkpoint_path.parent / "training_curves.png"
+    for path in (checkpoint_path, live_metrics, live_curves):  # a save killed half-way
+        remove_stale_temporaries(path)
     # "partial": progress inside the running epoch (a mid-epoch checkpoint), None at an epoch's end.
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "best_state": None,
                              "elapsed_s": 0.0, "stop_reason": None, "horizon_epochs": cfg.max_epochs,
@@ -436,10 +438,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
                      state["best_score"], state["best_epoch"])
         state["elapsed_s"] = elapsed()
         _save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
-        # Progress of the running job beside the checkpoint: the declared outputs appear only when it finishes,
-        # so a kill never leaves an output that looks complete.
-        _write_metrics(state["history"], checkpoint_path.parent / "metrics.csv",
-                       checkpoint_path.parent / "training_curves.png", state["best_epoch"])
+        _write_metrics(state["history"], live_metrics, live_curves, state["best_epoch"])
 
     if state["best_state"] is None:
         raise RuntimeError("training finished without a single epoch (train.max_epochs < 1?)")
