@@ -288,3 +288,14 @@ def test_songs_scanned_as_unknown_are_left_out_of_every_search_the_runner_up_loo
     assert {"drone"} in [s - {"s2"} for s in left_out]  # the runner-up look-up without the chord was made
     assert all("s2" in s for s in left_out)
     assert [o.song_id for o in result.occurrences] == ["drone"]
+
+
+@pytest.mark.parametrize("lead_s", [3.2, 3.3])
+def test_an_occurrence_off_the_hop_grid_is_placed_in_the_song_between_the_hops(world, lead_s):
+    # s2 from its 10th second after lead_s of silence: the song runs 10 - lead_s ahead of the recording, 0.2 s off
+    # the 0.5 s grid of the database, which alone would place it 0.2 s wrong.
+    songs, searcher = world
+    audio = np.concatenate([np.zeros(int(lead_s * SR), np.float32), songs["s2"][10 * SR:28 * SR]])
+    (o,) = scan_chunks(searcher, [audio], ListenConfig(window_s=4.0, tail_s=2.0), name="lead").occurrences
+    assert o.song_id == "s2"
+    assert abs((o.song_start_s - o.start_s) - (10.0 - lead_s)) < 0.12

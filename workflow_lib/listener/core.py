@@ -532,8 +532,9 @@ class ListenerCore:
         """The window's best candidate; None when there is none, or when it is ``other_than`` (the caller only
         asks about other songs: the runner-up look-up, which only measures that answer, is then not made)."""
         s = self.searcher
+        # The listener follows alignments on the hop grid: the offsets are not placed between the hops.
         result = search_embeddings(self._db, emb, s.top_k, "sequence", s.max_candidates, s.n_results,
-                                   runner_up=False)
+                                   runner_up=False, place_offsets=False)
         best = result.best
         if best is None or best.song_id == other_than:
             return None

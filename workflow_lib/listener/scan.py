@@ -26,7 +26,7 @@ import numpy as np
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
 from workflow_lib.model.embed import iter_embed_chunks
-from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
+from workflow_lib.search.searcher import find_neighbours, offset_shifts, runner_up_neighbours
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,10 @@ def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi
                 continue
             claimed[a:b + 1] = True
             a, b = a + lo, b + lo
+            # The song position between the hops, where this stretch's aligned similarity peaks.
+            at = anchor + float(offset_shifts(emb[a:b + 1], db, np.array([code]), np.array([a + anchor]))[0])
             out.append(Occurrence(a * HOP_S, b * HOP_S + SEGMENT_S, song_id, title, artist,
-                                  (a + anchor) * HOP_S, (b + anchor) * HOP_S + SEGMENT_S, confidence))
+                                  (a + at) * HOP_S, (b + at) * HOP_S + SEGMENT_S, confidence))
     return out
 
 

@@ -6,7 +6,8 @@ Two modes over the same neighbour lists (``k`` nearest database segments for eac
   (song, start = database segment - query segment). Candidates are pre-ranked by the summed similarity of the
   neighbours that support them, and the strongest ``max_candidates`` are re-scored exactly: the mean, over all query
   segments, of the dot product with the database segment at the aligned position (zero where the alignment runs
-  off the song), using the uncompressed vectors. The best candidate gives the song and the offset.
+  off the song), using the uncompressed vectors. The best candidate gives the song and the offset; the offset is
+  then placed between the 0.5 s grid points where the aligned score peaks (``subhop``).
 * ``vote``: each query segment's nearest neighbour votes for its song; the song with most votes wins (ties: summed
   similarity), its offset is the most common proposed start among its votes. The winner is then scored exactly like
   a sequence candidate, so both modes share one score scale and one no-match threshold.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.layout import ResultsLayout, is_bundled
+from workflow_lib.search.subhop import peak_shift
 from workflow_lib.search.threshold import Calibration, decision_statistic
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class Database(Protocol):
 
     def rows_for(self, songs: np.ndarray, segments: np.ndarray) -> np.ndarray: ...
 
+    def song_position(self, song_id: str) -> int: ...
+
     def scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray: ...
 
 
@@ -60,10 +64,12 @@ class Candidate:
     score: float  # mean aligned cosine similarity over the query's segments
     support: float  # sequence: summed neighbour similarity; vote: number of votes
     votes: int = 0  # query segments with the aligned database segment (+-1 hop) among their nearest neighbours
+    shift: float = 0.0  # where between the neighbouring alignments the score peaks, in hops (``subhop``)
 
     @property
     def offset_s(self) -> float:
-        return self.start_segment * HOP_S
+        """Song position of the query's start (s): the aligned segment's, moved to the score's peak."""
+        return (self.start_segment + self.shift) * HOP_S
 
 
 @dataclass
@@ -155,6 +161,33 @@ def count_votes(nb_codes: np.ndarray, nb_starts: np.ndarray, codes: np.ndarray, 
     return hit.any(axis=2).sum(axis=1)
 
 
+def offset_shifts(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.ndarray,
+                  active: np.ndarray | None = None, chunk_vectors: int = 1 << 16) -> np.ndarray:
+    """Each alignment's sub-hop shift (``subhop.peak_shift``): the mean similarity of the query's (``active``)
+    segments at the alignment and one hop either side, over the segments that all three keep on the song (a query
+    at the very start or end of a song is placed by the rest of it; one with none left keeps the grid). An
+    alignment on the song is not moved before its start."""
+    seg = np.flatnonzero(active) if active is not None else np.arange(len(q))
+    codes, starts = np.asarray(codes, dtype=np.int64), np.asarray(starts, dtype=np.int64)
+    shifts = np.zeros(len(codes))
+    if len(seg) == 0:
+        return shifts
+    qa = np.ascontiguousarray(q[seg], dtype=np.float32)
+    step = max(1, chunk_vectors // (3 * len(seg)))  # bounds the gathered vectors (32 MB at 128-d)
+    for a in range(0, len(codes), step):
+        c, st = codes[a:a + step], starts[a:a + step]
+        where = st[None, :, None] + seg[:, None, None] + np.array([-1, 0, 1])  # (segments, candidates, 3)
+        rows = db.rows_for(np.broadcast_to(c[None, :, None], where.shape), where)
+        dots = db.scores(qa, rows.reshape(len(seg), -1)).reshape(where.shape)  # -inf off the song
+        kept = np.isfinite(dots).all(axis=2)
+        n_kept = kept.sum(axis=0)
+        mean = np.where(kept[:, :, None], dots, 0.0).sum(axis=0) / np.maximum(n_kept, 1)[:, None]
+        shift = np.where(n_kept > 0, peak_shift(mean[:, 0], mean[:, 1], mean[:, 2]), 0.0)
+        # A peak before the song's start says nothing more precise than "at its start".
+        shifts[a:a + step] = np.where(st >= 0, np.maximum(shift, -st), shift)
+    return shifts
+
+
 def _best_per_song(db: Database, codes: np.ndarray, starts: np.ndarray, scores: np.ndarray, support: np.ndarray,
                    n_results: int, nb_codes: np.ndarray, nb_starts: np.ndarray) -> list[Candidate]:
     order = np.lexsort((-support, -scores))  # by score, then support
@@ -242,7 +275,8 @@ def runner_up_neighbours(db: Database, emb: np.ndarray, neighbours: Neighbours, 
 def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str = "sequence",
                       max_candidates: int = 200, n_results: int = 10,
                       exclude_song: str | frozenset[str] | None = None,
-                      neighbours: Neighbours | None = None, runner_up: bool = True) -> SearchResult:
+                      neighbours: Neighbours | None = None, runner_up: bool = True,
+                      place_offsets: bool = True) -> SearchResult:
     """Search ``(J, D)`` query fingerprints. Returns up to ``n_results`` candidates, one per song, best first.
 
     ``exclude_song`` (one id or a set) searches as if those songs were not in the database (leave-one-song-out null
@@ -254,9 +288,27 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
     always has a runner-up when the database has one: the no-match rule's margin is the lead over that song, not
     over nothing. Without it, a lone candidate's lead was its whole score, and such queries of unknown songs made
     the calibration's 1 s threshold (margin 0.76) reject almost every right 1 s answer.
+
+    The offsets are then placed between the 0.5 s grid points (``place_between_hops``); ``place_offsets=False``
+    leaves them on the grid (the listener tracks alignments on the grid and never reads them).
     """
     result = _ranked_candidates(db, emb, top_k, mode, max_candidates, n_results, exclude_song, neighbours)
-    return add_runner_up(db, emb, result, top_k, max_candidates, n_results, exclude_song) if runner_up else result
+    if runner_up:
+        result = add_runner_up(db, emb, result, top_k, max_candidates, n_results, exclude_song)
+    return place_between_hops(db, emb, result) if place_offsets else result
+
+
+def place_between_hops(db: Database, emb: np.ndarray, result: SearchResult) -> SearchResult:
+    """``result`` with each candidate's offset placed between the grid points, where its aligned score peaks
+    (``offset_shifts``). The ranking and the scores stay as they are."""
+    if not result.candidates:
+        return result
+    q = np.ascontiguousarray(emb, dtype=np.float32)
+    codes = np.array([db.song_position(c.song_id) for c in result.candidates])
+    starts = np.array([c.start_segment for c in result.candidates])
+    shifts = offset_shifts(q, db, codes, starts, np.einsum("ij,ij->i", q, q) > 0)
+    result.candidates = [replace(c, shift=float(sh)) for c, sh in zip(result.candidates, shifts)]
+    return result
 
 
 def add_runner_up(db: Database, emb: np.ndarray, result: SearchResult, top_k: int = 20, max_candidates: int = 200,
