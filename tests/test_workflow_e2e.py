@@ -113,7 +113,9 @@ def test_every_song_is_found_and_queries_use_the_runs_settings(workflow_run, cap
     assert {row["mode"] for row in rows} == {"vote"}
     for row, sid in zip(rows, songs.song_id):
         guess = row["best_guess"]
-        assert guess["song_id"] == sid and guess["offset_s"] == pytest.approx(4.0), row
+        # Placed between the hops where the match peaks: within the evaluation's 'exact' tolerance of the truth (a
+        # minutes-old model's similarity is flat over neighbouring hops, so the peak can sit half way to one).
+        assert guess["song_id"] == sid and abs(guess["offset_s"] - 4.0) <= 0.25 + 1e-6, row
     assert main(["query", files[0], "--results", str(r), "--json", "--device", "cpu", "--mode", "sequence"]) == 0
     assert json.loads(capsys.readouterr().out)["mode"] == "sequence"
     assert main(["db", "list", "--results", str(r), "--csv"]) == 0
