@@ -13,7 +13,9 @@ variant trains on the same songs and responses:
 Each variant is the recipe of ``config/config.yaml`` (``train.augment``) with the overrides below; the schedule is
 fixed in epochs (``train.schedule: epochs``), so every variant takes the same number of steps whatever the load of
 the machine. A killed variant resumes from its checkpoint; a finished one is skipped. ``--init MODEL`` fine-tunes a
-trained model instead (with ``--lr`` / ``--warmup-epochs`` for its schedule).
+trained model instead (with ``--lr`` / ``--warmup-epochs`` for its schedule). The variants in ``FRONTENDS`` keep
+the recipe and change the front end instead (``features.FrontendConfig.compression``: PCEN, or log-mel and PCEN
+as two input channels).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import yaml  # noqa: E402
 
 from workflow_lib.common.logs import setup_logging  # noqa: E402
 from workflow_lib.training.train import RULE_KEYS, TrainConfig, train_model  # noqa: E402
+from workflow_lib.model.features import FrontendConfig  # noqa: E402
 from workflow_lib.model.network import model_config_from  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +58,15 @@ VARIANTS: dict[str, dict] = {
     "old-chain": {"resonant_share": 0.0, "max_ir_s": 1.0, "device_ir_prob": 0.0, "eq_bands": [1, 1],
                   "eq_gain_db": [-12.0, 12.0], "eq_prob": 0.5, "codec_prob": 0.0, "speed_prob": 0.0,
                   "compress_prob": 0.0, "snr_db": [0.0, 10.0]},
+    "pcen": {},  # the full recipe, with the front end of FRONTENDS below
+    "log-pcen": {},
+}
+# Variants of the front end (``features.FrontendConfig``) rather than of the augmentation.
+FRONTENDS: dict[str, dict] = {
+    # per-channel energy normalisation instead of the log: a band that only rings on is flattened by its own past
+    "pcen": {"compression": "pcen"},
+    # both, as two input channels: the log-mel that holds up in rooms and noise, the PCEN that holds up in ringing
+    "log-pcen": {"compression": "log+pcen"},
 }
 
 
@@ -85,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         train = dict(base, augment=dict(base["augment"], **VARIANTS[name]))
         (out / "recipe.json").write_text(json.dumps(dict(train, init=args.init), indent=1))
-        log.info("variant %s: %s", name, VARIANTS[name] or "the full recipe")
+        log.info("variant %s: %s%s", name, VARIANTS[name] or "the full recipe",
+                 f", front end {FRONTENDS[name]}" if name in FRONTENDS else "")
         train_model(r / "model" / "audio" / "train", r / "model" / "audio" / "val", r / "noise" / "train",
                     r / "irs" / "train", out / "model.pt", out / "metrics.csv", out / "training_curves.png",
                     out / "checkpoints" / "last.pt", TrainConfig.from_dict(train), model_config_from("small"),
-                    threads=args.threads, init_from=args.init)
+                    FrontendConfig(**FRONTENDS.get(name, {})), threads=args.threads, init_from=args.init)
     return 0
 
 

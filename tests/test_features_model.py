@@ -219,3 +219,49 @@ def test_cpu_inference_in_chunks_equals_one_batch():
         chunked = model(wav)
     whole = model(wav).detach()  # grad enabled: one batch
     assert torch.allclose(chunked, whole, atol=1e-5)
+
+
+# --- PCEN front end ----------------------------------------------------------------------------------------------
+
+def test_pcen_removes_a_static_band_gain_and_keeps_onsets():
+    from workflow_lib.model.features import pcen
+
+    torch.manual_seed(0)
+    mel = torch.rand(1, 8, 32) + 0.5  # (batch, bands, frames)
+    mel[:, :, 20:] *= 20.0  # an onset in every band at frame 20
+    coloured = mel * torch.logspace(-1.5, 1.5, 8)[None, :, None]  # a +-30 dB static colouring across the bands
+    a, b = pcen(mel, 31.25), pcen(coloured, 31.25)
+    # Each band is divided by its own smoothed level: the colouring is (almost: gain 0.98) gone...
+    assert (a - b).abs().max() < 0.1 * a.abs().max()
+    # ...where a log spectrum would carry it whole (3 decades across the bands).
+    spread = torch.log10(coloured).mean(-1)
+    assert spread.max() - spread.min() > 2.5
+    # The onset stands out, and a level that only sustains sinks back towards the steady value.
+    assert (a[:, :, 20] > 2 * a[:, :, 15]).all() and (a[:, :, 31] < 0.6 * a[:, :, 20]).all()
+
+
+def test_frontend_compressions_and_their_identity():
+    wav = tone(1000.0)[None] * torch.linspace(0.2, 1.0, 8000)
+    assert LogMelFrontend(FrontendConfig(compression="pcen"))(wav).shape == (1, 1, 256, 32)
+    both = LogMelFrontend(FrontendConfig(compression="log+pcen"))(wav)
+    assert both.shape == (1, 2, 256, 32)
+    assert torch.equal(both[:, :1], LogMelFrontend()(wav))  # the first channel is the log-mel of old
+    # The log front end's identity (recorded with every shard and index) is what it was before PCEN existed.
+    assert set(FrontendConfig().to_dict()) == {"sample_rate", "segment_samples", "n_fft", "hop_length", "n_mels",
+                                               "f_min", "f_max", "log_offset"}
+    c = FrontendConfig(compression="log+pcen", pcen_t_s=0.2)
+    assert FrontendConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="unknown compression"):
+        FrontendConfig(compression="cubic")
+
+
+def test_a_two_channel_model_file_round_trips(tmp_path):
+    torch.manual_seed(3)
+    model = Fingerprinter(TINY, FrontendConfig(compression="log+pcen")).eval()
+    path = tmp_path / "model.pt"
+    save_model(path, model.state_dict(), model.model_config, model.frontend_config, {"epochs": 1})
+    loaded = load_fingerprinter(path)
+    wav = torch.randn(2, 8000) * 0.1
+    with torch.inference_mode():
+        assert torch.equal(loaded(wav), model(wav))
+    assert loaded.frontend_config.compression == "log+pcen"

@@ -6,6 +6,11 @@ NAFP settings: 1 s windows at 8 kHz, STFT n_fft 1024 / hop 256 (zero-padded by n
 fingerprint depend on what else is in the batch; per-sample normalisation keeps extraction batch-independent and
 makes the features invariant to the overall gain of the input. The +0.06 floor keeps near-silent bins from
 dominating the log scale (quiet passages map to a flat floor instead of amplified noise).
+
+``compression`` can replace the log by per-channel energy normalisation (``pcen``: each band divided by its own
+smoothed past, which takes away a static colouring and flattens what only rings on), or give the encoder both as
+two input channels (``log+pcen``). The default stays ``log``; bench/README.md ("The front end and ringing")
+measures the others.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.config import check_keys
 
 
+COMPRESSIONS = ("log", "pcen", "log+pcen")
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     sample_rate: int = SAMPLE_RATE
@@ -31,6 +39,19 @@ class FrontendConfig:
     f_min: float = 300.0
     f_max: float = 4000.0
     log_offset: float = 0.06
+    # "log": log10(mel + log_offset), per-sample max removed (NAFP). "pcen": per-channel energy normalisation
+    # (Wang et al. 2017, librosa's defaults): each band divided by its own smoothed past (time constant pcen_t_s),
+    # which keeps onsets and flattens what only sustains or rings. "log+pcen": both, as two input channels.
+    compression: str = "log"
+    pcen_t_s: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"front end: unknown compression {self.compression!r} (choose from {COMPRESSIONS})")
+
+    @property
+    def n_channels(self) -> int:
+        return 2 if self.compression == "log+pcen" else 1
 
     @property
     def n_frames(self) -> int:
@@ -38,12 +59,31 @@ class FrontendConfig:
         return 1 + self.segment_samples // self.hop_length
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.compression == "log":  # as before these fields existed: the same identity for shards and indexes
+            d.pop("compression")
+            d.pop("pcen_t_s")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FrontendConfig":
         check_keys(d, (f.name for f in fields(cls)), "front-end config")
         return cls(**d)
+
+
+def pcen(mel: torch.Tensor, frames_per_s: float, t_s: float = 0.4, gain: float = 0.98, bias: float = 2.0,
+         power: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
+    """Per-channel energy normalisation of ``(..., n_mels, n_frames)`` magnitudes: ``(E / (eps + M)^gain + bias)^power
+    - bias^power`` with ``M`` a first-order low-pass of ``E`` along time, started at the first frame (librosa's
+    smoothing coefficient for the time constant)."""
+    t_frames = t_s * frames_per_s
+    b = ((1 + 4 * t_frames ** 2) ** 0.5 - 1) / (2 * t_frames ** 2)
+    first = mel[..., :1]
+    a_coeffs = torch.tensor([1.0, b - 1.0], dtype=mel.dtype, device=mel.device)
+    b_coeffs = torch.tensor([b, 0.0], dtype=mel.dtype, device=mel.device)
+    # lfilter starts from rest: filter the difference from the first frame, then add it back (unit DC gain).
+    smooth = torchaudio.functional.lfilter(mel - first, a_coeffs, b_coeffs, clamp=False) + first
+    return (mel / (eps + smooth).pow(gain) + bias).pow(power) - bias ** power
 
 
 def log_mel_normalise(mel: torch.Tensor, log_offset: float) -> torch.Tensor:
@@ -72,4 +112,10 @@ class LogMelFrontend(nn.Module):
             raise ValueError(f"expected waveform of shape (batch, samples), got {tuple(wav.shape)}")
         with torch.autocast(device_type=wav.device.type, enabled=False):
             mel = self.mel(wav.float())  # (B, n_mels, n_frames)
-            return log_mel_normalise(mel, self.config.log_offset).unsqueeze(1)
+            c = self.config
+            if c.compression == "log":
+                return log_mel_normalise(mel, c.log_offset).unsqueeze(1)
+            normalised = pcen(mel, c.sample_rate / c.hop_length, c.pcen_t_s).unsqueeze(1)
+            if c.compression == "pcen":
+                return normalised
+            return torch.cat([log_mel_normalise(mel, c.log_offset).unsqueeze(1), normalised], dim=1)

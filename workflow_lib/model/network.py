@@ -135,11 +135,11 @@ class DivisionHead(nn.Module):
 class Encoder(nn.Module):
     """Log-mel ``(B, 1, F, T)`` -> L2-normalised embedding ``(B, dim)``."""
 
-    def __init__(self, config: ModelConfig, input_shape: tuple[int, int] = (256, 32)):
+    def __init__(self, config: ModelConfig, input_shape: tuple[int, int] = (256, 32), in_channels: int = 1):
         super().__init__()
         self.config = config
         blocks = []
-        shape, c_in = input_shape, 1
+        shape, c_in = input_shape, in_channels
         for c_out, ts in zip(config.channels, config.time_strides):
             block = SeparableBlock(c_in, c_out, shape, ts)
             blocks.append(block)
@@ -170,7 +170,7 @@ class Fingerprinter(nn.Module):
         super().__init__()
         self.frontend = LogMelFrontend(frontend_config)
         fc = self.frontend.config
-        self.encoder = Encoder(model_config, (fc.n_mels, fc.n_frames))
+        self.encoder = Encoder(model_config, (fc.n_mels, fc.n_frames), fc.n_channels)
 
     @property
     def model_config(self) -> ModelConfig:
