@@ -58,10 +58,8 @@ VARIANTS: dict[str, dict] = {
     "old-chain": {"resonant_share": 0.0, "max_ir_s": 1.0, "device_ir_prob": 0.0, "eq_bands": [1, 1],
                   "eq_gain_db": [-12.0, 12.0], "eq_prob": 0.5, "codec_prob": 0.0, "speed_prob": 0.0,
                   "compress_prob": 0.0, "snr_db": [0.0, 10.0]},
-    "pcen": {},  # the full recipe, with the front end of FRONTENDS below
-    "log-pcen": {},
 }
-# Variants of the front end (``features.FrontendConfig``) rather than of the augmentation.
+# Variants of the front end (``features.FrontendConfig``) rather than of the augmentation: the full recipe.
 FRONTENDS: dict[str, dict] = {
     # per-channel energy normalisation instead of the log: a band that only rings on is flattened by its own past
     "pcen": {"compression": "pcen"},
@@ -72,7 +70,7 @@ FRONTENDS: dict[str, dict] = {
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
+    ap.add_argument("variants", nargs="+", choices=sorted({*VARIANTS, *FRONTENDS}))
     ap.add_argument("--results", required=True, help="results/ folder of the run that built the banks")
     ap.add_argument("--out", default="bench/out/ablation")
     ap.add_argument("--epochs", type=int, default=2)
@@ -95,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         if (out / "model.pt").exists():
             log.info("%s: already trained", name)
             continue
-        train = dict(base, augment=dict(base["augment"], **VARIANTS[name]))
+        augment = VARIANTS.get(name, {})
+        train = dict(base, augment=dict(base["augment"], **augment))
         (out / "recipe.json").write_text(json.dumps(dict(train, init=args.init), indent=1))
-        log.info("variant %s: %s%s", name, VARIANTS[name] or "the full recipe",
+        log.info("variant %s: %s%s", name, augment or "the full recipe",
                  f", front end {FRONTENDS[name]}" if name in FRONTENDS else "")
         train_model(r / "model" / "audio" / "train", r / "model" / "audio" / "val", r / "noise" / "train",
                     r / "irs" / "train", out / "model.pt", out / "metrics.csv", out / "training_curves.png",
