@@ -15,7 +15,7 @@ fixed in epochs (``train.schedule: epochs``), so every variant takes the same nu
 the machine. A killed variant resumes from its checkpoint; a finished one is skipped. ``--init MODEL`` fine-tunes a
 trained model instead (with ``--lr`` / ``--warmup-epochs`` for its schedule). The variants in ``FRONTENDS`` keep
 the recipe and change the front end instead (``features.FrontendConfig.compression``: PCEN, or log-mel and PCEN
-as two input channels).
+as two input channels; or the log-mel with each band's mean removed).
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ FRONTENDS: dict[str, dict] = {
     "pcen": {"compression": "pcen"},
     # both, as two input channels: the log-mel that holds up in rooms and noise, the PCEN that holds up in ringing
     "log-pcen": {"compression": "log+pcen"},
+    # the log kept, each band's mean over the window removed: the colouring goes, noise stays compressed
+    # (bench/frontend_invariance.py screened it ahead of the PCENs)
+    "log-cmn": {"compression": "log-cmn"},
+    # both, as two channels; meant for fine-tuning the bundled model (--init): its weights for the log channel, zero
+    # for the new one, so the start is the bundled model itself
+    "log-logcmn": {"compression": "log+log-cmn"},
 }
 
 

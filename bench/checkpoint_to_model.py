@@ -1,9 +1,10 @@
 """Write a model file from a training checkpoint's best weights (a stopped run's best epoch so far), so that it can
 be evaluated, bundled or fine-tuned (``train.init: <path>``) before the run finishes.
 
-    python bench/checkpoint_to_model.py CHECKPOINT OUT.pt [--preset small]
+    python bench/checkpoint_to_model.py CHECKPOINT OUT.pt [--preset small] [--compression log]
 
-The model settings must be the run's (preset, channels, dim, head_hidden); loading the weights checks them.
+The model settings must be the run's (preset, channels, dim, head_hidden; the front end's compression, e.g.
+``log-cmn`` for that variant of bench/ablate.py); loading the weights checks the shapes, not the compression.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from workflow_lib.model.features import FrontendConfig  # noqa: E402
+from workflow_lib.model.features import COMPRESSIONS, FrontendConfig  # noqa: E402
 from workflow_lib.model.model_file import save_model  # noqa: E402
 from workflow_lib.model.network import Fingerprinter, model_config_from  # noqa: E402
 
@@ -27,11 +28,12 @@ def main() -> int:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--compression", default="log", choices=COMPRESSIONS)
     args = ap.parse_args()
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     if ckpt.get("best_state") is None:
         sys.exit(f"{args.checkpoint}: no finished epoch yet")
-    model_cfg, frontend_cfg = model_config_from(args.preset), FrontendConfig()
+    model_cfg, frontend_cfg = model_config_from(args.preset), FrontendConfig(compression=args.compression)
     Fingerprinter(model_cfg, frontend_cfg).load_state_dict(ckpt["best_state"])  # refuses other settings
     best = ckpt["history"][ckpt["best_epoch"] - 1]
     meta = {"format_version": 1, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -240,12 +240,29 @@ def test_pcen_removes_a_static_band_gain_and_keeps_onsets():
     assert (a[:, :, 20] > 2 * a[:, :, 15]).all() and (a[:, :, 31] < 0.6 * a[:, :, 20]).all()
 
 
+def test_log_cmn_removes_a_static_band_gain_and_keeps_the_dynamics():
+    from workflow_lib.model.features import log_mel_band_centred
+
+    torch.manual_seed(0)
+    mel = torch.rand(1, 8, 32) * 50 + 100.0  # well above the log offset
+    mel[:, :, 20:] *= 20.0  # an onset in every band at frame 20
+    coloured = mel * torch.logspace(-1.5, 1.5, 8)[None, :, None] * 3.0  # +-30 dB colouring and a gain
+    a, b = log_mel_band_centred(mel, 0.06), log_mel_band_centred(coloured, 0.06)
+    assert torch.allclose(a.mean(-1), torch.zeros(1, 8), atol=1e-5)  # each band centred on its own mean
+    assert (a - b).abs().max() < 0.01  # the colouring and the gain are gone (up to the offset)
+    assert (a[:, :, 20:].mean(-1) - a[:, :, :20].mean(-1) > 1.2).all()  # the 26 dB onset is kept in full
+
+
 def test_frontend_compressions_and_their_identity():
     wav = tone(1000.0)[None] * torch.linspace(0.2, 1.0, 8000)
     assert LogMelFrontend(FrontendConfig(compression="pcen"))(wav).shape == (1, 1, 256, 32)
+    assert LogMelFrontend(FrontendConfig(compression="log-cmn"))(wav).shape == (1, 1, 256, 32)
     both = LogMelFrontend(FrontendConfig(compression="log+pcen"))(wav)
     assert both.shape == (1, 2, 256, 32)
     assert torch.equal(both[:, :1], LogMelFrontend()(wav))  # the first channel is the log-mel of old
+    centred = LogMelFrontend(FrontendConfig(compression="log+log-cmn"))(wav)
+    assert centred.shape == (1, 2, 256, 32) and torch.equal(centred[:, :1], both[:, :1])
+    assert torch.equal(centred[:, 1:], LogMelFrontend(FrontendConfig(compression="log-cmn"))(wav))
     # The log front end's identity (recorded with every shard and index) is what it was before PCEN existed.
     assert set(FrontendConfig().to_dict()) == {"sample_rate", "segment_samples", "n_fft", "hop_length", "n_mels",
                                                "f_min", "f_max", "log_offset"}

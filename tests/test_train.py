@@ -334,3 +334,34 @@ def test_training_without_validation_songs_keeps_the_last_epoch(banks, tmp_path,
     assert "no validation segments" in caplog.text and "no training noise" in caplog.text
     assert meta["best_epoch"] == 2 and meta["val_queries"] == 0
     assert load_fingerprinter(tmp_path / "model.pt").dim == 8
+
+
+def test_fine_tuning_may_change_the_compression_or_add_a_channel_but_not_the_input_shape(tmp_path, caplog):
+    from workflow_lib.model.features import FrontendConfig
+    from workflow_lib.model.model_file import save_model
+    from workflow_lib.model.network import Fingerprinter
+
+    tiny = ModelConfig(channels=[4, 4, 8, 8, 8, 8, 16, 16], dim=8, head_hidden=4, preset="small")
+    torch.manual_seed(0)
+    trained = Fingerprinter(tiny, FrontendConfig())
+    path = tmp_path / "log.pt"
+    save_model(path, trained.state_dict(), tiny, trained.frontend_config, {"epochs": 1})
+
+    cmn = Fingerprinter(tiny, FrontendConfig(compression="log-cmn"))
+    train_mod._load_initial_weights(cmn, path, tiny, cmn.frontend_config)  # same input shape: allowed, said
+    assert all(torch.equal(a, b) for a, b in zip(cmn.state_dict().values(), trained.state_dict().values()))
+    assert "compression 'log' -> 'log-cmn'" in caplog.text
+    # A channel added after the model's own starts with zero weights: the same fingerprints as the model's.
+    two = Fingerprinter(tiny, FrontendConfig(compression="log+log-cmn")).eval()
+    train_mod._load_initial_weights(two, path, tiny, two.frontend_config)
+    wav = torch.randn(3, 8000) * 0.1
+    with torch.inference_mode():
+        assert torch.allclose(two(wav), trained.eval()(wav), atol=1e-6)
+    swapped = Fingerprinter(tiny, FrontendConfig(compression="pcen"))
+    swapped_path = tmp_path / "pcen.pt"
+    save_model(swapped_path, swapped.state_dict(), tiny, swapped.frontend_config, {"epochs": 1})
+    with pytest.raises(ValueError, match="another front end"):  # its channel would not be the first
+        train_mod._load_initial_weights(two, swapped_path, tiny, two.frontend_config)
+    narrow = FrontendConfig(n_mels=128)
+    with pytest.raises(ValueError, match="another front end"):
+        train_mod._load_initial_weights(Fingerprinter(tiny, narrow), path, tiny, narrow)

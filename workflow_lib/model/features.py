@@ -8,9 +8,9 @@ makes the features invariant to the overall gain of the input. The +0.06 floor k
 dominating the log scale (quiet passages map to a flat floor instead of amplified noise).
 
 ``compression`` can replace the log by per-channel energy normalisation (``pcen``: each band divided by its own
-smoothed past, which takes away a static colouring and flattens what only rings on), or give the encoder both as
-two input channels (``log+pcen``). The default stays ``log``; bench/README.md ("The front end and ringing")
-measures the others.
+smoothed past, which takes away a static colouring and flattens what only rings on), or keep the log and remove
+each band's mean over the window (``log-cmn``); ``a+b`` gives the encoder both as two input channels (``log+pcen``,
+``log+log-cmn``). The default stays ``log``; bench/README.md ("The front end and ringing") measures the others.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.config import check_keys
 
 
-COMPRESSIONS = ("log", "pcen", "log+pcen")
+COMPRESSIONS = ("log", "pcen", "log+pcen", "log-cmn", "log+log-cmn")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class FrontendConfig:
     # "log": log10(mel + log_offset), per-sample max removed (NAFP). "pcen": per-channel energy normalisation
     # (Wang et al. 2017, librosa's defaults): each band divided by its own smoothed past (time constant pcen_t_s),
     # which keeps onsets and flattens what only sustains or rings. "log+pcen": both, as two input channels.
+    # "log-cmn": log10(mel + log_offset) minus each band's mean over the window (the spectral form of cepstral
+    # mean normalisation): a static colouring goes, as with PCEN, but the log's compression of noise stays and
+    # nothing depends on where the window starts. "log+log-cmn": the log and the band-centred log as two channels.
     compression: str = "log"
     pcen_t_s: float = 0.4
 
@@ -51,7 +54,7 @@ class FrontendConfig:
 
     @property
     def n_channels(self) -> int:
-        return 2 if self.compression == "log+pcen" else 1
+        return len(self.compression.split("+"))
 
     @property
     def n_frames(self) -> int:
@@ -86,6 +89,12 @@ def pcen(mel: torch.Tensor, frames_per_s: float, t_s: float = 0.4, gain: float =
     return (mel / (eps + smooth).pow(gain) + bias).pow(power) - bias ** power
 
 
+def log_mel_band_centred(mel: torch.Tensor, log_offset: float) -> torch.Tensor:
+    """``log10(mel + offset)`` minus each band's mean over the window's frames."""
+    logmel = torch.log10(mel + log_offset)
+    return logmel - logmel.mean(dim=-1, keepdim=True)
+
+
 def log_mel_normalise(mel: torch.Tensor, log_offset: float) -> torch.Tensor:
     """``log10(mel + offset)`` minus each sample's maximum over (freq, time); the maximum bin becomes 0."""
     logmel = torch.log10(mel + log_offset)
@@ -113,9 +122,13 @@ class LogMelFrontend(nn.Module):
         with torch.autocast(device_type=wav.device.type, enabled=False):
             mel = self.mel(wav.float())  # (B, n_mels, n_frames)
             c = self.config
-            if c.compression == "log":
-                return log_mel_normalise(mel, c.log_offset).unsqueeze(1)
-            normalised = pcen(mel, c.sample_rate / c.hop_length, c.pcen_t_s).unsqueeze(1)
-            if c.compression == "pcen":
-                return normalised
-            return torch.cat([log_mel_normalise(mel, c.log_offset).unsqueeze(1), normalised], dim=1)
+            channels = [self._compress(mel, part) for part in c.compression.split("+")]
+            return torch.stack(channels, dim=1)  # (B, channels, n_mels, n_frames)
+
+    def _compress(self, mel: torch.Tensor, kind: str) -> torch.Tensor:
+        c = self.config
+        if kind == "log":
+            return log_mel_normalise(mel, c.log_offset)
+        if kind == "log-cmn":
+            return log_mel_band_centred(mel, c.log_offset)
+        return pcen(mel, c.sample_rate / c.hop_length, c.pcen_t_s)

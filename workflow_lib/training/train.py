@@ -462,18 +462,41 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     return train_meta
 
 
+FIRST_CONV = "encoder.blocks.0.conv_t.weight"  # the only weight whose shape follows the front end's channels
+
+
 def _load_initial_weights(model: Fingerprinter, path: str | Path, model_cfg: ModelConfig,
                           frontend_cfg: FrontendConfig) -> None:
-    """Start from a model file's weights; refuse one of another architecture or front end, naming the difference."""
+    """Start from a model file's weights; refuse one of another architecture or input shape, naming the difference.
+
+    Two front-end changes are allowed, with a warning, because fine-tuning adapts the encoder to them
+    (bench/ablate.py starts front-end variants from the bundled model this way): another ``compression`` with the
+    same channels, and a channel added after the model's own (``log`` -> ``log+log-cmn``): the new channel's
+    first-layer weights start at zero, so the model starts out exactly as it was.
+    """
     payload = read_model_file(path)
     other = ModelConfig.from_dict(payload["model_config"])
     other_fe = FrontendConfig.from_dict(payload["frontend_config"])
     if (other.channels, other.dim, other.head_hidden, other.time_strides) != \
-            (model_cfg.channels, model_cfg.dim, model_cfg.head_hidden, model_cfg.time_strides) or other_fe != frontend_cfg:
+            (model_cfg.channels, model_cfg.dim, model_cfg.head_hidden, model_cfg.time_strides):
         raise ValueError(f"train.init: {path} is a {other.preset} model with channels {other.channels}, dim "
                          f"{other.dim}; this run trains {model_cfg.preset} with channels {model_cfg.channels}, dim "
                          f"{model_cfg.dim}: use the same model settings to fine-tune it, or train.init: none")
-    model.load_state_dict(payload["state_dict"])
+    differ = {k: (v, getattr(frontend_cfg, k)) for k, v in vars(other_fe).items() if getattr(frontend_cfg, k) != v}
+    added = frontend_cfg.compression.split("+")[:other_fe.n_channels] == other_fe.compression.split("+")
+    if set(differ) - {"compression", "pcen_t_s"} or (other_fe.n_channels != frontend_cfg.n_channels and not added):
+        raise ValueError(f"train.init: {path} was trained on another front end ({differ}, in "
+                         f"{other_fe.n_channels} channel(s)); its weights do not fit this run's input")
+    state = dict(payload["state_dict"])
+    if other_fe.n_channels < frontend_cfg.n_channels:
+        w = state[FIRST_CONV]
+        grown = w.new_zeros((w.shape[0], frontend_cfg.n_channels, *w.shape[2:]))
+        grown[:, :other_fe.n_channels] = w
+        state[FIRST_CONV] = grown
+    model.load_state_dict(state)
+    if differ:
+        log.warning("train.init: %s was trained on another front end (%s); fine-tuning adapts it to this one",
+                    path, ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items()))
     log.info("starting from the weights of %s (model %s)", path, model_checksum(path))
 
 
