@@ -28,32 +28,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torchaudio
 from scipy import signal
 
 from workflow_lib import SAMPLE_RATE as SR, SEGMENT_SAMPLES
 from workflow_lib.audio.files import AudioDecodeError, load_audio
 from workflow_lib.data.acoustics import resonant_response, stochastic_tail
-from workflow_lib.model.features import FrontendConfig, LogMelFrontend, log_mel_band_centred, log_mel_normalise
+from workflow_lib.model.features import (FrontendConfig, LogMelFrontend, log_mel_band_centred, log_mel_normalise,
+                                          pcen)
 
 PRE_S = 2.0  # run-up before each window, so reverberation has a past
 SHIFT_FRAMES = 8  # 0.25 s at 32 frames per second
 N_FRAMES = FrontendConfig().n_frames
-
-
-def pcen_from(mel: torch.Tensor, frames_per_s: float, t_s: float, start: str, floor: float = 0.0,
-              gain: float = 0.98, bias: float = 2.0, power: float = 0.5) -> torch.Tensor:
-    """PCEN with a choice of where the smoother starts: ``first`` frame (librosa) or each band's ``mean`` over the
-    window; ``floor``: the smoothed level is kept above this share of the window's loudest smoothed band."""
-    t_frames = t_s * frames_per_s
-    b = ((1 + 4 * t_frames ** 2) ** 0.5 - 1) / (2 * t_frames ** 2)
-    init = mel[..., :1] if start == "first" else mel.mean(dim=-1, keepdim=True)
-    a_coeffs = torch.tensor([1.0, b - 1.0], dtype=mel.dtype)
-    b_coeffs = torch.tensor([b, 0.0], dtype=mel.dtype)
-    smooth = torchaudio.functional.lfilter(mel - init, a_coeffs, b_coeffs, clamp=False) + init
-    if floor > 0:
-        smooth = torch.maximum(smooth, floor * smooth.amax(dim=(-2, -1), keepdim=True))
-    return (mel / (1e-6 + smooth).pow(gain) + bias).pow(power) - bias ** power
 
 
 def front_ends() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -73,9 +58,9 @@ def front_ends() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
 
     out = {"log (shipped)": log, "log delta": delta, "log, band mean removed": log_cmn}
     for t in (0.4, 0.1):
-        out[f"pcen {t} s, first frame"] = lambda w, t=t: pcen_from(mel(w), fps, t, "first")
-        out[f"pcen {t} s, band mean"] = lambda w, t=t: pcen_from(mel(w), fps, t, "mean")
-    out["pcen 0.4 s, band mean, floor -30 dB"] = lambda w: pcen_from(mel(w), fps, 0.4, "mean", 10 ** -1.5)
+        out[f"pcen {t} s, first frame"] = lambda w, t=t: pcen(mel(w), fps, t)
+        out[f"pcen {t} s, band mean"] = lambda w, t=t: pcen(mel(w), fps, t, start="mean")
+    out["pcen 0.4 s, band mean, floor -30 dB"] = lambda w: pcen(mel(w), fps, 0.4, start="mean", floor=10 ** -1.5)
     return out
 
 

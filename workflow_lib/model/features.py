@@ -75,17 +75,21 @@ class FrontendConfig:
 
 
 def pcen(mel: torch.Tensor, frames_per_s: float, t_s: float = 0.4, gain: float = 0.98, bias: float = 2.0,
-         power: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
+         power: float = 0.5, eps: float = 1e-6, start: str = "first", floor: float = 0.0) -> torch.Tensor:
     """Per-channel energy normalisation of ``(..., n_mels, n_frames)`` magnitudes: ``(E / (eps + M)^gain + bias)^power
-    - bias^power`` with ``M`` a first-order low-pass of ``E`` along time, started at the first frame (librosa's
-    smoothing coefficient for the time constant)."""
+    - bias^power`` with ``M`` a first-order low-pass of ``E`` along time (librosa's smoothing coefficient for the
+    time constant), started at the ``first`` frame (librosa; the front end's) or at each band's ``mean`` over the
+    window. ``floor`` > 0 keeps ``M`` above that share of the window's loudest smoothed level. The last two are
+    variants that bench/frontend_invariance.py screens."""
     t_frames = t_s * frames_per_s
     b = ((1 + 4 * t_frames ** 2) ** 0.5 - 1) / (2 * t_frames ** 2)
-    first = mel[..., :1]
+    init = mel[..., :1] if start == "first" else mel.mean(dim=-1, keepdim=True)
     a_coeffs = torch.tensor([1.0, b - 1.0], dtype=mel.dtype, device=mel.device)
     b_coeffs = torch.tensor([b, 0.0], dtype=mel.dtype, device=mel.device)
-    # lfilter starts from rest: filter the difference from the first frame, then add it back (unit DC gain).
-    smooth = torchaudio.functional.lfilter(mel - first, a_coeffs, b_coeffs, clamp=False) + first
+    # lfilter starts from rest: filter the difference from the start level, then add it back (unit DC gain).
+    smooth = torchaudio.functional.lfilter(mel - init, a_coeffs, b_coeffs, clamp=False) + init
+    if floor > 0:
+        smooth = torch.maximum(smooth, floor * smooth.amax(dim=(-2, -1), keepdim=True))
     return (mel / (eps + smooth).pow(gain) + bias).pow(power) - bias ** power
 
 

@@ -133,7 +133,7 @@ class DivisionHead(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Front-end features ``(B, C, F, T)`` (C = 1; 2 for log-mel + PCEN) -> L2-normalised embedding ``(B, dim)``."""
+    """Front-end features ``(B, C, F, T)`` (C: the front end's channels) -> L2-normalised embedding ``(B, dim)``."""
 
     def __init__(self, config: ModelConfig, input_shape: tuple[int, int] = (256, 32), in_channels: int = 1):
         super().__init__()
