@@ -54,6 +54,9 @@ VARIANTS: dict[str, dict] = {
     # more resonant spaces, speed views at the recipe's share: a second fine-tuning stage that wins back the speed
     # change the one above gave up
     "resonant-more": {"resonant_share": 0.6},
+    # with the two-channel front end of the same name (FRONTENDS): half the pairs lose the log channel, so the
+    # band-centred one has to learn to carry a match (fine-tune the bundled model with --init)
+    "log-logcmn-drop": {"first_channel_drop_prob": 0.5},
     # every new component off: the old chain on the new data and impulse-response bank
     "old-chain": {"resonant_share": 0.0, "max_ir_s": 1.0, "device_ir_prob": 0.0, "eq_bands": [1, 1],
                   "eq_gain_db": [-12.0, 12.0], "eq_prob": 0.5, "codec_prob": 0.0, "speed_prob": 0.0,
@@ -71,6 +74,7 @@ FRONTENDS: dict[str, dict] = {
     # both, as two channels; meant for fine-tuning the bundled model (--init): its weights for the log channel, zero
     # for the new one, so the start is the bundled model itself
     "log-logcmn": {"compression": "log+log-cmn"},
+    "log-logcmn-drop": {"compression": "log+log-cmn"},
 }
 
 

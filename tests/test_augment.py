@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from workflow_lib.training.augment import (FILTER_SETTLE, AugmentConfig, ViewParams, apply_biquads, biquad_coefficients,
-                                  compress, degrade, mask_spectrogram, mix_at_snr, reverberate, sample_view_params)
+                                  compress, degrade, drop_first_channel, mask_spectrogram, mix_at_snr, reverberate,
+                                  sample_view_params)
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.training.data import ViewSource, prefetch
 
@@ -156,6 +157,15 @@ def test_mask_spectrogram():
     assert torch.equal(out[2], spec[2])
 
 
+def test_drop_first_channel_zeroes_only_the_first_channel_of_the_chosen_views():
+    spec = torch.rand(3, 2, 8, 4, generator=torch.Generator().manual_seed(0)) + 1.0
+    out = drop_first_channel(spec, torch.tensor([True, False, True]))
+    assert torch.all(out[[0, 2], 0] == 0) and torch.equal(out[[0, 2], 1], spec[[0, 2], 1])
+    assert torch.equal(out[1], spec[1])
+    with pytest.raises(ValueError, match="two or more channels"):
+        drop_first_channel(spec[:, :1], torch.tensor([True, False, True]))
+
+
 def test_sampled_masks_fit_inside_the_spectrogram():
     p = sample_view_params(np.random.default_rng(3), 500, AugmentConfig(time_mask_prob=1, freq_mask_prob=0.5))
     assert np.all(p.time_mask[:, 1] >= 1) and np.all(p.time_mask.sum(1) <= 32)
@@ -239,6 +249,21 @@ def test_clean_anchors_are_on_grid_and_undegraded(banks):
     assert np.all(np.isinf(pair.params.snr_db[:n])) and np.all(pair.irs[:n, 1:] == 0)
     assert np.all(pair.params.time_mask[:n] == 0) and np.all(pair.params.time_mask[n:, 1] > 0)
     assert np.isfinite(pair.params.snr_db[n:]).all()
+
+
+def test_the_first_channel_is_dropped_from_both_views_of_a_pair_and_the_views_stay_as_they_were(banks):
+    songs, noise, irs = banks
+    rows = np.tile(np.arange(8), 50)
+    plain = ViewSource(songs, noise, irs, AugmentConfig()).pairs(np.random.default_rng(0), rows)
+    assert plain.first_channel_off is None
+    dropped = ViewSource(songs, noise, irs, AugmentConfig(first_channel_drop_prob=0.5)).pairs(
+        np.random.default_rng(0), rows)
+    np.testing.assert_array_equal(dropped.audio, plain.audio)  # drawn last: the views are those of a run without
+    np.testing.assert_array_equal(dropped.noise, plain.noise)
+    off = dropped.first_channel_off
+    n = len(rows)
+    assert off.shape == (2 * n,) and np.array_equal(off[:n], off[n:])
+    assert 0.4 < off[:n].mean() < 0.6
 
 
 def test_views_without_noise_or_ir_banks(banks):

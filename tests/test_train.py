@@ -365,3 +365,28 @@ def test_fine_tuning_may_change_the_compression_or_add_a_channel_but_not_the_inp
     narrow = FrontendConfig(n_mels=128)
     with pytest.raises(ValueError, match="another front end"):
         train_mod._load_initial_weights(Fingerprinter(tiny, narrow), path, tiny, narrow)
+
+
+def test_pairs_without_the_first_channel_train_only_the_second(banks, tmp_path):
+    from workflow_lib.model.features import FrontendConfig
+    from workflow_lib.model.network import Fingerprinter
+    from workflow_lib.training.data import ViewSource
+
+    log_only = TrainConfig(**{**CFG.__dict__, "augment": AugmentConfig(max_ir_s=0.05, first_channel_drop_prob=0.5)})
+    with pytest.raises(ValueError, match="two or more channels"):
+        run(banks, tmp_path, log_only)
+    # Every pair without the log channel: no gradient reaches its first-layer weights, plenty reaches the other's.
+    augment = AugmentConfig(max_ir_s=0.05, first_channel_drop_prob=1.0)
+    src = ViewSource(ClipBank(banks / "train"), ClipBank(banks / "noise"), ClipBank(banks / "irs"), augment)
+    torch.manual_seed(0)
+    model = Fingerprinter(TINY, FrontendConfig(compression="log+log-cmn"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the step leaves the weights; the gradients stay
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    views = src.pairs(np.random.default_rng(0), np.arange(8))
+    loss = train_mod.train_step(model, views, optimizer, scheduler, scaler, 0.1, torch.device("cpu"),
+                                {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": False})
+    assert math.isfinite(loss)
+    grad = dict(model.named_parameters())["encoder.blocks.0.conv_t.weight"].grad
+    assert grad.shape[1] == 2
+    assert torch.all(grad[:, 0] == 0) and grad[:, 1].abs().sum() > 0

@@ -64,6 +64,11 @@ class AugmentConfig:
     freq_mask_prob: float = 0.3
     freq_mask_bins: int = 40  # widest frequency mask, in mel bands (of 256)
     clean_anchor_prob: float = 0.0  # share of pairs whose anchor is the clean on-grid segment
+    # Share of pairs whose two views both lose the front end's first channel (zeroed). For a two-channel front end
+    # (log+log-cmn): those pairs must be told apart on the second channel alone, so it learns to carry identity
+    # instead of being ignored beside the first. Both views of a pair together, so no view is asked to match
+    # itself with and without the channel.
+    first_channel_drop_prob: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -316,6 +321,16 @@ def degrade(audio: torch.Tensor, irs: torch.Tensor, noise: torch.Tensor, params:
                                                sample_rate=sample_rate))
     filtered = apply_biquads(mixed, filters)
     return set_peak_db(filtered[..., -out_len:], params.gain_db)
+
+
+def drop_first_channel(spec: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """Zero the first input channel of the views of a batch (B, C, F, T) where ``off`` (B,) is true."""
+    if spec.shape[1] < 2:
+        raise ValueError("dropping the first channel needs a front end of two or more channels, got "
+                         f"{spec.shape[1]}")
+    first = torch.arange(spec.shape[1], device=spec.device) == 0
+    hit = off.to(spec.device, torch.bool)[:, None] & first[None, :]
+    return torch.where(hit[:, :, None, None], torch.zeros((), dtype=spec.dtype, device=spec.device), spec)
 
 
 def mask_spectrogram(spec: torch.Tensor, time_mask: torch.Tensor, freq_mask: torch.Tensor) -> torch.Tensor:

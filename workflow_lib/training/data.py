@@ -149,13 +149,16 @@ class ViewBatch:
     noise: np.ndarray  # (B, segment + FILTER_SETTLE) float32
     params: ViewParams
     device_irs: np.ndarray | None = None  # (B, device_len) float32: playback device (unit impulse: none)
+    first_channel_off: np.ndarray | None = None  # (B,) bool: the front end's first channel is zeroed
 
     @staticmethod
     def concat(parts: list["ViewBatch"]) -> "ViewBatch":
-        dev = [p.device_irs for p in parts]
+        def joined(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
         return ViewBatch(np.concatenate([p.audio for p in parts]), np.concatenate([p.irs for p in parts]),
                          np.concatenate([p.noise for p in parts]), ViewParams.concat([p.params for p in parts]),
-                         None if any(d is None for d in dev) else np.concatenate(dev))
+                         joined([p.device_irs for p in parts]), joined([p.first_channel_off for p in parts]))
 
 
 def _kind_rows(irs: ClipBank | None) -> dict[str, np.ndarray]:
@@ -300,9 +303,14 @@ class ViewSource:
         """Anchors then positives: two independently jittered and degraded views of each segment (2B views).
 
         With ``clean_anchor_prob`` > 0 that share of anchors is the clean on-grid segment instead (NAFP's
-        original-vs-replica pairs)."""
+        original-vs-replica pairs). With ``first_channel_drop_prob`` > 0 that share of pairs has the front end's
+        first channel dropped from both views (drawn last, so the views are those of a run without it)."""
         clean = rng.random(len(rows)) < self.cfg.clean_anchor_prob if self.cfg.clean_anchor_prob > 0 else None
-        return ViewBatch.concat([self.views(rng, rows, clean), self.views(rng, rows)])
+        batch = ViewBatch.concat([self.views(rng, rows, clean), self.views(rng, rows)])
+        if self.cfg.first_channel_drop_prob > 0:
+            off = rng.random(len(rows)) < self.cfg.first_channel_drop_prob
+            batch.first_channel_off = np.concatenate([off, off])
+        return batch
 
     def epoch_batches(self, rng: np.random.Generator, batch_pairs: int, start: int = 0,
                       rng_state: dict | None = None) -> Iterator[tuple[ViewBatch, dict]]:

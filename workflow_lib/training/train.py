@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import atomic_path, remove_stale_temporaries
-from workflow_lib.training.augment import AugmentConfig, ViewParams, degrade, mask_spectrogram
+from workflow_lib.training.augment import AugmentConfig, ViewParams, degrade, drop_first_channel, mask_spectrogram
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.training.losses import nt_xent
@@ -206,6 +206,8 @@ def train_step(model: Fingerprinter, views: ViewBatch, optimizer: torch.optim.Op
     wav, params = degrade_views(views, device)
     with torch.autocast(**autocast):
         spec = mask_spectrogram(model.frontend(wav), params.time_mask, params.freq_mask)
+        if views.first_channel_off is not None:
+            spec = drop_first_channel(spec, torch.from_numpy(views.first_channel_off))
         z = model.encoder(spec)
         half = len(z) // 2
         loss = nt_xent(z[:half], z[half:], temperature)
@@ -297,6 +299,9 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     autocast = {"device_type": device.type, "dtype": amp_dtype, "enabled": use_amp}
     checkpoint_path = Path(checkpoint_path)
 
+    if cfg.augment.first_channel_drop_prob > 0 and frontend_cfg.n_channels < 2:
+        raise ValueError(f"train.augment.first_channel_drop_prob needs a front end of two or more channels "
+                         f"(e.g. compression log+log-cmn); {frontend_cfg.compression!r} has one")
     train_songs, val_songs = ClipBank(train_bank), ClipBank(val_bank)
     noise = ClipBank(noise_bank) if noise_bank else None
     irs = ClipBank(ir_bank) if ir_bank else None
