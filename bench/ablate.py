@@ -75,6 +75,9 @@ FRONTENDS: dict[str, dict] = {
     # for the new one, so the start is the bundled model itself
     "log-logcmn": {"compression": "log+log-cmn"},
     "log-logcmn-drop": {"compression": "log+log-cmn"},
+    # the other way round: fine-tune a band-centred model (--init, e.g. log-cmn's) with the log added as a second
+    # channel, zero weights at the start: it starts where the ringing is held and may take the log where noise needs it
+    "logcmn-log": {"compression": "log-cmn+log"},
 }
 
 

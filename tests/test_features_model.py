@@ -263,6 +263,8 @@ def test_frontend_compressions_and_their_identity():
     centred = LogMelFrontend(FrontendConfig(compression="log+log-cmn"))(wav)
     assert centred.shape == (1, 2, 256, 32) and torch.equal(centred[:, :1], both[:, :1])
     assert torch.equal(centred[:, 1:], LogMelFrontend(FrontendConfig(compression="log-cmn"))(wav))
+    swapped = LogMelFrontend(FrontendConfig(compression="log-cmn+log"))(wav)  # the same channels, other order
+    assert torch.equal(swapped, centred.flip(1))
     # The log front end's identity (recorded with every shard and index) is what it was before PCEN existed.
     assert set(FrontendConfig().to_dict()) == {"sample_rate", "segment_samples", "n_fft", "hop_length", "n_mels",
                                                "f_min", "f_max", "log_offset"}

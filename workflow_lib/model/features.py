@@ -26,7 +26,7 @@ from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.config import check_keys
 
 
-COMPRESSIONS = ("log", "pcen", "log+pcen", "log-cmn", "log+log-cmn")
+COMPRESSIONS = ("log", "pcen", "log+pcen", "log-cmn", "log+log-cmn", "log-cmn+log")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class FrontendConfig:
     # which keeps onsets and flattens what only sustains or rings. "log+pcen": both, as two input channels.
     # "log-cmn": log10(mel + log_offset) minus each band's mean over the window (the spectral form of cepstral
     # mean normalisation): a static colouring goes, as with PCEN, but the log's compression of noise stays and
-    # nothing depends on where the window starts. "log+log-cmn": the log and the band-centred log as two channels.
+    # nothing depends on where the window starts. "log+log-cmn": the log and the band-centred log as two channels;
+    # "log-cmn+log" the same in the other order (a band-centred model fine-tuned with the log added after its own).
     compression: str = "log"
     pcen_t_s: float = 0.4
 
