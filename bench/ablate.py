@@ -15,7 +15,7 @@ fixed in epochs (``train.schedule: epochs``), so every variant takes the same nu
 the machine. A killed variant resumes from its checkpoint; a finished one is skipped. ``--init MODEL`` fine-tunes a
 trained model instead (with ``--lr`` / ``--warmup-epochs`` for its schedule). The variants in ``FRONTENDS`` keep
 the recipe and change the front end instead (``features.FrontendConfig.compression``: PCEN, or log-mel and PCEN
-as two input channels; or the log-mel with each band's mean removed).
+as two input channels; or the log-mel with each band's mean removed). A name in both tables takes both.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ VARIANTS: dict[str, dict] = {
     # with the two-channel front end of the same name (FRONTENDS): half the pairs lose the log channel, so the
     # band-centred one has to learn to carry a match (fine-tune the bundled model with --init)
     "log-logcmn-drop": {"first_channel_drop_prob": 0.5},
+    # with the front end of the same name: the band-centred model given the log, and twice the resonant views
+    "logcmn-log-resonant": {"resonant_share": 0.6},
     # every new component off: the old chain on the new data and impulse-response bank
     "old-chain": {"resonant_share": 0.0, "max_ir_s": 1.0, "device_ir_prob": 0.0, "eq_bands": [1, 1],
                   "eq_gain_db": [-12.0, 12.0], "eq_prob": 0.5, "codec_prob": 0.0, "speed_prob": 0.0,
@@ -78,6 +80,7 @@ FRONTENDS: dict[str, dict] = {
     # the other way round: fine-tune a band-centred model (--init, e.g. log-cmn's) with the log added as a second
     # channel, zero weights at the start: it starts where the ringing is held and may take the log where noise needs it
     "logcmn-log": {"compression": "log-cmn+log"},
+    "logcmn-log-resonant": {"compression": "log-cmn+log"},
 }
 
 
