@@ -390,3 +390,13 @@ def test_pairs_without_the_first_channel_train_only_the_second(banks, tmp_path):
     grad = dict(model.named_parameters())["encoder.blocks.0.conv_t.weight"].grad
     assert grad.shape[1] == 2
     assert torch.all(grad[:, 0] == 0) and grad[:, 1].abs().sum() > 0
+
+
+def test_a_run_killed_before_an_augmentation_option_existed_keeps_its_fingerprint():
+    from workflow_lib.model.features import FrontendConfig
+    from workflow_lib.training.train import run_fingerprint
+
+    # The value the code of 2026-12-01 (before first_channel_drop_prob) computed for this configuration.
+    assert run_fingerprint(CFG, TINY, FrontendConfig(), "data") == "ed5218c1428e6d7b"
+    dropped = TrainConfig(**{**CFG.__dict__, "augment": AugmentConfig(max_ir_s=0.05, first_channel_drop_prob=0.5)})
+    assert run_fingerprint(dropped, TINY, FrontendConfig(), "data") != "ed5218c1428e6d7b"

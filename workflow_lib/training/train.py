@@ -48,6 +48,9 @@ METRIC_COLUMNS = ["epoch", "steps", "train_loss", "val_loss", "val_top1", "val_n
 # Settings that only affect how/where a run executes, not what it computes: changing them keeps the checkpoint.
 LOG_EVERY_S = 120.0
 RUNTIME_KEYS = {"device", "max_minutes", "amp", "patience", "eval_batch", "checkpoint_minutes"}
+# Augmentation options added after checkpoints existed, with the value that leaves training as it was: at that
+# value they stay out of a run's fingerprint, so a run killed before the option existed still resumes.
+ADDED_AUGMENT_KEYS = {"first_channel_drop_prob": 0.0}
 
 
 class CheckpointError(RuntimeError):
@@ -154,6 +157,8 @@ def run_fingerprint(cfg: TrainConfig, model_cfg: ModelConfig, frontend_cfg: Fron
                     data_digest: str) -> str:
     """Identity of a training run: a checkpoint is only resumed by a run with the same fingerprint."""
     train_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
+    train_cfg["augment"] = {k: v for k, v in train_cfg["augment"].items()
+                            if not (k in ADDED_AUGMENT_KEYS and v == ADDED_AUGMENT_KEYS[k])}
     blob = json.dumps({"train": train_cfg, "model": model_cfg.to_dict(), "frontend": frontend_cfg.to_dict(),
                        "data": data_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
