@@ -334,10 +334,10 @@ def drop_first_channel(spec: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
 
 
 def mask_spectrogram(spec: torch.Tensor, time_mask: torch.Tensor, freq_mask: torch.Tensor) -> torch.Tensor:
-    """Per-view time and frequency masks on a log-mel batch (B, 1, F, T).
+    """Per-view time and frequency masks on a front-end batch (B, C, F, T), the same cells in every channel.
 
     ``time_mask`` / ``freq_mask`` are (B, 2) ``[start, width]`` (width 0: none). Masked cells take the view's
-    minimum, i.e. they look like a dropout or a band with no energy, rather than the loudest bin.
+    minimum (per channel), i.e. they look like a dropout or a band with no energy, rather than the loudest bin.
     """
     b, _, f, t = spec.shape
     t_idx = torch.arange(t, device=spec.device)
