@@ -117,7 +117,7 @@ def _model_file():
     if path is None:
         return PATHS["model"]
     if not path.is_file():
-        raise WorkflowError(f"config model.source: {source} names no model file ({path}); use train, bundled or "
+        raise WorkflowError(f"config model.source: {source} names no model file ({path}); use train, bundled, bundled-pair or "
                             "the path of a model.pt")
     _verify(path)
     return str(path)

@@ -284,3 +284,50 @@ def test_a_two_channel_model_file_round_trips(tmp_path):
     with torch.inference_mode():
         assert torch.equal(loaded(wav), model(wav))
     assert loaded.frontend_config.compression == "log+pcen"
+
+
+def test_an_ensemble_scores_by_the_weighted_mean_of_its_members_cosines(tmp_path):
+    from workflow_lib.model.model_file import ENSEMBLE_FORMAT, save_ensemble
+
+    torch.manual_seed(4)
+    a = Fingerprinter(TINY).eval()
+    b = Fingerprinter(TINY, FrontendConfig(compression="log-cmn")).eval()
+    pa, pb, pe = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "ens.pt"
+    for m, p in ((a, pa), (b, pb)):
+        save_model(p, m.state_dict(), m.model_config, m.frontend_config, {"epochs": 1})
+    save_ensemble(pe, [pa, pb], [0.7, 0.3], {"note": "test"})
+    assert torch.load(pe, weights_only=True)["format"] == ENSEMBLE_FORMAT
+    ens = load_fingerprinter(pe)
+    assert ens.dim == 16 and not ens.training
+    wav = torch.randn(4, 8000) * 0.1
+    with torch.inference_mode():
+        z, za, zb = ens(wav), a(wav), b(wav)
+    assert torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(z @ z.T, 0.7 * (za @ za.T) + 0.3 * (zb @ zb.T), atol=1e-5)
+    # its identity names both front ends and the weights: fingerprints of another mix are not interchangeable
+    ident = ens.frontend_config.to_dict()
+    assert ident["weights"] == [0.7, 0.3] and ident["ensemble"][1]["compression"] == "log-cmn"
+    # a single-model reader refuses it by name (fine-tuning starts from one of its members, not from it)
+    with pytest.raises(ModelFileError, match="ensemble of 2 models"):
+        read_model_file(pe)
+
+
+def test_an_ensemble_file_is_checked_before_it_is_written_and_when_it_is_read(saved_model, tmp_path):
+    from workflow_lib.model.model_file import save_ensemble
+
+    _, path = saved_model
+    out = tmp_path / "ens.pt"
+    with pytest.raises(ValueError, match="sum to 1"):
+        save_ensemble(out, [path, path], [0.5, 0.6])
+    with pytest.raises(ValueError, match="at least two"):
+        save_ensemble(out, [path], [1.0])
+    with pytest.raises(ModelFileError, match="not found"):
+        save_ensemble(out, [path, tmp_path / "missing.pt"], [0.5, 0.5])
+    assert not out.exists()
+    save_ensemble(out, [path, path], [0.5, 0.5])
+    payload = torch.load(out, weights_only=True)
+    payload["members"][1]["model_config"]["channels"] = [8] * 8
+    broken = tmp_path / "broken.pt"
+    torch.save(payload, broken)
+    with pytest.raises(ModelFileError, match=r"broken.pt \(member 1\).*do not match"):
+        load_fingerprinter(broken)

@@ -71,3 +71,26 @@ def test_the_bundled_model_file_matches_its_recorded_checksum():
 
     recorded = (BUNDLED_MODEL.parent / (BUNDLED_MODEL.name + ".sha256")).read_text().split()[0]
     assert hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest() == recorded
+
+
+def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
+    """`--model bundled-pair`: both bundled networks searched as one, through the same DAG and `nafp query`."""
+    generate_demo_corpus(tmp_path / "corpus", 4, 20.0, seed=12)
+    r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db"), "--cores", "2",
+             "--queries-per-length", "10", "--model", "bundled-pair", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((tmp_path / "db" / "index" / "index.json").read_text())
+    assert info["dim"] == 256 and info["frontend"]["weights"] == [0.5, 0.5]
+    from workflow_lib.cli.index import PAIR_LISTEN_MAX_FPR
+    from workflow_lib.common.config import run_config
+    # the pair's own operating point for `nafp scan` / `listen`, recorded with the folder's settings
+    assert run_config(tmp_path / "db")[0]["listen"]["max_fpr"] == PAIR_LISTEN_MAX_FPR
+    songs = pd.read_parquet(tmp_path / "db" / "manifest" / "songs.parquet")
+    clips = []
+    for i, row in enumerate(songs.itertuples()):
+        clip = tmp_path / f"clip{i}.wav"
+        write_audio(clip, load_audio(row.path)[int((3 + 2 * i) * SAMPLE_RATE):int((8 + 2 * i) * SAMPLE_RATE)])
+        clips.append((clip, row.song_id))
+    q = nafp("query", *[str(c) for c, _ in clips], "--results", str(tmp_path / "db"), "--json", cwd=tmp_path)
+    assert q.returncode == 0, q.stderr[-2000:]
+    assert [json.loads(line)["best_guess"]["song_id"] for line in q.stdout.splitlines()] == [s for _, s in clips]

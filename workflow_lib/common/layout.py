@@ -7,10 +7,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_MODEL = REPO / "models" / "nafp-small.pt"
+# The models shipped in models/ (see models/README.md), by the name model.source and `nafp index --model` take:
+# "bundled" the log-mel model (the default: fastest), "bundled-pair" it and a band-centred model searched as one
+# (twice the compute, better in resonant spaces and noisy rooms).
+BUNDLED_MODELS = {"bundled": BUNDLED_MODEL, "bundled-pair": REPO / "models" / "nafp-small-pair.pt"}
 
 
 def is_bundled(path: str | Path) -> bool:
-    return Path(path).resolve() == BUNDLED_MODEL.resolve()
+    return Path(path).resolve() in {p.resolve() for p in BUNDLED_MODELS.values()}
 
 
 def model_source_path(source: str, run_dir: str | Path) -> Path | None:
@@ -18,8 +22,8 @@ def model_source_path(source: str, run_dir: str | Path) -> Path | None:
     (relative paths are relative to the run directory, as in the workflow)."""
     if source == "train":
         return None
-    if source == "bundled":
-        return BUNDLED_MODEL
+    if source in BUNDLED_MODELS:
+        return BUNDLED_MODELS[source]
     p = Path(source)
     return p if p.is_absolute() else Path(run_dir) / p
 

@@ -14,10 +14,12 @@ import torch
 
 from workflow_lib.audio.segments import check_framing
 from workflow_lib.common.atomic import atomic_path, file_digest
+from workflow_lib.model.ensemble import EnsembleFingerprinter, check_weights
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.model.network import Fingerprinter, ModelConfig
 
 MODEL_FORMAT = "nafp-model/1"
+ENSEMBLE_FORMAT = "nafp-ensemble/1"
 
 
 class ModelFileError(RuntimeError):
@@ -43,38 +45,93 @@ def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], model_conf
         torch.save(payload, tmp)
 
 
-def read_model_file(path: str | Path) -> dict[str, Any]:
-    """The validated payload dict of a model file."""
-    path = Path(path)
+def _load_payload(path: Path) -> Any:
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found (train one with `snakemake ... results/model/model.pt`)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, disallowed pickled objects...
         raise ModelFileError(f"{path}: not a readable model file, it may be corrupt or truncated ({exc})") from exc
+
+
+def _check_model_payload(payload: Any, where: str) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ModelFileError(f"{path}: not a {MODEL_FORMAT} model file (format: {found!r})")
+        raise ModelFileError(f"{where}: not a {MODEL_FORMAT} model file (format: {found!r})")
     missing = {"state_dict", "model_config", "frontend_config", "train_meta"} - set(payload)
     if missing:
-        raise ModelFileError(f"{path}: model file lacks {sorted(missing)}")
+        raise ModelFileError(f"{where}: model file lacks {sorted(missing)}")
     fe = payload["frontend_config"] if isinstance(payload["frontend_config"], dict) else {}
     try:
-        check_framing(str(path), fe.get("sample_rate"), fe.get("segment_samples"))
+        check_framing(where, fe.get("sample_rate"), fe.get("segment_samples"))
     except ValueError as exc:
         raise ModelFileError(str(exc)) from None
     return payload
 
 
-def load_fingerprinter(path: str | Path, device: str | torch.device = "cpu") -> Fingerprinter:
-    """The ready ``Fingerprinter`` (front end + encoder) in eval mode on ``device``."""
-    payload = read_model_file(path)
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """The validated payload dict of a (single) model file; an ensemble file is refused with a clear message."""
+    path = Path(path)
+    payload = _load_payload(path)
+    if isinstance(payload, dict) and payload.get("format") == ENSEMBLE_FORMAT:
+        raise ModelFileError(f"{path}: an ensemble of {len(payload.get('members', []))} models, not a single "
+                             "model (use one of the models it was made from here)")
+    return _check_model_payload(payload, str(path))
+
+
+def _read_ensemble(path: Path, payload: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[float, ...]]:
+    members = payload.get("members")
+    if not isinstance(members, list):
+        raise ModelFileError(f"{path}: ensemble file lacks its member models")
+    checked = [_check_model_payload(m, f"{path} (member {i})") for i, m in enumerate(members)]
+    try:
+        weights = check_weights(payload.get("weights") or [], len(checked))
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    return checked, weights
+
+
+def save_ensemble(path: str | Path, member_paths: list[str | Path], weights: list[float],
+                  meta: dict[str, Any] | None = None) -> None:
+    """Write an ensemble model file (``nafp-ensemble/1``) holding the given model files whole, atomically. The
+    ensemble is built once first, so members that would not load, or would not fit together (framing, weights),
+    are refused here rather than when the file is used."""
+    members = [read_model_file(p) for p in member_paths]
+    try:
+        EnsembleFingerprinter([_fingerprinter_from(m, str(p)) for m, p in zip(members, member_paths)], weights)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    meta = json.loads(json.dumps(meta or {}))
+    meta["members"] = [{"file": Path(p).name, "checksum": model_checksum(p)} for p in member_paths]
+    payload = {"format": ENSEMBLE_FORMAT, "members": members, "weights": [float(w) for w in weights],
+               "train_meta": meta}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _fingerprinter_from(payload: dict[str, Any], where: str) -> Fingerprinter:
     try:
         model = Fingerprinter(ModelConfig.from_dict(payload["model_config"]),
                               FrontendConfig.from_dict(payload["frontend_config"]))
         model.load_state_dict(payload["state_dict"])
     except (ValueError, TypeError, RuntimeError) as exc:
-        raise ModelFileError(f"{path}: weights do not match the stored model config ({exc})") from exc
+        raise ModelFileError(f"{where}: weights do not match the stored model config ({exc})") from exc
+    return model
+
+
+def load_fingerprinter(path: str | Path, device: str | torch.device = "cpu") -> Fingerprinter | EnsembleFingerprinter:
+    """The ready fingerprinter (front end + encoder, or an ensemble of them) in eval mode on ``device``."""
+    path = Path(path)
+    payload = _load_payload(path)
+    if isinstance(payload, dict) and payload.get("format") == ENSEMBLE_FORMAT:
+        members, weights = _read_ensemble(path, payload)
+        models = [_fingerprinter_from(m, f"{path} (member {i})") for i, m in enumerate(members)]
+        try:
+            model: Fingerprinter | EnsembleFingerprinter = EnsembleFingerprinter(models, weights)
+        except ValueError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
+    else:
+        model = _fingerprinter_from(_check_model_payload(payload, str(path)), str(path))
     return model.to(device).eval()
 
 
