@@ -117,8 +117,8 @@ def _model_file():
     if path is None:
         return PATHS["model"]
     if not path.is_file():
-        raise WorkflowError(f"config model.source: {source} names no model file ({path}); use train, bundled, bundled-pair or "
-                            "the path of a model.pt")
+        raise WorkflowError(f"config model.source: {source} names no model file ({path}); use train, bundled, "
+                            "bundled-pair or the path of a model file")
     _verify(path)
     return str(path)
 
