@@ -14,7 +14,7 @@ import torch
 
 from workflow_lib.audio.segments import check_framing
 from workflow_lib.common.atomic import atomic_path, file_digest
-from workflow_lib.model.ensemble import EnsembleFingerprinter, check_weights
+from workflow_lib.model.ensemble import EnsembleFingerprinter
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.model.network import Fingerprinter, ModelConfig
 
@@ -79,18 +79,6 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     return _check_model_payload(payload, str(path))
 
 
-def _read_ensemble(path: Path, payload: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[float, ...]]:
-    members = payload.get("members")
-    if not isinstance(members, list):
-        raise ModelFileError(f"{path}: ensemble file lacks its member models")
-    checked = [_check_model_payload(m, f"{path} (member {i})") for i, m in enumerate(members)]
-    try:
-        weights = check_weights(payload.get("weights") or [], len(checked))
-    except ValueError as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
-    return checked, weights
-
-
 def save_ensemble(path: str | Path, member_paths: list[str | Path], weights: list[float],
                   meta: dict[str, Any] | None = None) -> None:
     """Write an ensemble model file (``nafp-ensemble/1``) holding the given model files whole, atomically. The
@@ -124,10 +112,13 @@ def load_fingerprinter(path: str | Path, device: str | torch.device = "cpu") -> 
     path = Path(path)
     payload = _load_payload(path)
     if isinstance(payload, dict) and payload.get("format") == ENSEMBLE_FORMAT:
-        members, weights = _read_ensemble(path, payload)
-        models = [_fingerprinter_from(m, f"{path} (member {i})") for i, m in enumerate(members)]
-        try:
-            model: Fingerprinter | EnsembleFingerprinter = EnsembleFingerprinter(models, weights)
+        members = payload.get("members")
+        if not isinstance(members, list):
+            raise ModelFileError(f"{path}: ensemble file lacks its member models")
+        models = [_fingerprinter_from(_check_model_payload(m, f"{path} (member {i})"), f"{path} (member {i})")
+                  for i, m in enumerate(members)]
+        try:  # the ensemble checks the weights and that the members frame the audio alike
+            model: Fingerprinter | EnsembleFingerprinter = EnsembleFingerprinter(models, payload.get("weights") or [])
         except ValueError as exc:
             raise ModelFileError(f"{path}: {exc}") from None
     else:
