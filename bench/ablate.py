@@ -13,7 +13,8 @@ variant trains on the same songs and responses:
 Each variant is the recipe of ``config/config.yaml`` (``train.augment``) with the overrides below; the schedule is
 fixed in epochs (``train.schedule: epochs``), so every variant takes the same number of steps whatever the load of
 the machine. A killed variant resumes from its checkpoint; a finished one is skipped. ``--init MODEL`` fine-tunes a
-trained model instead (with ``--lr`` / ``--warmup-epochs`` for its schedule). The variants in ``FRONTENDS`` keep
+trained model instead (with ``--lr`` / ``--warmup-epochs`` for its schedule); ``--partner MODEL`` trains it
+as the second member of an ensemble with MODEL held fixed (``training.partner``). The variants in ``FRONTENDS`` keep
 the recipe and change the front end instead (``features.FrontendConfig.compression``: PCEN, or log-mel and PCEN
 as two input channels; or the log-mel with each band's mean removed). A name in both tables takes both.
 """
@@ -95,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", help="fine-tune this model file instead of training from scratch")
     ap.add_argument("--lr", type=float, help="learning rate (default: the config's)")
     ap.add_argument("--warmup-epochs", type=float, help="warm-up in epochs (default: the config's)")
+    ap.add_argument("--partner", help="train each variant as the second member of an ensemble with this model file "
+                                      "(fixed; training.partner)")
+    ap.add_argument("--partner-weight", type=float, default=0.5,
+                    help="the trained model's weight in that ensemble (default 0.5)")
     args = ap.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
     base = {k: v for k, v in cfg["train"].items() if k not in RULE_KEYS}
@@ -111,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         augment = VARIANTS.get(name, {})
         train = dict(base, augment=dict(base["augment"], **augment))
-        (out / "recipe.json").write_text(json.dumps(dict(train, init=args.init), indent=1))
+        (out / "recipe.json").write_text(json.dumps(
+            dict(train, init=args.init, partner=args.partner, partner_weight=args.partner_weight), indent=1))
         log.info("variant %s: %s%s", name, augment or "the full recipe",
                  f", front end {FRONTENDS[name]}" if name in FRONTENDS else "")
         train_model(r / "model" / "audio" / "train", r / "model" / "audio" / "val", r / "noise" / "train",
                     r / "irs" / "train", out / "model.pt", out / "metrics.csv", out / "training_curves.png",
                     out / "checkpoints" / "last.pt", TrainConfig.from_dict(train), model_config_from("small"),
-                    FrontendConfig(**FRONTENDS.get(name, {})), threads=args.threads, init_from=args.init)
+                    FrontendConfig(**FRONTENDS.get(name, {})), threads=args.threads, init_from=args.init,
+                    partner=args.partner, partner_weight=args.partner_weight)
     return 0
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from workflow_lib.model.ensemble import EnsembleFingerprinter
 from workflow_lib.model.features import FrontendConfig, LogMelFrontend
 from workflow_lib.model.network import (DivisionHead, Encoder, Fingerprinter, ModelConfig, count_parameters, elu,
                                 model_config_from)
@@ -304,6 +305,19 @@ def test_an_ensemble_scores_by_the_weighted_mean_of_its_members_cosines(tmp_path
         z, za, zb = ens(wav), a(wav), b(wav)
     assert torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)
     assert torch.allclose(z @ z.T, 0.7 * (za @ za.T) + 0.3 * (zb @ zb.T), atol=1e-5)
+    # the members share one mel spectrogram (they differ only after it), and get exactly their own fingerprints
+    assert ens.shared_mel
+    calls = []
+    for m in ens.members:
+        m.frontend.mel.register_forward_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        assert torch.equal(ens(wav), torch.cat([za * 0.7 ** 0.5, zb * 0.3 ** 0.5], dim=1))
+    assert len(calls) == 1
+    # members whose mel differs (another band range) each compute their own
+    c = Fingerprinter(TINY, FrontendConfig(f_min=200.0)).eval()
+    mixed = EnsembleFingerprinter([a, c], [0.5, 0.5])
+    with torch.inference_mode():
+        assert not mixed.shared_mel and torch.equal(mixed(wav), torch.cat([za, c(wav)], dim=1) * 0.5 ** 0.5)
     # its identity names both front ends and the weights: fingerprints of another mix are not interchangeable
     ident = ens.frontend_config.to_dict()
     assert ident["weights"] == [0.7, 0.3] and ident["ensemble"][1]["compression"] == "log-cmn"

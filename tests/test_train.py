@@ -400,3 +400,73 @@ def test_a_run_killed_before_an_augmentation_option_existed_keeps_its_fingerprin
     assert run_fingerprint(CFG, TINY, FrontendConfig(), "data") == "ed5218c1428e6d7b"
     dropped = TrainConfig(**{**CFG.__dict__, "augment": AugmentConfig(max_ir_s=0.05, first_channel_drop_prob=0.5)})
     assert run_fingerprint(dropped, TINY, FrontendConfig(), "data") != "ed5218c1428e6d7b"
+
+
+def test_training_beside_a_fixed_partner_scores_the_ensemble_and_leaves_the_partner_as_it_was(banks, tmp_path,
+                                                                                              caplog):
+    from workflow_lib.model.features import FrontendConfig
+    from workflow_lib.model.model_file import model_checksum, save_ensemble
+    from workflow_lib.model.network import Fingerprinter
+    from workflow_lib.training.data import ViewSource
+    from workflow_lib.training.partner import Partner
+
+    one_epoch = TrainConfig(**{**CFG.__dict__, "max_epochs": 1})
+    run(banks, tmp_path / "partner", one_epoch)
+    partner_file = tmp_path / "partner" / "model.pt"
+    before = model_checksum(partner_file)
+
+    # One step: the loss is the NT-Xent of the ensemble's fingerprints; no gradient reaches the partner.
+    fixed = Partner(partner_file, 0.3, FrontendConfig(), torch.device("cpu"))
+    src = ViewSource(ClipBank(banks / "train"), ClipBank(banks / "noise"), ClipBank(banks / "irs"),
+                     AugmentConfig(max_ir_s=0.05))
+    torch.manual_seed(1)
+    member = Fingerprinter(TINY)
+    optimizer = torch.optim.SGD(member.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    autocast = {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": False}
+    seen = {}
+    real = train_mod.nt_xent
+
+    def spy(a, b, t):
+        seen["z"] = torch.cat([a, b]).detach()
+        return real(a, b, t)
+
+    views = src.pairs(np.random.default_rng(0), np.arange(8))
+    train_mod.nt_xent = spy
+    try:
+        train_mod.train_step(member, views, optimizer, scheduler, scaler, 0.1, torch.device("cpu"), autocast, fixed)
+    finally:
+        train_mod.nt_xent = real
+    z = seen["z"]
+    assert z.shape == (16, 16)  # partner's 8 dims, then the member's 8
+    assert torch.allclose(z.norm(dim=1), torch.ones(16), atol=1e-5)
+    assert torch.allclose(z[:, :8].norm(dim=1), torch.full((16,), 0.7 ** 0.5), atol=1e-5)
+    wav, _ = train_mod.degrade_views(views, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.allclose(z[:, :8], fixed.model(wav) * 0.7 ** 0.5, atol=1e-5)
+    assert all(p.grad is None for p in fixed.model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in member.parameters())
+    fixed.ensemble(member).train()
+    assert not fixed.model.model.training  # the partner stays in eval mode whatever its ensemble is set to
+
+    # A whole run: the member alone is written, stamped with its partner; the partner file is untouched.
+    meta = train_model(banks / "train", banks / "val", banks / "noise", banks / "irs", tmp_path / "m" / "model.pt",
+                       tmp_path / "m" / "metrics.csv", tmp_path / "m" / "curves.png",
+                       tmp_path / "m" / "checkpoints" / "last.pt", one_epoch, TINY, partner=partner_file,
+                       partner_weight=0.3)
+    assert meta["partner"] == {"model": before, "weight": 0.3} and model_checksum(partner_file) == before
+    assert load_fingerprinter(tmp_path / "m" / "model.pt").dim == 8
+    save_ensemble(tmp_path / "pair.pt", [partner_file, tmp_path / "m" / "model.pt"], [0.7, 0.3], {})
+    assert load_fingerprinter(tmp_path / "pair.pt").dim == 16
+    # Another weight is another run: its checkpoint is not resumed.
+    with caplog.at_level("WARNING"):
+        train_model(banks / "train", banks / "val", banks / "noise", banks / "irs", tmp_path / "m2" / "model.pt",
+                    tmp_path / "m2" / "metrics.csv", tmp_path / "m2" / "curves.png",
+                    tmp_path / "m" / "checkpoints" / "last.pt", one_epoch, TINY, partner=partner_file,
+                    partner_weight=0.6)
+    assert "different configuration" in caplog.text
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Partner(partner_file, 1.0, FrontendConfig(), torch.device("cpu"))
+    with pytest.raises(ValueError, match="ensemble"):
+        Partner(tmp_path / "pair.pt", 0.5, FrontendConfig(), torch.device("cpu"))

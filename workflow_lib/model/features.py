@@ -58,6 +58,13 @@ class FrontendConfig:
         return len(self.compression.split("+"))
 
     @property
+    def mel_settings(self) -> tuple:
+        """What the magnitude mel spectrogram depends on (not the compression after it): front ends equal here
+        can share one spectrogram (``ensemble.EnsembleFingerprinter``)."""
+        return (self.sample_rate, self.segment_samples, self.n_fft, self.hop_length, self.n_mels, self.f_min,
+                self.f_max)
+
+    @property
     def n_frames(self) -> int:
         # center=True framing: one frame per hop plus the first.
         return 1 + self.segment_samples // self.hop_length
@@ -122,13 +129,20 @@ class LogMelFrontend(nn.Module):
             n_mels=c.n_mels, power=1.0, center=True, pad_mode="constant", norm="slaney", mel_scale="slaney")
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.compress(self.spectrogram(wav))
+
+    def spectrogram(self, wav: torch.Tensor) -> torch.Tensor:
+        """Waveform ``(B, segment_samples)`` -> magnitude mel ``(B, n_mels, n_frames)``, float32."""
         if wav.dim() != 2:
             raise ValueError(f"expected waveform of shape (batch, samples), got {tuple(wav.shape)}")
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            mel = self.mel(wav.float())  # (B, n_mels, n_frames)
-            c = self.config
-            channels = [self._compress(mel, part) for part in c.compression.split("+")]
-            return torch.stack(channels, dim=1)  # (B, channels, n_mels, n_frames)
+            return self.mel(wav.float())
+
+    def compress(self, mel: torch.Tensor) -> torch.Tensor:
+        """Magnitude mel ``(B, n_mels, n_frames)`` -> the encoder's input ``(B, channels, n_mels, n_frames)``."""
+        with torch.autocast(device_type=mel.device.type, enabled=False):
+            channels = [self._compress(mel.float(), part) for part in self.config.compression.split("+")]
+            return torch.stack(channels, dim=1)
 
     def _compress(self, mel: torch.Tensor, kind: str) -> torch.Tensor:
         c = self.config

@@ -37,6 +37,7 @@ from workflow_lib.model.network import Fingerprinter, ModelConfig, count_paramet
 from workflow_lib.model.model_file import model_checksum, read_model_file, save_model
 from workflow_lib.audio.segments import frame
 from workflow_lib.training.data import ViewBatch, ViewSource, prefetch
+from workflow_lib.training.partner import Partner
 from workflow_lib.training.plots import plot_training_curves
 from workflow_lib.common.config import check_keys
 
@@ -195,7 +196,7 @@ def degrade_views(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def embed(model: Fingerprinter, wav: torch.Tensor, batch: int, device: torch.device,
+def embed(model: torch.nn.Module, wav: torch.Tensor, batch: int, device: torch.device,
           autocast: dict[str, Any]) -> torch.Tensor:
     """L2-normalised embeddings of waveforms (N, 8000), in batches, as float32 on ``device``."""
     out = []
@@ -206,14 +207,18 @@ def embed(model: Fingerprinter, wav: torch.Tensor, batch: int, device: torch.dev
 
 
 def train_step(model: Fingerprinter, views: ViewBatch, optimizer: torch.optim.Optimizer, scheduler: Any,
-               scaler: Any, temperature: float, device: torch.device, autocast: dict[str, Any]) -> float:
-    """One optimisation step on a batch of pairs (anchors first, then positives); returns the loss."""
+               scaler: Any, temperature: float, device: torch.device, autocast: dict[str, Any],
+               partner: Partner | None = None) -> float:
+    """One optimisation step on a batch of pairs (anchors first, then positives); returns the loss. With a
+    ``partner``, the loss is the ensemble's (the partner's fingerprints fixed beside the model's)."""
     wav, params = degrade_views(views, device)
     with torch.autocast(**autocast):
         spec = mask_spectrogram(model.frontend(wav), params.time_mask, params.freq_mask)
         if views.first_channel_off is not None:
             spec = drop_first_channel(spec, torch.from_numpy(views.first_channel_off))
         z = model.encoder(spec)
+        if partner is not None:
+            z = partner.combine(wav, z)
         half = len(z) // 2
         loss = nt_xent(z[:half], z[half:], temperature)
     optimizer.zero_grad(set_to_none=True)
@@ -248,7 +253,7 @@ class Validator:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def database(self, model: Fingerprinter, autocast: dict[str, Any]) -> torch.Tensor:
+    def database(self, model: torch.nn.Module, autocast: dict[str, Any]) -> torch.Tensor:
         """Embeddings of every clean segment of the validation songs, in the source's row order."""
         bank = self.source.songs
         parts = []
@@ -260,7 +265,7 @@ class Validator:
         return torch.cat(parts)
 
     @torch.no_grad()
-    def evaluate(self, model: Fingerprinter, autocast: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, model: torch.nn.Module, autocast: dict[str, Any]) -> dict[str, float]:
         model.eval()
         try:
             q = embed(model, self.queries, self.cfg.eval_batch, self.device, autocast)
@@ -287,11 +292,14 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
                 ir_bank: str | Path | None, model_path: str | Path, metrics_path: str | Path,
                 curves_path: str | Path, checkpoint_path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig,
                 frontend_cfg: FrontendConfig | None = None, threads: int = 1,
-                init_from: str | Path | None = None) -> dict[str, Any]:
+                init_from: str | Path | None = None, partner: str | Path | None = None,
+                partner_weight: float = 0.5) -> dict[str, Any]:
     """Train (or continue training) and write ``model.pt``, ``metrics.csv``, the curves PNG and the checkpoint.
 
     ``init_from`` (a model file) starts from its weights instead of random ones: fine-tuning a trained model (e.g.
-    the bundled one) on a collection; its architecture must be ``model_cfg``'s.
+    the bundled one) on a collection; its architecture must be ``model_cfg``'s. ``partner`` (a model file) trains
+    the model as the second member of an ensemble with it, the partner fixed (``training.partner``); the model's
+    weight in it is ``partner_weight``, and validation scores the ensemble. The model alone is written.
 
     Bank arguments are clip-bank prefixes (``X`` for ``X.npy`` + ``X.parquet``). Returns the model's train_meta.
     """
@@ -327,6 +335,11 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     if init_from is not None:
         _load_initial_weights(model, init_from, model_cfg, frontend_cfg)
         fingerprint = run_fingerprint(cfg, model_cfg, frontend_cfg, fingerprint + model_checksum(init_from))
+    fixed = Partner(partner, partner_weight, frontend_cfg, device) if partner is not None else None
+    if fixed is not None:
+        fingerprint = run_fingerprint(cfg, model_cfg, frontend_cfg, f"{fingerprint}+{fixed.checksum}:{fixed.weight}")
+        log.info("training for an ensemble with %s (fixed, weight %.3g; this model's weight %.3g)", partner,
+                 1 - fixed.weight, fixed.weight)
     optimizer, scheduler = make_optimizer(model, cfg, warmup_steps, horizon)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     log.info("device %s (AMP %s), %d threads; model %s: %d parameters; %d train songs / %d segments (%d steps of "
@@ -400,7 +413,8 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         next_log = time.monotonic() + LOG_EVERY_S
         next_save = time.monotonic() + cfg.checkpoint_minutes * 60
         for views, rng_state in bar:
-            loss = train_step(model, views, optimizer, scheduler, scaler, cfg.temperature, device, autocast)
+            loss = train_step(model, views, optimizer, scheduler, scaler, cfg.temperature, device, autocast,
+                              fixed)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch}: loss is {loss} (lower train.lr?)")
             losses.append(loss)
@@ -419,7 +433,8 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         bar.close()
         state["partial"] = None
         train_s = time.monotonic() - t_epoch
-        metrics = validator.evaluate(model, autocast) if validator else \
+        scored = fixed.ensemble(model) if fixed is not None else model  # what will be searched
+        metrics = validator.evaluate(scored, autocast) if validator else \
             {"val_loss": float("nan"), "val_top1": float("nan"), "val_near": float("nan"), "val_song": float("nan")}
         epoch_s = time.monotonic() - t_epoch
         row = {"epoch": epoch, "steps": len(losses), "train_loss": float(np.mean(losses)), **metrics,
@@ -464,6 +479,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         "device": str(device), "amp": use_amp,
         "parameters": count_parameters(model), "torch": str(torch.__version__), "config": cfg.to_dict(),
         "fingerprint": fingerprint, "init_from": model_checksum(init_from) if init_from is not None else None,
+        "partner": {"model": fixed.checksum, "weight": fixed.weight} if fixed is not None else None,
     }
     save_model(model_path, state["best_state"], model_cfg, frontend_cfg, train_meta)
     _write_metrics(state["history"], metrics_path, curves_path, state["best_epoch"])
