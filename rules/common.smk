@@ -135,6 +135,11 @@ def _verify(path):
 MODEL_FILE = _model_file()
 
 
+# The model section as the train rule's params: the default front end (compression: log) is left out, so runs made
+# before the key existed keep their params and are not retrained.
+MODEL_PARAMS = {k: v for k, v in config["model"].items() if not (k == "compression" and v == "log")}
+
+
 def init_model(wildcards=None):
     """The model file training starts from (train.init: none | bundled | a path): an input of the train rule."""
     path = model_source_path(config["train"]["init"], ".") if config["train"]["init"] != "none" else None

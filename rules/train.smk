@@ -46,7 +46,7 @@ rule train:
                       labels={"figure": "training curves"}),
     params:
         checkpoint=PATHS["checkpoint"],
-        model=config["model"],
+        model=MODEL_PARAMS,
         train=config["train"],
     log:
         f"{LOGS}/train.log",

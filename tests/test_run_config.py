@@ -1,4 +1,5 @@
-"""Which model a results folder's commands use when its recorded settings do not say (issue 13)."""
+"""Which model a results folder's commands use when its recorded settings do not say (issue 13), and that every
+example and recipe under config/ is a valid config."""
 
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ def test_a_folder_with_its_own_trained_model_keeps_it_when_no_source_is_recorded
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({"model": {"source": "train"}}))
     assert run_config(trained, other)[0]["model"]["source"] == "train"
+
+
+def test_every_example_and_recipe_is_a_valid_config_on_top_of_the_defaults():
+    from workflow_lib.common.config import REPO, merge, read_yaml, validate
+
+    base = read_yaml(REPO / "config" / "config.yaml")
+    files = sorted((REPO / "config" / "examples").glob("*.yaml")) + sorted((REPO / "config" / "recipes").glob("*.yaml"))
+    assert any(f.name == "small_pair_member.yaml" for f in files)
+    for f in files:
+        validate(merge(base, read_yaml(f)), [str(f)])

@@ -296,6 +296,12 @@ def test_train_from_config_sections(banks, tmp_path):
                              tmp_path / "m.csv", tmp_path / "c.png", tmp_path / "ck" / "last.pt", model_section,
                              train_section)
     assert meta["epochs"] == 1 and load_fingerprinter(tmp_path / "m.pt").model_config.channels[0] == 4
+    assert load_fingerprinter(tmp_path / "m.pt").frontend_config.compression == "log"
+    # model.compression chooses the trained model's front end (the bundled pair's second member: log-cmn)
+    train_from_config(banks / "train", banks / "val", banks / "noise", banks / "irs", tmp_path / "c.pt",
+                      tmp_path / "c.csv", tmp_path / "c2.png", tmp_path / "ck2" / "last.pt",
+                      {**model_section, "compression": "log-cmn"}, train_section)
+    assert load_fingerprinter(tmp_path / "c.pt").frontend_config.compression == "log-cmn"
     with pytest.raises(ValueError, match="unknown train config keys"):
         train_from_config(banks / "train", banks / "val", None, None, tmp_path / "m.pt", tmp_path / "m.csv",
                           tmp_path / "c.png", tmp_path / "ck" / "last.pt", model_section, {"bogus": 1})

@@ -560,8 +560,9 @@ def train_from_config(train_bank: str | Path, val_bank: str | Path, noise_bank: 
     m = {k: v for k, v in model_section.items() if k != "source"}  # where the model comes from: the rules' business
     model_cfg = model_config_from(m.pop("preset"), channels=m.pop("channels", None) or None, dim=m.pop("dim", None),
                                   head_hidden=m.pop("head_hidden", None))
+    frontend_cfg = FrontendConfig(compression=m.pop("compression", "log"))
     if m:
         raise ValueError(f"config model: unknown keys {sorted(m)}")
     cfg = TrainConfig.from_dict({k: v for k, v in train_section.items() if k not in RULE_KEYS})
     return train_model(train_bank, val_bank, noise_bank, ir_bank, model_path, metrics_path, curves_path,
-                       checkpoint_path, cfg, model_cfg, threads=threads, init_from=init_from)
+                       checkpoint_path, cfg, model_cfg, frontend_cfg, threads=threads, init_from=init_from)
