@@ -298,7 +298,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
 
     ``init_from`` (a model file) starts from its weights instead of random ones: fine-tuning a trained model (e.g.
     the bundled one) on a collection; its architecture must be ``model_cfg``'s. ``partner`` (a model file) trains
-    the model as the second member of an ensemble with it, the partner fixed (``training.partner``); the model's
+    the model as the second member of an ensemble with it, the partner held fixed (``training/partner.py``); the model's
     weight in it is ``partner_weight``, and validation scores the ensemble. The model alone is written.
 
     Bank arguments are clip-bank prefixes (``X`` for ``X.npy`` + ``X.parquet``). Returns the model's train_meta.
