@@ -40,9 +40,8 @@ def main() -> int:
         raise SystemExit(f"{args.model}: the members' mel spectrograms differ; nothing to share")
     wav = torch.randn(args.batch, 8000, generator=torch.Generator().manual_seed(0)) * 0.1
 
-    def each_own(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m(x) * ens.scales[i] for i, m in enumerate(ens.members)], dim=-1)
-
+    each_own = EnsembleFingerprinter(list(ens.members), ens.weights)  # the same members, the mel not shared
+    each_own.shared_mel = False
     variants = {"shared mel": ens, "each member its own mel": each_own, "first member alone": ens.members[0]}
     times: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
