@@ -140,14 +140,33 @@ MODEL_FILE = _model_file()
 MODEL_PARAMS = {k: v for k, v in config["model"].items() if not (k == "compression" and v == "log")}
 
 
-def init_model(wildcards=None):
-    """The model file training starts from (train.init: none | bundled | a path): an input of the train rule."""
-    path = model_source_path(config["train"]["init"], ".") if config["train"]["init"] != "none" else None
+def _train_model_file(key):
+    """The model file a train key names (none | bundled | a path), checksum-verified: an input of the train rule."""
+    value = config["train"][key]
+    path = model_source_path(value, ".") if value != "none" else None
     if path is not None and not path.is_file():
-        raise WorkflowError(f"config train.init: {config['train']['init']} names no model file ({path})")
+        raise WorkflowError(f"config train.{key}: {value} names no model file ({path})")
     if path is not None:
         _verify(path)
     return [str(path)] if path is not None else []
+
+
+def init_model(wildcards=None):
+    """The model file training starts from (train.init)."""
+    return _train_model_file("init")
+
+
+def partner_model(wildcards=None):
+    """The model file held fixed beside the trained one (train.partner)."""
+    return _train_model_file("partner")
+
+
+# The train section as the train rule's params: without a partner its keys are left out, so runs made before they
+# existed keep their params and are not retrained.
+TRAIN_PARAMS = {k: v for k, v in config["train"].items()
+                if not (k in ("partner", "partner_weight") and config["train"]["partner"] == "none")}
+
+
 # The evaluate keys that define the queries (for params: toggling the baseline or the modes reruns only what uses
 # them, not the query set or the calibration), and the search keys that change results (not batch size or device).
 QUERY_PLAN = {k: v for k, v in config["evaluate"].items()

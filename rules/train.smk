@@ -38,6 +38,7 @@ rule train:
         noise=rules.prepare_noise.output.train,
         irs=rules.prepare_irs.output.train,
         init=init_model,
+        partner=partner_model,
     output:
         model=PATHS["model"],
         metrics=report(PATHS["train_metrics"], caption="../report/training_metrics.rst", category="Training",
@@ -47,7 +48,7 @@ rule train:
     params:
         checkpoint=PATHS["checkpoint"],
         model=MODEL_PARAMS,
-        train=config["train"],
+        train=TRAIN_PARAMS,
     log:
         f"{LOGS}/train.log",
     conda:

@@ -15,4 +15,5 @@ i, p, out = snakemake.input, snakemake.params, snakemake.output
 setup_logging(snakemake.log[0], history=str(Path(p.checkpoint).parent / "train.log"))
 train_from_config(bank_prefix(i.train_audio[0]), bank_prefix(i.val_audio[0]), bank_prefix(i.noise[0]),
                   bank_prefix(i.irs[0]), out.model, out.metrics, out.curves, p.checkpoint, dict(p.model),
-                  dict(p.train), threads=snakemake.threads, init_from=i.init[0] if i.init else None)
+                  dict(p.train), threads=snakemake.threads, init_from=i.init[0] if i.init else None,
+                  partner=i.partner[0] if i.partner else None)

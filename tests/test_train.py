@@ -14,7 +14,7 @@ from workflow_lib.training.augment import AugmentConfig
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.training.losses import nt_xent
 from workflow_lib.model.network import ModelConfig
-from workflow_lib.model.model_file import load_fingerprinter
+from workflow_lib.model.model_file import load_fingerprinter, model_checksum
 from workflow_lib.training.train import CheckpointError, TrainConfig, lr_factor, train_from_config, train_model
 from workflow_lib.training.data import build_song_bank
 
@@ -302,6 +302,11 @@ def test_train_from_config_sections(banks, tmp_path):
                       tmp_path / "c.csv", tmp_path / "c2.png", tmp_path / "ck2" / "last.pt",
                       {**model_section, "compression": "log-cmn"}, train_section)
     assert load_fingerprinter(tmp_path / "c.pt").frontend_config.compression == "log-cmn"
+    # train.partner (resolved by the rule to a file) and train.partner_weight: trained for the pair with m.pt fixed
+    meta = train_from_config(banks / "train", banks / "val", banks / "noise", banks / "irs", tmp_path / "p.pt",
+                             tmp_path / "p.csv", tmp_path / "p.png", tmp_path / "ck3" / "last.pt", model_section,
+                             {**train_section, "partner": "m.pt", "partner_weight": 0.3}, partner=tmp_path / "m.pt")
+    assert meta["partner"] == {"model": model_checksum(tmp_path / "m.pt"), "weight": 0.3}
     with pytest.raises(ValueError, match="unknown train config keys"):
         train_from_config(banks / "train", banks / "val", None, None, tmp_path / "m.pt", tmp_path / "m.csv",
                           tmp_path / "c.png", tmp_path / "ck" / "last.pt", model_section, {"bogus": 1})
@@ -411,7 +416,7 @@ def test_a_run_killed_before_an_augmentation_option_existed_keeps_its_fingerprin
 def test_training_beside_a_fixed_partner_scores_the_ensemble_and_leaves_the_partner_as_it_was(banks, tmp_path,
                                                                                               caplog):
     from workflow_lib.model.features import FrontendConfig
-    from workflow_lib.model.model_file import model_checksum, save_ensemble
+    from workflow_lib.model.model_file import save_ensemble
     from workflow_lib.model.network import Fingerprinter
     from workflow_lib.training.data import ViewSource
     from workflow_lib.training.partner import Partner

@@ -191,3 +191,15 @@ def test_make_demo_command_line_plans_the_whole_workflow(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "train" in out and "evaluate" in out and "baseline_audfprint" in out
+
+
+def test_train_init_and_partner_name_checked_model_files_as_inputs(tmp_path):
+    """train.init / train.partner (the pair member's recipe): the bundled model becomes an input of the train rule;
+    a partner that names no file stops the plan, naming the key."""
+    cfg = {**TINY, "train": {**TINY["train"], "init": "bundled", "partner": "bundled"}}
+    res = run_snakemake(tmp_path, "-n", "results/model/model.pt", config=cfg)
+    train_job = res.stdout.split("rule train:")[1].split("rule ")[0]
+    assert str(REPO / "models" / "nafp-small.pt") in train_job
+    cfg["train"]["partner"] = "nowhere/model.pt"
+    res = run_snakemake(tmp_path, "-n", "results/model/model.pt", config=cfg, check=False)
+    assert res.returncode != 0 and "train.partner" in res.stdout + res.stderr

@@ -40,8 +40,8 @@ def add_parser(sub) -> None:
 
 # The listener's and scan's per-window false-positive rate for the bundled pair (listen.max_fpr; 0.005 for the rest):
 # its calibrated thresholds run further under their rate in held-out conditions than the single model's, and at
-# 0.005 it named a sixth fewer songs at 0 dB; 0.007 met every monitoring target on the held-out programmes
-# (bench/README.md, "Two models side by side").
+# 0.005 it named a sixth fewer songs at 0 dB; 0.007 met every monitoring target on the programmes of seeds 3-8, with
+# the first pair and with the shipped one (bench/README.md, "Two models side by side", "The pair's second member...").
 PAIR_LISTEN_MAX_FPR = 0.007
 
 

@@ -545,16 +545,17 @@ def _write_metrics(history: list[dict[str, Any]], metrics_path: str | Path, curv
 
 
 # Keys of the config's `train:` section that the rules use (not part of TrainConfig).
-RULE_KEYS = {"threads", "val_max_songs", "codecs", "init"}
+RULE_KEYS = {"threads", "val_max_songs", "codecs", "init", "partner", "partner_weight"}
 
 
 def train_from_config(train_bank: str | Path, val_bank: str | Path, noise_bank: str | Path | None,
                       ir_bank: str | Path | None, model_path: str | Path, metrics_path: str | Path,
                       curves_path: str | Path, checkpoint_path: str | Path, model_section: dict[str, Any],
                       train_section: dict[str, Any], threads: int = 1,
-                      init_from: str | Path | None = None) -> dict[str, Any]:
-    """``train_model`` driven by the ``model:`` and ``train:`` sections of config/config.yaml (``init_from``: the
-    model file ``train.init`` names, resolved by the rule)."""
+                      init_from: str | Path | None = None,
+                      partner: str | Path | None = None) -> dict[str, Any]:
+    """``train_model`` driven by the ``model:`` and ``train:`` sections of config/config.yaml (``init_from`` and
+    ``partner``: the model files ``train.init`` and ``train.partner`` name, resolved by the rule)."""
     from workflow_lib.model.network import model_config_from
 
     m = {k: v for k, v in model_section.items() if k != "source"}  # where the model comes from: the rules' business
@@ -565,4 +566,5 @@ def train_from_config(train_bank: str | Path, val_bank: str | Path, noise_bank: 
         raise ValueError(f"config model: unknown keys {sorted(m)}")
     cfg = TrainConfig.from_dict({k: v for k, v in train_section.items() if k not in RULE_KEYS})
     return train_model(train_bank, val_bank, noise_bank, ir_bank, model_path, metrics_path, curves_path,
-                       checkpoint_path, cfg, model_cfg, frontend_cfg, threads=threads, init_from=init_from)
+                       checkpoint_path, cfg, model_cfg, frontend_cfg, threads=threads, init_from=init_from,
+                       partner=partner, partner_weight=float(train_section.get("partner_weight", 0.5)))
