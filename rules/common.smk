@@ -51,6 +51,8 @@ PATHS = {
     "thresholds_csv": f"{RESULTS}/index/thresholds.csv",
     "eval_dir": f"{RESULTS}/eval",
 }
+# `nafp index` runs with results "." (the folder itself): "./x" would draw a Snakemake warning per file.
+PATHS = {key: os.path.normpath(path) for key, path in PATHS.items()}
 INDEX_FILES = [f"{PATHS['index_dir']}/{name}" for name in ("index.faiss", "index_meta.parquet", "vectors.f16.npy",
                                                             "index.json")]
 SHARD_FILES = expand(PATHS["shard"], shard=range(config["extract"]["n_shards"]))

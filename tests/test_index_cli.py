@@ -43,6 +43,8 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     assert info["n_songs"] == N_SONGS
     assert not (db / "model").exists()  # the train rule never ran: the bundled model was used as it is
     assert f"{N_SONGS} songs are searchable" in r.stdout and "nafp query" in r.stdout
+    # Snakemake's own noise stays out of a user's terminal: no banner, no warning per "./"-prefixed file
+    assert "starts with './'" not in r.stderr and "Snakemake version" not in r.stderr
     threshold = json.loads((db / "index" / "threshold.json").read_text())
     # Calibrated leave-one-song-out: the unknown songs it searched are database songs.
     assert threshold["lengths"] and threshold["meta"]["database_songs"] == N_SONGS

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
            "--configfile", str(cfg_path), *(["--configfile", str(Path(args.config).resolve())] if args.config else []),
            "--cores", str(args.cores), "searchable"]
     if not args.verbose:
-        cmd.append("--quiet")
+        cmd += ["--quiet", "progress", "rules", "host"]  # what a user needs: the stages' own progress bars
     print(f"indexing {', '.join(map(str, music))} into {results} (model: {model})", file=sys.stderr)
     rc = subprocess.run(cmd, cwd=results).returncode
     if rc != 0:
