@@ -114,7 +114,9 @@ def main() -> None:
     spec = Degradation(snr_db=args.snr, room=None if args.no_reverb else args.room)
     rng = np.random.default_rng(args.seed)
     n = int(args.length * SR)
-    preset = searcher.fingerprinter.model_config.preset if hasattr(searcher.fingerprinter, "model_config") else "?"
+    fp = searcher.fingerprinter
+    members = getattr(fp, "members", [fp])  # an ensemble names its members' presets
+    preset = "+".join(m.model_config.preset for m in members)
     params = sum(p.numel() for p in searcher.fingerprinter.parameters())
     print(f"results {r}: model preset {preset} ({params / 1e6:.2f} M parameters), {db.ntotal} fingerprints of "
           f"{len(db.song_ids)} songs ({db.factory}); {len(ids)} query songs; threads {args.threads}; "

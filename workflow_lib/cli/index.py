@@ -27,9 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("music", nargs="+", metavar="MUSIC_DIR", help="folders of music, scanned recursively")
     p.add_argument("--results", default="results", help="where the database goes (default: %(default)s)")
     p.add_argument("--model", default="bundled",
-                   help="bundled (default: the fastest), bundled-pair (two models searched as one: twice the "
-                        "compute, more right answers in resonant spaces and noisy rooms; models/README.md), or "
-                        "the path of a model file")
+                   help="bundled (default: the fastest), bundled-pair (two models searched as one: about twice "
+                        "the compute, more right answers in resonant spaces, noisy rooms and speed changes, the "
+                        "better choice for `nafp listen`; models/README.md), or the path of a model file")
     p.add_argument("--cores", default="all", help="CPU cores to use (default: all)")
     p.add_argument("--queries-per-length", type=int, default=1000,
                    help="unknown-song queries per query length for the no-match calibration (default: 1000)")
