@@ -137,9 +137,14 @@ def _verify(path):
 MODEL_FILE = _model_file()
 
 
-# The model section as the train rule's params: the default front end (compression: log) is left out, so runs made
-# before the key existed keep their params and are not retrained.
-MODEL_PARAMS = {k: v for k, v in config["model"].items() if not (k == "compression" and v == "log")}
+def _params_without(section, later_keys, in_use):
+    """A config section as the train rule's params, without keys added later while they change nothing (``in_use``
+    false): runs made before the keys existed keep their params and are not retrained."""
+    return dict(section) if in_use else {k: v for k, v in section.items() if k not in later_keys}
+
+
+MODEL_PARAMS = _params_without(config["model"], {"compression"}, config["model"]["compression"] != "log")
+TRAIN_PARAMS = _params_without(config["train"], {"partner", "partner_weight"}, config["train"]["partner"] != "none")
 
 
 def _train_model_file(key):
@@ -161,12 +166,6 @@ def init_model(wildcards=None):
 def partner_model(wildcards=None):
     """The model file held fixed beside the trained one (train.partner)."""
     return _train_model_file("partner")
-
-
-# The train section as the train rule's params: without a partner its keys are left out, so runs made before they
-# existed keep their params and are not retrained.
-TRAIN_PARAMS = {k: v for k, v in config["train"].items()
-                if not (k in ("partner", "partner_weight") and config["train"]["partner"] == "none")}
 
 
 # The evaluate keys that define the queries (for params: toggling the baseline or the modes reruns only what uses
