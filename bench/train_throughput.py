@@ -31,7 +31,8 @@ from workflow_lib.training.augment import AugmentConfig
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.model.network import Fingerprinter, count_parameters, model_config_from
 from workflow_lib.training.train import TrainConfig, make_optimizer, resolve_device, train_step
-from workflow_lib.training.data import ViewSource, prefetch
+from workflow_lib.common.background import prefetch
+from workflow_lib.training.data import ViewSource
 
 
 def make_banks(d: Path, seed: int = 0) -> tuple[ClipBank, ClipBank, ClipBank]:

@@ -11,7 +11,7 @@ from workflow_lib.training.augment import (FILTER_SETTLE, AugmentConfig, ViewPar
                                   compress, degrade, drop_first_channel, mask_spectrogram, mix_at_snr, reverberate,
                                   sample_view_params)
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
-from workflow_lib.training.data import ViewSource, prefetch
+from workflow_lib.training.data import ViewSource
 
 
 def snr_db(signal: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -302,20 +302,6 @@ def test_an_epoch_resumed_after_a_batch_draws_the_batches_it_would_have_drawn(ba
     # Without the saved state the same start gives other views: the state is what makes the resume exact.
     other = next(src.epoch_batches(np.random.default_rng([0, 1, 3]), 2, start=1))[0]
     assert not np.array_equal(other.audio, whole[1][0].audio)
-
-
-def test_prefetch_keeps_order_and_raises():
-    assert list(prefetch(iter(range(20)), depth=2)) == list(range(20))
-
-    def broken():
-        yield 1
-        raise OSError("disk gone")
-
-    out = []
-    with pytest.raises(OSError, match="disk gone"):
-        for x in prefetch(broken()):
-            out.append(x)
-    assert out == [1]
 
 
 # --- the issue-11 chain: long rooms, resonant spaces, device chaining, codec, speed, compression -------------

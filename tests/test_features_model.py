@@ -123,6 +123,26 @@ def test_cpu_elu_matches_reference_value_and_gradient():
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-6)
 
 
+def test_cpu_elu_without_gradients_reuses_its_input_and_gives_the_same_values():
+    x = torch.linspace(-30, 5, 1001, dtype=torch.float32)
+    expected = F.elu(x)
+    with torch.inference_mode():
+        y = elu(x.clone())
+    assert torch.allclose(y, expected, atol=1e-6)
+    with torch.no_grad():
+        given = x.clone()
+        y = elu(given)
+        assert y.data_ptr() == given.data_ptr()  # no new activation memory where nothing records a graph
+    assert torch.allclose(y, expected, atol=1e-6)
+    # A model's output is the same whether or not gradients are recorded.
+    torch.manual_seed(0)
+    model = Fingerprinter(ModelConfig(channels=[8] * 8, dim=8, head_hidden=4)).eval()
+    wav = torch.randn(3, 8000) * 0.1
+    with torch.no_grad():
+        fast = model(wav)
+    assert torch.allclose(model(wav), fast, atol=1e-5)
+
+
 def test_model_config_validation():
     with pytest.raises(ValueError, match="divisible by dim"):
         ModelConfig(channels=[4] * 8, dim=3)

@@ -189,6 +189,24 @@ def test_aligned_rescoring_counts_off_song_segments_as_zero():
     assert [c.song_id for c in res_t.candidates] == ["t", "s"]  # one candidate per song
 
 
+def test_exact_scores_are_the_same_read_in_row_order_or_as_asked(monkeypatch):
+    """``scores`` reads a large gather in row order (sorted, deduplicated) and a window's few rows as asked."""
+    import workflow_lib.database.index as index_module
+
+    rng = np.random.default_rng(0)
+    vec = rng.standard_normal((50, 8)).astype(np.float16)
+    db = FingerprintDB(faiss.IndexFlatIP(8), RowMap.from_counts(["s"], [50]), vec,
+                       {"model_checksum": "x", "ntotal": 50})
+    q = rng.standard_normal((3, 8)).astype(np.float32)
+    rows = np.array([[49, 3, 3, -1], [0, 7, 50, 12], [5, 5, 5, 5]])  # repeats, off the map, past the end
+    expected = np.where(rows[:, :, None] >= 0, vec.astype(np.float32)[np.clip(rows, 0, 49)], 0) @ q[:, :, None]
+    expected = np.where((rows >= 0) & (rows < 50), expected[:, :, 0], -np.inf)
+    direct = db.scores(q, rows)
+    monkeypatch.setattr(index_module, "SORTED_GATHER_ROWS", 0)
+    in_order = db.scores(q, rows)
+    assert np.allclose(direct, expected, atol=1e-5) and np.array_equal(direct, in_order)
+
+
 @pytest.mark.parametrize("mode", ["sequence", "vote"])
 def test_a_song_that_fills_every_neighbour_slot_still_has_a_runner_up(mode):
     # "drone": six segments all close to e0; "other": e1..e3 and a segment at 0.6 to e0. A query near e0 finds only

@@ -378,6 +378,9 @@ def _copy_vectors(dst: np.ndarray, dst_off: int, src: np.ndarray, keep: np.ndarr
 
 # ----------------------------------------------------------------------------------------------- the database
 
+# Gathers of more rows than this read the vector map in row order (sorted, deduplicated first).
+SORTED_GATHER_ROWS = 1 << 16
+
 class FingerprintDB:
     """A loaded fingerprint database (``index.faiss`` + id map + float16 vectors + sidecar).
 
@@ -530,11 +533,16 @@ class FingerprintDB:
         if rows.ndim != 2 or q.ndim != 2 or len(rows) != len(q):
             raise ValueError(f"scores needs queries (n, D) and rows (n, m), got {q.shape} and {rows.shape}")
         valid = (rows >= 0) & (rows < self.ntotal)
-        # Reading the memory map in row order is much kinder to the page cache than random order.
-        uniq, inv = np.unique(np.where(valid, rows, 0).ravel(), return_inverse=True)
         if self.ntotal == 0:
             return np.full(rows.shape, -np.inf, np.float32)
-        v = half_to_float(np.asarray(self.vectors[uniq]))[inv.ravel()].reshape(*rows.shape, self.dim)
+        vectors = np.asarray(self.vectors)  # a plain view of the map: indexing a np.memmap costs more than the read
+        safe = np.where(valid, rows, 0)
+        if safe.size > SORTED_GATHER_ROWS:
+            # Reading the memory map in row order is much kinder to the page cache than random order.
+            uniq, inv = np.unique(safe.ravel(), return_inverse=True)
+            v = half_to_float(vectors[uniq])[inv.ravel()].reshape(*rows.shape, self.dim)
+        else:  # a window's few thousand rows (the listener, the scan): sorting them costs more than it saves
+            v = half_to_float(vectors[safe])
         out = np.matmul(v, q[:, :, None])[:, :, 0]  # batched mat-vec; ~10x faster than the einsum equivalent
         return np.where(valid, out, -np.inf).astype(np.float32, copy=False)
 

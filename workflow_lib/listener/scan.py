@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib.common.background import prefetch
 from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
 from workflow_lib.model.embed import iter_embed_chunks
 from workflow_lib.search.searcher import find_neighbours, offset_shifts, runner_up_neighbours
@@ -123,11 +124,17 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
             samples += len(c)
             yield c
 
-    for first, emb, lev in iter_embed_chunks(searcher.fingerprinter, counted(chunks), searcher.batch_size,
-                                             searcher.device, with_levels=True, silence_dbfs=config.silence_dbfs):
-        nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
-        core.push_segments(first, emb, lev, nb,
-                           runner_up=runner_up_neighbours(searcher.db, emb, nb, searcher.top_k, exclude_songs or None))
+    def searched() -> Iterator[tuple]:
+        for first, emb, lev in iter_embed_chunks(searcher.fingerprinter, counted(chunks), searcher.batch_size,
+                                                 searcher.device, with_levels=True, silence_dbfs=config.silence_dbfs):
+            nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
+            yield first, emb, lev, nb, runner_up_neighbours(searcher.db, emb, nb, searcher.top_k,
+                                                            exclude_songs or None)
+
+    # Decoding, the model and the index search of the next chunks run in a background thread while the decisions
+    # (one core's Python) go through this one: the two overlap on a 2-core machine.
+    for first, emb, lev, nb, runner_up in prefetch(searched(), depth=2):
+        core.push_segments(first, emb, lev, nb, runner_up=runner_up)
         embs.append(emb.astype(np.float16))
         levels.append(lev)
         n_seg = first + len(emb)

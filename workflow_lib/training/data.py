@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,8 +29,6 @@ from workflow_lib.audio.segments import n_segments
 from workflow_lib.data.split import unit_hash
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 # --- song bank -------------------------------------------------------------------------------------------------
@@ -330,41 +326,3 @@ class ViewSource:
         """(first row, number of rows) of ``song`` in the segment grid."""
         rows = np.flatnonzero(self.song_index == song)
         return (int(rows[0]), len(rows)) if len(rows) else (0, 0)
-
-
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Produce ``items`` in a background thread, ``depth`` ahead, so batch assembly overlaps the training step.
-
-    The order is unchanged (one producer), so runs stay deterministic. Errors in the producer re-raise here.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as exc:  # hand every failure to the consumer
-            q.put(exc)
-
-    thread = threading.Thread(target=produce, daemon=True, name="prefetch")
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)

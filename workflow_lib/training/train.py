@@ -36,7 +36,8 @@ from workflow_lib.model.embed import resolve_device
 from workflow_lib.model.network import Fingerprinter, ModelConfig, count_parameters
 from workflow_lib.model.model_file import model_checksum, read_model_file, save_model
 from workflow_lib.audio.segments import frame
-from workflow_lib.training.data import ViewBatch, ViewSource, prefetch
+from workflow_lib.common.background import prefetch
+from workflow_lib.training.data import ViewBatch, ViewSource
 from workflow_lib.training.partner import Partner
 from workflow_lib.training.plots import plot_training_curves
 from workflow_lib.common.config import check_keys
