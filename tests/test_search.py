@@ -370,3 +370,41 @@ def test_offsets_between_the_hops_are_found_by_the_score_peak(mode, offset_s):
             assert best.offset_s == 0.0
         else:  # longer queries at the song's start are placed by their later segments
             assert best.offset_s == pytest.approx(offset_s, abs=0.03)
+
+
+def test_a_window_and_its_newest_segments_are_answered_as_two_searches_would():
+    """``ranked_window_and_tail`` reads the newest segments' exact scores from the window's: every candidate, score,
+    support and vote count is what two separate searches give, also where it has to search them on their own."""
+    from workflow_lib.database.index import normalize
+    from workflow_lib.search.searcher import ranked_window_and_tail
+
+    rng = np.random.default_rng(3)
+    vec = normalize(rng.standard_normal((240, 16)).astype(np.float32))
+    vec[160:200] = normalize(vec[20:60] + 0.3 * rng.standard_normal((40, 16)).astype(np.float32))  # a shared part
+    index = faiss.IndexFlatIP(16)
+    index.add(vec)
+    db = FingerprintDB(index, RowMap.from_counts(["a", "b", "c"], [80, 80, 80]), vec.astype(np.float16),
+                       {"model_checksum": "x", "ntotal": 240})
+
+    def noisy(rows):
+        return normalize(vec[rows] + 0.4 * rng.standard_normal((len(rows), 16)).astype(np.float32))
+
+    windows = [noisy(np.arange(10, 19)),  # inside song a
+               np.concatenate([noisy(np.arange(30, 36)), noisy(np.arange(120, 123))]),  # a, then b in the newest
+               noisy(np.arange(170, 179)),  # the part c shares with a
+               np.concatenate([noisy(np.arange(50, 57)), np.zeros((1, 16), np.float32), noisy([90])]),  # a silent one
+               np.concatenate([noisy(np.arange(50, 56)), np.zeros((3, 16), np.float32)])]  # newest all silent
+    gathers = []
+    exact_scores = db.scores
+    db.scores = lambda q, rows: gathers.append(len(q)) or exact_scores(q, rows)
+    for n, emb in enumerate(windows):
+        for top_k, max_candidates in [(5, 200), (8, 12)]:  # 12: the window cannot keep all its alignments
+            gathers.clear()
+            window, tail = ranked_window_and_tail(db, emb, 3, top_k, max_candidates, 10)
+            if max_candidates == 200 and n < 4:
+                assert gathers == [9]  # one gather, the window's: the newest segments' scores were read from it
+            assert window == search_embeddings(db, emb, top_k, "sequence", max_candidates, 10, runner_up=False,
+                                               place_offsets=False)
+            assert tail == search_embeddings(db, emb[-3:], top_k, "sequence", max_candidates, 10, runner_up=False,
+                                             place_offsets=False)
+    assert ranked_window_and_tail(db, windows[0][:3], 3, 5)[1] is None  # no older segments: no second search

@@ -47,7 +47,7 @@ from workflow_lib.listener.devices import ListenerError  # noqa: F401 (part of t
 from workflow_lib.model.embed import embed_segments
 from workflow_lib.audio.segments import SILENCE_DBFS, level_dbfs
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
-from workflow_lib.search.searcher import add_runner_up, search_embeddings, song_set
+from workflow_lib.search.searcher import SearchResult, add_runner_up, ranked_window_and_tail, song_set
 from workflow_lib.audio.segments import frame, n_segments
 from workflow_lib.common.config import check_keys
 
@@ -528,13 +528,23 @@ class ListenerCore:
         cal = self.calibration if self.calibration is not None else getattr(self.searcher, "calibration", None)
         return cal.statistic if cal is not None else "score"
 
-    def _search(self, emb: np.ndarray, j0: int, other_than: str | None = None) -> Observation | None:
-        """The window's best candidate; None when there is none, or when it is ``other_than`` (the caller only
+    def _search(self, emb: np.ndarray, j0: int) -> tuple[Observation | None, Observation | None]:
+        """The window's best candidate and its newest ``n_tail`` segments' best candidate other than the window's
+        matched song (None: no candidate, or a window no longer than its tail). The listener follows alignments on
+        the hop grid: the offsets are not placed between the hops."""
+        s = self.searcher
+        window, tail = ranked_window_and_tail(self._db, emb, self.n_tail, s.top_k, s.max_candidates, s.n_results)
+        obs = self._observe(window, emb, j0)
+        if tail is None:
+            return obs, None
+        full_song = obs.song_id if obs is not None and obs.is_match else None
+        return obs, self._observe(tail, emb[-self.n_tail:], j0 + len(emb) - self.n_tail, other_than=full_song)
+
+    def _observe(self, result: SearchResult, emb: np.ndarray, j0: int, other_than: str | None = None
+                 ) -> Observation | None:
+        """A search's best candidate; None when there is none, or when it is ``other_than`` (the caller only
         asks about other songs: the runner-up look-up, which only measures that answer, is then not made)."""
         s = self.searcher
-        # The listener follows alignments on the hop grid: the offsets are not placed between the hops.
-        result = search_embeddings(self._db, emb, s.top_k, "sequence", s.max_candidates, s.n_results,
-                                   runner_up=False, place_offsets=False)
         best = result.best
         if best is None or best.song_id == other_than:
             return None
@@ -619,17 +629,14 @@ class ListenerCore:
         t0 = time.perf_counter()
         js = [j for j, _ in self._window]
         emb = np.stack([e for _, e in self._window])
-        obs = self._search(emb, js[0])
+        obs, tail = self._search(emb, js[0])
         cur = self.current
         cut = False
         tail_says: Observation | None = None
-        if len(emb) > self.n_tail:
-            full_song = obs.song_id if obs is not None and obs.is_match else None
-            tail = self._search(emb[-self.n_tail:], js[-self.n_tail], other_than=full_song)
-            if tail is not None and tail.is_match and not (  # (never the window's own song: other_than)
-                    cur is not None and (self._passes(self._track(emb[-self.n_tail:], js[-self.n_tail], cur, tail))
-                                         or self._held_song_fits(tail, cur))):
-                tail_says = tail
+        if tail is not None and tail.is_match and not (  # (never the window's own song: other_than)
+                cur is not None and (self._passes(self._track(emb[-self.n_tail:], js[-self.n_tail], cur, tail))
+                                     or self._held_song_fits(tail, cur))):
+            tail_says = tail
         # The newest seconds alone name another song than the whole window does, and the song being held no longer
         # explains them. When they keep doing so for K hops, the music changed: the window is cut to them (the
         # older segments would only drag the new song's score down). One hop is not enough: a short window's

@@ -324,6 +324,97 @@ def add_runner_up(db: Database, emb: np.ndarray, result: SearchResult, top_k: in
     return result
 
 
+def _neighbour_alignments(db: Database, active: np.ndarray, neighbours: Neighbours
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """For each neighbour of each ``active`` query segment: its song (code), the alignment it implies (song segment
+    minus query segment), its similarity (0 where none was found), the codes with -1 there, and where one was found.
+    None when no segment has any."""
+    seg_index = np.flatnonzero(active)
+    sims, rows = neighbours.sims[active], neighbours.rows[active]
+    codes, segs = db.row_song_index(rows)  # -1 where FAISS found fewer than k neighbours
+    valid = codes >= 0
+    if not valid.any():
+        return None
+    codes = codes.astype(np.int64)
+    starts = segs.astype(np.int64) - seg_index[:, None]
+    sims = np.where(valid, sims, 0.0).astype(np.float64)
+    return codes, starts, sims, np.where(valid, codes, -1), valid
+
+
+def _sequence_candidates(codes: np.ndarray, starts: np.ndarray, sims: np.ndarray, valid: np.ndarray,
+                         max_candidates: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The alignments the neighbours point at, by summed similarity (support), at most ``max_candidates``:
+    (codes, starts, support, how many alignments there were before the cut)."""
+    c, s, w = codes[valid], starts[valid], sims[valid]
+    span = int(s.max() - s.min()) + 1
+    uniq, first, inv = np.unique(c * span + (s - s.min()), return_index=True, return_inverse=True)
+    support = np.bincount(inv, weights=w, minlength=len(uniq))
+    keep = np.argsort(-support, kind="stable")[:max_candidates]
+    return c[first[keep]], s[first[keep]], support[keep], len(uniq)
+
+
+def _alignment_keys(codes: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return codes.astype(np.int64) * (1 << 32) + (starts.astype(np.int64) + (1 << 31))
+
+
+def ranked_window_and_tail(db: Database, emb: np.ndarray, n_tail: int, top_k: int = 20, max_candidates: int = 200,
+                           n_results: int = 10) -> tuple[SearchResult, SearchResult | None]:
+    """The listener's two searches of a hop: the window ``emb`` and its newest ``n_tail`` segments (None when the
+    window has no more than those), each answered as ``search_embeddings(..., runner_up=False,
+    place_offsets=False)`` answers it.
+
+    Every alignment of the newest segments is an alignment of the window (shifted by the segments before them), so
+    when the window kept all its alignments (no more than ``max_candidates``) their exact similarities are read from
+    the window's instead of being gathered and multiplied a second time; otherwise the newest segments are searched
+    on their own."""
+    q = np.ascontiguousarray(emb, dtype=np.float32)
+
+    def separately() -> tuple[SearchResult, SearchResult | None]:
+        window = _ranked_candidates(db, q, top_k, "sequence", max_candidates, n_results, None, None)
+        return window, (_ranked_candidates(db, q[-n_tail:], top_k, "sequence", max_candidates, n_results, None, None)
+                        if 0 < n_tail < len(q) else None)
+
+    if q.ndim != 2 or not 0 < n_tail < len(q):
+        return separately()
+    active = np.einsum("ij,ij->i", q, q) > 0
+    tail_active = active[-n_tail:]
+    j, tail_j = int(active.sum()), int(tail_active.sum())
+    if tail_j == 0:
+        return separately()
+    neighbours = find_neighbours(db, q, top_k)
+    found = _neighbour_alignments(db, active, neighbours)
+    if found is None:
+        return separately()
+    codes, starts, sims, nb_codes, valid = found
+    cand_codes, cand_starts, cand_support, n_alignments = _sequence_candidates(codes, starts, sims, valid,
+                                                                               max_candidates)
+    if n_alignments > max_candidates:
+        return separately()
+    # As aligned_scores computes them: exact similarities, 0 off the song, summed over the segments in order.
+    shift = len(q) - n_tail
+    rows = db.rows_for(np.broadcast_to(cand_codes[None], (len(q), len(cand_codes))),
+                       cand_starts[None] + np.arange(len(q))[:, None])
+    dots = db.scores(q, rows)
+    dots = np.where(np.isfinite(dots), dots, 0.0)
+    window = SearchResult("sequence", j, _best_per_song(db, cand_codes, cand_starts, dots.sum(axis=0) / j,
+                                                        cand_support, n_results, nb_codes, starts))
+    tail_found = _neighbour_alignments(db, tail_active, neighbours[-n_tail:])
+    if tail_found is None:
+        return window, SearchResult("sequence", tail_j, [])
+    t_codes, t_starts, t_sims, t_nb_codes, t_valid = tail_found
+    t_cand_codes, t_cand_starts, t_support, _ = _sequence_candidates(t_codes, t_starts, t_sims, t_valid,
+                                                                     max_candidates)
+    window_keys = _alignment_keys(cand_codes, cand_starts)
+    order = np.argsort(window_keys)
+    wanted = _alignment_keys(t_cand_codes, t_cand_starts - shift)
+    at = order[np.minimum(np.searchsorted(window_keys[order], wanted), len(order) - 1)]
+    if not np.array_equal(window_keys[at], wanted):  # cannot happen while the window kept all its alignments
+        return separately()
+    t_scores = dots[shift:, at].sum(axis=0) / tail_j
+    return window, SearchResult("sequence", tail_j, _best_per_song(db, t_cand_codes, t_cand_starts, t_scores,
+                                                                   t_support, n_results, t_nb_codes, t_starts))
+
+
 def _ranked_candidates(db: Database, emb: np.ndarray, top_k: int, mode: str, max_candidates: int, n_results: int,
                        exclude_song: str | frozenset[str] | None, neighbours: Neighbours | None) -> SearchResult:
     """``search_embeddings`` without the runner-up look-up."""
@@ -341,23 +432,12 @@ def _ranked_candidates(db: Database, emb: np.ndarray, top_k: int, mode: str, max
         neighbours = find_neighbours(db, q, top_k, exclude_song)
     elif len(neighbours) != len(q):
         raise ValueError(f"{len(neighbours)} neighbour lists for {len(q)} query segments")
-    seg_index = np.flatnonzero(active)
-    sims, rows = neighbours.sims[active], neighbours.rows[active]
-    codes, segs = db.row_song_index(rows)  # -1 where FAISS found fewer than k neighbours
-    valid = codes >= 0
-    if not valid.any():
+    found = _neighbour_alignments(db, active, neighbours)
+    if found is None:
         return SearchResult(mode, j, [])
-    codes = codes.astype(np.int64)
-    starts = segs.astype(np.int64) - seg_index[:, None]
-    sims = np.where(valid, sims, 0.0).astype(np.float64)
-    nb_codes = np.where(valid, codes, -1)
+    codes, starts, sims, nb_codes, valid = found
     if mode == "sequence":
-        c, s, w = codes[valid], starts[valid], sims[valid]
-        span = int(s.max() - s.min()) + 1
-        uniq, first, inv = np.unique(c * span + (s - s.min()), return_index=True, return_inverse=True)
-        support = np.bincount(inv, weights=w, minlength=len(uniq))
-        keep = np.argsort(-support, kind="stable")[:max_candidates]
-        cand_codes, cand_starts, cand_support = c[first[keep]], s[first[keep]], support[keep]
+        cand_codes, cand_starts, cand_support, _ = _sequence_candidates(codes, starts, sims, valid, max_candidates)
         scores = aligned_scores(q, db, cand_codes, cand_starts, active=active)
         return SearchResult(mode, j, _best_per_song(db, cand_codes, cand_starts, scores, cand_support, n_results,
                                                     nb_codes, starts))
