@@ -381,6 +381,7 @@ def _copy_vectors(dst: np.ndarray, dst_off: int, src: np.ndarray, keep: np.ndarr
 # Gathers of more rows than this read the vector map in row order (sorted, deduplicated first).
 SORTED_GATHER_ROWS = 1 << 16
 
+
 class FingerprintDB:
     """A loaded fingerprint database (``index.faiss`` + id map + float16 vectors + sidecar).
 

@@ -140,13 +140,18 @@ def aligned_scores(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.nd
     n_active = int(active.sum()) if active is not None else j
     out = np.empty(len(codes), dtype=np.float32)
     step = max(1, chunk_elems // max(1, j * q.shape[1]))  # bounds the gathered block (~16 MB of float32)
-    offs = np.arange(j, dtype=np.int64)[:, None]
     for a in range(0, len(codes), step):
-        rows = db.rows_for(np.broadcast_to(codes[None, a:a + step], (j, len(codes[a:a + step]))),
-                           starts[None, a:a + step] + offs)  # (j, c): row of query segment i in candidate c
-        dots = db.scores(q, rows)  # exact dot products, -inf where the alignment runs off the song
-        out[a:a + step] = np.where(np.isfinite(dots), dots, 0.0).sum(axis=0) / max(n_active, 1)
+        out[a:a + step] = aligned_dots(q, db, codes[a:a + step], starts[a:a + step]).sum(axis=0) / max(n_active, 1)
     return out
+
+
+def aligned_dots(q: np.ndarray, db: Database, codes: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``(J, C)``: ``q[i] . db[song, start + i]`` of each query segment ``i`` at each candidate alignment, 0 where
+    the alignment runs off the song."""
+    rows = db.rows_for(np.broadcast_to(codes[None], (len(q), len(codes))),
+                       starts[None] + np.arange(len(q), dtype=np.int64)[:, None])  # row of segment i in candidate c
+    dots = db.scores(q, rows)  # exact dot products, -inf off the song
+    return np.where(np.isfinite(dots), dots, 0.0)
 
 
 def count_votes(nb_codes: np.ndarray, nb_starts: np.ndarray, codes: np.ndarray, starts: np.ndarray,
@@ -390,12 +395,8 @@ def ranked_window_and_tail(db: Database, emb: np.ndarray, n_tail: int, top_k: in
                                                                                max_candidates)
     if n_alignments > max_candidates:
         return separately()
-    # As aligned_scores computes them: exact similarities, 0 off the song, summed over the segments in order.
+    dots = aligned_dots(q, db, cand_codes, cand_starts)  # summed over the segments as aligned_scores sums them
     shift = len(q) - n_tail
-    rows = db.rows_for(np.broadcast_to(cand_codes[None], (len(q), len(cand_codes))),
-                       cand_starts[None] + np.arange(len(q))[:, None])
-    dots = db.scores(q, rows)
-    dots = np.where(np.isfinite(dots), dots, 0.0)
     window = SearchResult("sequence", j, _best_per_song(db, cand_codes, cand_starts, dots.sum(axis=0) / j,
                                                         cand_support, n_results, nb_codes, starts))
     tail_found = _neighbour_alignments(db, tail_active, neighbours[-n_tail:])
