@@ -362,6 +362,27 @@ def _alignment_keys(codes: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return codes.astype(np.int64) * (1 << 32) + (starts.astype(np.int64) + (1 << 31))
 
 
+def _sequence_ranking(db: Database, q: np.ndarray, active: np.ndarray, found: tuple, max_candidates: int,
+                      n_results: int, keep_dots: bool = False
+                      ) -> tuple[SearchResult, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The sequence search from its neighbours' alignments (``_neighbour_alignments``): (result, candidate codes,
+    starts, and with ``keep_dots`` their ``(J, C)`` exact similarities, None when ``max_candidates`` cut some
+    alignments off or ``keep_dots`` is false)."""
+    codes, starts, sims, nb_codes, valid = found
+    j = int(active.sum())
+    cand_codes, cand_starts, cand_support, n_alignments = _sequence_candidates(codes, starts, sims, valid,
+                                                                               max_candidates)
+    dots = None
+    if keep_dots and n_alignments <= max_candidates:
+        dots = aligned_dots(q, db, cand_codes, cand_starts)
+        scores = dots.sum(axis=0) / j  # as aligned_scores sums them
+    else:
+        scores = aligned_scores(q, db, cand_codes, cand_starts, active=active)
+    result = SearchResult("sequence", j, _best_per_song(db, cand_codes, cand_starts, scores, cand_support, n_results,
+                                                        nb_codes, starts))
+    return result, cand_codes, cand_starts, dots
+
+
 def ranked_window_and_tail(db: Database, emb: np.ndarray, n_tail: int, top_k: int = 20, max_candidates: int = 200,
                            n_results: int = 10) -> tuple[SearchResult, SearchResult | None]:
     """The listener's two searches of a hop: the window ``emb`` and its newest ``n_tail`` segments (None when the
@@ -371,46 +392,39 @@ def ranked_window_and_tail(db: Database, emb: np.ndarray, n_tail: int, top_k: in
     Every alignment of the newest segments is an alignment of the window (shifted by the segments before them), so
     when the window kept all its alignments (no more than ``max_candidates``) their exact similarities are read from
     the window's instead of being gathered and multiplied a second time; otherwise the newest segments are searched
-    on their own."""
+    on their own (with the window's neighbour lists)."""
     q = np.ascontiguousarray(emb, dtype=np.float32)
-
-    def separately() -> tuple[SearchResult, SearchResult | None]:
-        window = _ranked_candidates(db, q, top_k, "sequence", max_candidates, n_results, None, None)
-        return window, (_ranked_candidates(db, q[-n_tail:], top_k, "sequence", max_candidates, n_results, None, None)
-                        if 0 < n_tail < len(q) else None)
-
     if q.ndim != 2 or not 0 < n_tail < len(q):
-        return separately()
+        return _ranked_candidates(db, q, top_k, "sequence", max_candidates, n_results, None, None), None
     active = np.einsum("ij,ij->i", q, q) > 0
-    tail_active = active[-n_tail:]
-    j, tail_j = int(active.sum()), int(tail_active.sum())
-    if tail_j == 0:
-        return separately()
     neighbours = find_neighbours(db, q, top_k)
-    found = _neighbour_alignments(db, active, neighbours)
-    if found is None:
-        return separately()
-    codes, starts, sims, nb_codes, valid = found
-    cand_codes, cand_starts, cand_support, n_alignments = _sequence_candidates(codes, starts, sims, valid,
-                                                                               max_candidates)
-    if n_alignments > max_candidates:
-        return separately()
-    dots = aligned_dots(q, db, cand_codes, cand_starts)  # summed over the segments as aligned_scores sums them
-    shift = len(q) - n_tail
-    window = SearchResult("sequence", j, _best_per_song(db, cand_codes, cand_starts, dots.sum(axis=0) / j,
-                                                        cand_support, n_results, nb_codes, starts))
-    tail_found = _neighbour_alignments(db, tail_active, neighbours[-n_tail:])
-    if tail_found is None:
-        return window, SearchResult("sequence", tail_j, [])
+    tail_neighbours = neighbours[-n_tail:]
+
+    def tail_alone() -> SearchResult:
+        return _ranked_candidates(db, q[-n_tail:], top_k, "sequence", max_candidates, n_results, None,
+                                  tail_neighbours)
+
+    found = _neighbour_alignments(db, active, neighbours) if active.any() else None
+    if found is None:  # a silent window, or one with no neighbour at all: nothing to share
+        return (_ranked_candidates(db, q, top_k, "sequence", max_candidates, n_results, None, neighbours),
+                tail_alone())
+    window, cand_codes, cand_starts, dots = _sequence_ranking(db, q, active, found, max_candidates, n_results,
+                                                              keep_dots=True)
+    tail_active = active[-n_tail:]
+    tail_found = _neighbour_alignments(db, tail_active, tail_neighbours) if tail_active.any() else None
+    if dots is None or tail_found is None:
+        return window, tail_alone()
     t_codes, t_starts, t_sims, t_nb_codes, t_valid = tail_found
     t_cand_codes, t_cand_starts, t_support, _ = _sequence_candidates(t_codes, t_starts, t_sims, t_valid,
                                                                      max_candidates)
+    shift = len(q) - n_tail
     window_keys = _alignment_keys(cand_codes, cand_starts)
     order = np.argsort(window_keys)
     wanted = _alignment_keys(t_cand_codes, t_cand_starts - shift)
     at = order[np.minimum(np.searchsorted(window_keys[order], wanted), len(order) - 1)]
     if not np.array_equal(window_keys[at], wanted):  # cannot happen while the window kept all its alignments
-        return separately()
+        return window, tail_alone()
+    tail_j = int(tail_active.sum())
     t_scores = dots[shift:, at].sum(axis=0) / tail_j
     return window, SearchResult("sequence", tail_j, _best_per_song(db, t_cand_codes, t_cand_starts, t_scores,
                                                                    t_support, n_results, t_nb_codes, t_starts))
@@ -436,12 +450,9 @@ def _ranked_candidates(db: Database, emb: np.ndarray, top_k: int, mode: str, max
     found = _neighbour_alignments(db, active, neighbours)
     if found is None:
         return SearchResult(mode, j, [])
-    codes, starts, sims, nb_codes, valid = found
     if mode == "sequence":
-        cand_codes, cand_starts, cand_support, _ = _sequence_candidates(codes, starts, sims, valid, max_candidates)
-        scores = aligned_scores(q, db, cand_codes, cand_starts, active=active)
-        return SearchResult(mode, j, _best_per_song(db, cand_codes, cand_starts, scores, cand_support, n_results,
-                                                    nb_codes, starts))
+        return _sequence_ranking(db, q, active, found, max_candidates, n_results)[0]
+    codes, starts, sims, nb_codes, valid = found
     top = valid[:, 0]
     c0, s0, w0 = codes[top, 0], starts[top, 0], sims[top, 0]
     song_codes, inv = np.unique(c0, return_inverse=True)
