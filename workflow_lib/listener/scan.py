@@ -363,8 +363,9 @@ def plot_timeline(result: ScanResult, path, width_in: float = 12.0) -> None:
         labels.append((f"{o.title} - {o.artist}" if o.title and o.artist else (o.title or sid))[:40])
     ax.set_yticks(range(len(songs)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_title(f"{result.name}: {len(result.occurrences)} occurrences of {len(songs)} songs "
-                 f"(grey: silence)", fontsize=10)
+    n_occ, n_songs = len(result.occurrences), len(songs)
+    ax.set_title(f"{result.name}: {n_occ} occurrence{'s' if n_occ != 1 else ''} of {n_songs} "
+                 f"song{'s' if n_songs != 1 else ''} (grey: silence)", fontsize=10)
     axc.set_ylim(0, 1.05)
     axc.set_ylabel("confidence", fontsize=8)
     axc.set_xlabel("recording time (min)" if scale == 60 else "recording time (s)")
