@@ -106,6 +106,38 @@ def test_cli_outputs_json_csv_and_plot_and_reads_wav_on_stdin(world, tmp_path, m
     assert [r["song_id"] for r in piped if r["kind"] == "song"] == [t[0] for t in truth]
 
 
+def test_occurrences_shorter_than_the_minimum_duration_are_left_out_and_their_time_is_a_gap(world, tmp_path,
+                                                                                           monkeypatch, capsys):
+    from workflow_lib.cli import main as cli_main, query as cli_query
+
+    songs, searcher = world
+    # 15 s of s0, 6 s of s1, 15 s of s2, back to back
+    audio = np.concatenate([songs["s0"][:15 * SR], songs["s1"][5 * SR:11 * SR], songs["s2"][:15 * SR]])
+    chunks = [audio[i:i + 7 * SR] for i in range(0, len(audio), 7 * SR)]
+    cfg = ListenConfig(window_s=4.0, tail_s=2.0)
+    every = scan_chunks(searcher, chunks, cfg)
+    assert [o.song_id for o in every.occurrences] == ["s0", "s1", "s2"]
+    short = every.occurrences[1]
+    assert short.duration_s < 10
+    long_only = scan_chunks(searcher, chunks, cfg, min_duration_s=10.0)
+    assert [o.song_id for o in long_only.occurrences] == ["s0", "s2"]
+    assert [(o.start_s, o.end_s) for o in long_only.occurrences] == \
+        [(o.start_s, o.end_s) for o in every.occurrences if o.song_id != "s1"]  # the others are untouched
+    gap = [g for g in long_only.gaps if g.start_s <= short.start_s and short.end_s <= g.end_s]
+    assert len(gap) == 1 and gap[0].kind == "no match"
+    with pytest.raises(ValueError, match="0 s or more"):
+        scan_chunks(searcher, chunks, cfg, min_duration_s=-1.0)
+    monkeypatch.setattr(cli_query, "load_searcher", lambda args, overrides=None: (searcher, {}))
+    wav = tmp_path / "three.wav"
+    sf.write(wav, audio, SR)
+    assert cli_main.main(["scan", str(wav), "--json", "--window", "4", "--min-duration", "10",
+                          "--results", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["song_id"] for r in rows if r["kind"] == "song"] == ["s0", "s2"]
+    assert cli_main.main(["scan", str(wav), "--min-duration", "-2", "--results", str(tmp_path)]) != 0
+    assert "--min-duration must be 0 or more" in capsys.readouterr().err
+
+
 def test_truncated_unreadable_and_non_wav_inputs_give_clear_errors(world, tmp_path, monkeypatch, capsys):
     from workflow_lib.cli import main as cli_main, query as cli_query
 

@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
                    help="draw the timeline (one PNG per file; with several files, FILE's name is added)")
     p.add_argument("--window", type=float, default=None, metavar="SECONDS",
                    help="seconds of audio searched together (default: listen.window_s)")
+    p.add_argument("--min-duration", type=float, default=0.0, metavar="SECONDS",
+                   help="report only occurrences at least this long (default: 0, every one); e.g. 10 for radio "
+                        "monitoring, where a few seconds of a song are more often a false alarm than a play")
     p.add_argument("--device", default=None, help="where the model runs: auto, cpu, cuda (default: search.device)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default: 2)")
     p.set_defaults(run=run)
@@ -41,6 +44,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         return fail("--threads must be at least 1")
+    if not args.min_duration >= 0:
+        return fail(f"--min-duration must be 0 or more seconds, got {args.min_duration:g}")
     if args.files.count("-") > 1:
         return fail("- (stdin) can be given once")
     from workflow_lib.cli.listen import load_settings
@@ -67,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     for path in args.files:
         chunks = iter_wav_stream(sys.stdin.buffer, name="stdin") if path == "-" else iter_audio(path)
         try:
-            result = scan_chunks(searcher, chunks, settings.listen, name="stdin" if path == "-" else path)
+            result = scan_chunks(searcher, chunks, settings.listen, name="stdin" if path == "-" else path,
+                                 min_duration_s=args.min_duration)
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             print(f"error: {printable(exc)}", file=sys.stderr)

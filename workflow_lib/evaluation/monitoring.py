@@ -236,8 +236,9 @@ def audfprint_occurrences(afp, audio: np.ndarray, plan: MonitoringPlan, exclude:
 
 def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, threshold_path, songs_path,
                    splits_path, noise_prefix, ir_prefix, search_cfg: dict, listen_cfg: dict, eval_cfg: dict,
-                   audfprint_params: dict | None, threads: int = 1) -> pd.DataFrame:
-    """Snakemake entry of the ``monitor`` rule: one row per programme and system (``results/eval/monitoring``)."""
+                   audfprint_params: dict | None, threads: int = 1, min_duration_s: float = 0.0) -> pd.DataFrame:
+    """Snakemake entry of the ``monitor`` rule: one row per programme and system (``results/eval/monitoring``).
+    ``min_duration_s``: ``nafp scan --min-duration`` (bench/listener_operating_point.py measures it)."""
     import torch
 
     from workflow_lib.audio.files import load_audio
@@ -293,7 +294,7 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
                                     for sid, _ in unknown_audio))
             t0 = time.perf_counter()
             res = scan_chunks(searcher, [prog.audio[i:i + 60 * SR] for i in range(0, len(prog.audio), 60 * SR)],
-                              listen, name=prog.name, exclude_songs=exclude)
+                              listen, name=prog.name, exclude_songs=exclude, min_duration_s=min_duration_s)
             pred = [{"song_id": o.song_id, "start_s": o.start_s, "end_s": o.end_s, "song_start_s": o.song_start_s}
                     for o in res.occurrences]
             m = score_programme(prog.truth, pred, prog.duration_s)

@@ -107,9 +107,14 @@ class ScanResult:
 
 
 def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | None = None, name: str = "",
-                exclude_songs: set[str] | None = None) -> ScanResult:
+                exclude_songs: set[str] | None = None, min_duration_s: float = 0.0) -> ScanResult:
     """Scan a stream of consecutive 8 kHz chunks (e.g. ``audio.files.iter_audio`` of a file). ``exclude_songs``
-    are searched as if they were not in the database (the monitoring benchmark's unknown music)."""
+    are searched as if they were not in the database (the monitoring benchmark's unknown music). Occurrences
+    shorter than ``min_duration_s`` are left out (their time becomes a gap), as broadcast monitoring reports only
+    plays of some length: a few seconds of a song that shares passages or samples with the one playing are the
+    scan's commonest false alarm (bench/README.md, "Scanning: following the song")."""
+    if min_duration_s < 0:
+        raise ValueError(f"the shortest occurrence reported must be 0 s or more, got {min_duration_s:g}")
     config = config or ListenConfig()
     t0 = time.perf_counter()
     core = ListenerCore(searcher, config, exclude_songs=exclude_songs or ())
@@ -142,7 +147,7 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
     emb_all = np.concatenate(embs) if embs else np.zeros((0, 1), np.float16)
     lev_all = np.concatenate(levels) if levels else np.zeros(0)
     duration = samples / SAMPLE_RATE
-    occurrences = _refine(searcher, core.heard, emb_all, config)
+    occurrences = [o for o in _refine(searcher, core.heard, emb_all, config) if o.duration_s >= min_duration_s]
     gaps = _gaps(occurrences, lev_all, duration, config.silence_dbfs)
     result = ScanResult(name, duration, occurrences, gaps, time.perf_counter() - t0,
                         {"segments": n_seg, "decisions": core.decisions})
