@@ -4,6 +4,7 @@ ends in the recording and in the song, and the gaps between them (silence, or no
 ``-`` reads a WAV stream on stdin, e.g. ``ffmpeg -i show.m4a -f wav - | nafp scan -``. Runs as fast as the CPU
 allows with the listener's decision logic and the results folder's calibrated no-match rule. Output: a readable
 table (default), ``--json`` lines or ``--csv``, one row per occurrence or gap; ``--plot PNG`` draws the timeline.
+``--min-duration 10`` reports only plays of 10 s or more (radio and TV monitoring).
 """
 
 from __future__ import annotations
