@@ -112,7 +112,7 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
     are searched as if they were not in the database (the monitoring benchmark's unknown music). Occurrences
     shorter than ``min_duration_s`` are left out (their time becomes a gap), as broadcast monitoring reports only
     plays of some length: a few seconds of a song that shares passages or samples with the one playing are the
-    scan's commonest false alarm (bench/README.md, "Scanning: following the song")."""
+    scan's commonest false alarm (bench/README.md, "The missed seconds, and a shortest play")."""
     if min_duration_s < 0:
         raise ValueError(f"the shortest occurrence reported must be 0 s or more, got {min_duration_s:g}")
     config = config or ListenConfig()
