@@ -113,7 +113,7 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
     shorter than ``min_duration_s`` are left out (their time becomes a gap), as broadcast monitoring reports only
     plays of some length: a few seconds of a song that shares passages or samples with the one playing are the
     scan's commonest false alarm (bench/README.md, "The missed seconds, and a shortest play")."""
-    if min_duration_s < 0:
+    if not min_duration_s >= 0:  # NaN too: it would silently drop every occurrence
         raise ValueError(f"the shortest occurrence reported must be 0 s or more, got {min_duration_s:g}")
     config = config or ListenConfig()
     t0 = time.perf_counter()
