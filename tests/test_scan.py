@@ -15,7 +15,8 @@ import soundfile as sf
 
 from tests.search_helpers import SR, build_searcher, synth_song
 from workflow_lib.listener.core import Heard, ListenConfig
-from workflow_lib.listener.scan import HOP_S, Occurrence, _refine, merge_continuations, scan_chunks
+from workflow_lib.listener.scan import (HOP_S, Occurrence, _alignment_runs, _refine, merge_continuations,
+                                        scan_chunks)
 from workflow_lib.model.embed import embed_audio
 
 
@@ -279,6 +280,35 @@ def test_a_playing_declared_in_pieces_is_followed_to_its_edges(world):
     assert [g[0] for g in got] == ["s1", "s1"], got
     for (_, a, b, pos), (ta, tb, tpos) in zip(got, [(10.0, 36.0, 0.0), (36.0, 48.0, 0.0)]):
         assert abs(a - ta) <= 1.0 and abs(b - tb) <= 1.0 and abs(pos - tpos) <= 0.5, got
+
+
+class _HandSetSong:
+    """A database of one 80-segment song, as ``_alignment_runs`` reads it: query segment j scores ``aligned[j]``
+    with the song's segment j (the alignment, anchor 0) and ``elsewhere[j]`` with any other of its segments."""
+
+    def __init__(self, aligned, elsewhere):
+        self.aligned, self.elsewhere = np.asarray(aligned, np.float32), np.asarray(elsewhere, np.float32)
+
+    def rows_for(self, songs, segments):
+        segments = np.asarray(segments)
+        return np.where((segments >= 0) & (segments < len(self.aligned)), segments, -1)
+
+    def scores(self, queries, rows):
+        j = queries[:, 0].astype(int)  # the query "fingerprint" holds its own segment number
+        return np.where(rows[:, 0] == j, self.aligned[j], self.elsewhere[j])[:, None]
+
+
+def test_a_song_is_followed_only_while_its_alignment_lifts_it_above_its_level_elsewhere():
+    # The song plays for segments 0-39 and is gone after; there its aligned similarity stays at 0.5, above the
+    # fixed levels (0.6 x its typical 0.8, and 0.35), because it scores 0.5 against this audio anywhere (a hub song
+    # in noise). While it played, its other segments scored 0.4.
+    emb = np.arange(80, dtype=np.float32)[:, None]
+    hub = _HandSetSong(np.r_[np.full(40, 0.8), np.full(40, 0.5)], np.r_[np.full(40, 0.4), np.full(40, 0.5)])
+    (a, b), = _alignment_runs(hub, 0, 0, emb, 0, 79, [(10, 20)])
+    assert a == 0 and abs(b - 39) <= 1, (a, b)
+    # A song that really scores 0.5 at its alignment there (quiet, under noise) and less elsewhere is followed on.
+    quiet = _HandSetSong(np.r_[np.full(40, 0.8), np.full(40, 0.5)], np.full(80, 0.4))
+    assert _alignment_runs(quiet, 0, 0, emb, 0, 79, [(10, 20)]) == [(0, 79)]
 
 
 def test_a_resync_within_a_song_does_not_split_its_occurrence():

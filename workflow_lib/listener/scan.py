@@ -46,6 +46,15 @@ EDGE_SHARE = 0.6
 TRACK_FLOOR = 0.35
 SMOOTH_SEGMENTS = 5
 BRIDGE_SEGMENTS = 12
+# ... and while the song scores above what it scores against this very audio at other alignments (the median over
+# SELF_NULL_SHIFTS, smoothed alike) by SELF_NULL_GAP. A fixed level is no test for a song that scores about as high
+# against anything noisy (a hub song, 0.5 against talk or noise): such songs were followed up to a minute past
+# their end at 0 dB. Once the song has ended, its aligned similarity falls to its level at any alignment; while it
+# plays, the alignment lifts it above. The shifts (5-18 s, none a multiple of another) keep a repeated bar or
+# chorus from lifting the median. Chosen on programme seeds 0-2 and 12-17 (gaps 0.02-0.05 and other shift sets all
+# within 0.01 of F1; bench/README.md, "Following a song only while its alignment counts").
+SELF_NULL_GAP = 0.03
+SELF_NULL_SHIFTS = (-37, -23, -11, 11, 23, 37)
 
 
 @dataclass
@@ -162,7 +171,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig)
     The listener names a song only when a whole window beats every other song in the database, so in noise or
     talk it names a long playing in pieces, and late. Once the song and its alignment are known, whether each
     segment still belongs to it is a much easier question: its aligned similarity with the song's matching
-    segment (``_alignment_runs``). Consecutive declarations of one song form a group; each alignment of the group
+    segment, against what the song scores there at other alignments (``_alignment_runs``). Consecutive declarations of one song form a group; each alignment of the group
     claims the stretch where its similarity holds, the alignment that explains most of the group first (a song
     with a repeated chorus is sometimes declared at the chorus's other place: that alignment explains less and
     is absorbed), and a second playing of the song (another alignment) keeps its own stretch.
@@ -253,9 +262,10 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
                     cores: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Where one alignment of a song holds within segments ``lo..hi``: the stretches (relative to ``lo``) around
     its declared ``cores`` where the aligned similarity, smoothed over SMOOTH_SEGMENTS, stays at the level
-    (EDGE_SHARE of its typical similarity in the cores, at least TRACK_FLOOR), bridging dips of up to
+    (EDGE_SHARE of its typical similarity in the cores, at least TRACK_FLOOR) and SELF_NULL_GAP above the song's
+    similarity at other alignments (``_unaligned_similarity``, smoothed alike), bridging dips of up to
     BRIDGE_SEGMENTS (talk over the song, a noise burst); each edge then snaps to the first (last) two unsmoothed
-    segments in a row at the level."""
+    segments in a row at both levels."""
     js = np.arange(lo, hi + 1)
     rows = db.rows_for(np.full(len(js), code), js + anchor)
     raw = np.zeros(len(js), np.float32)
@@ -266,8 +276,15 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
     inner = np.concatenate([raw[a:b + 1] for a, b in cores])
     typical = float(np.median(inner[inner > 0])) if np.any(inner > 0) else 0.0
     level = max(EDGE_SHARE * typical, TRACK_FLOOR)
-    above = np.convolve(raw, np.ones(SMOOTH_SEGMENTS) / SMOOTH_SEGMENTS, "same") >= level
-    raw_pairs = (raw[:-1] >= level) & (raw[1:] >= level)
+    kernel = np.ones(SMOOTH_SEGMENTS) / SMOOTH_SEGMENTS
+    smooth = np.convolve(raw, kernel, "same")
+    above = smooth >= level
+    at_level = raw >= level
+    if np.isfinite(SELF_NULL_GAP):
+        null = _unaligned_similarity(db, code, anchor, emb, lo, hi)
+        above &= smooth >= np.convolve(null, kernel, "same") + SELF_NULL_GAP
+        at_level &= raw >= null + SELF_NULL_GAP
+    raw_pairs = at_level[:-1] & at_level[1:]
     runs: list[tuple[int, int]] = []
     for a, b in sorted(cores):
         if runs and b <= runs[-1][1]:
@@ -281,6 +298,24 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
             b = max(0, b - SMOOTH_SEGMENTS) + int(near[-1]) + 1
         runs.append((a, b))
     return runs
+
+
+def _unaligned_similarity(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Per segment ``lo..hi``: what the song scores against it away from the alignment (the median similarity
+    with the song's segments at ``anchor`` + SELF_NULL_SHIFTS; 0 where the song has none of them)."""
+    js = np.arange(lo, hi + 1)
+    q = emb[lo:hi + 1].astype(np.float32)
+    shifted = np.full((len(SELF_NULL_SHIFTS), len(js)), np.nan, np.float32)
+    for i, k in enumerate(SELF_NULL_SHIFTS):
+        rows = db.rows_for(np.full(len(js), code), js + anchor + k)
+        ok = rows >= 0
+        if ok.any():
+            shifted[i, ok] = db.scores(q[ok], rows[ok][:, None])[:, 0]
+    shifted[~np.isfinite(shifted)] = np.nan
+    counted = np.isfinite(shifted).any(axis=0)
+    null = np.zeros(len(js), np.float32)
+    null[counted] = np.nanmedian(shifted[:, counted], axis=0)
+    return null
 
 
 def _extend(above: np.ndarray, j: int, step: int) -> int:
