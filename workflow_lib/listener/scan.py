@@ -171,10 +171,11 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig)
     The listener names a song only when a whole window beats every other song in the database, so in noise or
     talk it names a long playing in pieces, and late. Once the song and its alignment are known, whether each
     segment still belongs to it is a much easier question: its aligned similarity with the song's matching
-    segment, against what the song scores there at other alignments (``_alignment_runs``). Consecutive declarations of one song form a group; each alignment of the group
-    claims the stretch where its similarity holds, the alignment that explains most of the group first (a song
-    with a repeated chorus is sometimes declared at the chorus's other place: that alignment explains less and
-    is absorbed), and a second playing of the song (another alignment) keeps its own stretch.
+    segment, against what the song scores there at other alignments (``_alignment_runs``). Consecutive
+    declarations of one song form a group; each alignment of the group claims the stretch where its similarity
+    holds, the alignment that explains most of the group first (a song with a repeated chorus is sometimes declared
+    at the chorus's other place: that alignment explains less and is absorbed), and a second playing of the song
+    (another alignment) keeps its own stretch.
     """
     db = searcher.db
     catalogue = getattr(searcher, "catalogue", {}) or {}
