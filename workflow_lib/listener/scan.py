@@ -267,13 +267,7 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
     similarity at other alignments (``_unaligned_similarity``, smoothed alike), bridging dips of up to
     BRIDGE_SEGMENTS (talk over the song, a noise burst); each edge then snaps to the first (last) two unsmoothed
     segments in a row at both levels."""
-    js = np.arange(lo, hi + 1)
-    rows = db.rows_for(np.full(len(js), code), js + anchor)
-    raw = np.zeros(len(js), np.float32)
-    ok = rows >= 0
-    if ok.any():
-        raw[ok] = db.scores(emb[lo:hi + 1][ok].astype(np.float32), rows[ok][:, None])[:, 0]
-    raw = np.where(np.isfinite(raw), raw, 0.0)
+    raw = np.nan_to_num(_similarity_at(db, code, anchor, emb, lo, hi), nan=0.0, posinf=0.0, neginf=0.0)
     inner = np.concatenate([raw[a:b + 1] for a, b in cores])
     typical = float(np.median(inner[inner > 0])) if np.any(inner > 0) else 0.0
     level = max(EDGE_SHARE * typical, TRACK_FLOOR)
@@ -301,20 +295,25 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
     return runs
 
 
+def _similarity_at(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Per segment j of ``lo..hi``: its similarity with the song's segment j + ``anchor`` (NaN where the song has
+    no such segment)."""
+    js = np.arange(lo, hi + 1)
+    rows = db.rows_for(np.full(len(js), code), js + anchor)
+    out = np.full(len(js), np.nan, np.float32)
+    ok = rows >= 0
+    if ok.any():
+        out[ok] = db.scores(emb[lo:hi + 1][ok].astype(np.float32), rows[ok][:, None])[:, 0]
+    return out
+
+
 def _unaligned_similarity(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Per segment ``lo..hi``: what the song scores against it away from the alignment (the median similarity
     with the song's segments at ``anchor`` + SELF_NULL_SHIFTS; 0 where the song has none of them)."""
-    js = np.arange(lo, hi + 1)
-    q = emb[lo:hi + 1].astype(np.float32)
-    shifted = np.full((len(SELF_NULL_SHIFTS), len(js)), np.nan, np.float32)
-    for i, k in enumerate(SELF_NULL_SHIFTS):
-        rows = db.rows_for(np.full(len(js), code), js + anchor + k)
-        ok = rows >= 0
-        if ok.any():
-            shifted[i, ok] = db.scores(q[ok], rows[ok][:, None])[:, 0]
+    shifted = np.stack([_similarity_at(db, code, anchor + k, emb, lo, hi) for k in SELF_NULL_SHIFTS])
     shifted[~np.isfinite(shifted)] = np.nan
-    counted = np.isfinite(shifted).any(axis=0)
-    null = np.zeros(len(js), np.float32)
+    counted = ~np.isnan(shifted).all(axis=0)
+    null = np.zeros(shifted.shape[1], np.float32)
     null[counted] = np.nanmedian(shifted[:, counted], axis=0)
     return null
 
