@@ -1,0 +1,91 @@
+"""Where a scan's time goes: each stage of ``nafp scan`` run alone and timed, then the scan itself.
+
+    .venv/bin/python bench/scan_stages.py RECORDING --results DB [--runs 2] [--threads 2]
+
+The stages are those of ``listener.scan.scan_chunks``, one after another on the whole recording: decoding
+(``audio.files.iter_audio``), fingerprinting (``model.embed.iter_embed_chunks``), the index search and the runner-up
+search of every segment, the listener's decisions (``ListenerCore.push_segments``) and the following of each
+declared song (``scan._refine``). Their sum is what the scan would cost without its background thread; the last
+figure is ``scan_chunks`` itself, whose thread runs decoding, fingerprints and search beside the decisions. The
+fingerprints use both cores (torch threads) and the decisions one, so the overlap can only share out the work:
+compare the sum with the scan to see how much it buys (bench/README.md, "The pair on seeds 12-17, and what its scan
+speed is made of").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from workflow_lib import SAMPLE_RATE  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recording", help="an audio file (the scan's input)")
+    ap.add_argument("--results", required=True, help="a database folder (nafp index or the workflow's results)")
+    ap.add_argument("--runs", type=int, default=2, help="how many times to time everything (default: 2)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, as nafp scan --threads (default: 2)")
+    args = ap.parse_args()
+
+    import torch
+
+    from workflow_lib.audio.files import iter_audio
+    from workflow_lib.cli.listen import load_settings
+    from workflow_lib.cli.query import load_searcher
+    from workflow_lib.listener import scan
+    from workflow_lib.listener.core import ListenerCore
+    from workflow_lib.model.embed import iter_embed_chunks
+    from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
+
+    torch.set_num_threads(args.threads)
+    settings = load_settings(args.results)
+    searcher, _ = load_searcher(argparse.Namespace(results=args.results, config=None))
+    listen = settings.listen
+    print(f"{args.recording}, database {args.results} ({searcher.db.ntotal} segments, {searcher.db.dim}-d), "
+          f"{args.threads} torch threads")
+    for run in range(args.runs):
+        times: dict[str, float] = {}
+
+        def timed(name, fn):
+            t0 = time.perf_counter()
+            out = fn()
+            times[name] = time.perf_counter() - t0
+            return out
+
+        chunks = timed("decode", lambda: list(iter_audio(args.recording)))
+        seconds = sum(len(c) for c in chunks) / SAMPLE_RATE
+        blocks = timed("fingerprints", lambda: list(iter_embed_chunks(
+            searcher.fingerprinter, chunks, searcher.batch_size, searcher.device, with_levels=True,
+            silence_dbfs=listen.silence_dbfs)))
+        neighbours = timed("search", lambda: [find_neighbours(searcher.db, e, searcher.top_k) for _, e, _ in blocks])
+        runner_up = timed("runner-up search", lambda: [runner_up_neighbours(searcher.db, e, nb, searcher.top_k)
+                                                       for (_, e, _), nb in zip(blocks, neighbours)])
+        core = ListenerCore(searcher, listen)
+
+        def decide():
+            for (first, e, lev), nb, ru in zip(blocks, neighbours, runner_up):
+                core.push_segments(first, e, lev, nb, runner_up=ru)
+            core.finish()
+
+        timed("decisions", decide)
+        emb = np.concatenate([e for _, e, _ in blocks]).astype(np.float16)
+        occurrences = timed("following", lambda: scan._refine(searcher, core.heard, emb, listen))
+        in_a_row = sum(times.values())
+        result = scan.scan_chunks(searcher, iter_audio(args.recording), listen)
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
+        print(f"run {run + 1}: {seconds / 60:.1f} min of audio; {stages}; in a row {in_a_row:.1f} s "
+              f"({seconds / in_a_row:.0f}x realtime, {len(occurrences)} occurrences); scan_chunks "
+              f"{result.compute_s:.1f} s ({seconds / result.compute_s:.0f}x, {len(result.occurrences)} occurrences)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
