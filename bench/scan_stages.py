@@ -37,17 +37,22 @@ def main() -> None:
 
     import torch
 
-    from workflow_lib.audio.files import iter_audio
+    from workflow_lib.audio.files import AudioDecodeError, iter_audio
     from workflow_lib.cli.listen import load_settings
-    from workflow_lib.cli.query import load_searcher
+    from workflow_lib.cli.query import SetupError, load_searcher
     from workflow_lib.listener import scan
     from workflow_lib.listener.core import ListenerCore
     from workflow_lib.model.embed import iter_embed_chunks
     from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
 
+    if args.runs < 1 or args.threads < 1:
+        sys.exit("scan_stages: --runs and --threads must be at least 1")
     torch.set_num_threads(args.threads)
-    settings = load_settings(args.results)
-    searcher, _ = load_searcher(argparse.Namespace(results=args.results, config=None))
+    try:
+        settings = load_settings(args.results)
+        searcher, _ = load_searcher(argparse.Namespace(results=args.results, config=None))
+    except (SetupError, ValueError) as exc:
+        sys.exit(f"scan_stages: {exc}")
     listen = settings.listen
     print(f"{args.recording}, database {args.results} ({searcher.db.ntotal} segments, {searcher.db.dim}-d), "
           f"{args.threads} torch threads")
@@ -60,8 +65,13 @@ def main() -> None:
             times[name] = time.perf_counter() - t0
             return out
 
-        chunks = timed("decode", lambda: list(iter_audio(args.recording)))
+        try:
+            chunks = timed("decode", lambda: list(iter_audio(args.recording)))
+        except AudioDecodeError as exc:
+            sys.exit(f"scan_stages: {exc}")
         seconds = sum(len(c) for c in chunks) / SAMPLE_RATE
+        if seconds < 1:
+            sys.exit(f"scan_stages: {args.recording} holds less than a second of audio")
         blocks = timed("fingerprints", lambda: list(iter_embed_chunks(
             searcher.fingerprinter, chunks, searcher.batch_size, searcher.device, with_levels=True,
             silence_dbfs=listen.silence_dbfs)))

@@ -267,7 +267,8 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
     similarity at other alignments (``_unaligned_similarity``, smoothed alike), bridging dips of up to
     BRIDGE_SEGMENTS (talk over the song, a noise burst); each edge then snaps to the first (last) two unsmoothed
     segments in a row at both levels."""
-    raw = np.nan_to_num(_similarity_at(db, code, anchor, emb, lo, hi), nan=0.0, posinf=0.0, neginf=0.0)
+    q = emb[lo:hi + 1].astype(np.float32)  # cast once for the aligned and the shifted look-ups
+    raw = np.nan_to_num(_similarity_at(db, code, lo + anchor, q), nan=0.0, posinf=0.0, neginf=0.0)
     inner = np.concatenate([raw[a:b + 1] for a, b in cores])
     typical = float(np.median(inner[inner > 0])) if np.any(inner > 0) else 0.0
     level = max(EDGE_SHARE * typical, TRACK_FLOOR)
@@ -276,7 +277,7 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
     above = smooth >= level
     at_level = raw >= level
     if np.isfinite(SELF_NULL_GAP):
-        null = _unaligned_similarity(db, code, anchor, emb, lo, hi)
+        null = _unaligned_similarity(db, code, lo + anchor, q)
         above &= smooth >= np.convolve(null, kernel, "same") + SELF_NULL_GAP
         at_level &= raw >= null + SELF_NULL_GAP
     raw_pairs = at_level[:-1] & at_level[1:]
@@ -295,22 +296,22 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
     return runs
 
 
-def _similarity_at(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Per segment j of ``lo..hi``: its similarity with the song's segment j + ``anchor`` (NaN where the song has
-    no such segment)."""
-    js = np.arange(lo, hi + 1)
-    rows = db.rows_for(np.full(len(js), code), js + anchor)
-    out = np.full(len(js), np.nan, np.float32)
+def _similarity_at(db, code: int, start: int, q: np.ndarray) -> np.ndarray:
+    """Per row i of the float32 fingerprints ``q``: its similarity with the song's segment ``start`` + i (NaN where
+    the song has no such segment)."""
+    rows = db.rows_for(np.full(len(q), code), start + np.arange(len(q)))
+    out = np.full(len(q), np.nan, np.float32)
     ok = rows >= 0
     if ok.any():
-        out[ok] = db.scores(emb[lo:hi + 1][ok].astype(np.float32), rows[ok][:, None])[:, 0]
+        out[ok] = db.scores(q[ok], rows[ok][:, None])[:, 0]
     return out
 
 
-def _unaligned_similarity(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Per segment ``lo..hi``: what the song scores against it away from the alignment (the median similarity
-    with the song's segments at ``anchor`` + SELF_NULL_SHIFTS; 0 where the song has none of them)."""
-    shifted = np.stack([_similarity_at(db, code, anchor + k, emb, lo, hi) for k in SELF_NULL_SHIFTS])
+def _unaligned_similarity(db, code: int, start: int, q: np.ndarray) -> np.ndarray:
+    """Per row of ``q`` (aligned with the song from segment ``start``): what the song scores against it away from
+    the alignment (the median similarity with the song's segments shifted by SELF_NULL_SHIFTS; 0 where the song has
+    none of them)."""
+    shifted = np.stack([_similarity_at(db, code, start + k, q) for k in SELF_NULL_SHIFTS])
     shifted[~np.isfinite(shifted)] = np.nan
     counted = ~np.isnan(shifted).all(axis=0)
     null = np.zeros(shifted.shape[1], np.float32)
