@@ -4,9 +4,10 @@
 
 The stages are those of ``listener.scan.scan_chunks``, one after another on the whole recording: decoding
 (``audio.files.iter_audio``), fingerprinting (``model.embed.iter_embed_chunks``), the index search and the runner-up
-search of every segment, the listener's decisions (``ListenerCore.push_segments``) and the following of each
-declared song (``scan._refine``). Their sum is what the scan would cost without its background thread; the last
-figure is ``scan_chunks`` itself, whose thread runs decoding, fingerprints and search beside the decisions. The
+search of every segment, the window searches of every hop made a chunk at once (``search.sliding``), the
+listener's decisions (``ListenerCore.push_segments``) and the following of each declared song (``scan._refine``).
+Their sum is what the scan would cost without its background thread; the last figure is ``scan_chunks`` itself,
+whose thread runs decoding, fingerprints and the searches beside the decisions. The
 fingerprints use both cores (torch threads) and the decisions one, so the overlap can only share out the work:
 compare the sum with the scan to see how much it buys (bench/README.md, "The pair on seeds 12-17, and what its scan
 speed is made of").
@@ -44,6 +45,7 @@ def main() -> None:
     from workflow_lib.listener.core import ListenerCore
     from workflow_lib.model.embed import iter_embed_chunks
     from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
+    from workflow_lib.search.sliding import SlidingWindowSearch
 
     if args.runs < 1 or args.threads < 1:
         sys.exit("scan_stages: --runs and --threads must be at least 1")
@@ -79,10 +81,15 @@ def main() -> None:
         runner_up = timed("runner-up search", lambda: [runner_up_neighbours(searcher.db, e, nb, searcher.top_k)
                                                        for (_, e, _), nb in zip(blocks, neighbours)])
         core = ListenerCore(searcher, listen)
+        windows = SlidingWindowSearch(searcher.db, core.n_window, core.n_tail, searcher.max_candidates,
+                                      searcher.n_results)
+        ranked = timed("window searches", lambda: [
+            windows.add(first, e, core.heard_segments(e, lev), nb)
+            for (first, e, lev), nb in zip(blocks, neighbours)])
 
         def decide():
-            for (first, e, lev), nb, ru in zip(blocks, neighbours, runner_up):
-                core.push_segments(first, e, lev, nb, runner_up=ru)
+            for (first, e, lev), nb, ru, r in zip(blocks, neighbours, runner_up, ranked):
+                core.push_segments(first, e, lev, nb, runner_up=ru, ranked=r)
             core.finish()
 
         timed("decisions", decide)

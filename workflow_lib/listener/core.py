@@ -421,6 +421,7 @@ class ListenerCore:
         self._tail_streak = 0
         self._last_tail: Observation | None = None
         self._codes: dict[str, int] | None = None
+        self._ranked: dict[int, tuple[SearchResult, SearchResult]] = {}
         self.current: Heard | None = None
         self.heard: list[Heard] = []
         self.decisions = 0
@@ -488,18 +489,23 @@ class ListenerCore:
 
     def push_segments(self, first: int, emb: np.ndarray, levels: np.ndarray,
                       neighbours: "Neighbours | None" = None, embed_ms: float = 0.0,
-                      runner_up: "RunnerUpNeighbours | None" = None) -> list[Decision]:
+                      runner_up: "RunnerUpNeighbours | None" = None,
+                      ranked: "dict[int, tuple[SearchResult, SearchResult]] | None" = None) -> list[Decision]:
         """Feed segments that were embedded elsewhere (the batch scan): segments ``first``.. of the stream with their
         fingerprints ``emb`` (zero vectors for silent ones), RMS ``levels`` (dBFS) and optionally their neighbour
         lists (found without the core's ``exclude_songs``), and the neighbours without the song that fills a
         segment's whole list (``search.runner_up_neighbours``): the search's runner-up look-up then finds them in
-        the cache instead of searching the index one segment at a time. Returns one decision per segment (the
-        stream form decides only on the newest of a chunk)."""
+        the cache instead of searching the index one segment at a time. ``ranked``: the window and tail searches
+        of hops whose window is the full sliding window, made for the whole chunk at once
+        (``search.sliding.SlidingWindowSearch``), keyed by the window's newest segment; the other hops search
+        here. Returns one decision per segment (the stream form decides only on the newest of a chunk)."""
+        self._ranked = ranked or {}
         out = []
         per = embed_ms / max(1, len(emb))
+        heard = self.heard_segments(emb, levels)
         for k in range(len(emb)):
             j = first + k
-            loud = bool(levels[k] > self.config.silence_dbfs) and bool(np.any(emb[k]))
+            loud = bool(heard[k])
             if not loud or (self._window and self._window[-1][0] != j - 1):
                 self._window.clear()  # silence ends whatever was playing; a gap loses the alignment
             if loud:
@@ -511,6 +517,11 @@ class ListenerCore:
             out.append(self._decide(j, float(levels[k]), loud, per))
         self._next_seg = first + len(emb)
         return out
+
+    def heard_segments(self, emb: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """Which of these segments (fingerprints, RMS levels in dBFS) ``push_segments`` puts in its window: those
+        above the silence level that were fingerprinted (silent ones have zero vectors)."""
+        return (np.asarray(levels) > self.config.silence_dbfs) & np.asarray(emb).any(axis=1)
 
     def finish(self) -> None:
         """End of stream: the open match (if any) stays in ``heard`` with its last supported time."""
@@ -533,7 +544,9 @@ class ListenerCore:
         matched song (None: no candidate, or a window no longer than its tail). The listener follows alignments on
         the hop grid: the offsets are not placed between the hops."""
         s = self.searcher
-        window, tail = ranked_window_and_tail(self._db, emb, self.n_tail, s.top_k, s.max_candidates, s.n_results)
+        ready = self._ranked.pop(j0 + len(emb) - 1, None) if len(emb) == self.n_window else None
+        window, tail = ready if ready is not None else \
+            ranked_window_and_tail(self._db, emb, self.n_tail, s.top_k, s.max_candidates, s.n_results)
         obs = self._observe(window, emb, j0)
         if tail is None:
             return obs, None

@@ -28,6 +28,7 @@ from workflow_lib.common.background import prefetch
 from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
 from workflow_lib.model.embed import iter_embed_chunks
 from workflow_lib.search.searcher import find_neighbours, offset_shifts, runner_up_neighbours
+from workflow_lib.search.sliding import SlidingWindowSearch
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +139,21 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
             samples += len(c)
             yield c
 
+    windows = SlidingWindowSearch(searcher.db, core.n_window, core.n_tail, searcher.max_candidates,
+                                  searcher.n_results)
+
     def searched() -> Iterator[tuple]:
         for first, emb, lev in iter_embed_chunks(searcher.fingerprinter, counted(chunks), searcher.batch_size,
                                                  searcher.device, with_levels=True, silence_dbfs=config.silence_dbfs):
             nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
-            yield first, emb, lev, nb, runner_up_neighbours(searcher.db, emb, nb, searcher.top_k,
-                                                            exclude_songs or None)
+            yield (first, emb, lev, nb, runner_up_neighbours(searcher.db, emb, nb, searcher.top_k,
+                                                             exclude_songs or None),
+                   windows.add(first, emb, core.heard_segments(emb, lev), nb))
 
-    # Decoding, the model and the index search of the next chunks run in a background thread while the decisions
-    # (one core's Python) go through this one: the two overlap on a 2-core machine.
-    for first, emb, lev, nb, runner_up in prefetch(searched(), depth=2):
-        core.push_segments(first, emb, lev, nb, runner_up=runner_up)
+    # Decoding, the model, the index search and the window searches of the next chunks run in a background thread
+    # while the decisions (one core's Python) go through this one: the two overlap on a 2-core machine.
+    for first, emb, lev, nb, runner_up, ranked in prefetch(searched(), depth=2):
+        core.push_segments(first, emb, lev, nb, runner_up=runner_up, ranked=ranked)
         embs.append(emb.astype(np.float16))
         levels.append(lev)
         n_seg = first + len(emb)
