@@ -6,11 +6,10 @@ The stages are those of ``listener.scan.scan_chunks``, one after another on the 
 (``audio.files.iter_audio``), fingerprinting (``model.embed.iter_embed_chunks``), the index search and the runner-up
 search of every segment, the window searches of every hop made a chunk at once (``search.sliding``), the
 listener's decisions (``ListenerCore.push_segments``) and the following of each declared song (``scan._refine``).
-Their sum is what the scan would cost without its background thread; the last figure is ``scan_chunks`` itself,
-whose thread runs decoding, fingerprints and the searches beside the decisions. The
-fingerprints use both cores (torch threads) and the decisions one, so the overlap can only share out the work:
-compare the sum with the scan to see how much it buys (bench/README.md, "The pair on seeds 12-17, and what its scan
-speed is made of").
+Their sum (fingerprints on ``--threads`` torch threads) is what the scan would cost without its background
+thread; the last figure is ``scan_chunks`` itself, as ``nafp scan --threads`` runs it: its background thread
+decodes and hands the chunks to one worker per thread (fingerprints and searches, one torch thread each) beside the
+decisions (bench/README.md, "Deciding a chunk of hops at once").
 """
 
 from __future__ import annotations
@@ -96,7 +95,9 @@ def main() -> None:
         emb = np.concatenate([e for _, e, _ in blocks]).astype(np.float16)
         occurrences = timed("following", lambda: scan._refine(searcher, core.heard, emb, listen))
         in_a_row = sum(times.values())
-        result = scan.scan_chunks(searcher, iter_audio(args.recording), listen)
+        workers = scan.fingerprint_workers(args.threads, searcher.device)  # as nafp scan --threads does
+        result = scan.scan_chunks(searcher, iter_audio(args.recording), listen, workers=workers)
+        torch.set_num_threads(args.threads)  # the stages alone run as before
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
         print(f"run {run + 1}: {seconds / 60:.1f} min of audio; {stages}; in a row {in_a_row:.1f} s "
               f"({seconds / in_a_row:.0f}x realtime, {len(occurrences)} occurrences); scan_chunks "

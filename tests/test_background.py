@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from workflow_lib.common.background import prefetch
+from workflow_lib.common.background import ordered_map, prefetch
 
 
 def test_prefetch_keeps_order_and_raises():
@@ -40,3 +40,43 @@ def test_prefetch_stops_its_producer_when_the_consumer_stops():
     time.sleep(0.1)
     assert len(made) == n  # nothing is produced after the close
     assert n <= 4  # bounded: the queue's depth ahead, not the whole stream
+
+
+def test_ordered_map_keeps_the_order_of_its_items_takes_them_as_workers_free_up_and_raises():
+    taken, running, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def items():
+        for i in range(12):
+            taken.append(i)
+            yield i
+
+    def slow_square(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02 * (i % 3))  # later items often finish first
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    out = []
+    for x in ordered_map(slow_square, items(), workers=3):
+        out.append(x)
+        assert len(taken) <= len(out) + 3 + 1  # never more than workers + 1 taken ahead of what was handed out
+    assert out == [i * i for i in range(12)]
+    assert most[0] == 3  # the work did run side by side
+    assert list(ordered_map(slow_square, range(5), workers=1)) == [0, 1, 4, 9, 16]
+
+    def fails_at_3(i):
+        if i == 3:
+            raise ValueError("bad chunk")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="bad chunk"):
+        for x in ordered_map(fails_at_3, range(10), workers=2):
+            got.append(x)
+    assert got == [0, 1, 2]  # everything before the failing item, in order
+    with pytest.raises(ValueError, match="workers"):
+        list(ordered_map(slow_square, range(3), workers=0))

@@ -83,6 +83,16 @@ def test_programme_timeline_matches_the_truth(world):
     assert res.best.song_id in {"s0", "s2"}  # the longest occurrence
 
 
+def test_chunks_fingerprinted_side_by_side_give_the_same_timeline(world):
+    songs, searcher = world
+    audio, _ = _programme(songs)
+    chunks = [audio[i:i + 5 * SR] for i in range(0, len(audio), 5 * SR)]
+    one = scan_chunks(searcher, chunks, ListenConfig(window_s=4.0, tail_s=2.0))
+    three = scan_chunks(searcher, chunks, ListenConfig(window_s=4.0, tail_s=2.0), workers=3)
+    assert one.rows() == three.rows() and len(one.occurrences) >= 5
+    assert one.stats == three.stats
+
+
 def test_cli_outputs_json_csv_and_plot_and_reads_wav_on_stdin(world, tmp_path, monkeypatch, capsys):
     from workflow_lib.cli import main as cli_main, query as cli_query
 
@@ -174,7 +184,7 @@ def chunks():  # 60 minutes: the songs over and over, with quiet talk between
     rng = np.random.default_rng(0)
     for k in range(120):
         yield songs[f"s{k % 4}"] * rng.uniform(0.3, 1.0)
-res = scan_chunks(searcher, chunks(), ListenConfig(window_s=4.0))
+res = scan_chunks(searcher, chunks(), ListenConfig(window_s=4.0), workers=2)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(res.duration_s, len(res.occurrences), (after - before) / 1024)
 """

@@ -59,13 +59,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from workflow_lib.audio.files import AudioDecodeError, iter_audio, iter_wav_stream
-    from workflow_lib.listener.scan import plot_timeline, scan_chunks
+    from workflow_lib.listener.scan import fingerprint_workers, plot_timeline, scan_chunks
 
     torch.set_num_threads(args.threads)
     try:
         searcher, _ = load_searcher(args, {"device": args.device})
     except SetupError as exc:
         return fail(str(exc), EXIT_SETUP)
+    workers = fingerprint_workers(args.threads, searcher.device)
     writer = csv.DictWriter(sys.stdout, FIELDS) if args.csv else None
     if writer:
         writer.writeheader()
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         chunks = iter_wav_stream(sys.stdin.buffer, name="stdin") if path == "-" else iter_audio(path)
         try:
             result = scan_chunks(searcher, chunks, settings.listen, name="stdin" if path == "-" else path,
-                                 min_duration_s=args.min_duration)
+                                 min_duration_s=args.min_duration, workers=workers)
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             print(f"error: {printable(exc)}", file=sys.stderr)

@@ -1,12 +1,15 @@
-"""Work in a background thread, handed over in order through a bounded queue."""
+"""Work in background threads, handed over in order and in bounded memory."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator, TypeVar
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -47,3 +50,26 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                 q.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 2) -> Iterator[R]:
+    """``map(fn, items)`` on ``workers`` threads, results in the order of ``items``. Items are taken only as workers
+    free up (at most ``workers`` + 1 in flight), so a long stream stays in bounded memory; ``Executor.map`` would
+    take them all at once. An error in ``fn`` re-raises here, when its item's turn comes."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers == 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="ordered-map") as pool:
+        pending: deque[Future] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:  # the consumer stopped early: what has not started is not started
+                f.cancel()

@@ -24,9 +24,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.common.background import prefetch
+from workflow_lib.audio.segments import segment_levels_db
+from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
-from workflow_lib.model.embed import iter_embed_chunks
+from workflow_lib.model.embed import embed_segments, iter_segment_chunks
 from workflow_lib.search.searcher import find_neighbours, offset_shifts, runner_up_neighbours
 from workflow_lib.search.sliding import SlidingWindowSearch
 
@@ -116,13 +117,28 @@ class ScanResult:
         return max(self.occurrences, key=lambda o: (o.duration_s, o.confidence), default=None)
 
 
+def fingerprint_workers(threads: int, device: Any) -> int:
+    """How many chunks ``scan_chunks`` should fingerprint at once for ``threads`` CPU threads; sets torch's thread
+    count to match. On the CPU, one chunk per thread, each on one torch thread: two such workers scan 10-15 %
+    faster than one chunk at a time on two torch threads, whose small convolutions wait on each other
+    (bench/README.md, "Deciding a chunk of hops at once"); on an accelerator, one chunk at a time."""
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    on_cpu = torch.device(device).type == "cpu"
+    torch.set_num_threads(1 if on_cpu else threads)
+    return threads if on_cpu else 1
+
+
 def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | None = None, name: str = "",
-                exclude_songs: set[str] | None = None, min_duration_s: float = 0.0) -> ScanResult:
+                exclude_songs: set[str] | None = None, min_duration_s: float = 0.0, workers: int = 1) -> ScanResult:
     """Scan a stream of consecutive 8 kHz chunks (e.g. ``audio.files.iter_audio`` of a file). ``exclude_songs``
     are searched as if they were not in the database (the monitoring benchmark's unknown music). Occurrences
     shorter than ``min_duration_s`` are left out (their time becomes a gap), as broadcast monitoring reports only
     plays of some length: a few seconds of a song that shares passages or samples with the one playing are the
-    scan's commonest false alarm (bench/README.md, "The missed seconds, and a shortest play")."""
+    scan's commonest false alarm (bench/README.md, "The missed seconds, and a shortest play"). ``workers``: chunks
+    fingerprinted and searched at once (``fingerprint_workers``); the result does not depend on it."""
     if not min_duration_s >= 0:  # NaN too: it would silently drop every occurrence
         raise ValueError(f"the shortest occurrence reported must be 0 s or more, got {min_duration_s:g}")
     config = config or ListenConfig()
@@ -142,16 +158,21 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
     windows = SlidingWindowSearch(searcher.db, core.n_window, core.n_tail, searcher.max_candidates,
                                   searcher.n_results)
 
+    def searched_chunk(item: tuple[int, np.ndarray]) -> tuple:
+        first, segs = item
+        emb = embed_segments(searcher.fingerprinter, segs, searcher.batch_size, searcher.device, config.silence_dbfs)
+        nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
+        return (first, emb, segment_levels_db(segs), nb,
+                runner_up_neighbours(searcher.db, emb, nb, searcher.top_k, exclude_songs or None))
+
     def searched() -> Iterator[tuple]:
-        for first, emb, lev in iter_embed_chunks(searcher.fingerprinter, counted(chunks), searcher.batch_size,
-                                                 searcher.device, with_levels=True, silence_dbfs=config.silence_dbfs):
-            nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
-            yield (first, emb, lev, nb, runner_up_neighbours(searcher.db, emb, nb, searcher.top_k,
-                                                             exclude_songs or None),
-                   windows.add(first, emb, core.heard_segments(emb, lev), nb))
+        for first, emb, lev, nb, runner_up in ordered_map(searched_chunk, iter_segment_chunks(counted(chunks)),
+                                                          workers):
+            yield first, emb, lev, nb, runner_up, windows.add(first, emb, core.heard_segments(emb, lev), nb)
 
     # Decoding, the model, the index search and the window searches of the next chunks run in a background thread
-    # while the decisions (one core's Python) go through this one: the two overlap on a 2-core machine.
+    # (its workers fingerprinting and searching chunks side by side) while the decisions (one core's Python) go
+    # through this one.
     for first, emb, lev, nb, runner_up, ranked in prefetch(searched(), depth=2):
         core.push_segments(first, emb, lev, nb, runner_up=runner_up, ranked=ranked)
         embs.append(emb.astype(np.float16))

@@ -136,6 +136,15 @@ def iter_embed_chunks(fingerprinter: nn.Module, chunks: Iterable[np.ndarray], ba
     The samples after the last whole segment of a chunk are kept and prefixed to the next chunk, so the segments
     (and their indices) are exactly those of ``embed_audio`` on the concatenated stream.
     """
+    for first, segs in iter_segment_chunks(chunks):
+        emb = embed_segments(fingerprinter, segs, batch_size, device, silence_dbfs)
+        yield (first, emb, segment_levels_db(segs)) if with_levels else (first, emb)
+
+
+def iter_segment_chunks(chunks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_segment, segments)`` for a stream of consecutive audio chunks: the whole 1 s segments
+    (``segments.frame``) each chunk completes, numbered as in the concatenated stream (``iter_embed_chunks``
+    embeds them; the scan hands them to several workers)."""
     carry = np.zeros(0, dtype=np.float32)
     next_segment = 0
     for chunk in chunks:
@@ -143,9 +152,7 @@ def iter_embed_chunks(fingerprinter: nn.Module, chunks: Iterable[np.ndarray], ba
             np.ascontiguousarray(chunk, dtype=np.float32)
         n = n_segments(len(buf))
         if n:
-            segs = frame(buf)
-            emb = embed_segments(fingerprinter, segs, batch_size, device, silence_dbfs)
-            yield (next_segment, emb, segment_levels_db(segs)) if with_levels else (next_segment, emb)
+            yield next_segment, frame(buf)
             next_segment += n
             carry = buf[n * HOP_SAMPLES:].copy()  # fewer than SEGMENT_SAMPLES samples: the next segment's head
         else:
