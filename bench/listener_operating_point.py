@@ -1,11 +1,12 @@
 """Listener operating point: the monitor stage (``evaluation.monitoring.run_monitoring``: seeded 10-minute
 programmes at 10 and 0 dB with crossfades, talk, held-out rooms and unknown songs, scanned by ``nafp scan``'s decision,
-the listener's own) rerun for several listen.max_fpr and consistent_hops values and programme seeds; prints F1,
-precision, recall, false-alarm minutes and boundary error per programme, then the pooled figures per setting
+the listener's own) rerun for several listen.max_fpr, consistent_hops and window_s values and programme seeds;
+prints F1, precision, recall, false-alarm minutes and boundary error per programme, then the pooled figures per setting
 (bench/README.md, "Listener operating point" and "Scanning: following the song").
 
     python bench/listener_operating_point.py RESULTS [--model M] [--max-fpr 0.002 0.005 none] [--hops 2 3]
-        [--seeds 0 1 2] [--edge-share 0.5 0.6] [--self-null-gap 0.03 none] [--min-duration 0 10] [--threads 2]
+        [--seeds 0 1 2] [--edge-share 0.5 0.6] [--self-null-gap 0.03 none] [--min-duration 0 10] [--window 5 7.5]
+        [--threads 2]
 
 ``--edge-share`` tries other values of ``listener.scan.EDGE_SHARE`` (how far below an occurrence's typical
 similarity the scan still follows it), ``--self-null-gap`` of ``listener.scan.SELF_NULL_GAP`` (how far above its
@@ -41,6 +42,8 @@ def main() -> int:
     ap.add_argument("--self-null-gap", nargs="+", default=[str(scan.SELF_NULL_GAP)])
     ap.add_argument("--min-duration", nargs="+", type=float, default=[0.0],
                     help="nafp scan --min-duration values to try (s; default 0: every occurrence)")
+    ap.add_argument("--window", nargs="+", type=float, default=None,
+                    help="listen.window_s values to try (s; default: the results folder's)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default 2)")
     args = ap.parse_args()
     r = args.results
@@ -48,16 +51,17 @@ def main() -> int:
     monitoring = {**cfg["evaluate"].get("monitoring", {}), "enabled": True}
     seeds = args.seeds if args.seeds is not None else [monitoring.get("seed", 0)]
     model = args.model or ResultsLayout.of(r, cfg).model
-    print("max_fpr hops edge_share self_null_gap min_duration seed | per programme: (F1, precision, recall, "
+    print("max_fpr hops edge_share self_null_gap min_duration window seed | per programme: (F1, precision, recall, "
           "false-alarm min, no-song min, boundary error s)")
-    settings = [(fpr, hops, share, gap, shortest) for fpr in [None if v.lower() in ("none", "null") else float(v)
-                                                         for v in args.max_fpr]
+    windows = args.window or [cfg["listen"]["window_s"]]
+    settings = [(fpr, hops, share, gap, shortest, window)
+                for fpr in [None if v.lower() in ("none", "null") else float(v) for v in args.max_fpr]
                 for hops in args.hops for share in args.edge_share
                 for gap in [float("inf") if v.lower() in ("none", "null") else float(v) for v in args.self_null_gap]
-                for shortest in args.min_duration]
-    for fpr, hops, share, gap, shortest in settings:
+                for shortest in args.min_duration for window in windows]
+    for fpr, hops, share, gap, shortest, window in settings:
         scan.EDGE_SHARE, scan.SELF_NULL_GAP = share, gap
-        listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops}
+        listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops, "window_s": window}
         tables = []
         for seed in seeds:
             evaluate = {**cfg["evaluate"], "monitoring": {**monitoring, "seed": seed}}
@@ -67,13 +71,13 @@ def main() -> int:
                                        r / "manifest" / "songs.parquet", r / "split" / "splits.parquet",
                                        r / "noise" / "test", r / "irs" / "test", cfg["search"], listen, evaluate,
                                        None, threads=args.threads, min_duration_s=shortest)
-            print(fpr, hops, share, gap, shortest, seed, [tuple(round(float(x[k]), 3) for k in (
+            print(fpr, hops, share, gap, shortest, window, seed, [tuple(round(float(x[k]), 3) for k in (
                 "f1", "precision", "recall", "false_alarm_minutes", "no_song_minutes", "boundary_error_s"))
                 for x in table.to_dict("records")])
             tables.append(table)
         pooled = summarise_monitoring(pd.concat(tables, ignore_index=True))
         print(f"pooled over seeds {seeds}, max_fpr {fpr}, consistent_hops {hops}, edge_share {share}, "
-              f"self_null_gap {gap:g}, min_duration {shortest:g} s:")
+              f"self_null_gap {gap:g}, min_duration {shortest:g} s, window {window:g} s:")
         print(pooled.round(3).to_string(index=False))
     return 0
 

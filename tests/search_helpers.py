@@ -64,3 +64,14 @@ def build_searcher(songs: dict[str, np.ndarray], **kwargs) -> Searcher:
     catalogue = {sid: (f"Title {sid}", f"Artist {sid}") for sid in songs}
     kwargs.setdefault("device", "cpu")
     return Searcher(SpectralEncoder(), db, catalogue, **kwargs)
+
+
+def songs_sharing_a_part(rng: np.random.Generator, dim: int = 16) -> tuple[FingerprintDB, np.ndarray]:
+    """A database of three 80-segment songs of random fingerprints (a, b, c; c's segments 0-39 are a noisy copy of
+    a's 20-59, a part the two share) and its float32 vectors, for the search tests that need neighbours by hand."""
+    vec = normalize(rng.standard_normal((240, dim)).astype(np.float32))
+    vec[160:200] = normalize(vec[20:60] + 0.3 * rng.standard_normal((40, dim)).astype(np.float32))
+    index = faiss.IndexFlatIP(dim)
+    index.add(vec)
+    return FingerprintDB(index, RowMap.from_counts(["a", "b", "c"], [80, 80, 80]), vec.astype(np.float16),
+                         {"model_checksum": "x", "ntotal": len(vec)}), vec

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.search_helpers import SR, build_searcher, synth_song
+from tests.search_helpers import SR, build_searcher, songs_sharing_a_part, synth_song
 from workflow_lib.audio.files import write_audio
 from workflow_lib.search.threshold import STATISTICS, Calibration, decision_statistic, fit_calibration
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
@@ -379,12 +379,7 @@ def test_a_window_and_its_newest_segments_are_answered_as_two_searches_would():
     from workflow_lib.search.searcher import ranked_window_and_tail
 
     rng = np.random.default_rng(3)
-    vec = normalize(rng.standard_normal((240, 16)).astype(np.float32))
-    vec[160:200] = normalize(vec[20:60] + 0.3 * rng.standard_normal((40, 16)).astype(np.float32))  # a shared part
-    index = faiss.IndexFlatIP(16)
-    index.add(vec)
-    db = FingerprintDB(index, RowMap.from_counts(["a", "b", "c"], [80, 80, 80]), vec.astype(np.float16),
-                       {"model_checksum": "x", "ntotal": 240})
+    db, vec = songs_sharing_a_part(rng)
 
     def noisy(rows):
         return normalize(vec[rows] + 0.4 * rng.standard_normal((len(rows), 16)).astype(np.float32))

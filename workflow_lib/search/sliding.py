@@ -58,11 +58,11 @@ def ranked_sliding_windows(db: Database, emb: np.ndarray, active: np.ndarray, ne
                            ) -> dict[int, tuple[SearchResult, SearchResult]]:
     """For each segment ``t`` of ``emb`` that ends ``n_window`` segments in a row that are all ``active``:
     ``ranked_window_and_tail(db, emb[t - n_window + 1:t + 1], n_tail, ...)``'s two answers, keyed by ``t``.
-    Windows that search would answer by another path (a window or tail without any neighbour, or more alignments
-    than ``max_candidates``) are left out; so is everything when ``n_tail`` is not shorter than the window."""
-    n_seg, k = neighbours.rows.shape if len(neighbours) else (0, 0)
+    Windows whose window or tail has no neighbour at all are left out (that search answers them by another path),
+    and everything when ``n_tail`` is not shorter than the window."""
+    n_seg = len(neighbours)
     j = n_window
-    if not 0 < n_tail < j or n_seg < j or j * k > max_candidates or len(emb) != n_seg:
+    if not 0 < n_tail < j or n_seg < j or len(emb) != n_seg:
         return {}
     run = np.concatenate([[0], np.cumsum(np.asarray(active, dtype=np.int64))])
     starts = np.flatnonzero(run[j:] - run[:-j] == j)  # first segment of each window
@@ -74,8 +74,10 @@ def ranked_sliding_windows(db: Database, emb: np.ndarray, active: np.ndarray, ne
     anchors = segs.astype(np.int64) - np.arange(n_seg, dtype=np.int64)[:, None]
     sims = np.where(valid, neighbours.sims, 0.0).astype(np.float64)
     shift = j - n_tail
-    win = _alignments(starts, 0, j, codes, anchors, sims, valid)
-    tail = _alignments(starts, shift, n_tail, codes, anchors, sims, valid)
+    # A window with more alignments than max_candidates keeps its strongest; its tail is then searched on its own
+    # (ranked_window_and_tail's tail_alone), which is what the tail's own alignments give here in every case.
+    win = _alignments(starts, 0, j, codes, anchors, sims, valid, max_candidates)
+    tail = _alignments(starts, shift, n_tail, codes, anchors, sims, valid, max_candidates)
     both = np.intersect1d(win[0], tail[0])  # windows with candidates in both searches
     if len(both) == 0:
         return {}
@@ -98,10 +100,12 @@ def ranked_sliding_windows(db: Database, emb: np.ndarray, active: np.ndarray, ne
 
 
 def _alignments(starts: np.ndarray, first_row: int, n_rows: int, codes: np.ndarray, anchors: np.ndarray,
-                sims: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                sims: np.ndarray, valid: np.ndarray, max_candidates: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The candidate alignments of rows ``first_row``.. (``n_rows``) of each window: (window, song code, anchor,
-    support), each window's by support, ties in (song, anchor) order, as ``searcher._sequence_candidates`` ranks
-    one window's (the support summed in the same order, so to the same bits)."""
+    support), each window's by support, ties in (song, anchor) order, its strongest ``max_candidates``, as
+    ``searcher._sequence_candidates`` ranks and keeps one window's (the support summed in the same order, so to the
+    same bits)."""
     seg = starts[:, None] + first_row + np.arange(n_rows)  # (windows, rows)
     sel = valid[seg]  # (windows, rows, k), flattened window by window, row by row, as one window's search reads it
     w = np.broadcast_to(np.arange(len(starts))[:, None, None], sel.shape)[sel]
@@ -115,6 +119,8 @@ def _alignments(starts: np.ndarray, first_row: int, n_rows: int, codes: np.ndarr
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
     support = np.bincount(inv.ravel(), weights=s, minlength=len(first))
     order = np.lexsort((-support, w[first]))  # stable: ties keep the (song, anchor) order of the keys
+    in_window = w[first[order]]
+    order = order[np.arange(len(order)) - np.searchsorted(in_window, in_window, side="left") < max_candidates]
     pick = first[order]
     return w[pick], c[pick], a[pick], support[order]
 
