@@ -245,7 +245,7 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
     from workflow_lib.evaluation.plan import QueryPlan
     from workflow_lib.evaluation.songs import database_song_ids, query_songs, unknown_songs
     from workflow_lib.listener.core import ListenConfig
-    from workflow_lib.listener.scan import scan_chunks
+    from workflow_lib.listener.scan import fingerprint_workers, scan_chunks
     from workflow_lib.search.duplicates import song_paths, twins_of, unknown_exclusion
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
@@ -279,6 +279,7 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
     searcher = Searcher.from_paths(model_path, index_dir, catalogue_path, threshold_path,
                                    **searcher_kwargs(search_cfg))
     listen = ListenConfig.from_dict({k: v for k, v in listen_cfg.items() if k not in ("device", "threads")})
+    workers = fingerprint_workers(max(1, threads), searcher.device)  # as nafp scan --threads runs
     afp = None
     if audfprint_params is not None:
         from workflow_lib.evaluation.audfprint import AudfprintParams, build_database
@@ -294,7 +295,8 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
                                     for sid, _ in unknown_audio))
             t0 = time.perf_counter()
             res = scan_chunks(searcher, [prog.audio[i:i + 60 * SR] for i in range(0, len(prog.audio), 60 * SR)],
-                              listen, name=prog.name, exclude_songs=exclude, min_duration_s=min_duration_s)
+                              listen, name=prog.name, exclude_songs=exclude, min_duration_s=min_duration_s,
+                              workers=workers)
             pred = [{"song_id": o.song_id, "start_s": o.start_s, "end_s": o.end_s, "song_start_s": o.song_start_s}
                     for o in res.occurrences]
             m = score_programme(prog.truth, pred, prog.duration_s)
