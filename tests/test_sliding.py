@@ -9,6 +9,7 @@ import pytest
 from tests.search_helpers import songs_sharing_a_part
 from workflow_lib.database.index import normalize
 from workflow_lib.search.searcher import find_neighbours, ranked_window_and_tail
+from workflow_lib.search import sliding
 from workflow_lib.search.sliding import SlidingWindowSearch, ranked_sliding_windows
 
 
@@ -47,7 +48,7 @@ def test_every_full_window_is_answered_as_its_own_search_answers_it(top_k, max_c
         _same(found[t][1], tail)
 
 
-def test_chunks_fed_one_after_another_give_the_windows_across_their_edges():
+def test_chunks_fed_one_after_another_give_the_windows_across_their_edges(monkeypatch):
     db, emb = _db_and_recording(seed=6)
     nb = find_neighbours(db, emb, 5)
     active = emb.any(axis=1)
@@ -58,10 +59,13 @@ def test_chunks_fed_one_after_another_give_the_windows_across_their_edges():
         got = search.add(a, emb[a:b], active[a:b], nb[a:b])
         assert all(a <= t < b for t in got)  # each hop answered once, with the chunk that ends its window
         pieces.update(got)
-    assert sorted(pieces) == sorted(whole)
-    for t in whole:
-        _same(pieces[t][0], whole[t][0])
-        _same(pieces[t][1], whole[t][1])
+    monkeypatch.setattr(sliding, "PIECE_SEGMENTS", 7)  # a long chunk is taken a piece at a time
+    in_pieces = SlidingWindowSearch(db, 9, 3, 200, 10).add(0, emb, active, nb)
+    for got in (pieces, in_pieces):
+        assert sorted(got) == sorted(whole)
+        for t in whole:
+            _same(got[t][0], whole[t][0])
+            _same(got[t][1], whole[t][1])
 
 
 def test_windows_without_a_tail_of_their_own_are_left_to_the_listener():

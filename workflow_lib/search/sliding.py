@@ -20,6 +20,11 @@ import numpy as np
 from workflow_lib.search.searcher import Candidate, Database, Neighbours, SearchResult
 
 
+# Segments searched together at most (2 minutes): their windows' similarity look-ups, about (segments x a few
+# hundred) database vectors, are gathered at once.
+PIECE_SEGMENTS = 256
+
+
 class SlidingWindowSearch:
     """Feed consecutive chunks of a recording's segments (``add``); get the window and tail searches of each hop
     whose window is ``n_window`` active segments, keyed by the window's newest segment. The last ``n_window - 1``
@@ -36,9 +41,18 @@ class SlidingWindowSearch:
     def add(self, first: int, emb: np.ndarray, active: np.ndarray, neighbours: Neighbours
             ) -> dict[int, tuple[SearchResult, SearchResult]]:
         """Segments ``first``.. (fingerprints, which of them the listener counts as heard, neighbour lists) ->
-        {newest segment of a window: (window search, tail search)}."""
+        {newest segment of a window: (window search, tail search)}. A long chunk (a whole file) is taken
+        ``PIECE_SEGMENTS`` at a time, which bounds the similarity look-ups held at once."""
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         active = np.asarray(active, dtype=bool)
+        out: dict[int, tuple[SearchResult, SearchResult]] = {}
+        for a in range(0, len(emb), PIECE_SEGMENTS):
+            b = a + PIECE_SEGMENTS
+            out.update(self._add(first + a, emb[a:b], active[a:b], neighbours[a:b]))
+        return out
+
+    def _add(self, first: int, emb: np.ndarray, active: np.ndarray, neighbours: Neighbours
+             ) -> dict[int, tuple[SearchResult, SearchResult]]:
         if self._carry is not None and self._carry[0] + len(self._carry[1]) == first:
             c_first, c_emb, c_active, c_nb = self._carry
             start, emb = c_first, np.concatenate([c_emb, emb])
