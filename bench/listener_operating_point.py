@@ -44,6 +44,8 @@ def main() -> int:
                     help="nafp scan --min-duration values to try (s; default 0: every occurrence)")
     ap.add_argument("--window", nargs="+", type=float, default=None,
                     help="listen.window_s values to try (s; default: the results folder's)")
+    ap.add_argument("--persistent-hops", nargs="+", default=None,
+                    help="listen.persistent_hops values to try (none: off; default: the results folder's)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default 2)")
     args = ap.parse_args()
     r = args.results
@@ -51,17 +53,20 @@ def main() -> int:
     monitoring = {**cfg["evaluate"].get("monitoring", {}), "enabled": True}
     seeds = args.seeds if args.seeds is not None else [monitoring.get("seed", 0)]
     model = args.model or ResultsLayout.of(r, cfg).model
-    print("max_fpr hops edge_share self_null_gap min_duration window seed | per programme: (F1, precision, recall, "
-          "false-alarm min, no-song min, boundary error s)")
+    print("max_fpr hops edge_share self_null_gap min_duration window persistent_hops seed | per programme: (F1, "
+          "precision, recall, false-alarm min, no-song min, boundary error s)")
     windows = args.window or [cfg["listen"]["window_s"]]
-    settings = [(fpr, hops, share, gap, shortest, window)
+    persists = [None if v.lower() in ("none", "null") else int(v) for v in args.persistent_hops] \
+        if args.persistent_hops else [cfg["listen"].get("persistent_hops")]
+    settings = [(fpr, hops, share, gap, shortest, window, persist)
                 for fpr in [None if v.lower() in ("none", "null") else float(v) for v in args.max_fpr]
                 for hops in args.hops for share in args.edge_share
                 for gap in [float("inf") if v.lower() in ("none", "null") else float(v) for v in args.self_null_gap]
-                for shortest in args.min_duration for window in windows]
-    for fpr, hops, share, gap, shortest, window in settings:
+                for shortest in args.min_duration for window in windows for persist in persists]
+    for fpr, hops, share, gap, shortest, window, persist in settings:
         scan.EDGE_SHARE, scan.SELF_NULL_GAP = share, gap
-        listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops, "window_s": window}
+        listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops, "window_s": window,
+                  "persistent_hops": persist}
         tables = []
         for seed in seeds:
             evaluate = {**cfg["evaluate"], "monitoring": {**monitoring, "seed": seed}}
@@ -71,13 +76,13 @@ def main() -> int:
                                        r / "manifest" / "songs.parquet", r / "split" / "splits.parquet",
                                        r / "noise" / "test", r / "irs" / "test", cfg["search"], listen, evaluate,
                                        None, threads=args.threads, min_duration_s=shortest)
-            print(fpr, hops, share, gap, shortest, window, seed, [tuple(round(float(x[k]), 3) for k in (
+            print(fpr, hops, share, gap, shortest, window, persist, seed, [tuple(round(float(x[k]), 3) for k in (
                 "f1", "precision", "recall", "false_alarm_minutes", "no_song_minutes", "boundary_error_s"))
                 for x in table.to_dict("records")])
             tables.append(table)
         pooled = summarise_monitoring(pd.concat(tables, ignore_index=True))
         print(f"pooled over seeds {seeds}, max_fpr {fpr}, consistent_hops {hops}, edge_share {share}, "
-              f"self_null_gap {gap:g}, min_duration {shortest:g} s, window {window:g} s:")
+              f"self_null_gap {gap:g}, min_duration {shortest:g} s, window {window:g} s, persistent_hops {persist}:")
         print(pooled.round(3).to_string(index=False))
     return 0
 

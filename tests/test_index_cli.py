@@ -83,10 +83,11 @@ def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((tmp_path / "db" / "index" / "index.json").read_text())
     assert info["dim"] == 256 and info["frontend"]["weights"] == [0.5, 0.5]
-    from workflow_lib.cli.index import PAIR_LISTEN_MAX_FPR
+    from workflow_lib.cli.index import PAIR_LISTEN_MAX_FPR, PAIR_LISTEN_PERSISTENT_HOPS
     from workflow_lib.common.config import run_config
     # the pair's own operating point for `nafp scan` / `listen`, recorded with the folder's settings
-    assert run_config(tmp_path / "db")[0]["listen"]["max_fpr"] == PAIR_LISTEN_MAX_FPR
+    listen = run_config(tmp_path / "db")[0]["listen"]
+    assert listen["max_fpr"] == PAIR_LISTEN_MAX_FPR and listen["persistent_hops"] == PAIR_LISTEN_PERSISTENT_HOPS
     songs = pd.read_parquet(tmp_path / "db" / "manifest" / "songs.parquet")
     clips = []
     for i, row in enumerate(songs.itertuples()):

@@ -193,6 +193,23 @@ def test_a_match_needs_k_agreeing_hops_and_gives_song_and_offset(synth):
     assert [h.song_id for h in core.heard] == ["s2"]
 
 
+def test_a_song_leading_the_window_at_one_alignment_for_persistent_hops_is_declared_below_the_threshold(synth):
+    songs, searcher = synth
+    song = songs["s2"][3 * SR:15 * SR]
+    rng = np.random.default_rng(0)  # database songs in 1.5 s pieces: each piece leads while it is in the window
+    pieces = np.concatenate([songs[f"s{k % 4}"][o:o + 3 * SR // 2]
+                             for k, o in enumerate(rng.integers(0, 15 * SR, size=24))])
+    for persistent, audio, heard in [(None, song, []), (10, song, ["s2"]), (10, pieces, [])]:
+        core = ListenerCore(searcher, ListenConfig(persistent_hops=persistent))
+        core.threshold = lambda n: 10.0  # no window passes the threshold
+        ds = drive(core, audio)
+        assert [h.song_id for h in core.heard] == heard
+        if heard:
+            first = next(i for i, d in enumerate(ds) if d.state == MATCH)
+            assert first == 9 and not ds[first].above_threshold  # the tenth hop in a row with s2 in the lead
+            assert ds[-1].song_offset_s == pytest.approx(3.0, abs=0.5)
+
+
 def test_min_match_s_delays_the_declaration_until_the_window_is_long_enough(synth):
     songs, searcher = synth
     ds = drive(ListenerCore(searcher, ListenConfig(consistent_hops=1, min_match_s=3.0)), songs["s3"][: 6 * SR])
@@ -254,6 +271,8 @@ def test_listen_config_rejects_bad_values():
         ListenConfig(window_s=3.0, tail_s=4.0)
     with pytest.raises(ValueError, match="unknown listen config keys"):
         ListenConfig.from_dict({"windw_s": 3})
+    with pytest.raises(ValueError, match="persistent_hops"):
+        ListenConfig(persistent_hops=0)
 
 
 # ------------------------------------------------------------------------------------------------ file path e2e

@@ -71,6 +71,7 @@ class ListenConfig:
     offset_tolerance_hops: int = 1
     resync_margin: float = 0.03
     max_fpr: float | None = 0.005
+    persistent_hops: int | None = None
     silence_dbfs: float = SILENCE_DBFS
     ring_s: float = 20.0
     block_s: float = 0.05
@@ -85,6 +86,8 @@ class ListenConfig:
             raise ValueError("listen: consistent_hops and release_hops must be >= 1, offset_tolerance_hops >= 0")
         if self.max_fpr is not None and not 0 < self.max_fpr < 1:
             raise ValueError(f"listen.max_fpr must lie in (0, 1) or be null, got {self.max_fpr}")
+        if self.persistent_hops is not None and self.persistent_hops < 1:
+            raise ValueError(f"listen.persistent_hops must be at least 1 or null, got {self.persistent_hops}")
         if not 0 <= self.resync_margin < 1:
             raise ValueError(f"listen.resync_margin must lie in [0, 1), got {self.resync_margin}")
         if not SEGMENT_S <= self.min_match_s <= self.window_s:
@@ -420,6 +423,8 @@ class ListenerCore:
         self._misses = 0
         self._tail_streak = 0
         self._last_tail: Observation | None = None
+        self._persist = 0  # hops in a row whose window's best is one song at one alignment, ahead of the others
+        self._last_best: Observation | None = None
         self._codes: dict[str, int] | None = None
         self._ranked: dict[int, tuple[SearchResult, SearchResult]] = {}
         self.current: Heard | None = None
@@ -633,6 +638,7 @@ class ListenerCore:
         if not loud:
             self._streak, self._last_obs = 0, None
             self._tail_streak, self._last_tail = 0, None
+            self._persist, self._last_best = 0, None
             if self.current is not None:
                 self.current, event = None, "lost"
             self.compute_ms.append(embed_ms)
@@ -677,6 +683,14 @@ class ListenerCore:
             self._last_obs = obs
         else:
             self._streak, self._last_obs = 0, None
+        # Below the threshold, the same song at the same alignment leading the window hop after hop is evidence of
+        # its own: a wrong song's lead comes from a segment or two and wanders once they leave the window.
+        if obs is not None and obs.decision > 0:
+            self._persist = self._persist + 1 if obs.agrees(self._last_best, tol) else 1
+            self._last_best = obs
+        else:
+            self._persist, self._last_best = 0, None
+        persistent = cfg.persistent_hops is not None and self._persist >= cfg.persistent_hops
         start_s = js[0] * HOP_S
         # A declared match holds while its own alignment still passes the threshold and no other alignment beats
         # it by more than resync_margin: in a repeated section several alignments score alike, and the one that
@@ -694,7 +708,7 @@ class ListenerCore:
             self._misses = 0
         elif ambiguous:
             pass
-        elif self._streak >= cfg.consistent_hops and len(js) >= self.n_min and obs is not None:
+        elif (self._streak >= cfg.consistent_hops or persistent) and len(js) >= self.n_min and obs is not None:
             if cur is not None and obs.song_id == cur.song_id:
                 # Same song, consistently (and clearly) better at another place: the earlier, shorter window was
                 # misled by a repeated section, or the player jumped. Correct the offset; same listening.
