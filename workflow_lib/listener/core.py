@@ -16,7 +16,8 @@ Decisions (hysteresis): a hop's best candidate counts when its score passes the 
 length (``calibrate.py``; with ``max_fpr`` refitted stricter from the calibration's stored null scores, because the
 listener asks every hop). A match is declared when ``consistent_hops`` such hops in a row agree on the song and on
 its alignment with the stream (the song position must advance with the clock, within ``offset_tolerance_hops``) and
-the window holds at least ``min_match_s`` of audio. A declared match is held while its own alignment still passes
+the window holds at least ``min_match_s`` of audio; with ``persistent_hops``, also when one song has led the window
+at one alignment for that many hops in a row, below the threshold (a drum loop, a song under loud noise). A declared match is held while its own alignment still passes
 the calibrated threshold (``search.calibration.target_fpr``, looser than the declaring one: hysteresis, so a held song
 is not dropped and named again each time a noisy hop dips under the strict rate) on the window and no other
 alignment beats it by more than ``resync_margin`` (a repeated chorus
