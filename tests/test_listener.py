@@ -207,6 +207,7 @@ def test_a_song_leading_the_window_at_one_alignment_for_persistent_hops_is_decla
         if heard:
             first = next(i for i, d in enumerate(ds) if d.state == MATCH)
             assert first == 9 and not ds[first].above_threshold  # the tenth hop in a row with s2 in the lead
+            assert all(d.state == MATCH and d.event is None for d in ds[first + 1:])  # held quietly: no "resync"
             assert ds[-1].song_offset_s == pytest.approx(3.0, abs=0.5)
 
 

@@ -17,15 +17,16 @@ length (``calibrate.py``; with ``max_fpr`` refitted stricter from the calibratio
 listener asks every hop). A match is declared when ``consistent_hops`` such hops in a row agree on the song and on
 its alignment with the stream (the song position must advance with the clock, within ``offset_tolerance_hops``) and
 the window holds at least ``min_match_s`` of audio; with ``persistent_hops``, also when one song has led the window
-at one alignment for that many hops in a row, below the threshold (a drum loop, a song under loud noise). A declared match is held while its own alignment still passes
-the calibrated threshold (``search.calibration.target_fpr``, looser than the declaring one: hysteresis, so a held song
-is not dropped and named again each time a noisy hop dips under the strict rate) on the window and no other
-alignment beats it by more than ``resync_margin`` (a repeated chorus
-scores alike at several offsets; the one the longer history chose stays); the same song clearly better at another
-offset for K hops re-synchronises it. It ends after ``release_hops`` hops without support, at once on silence, or
-when another song is declared. To follow a song change quickly, the last ``tail_s`` seconds are also searched on
-their own: when for K hops they name another song and the held one no longer explains them, the window is cut to
-them (the older segments belong to the previous song) and the new song is declared.
+at one alignment for that many hops in a row, below the threshold (a drum loop, a song under loud noise), and it is
+held while it keeps that lead. A declared match is held while its own alignment still passes the calibrated
+threshold (``search.calibration.target_fpr``, looser than the declaring one: hysteresis, so a held song is not
+dropped and named again each time a noisy hop dips under the strict rate) on the window and no other alignment beats
+it by more than ``resync_margin`` (a repeated chorus scores alike at several offsets; the one the longer history
+chose stays); the same song clearly better at another offset for K hops re-synchronises it. It ends after
+``release_hops`` hops without support, at once on silence, or when another song is declared. To follow a song change
+quickly, the last ``tail_s`` seconds are also searched on their own: when for K hops they name another song and the
+held one no longer explains them, the window is cut to them (the older segments belong to the previous song) and the
+new song is declared.
 """
 
 from __future__ import annotations
@@ -712,9 +713,12 @@ class ListenerCore:
         elif (self._streak >= cfg.consistent_hops or persistent) and len(js) >= self.n_min and obs is not None:
             if cur is not None and obs.song_id == cur.song_id:
                 # Same song, consistently (and clearly) better at another place: the earlier, shorter window was
-                # misled by a repeated section, or the player jumped. Correct the offset; same listening.
+                # misled by a repeated section, or the player jumped. Correct the offset; same listening. (At the
+                # same place it is support: a song held by persistent_hops under the holding threshold.)
+                if abs(obs.anchor - cur.anchor) > tol:
+                    event = "resync"
                 cur.anchor, cur.end_s, cur.hops = obs.anchor, stream_s, cur.hops + 1
-                self._misses, event = 0, "resync"
+                self._misses = 0
             else:
                 event = "match" if cur is None else "change"
                 self.current = Heard(obs.song_id, obs.title, obs.artist, obs.anchor, start_s, stream_s, stream_s,
