@@ -46,7 +46,7 @@ PAIR_LISTEN_MAX_FPR = 0.007
 # And a song that leads the window at one alignment for 16 hops (8 s) is declared below the threshold
 # (listen.persistent_hops; off for the rest): with the pair it named a drum loop no threshold reached and lifted the
 # 0 dB F1 on every group of programme seeds, false alarms staying under 1 min/h over all of them (bench/README.md, "A
-# song that leads without passing the threshold"). Not measured with the single model, which keeps it off.
+# song that leads without passing the threshold"). The single model keeps it off: with it, two groups of seeds miss.
 PAIR_LISTEN_PERSISTENT_HOPS = 16
 
 
