@@ -133,8 +133,7 @@ def _alignments(starts: np.ndarray, first_row: int, n_rows: int, codes: np.ndarr
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
     support = np.bincount(inv.ravel(), weights=s, minlength=len(first))
     order = np.lexsort((-support, w[first]))  # stable: ties keep the (song, anchor) order of the keys
-    in_window = w[first[order]]
-    order = order[np.arange(len(order)) - np.searchsorted(in_window, in_window, side="left") < max_candidates]
+    order = order[_rank_in_window(w[first[order]]) < max_candidates]
     pick = first[order]
     return w[pick], c[pick], a[pick], support[order]
 
@@ -187,9 +186,12 @@ def _best_per_song(w: np.ndarray, c: np.ndarray, support: np.ndarray, scores: np
     n_codes = int(c.max()) + 1
     _, first = np.unique(w[order] * n_codes + c[order], return_index=True)
     first.sort()
-    in_window = w[order[first]]
-    rank = np.arange(len(first)) - np.searchsorted(in_window, in_window, side="left")
-    return order[first[rank < n_results]]
+    return order[first[_rank_in_window(w[order[first]]) < n_results]]
+
+
+def _rank_in_window(windows: np.ndarray) -> np.ndarray:
+    """For entries grouped by window (``windows`` ascending): each one's place within its window (0, 1, ...)."""
+    return np.arange(len(windows)) - np.searchsorted(windows, windows, side="left")
 
 
 def _votes(first_seg: np.ndarray, n_rows: int, codes_p: np.ndarray, anchors_p: np.ndarray, codes: np.ndarray,
