@@ -5,12 +5,14 @@ prints F1, precision, recall, false-alarm minutes and boundary error per program
 (bench/README.md, "Listener operating point" and "Scanning: following the song").
 
     python bench/listener_operating_point.py RESULTS [--model M] [--max-fpr 0.002 0.005 none] [--hops 2 3]
-        [--seeds 0 1 2] [--edge-share 0.5 0.6] [--self-null-gap 0.03 none] [--min-duration 0 10] [--window 5 7.5]
-        [--threads 2]
+        [--seeds 0 1 2] [--edge-share 0.5 0.6] [--self-null-gap 0.03 none] [--follow-island-s 3 0]
+        [--min-duration 0 10] [--window 5 7.5] [--persistent-hops 12 none] [--threads 2]
 
 ``--edge-share`` tries other values of ``listener.scan.EDGE_SHARE`` (how far below an occurrence's typical
 similarity the scan still follows it), ``--self-null-gap`` of ``listener.scan.SELF_NULL_GAP`` (how far above its
-similarity at other alignments a song must score to be followed; ``none``: not asked, the rule before 2026-12-02).
+similarity at other alignments a song must score to be followed; ``none``: not asked, the rule before 2026-12-02),
+``--follow-island-s`` of ``listen.follow_island_s`` (how long a stretch must hold for the following to cross a dip
+towards it; 0: any, the rule before 2026-12-03).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def main() -> int:
                     help="programme seeds (evaluate.monitoring.seed; default: the results folder's)")
     ap.add_argument("--edge-share", nargs="+", type=float, default=[scan.EDGE_SHARE])
     ap.add_argument("--self-null-gap", nargs="+", default=[str(scan.SELF_NULL_GAP)])
+    ap.add_argument("--follow-island-s", nargs="+", type=float, default=None,
+                    help="listen.follow_island_s values to try (s; default: the results folder's)")
     ap.add_argument("--min-duration", nargs="+", type=float, default=[0.0],
                     help="nafp scan --min-duration values to try (s; default 0: every occurrence)")
     ap.add_argument("--window", nargs="+", type=float, default=None,
@@ -53,20 +57,21 @@ def main() -> int:
     monitoring = {**cfg["evaluate"].get("monitoring", {}), "enabled": True}
     seeds = args.seeds if args.seeds is not None else [monitoring.get("seed", 0)]
     model = args.model or ResultsLayout.of(r, cfg).model
-    print("max_fpr hops edge_share self_null_gap min_duration window persistent_hops seed | per programme: (F1, "
-          "precision, recall, false-alarm min, no-song min, boundary error s)")
+    print("max_fpr hops edge_share self_null_gap follow_island_s min_duration window persistent_hops seed | "
+          "per programme: (F1, precision, recall, false-alarm min, no-song min, boundary error s)")
     windows = args.window or [cfg["listen"]["window_s"]]
     persists = [None if v.lower() in ("none", "null") else int(v) for v in args.persistent_hops] \
         if args.persistent_hops else [cfg["listen"].get("persistent_hops")]
-    settings = [(fpr, hops, share, gap, shortest, window, persist)
+    settings = [(fpr, hops, share, gap, island, shortest, window, persist)
                 for fpr in [None if v.lower() in ("none", "null") else float(v) for v in args.max_fpr]
                 for hops in args.hops for share in args.edge_share
                 for gap in [float("inf") if v.lower() in ("none", "null") else float(v) for v in args.self_null_gap]
+                for island in (args.follow_island_s or [cfg["listen"]["follow_island_s"]])
                 for shortest in args.min_duration for window in windows for persist in persists]
-    for fpr, hops, share, gap, shortest, window, persist in settings:
+    for fpr, hops, share, gap, island, shortest, window, persist in settings:
         scan.EDGE_SHARE, scan.SELF_NULL_GAP = share, gap
         listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops, "window_s": window,
-                  "persistent_hops": persist}
+                  "persistent_hops": persist, "follow_island_s": island}
         tables = []
         for seed in seeds:
             evaluate = {**cfg["evaluate"], "monitoring": {**monitoring, "seed": seed}}
@@ -76,13 +81,15 @@ def main() -> int:
                                        r / "manifest" / "songs.parquet", r / "split" / "splits.parquet",
                                        r / "noise" / "test", r / "irs" / "test", cfg["search"], listen, evaluate,
                                        None, threads=args.threads, min_duration_s=shortest)
-            print(fpr, hops, share, gap, shortest, window, persist, seed, [tuple(round(float(x[k]), 3) for k in (
+            figures = [tuple(round(float(x[k]), 3) for k in (
                 "f1", "precision", "recall", "false_alarm_minutes", "no_song_minutes", "boundary_error_s"))
-                for x in table.to_dict("records")])
+                for x in table.to_dict("records")]
+            print(fpr, hops, share, gap, island, shortest, window, persist, seed, figures)
             tables.append(table)
         pooled = summarise_monitoring(pd.concat(tables, ignore_index=True))
         print(f"pooled over seeds {seeds}, max_fpr {fpr}, consistent_hops {hops}, edge_share {share}, "
-              f"self_null_gap {gap:g}, min_duration {shortest:g} s, window {window:g} s, persistent_hops {persist}:")
+              f"self_null_gap {gap:g}, follow_island_s {island:g}, min_duration {shortest:g} s, window {window:g} s, "
+              f"persistent_hops {persist}:")
         print(pooled.round(3).to_string(index=False))
     return 0
 

@@ -49,6 +49,12 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     # Calibrated leave-one-song-out: the unknown songs it searched are database songs.
     assert threshold["lengths"] and threshold["meta"]["database_songs"] == N_SONGS
     assert 0 < threshold["meta"]["n_songs"] <= N_SONGS  # the songs searched as unknown are all database songs
+    from workflow_lib.cli.index import BUNDLED_LISTEN_PERSISTENT_HOPS, FOLLOW_ISLAND_S
+    from workflow_lib.common.config import run_config
+    # the bundled model's own operating point for `nafp scan` / `listen`, recorded with the folder's settings
+    listen = run_config(db)[0]["listen"]
+    assert listen["persistent_hops"] == BUNDLED_LISTEN_PERSISTENT_HOPS and listen["max_fpr"] == 0.005
+    assert listen["follow_island_s"] == FOLLOW_ISLAND_S
 
 
 def test_an_excerpt_of_every_song_is_named(indexed, tmp_path):
@@ -83,11 +89,12 @@ def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((tmp_path / "db" / "index" / "index.json").read_text())
     assert info["dim"] == 256 and info["frontend"]["weights"] == [0.5, 0.5]
-    from workflow_lib.cli.index import PAIR_LISTEN_MAX_FPR, PAIR_LISTEN_PERSISTENT_HOPS
+    from workflow_lib.cli.index import FOLLOW_ISLAND_S, PAIR_LISTEN_MAX_FPR, PAIR_LISTEN_PERSISTENT_HOPS
     from workflow_lib.common.config import run_config
     # the pair's own operating point for `nafp scan` / `listen`, recorded with the folder's settings
     listen = run_config(tmp_path / "db")[0]["listen"]
     assert listen["max_fpr"] == PAIR_LISTEN_MAX_FPR and listen["persistent_hops"] == PAIR_LISTEN_PERSISTENT_HOPS
+    assert listen["follow_island_s"] == FOLLOW_ISLAND_S
     songs = pd.read_parquet(tmp_path / "db" / "manifest" / "songs.parquet")
     clips = []
     for i, row in enumerate(songs.itertuples()):

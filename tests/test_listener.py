@@ -274,6 +274,8 @@ def test_listen_config_rejects_bad_values():
         ListenConfig.from_dict({"windw_s": 3})
     with pytest.raises(ValueError, match="persistent_hops"):
         ListenConfig(persistent_hops=0)
+    with pytest.raises(ValueError, match="follow_island_s"):
+        ListenConfig(follow_island_s=float("nan"))
 
 
 # ------------------------------------------------------------------------------------------------ file path e2e

@@ -321,6 +321,23 @@ def test_a_song_is_followed_only_while_its_alignment_lifts_it_above_its_level_el
     assert _alignment_runs(quiet, 0, 0, emb, 0, 79, [(10, 20)]) == [(0, 79)]
 
 
+def test_following_crosses_a_dip_only_towards_a_stretch_where_the_song_holds():
+    # The song plays from segment 40 (declared at 60-70). Before it, other audio: the song's aligned similarity is
+    # 0.1 there, but for 2 s at segments 29-32 a blip reaches 0.8, within a bridgeable dip of the start.
+    emb = np.arange(80, dtype=np.float32)[:, None]
+    aligned = np.r_[np.full(40, 0.1), np.full(40, 0.8)]
+    aligned[29:33] = 0.8
+    song = _HandSetSong(aligned, np.full(80, 0.1))
+    (a, b), = _alignment_runs(song, 0, 0, emb, 0, 79, [(60, 70)], island=6)  # listen.follow_island_s 3
+    assert abs(a - 40) <= 1 and b == 79, (a, b)
+    (a, b), = _alignment_runs(song, 0, 0, emb, 0, 79, [(60, 70)])  # 0, the default: any stretch is crossed to
+    assert abs(a - 29) <= 1 and b == 79, (a, b)
+    # Talk over the song's first bars instead (segments 33-39, the same dip): the 5 s it held before it are crossed to.
+    aligned[22:33] = 0.8
+    (a, b), = _alignment_runs(_HandSetSong(aligned, np.full(80, 0.1)), 0, 0, emb, 0, 79, [(60, 70)], island=6)
+    assert abs(a - 22) <= 1 and b == 79, (a, b)
+
+
 def test_a_resync_within_a_song_does_not_split_its_occurrence():
     def occ(start, end, song, song_start):
         return Occurrence(start, end, song, None, None, song_start, song_start + end - start, 0.9)

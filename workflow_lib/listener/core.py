@@ -74,6 +74,7 @@ class ListenConfig:
     resync_margin: float = 0.03
     max_fpr: float | None = 0.005
     persistent_hops: int | None = None
+    follow_island_s: float = 0.0  # the scan's following only (scan._extend); the live listener has none
     silence_dbfs: float = SILENCE_DBFS
     ring_s: float = 20.0
     block_s: float = 0.05
@@ -90,6 +91,8 @@ class ListenConfig:
             raise ValueError(f"listen.max_fpr must lie in (0, 1) or be null, got {self.max_fpr}")
         if self.persistent_hops is not None and self.persistent_hops < 1:
             raise ValueError(f"listen.persistent_hops must be at least 1 or null, got {self.persistent_hops}")
+        if not self.follow_island_s >= 0:  # NaN too
+            raise ValueError(f"listen.follow_island_s must be 0 s or more, got {self.follow_island_s}")
         if not 0 <= self.resync_margin < 1:
             raise ValueError(f"listen.resync_margin must lie in [0, 1), got {self.resync_margin}")
         if not SEGMENT_S <= self.min_match_s <= self.window_s:

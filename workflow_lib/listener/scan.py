@@ -221,7 +221,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig)
         lo = max(p[2] for p in groups[gi - 1]) + 1 if gi else 0
         hi = min(p[1] for p in groups[gi + 1]) - 1 if gi + 1 < len(groups) else n - 1
         lo, hi = min(lo, min(p[1] for p in group)), max(hi, max(p[2] for p in group))
-        out += _follow_group(db, catalogue, group, emb, lo, hi, tol)
+        out += _follow_group(db, catalogue, group, emb, lo, hi, tol, _island_segments(config))
     out.sort(key=lambda o: o.start_s)
     for prev, nxt in zip(out, out[1:]):  # refined edges of neighbours may overlap: they meet half way
         if nxt.start_s < prev.end_s:
@@ -233,8 +233,14 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig)
     return merge_continuations([o for o in out if o.end_s > o.start_s])
 
 
+def _island_segments(config: ListenConfig) -> int:
+    """``listen.follow_island_s`` in segments: how many in a row must hold beyond a dip for the following to cross
+    it."""
+    return int(round(config.follow_island_s / HOP_S))
+
+
 def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi: int,
-                  tol: int) -> list[Occurrence]:
+                  tol: int, island: int = 0) -> list[Occurrence]:
     """The occurrences of one group of consecutive declarations of a song, within segments ``lo..hi``: each
     alignment claims the stretch from its first to its last run (one playing: the song's time ran on with the clock
     through the weak stretches between them, and no other song was declared there), the alignment covering most
@@ -245,7 +251,7 @@ def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi
         return []
     candidates = []
     for anchor, members in _alignments(group, tol):
-        runs = _alignment_runs(db, code, anchor, emb, lo, hi, [(a - lo, b - lo) for _, a, b in members])
+        runs = _alignment_runs(db, code, anchor, emb, lo, hi, [(a - lo, b - lo) for _, a, b in members], island)
         covered = np.zeros(hi - lo + 1, bool)
         for a, b in runs:
             covered[a:b + 1] = True
@@ -286,13 +292,13 @@ def _alignments(group: list, tol: int) -> list[tuple[int, list]]:
 
 
 def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int,
-                    cores: list[tuple[int, int]]) -> list[tuple[int, int]]:
+                    cores: list[tuple[int, int]], island: int = 0) -> list[tuple[int, int]]:
     """Where one alignment of a song holds within segments ``lo..hi``: the stretches (relative to ``lo``) around
     its declared ``cores`` where the aligned similarity, smoothed over SMOOTH_SEGMENTS, stays at the level
     (EDGE_SHARE of its typical similarity in the cores, at least TRACK_FLOOR) and SELF_NULL_GAP above the song's
     similarity at other alignments (``_unaligned_similarity``, smoothed alike), bridging dips of up to
-    BRIDGE_SEGMENTS (talk over the song, a noise burst); each edge then snaps to the first (last) two unsmoothed
-    segments in a row at both levels."""
+    BRIDGE_SEGMENTS (talk over the song, a noise burst) towards ``island`` or more in a row at the levels; each
+    edge then snaps to the first (last) two unsmoothed segments in a row at both levels."""
     q = emb[lo:hi + 1].astype(np.float32)  # cast once for the aligned and the shifted look-ups
     raw = np.nan_to_num(_similarity_at(db, code, lo + anchor, q), nan=0.0, posinf=0.0, neginf=0.0)
     inner = np.concatenate([raw[a:b + 1] for a, b in cores])
@@ -311,7 +317,7 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
     for a, b in sorted(cores):
         if runs and b <= runs[-1][1]:
             continue  # already inside the run of an earlier declaration
-        a, b = _extend(above, a, -1), _extend(above, b, +1)
+        a, b = _extend(above, a, -1, island), _extend(above, b, +1, island)
         near = np.flatnonzero(raw_pairs[max(0, a - SMOOTH_SEGMENTS):a + SMOOTH_SEGMENTS + 1])
         if len(near):
             a = max(0, a - SMOOTH_SEGMENTS) + int(near[0])
@@ -345,12 +351,14 @@ def _unaligned_similarity(db, code: int, start: int, q: np.ndarray) -> np.ndarra
     return null
 
 
-def _extend(above: np.ndarray, j: int, step: int) -> int:
+def _extend(above: np.ndarray, j: int, step: int, island: int = 0) -> int:
     """The farthest segment from ``j`` (in direction ``step``) that is ``above``, crossing gaps of at most
-    BRIDGE_SEGMENTS."""
+    BRIDGE_SEGMENTS, and each only towards at least ``island`` segments ``above`` in a row."""
     best, miss, k = j, 0, j + step
     while 0 <= k < len(above):
         if above[k]:
+            if miss and _run_length(above, k, step) < island:
+                break
             best, miss = k, 0
         else:
             miss += 1
@@ -358,6 +366,13 @@ def _extend(above: np.ndarray, j: int, step: int) -> int:
                 break
         k += step
     return best
+
+
+def _run_length(above: np.ndarray, k: int, step: int) -> int:
+    """How many segments from ``k`` (in direction ``step``) are ``above`` in a row."""
+    rest = above[k::step] if step > 0 else above[k::-1]
+    stop = np.flatnonzero(~rest)
+    return int(stop[0]) if len(stop) else len(rest)
 
 
 def _free_spans(claimed: np.ndarray, a: int, b: int) -> list[tuple[int, int]]:
