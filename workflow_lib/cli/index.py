@@ -44,9 +44,9 @@ def add_parser(sub) -> None:
 # the first pair and with the shipped one (bench/README.md, "Two models side by side", "The pair's second member...").
 PAIR_LISTEN_MAX_FPR = 0.007
 # And a song that leads the window at one alignment for 16 hops (8 s) is declared below the threshold
-# (listen.persistent_hops; off in the default settings): with the pair it named a drum loop no threshold reached and lifted the
-# 0 dB F1 on every group of programme seeds, false alarms staying under 1 min/h over all of them (bench/README.md, "A
-# song that leads without passing the threshold").
+# (listen.persistent_hops; off in the default settings): with the pair it named a drum loop no threshold reached and
+# lifted the 0 dB F1 on every group of programme seeds, false alarms staying under 1 min/h over all of them
+# (bench/README.md, "A song that leads without passing the threshold").
 PAIR_LISTEN_PERSISTENT_HOPS = 16
 # The bundled single model declares after 12 hops (6 s). Both follow a song across a dip only towards 3 s that hold
 # (listen.follow_island_s). Over 192 programmes (seeds 0-47) the bundled model then scores F1 0.983 / 0.919 at 10 /

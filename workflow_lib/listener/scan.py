@@ -357,7 +357,7 @@ def _extend(above: np.ndarray, j: int, step: int, island: int = 0) -> int:
     best, miss, k = j, 0, j + step
     while 0 <= k < len(above):
         if above[k]:
-            if miss and _run_length(above, k, step) < island:
+            if miss and not _holds_for(above, k, step, island):
                 break
             best, miss = k, 0
         else:
@@ -368,11 +368,12 @@ def _extend(above: np.ndarray, j: int, step: int, island: int = 0) -> int:
     return best
 
 
-def _run_length(above: np.ndarray, k: int, step: int) -> int:
-    """How many segments from ``k`` (in direction ``step``) are ``above`` in a row."""
-    rest = above[k::step] if step > 0 else above[k::-1]
-    stop = np.flatnonzero(~rest)
-    return int(stop[0]) if len(stop) else len(rest)
+def _holds_for(above: np.ndarray, k: int, step: int, n: int) -> bool:
+    """Whether the ``n`` segments from ``k`` (in direction ``step``) are all ``above``."""
+    if n <= 0:
+        return True
+    end = k + step * (n - 1)
+    return 0 <= end < len(above) and bool(above[min(k, end):max(k, end) + 1].all())
 
 
 def _free_spans(claimed: np.ndarray, a: int, b: int) -> list[tuple[int, int]]:
