@@ -666,11 +666,7 @@ class ListenerCore:
         # older segments would only drag the new song's score down). One hop is not enough: a short window's
         # false positives come far more often than whole-window ones. (The same song at another offset is no
         # reason either: a repeated chorus matches several places of its song equally well.)
-        if tail_says is not None:
-            self._tail_streak = self._tail_streak + 1 if tail_says.agrees(self._last_tail, tol) else 1
-            self._last_tail = tail_says
-        else:
-            self._tail_streak, self._last_tail = 0, None
+        self._tail_streak, self._last_tail = _run(self._tail_streak, self._last_tail, tail_says, tol)
         if tail_says is not None and self._tail_streak >= cfg.consistent_hops:
             for _ in range(len(emb) - self.n_tail):
                 self._window.popleft()
@@ -683,18 +679,12 @@ class ListenerCore:
         search_ms = (time.perf_counter() - t0) * 1000.0
 
         # Hysteresis: K agreeing above-threshold hops in a row declare a match.
-        if obs is not None and obs.is_match:
-            self._streak = self._streak + 1 if obs.agrees(self._last_obs, tol) else 1
-            self._last_obs = obs
-        else:
-            self._streak, self._last_obs = 0, None
+        self._streak, self._last_obs = _run(self._streak, self._last_obs,
+                                            obs if obs is not None and obs.is_match else None, tol)
         # Below the threshold, the same song at the same alignment leading the window hop after hop is evidence of
         # its own: a wrong song's lead comes from a segment or two and wanders once they leave the window.
-        if obs is not None and obs.decision > 0:
-            self._persist = self._persist + 1 if obs.agrees(self._last_best, tol) else 1
-            self._last_best = obs
-        else:
-            self._persist, self._last_best = 0, None
+        self._persist, self._last_best = _run(self._persist, self._last_best,
+                                              obs if obs is not None and obs.decision > 0 else None, tol)
         persistent = cfg.persistent_hops is not None and self._persist >= cfg.persistent_hops
         start_s = js[0] * HOP_S
         # A declared match holds while its own alignment still passes the threshold and no other alignment beats
@@ -755,6 +745,15 @@ class ListenerCore:
             None if anchor is None else stream_s + anchor * HOP_S, None if anchor is None else anchor * HOP_S,
             score, thr, conf, bool(obs and obs.is_match), self._streak, len(js), compute_ms, embed_ms, search_ms,
             level, event, cut, decision=stat, statistic=self.statistic)
+
+
+def _run(hops: int, last: Observation | None, obs: Observation | None, tolerance: int
+         ) -> tuple[int, Observation | None]:
+    """One hop of a run of agreeing observations (same song, alignment within ``tolerance``): (hops in a row, the
+    newest). ``obs`` None (nothing that counts this hop) ends the run."""
+    if obs is None:
+        return 0, None
+    return (hops + 1 if obs.agrees(last, tolerance) else 1), obs
 
 
 # ------------------------------------------------------------------------------------------------ the worker

@@ -207,6 +207,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig)
     catalogue = getattr(searcher, "catalogue", {}) or {}
     n = len(emb)
     tol = max(2, config.offset_tolerance_hops)
+    island = int(round(config.follow_island_s / HOP_S))  # segments that must hold beyond a dip to cross it
     pieces = [(h, *_core(h, n)) for h in sorted(heard, key=lambda h: h.start_s)]
     pieces = [p for p in pieces if p[2] >= p[1]]
     groups: list[list] = []
@@ -221,7 +222,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig)
         lo = max(p[2] for p in groups[gi - 1]) + 1 if gi else 0
         hi = min(p[1] for p in groups[gi + 1]) - 1 if gi + 1 < len(groups) else n - 1
         lo, hi = min(lo, min(p[1] for p in group)), max(hi, max(p[2] for p in group))
-        out += _follow_group(db, catalogue, group, emb, lo, hi, tol, _island_segments(config))
+        out += _follow_group(db, catalogue, group, emb, lo, hi, tol, island)
     out.sort(key=lambda o: o.start_s)
     for prev, nxt in zip(out, out[1:]):  # refined edges of neighbours may overlap: they meet half way
         if nxt.start_s < prev.end_s:
@@ -231,12 +232,6 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig)
             nxt.song_start_s += mid - nxt.start_s
             nxt.start_s = mid
     return merge_continuations([o for o in out if o.end_s > o.start_s])
-
-
-def _island_segments(config: ListenConfig) -> int:
-    """``listen.follow_island_s`` in segments: how many in a row must hold beyond a dip for the following to cross
-    it."""
-    return int(round(config.follow_island_s / HOP_S))
 
 
 def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi: int,
