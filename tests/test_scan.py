@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import yaml
 
 from tests.search_helpers import SR, build_searcher, synth_song
 from workflow_lib.listener.core import Heard, ListenConfig
@@ -247,6 +248,28 @@ def test_monitoring_programme_truth_and_scores():
     assert pooled["f1"] == pytest.approx(both["f1"]) and pooled["programmes"] == 2
     assert pooled["false_alarm_min_per_hour"] == pytest.approx(
         60 * (both["false_alarm_minutes"] + 1.0) / (both["no_song_minutes"] + nothing["no_song_minutes"]))
+
+
+def test_the_monitoring_stage_reports_its_shortest_play():
+    """``evaluate.monitoring.min_duration_s`` is checked (schema and plan) and, when set, the report says which
+    plays were left out; a table without it (or at 0) reports every occurrence, as before."""
+    import jsonschema
+
+    from workflow_lib.common.config import SCHEMA, load_config
+    from workflow_lib.evaluation.monitoring import MonitoringPlan
+    from workflow_lib.evaluation.report import _shortest_play
+
+    cfg, _ = load_config()
+    assert MonitoringPlan.from_config(cfg["evaluate"]["monitoring"]).min_duration_s == 0.0
+    assert MonitoringPlan.from_config({"enabled": True, "min_duration_s": 10}).min_duration_s == 10
+    schema = yaml.safe_load(SCHEMA.read_text())
+    cfg["evaluate"]["monitoring"]["min_duration_s"] = -1.0
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(cfg, schema)
+    row = {"system": "neural", "programme": "p", "snr_db": 10.0, "minutes": 10.0}
+    assert _shortest_play(pd.DataFrame([row])) == ""
+    assert _shortest_play(pd.DataFrame([{**row, "min_duration_s": 0.0}])) == ""
+    assert "shorter than 10 s are not reported" in _shortest_play(pd.DataFrame([{**row, "min_duration_s": 10.0}]))
 
 
 def test_a_programme_can_end_with_a_song_longer_than_its_slack():

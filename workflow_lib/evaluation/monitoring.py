@@ -52,6 +52,9 @@ class MonitoringPlan:
     seed: int = 0
     afp_window_s: float = 10.0
     afp_hop_s: float = 5.0
+    # nafp scan --min-duration: plays shorter than this are not reported (by either system), as broadcast monitoring
+    # reports plays; 0 reports every occurrence
+    min_duration_s: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None) -> "MonitoringPlan":
@@ -236,9 +239,11 @@ def audfprint_occurrences(afp, audio: np.ndarray, plan: MonitoringPlan, exclude:
 
 def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, threshold_path, songs_path,
                    splits_path, noise_prefix, ir_prefix, search_cfg: dict, listen_cfg: dict, eval_cfg: dict,
-                   audfprint_params: dict | None, threads: int = 1, min_duration_s: float = 0.0) -> pd.DataFrame:
+                   audfprint_params: dict | None, threads: int = 1, min_duration_s: float | None = None
+                   ) -> pd.DataFrame:
     """Snakemake entry of the ``monitor`` rule: one row per programme and system (``results/eval/monitoring``).
-    ``min_duration_s``: ``nafp scan --min-duration`` (bench/listener_operating_point.py measures it)."""
+    ``min_duration_s``: ``nafp scan --min-duration``, for both systems (default: ``evaluate.monitoring``'s;
+    bench/listener_operating_point.py tries several)."""
     import torch
 
     from workflow_lib.audio.files import load_audio
@@ -251,6 +256,8 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
 
     torch.set_num_threads(max(1, threads))
     plan = MonitoringPlan.from_config(eval_cfg.get("monitoring"))
+    if min_duration_s is None:
+        min_duration_s = plan.min_duration_s
     qplan = QueryPlan.from_config(eval_cfg)
     songs = pd.read_parquet(songs_path)
     splits = pd.read_parquet(splits_path)
@@ -301,13 +308,15 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
                     for o in res.occurrences]
             m = score_programme(prog.truth, pred, prog.duration_s)
             rows.append({"system": "neural", "programme": prog.name, "snr_db": snr, "minutes": prog.duration_s / 60,
+                         "min_duration_s": min_duration_s,
                          "realtime": prog.duration_s / max(time.perf_counter() - t0, 1e-9), **m})
             if afp is not None:
                 t0 = time.perf_counter()
-                pred = audfprint_occurrences(afp, prog.audio, plan, exclude)
+                pred = [o for o in audfprint_occurrences(afp, prog.audio, plan, exclude)
+                        if o["end_s"] - o["start_s"] >= min_duration_s]
                 m = score_programme(prog.truth, pred, prog.duration_s)
                 rows.append({"system": "audfprint", "programme": prog.name, "snr_db": snr,
-                             "minutes": prog.duration_s / 60,
+                             "minutes": prog.duration_s / 60, "min_duration_s": min_duration_s,
                              "realtime": prog.duration_s / max(time.perf_counter() - t0, 1e-9), **m})
             log.info("%s: %s", prog.name, {k: round(v, 3) for k, v in rows[-1].items() if isinstance(v, float)})
     table = pd.DataFrame(rows)
