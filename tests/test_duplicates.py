@@ -75,10 +75,10 @@ def test_exclusions_round_trip_through_a_table_cell():
     assert format_exclusion(frozenset({"b", "a"})) == "a|b"
 
 
-def _db_and_audio_sharing_a_passage(dim: int = 32):
-    """Songs a, b, c, d, e of 80 segments (40.5 s of 8 kHz noise each). d plays a's audio from 20 s to 30 s at
-    15-25 s of its own (its fingerprints there are a's, lightly perturbed); e's fingerprints copy b's at the same
-    places, but its audio is its own: a song whose chords only sound like another's."""
+def _db_and_audio_sharing_a_passage(dim: int = 32, shared: int = 20):
+    """Songs a, b, c, d, e of 80 segments (40.5 s of 8 kHz noise each). d plays a's audio from 20 s at 15 s of its
+    own for ``shared`` segments (20: 10 s; its fingerprints there are a's, lightly perturbed); e's fingerprints copy
+    b's at the same places, but its audio is its own: a song whose chords only sound like another's."""
     from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
 
     rng = np.random.default_rng(5)
@@ -86,8 +86,9 @@ def _db_and_audio_sharing_a_passage(dim: int = 32):
     n = 79 * HOP_SAMPLES + SEGMENT_SAMPLES
     audio = {s: rng.standard_normal(n).astype(np.float32) for s in songs}
     for copy, source in (("d", "a"), ("e", "b")):
-        songs[copy][30:50] = normalize(songs[source][40:60] + 0.05 * rng.standard_normal((20, dim)).astype(np.float32))
-    audio["d"][30 * HOP_SAMPLES:50 * HOP_SAMPLES] = audio["a"][40 * HOP_SAMPLES:60 * HOP_SAMPLES]
+        songs[copy][30:30 + shared] = normalize(songs[source][40:40 + shared] +
+                                                0.05 * rng.standard_normal((shared, dim)).astype(np.float32))
+    audio["d"][30 * HOP_SAMPLES:(30 + shared) * HOP_SAMPLES] = audio["a"][40 * HOP_SAMPLES:(40 + shared) * HOP_SAMPLES]
     ids = list(songs)
     vectors = np.concatenate([songs[s] for s in ids]).astype(np.float16)
     index = faiss.IndexFlatIP(dim)
@@ -117,6 +118,16 @@ def test_a_shared_passage_makes_a_twin_only_where_the_audio_is_the_same():
     # a song whose audio cannot be had is not checked, and the fingerprint rules alone decide
     assert find_shared_passages(db, ["d"], {s: a for s, a in audio.items() if s != "a"}.get).empty
     assert find_twins(db, ["d"]).empty
+
+
+def test_a_passage_only_one_window_covers_makes_a_twin_when_its_audio_is_the_same():
+    # 6 s shared: one of d's 5 s windows lies inside it (the others mix in d's own audio and correlate under 0.6);
+    # that window's audio is a's (about 1.0), enough on its own. e's look-alike fingerprints still make no twin.
+    db, audio = _db_and_audio_sharing_a_passage(shared=12)
+    table = find_shared_passages(db, list("abcde"), audio.get)
+    assert ("d", "a") in set(zip(table.song_id, table.duplicate_id)), table
+    assert not {"b", "e"} & (set(table.song_id) | set(table.duplicate_id)), table
+    assert table.set_index(["song_id", "duplicate_id"]).loc[("d", "a"), "windows"] == 1
 
 
 def test_twins_are_checked_for_shared_passages_when_the_songs_files_are_given(tmp_path):

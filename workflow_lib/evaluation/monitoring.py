@@ -52,8 +52,8 @@ class MonitoringPlan:
     seed: int = 0
     afp_window_s: float = 10.0
     afp_hop_s: float = 5.0
-    # nafp scan --min-duration: plays shorter than this are not reported (by either system), as broadcast monitoring
-    # reports plays; 0 reports every occurrence
+    # nafp scan --min-duration: occurrences shorter than this are left out, for both systems (broadcast monitoring
+    # reports plays, not glimpses); 0 scores every occurrence
     min_duration_s: float = 0.0
 
     @classmethod

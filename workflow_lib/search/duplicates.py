@@ -27,8 +27,8 @@ holds about 30 s of music001). Their 10 s windows mix shared and own audio and s
 listener rightly names music001 wherever those bars play (the monitoring benchmark counted 2 of its 2.7 held-out
 false-alarm minutes there). Where the songs' audio can be read (``find_shared_passages``), 5 s windows whose best
 other song scores 0.88 are checked against that song's audio at the place the search found: two windows that
-correlate at 0.6 make a twin. The fingerprint alone cannot tell: sustained chords score 0.9 against another
-song's too, but their audio does not correlate.
+correlate at 0.6 make a twin, or one that correlates at 0.9 (the same audio beyond doubt). The fingerprint alone
+cannot tell: sustained chords score 0.9 against another song's too, but their audio does not correlate.
 """
 
 from __future__ import annotations
@@ -56,6 +56,11 @@ PASSAGE_MAX_WINDOWS = 200
 PASSAGE_SCORE = 0.88
 PASSAGE_CORRELATION = 0.6
 PASSAGE_WINDOWS = 2
+# One window whose audio correlates this well is the same audio on its own: unrelated music and look-alike chords
+# stay under 0.15, so no second window is needed to rule out chance. A short song may have only one window at the
+# fingerprint score that is checked (Plee the Bear's 30 s "title-screen" holds "back": 0.93 in one window, 0.62 in a
+# second that scores 0.82; bench/README.md, "Seeds 48-71").
+SAME_AUDIO_CORRELATION = 0.9
 
 
 def window_answers(db, song_id: str, max_windows: int = MAX_WINDOWS, window_segments: int = WINDOW_SEGMENTS,
@@ -142,6 +147,8 @@ def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str],
     ``min_windows`` of the song's 5 s windows the other song is the best answer at ``min_score`` and the audio
     there, found by the search, correlates with the window's at ``min_correlation`` (within ``slack_s``).
 
+    One window at ``SAME_AUDIO_CORRELATION`` is enough (a passage that only one window covers).
+
     ``load_song``: song id -> its 8 kHz audio, or None when it cannot be had (that pair is then not checked). The
     audio decides because the fingerprint cannot: a game track that reuses another's rendered passages and a
     track whose sustained chords sound like another's both score 0.9-0.95 in 5 s windows, but only the first
@@ -156,6 +163,7 @@ def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str],
     for sid in (str(s) for s in song_ids):
         n, answers = window_answers(db, sid, max_windows, window_segments)
         held: dict[str, list[float]] = defaultdict(list)
+        same: set[str] = set()  # songs found with the very audio of one window
         for start_s, other, score, offset_s in answers:
             if score < min_score:
                 continue
@@ -166,11 +174,14 @@ def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str],
             window = mine[a:a + window_segments * HOP_SAMPLES]
             lo = max(0, int((offset_s - slack_s) * SAMPLE_RATE))
             hi = int((offset_s + slack_s) * SAMPLE_RATE) + len(window)
-            if audio_correlation(window, theirs[lo:hi]) >= min_correlation:
+            correlation = audio_correlation(window, theirs[lo:hi])
+            if correlation >= min_correlation:
                 held[other].append(score)
+            if correlation >= SAME_AUDIO_CORRELATION:
+                same.add(other)
         out += [{"song_id": sid, "duplicate_id": other, "windows": len(scores), "windows_searched": n,
                  "mean_score": round(float(np.mean(scores)), 4)}
-                for other, scores in held.items() if len(scores) >= min_windows]
+                for other, scores in held.items() if len(scores) >= min_windows or other in same]
     table = pd.DataFrame(out, columns=COLUMNS)
     log.info("shared passages: %d songs share audio with another song of the database", table.song_id.nunique())
     return table
