@@ -56,10 +56,10 @@ PASSAGE_MAX_WINDOWS = 200
 PASSAGE_SCORE = 0.88
 PASSAGE_CORRELATION = 0.6
 PASSAGE_WINDOWS = 2
-# One window whose audio correlates this well is the same audio on its own: unrelated music and look-alike chords
-# stay under 0.15, so no second window is needed to rule out chance. A short song may have only one window at the
-# fingerprint score that is checked (Plee the Bear's 30 s "title-screen" holds "back": 0.93 in one window, 0.62 in a
-# second that scores 0.82; bench/README.md, "Seeds 48-71").
+# One window whose audio correlates this well is the same audio on its own: unrelated music stays under 0.15, and
+# tracks of one game built from the same samples under 0.6, so no second window is needed to rule out chance. A short
+# song may have only one window at the fingerprint score that is checked (Plee the Bear's 30 s "title-screen" holds
+# "back": 0.93 in one window, 0.62 in a second that scores 0.82; bench/README.md, "Seeds 48-71").
 SAME_AUDIO_CORRELATION = 0.9
 
 
@@ -142,12 +142,13 @@ def audio_correlation(window: np.ndarray, other: np.ndarray) -> float:
 def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str], np.ndarray | None],
                          window_segments: int = PASSAGE_SEGMENTS, max_windows: int = PASSAGE_MAX_WINDOWS,
                          min_score: float = PASSAGE_SCORE, min_correlation: float = PASSAGE_CORRELATION,
-                         min_windows: int = PASSAGE_WINDOWS, slack_s: float = 1.0) -> pd.DataFrame:
+                         min_windows: int = PASSAGE_WINDOWS, slack_s: float = 1.0,
+                         same_audio: float = SAME_AUDIO_CORRELATION) -> pd.DataFrame:
     """Pairs (song, another song sharing passages of the same audio with it), table ``COLUMNS``: in at least
     ``min_windows`` of the song's 5 s windows the other song is the best answer at ``min_score`` and the audio
     there, found by the search, correlates with the window's at ``min_correlation`` (within ``slack_s``).
 
-    One window at ``SAME_AUDIO_CORRELATION`` is enough (a passage that only one window covers).
+    One window at ``same_audio`` is enough (a passage that only one window covers).
 
     ``load_song``: song id -> its 8 kHz audio, or None when it cannot be had (that pair is then not checked). The
     audio decides because the fingerprint cannot: a game track that reuses another's rendered passages and a
@@ -177,7 +178,7 @@ def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str],
             correlation = audio_correlation(window, theirs[lo:hi])
             if correlation >= min_correlation:
                 held[other].append(score)
-            if correlation >= SAME_AUDIO_CORRELATION:
+            if correlation >= same_audio:
                 same.add(other)
         out += [{"song_id": sid, "duplicate_id": other, "windows": len(scores), "windows_searched": n,
                  "mean_score": round(float(np.mean(scores)), 4)}
