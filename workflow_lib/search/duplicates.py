@@ -163,8 +163,7 @@ def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str],
     out = []
     for sid in (str(s) for s in song_ids):
         n, answers = window_answers(db, sid, max_windows, window_segments)
-        held: dict[str, list[float]] = defaultdict(list)
-        same: set[str] = set()  # songs found with the very audio of one window
+        held: dict[str, list[tuple[float, float]]] = defaultdict(list)  # other song -> (score, correlation)
         for start_s, other, score, offset_s in answers:
             if score < min_score:
                 continue
@@ -177,12 +176,11 @@ def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str],
             hi = int((offset_s + slack_s) * SAMPLE_RATE) + len(window)
             correlation = audio_correlation(window, theirs[lo:hi])
             if correlation >= min_correlation:
-                held[other].append(score)
-            if correlation >= same_audio:
-                same.add(other)
-        out += [{"song_id": sid, "duplicate_id": other, "windows": len(scores), "windows_searched": n,
-                 "mean_score": round(float(np.mean(scores)), 4)}
-                for other, scores in held.items() if len(scores) >= min_windows or other in same]
+                held[other].append((score, correlation))
+        out += [{"song_id": sid, "duplicate_id": other, "windows": len(found), "windows_searched": n,
+                 "mean_score": round(float(np.mean([score for score, _ in found])), 4)}
+                for other, found in held.items()
+                if len(found) >= min_windows or max(c for _, c in found) >= same_audio]
     table = pd.DataFrame(out, columns=COLUMNS)
     log.info("shared passages: %d songs share audio with another song of the database", table.song_id.nunique())
     return table
