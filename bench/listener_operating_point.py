@@ -6,13 +6,15 @@ prints F1, precision, recall, false-alarm minutes and boundary error per program
 
     python bench/listener_operating_point.py RESULTS [--model M] [--max-fpr 0.002 0.005 none] [--hops 2 3]
         [--seeds 0 1 2] [--edge-share 0.5 0.6] [--self-null-gap 0.03 none] [--follow-island-s 3 0]
-        [--min-duration 0 10] [--window 5 7.5] [--persistent-hops 12 none] [--threads 2]
+        [--min-duration 0 10] [--short-play 15:0.55 none] [--window 5 7.5] [--persistent-hops 12 none] [--threads 2]
 
 ``--edge-share`` tries other values of ``listener.scan.EDGE_SHARE`` (how far below an occurrence's typical
 similarity the scan still follows it), ``--self-null-gap`` of ``listener.scan.SELF_NULL_GAP`` (how far above its
 similarity at other alignments a song must score to be followed; ``none``: not asked, the rule before 2026-12-02),
 ``--follow-island-s`` of ``listen.follow_island_s`` (how long a stretch must hold for the following to cross a dip
-towards it; 0: any, the rule before 2026-12-03).
+towards it; 0: any, the rule before 2026-12-03), ``--short-play S:SIM`` of ``listener.scan.SHORT_PLAY_S`` and
+``SHORT_PLAY_SIMILARITY`` (an occurrence shorter than S s is kept only if its median aligned similarity reaches SIM;
+``none``: every occurrence, the rule until 2026-12-03; bench/README.md, "A short play must hold").
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def main() -> int:
                     help="listen.follow_island_s values to try (s; default: the results folder's)")
     ap.add_argument("--min-duration", nargs="+", type=float, default=[0.0],
                     help="nafp scan --min-duration values to try (s; default 0: every occurrence)")
+    ap.add_argument("--short-play", nargs="+", default=[f"{scan.SHORT_PLAY_S:g}:{scan.SHORT_PLAY_SIMILARITY:g}"],
+                    help="S:SIM values of the short-play rule to try (none: off; default: the scan's)")
     ap.add_argument("--window", nargs="+", type=float, default=None,
                     help="listen.window_s values to try (s; default: the results folder's)")
     ap.add_argument("--persistent-hops", nargs="+", default=None,
@@ -57,19 +61,23 @@ def main() -> int:
     monitoring = {**cfg["evaluate"].get("monitoring", {}), "enabled": True}
     seeds = args.seeds if args.seeds is not None else [monitoring.get("seed", 0)]
     model = args.model or ResultsLayout.of(r, cfg).model
-    print("max_fpr hops edge_share self_null_gap follow_island_s min_duration window persistent_hops seed | "
+    print("max_fpr hops edge_share self_null_gap follow_island_s min_duration short_play window persistent_hops seed | "
           "per programme: (F1, precision, recall, false-alarm min, no-song min, boundary error s)")
     windows = args.window or [cfg["listen"]["window_s"]]
     persists = [None if v.lower() in ("none", "null") else int(v) for v in args.persistent_hops] \
         if args.persistent_hops else [cfg["listen"].get("persistent_hops")]
-    settings = [(fpr, hops, share, gap, island, shortest, window, persist)
+    short_plays = [(0.0, 0.0) if v.lower() in ("none", "null") else tuple(float(x) for x in v.split(":"))
+                   for v in args.short_play]
+    settings = [(fpr, hops, share, gap, island, shortest, short, window, persist)
                 for fpr in [None if v.lower() in ("none", "null") else float(v) for v in args.max_fpr]
                 for hops in args.hops for share in args.edge_share
                 for gap in [float("inf") if v.lower() in ("none", "null") else float(v) for v in args.self_null_gap]
                 for island in (args.follow_island_s or [cfg["listen"]["follow_island_s"]])
-                for shortest in args.min_duration for window in windows for persist in persists]
-    for fpr, hops, share, gap, island, shortest, window, persist in settings:
+                for shortest in args.min_duration for short in short_plays for window in windows
+                for persist in persists]
+    for fpr, hops, share, gap, island, shortest, short, window, persist in settings:
         scan.EDGE_SHARE, scan.SELF_NULL_GAP = share, gap
+        scan.SHORT_PLAY_S, scan.SHORT_PLAY_SIMILARITY = short
         listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops, "window_s": window,
                   "persistent_hops": persist, "follow_island_s": island}
         tables = []
@@ -84,11 +92,13 @@ def main() -> int:
             figures = [tuple(round(float(x[k]), 3) for k in (
                 "f1", "precision", "recall", "false_alarm_minutes", "no_song_minutes", "boundary_error_s"))
                 for x in table.to_dict("records")]
-            print(fpr, hops, share, gap, island, shortest, window, persist, seed, figures)
+            print(fpr, hops, share, gap, island, shortest, f"{short[0]:g}:{short[1]:g}", window, persist, seed,
+                  figures)
             tables.append(table)
         pooled = summarise_monitoring(pd.concat(tables, ignore_index=True))
         print(f"pooled over seeds {seeds}, max_fpr {fpr}, consistent_hops {hops}, edge_share {share}, "
-              f"self_null_gap {gap:g}, follow_island_s {island:g}, min_duration {shortest:g} s, window {window:g} s, "
+              f"self_null_gap {gap:g}, follow_island_s {island:g}, min_duration {shortest:g} s, "
+              f"short play {short[0]:g} s at {short[1]:g}, window {window:g} s, "
               f"persistent_hops {persist}:")
         print(pooled.round(3).to_string(index=False))
     return 0

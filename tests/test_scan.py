@@ -315,6 +315,22 @@ def test_a_playing_declared_in_pieces_is_followed_to_its_edges(world):
         assert abs(a - ta) <= 1.0 and abs(b - tb) <= 1.0 and abs(pos - tpos) <= 0.5, got
 
 
+def test_a_short_play_is_kept_only_where_its_alignment_holds(world, monkeypatch):
+    """A song named for a few seconds over other music (the listener's confusion) is no play: its aligned
+    similarity is low; a short play of the song itself, clean, is kept. Without the rule both would be reported."""
+    songs, searcher = world
+    audio = np.concatenate([synth_song(96, 12.0), songs["s2"][0:12 * SR]])
+    emb = embed_audio(searcher.fingerprinter, audio, device="cpu")
+    heard = [_declared("s1", 2.0, 8.0, 5.0),     # s1 named over the unknown music
+             _declared("s2", 15.0, 20.0, 3.0)]   # s2, which starts at 12 s
+    config = ListenConfig(window_s=4.0)
+    got = [(o.song_id, o.start_s, o.end_s) for o in _refine(searcher, heard, emb, config)]
+    assert [g[0] for g in got] == ["s2"], got
+    assert abs(got[0][1] - 12.0) <= 1.0 and abs(got[0][2] - 24.0) <= 1.0, got
+    monkeypatch.setattr("workflow_lib.listener.scan.SHORT_PLAY_S", 0.0)
+    assert [o.song_id for o in _refine(searcher, heard, emb, config)] == ["s1", "s2"]
+
+
 class _HandSetSong:
     """A database of one 80-segment song, as ``_alignment_runs`` reads it: query segment j scores ``aligned[j]``
     with the song's segment j (the alignment, anchor 0) and ``elsewhere[j]`` with any other of its segments."""

@@ -98,6 +98,17 @@ def row_for(path: str, match, error: str | None, duration_s: float | None) -> di
             "seconds": round(match.seconds_taken, 4), "file_start_s": None, "file_end_s": None, "occurrences": None}
 
 
+def answer_file(searcher, audio, listen, name: str = ""):
+    """The whole file's answer (``Match``) and, for a file longer than twice the listening window, which may hold
+    the song in only part of it, its scan (``listener.scan.ScanResult``; None for a shorter file)."""
+    match = searcher.identify(audio)
+    if len(audio) <= 2 * listen.window_s * SAMPLE_RATE:
+        return match, None
+    from workflow_lib.listener.scan import scan_chunks
+
+    return match, scan_chunks(searcher, [audio], listen, name=name)
+
+
 def with_occurrence(row: dict, scan) -> dict:
     """The answer for a file whose scan found occurrences: the longest one, with its time range in the file."""
     best = scan.best
@@ -162,14 +173,10 @@ def run(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             audio = load_audio(path)
-            match = searcher.identify(audio)
+            match, scan = answer_file(searcher, audio, listen, path)
             row = row_for(path, match, None, round(len(audio) / SAMPLE_RATE, 3))
-            if len(audio) > 2 * listen.window_s * SAMPLE_RATE:  # the song may fill only part of a long file
-                from workflow_lib.listener.scan import scan_chunks
-
-                scan = scan_chunks(searcher, [audio], listen, name=path)
-                if scan.occurrences:
-                    row = with_occurrence(row, scan)
+            if scan is not None and scan.occurrences:
+                row = with_occurrence(row, scan)
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             row = row_for(path, None, str(exc), None)

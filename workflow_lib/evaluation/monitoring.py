@@ -277,11 +277,7 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
 
     known_audio = [(r.song_id, load_audio(r.path)) for r in pick(known, 40).itertuples()]
     unknown_audio = [(r.song_id, load_audio(r.path)) for r in pick(unknown, 20).itertuples()]
-    noise = ClipBank(noise_prefix)
-    babble = None
-    if "kind" in noise.meta and (noise.meta["kind"] == "babble").any():  # talk from babble, the bed from noise
-        babble = _subset(noise, noise.meta["kind"] == "babble")
-        noise = _subset(noise, noise.meta["kind"] != "babble")
+    noise, babble = noise_and_talk(ClipBank(noise_prefix))
     irs = ClipBank(ir_prefix)
     searcher = Searcher.from_paths(model_path, index_dir, catalogue_path, threshold_path,
                                    **searcher_kwargs(search_cfg))
@@ -325,6 +321,13 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
     with atomic_path(out_path) as tmp:
         table.to_parquet(tmp, index=False)
     return table
+
+
+def noise_and_talk(bank: ClipBank) -> tuple[ClipBank, ClipBank | None]:
+    """A noise bank split into the noise bed and the talk (its babble clips; None when it has none)."""
+    if "kind" in bank.meta and (bank.meta["kind"] == "babble").any():
+        return _subset(bank, bank.meta["kind"] != "babble"), _subset(bank, bank.meta["kind"] == "babble")
+    return bank, None
 
 
 def _subset(bank: ClipBank, mask) -> ClipBank:

@@ -7,8 +7,9 @@ handling as live listening, one implementation for stream and file), as fast as 
 say which song plays and at which alignment; each is then followed at that alignment, segment by segment, as far as
 the song goes (``_refine``): the listener names a song only when a whole window beats every other song, so in noise
 or under talk it names a long playing late and in pieces, while the aligned similarity of each segment with the
-song's matching segment shows where the song really starts and ends. Stretches between occurrences are gaps,
-labelled ``silence`` or ``no match`` (unknown music or talk).
+song's matching segment shows where the song really starts and ends. An occurrence shorter than SHORT_PLAY_S is
+kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches between occurrences are gaps, labelled
+``silence`` or ``no match`` (unknown music or talk).
 
 The fingerprints of the whole recording are kept for that refinement, as float16: about 0.5 MB per minute of
 recording (the audio itself is never held whole).
@@ -57,6 +58,14 @@ BRIDGE_SEGMENTS = 12
 # within 0.01 of F1; bench/README.md, "Following a song only while its alignment counts").
 SELF_NULL_GAP = 0.03
 SELF_NULL_SHIFTS = (-37, -23, -11, 11, 23, 37)
+# An occurrence shorter than SHORT_PLAY_S is kept only if its aligned similarity with the song (median over its
+# segments) reaches SHORT_PLAY_SIMILARITY: a short stretch is weak evidence, as a short query needs a higher
+# threshold. The scan's commonest false alarm at 10 dB is a song outside the database named, for 3-22 s at a time,
+# as a database track of the same game (same composer and samples, not the same recording): the median of such
+# occurrences' aligned similarity is 0.59, of right occurrences under 15 s 0.75 (bundled model, programme seeds
+# 0-47; bench/README.md, "A short play must hold").
+SHORT_PLAY_S = 15.0
+SHORT_PLAY_SIMILARITY = 0.55
 
 
 @dataclass
@@ -201,7 +210,8 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig)
     declarations of one song form a group; each alignment of the group claims the stretch where its similarity
     holds, the alignment that explains most of the group first (a song with a repeated chorus is sometimes declared
     at the chorus's other place: that alignment explains less and is absorbed), and a second playing of the song
-    (another alignment) keeps its own stretch.
+    (another alignment) keeps its own stretch. Occurrences shorter than SHORT_PLAY_S whose median aligned
+    similarity is under SHORT_PLAY_SIMILARITY are left out.
     """
     db = searcher.db
     catalogue = getattr(searcher, "catalogue", {}) or {}
@@ -231,7 +241,19 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig)
             prev.end_s = mid
             nxt.song_start_s += mid - nxt.start_s
             nxt.start_s = mid
-    return merge_continuations([o for o in out if o.end_s > o.start_s])
+    merged = merge_continuations([o for o in out if o.end_s > o.start_s])
+    return [o for o in merged if o.duration_s >= SHORT_PLAY_S
+            or _aligned_median(db, o, emb) >= SHORT_PLAY_SIMILARITY]
+
+
+def _aligned_median(db, o: Occurrence, emb: np.ndarray) -> float:
+    """The median similarity of an occurrence's segments with the song's segments at its alignment (0 where the
+    song has none)."""
+    a, b = int(round(o.start_s / HOP_S)), int(round((o.end_s - SEGMENT_S) / HOP_S))
+    anchor = int(round((o.song_start_s - o.start_s) / HOP_S))
+    q = emb[a:max(a, b) + 1].astype(np.float32)
+    raw = np.nan_to_num(_similarity_at(db, db.song_position(o.song_id), a + anchor, q), nan=0.0)
+    return float(np.median(raw)) if len(raw) else 0.0
 
 
 def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi: int,
