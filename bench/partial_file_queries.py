@@ -31,7 +31,7 @@ from workflow_lib.common.config import run_config  # noqa: E402
 from workflow_lib.common.layout import ResultsLayout  # noqa: E402
 from workflow_lib.data.clipbank import ClipBank  # noqa: E402
 from workflow_lib.evaluation.degrade import add_noise, ir_pool, limit_peak, reverberate, rms  # noqa: E402
-from workflow_lib.evaluation.monitoring import noise_and_talk, talk_like  # noqa: E402
+from workflow_lib.evaluation.monitoring import MUSIC_RMS, TALK_RMS, noise_and_talk, talk_like  # noqa: E402
 from workflow_lib.evaluation.plan import QueryPlan  # noqa: E402
 from workflow_lib.evaluation.songs import database_song_ids, query_songs  # noqa: E402
 from workflow_lib.listener import scan  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> int:
             start = int(rng.integers(0, len(song) - song_n + 1))
             part = song[start:start + song_n]
             talk = talk_like(rng, talk_n, babble)
-            audio = np.concatenate([talk / max(rms(talk), 1e-6) * 0.05, part / max(rms(part), 1e-6) * 0.1])
+            audio = np.concatenate([talk / max(rms(talk), 1e-6) * TALK_RMS, part / max(rms(part), 1e-6) * MUSIC_RMS])
             audio = reverberate(audio.astype(np.float32), 0, len(audio), irs.clip(int(rooms[rng.integers(len(rooms))])))
             audio = limit_peak(add_noise(audio, noise.random_excerpt(rng, len(audio)), snr))
             for name, (shortest, floor) in rules.items():

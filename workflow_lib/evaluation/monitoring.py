@@ -81,6 +81,11 @@ class Programme:
         return len(self.audio) / SR
 
 
+# The levels (RMS) music and talk are mixed at, before the room and the noise bed.
+MUSIC_RMS = 0.1
+TALK_RMS = 0.05
+
+
 def talk_like(rng: np.random.Generator, n: int, babble: ClipBank | None) -> np.ndarray:
     """Speech for talk stretches: a babble clip of the held-out bank when there is one, else syllable-rate bursts
     of band-limited noise."""
@@ -108,7 +113,7 @@ def make_programme(name: str, rng: np.random.Generator, known: list[tuple[str, n
         from_music = roll >= plan.talk_share
         if not from_music:
             item, label = talk_like(rng, int(rng.uniform(8, 40) * SR), babble), None
-            item = item / max(rms(item), 1e-6) * 0.05
+            item = item / max(rms(item), 1e-6) * TALK_RMS
             song_start = 0.0
         else:
             from_unknown = unknown and rng.random() < plan.unknown_share
@@ -116,11 +121,11 @@ def make_programme(name: str, rng: np.random.Generator, known: list[tuple[str, n
             length = min(len(song), int(rng.uniform(10, max(11, len(song) / SR)) * SR))
             start = int(rng.integers(0, len(song) - length + 1))
             item = song[start:start + length].astype(np.float32)
-            item = item / max(rms(item), 1e-6) * 0.1
+            item = item / max(rms(item), 1e-6) * MUSIC_RMS
             if rng.random() < plan.talkover_prob:  # a presenter talks over the music
                 a = int(rng.integers(0, max(1, length - 6 * SR)))
                 b = min(length, a + int(rng.uniform(4, 12) * SR))
-                item[a:b] += talk_like(rng, b - a, babble)[:b - a] / max(rms(item[a:b]), 1e-6) * 0.05
+                item[a:b] += talk_like(rng, b - a, babble)[:b - a] / max(rms(item[a:b]), 1e-6) * TALK_RMS
             label, song_start = (None if from_unknown else sid), start / SR
             if from_unknown:
                 used_unknown.add(sid)
