@@ -43,7 +43,7 @@ def main() -> None:
     from workflow_lib.listener import scan
     from workflow_lib.listener.core import ListenerCore
     from workflow_lib.model.embed import iter_embed_chunks
-    from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
+    from workflow_lib.search.searcher import Neighbours, find_neighbours, runner_up_neighbours
     from workflow_lib.search.sliding import SlidingWindowSearch
 
     if args.runs < 1 or args.threads < 1:
@@ -93,7 +93,8 @@ def main() -> None:
 
         timed("decisions", decide)
         emb = np.concatenate([e for _, e, _ in blocks]).astype(np.float16)
-        occurrences = timed("following", lambda: scan._refine(searcher, core.heard, emb, listen))
+        occurrences = timed("following", lambda: scan._refine(searcher, core.heard, emb, listen,
+                                                              neighbours=Neighbours.concat(neighbours)))
         in_a_row = sum(times.values())
         workers = scan.fingerprint_workers(args.threads, searcher.device)  # as nafp scan --threads does
         result = scan.scan_chunks(searcher, iter_audio(args.recording), listen, workers=workers)
