@@ -356,6 +356,20 @@ def test_an_occurrence_is_kept_only_if_searched_whole_it_names_its_own_song(worl
     assert [g[0] for g in named("s1")] == ["s1"]
 
 
+def test_a_song_held_twice_in_the_database_is_kept_whichever_copy_was_named(world):
+    """The same recording indexed twice (two files of one song, one with a little more hiss): searched whole, the
+    two copies score a hair apart, and either may rank first; the occurrence of the copy the listener named is kept
+    either way."""
+    songs, _ = world
+    hiss = 0.01 * np.random.default_rng(4).standard_normal(len(songs["s1"])).astype(np.float32)
+    searcher = build_searcher({"s1": songs["s1"], "s1-again": songs["s1"] + hiss, "s2": songs["s2"]})  # re-encoded
+    audio = np.concatenate([synth_song(96, 5.0), songs["s1"][0:20 * SR], synth_song(95, 5.0)])
+    emb = embed_audio(searcher.fingerprinter, audio, device="cpu")
+    for song in ("s1", "s1-again"):
+        got = _refine(searcher, [_declared(song, 10.0, 15.0, 5.0)], emb, ListenConfig(window_s=4.0))
+        assert [o.song_id for o in got] == [song]
+
+
 class _HandSetSong:
     """A database of one 80-segment song, as ``_alignment_runs`` reads it: query segment j scores ``aligned[j]``
     with the song's segment j (the alignment, anchor 0) and ``elsewhere[j]`` with any other of its segments."""

@@ -29,6 +29,7 @@ from workflow_lib.audio.segments import segment_levels_db
 from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
 from workflow_lib.model.embed import embed_segments, iter_segment_chunks
+from workflow_lib.search.duplicates import MIN_SCORE as TWIN_SCORE
 from workflow_lib.search.searcher import (Neighbours, find_neighbours, offset_shifts, runner_up_neighbours,
                                          search_embeddings)
 from workflow_lib.search.sliding import SlidingWindowSearch
@@ -68,11 +69,14 @@ SELF_NULL_SHIFTS = (-37, -23, -11, 11, 23, 37)
 SHORT_PLAY_S = 15.0
 SHORT_PLAY_SIMILARITY = 0.55
 # Every occurrence, searched whole as one query (its segments in sequence, as a file query searches), must name its
-# own song first (``_named_whole``): the listener declared it on windows of a few seconds and the following then
-# extended it; when the whole stretch is more like another song, it was a look-alike. Of 1376 occurrences on
-# programme seeds 0-71 (bundled model) every right one passes and 5 of 37 wrong ones fail; it is rare (no
-# occurrence failed on seeds 72-119) but costs nothing right, and the scan's neighbour lists make it cheap
-# (bench/README.md, "An occurrence must name its own song").
+# own song first, or a song that holds the same music there (``_named_whole``): the listener declared it on windows
+# of a few seconds and the following then extended it; when the whole stretch is more like another song, it was a
+# look-alike. The same music: a recording indexed twice (two files of one song score a hair apart, and either may
+# lead), told by the two songs' stored fingerprints at their alignments, whose mean similarity reaches the twin rule's
+# ``search.duplicates.MIN_SCORE``. Of 1376 occurrences on programme seeds 0-71 (bundled model) every right one
+# passes and 5 of 37 wrong ones fail; it is rare (on seeds 72-119 it dropped one occurrence in the 384 programmes of
+# the two models) but costs nothing right, and the scan's neighbour lists make it cheap (bench/README.md, "An
+# occurrence must name its own song").
 
 
 @dataclass
@@ -268,13 +272,34 @@ def _segments(o: Occurrence) -> tuple[int, int]:
 
 def _named_whole(searcher, o: Occurrence, emb: np.ndarray, exclude_songs: set[str] | None = None,
                  neighbours: Neighbours | None = None) -> bool:
-    """Whether the occurrence's segments, searched as one sequence query, rank its song first."""
+    """Whether the occurrence's segments, searched as one sequence query, rank its song first, or a song holding
+    the same music at that place."""
     a, b = _segments(o)
     result = search_embeddings(searcher.db, emb[a:b + 1].astype(np.float32), searcher.top_k, "sequence",
                                searcher.max_candidates, searcher.n_results, exclude_songs or None,
                                neighbours=None if neighbours is None else neighbours[a:b + 1],
                                runner_up=False, place_offsets=False)
-    return result.best is not None and result.best.song_id == o.song_id
+    best = result.best
+    if best is None:
+        return False
+    if best.song_id == o.song_id:
+        return True
+    own_start = int(round(o.song_start_s / HOP_S))
+    return _stored_similarity(searcher.db, o.song_id, own_start, best.song_id, best.start_segment,
+                              b - a + 1) >= TWIN_SCORE
+
+
+def _stored_similarity(db, song_a: str, start_a: int, song_b: str, start_b: int, n: int) -> float:
+    """Mean similarity of two songs' stored fingerprints, segment by segment over ``n`` segments from ``start_a``
+    of one and ``start_b`` of the other (0 where they do not overlap)."""
+    j = np.arange(n)
+    rows_a = db.rows_for(np.full(n, db.song_position(song_a)), start_a + j)
+    rows_b = db.rows_for(np.full(n, db.song_position(song_b)), start_b + j)
+    both = (rows_a >= 0) & (rows_b >= 0)
+    if not both.any():
+        return 0.0
+    vectors = np.asarray(db.vectors[rows_a[both]], np.float32)
+    return float(np.mean(db.scores(vectors, rows_b[both][:, None])))
 
 
 def _aligned_median(db, o: Occurrence, emb: np.ndarray) -> float:
