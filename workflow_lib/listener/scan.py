@@ -291,7 +291,8 @@ def _named_whole(searcher, o: Occurrence, emb: np.ndarray, exclude_songs: set[st
 
 def _stored_similarity(db, song_a: str, start_a: int, song_b: str, start_b: int, n: int) -> float:
     """Mean similarity of two songs' stored fingerprints, segment by segment over ``n`` segments from ``start_a``
-    of one and ``start_b`` of the other (0 where they do not overlap)."""
+    of one and ``start_b`` of the other, over the segments both songs hold (0 if there is none). It reads stored
+    rows on both sides, where ``_similarity_at`` scores query fingerprints against one song."""
     j = np.arange(n)
     rows_a = db.rows_for(np.full(n, db.song_position(song_a)), start_a + j)
     rows_b = db.rows_for(np.full(n, db.song_position(song_b)), start_b + j)
