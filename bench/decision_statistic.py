@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_lib.search.threshold import STATISTICS, decision_statistic, fit_calibration
+from workflow_lib.search.threshold import fit_calibration
 from workflow_lib.data.split import unit_hash
 from workflow_lib.evaluation.metrics import snr_of
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workflow_lib.audio.files import write_audio
-from workflow_lib.database.extract import ModelIdentity, ShardMeta, fingerprint_table
+from workflow_lib.database.fingerprint_file import ModelIdentity, ShardMeta, fingerprint_table
 
 SR = 8000
 

@@ -10,7 +10,7 @@ from tests.db_helpers import song_audio, write_fingerprint_file
 from workflow_lib.audio.files import write_audio
 from workflow_lib.database.catalogue import (added_catalogue_rows, catalogue_entry, load_catalogue, names_from_filename,
                                     read_tags, upsert_catalogue, write_catalogue)
-from workflow_lib.database.extract import ShardMeta
+from workflow_lib.database.fingerprint_file import ShardMeta
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -3,7 +3,6 @@ the db.py command line and the Snakemake shard rule."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from tests.db_helpers import save_tiny_model, unit_vectors, write_fingerprint_file, write_songs
-from workflow_lib.database.extract import FingerprintFileError, ModelMismatchError
+from workflow_lib.database.fingerprint_file import FingerprintFileError, ModelMismatchError
 from workflow_lib.database.index import (FingerprintDB, IndexFileError, TrainSettings, add_to_index, build_index,
                                 choose_factory, make_index, read_removed_songs, remove_from_index)
 
@@ -291,7 +290,7 @@ def test_rerunning_one_shard_target_rebuilds_only_that_shard(tmp_path):
     assert after[targets[1]] != before[targets[1]] and after[targets[0]] == before[targets[0]]
     assert "shard=1" in log and "shard=0" not in log
     # Every database song is in exactly one shard.
-    from workflow_lib.database.extract import read_fingerprints
+    from workflow_lib.database.fingerprint_file import read_fingerprints
 
     ids = [s for t in targets for s in dict.fromkeys(read_fingerprints(tmp_path / t)[1].song_id)]
     assert sorted(ids) == sorted(lengths)
@@ -313,7 +312,8 @@ def test_files_stamped_with_another_framing_are_refused(tmp_path):
 
     import torch
 
-    from workflow_lib.database.extract import extract_songs, load_model, read_meta
+    from workflow_lib.database.fingerprint_file import read_meta
+    from workflow_lib.database.extract import extract_songs, load_model
     from workflow_lib.database.index import IndexFileError, read_sidecar
     from workflow_lib.model.model_file import ModelFileError, read_model_file
 

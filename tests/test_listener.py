@@ -411,16 +411,17 @@ def test_cli_text_output_and_summary(world, tmp_path, listen_main, capsys):
 
 
 def test_cli_clear_errors(tmp_path, listen_main, capsys):
-    assert listen_main(["--results", str(tmp_path / "nothing"), "--input", str(tmp_path / "missing.wav")]) == 2
+    assert listen_main(["--results", str(tmp_path), "--input", str(tmp_path / "missing.wav")]) == 2
     assert "missing.wav" in capsys.readouterr().err
-    wav = tmp_path / "a.wav"
-    sf.write(wav, np.zeros(SR, np.float32), SR)
-    assert listen_main(["--results", str(tmp_path / "nothing"), "--input", str(wav)]) == 2
+    # A missing database is named first, before the settings or the input are looked at.
+    assert listen_main(["--results", str(tmp_path / "nothing"), "--input", str(tmp_path / "missing.wav")]) == 2
     err = capsys.readouterr().err
-    assert "cannot load the database" in err and "nothing" in err
+    assert "results folder not found" in err and "nothing" in err and "missing.wav" not in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("listen:\n  windw_s: 3\n")
-    assert listen_main(["--config", str(bad), "--input", str(wav)]) == 2
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(SR, np.float32), SR)
+    assert listen_main(["--results", str(tmp_path), "--config", str(bad), "--input", str(wav)]) == 2
     assert "windw_s" in capsys.readouterr().err
 
 

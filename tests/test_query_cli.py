@@ -139,6 +139,24 @@ def test_missing_results_folder_is_a_clear_error(tmp_path):
     assert res.returncode == 2 and "nowhere" in res.stderr and "Traceback" not in res.stderr
 
 
+def _imports_torch(code: str) -> bool:
+    """Whether running ``code`` in a fresh interpreter imports torch (printed by the code's last line)."""
+    res = subprocess.run([sys.executable, "-c", code + "\nprint('torch' in sys.modules)"], capture_output=True,
+                         text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_help_version_and_the_database_listing_do_not_load_torch(results):
+    """Importing torch takes seconds on a laptop: ``nafp --help``, ``--version``, every subcommand's help and the
+    read-only ``db list`` / ``db info`` must answer without it (only embedding audio needs it)."""
+    assert not _imports_torch("import sys\nfrom workflow_lib.cli.main import build_parser\nbuild_parser()")
+    for action in ("list", "info"):
+        code = (f"import sys\nfrom workflow_lib.cli.main import main\n"
+                f"assert main(['db', '{action}', '--results', {str(results)!r}]) == 0")
+        assert not _imports_torch(code), action
+
+
 def test_script_runs_as_a_program_with_the_real_model(results, tmp_path):
     """The real script and the real (untrained) model file: it loads, refuses nothing, prints one JSON line."""
     wav = tmp_path / "x.wav"

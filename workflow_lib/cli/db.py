@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
 from workflow_lib.cli.text import fmt_time, printable
 from workflow_lib.search.threshold import recalibration_advice
 
@@ -47,16 +47,13 @@ def _settings(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from workflow_lib.common.config import ConfigError
     from workflow_lib.common.cpu_process import setup_cpu_process
 
     if args.threads < 1:
         return fail("--threads must be at least 1")
-    if not Path(args.results).is_dir():
-        return fail(f"results folder not found: {args.results} (run the workflow or `nafp index` first, or pass "
-                    "--results)")
+    if missing_results(args.results):
+        return fail(missing_results(args.results))
     setup_cpu_process()  # before torch and faiss load
     from workflow_lib.database.edit import add_files, database_info, list_songs, remove_songs
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
-from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, common_options, fail, missing_results
 from workflow_lib.cli.text import display_width, fit, fmt_time, song_label, terminal_width
 from workflow_lib.listener.core import Decision, ListenConfig, ListenSummary, MATCH, SILENCE
 
@@ -119,11 +119,12 @@ def run(args: argparse.Namespace) -> int:
             print(format_device_list(devices))
         return EXIT_OK
 
-    from pathlib import Path
-
     from workflow_lib.common.layout import ResultsLayout
     from workflow_lib.listener.core import Listener, ListenerCore
 
+    # Before the settings and the microphone: a missing database is the first thing to fix.
+    if missing_results(args.results):
+        return fail(missing_results(args.results))
     display = Display(json_lines=args.json)
     try:
         settings = load_settings(args.results, args.config, {"window_s": args.window,
@@ -148,9 +149,6 @@ def run(args: argparse.Namespace) -> int:
     except (ListenerError, AudioDecodeError) as exc:
         return fail(str(exc))
     t0 = time.perf_counter()
-    if not Path(args.results).is_dir():
-        return fail(f"cannot load the database from {args.results}: no such folder (run the workflow or "
-                    "`nafp index` first, or pass --results)")
     try:
         searcher = Searcher.from_layout(ResultsLayout.of(args.results, settings.config), **settings.search)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from workflow_lib import SAMPLE_RATE
-from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
 from workflow_lib.cli.text import fmt_time, printable
 
 log = logging.getLogger("nafp.query")
@@ -56,9 +56,8 @@ def load_searcher(args: argparse.Namespace, overrides: dict | None = None):
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     results = Path(args.results)
-    if not results.is_dir():
-        raise SetupError(f"results folder not found: {results} (run the workflow or `nafp index` first, or pass "
-                         "--results)")
+    if missing_results(results):
+        raise SetupError(missing_results(results))
     try:
         cfg, _ = run_config(results, args.config)
     except ConfigError as exc:
@@ -154,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("--nprobe must be at least 1")
     if args.threads < 1:
         return fail("--threads must be at least 1")
+    if missing_results(args.results):  # before torch loads (seconds)
+        return fail(missing_results(args.results))
     import numpy as np
     import torch
 

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
 from workflow_lib.cli.text import fmt_time, printable, song_label
 
 FIELDS = ["file", "kind", "start_s", "end_s", "song_id", "title", "artist", "song_start_s", "song_end_s",
@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--min-duration must be 0 or more seconds, got {args.min_duration:g}")
     if args.files.count("-") > 1:
         return fail("- (stdin) can be given once")
+    if missing_results(args.results):
+        return fail(missing_results(args.results))
     from workflow_lib.cli.listen import load_settings
     from workflow_lib.cli.query import SetupError, load_searcher
 

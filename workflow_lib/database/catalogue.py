@@ -127,7 +127,7 @@ def upsert_catalogue(path: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
 
 def added_catalogue_rows(fingerprint_paths: Iterable[str | Path]) -> pd.DataFrame:
     """Catalogue rows stored in the metadata of fingerprint files written by ``scripts/db.py add``."""
-    from workflow_lib.database.extract import read_meta
+    from workflow_lib.database.fingerprint_file import read_meta
 
     rows: list[dict] = []
     for p in fingerprint_paths:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
-import torch
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import write_text_atomic
@@ -28,7 +27,7 @@ from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.common.locks import folder_lock
 from workflow_lib.audio.files import AUDIO_EXTENSIONS
 from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
-from workflow_lib.database.extract import ModelMismatchError, extract_songs, load_model
+from workflow_lib.database.fingerprint_file import ModelMismatchError
 from workflow_lib.database.index import FingerprintDB, add_to_index, read_removed_songs, read_sidecar, remove_from_index
 from workflow_lib.data.manifest import check_song, song_id_for, walk_files
 
@@ -112,6 +111,11 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
         songs = songs[~songs["path"].isin({str(p) for p in dups})].reset_index(drop=True)
         if songs.empty:
             return {"added": [], "skipped": skipped, "fingerprints": 0, "file": None}
+        # The model stage is imported only now: `db list`, `info` and `remove` never load torch (seconds to import).
+        import torch
+
+        from workflow_lib.database.extract import extract_songs, load_model
+
         torch.set_num_threads(max(1, threads))
         fingerprinter, identity = load_model(layout.model, device)
         if identity.checksum != info["model_checksum"]:

@@ -46,7 +46,6 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.listener.devices import ListenerError  # noqa: F401 (part of this module's interface)
-from workflow_lib.model.embed import embed_segments
 from workflow_lib.audio.segments import SILENCE_DBFS, level_dbfs
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
 from workflow_lib.search.searcher import SearchResult, add_runner_up, ranked_window_and_tail, song_set
@@ -475,6 +474,10 @@ class ListenerCore:
         segs = frame(self._buf[lo:lo + (last - first) * HOP_SAMPLES + SEGMENT_SAMPLES])
         levels = np.array([level_dbfs(s) for s in segs])
         loud = levels > self.config.silence_dbfs
+
+        # Imported here, not at the top: torch takes ~3 s to import, and `nafp --help` or `nafp db list` reach
+        # this module through the CLI's parser without ever embedding anything.
+        from workflow_lib.model.embed import embed_segments
 
         t0 = time.perf_counter()
         emb = embed_segments(self.searcher.fingerprinter, segs[loud], self.searcher.batch_size,
