@@ -30,6 +30,12 @@ def nafp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def indexed(tmp_path_factory):
     root = tmp_path_factory.mktemp("index")
     generate_demo_corpus(root / "corpus", N_SONGS, 30.0, seed=11)
+    music = root / "corpus" / "music"
+    # Two files a real collection has: a copy of a song under another name, and a damaged file.
+    first = sorted(p for p in music.rglob("*") if p.is_file())[0]
+    (music / "copies").mkdir()
+    (music / "copies" / f"copy of {first.name}").write_bytes(first.read_bytes())
+    (music / "damaged.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A " + bytes(3000))
     r = nafp("index", str(root / "corpus" / "music"), "--results", str(root / "db"), "--cores", "2",
              "--queries-per-length", "20", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -43,6 +49,10 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     assert info["n_songs"] == N_SONGS
     assert not (db / "model").exists()  # the train rule never ran: the bundled model was used as it is
     assert f"{N_SONGS} songs are searchable" in r.stdout and "nafp query" in r.stdout
+    # The files left out are named after the stages' logs, with their reasons, where a user reads the outcome.
+    left_out = r.stdout.split("not indexed", 1)[1]
+    assert "2 files were not indexed" in r.stdout and "damaged.m4a: unreadable" in left_out
+    assert "copy of" in left_out and "copy: the same bytes as" in left_out
     # Snakemake's own noise stays out of a user's terminal: no banner, no warning per "./"-prefixed file
     assert "starts with './'" not in r.stderr and "Snakemake version" not in r.stderr
     threshold = json.loads((db / "index" / "threshold.json").read_text())

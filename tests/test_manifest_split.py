@@ -37,6 +37,25 @@ def test_manifest_keeps_good_songs_and_rejects_the_rest_with_reasons(music_dir):
     assert reasons["broken.ogg"].startswith("unreadable")
 
 
+def test_a_byte_identical_copy_is_rejected_and_a_same_size_other_song_is_kept(tmp_path):
+    """One song twice (another name, another folder, or the distractor collection) is one database song; a file of
+    the same size with other audio is not a copy."""
+    root, more = tmp_path / "music", tmp_path / "more"
+    (root / "sub").mkdir(parents=True)
+    more.mkdir()
+    a, b = tone_mix(4.0, 8000, seed=1), tone_mix(4.0, 8000, freqs=(300.0, 450.0), seed=2)
+    sf.write(root / "a.wav", a, 8000)
+    sf.write(root / "b.wav", b, 8000)  # same length and format: same size, other bytes
+    (root / "sub" / "copy of a.wav").write_bytes((root / "a.wav").read_bytes())
+    (more / "a again.wav").write_bytes((root / "a.wav").read_bytes())
+    songs, rejected = build_manifest([("music", root), ("distractor", more)], min_duration_s=3.0, silence_dbfs=-60)
+    assert (root / "a.wav").stat().st_size == (root / "b.wav").stat().st_size
+    assert sorted(songs.rel_path) == ["a.wav", "b.wav"] and set(songs.collection) == {"music"}
+    reasons = dict(zip(rejected.path, rejected.reason))
+    assert set(reasons) == {str(root / "sub" / "copy of a.wav"), str(more / "a again.wav")}
+    assert all(r == f"copy: the same bytes as {root / 'a.wav'}" for r in reasons.values())
+
+
 def test_song_ids_are_stable_when_the_folder_moves(music_dir, tmp_path):
     first, _ = build_manifest([("music", music_dir)])
     moved = music_dir.rename(tmp_path / "elsewhere")

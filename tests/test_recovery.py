@@ -114,14 +114,17 @@ def test_db_add_checks_files_like_the_manifest_and_skips_duplicates_by_content(t
     write_audio(new / "silent.wav", np.zeros(8000 * 6, np.float32))
     write_audio(new / "short.wav", 0.3 * np.sin(np.arange(8000) / 3.0).astype(np.float32))  # 1 s
     (new / "copy_of_a.wav").write_bytes(paths["a"].read_bytes())  # already indexed by the workflow
-    write_songs(new, {"fresh": 4.0}, seed=11)
+    fresh = write_songs(new, {"fresh": 4.0}, seed=11)["fresh"]
+    (new / "sub").mkdir()
+    (new / "sub" / "fresh again.wav").write_bytes(fresh.read_bytes())  # one new song, twice in the batch
     rc = main(["db", "add", str(new), "--results", str(results), "--device", "cpu", "--threads", "1"])
     err = capsys.readouterr().err
     assert rc == 1  # some files were skipped: the exit status says so
     assert "silent" in err and "too short" in err and "same audio as song a" in err
+    assert "copy: the same bytes as" in err
     from workflow_lib.database.index import FingerprintDB
 
-    assert FingerprintDB.load(results / "index").n_songs == 3  # only 'fresh' was added
+    assert FingerprintDB.load(results / "index").n_songs == 3  # only 'fresh' was added, once
 
 
 def test_a_kill_during_db_add_leaves_a_database_that_the_rerun_completes(tmp_path):

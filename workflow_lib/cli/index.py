@@ -102,12 +102,37 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"indexing stopped (Snakemake exit status {rc}); the messages above say why. Run the same "
                     "command again to resume.", EXIT_SETUP)
     n = _songs(results)
+    left_out = rejected_summary(results / "manifest" / "rejected.csv")
+    if left_out:
+        print("\n" + left_out)
     print(f"\n{n} songs are searchable in {results}. Next:\n"
           f"  nafp query CLIP.mp3 --results {results}          name the song of a file\n"
           f"  nafp scan RECORDING.wav --results {results}      every song in a long recording\n"
           f"  nafp listen --results {results}                  the microphone, live\n"
           f"  nafp db add NEW_FOLDER --results {results}       add songs later (no retraining)")
     return EXIT_OK
+
+
+def rejected_summary(rejected_csv: Path, show: int = 5) -> str:
+    """The files the manifest left out, a line each with the first line of its reason (the first ``show`` of them),
+    so that a user sees them after the stages' logs; empty when none was left out."""
+    import csv
+
+    try:
+        with open(rejected_csv, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return ""
+    if not rows:
+        return ""
+    lines = [f"{len(rows)} file{'s were' if len(rows) > 1 else ' was'} not indexed ({rejected_csv} has every "
+             "reason):"]
+    for r in rows[:show]:
+        reason = (r.get("reason") or "").splitlines()[0] if r.get("reason") else "?"
+        lines.append(f"  {r.get('path')}: {reason}")
+    if len(rows) > show:
+        lines.append(f"  ... and {len(rows) - show} more")
+    return "\n".join(lines)
 
 
 def _songs(results: Path) -> int:

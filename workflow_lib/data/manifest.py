@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from workflow_lib.common.atomic import atomic_path, write_csv_atomic
+from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, AudioDecodeError, audio_info, has_ffmpeg, iter_audio
 from workflow_lib.audio.files import FFMPEG_EXTENSIONS
@@ -137,6 +137,11 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
             seen[sid] = str(path)
             rows.append({"song_id": sid, "collection": collection, "root": str(root), "rel_path": rel,
                          "path": str(path), **fields})
+    for i, first in sorted(identical_copies(rows).items(), reverse=True):
+        reason = f"copy: the same bytes as {first}"
+        log.warning("rejected %s: %s", rows[i]["path"], reason)
+        rejected.append({"path": rows[i]["path"], "reason": reason})
+        del rows[i]
     songs = pd.DataFrame(rows, columns=SONG_COLUMNS)
     noisy = songs[songs.decoder_messages > 0]
     if len(noisy):
@@ -145,6 +150,27 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
                  "were skipped and concealed, so the songs are kept (manifest column decoder_messages)",
                  len(noisy), len(songs), int(noisy.decoder_messages.sum()), int(worst.decoder_messages), worst.path)
     return songs, pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
+
+
+def identical_copies(rows: list[dict]) -> dict[int, str]:
+    """Rows whose file has the same bytes as an earlier row's (index -> that row's path). One song twice in a
+    collection would be two database songs that a query names at random, and could fall into the train and the test
+    split at once; ``nafp db add`` refuses such copies too. Only files of equal size are read (SHA-256)."""
+    by_size: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_size.setdefault(int(r["size_bytes"]), []).append(i)
+    out: dict[int, str] = {}
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        first_of: dict[str, str] = {}
+        for i in same_size:
+            digest = file_digest(rows[i]["path"], 64)
+            if digest in first_of:
+                out[i] = first_of[digest]
+            else:
+                first_of[digest] = rows[i]["path"]
+    return out
 
 
 def write_manifest(music_dirs: list[str], distractor_dirs: list[str], songs_out: str | Path,

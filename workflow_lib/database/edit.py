@@ -29,7 +29,7 @@ from workflow_lib.audio.files import AUDIO_EXTENSIONS
 from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
 from workflow_lib.database.index import FingerprintDB, add_to_index, read_removed_songs, read_sidecar, remove_from_index
-from workflow_lib.data.manifest import check_song, song_id_for, walk_files
+from workflow_lib.data.manifest import check_song, identical_copies, song_id_for, walk_files
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
                 skipped.append({"path": str(f), "reason": reason})
             else:
                 usable.append(f)
+        copies = identical_copies([{"path": str(f), "size_bytes": f.stat().st_size} for f in usable])
+        for i, first in copies.items():
+            skipped.append({"path": str(usable[i]), "reason": f"copy: the same bytes as {first}"})
+        usable = [f for i, f in enumerate(usable) if i not in copies]
         songs = pd.DataFrame({"song_id": [added_song_id(f) for f in usable], "path": [str(f) for f in usable]})
         db = FingerprintDB.load(layout.index)
         present = [s for s in songs["song_id"] if db.song_position(s) >= 0]
