@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +18,7 @@ from workflow_lib.evaluation.chunks import run_in_chunks
 from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, snr_of, target_checks
 from workflow_lib.evaluation.neural import run_neural
 from workflow_lib.evaluation.plan import Condition, QueryPlan
-from workflow_lib.evaluation.queries import write_query_set
+from workflow_lib.evaluation.queries import usable_conditions, write_query_set
 from workflow_lib.evaluation.report import plot_hit_rates, write_summary
 from workflow_lib.evaluation.songs import pick_start, unknown_songs
 
@@ -272,8 +274,16 @@ def test_query_set_files_table_and_determinism(corpus, tmp_path, caplog):
     songs, noise, irs = corpus
     groups = {"unseen": songs.iloc[:3], "unknown": songs.iloc[3:]}
     t1 = write_query_set(tmp_path / "a", groups, PLAN, noise, irs)
-    # the 'long' pool is empty in this bank: that condition is dropped with a warning
-    assert any("dropped" in r.getMessage() and "long reverb" in r.getMessage() for r in caplog.records)
+    # the 'long' pool is empty in this bank: that condition is dropped with a warning (the calibration, which pools
+    # its conditions, only notes it)
+    assert any("dropped" in r.getMessage() and "long reverb" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        kept = usable_conditions(PLAN, noise, irs, stage="calibration", drop_level=logging.INFO)
+    assert [c.name for c in kept] == ["clean", "5 dB + room"]
+    assert [(r.levelno, r.getMessage().split(":")[0]) for r in caplog.records if "dropped" in r.getMessage()] == \
+        [(logging.INFO, "calibration")]
     assert len(t1) == (4 + 2) * 2 * 2
     assert set(t1.condition) == {"clean", "5 dB + room"} and (t1[t1.condition != "clean"].room == "room").all()
     unk = t1[t1.group == "unknown"]

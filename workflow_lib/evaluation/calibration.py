@@ -45,7 +45,8 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
     conds = [c for c in plan.conditions if (c.snr_db is None or has_noise)]
     if ir_bank is None or len(ir_bank) == 0:
         conds = [c for c in conds if c.room is None]
-    conds = usable_conditions(QueryPlan(conditions=tuple(conds)), noise_bank, ir_bank) if conds else []
+    conds = usable_conditions(QueryPlan(conditions=tuple(conds)), noise_bank, ir_bank, stage="calibration",
+                              drop_level=logging.INFO) if conds else []
     if not conds:
         raise ValueError("calibration: every condition needs a noise or impulse-response bank that is empty")
     if not has_noise:

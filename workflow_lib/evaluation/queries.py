@@ -40,23 +40,25 @@ QUERY_COLUMNS = ["query_id", "group", "song_id", "in_db", "source_song_id", "exc
                  "codec", "speed", "compress", "file"]
 
 
-def usable_conditions(plan: QueryPlan, noise_bank: ClipBank | None, ir_bank: ClipBank | None) -> list[Condition]:
-    """The plan's conditions that the held-out banks can serve; the others are dropped with a warning (e.g. no
-    measured room rings longer than 1.5 s)."""
+def usable_conditions(plan: QueryPlan, noise_bank: ClipBank | None, ir_bank: ClipBank | None, *,
+                      stage: str = "evaluate", drop_level: int = logging.WARNING) -> list[Condition]:
+    """The plan's conditions that the held-out banks can serve; the others are dropped and logged at
+    ``drop_level`` (e.g. no measured room rings longer than 1.5 s: a warning for an evaluation, which then reports
+    fewer conditions; only a note for the calibration, which pools them)."""
     out = []
     for c in plan.conditions:
         if c.snr_db is not None and (noise_bank is None or len(noise_bank) == 0):
-            raise ValueError(f"evaluate: condition {c.name!r} needs a non-empty test noise bank")
+            raise ValueError(f"{stage}: condition {c.name!r} needs a non-empty test noise bank")
         if c.room is not None:
             if ir_bank is None or len(ir_bank) == 0:
-                raise ValueError(f"evaluate: condition {c.name!r} needs a non-empty test impulse-response bank")
+                raise ValueError(f"{stage}: condition {c.name!r} needs a non-empty test impulse-response bank")
             if not len(ir_pool(ir_bank, c.room)):
-                log.warning("evaluate: condition %r dropped: the held-out impulse responses hold no '%s' "
-                            "responses", c.name, c.room)
+                log.log(drop_level, "%s: condition %r dropped: the held-out impulse responses hold no '%s' "
+                        "responses", stage, c.name, c.room)
                 continue
         out.append(c)
     if not out:
-        raise ValueError("evaluate: none of the conditions can be served by the held-out banks")
+        raise ValueError(f"{stage}: none of the conditions can be served by the held-out banks")
     return out
 
 
