@@ -55,6 +55,9 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     assert "copy of" in left_out and "copy: the same bytes as" in left_out
     # Snakemake's own noise stays out of a user's terminal: no banner, no warning per "./"-prefixed file
     assert "starts with './'" not in r.stderr and "Snakemake version" not in r.stderr
+    # ... nor each stage's accounting: INFO lines go to the stages' log files, warnings to the terminal too
+    assert " INFO " not in r.stderr and " INFO " in (db / "logs" / "manifest.log").read_text()
+    assert "WARNING workflow_lib.data.manifest: rejected" in r.stderr and "damaged.m4a" in r.stderr
     threshold = json.loads((db / "index" / "threshold.json").read_text())
     # Calibrated leave-one-song-out: the unknown songs it searched are database songs.
     assert threshold["lengths"] and threshold["meta"]["database_songs"] == N_SONGS

@@ -17,6 +17,7 @@ from pathlib import Path
 from workflow_lib.cli.main import EXIT_OK, EXIT_SETUP, fail
 from workflow_lib.common.config import REPO
 from workflow_lib.common.layout import BUNDLED_MODELS
+from workflow_lib.common.logs import CONSOLE_LEVEL_ENV
 
 INDEX_CONFIG = "index-config.yaml"  # written into the results folder: the same command resumes with it
 
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--queries-per-length", type=int, default=1000,
                    help="unknown-song queries per query length for the no-match calibration (default: 1000)")
     p.add_argument("--config", default=None, help="a config file merged over the index settings")
-    p.add_argument("-v", "--verbose", action="store_true", help="Snakemake's full output")
+    p.add_argument("-v", "--verbose", action="store_true", help="Snakemake's full output and each stage's log lines (else in RESULTS/logs/)")
     p.set_defaults(run=run)
 
 
@@ -97,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         cmd += ["--quiet", "progress", "rules", "host"]  # what a user needs: the stages' own progress bars
     print(f"indexing {', '.join(map(str, music))} into {results} (model: {model})", file=sys.stderr)
-    rc = subprocess.run(cmd, cwd=results).returncode
+    env = dict(os.environ)
+    if not args.verbose:  # each stage's accounting stays in its log file (results/logs/)
+        env.setdefault(CONSOLE_LEVEL_ENV, "WARNING")
+    rc = subprocess.run(cmd, cwd=results, env=env).returncode
     if rc != 0:
         return fail(f"indexing stopped (Snakemake exit status {rc}); the messages above say why. Run the same "
                     "command again to resume.", EXIT_SETUP)

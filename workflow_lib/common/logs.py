@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
+
+# The level of what a job prints to the terminal (its log file keeps every INFO line): `nafp index` sets WARNING,
+# so a user sees the stages' progress bars, warnings and errors, not each stage's accounting.
+CONSOLE_LEVEL_ENV = "NAFP_CONSOLE_LEVEL"
 
 
 def setup_logging(log_path: str | None = None, level: int = logging.INFO, append: bool = False,
                   history: str | None = None) -> logging.Logger:
-    """Log to ``log_path`` (the rule's ``log:`` file) and to stderr, so a failing job shows why in both places.
+    """Log to ``log_path`` (the rule's ``log:`` file) and to stderr, so a failing job shows why in both places
+    (stderr from the level named by ``$NAFP_CONSOLE_LEVEL``, when it is set).
 
     ``append`` keeps what the file holds. ``history`` is a second log that every run of a resumable job appends
     to (Snakemake empties a job's log file when it reruns the job): its earlier lines are copied to the top of
     ``log_path`` first, so the log of a resumed job still shows what the killed run did."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    try:
+        console.setLevel(os.environ.get(CONSOLE_LEVEL_ENV, "").upper() or logging.NOTSET)
+    except ValueError:  # not a level name: print everything, as without it
+        pass
+    handlers: list[logging.Handler] = [console]
     if log_path and history and Path(history).is_file():
         earlier = Path(history).read_text(errors="replace")
         if earlier.strip():
