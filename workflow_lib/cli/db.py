@@ -13,7 +13,7 @@ import json
 import sys
 
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
-from workflow_lib.cli.text import fmt_time, printable
+from workflow_lib.cli.text import count, fmt_time, printable
 from workflow_lib.search.threshold import recalibration_advice
 
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                             threads=args.threads, replace=args.replace,
                             min_duration_s=data.get("min_duration_s", 3.0),
                             silence_dbfs=data.get("silence_dbfs", -60.0))
-            print(f"added {len(res['added'])} songs ({res['fingerprints']} fingerprints)"
+            print(f"added {count(len(res['added']), 'song')} ({count(res['fingerprints'], 'fingerprint')})"
                   + (f" -> {res['file']}" if res["file"] else ""))
             for s in res["skipped"]:
                 print(f"skipped {printable(s['path'])}: {printable(s['reason'])}", file=sys.stderr)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_INPUT if res["skipped"] else EXIT_OK
         if args.db_command == "remove":
             removed, missing = remove_songs(layout, args.song_ids, threads=args.threads)
-            print(f"removed {len(removed)} songs")
+            print(f"removed {count(len(removed), 'song')}")
             for s in missing:
                 print(f"not in the database: {printable(s)}", file=sys.stderr)
             return EXIT_INPUT if missing else EXIT_OK

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from workflow_lib.cli.main import EXIT_OK, EXIT_SETUP, fail
+from workflow_lib.cli.text import count
 from workflow_lib.common.config import REPO
 from workflow_lib.common.layout import BUNDLED_MODELS
 from workflow_lib.common.logs import CONSOLE_LEVEL_ENV
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     left_out = rejected_summary(results / "manifest" / "rejected.csv")
     if left_out:
         print("\n" + left_out)
-    print(f"\n{n} songs are searchable in {results}. Next:\n"
+    print(f"\n{count(n, 'song')} {'is' if n == 1 else 'are'} searchable in {results}. Next:\n"
           f"  nafp query CLIP.mp3 --results {results}          name the song of a file\n"
           f"  nafp scan RECORDING.wav --results {results}      every song in a long recording\n"
           f"  nafp listen --results {results}                  the microphone, live\n"
@@ -129,8 +130,8 @@ def rejected_summary(rejected_csv: Path, show: int = 5) -> str:
         return ""
     if not rows:
         return ""
-    lines = [f"{len(rows)} file{'s were' if len(rows) > 1 else ' was'} not indexed ({rejected_csv} has every "
-             "reason):"]
+    lines = [f"{count(len(rows), 'file')} {'was' if len(rows) == 1 else 'were'} not indexed ({rejected_csv} has "
+             "every reason):"]
     for r in rows[:show]:
         reason = (r.get("reason") or "").splitlines()[0] if r.get("reason") else "?"
         lines.append(f"  {r.get('path')}: {reason}")

@@ -17,6 +17,11 @@ def printable(text: object) -> str:
                    for c in s)
 
 
+def count(n: int, noun: str) -> str:
+    """``1 song``, ``2 songs`` (English plural by an ``s``)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def fmt_time(s: float | None) -> str:
     """Seconds as m:ss.s (or h:mm:ss for long recordings); '-' for none."""
     if s is None or not math.isfinite(s):
