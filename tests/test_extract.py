@@ -15,8 +15,8 @@ from workflow_lib.audio.files import load_audio
 from workflow_lib.model.embed import CompiledFingerprinter, embed_audio, embed_file, iter_embed_chunks
 from workflow_lib.database.extract import (extract_shard, extract_songs, fingerprinter_identity, select_database_songs,
                                           shard_of, shard_songs)
-from workflow_lib.database.fingerprint_file import (FingerprintFileError, ModelIdentity, ModelMismatchError, check_model,
-                                                   read_fingerprints, read_meta)
+from workflow_lib.database.fingerprint_file import (FingerprintFileError, ModelIdentity, ModelMismatchError,
+                                                   check_model, read_fingerprints, read_meta)
 from workflow_lib.audio.segments import n_segments
 
 IDENT = ModelIdentity("model-a", {"n_mels": 256}, 16)

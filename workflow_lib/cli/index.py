@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--queries-per-length", type=int, default=1000,
                    help="unknown-song queries per query length for the no-match calibration (default: 1000)")
     p.add_argument("--config", default=None, help="a config file merged over the index settings")
-    p.add_argument("-v", "--verbose", action="store_true", help="Snakemake's full output and each stage's log lines (else in RESULTS/logs/)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="Snakemake's full output and each stage's log lines (else only in RESULTS/logs/)")
     p.set_defaults(run=run)
 
 

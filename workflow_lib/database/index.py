@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 from workflow_lib.audio.segments import check_framing
 from workflow_lib.common.locks import folder_lock
 from workflow_lib.common.atomic import atomic_path, write_text_atomic
-from workflow_lib.database.fingerprint_file import (FingerprintFileError, ModelMismatchError, ShardMeta, check_model, iter_rows,
-                                                    read_meta)
+from workflow_lib.database.fingerprint_file import (FingerprintFileError, ModelMismatchError, ShardMeta, check_model,
+                                                    iter_rows, read_meta)
 
 log = logging.getLogger(__name__)
 
