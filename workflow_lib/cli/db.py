@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         return fail("--threads must be at least 1")
-    if missing_results(args.results):
-        return fail(missing_results(args.results))
+    if problem := missing_results(args.results):
+        return fail(problem)
     setup_cpu_process()  # before torch and faiss load
     from workflow_lib.database.edit import add_files, database_info, list_songs, remove_songs
 

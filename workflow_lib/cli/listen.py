@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     from workflow_lib.listener.core import Listener, ListenerCore
 
     # Before the settings and the microphone: a missing database is the first thing to fix.
-    if missing_results(args.results):
-        return fail(missing_results(args.results))
+    if problem := missing_results(args.results):
+        return fail(problem)
     display = Display(json_lines=args.json)
     try:
         settings = load_settings(args.results, args.config, {"window_s": args.window,

@@ -56,8 +56,8 @@ def load_searcher(args: argparse.Namespace, overrides: dict | None = None):
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     results = Path(args.results)
-    if missing_results(results):
-        raise SetupError(missing_results(results))
+    if problem := missing_results(results):
+        raise SetupError(problem)
     try:
         cfg, _ = run_config(results, args.config)
     except ConfigError as exc:
@@ -153,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("--nprobe must be at least 1")
     if args.threads < 1:
         return fail("--threads must be at least 1")
-    if missing_results(args.results):  # before torch loads (seconds)
-        return fail(missing_results(args.results))
+    if problem := missing_results(args.results):  # before torch loads (seconds)
+        return fail(problem)
     import numpy as np
     import torch
 

@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--min-duration must be 0 or more seconds, got {args.min_duration:g}")
     if args.files.count("-") > 1:
         return fail("- (stdin) can be given once")
-    if missing_results(args.results):
-        return fail(missing_results(args.results))
+    if problem := missing_results(args.results):
+        return fail(problem)
     from workflow_lib.cli.listen import load_settings
     from workflow_lib.cli.query import SetupError, load_searcher
 

@@ -138,7 +138,7 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
             rows.append({"song_id": sid, "collection": collection, "root": str(root), "rel_path": rel,
                          "path": str(path), **fields})
     for i, first in sorted(identical_copies(rows).items(), reverse=True):
-        reason = f"copy: the same bytes as {first}"
+        reason = copy_reason(first)
         log.warning("rejected %s: %s", rows[i]["path"], reason)
         rejected.append({"path": rows[i]["path"], "reason": reason})
         del rows[i]
@@ -150,6 +150,11 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
                  "were skipped and concealed, so the songs are kept (manifest column decoder_messages)",
                  len(noisy), len(songs), int(noisy.decoder_messages.sum()), int(worst.decoder_messages), worst.path)
     return songs, pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
+
+
+def copy_reason(first: str) -> str:
+    """Why a file that ``identical_copies`` found is left out (the manifest and ``nafp db add`` alike)."""
+    return f"copy: the same bytes as {first}"
 
 
 def identical_copies(rows: list[dict]) -> dict[int, str]:

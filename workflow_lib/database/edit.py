@@ -29,7 +29,7 @@ from workflow_lib.audio.files import AUDIO_EXTENSIONS
 from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
 from workflow_lib.database.index import FingerprintDB, add_to_index, read_removed_songs, read_sidecar, remove_from_index
-from workflow_lib.data.manifest import check_song, identical_copies, song_id_for, walk_files
+from workflow_lib.data.manifest import check_song, copy_reason, identical_copies, song_id_for, walk_files
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,6 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
                 skipped.append({"path": str(f), "reason": reason})
             else:
                 usable.append(f)
-        copies = identical_copies([{"path": str(f), "size_bytes": f.stat().st_size} for f in usable])
-        for i, first in copies.items():
-            skipped.append({"path": str(usable[i]), "reason": f"copy: the same bytes as {first}"})
-        usable = [f for i, f in enumerate(usable) if i not in copies]
         songs = pd.DataFrame({"song_id": [added_song_id(f) for f in usable], "path": [str(f) for f in usable]})
         db = FingerprintDB.load(layout.index)
         present = [s for s in songs["song_id"] if db.song_position(s) >= 0]
@@ -110,8 +106,8 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
                              f"{songs.set_index('song_id').loc[present[0], 'path']}); use --replace to re-add them")
         dups = content_duplicates([Path(p) for p in songs["path"]], layout, exclude=set(present))
         for path, (sid, other) in dups.items():
-            skipped.append({"path": str(path), "reason": f"same audio as song {sid} already in the database "
-                                                         f"({other})"})
+            skipped.append({"path": str(path), "reason": copy_reason(other) if sid is None else
+                            f"same audio as song {sid} already in the database ({other})"})
         songs = songs[~songs["path"].isin({str(p) for p in dups})].reset_index(drop=True)
         if songs.empty:
             return {"added": [], "skipped": skipped, "fingerprints": 0, "file": None}
@@ -173,35 +169,31 @@ def _clean_after_kill(layout: ResultsLayout) -> None:
 
 
 def content_duplicates(paths: list[Path], layout: ResultsLayout, exclude: set[str] = frozenset()
-                       ) -> dict[Path, tuple[str, str]]:
-    """New files whose bytes equal a database song's file (any name, any folder): path -> (song id, its file).
-    Sizes are compared first, so only same-size files are hashed."""
-    from workflow_lib.common.atomic import file_digest
+                       ) -> dict[Path, tuple[str | None, str]]:
+    """New files whose bytes equal a database song's file (any name, any folder) or an earlier new file's: path ->
+    (the song's id, or None for a copy inside ``paths``; the file it copies). ``data.manifest.identical_copies``
+    compares them, database files first, so a copy of a database song is named as one."""
     from workflow_lib.database.catalogue import load_catalogue
 
-    if not layout.catalogue.exists() or not paths:
-        return {}
-    cat = load_catalogue(layout.catalogue).reset_index(drop=True)
-    db = FingerprintDB.load(layout.index)
-    by_size: dict[int, list[tuple[str, str]]] = {}
-    for sid, p in zip(cat["song_id"], cat["path"]):
-        if sid in exclude or db.song_position(str(sid)) < 0 or not isinstance(p, str):
-            continue
+    stored: list[tuple[str, str]] = []
+    if layout.catalogue.exists() and paths:
+        cat = load_catalogue(layout.catalogue).reset_index(drop=True)
+        db = FingerprintDB.load(layout.index)
+        new = {p.resolve() for p in paths}  # a file re-added as itself (--replace) is not its own copy
+        stored = [(str(sid), p) for sid, p in zip(cat["song_id"], cat["path"])
+                  if sid not in exclude and db.song_position(str(sid)) >= 0 and isinstance(p, str)
+                  and Path(p).resolve() not in new]
+    rows, song_of = [], {}
+    for sid, p in stored:
         try:
-            by_size.setdefault(os.stat(p).st_size, []).append((str(sid), p))
-        except OSError:
+            rows.append({"path": p, "size_bytes": os.stat(p).st_size})
+        except OSError:  # a database song whose file is gone: nothing to compare
             continue
-    out: dict[Path, tuple[str, str]] = {}
-    for path in paths:
-        same = by_size.get(path.stat().st_size, [])
-        if not same:
-            continue
-        mine = file_digest(path, 64)
-        for sid, other in same:
-            if Path(other).resolve() != path.resolve() and file_digest(other, 64) == mine:
-                out[path] = (sid, other)
-                break
-    return out
+        song_of[p] = sid
+    n_stored = len(rows)
+    rows += [{"path": str(p), "size_bytes": p.stat().st_size} for p in paths]
+    return {paths[i - n_stored]: (song_of.get(first), first)
+            for i, first in identical_copies(rows).items() if i >= n_stored}
 
 
 def remove_songs(results: str | Path | ResultsLayout, song_ids: Iterable[str], *, threads: int = 1
