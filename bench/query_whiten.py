@@ -1,0 +1,174 @@
+"""Does whitening the query with a long linear predictor take out a resonant space's ringing? (issue 11)
+
+A resonant space adds a few narrow resonances that ring for up to 2 s; they stand 20-35 dB above the rest of the
+query's long-term spectrum, so a high-order linear predictor fitted on the query itself (autocorrelation method,
+``scipy.linalg.solve_toeplitz``) puts its poles on them, and its inverse (FIR) filter cancels them: a minimum-phase
+resonance's ringing goes with its peak. Music's own notes change within seconds and weigh less in that average.
+The whitened query also loses what noise and diffuse rooms leave of the music's colouring, so it is searched
+*beside* the query as it is, and the answer is the view whose best song leads its runner-up by more (the no-match
+rule's own statistic, the margin).
+
+For each query: song-level top-1 of the best guess and the margin, searched as it is, whitened, and the better of
+the two; and the same query searched leave-one-song-out (its song skipped) as a null query. Thresholds per length
+are fitted for 1 % on the null queries pooled over conditions (as the calibrate rule pools them), for each rule on
+its own null scores.
+Songs: the test and val splits of the database's music (seeded hash, ``--fractions``), which no bundled model
+trained on; generated conditions (held-out draws of the generators of ``data.acoustics``: resonant spaces, rooms
+with RT60 0.2-1 s, long rooms 1.5-3 s) and real noise files.
+
+    .venv/bin/python bench/query_whiten.py --results RESULTS --noise ../shared/corpus/dev/noise [--order 96]
+        [--songs 60] [--per-song 2] [--lengths 1 3 5 10] [--out rows.parquet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scipy.linalg  # noqa: E402
+import scipy.signal  # noqa: E402
+
+from workflow_lib import SAMPLE_RATE as SR  # noqa: E402
+from workflow_lib.audio.files import load_audio  # noqa: E402
+from workflow_lib.cli.query import load_searcher  # noqa: E402
+from workflow_lib.data import acoustics  # noqa: E402
+from workflow_lib.data.split import assign_splits  # noqa: E402
+from workflow_lib.evaluation.degrade import add_noise, rms  # noqa: E402
+
+CONDITIONS = {  # name: (response kind, SNR dB or None)
+    "clean": (None, None), "resonant": ("resonant", None), "5 dB + resonant": ("resonant", 5),
+    "10 dB + room": ("room", 10), "0 dB + room": ("room", 0), "5 dB + long room": ("long", 5)}
+
+
+def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
+    """``x`` through the inverse filter of its own order-``order`` linear predictor, at ``x``'s RMS. ``ridge``
+    (white-noise correction on the zero lag) keeps the normal equations well posed on quiet or narrow-band input."""
+    x = x.astype(np.float64)
+    r = scipy.signal.correlate(x, x, "full", method="fft")[len(x) - 1:len(x) + order]  # lags 0..order
+    r[0] *= 1 + ridge
+    a = scipy.linalg.solve_toeplitz(r[:order], -r[1:order + 1])
+    y = scipy.signal.lfilter(np.r_[1.0, a], [1.0], x)
+    return (y * (rms(x) / max(rms(y), 1e-9))).astype(np.float32)
+
+
+def response(kind: str, rng: np.random.Generator) -> np.ndarray:
+    if kind == "resonant":
+        return acoustics.resonant_response(rng)[0]
+    rt, lo, hi = ((rng.uniform(1.5, 3.0), [8, 6, 3.0], [30, 20, 12.0]) if kind == "long"
+                  else (rng.uniform(0.2, 1.0), [3, 3, 2.5], [10, 8, 4.0]))
+    dims, rt = acoustics.room_for(rt, np.array(lo), np.array(hi), rng)
+    src, mic = acoustics.positions(dims, rng)
+    return acoustics.hybrid_room(rt, dims, src, mic, rng, max_ir_s=3.0)
+
+
+def make_query(song: np.ndarray, start: int, n: int, condition: str, noises: list[np.ndarray],
+               rng: np.random.Generator) -> np.ndarray:
+    kind, snr = CONDITIONS[condition]
+    if kind is None:
+        q = song[start:start + n]
+    else:
+        h = np.asarray(response(kind, rng), np.float64)
+        seg = song[max(0, start - len(h)):start + n].astype(np.float64)  # the room rings in from before the start
+        q = scipy.signal.fftconvolve(seg, h)[len(seg) - n:len(seg)].astype(np.float32)
+    if snr is not None:
+        noise = noises[int(rng.integers(len(noises)))]
+        at = int(rng.integers(0, max(1, len(noise) - n)))
+        q = add_noise(q, np.resize(noise[at:at + n], n), snr)
+    return np.ascontiguousarray(q, dtype=np.float32)
+
+
+def collect(args: argparse.Namespace) -> pd.DataFrame:
+    searcher, _ = load_searcher(argparse.Namespace(results=args.results, config=None))
+    songs = pd.read_parquet(args.results / "manifest" / "songs.parquet")
+    songs = songs[songs["collection"] == "music"].reset_index(drop=True)
+    train, val, test = args.fractions
+    split = assign_splits(songs, {"train": train, "val": val, "test": test, "distractor": 0.0}, args.split_seed)
+    chosen = songs[np.isin(split["split"].to_numpy(), ["test", "val"])].head(args.songs)
+    noises = [load_audio(f, SR) for f in sorted(Path(args.noise).glob("*")) if f.is_file()]
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for i, s in enumerate(chosen.itertuples(), 1):
+        song = load_audio(s.path, SR)
+        for rep in range(args.per_song):
+            for length in args.lengths:
+                n = int(length * SR)
+                if len(song) < n + 5 * SR:
+                    continue
+                start = int(rng.integers(SR, len(song) - n - 3 * SR))
+                for condition in CONDITIONS:
+                    q = make_query(song, start, n, condition, noises, rng)
+                    for view, x in (("as is", q), ("whitened", lpc_whiten(q, args.order))):
+                        emb = searcher.embed(x)
+                        for kind, skip in (("in database", None), ("null", s.song_id)):
+                            match = searcher.decide(searcher.search(emb, exclude_song=skip))
+                            guess = match.best_guess
+                            rows.append({"song_id": s.song_id, "rep": rep, "length_s": length,
+                                         "condition": condition, "view": view, "kind": kind,
+                                         "right": guess is not None and guess.song_id == s.song_id,
+                                         "margin": match.decision})
+        print(f"{i}/{len(chosen)} songs", file=sys.stderr, flush=True)
+    return pd.DataFrame(rows)
+
+
+def report(rows: pd.DataFrame, fpr: float) -> None:
+    key = ["song_id", "rep", "length_s", "condition", "kind"]
+    wide = rows.pivot_table(index=key, columns="view", values=["margin", "right"], aggfunc="first")
+    pick = wide[("margin", "whitened")] > wide[("margin", "as is")]
+    rules = {view: pd.DataFrame({"margin": wide[("margin", view)], "right": wide[("right", view)].astype(bool)})
+             for view in ("as is", "whitened")}
+    rules["better of the two"] = pd.DataFrame({
+        "margin": np.maximum(wide[("margin", "whitened")], wide[("margin", "as is")]),
+        "right": np.where(pick, wide[("right", "whitened")], wide[("right", "as is")]).astype(bool)})
+    for length in sorted(rows["length_s"].unique()):
+        table = []
+        for name, rule in rules.items():
+            t = rule.reset_index()
+            t = t[t["length_s"] == length]
+            null = t[t["kind"] == "null"]
+            threshold = float(np.quantile(null["margin"], 1 - fpr))
+            for condition, g in t.groupby("condition", sort=False):
+                found, unknown = g[g["kind"] == "in database"], g[g["kind"] == "null"]
+                table.append({"rule": name, "condition": condition, "queries": len(found),
+                              "top-1 %": 100 * found["right"].mean(),
+                              "right and accepted %": 100 * (found["right"] & (found["margin"] > threshold)).mean(),
+                              "FPR %": 100 * (unknown["margin"] > threshold).mean()})
+        table = pd.DataFrame(table)
+        print(f"\n## {length:g} s queries ({table['queries'].iloc[0]} per condition; thresholds for "
+              f"{100 * fpr:g} % on the pooled null queries)")
+        for column in ("top-1 %", "right and accepted %", "FPR %"):
+            wide_t = table.pivot(index="condition", columns="rule", values=column)
+            print(f"\n{column}\n" + wide_t.reindex(list(CONDITIONS))[list(rules)].round(1).to_string())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=Path("results"), help="a results folder (`nafp index`)")
+    ap.add_argument("--noise", required=True, help="a folder of background-noise recordings")
+    ap.add_argument("--order", type=int, default=96, help="linear-predictor order (8 kHz)")
+    ap.add_argument("--songs", type=int, default=60)
+    ap.add_argument("--per-song", type=int, default=2)
+    ap.add_argument("--lengths", type=float, nargs="+", default=[1.0, 3.0, 5.0, 10.0])
+    ap.add_argument("--fractions", type=float, nargs=3, default=[0.6, 0.2, 0.2], metavar=("TRAIN", "VAL", "TEST"),
+                    help="the split the model was trained with (its val and test songs are used)")
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--fpr", type=float, default=0.01)
+    ap.add_argument("--out", type=Path, help="save (or, when it exists, reuse) the per-query rows as Parquet")
+    args = ap.parse_args()
+    if args.out is not None and args.out.exists():
+        rows = pd.read_parquet(args.out)
+    else:
+        rows = collect(args)
+        if args.out is not None:
+            rows.to_parquet(args.out)
+    report(rows, args.fpr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
