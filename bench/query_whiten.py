@@ -17,7 +17,8 @@ trained on; generated conditions (held-out draws of the generators of ``data.aco
 with RT60 0.2-1 s, long rooms 1.5-3 s) and real noise files.
 
     .venv/bin/python bench/query_whiten.py --results RESULTS --noise ../shared/corpus/dev/noise [--order 96]
-        [--songs 60] [--per-song 2] [--lengths 1 3 5 10] [--out rows.parquet]
+        [--songs 60] [--per-song 2] [--lengths 1 3 5 10] [--real-ir HALL.flac] [--conditions ...]
+        [--out rows.parquet]
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from workflow_lib.evaluation.degrade import add_noise, rms  # noqa: E402
 
 CONDITIONS = {  # name: (response kind, SNR dB or None)
     "clean": (None, None), "resonant": ("resonant", None), "5 dB + resonant": ("resonant", 5),
-    "10 dB + room": ("room", 10), "0 dB + room": ("room", 0), "5 dB + long room": ("long", 5)}
+    "10 dB + room": ("room", 10), "0 dB + room": ("room", 0), "5 dB + long room": ("long", 5),
+    "5 dB + real hall": ("real", 5)}  # a measured response (--real-ir), e.g. the great hall no training heard
 
 
 def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
@@ -56,7 +58,9 @@ def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
     return (y * (rms(x) / max(rms(y), 1e-9))).astype(np.float32)
 
 
-def response(kind: str, rng: np.random.Generator) -> np.ndarray:
+def response(kind: str, rng: np.random.Generator, real: np.ndarray | None = None) -> np.ndarray:
+    if kind == "real":
+        return real
     if kind == "resonant":
         return acoustics.resonant_response(rng)[0]
     rt, lo, hi = ((rng.uniform(1.5, 3.0), [8, 6, 3.0], [30, 20, 12.0]) if kind == "long"
@@ -67,12 +71,12 @@ def response(kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_query(song: np.ndarray, start: int, n: int, condition: str, noises: list[np.ndarray],
-               rng: np.random.Generator) -> np.ndarray:
+               rng: np.random.Generator, real: np.ndarray | None = None) -> np.ndarray:
     kind, snr = CONDITIONS[condition]
     if kind is None:
         q = song[start:start + n]
     else:
-        h = np.asarray(response(kind, rng), np.float64)
+        h = np.asarray(response(kind, rng, real), np.float64)
         seg = song[max(0, start - len(h)):start + n].astype(np.float64)  # the room rings in from before the start
         q = scipy.signal.fftconvolve(seg, h)[len(seg) - n:len(seg)].astype(np.float32)
     if snr is not None:
@@ -90,6 +94,12 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
     split = assign_splits(songs, {"train": train, "val": val, "test": test, "distractor": 0.0}, args.split_seed)
     chosen = songs[np.isin(split["split"].to_numpy(), ["test", "val"])].head(args.songs)
     noises = [load_audio(f, SR) for f in sorted(Path(args.noise).glob("*")) if f.is_file()]
+    real = None
+    if args.real_ir is not None:
+        real = load_audio(args.real_ir, SR).astype(np.float64)
+        real = real[int(np.argmax(np.abs(real))):][:3 * SR]  # from the direct sound, up to 3 s
+        real /= np.linalg.norm(real)
+    conditions = [c for c in args.conditions if CONDITIONS[c][0] != "real" or real is not None]
     rng = np.random.default_rng(args.seed)
     rows = []
     for i, s in enumerate(chosen.itertuples(), 1):
@@ -100,8 +110,8 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
                 if len(song) < n + 5 * SR:
                     continue
                 start = int(rng.integers(SR, len(song) - n - 3 * SR))
-                for condition in CONDITIONS:
-                    q = make_query(song, start, n, condition, noises, rng)
+                for condition in conditions:
+                    q = make_query(song, start, n, condition, noises, rng, real)
                     for view, x in (("as is", q), ("whitened", lpc_whiten(q, args.order))):
                         emb = searcher.embed(x)
                         for kind, skip in (("in database", None), ("null", s.song_id)):
@@ -142,13 +152,17 @@ def report(rows: pd.DataFrame, fpr: float) -> None:
               f"{100 * fpr:g} % on the pooled null queries)")
         for column in ("top-1 %", "right and accepted %", "FPR %"):
             wide_t = table.pivot(index="condition", columns="rule", values=column)
-            print(f"\n{column}\n" + wide_t.reindex(list(CONDITIONS))[list(rules)].round(1).to_string())
+            order = [c for c in CONDITIONS if c in wide_t.index]
+            print(f"\n{column}\n" + wide_t.reindex(order)[list(rules)].round(1).to_string())
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"), help="a results folder (`nafp index`)")
     ap.add_argument("--noise", required=True, help="a folder of background-noise recordings")
+    ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS),
+                    metavar="CONDITION", help=f"of {list(CONDITIONS)} (default: all)")
+    ap.add_argument("--real-ir", type=Path, help="a measured response for '5 dB + real hall'")
     ap.add_argument("--order", type=int, default=96, help="linear-predictor order (8 kHz)")
     ap.add_argument("--songs", type=int, default=60)
     ap.add_argument("--per-song", type=int, default=2)
