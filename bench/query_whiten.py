@@ -14,7 +14,8 @@ are fitted for 1 % on the null queries pooled over conditions (as the calibrate 
 its own null scores.
 Songs: the test and val splits of the database's music (seeded hash, ``--fractions``), which no bundled model
 trained on; generated conditions (held-out draws of the generators of ``data.acoustics``: resonant spaces, rooms
-with RT60 0.2-1 s, long rooms 1.5-3 s) and real noise files.
+with RT60 0.2-1 s, long rooms 1.5-3 s) and real noise files. A null query skips its own song only, not songs that
+hold the same music (``search.duplicates``): such a twin counts as a false positive for every rule alike.
 
     .venv/bin/python bench/query_whiten.py --results RESULTS --noise ../shared/corpus/dev/noise [--order 96]
         [--songs 60] [--per-song 2] [--lengths 1 3 5 10] [--real-ir HALL.flac] [--conditions ...]
@@ -120,7 +121,8 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
                             rows.append({"song_id": s.song_id, "rep": rep, "length_s": length,
                                          "condition": condition, "view": view, "kind": kind,
                                          "right": guess is not None and guess.song_id == s.song_id,
-                                         "margin": match.decision})
+                                         # a silent query (no decision) is never accepted
+                                         "margin": match.decision if np.isfinite(match.decision) else -np.inf})
         print(f"{i}/{len(chosen)} songs", file=sys.stderr, flush=True)
     return pd.DataFrame(rows)
 
