@@ -168,7 +168,9 @@ def calibration_nulls(results: Path) -> pd.DataFrame:
                                    results / "noise" / "train", results / "irs" / "train",
                                    {k: v for k, v in cfg["search"].items() if k != "mode"}, cfg["evaluate"])
         with atomic_path(cache) as tmp:
-            pd.DataFrame([{"n_seg": n, "top_scores": c} for n, cs in cands.items() for c in cs]).to_parquet(tmp)
+            # the queries as they are (the first view): the rules compared here decide on one view
+            pd.DataFrame([{"n_seg": n, "top_scores": views[0]} for n, qs in cands.items() for views in qs]
+                         ).to_parquet(tmp)
     return pd.read_parquet(cache)
 
 

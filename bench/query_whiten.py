@@ -32,31 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import scipy.linalg  # noqa: E402
-import scipy.signal  # noqa: E402
 
 from workflow_lib import SAMPLE_RATE as SR  # noqa: E402
 from workflow_lib.audio.files import load_audio  # noqa: E402
 from workflow_lib.cli.query import load_searcher  # noqa: E402
 from workflow_lib.data import acoustics  # noqa: E402
 from workflow_lib.data.split import assign_splits  # noqa: E402
-from workflow_lib.evaluation.degrade import add_noise, rms  # noqa: E402
+from workflow_lib.evaluation.degrade import add_noise, reverberate  # noqa: E402
+from workflow_lib.search.whiten import lpc_whiten  # noqa: E402
 
 CONDITIONS = {  # name: (response kind, SNR dB or None)
     "clean": (None, None), "resonant": ("resonant", None), "5 dB + resonant": ("resonant", 5),
     "10 dB + room": ("room", 10), "0 dB + room": ("room", 0), "5 dB + long room": ("long", 5),
     "5 dB + real hall": ("real", 5)}  # a measured response (--real-ir), e.g. the great hall no training heard
-
-
-def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
-    """``x`` through the inverse filter of its own order-``order`` linear predictor, at ``x``'s RMS. ``ridge``
-    (white-noise correction on the zero lag) keeps the normal equations well posed on quiet or narrow-band input."""
-    x = x.astype(np.float64)
-    r = scipy.signal.correlate(x, x, "full", method="fft")[len(x) - 1:len(x) + order]  # lags 0..order
-    r[0] *= 1 + ridge
-    a = scipy.linalg.solve_toeplitz(r[:order], -r[1:order + 1])
-    y = scipy.signal.lfilter(np.r_[1.0, a], [1.0], x)
-    return (y * (rms(x) / max(rms(y), 1e-9))).astype(np.float32)
 
 
 def response(kind: str, rng: np.random.Generator, real: np.ndarray | None = None) -> np.ndarray:
@@ -77,9 +65,7 @@ def make_query(song: np.ndarray, start: int, n: int, condition: str, noises: lis
     if kind is None:
         q = song[start:start + n]
     else:
-        h = np.asarray(response(kind, rng, real), np.float64)
-        seg = song[max(0, start - len(h)):start + n].astype(np.float64)  # the room rings in from before the start
-        q = scipy.signal.fftconvolve(seg, h)[len(seg) - n:len(seg)].astype(np.float32)
+        q = reverberate(song, start, n, np.asarray(response(kind, rng, real), np.float32))
     if snr is not None:
         noise = noises[int(rng.integers(len(noises)))]
         at = int(rng.integers(0, max(1, len(noise) - n)))

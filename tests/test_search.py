@@ -314,10 +314,16 @@ def test_calibrated_false_positive_rate_holds_when_the_rooms_get_much_longer(sea
     shifted = collect_null_scores(searcher, _unknown_songs(tmp_path, 300, 6), noise_bank,
                                   _room_bank(tmp_path, 2.0, 6, seed=2), plan, n_per_length=200, noise_share=0.0,
                                   seed=1)
-    passed = [decision_statistic(c, "margin") >= calib.threshold(n) for n, cs in shifted.items() for c in cs]
+    passed = [decision_statistic(views[0], "margin") >= calib.threshold(n) for n, qs in shifted.items()
+              for views in qs]
     fpr = float(np.mean(passed))
     assert len(passed) >= 550
     assert target / 4 <= fpr <= 2.5 * target, fpr  # 600 queries: 7-75 false positives, 30 expected
+    # the same for the better of two views (3 and 5 s queries, also searched whitened), on its own thresholds
+    both = [max(decision_statistic(v, "margin") for v in views) >= calib.for_views(2).threshold(n)
+            for n, qs in shifted.items() if n > 1 for views in qs]
+    assert len(both) >= 350 and all(len(views) == 2 for n, qs in shifted.items() if n > 1 for views in qs)
+    assert target / 4 <= float(np.mean(both)) <= 2.5 * target, np.mean(both)  # 400 queries: 5-50, 20 expected
 
 
 def test_recalibration_is_advised_once_the_database_has_doubled_or_halved(tmp_path):

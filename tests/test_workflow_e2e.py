@@ -133,7 +133,10 @@ def test_the_run_ends_by_pointing_at_the_summary_and_a_query(workflow_run):
     assert set(pd.read_csv(r / "split/splits.csv").columns) >= {"song_id", "split", "path"}
     assert list(pd.read_csv(r / "manifest/rejected.csv").columns) == ["path", "reason"]
     thresholds = pd.read_csv(r / "index/thresholds.csv")
-    assert list(thresholds.query_s) == [1.0, 3.0] and (thresholds.null_queries > 0).all()
+    assert list(thresholds.query_s) == [1.0, 3.0, 3.0] and (thresholds.null_queries > 0).all()
+    assert list(thresholds.views) == [1, 1, 2]  # 3 s queries are also searched whitened, with their own threshold
+    neural = pd.read_parquet(r / "eval/results_neural.parquet")
+    assert set(neural["views"]) == {1, 2} and (neural.loc[neural["views"] == 2, "mode"] == "sequence").all()
     assert len(pd.read_csv(r / "eval/metrics.csv")) == len(pd.read_parquet(r / "eval/metrics.parquet"))
 
 

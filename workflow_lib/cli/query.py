@@ -93,7 +93,8 @@ def row_for(path: str, match, error: str | None, duration_s: float | None) -> di
             "reason": match.reason, "best_guess": guess,
             "score": round(match.score, 4) if math.isfinite(match.score) else None,
             "decision": round(match.decision, 4) if math.isfinite(match.decision) else None,
-            "threshold": round(match.threshold, 4), "mode": match.mode, "query_s": duration_s,
+            "threshold": round(match.threshold, 4), "mode": match.mode, "views": match.views,
+            "whitened": match.whitened, "query_s": duration_s,
             "seconds": round(match.seconds_taken, 4), "file_start_s": None, "file_end_s": None, "occurrences": None}
 
 

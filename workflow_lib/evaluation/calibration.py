@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | None, ir_bank: ClipBank | None,
                         plan: QueryPlan, n_per_length: int, noise_share: float, seed: int,
-                        twins: dict[str, frozenset[str]] | None = None) -> dict[int, list[list[float]]]:
-    """Candidate scores (best first) of unknown-song queries, grouped by query length in segments.
+                        twins: dict[str, frozenset[str]] | None = None) -> dict[int, list[list[list[float]]]]:
+    """Candidate scores (best first) of unknown-song queries, grouped by query length in segments: for each query,
+    one list per view searched (``Searcher.search_views``: as it is and, where the whitened view applies, whitened).
 
     ``songs`` (``song_id, path, duration_s``) are searched leave-one-song-out, and without their ``twins`` (songs
     of the database holding the same music, ``search.duplicates``: naming one is right, not a false positive). A
@@ -65,12 +66,13 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
     span_s = max(lengths) * max(c.max_speed for c in conds)
 
     def record(x: np.ndarray, n_nominal: int, exclude: str | frozenset[str] | None) -> None:
-        res = searcher.search(searcher.embed(x), "sequence", exclude_song=exclude)
+        views = searcher.search_views(searcher.embed_views(x), "sequence", exclude)
         # Grouped by the query's nominal length (samples asked for, not the degraded clip's, which a speed change
         # stretches): a partly quiet query searches fewer segments (the silence gate), and answering it
         # interpolates between the calibrated lengths; a stray group of a few queries would not.
-        if res.n_segments:  # a query the silence gate emptied is answered "silence", never by the threshold
-            scores.setdefault(max(1, n_segments(n_nominal)), []).append([c.score for c in res.candidates])
+        if views[0].n_segments:  # a query the silence gate emptied is answered "silence", never by the threshold
+            scores.setdefault(max(1, n_segments(n_nominal)), []).append([[c.score for c in r.candidates]
+                                                                         for r in views])
         bar.update()
 
     song_q = np.flatnonzero(~is_noise)
@@ -105,11 +107,18 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
     return scores
 
 
-def fit_from_candidates(candidates: dict[int, list[list[float]]], statistic: str, target_fpr: float,
+def fit_from_candidates(candidates: dict[int, list[list[list[float]]]], statistic: str, target_fpr: float,
                         meta: dict) -> Calibration:
-    """The threshold of ``statistic`` from the null queries' candidate scores."""
-    values = {n: [decision_statistic(c, statistic) for c in cs] for n, cs in candidates.items()}
-    return fit_calibration(values, target_fpr, meta, statistic)
+    """The threshold of ``statistic`` from the null queries' candidate scores (``collect_null_scores``): for the
+    queries as they are and, at the lengths where queries were also searched whitened, for the better of the two
+    views (``Calibration.two_views``)."""
+    plain = {n: [decision_statistic(views[0], statistic) for views in qs] for n, qs in candidates.items()}
+    calib = fit_calibration(plain, target_fpr, meta, statistic)
+    both = {n: [max(decision_statistic(v, statistic) for v in views) for views in qs]
+            for n, qs in candidates.items() if any(len(views) > 1 for views in qs)}
+    if both:
+        calib.two_views = fit_calibration(both, target_fpr, {}, statistic)
+    return calib
 
 
 def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix, search_cfg: dict,
@@ -141,6 +150,7 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
             "songs_with_twins": sorted(s for s in twins if s in set(pool["song_id"].astype(str))),
             "songs": "songs not trained on, searched leave-one-song-out (calibration half)",
             "noise_share": cal["noise_share"], "conditions": [c.name for c in plan.conditions],
+            "whitened_view": searcher.whitened_view.to_dict(),
             "search": {k: search_cfg[k] for k in ("top_k", "nprobe", "max_candidates") if k in search_cfg}}
     return candidates, meta
 
@@ -158,7 +168,8 @@ def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, no
     calib.save(out_path)
     if table_path is not None:
         write_csv_atomic(calib.table(), table_path)
-    for n, t, s in zip(calib.n_segments, calib.thresholds, calib.null_scores):
-        log.info("threshold for %d segments: %s >= %.4f (null values: median %.3f, max %.3f, n=%d)", n,
-                 calib.statistic, t, float(np.median(s)), float(np.max(s)), len(s))
+    for views, c in [(1, calib)] + ([(2, calib.two_views)] if calib.two_views is not None else []):
+        for n, t, s in zip(c.n_segments, c.thresholds, c.null_scores):
+            log.info("threshold for %d segments, %d view(s): %s >= %.4f (null values: median %.3f, max %.3f, n=%d)",
+                     n, views, c.statistic, t, float(np.median(s)), float(np.max(s)), len(s))
     return calib

@@ -21,14 +21,16 @@ log = logging.getLogger(__name__)
 NEURAL = "neural"
 RESULT_COLUMNS = ["query_id", "system", "mode", "top_songs", "top_offsets_s", "top_scores", "top_votes",
                   "top_support", "score", "is_match",
-                  "confidence", "embed_ms", "search_ms", "total_ms"]
+                  "confidence", "views", "whitened", "embed_ms", "search_ms", "total_ms"]
 
 
 def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Sequence[str] = ("sequence",),
                folder: Path | None = None, chunk: int = 500) -> pd.DataFrame:
     """Answer every query file with the neural searcher.
 
-    Each query is embedded once and searched in every mode; ``embed_ms`` is the fingerprinting time, ``search_ms``
+    Each query is embedded once (twice where it is also searched whitened, ``Searcher.search_audio``; ``views``
+    and ``whitened`` say so) and searched in every mode; ``embed_ms`` is the fingerprinting time (whitening
+    included), ``search_ms``
     the neighbour search plus re-scoring of that mode, ``total_ms`` their sum (file decoding is not timed: it is the
     same for both systems and depends on the format, not on the method). Unknown-song queries are searched with
     their own song (and its twins, ``search.duplicates``) excluded (``exclude_song``: leave-one-song-out).
@@ -40,12 +42,13 @@ def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Seq
         audio = load_audio(base / q.file)
         exclude = parse_exclusion(getattr(q, "exclude_song", None))
         t0 = time.perf_counter()
-        emb = searcher.embed(audio)
+        embs = searcher.embed_views(audio, any(searcher.two_views(len(audio), mode) for mode in modes))
         embed_ms = (time.perf_counter() - t0) * 1000.0
         out = []
         for mode in modes:
             t1 = time.perf_counter()
-            res = searcher.search(emb, mode, exclude_song=exclude)
+            views = embs if searcher.two_views(len(audio), mode) else embs[:1]
+            res = searcher.pick_view(searcher.search_views(views, mode, exclude))
             search_ms = (time.perf_counter() - t1) * 1000.0
             m = searcher.decide(res)
             out.append({"query_id": q.query_id, "system": NEURAL, "mode": mode,
@@ -55,8 +58,8 @@ def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Seq
                         "top_votes": [c.votes for c in res.candidates],
                         "top_support": [c.support for c in res.candidates],
                         "score": m.score if res.candidates else float("nan"), "is_match": m.is_match,
-                        "confidence": m.confidence, "embed_ms": embed_ms, "search_ms": search_ms,
-                        "total_ms": embed_ms + search_ms})
+                        "confidence": m.confidence, "views": res.views, "whitened": res.whitened,
+                        "embed_ms": embed_ms, "search_ms": search_ms, "total_ms": embed_ms + search_ms})
         return out
 
     def process(chunk_items) -> list[dict]:

@@ -13,6 +13,8 @@ Two modes over the same neighbour lists (``k`` nearest database segments for eac
   a sequence candidate, so both modes share one score scale and one no-match threshold.
 
 The score of the answer is compared with a threshold calibrated on out-of-database queries (``calibrate.py``).
+Queries of 3 s or more are also searched whitened (``whiten.py``: a resonant space's ringing taken out) and the
+answer is the view the no-match rule trusts more, held to the thresholds calibrated for that pick.
 ``search_embeddings`` works on ready embeddings so the realtime listener can search cached ones incrementally.
 """
 
@@ -30,6 +32,7 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.layout import ResultsLayout, is_bundled
 from workflow_lib.search.subhop import peak_shift
 from workflow_lib.search.threshold import Calibration, decision_statistic
+from workflow_lib.search.whiten import WhitenedView, lpc_whiten
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ class SearchResult:
     n_segments: int
     candidates: list[Candidate]
     silent: bool = False  # every query segment was below the silence gate: nothing was searched
+    views: int = 1  # views of the query searched for this answer (2: also whitened, ``Searcher.search_audio``)
+    whitened: bool = False  # these candidates are the whitened view's
 
     @property
     def best(self) -> Candidate | None:
@@ -106,8 +111,9 @@ class Match:
     ``below threshold``). ``best_guess`` always holds the strongest candidate, if any. ``confidence`` has one
     meaning everywhere (query, listen, scan): the share of calibration queries of unknown songs of this length
     whose decision statistic is lower than this answer's, i.e. 1 - its empirical p-value under "the song is not in
-    the database"; 0.99 means 1 unknown-song query in 100 scores as high. ``score`` is the best candidate's match
-    score (mean aligned cosine similarity), ``decision`` the calibrated statistic compared with ``threshold``.
+    the database"; 0.99 means 1 unknown-song query in 100 scores as high (among queries searched in as many
+    ``views``). ``score`` is the best candidate's match score (mean aligned cosine similarity), ``decision`` the
+    calibrated statistic compared with ``threshold``.
     """
 
     song_id: str | None
@@ -125,6 +131,8 @@ class Match:
     decision: float = float("nan")
     best_guess: BestGuess | None = None
     reason: str | None = None
+    views: int = 1  # views of the query searched (2: also whitened); the threshold is the one for that pick
+    whitened: bool = False  # the answer came from the whitened view
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -498,7 +506,8 @@ class Searcher:
                  catalogue: dict[str, tuple[str | None, str | None]] | None = None,
                  calibration: Calibration | None = None, top_k: int = 20, max_candidates: int = 200,
                  mode: str = "sequence", batch_size: int = 64, device: str = "auto",
-                 fallback_threshold: float = 0.5, n_results: int = 10):
+                 fallback_threshold: float = 0.5, n_results: int = 10,
+                 whitened_view: WhitenedView | None = WhitenedView()):
         from workflow_lib.model.embed import resolve_device
 
         if mode not in MODES:
@@ -511,6 +520,14 @@ class Searcher:
         self.top_k, self.max_candidates, self.mode = top_k, max_candidates, mode
         self.batch_size, self.n_results = batch_size, n_results
         self.fallback_threshold = fallback_threshold
+        self.whitened_view = whitened_view or WhitenedView(order=0)
+        made = (calibration.meta.get("whitened_view") if calibration is not None else None) or {}
+        if calibration is not None and calibration.two_views is not None and made \
+                and made != self.whitened_view.to_dict():
+            log.warning("the whitened view is set up as %s, but the no-match threshold was calibrated with %s: "
+                        "queries are searched as they are until it is recalibrated", self.whitened_view.to_dict(),
+                        made)
+            self.calibration = replace(calibration, two_views=None)
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -578,8 +595,65 @@ class Searcher:
         return search_embeddings(self.db, emb, self.top_k, mode or self.mode, self.max_candidates, self.n_results,
                                  exclude_song)
 
-    def threshold(self, n_segments: int) -> float:
-        return self.calibration.threshold(n_segments) if self.calibration else self.fallback_threshold
+    def embed_views(self, audio_8k: np.ndarray, whitened: bool = True,
+                    timings: dict[str, float] | None = None) -> list[np.ndarray]:
+        """Fingerprints of the query as it is and, when ``whitened`` and the whitened view applies to its length,
+        of the query whitened (``whiten.lpc_whiten``). ``timings`` (when given) gains the milliseconds spent."""
+        t = timings if timings is not None else {}
+        audio = _pad_query(audio_8k)
+        t0 = time.perf_counter()
+        embs = [self.embed(audio)]
+        embed_s = time.perf_counter() - t0
+        if whitened and self.whitened_view.applies(len(audio)):
+            t0 = time.perf_counter()
+            audio = lpc_whiten(audio, self.whitened_view.order)
+            t1 = time.perf_counter()
+            embs.append(self.embed(audio))
+            embed_s += time.perf_counter() - t1
+            t["whiten_ms"] = t.get("whiten_ms", 0.0) + (t1 - t0) * 1000.0
+        t["embed_ms"] = t.get("embed_ms", 0.0) + embed_s * 1000.0
+        return embs
+
+    def search_views(self, embs: list[np.ndarray], mode: str | None = None,
+                     exclude_song: str | frozenset[str] | None = None,
+                     timings: dict[str, float] | None = None) -> list[SearchResult]:
+        """Search each view's fingerprints (``embed_views``; the whitened view's result has ``whitened`` set). A
+        query the silence gate empties is not searched whitened: silence stays silence."""
+        t0 = time.perf_counter()
+        out = [self.search(embs[0], mode, exclude_song)]
+        if len(embs) > 1 and not out[0].silent:
+            out += [replace(self.search(e, mode, exclude_song), whitened=True) for e in embs[1:]]
+        if timings is not None:
+            timings["search_ms"] = timings.get("search_ms", 0.0) + (time.perf_counter() - t0) * 1000.0
+        return out
+
+    def pick_view(self, results: list[SearchResult]) -> SearchResult:
+        """The view with the larger decision statistic (the first on ties), marked with how many were searched."""
+        if len(results) == 1:
+            return results[0]
+        stats = [self.decision(r) for r in results]
+        return replace(results[int(np.argmax(stats))], views=len(results))
+
+    def two_views(self, n_samples: int, mode: str | None = None) -> bool:
+        """Whether ``search_audio`` searches a query of ``n_samples`` in both views: in ``sequence`` mode (the one
+        the calibrate rule searches its null queries in), when the whitened view applies to its length and the
+        calibration holds thresholds for that pick (otherwise its false-positive rate would not be known). A
+        ``vote`` answer ranks songs by votes, so its runner-up can score far below the winner on a whitened query of
+        nothing known: that mode keeps one view."""
+        return ((mode or self.mode) == "sequence" and self.calibration is not None
+                and self.calibration.two_views is not None and self.whitened_view.applies(n_samples))
+
+    def search_audio(self, audio_8k: np.ndarray, mode: str | None = None,
+                     exclude_song: str | frozenset[str] | None = None,
+                     timings: dict[str, float] | None = None) -> SearchResult:
+        """Search 8 kHz query audio: as it is and, where ``two_views`` says so, also whitened, keeping the view
+        with the larger decision statistic (``views`` = 2 on the result)."""
+        embs = self.embed_views(audio_8k, self.two_views(len(audio_8k), mode), timings)
+        return self.pick_view(self.search_views(embs, mode, exclude_song, timings))
+
+    def threshold(self, n_segments: int, views: int = 1) -> float:
+        return self.calibration.for_views(views).threshold(n_segments) if self.calibration \
+            else self.fallback_threshold
 
     @property
     def statistic(self) -> str:
@@ -593,23 +667,23 @@ class Searcher:
                timings: dict[str, float] | None = None) -> Match:
         """Turn ranked candidates into an answer with the no-match rule applied."""
         best = result.best
-        thr = self.threshold(result.n_segments)
+        thr = self.threshold(result.n_segments, result.views)
         if best is None:
             reason = "silence" if result.silent else "no candidates"
             return Match(None, None, None, None, 0.0, False, result.n_segments, seconds_taken, result.mode,
-                         float("nan"), thr, timings or {}, float("nan"), None, reason)
+                         float("nan"), thr, timings or {}, float("nan"), None, reason, result.views, result.whitened)
         stat = self.decision(result)
         if self.calibration is not None:
-            conf = self.calibration.confidence(stat, result.n_segments)
+            conf = self.calibration.for_views(result.views).confidence(stat, result.n_segments)
         else:  # uncalibrated: the raw score is the only honest number there is
             conf = float(np.clip(best.score, 0.0, 1.0))
         title, artist = self.catalogue.get(best.song_id, (None, None))
         guess = BestGuess(best.song_id, title, artist, best.offset_s, best.score)
         if stat >= thr:
             return Match(best.song_id, title, artist, best.offset_s, conf, True, result.n_segments, seconds_taken,
-                         result.mode, best.score, thr, timings or {}, stat, guess, None)
+                         result.mode, best.score, thr, timings or {}, stat, guess, None, result.views, result.whitened)
         return Match(None, None, None, None, conf, False, result.n_segments, seconds_taken, result.mode,
-                     best.score, thr, timings or {}, stat, guess, "below threshold")
+                     best.score, thr, timings or {}, stat, guess, "below threshold", result.views, result.whitened)
 
     def identify_embeddings(self, emb: np.ndarray, mode: str | None = None) -> Match:
         """Answer for ready ``(J, D)`` fingerprints, e.g. the listener's cached ones of the last few seconds."""
@@ -620,12 +694,9 @@ class Searcher:
 
     def identify_detailed(self, audio_8k: np.ndarray, mode: str | None = None) -> tuple[Match, SearchResult]:
         t0 = time.perf_counter()
-        emb = self.embed(audio_8k)
-        t1 = time.perf_counter()
-        result = self.search(emb, mode)
-        t2 = time.perf_counter()
-        timings = {"embed_ms": (t1 - t0) * 1000.0, "search_ms": (t2 - t1) * 1000.0}
-        return self.decide(result, t2 - t0, timings), result
+        timings: dict[str, float] = {}
+        result = self.search_audio(audio_8k, mode, timings=timings)
+        return self.decide(result, time.perf_counter() - t0, timings), result
 
     def identify(self, audio_8k: np.ndarray, mode: str | None = None) -> Match:
         """8 kHz mono query -> best song, offset and confidence (``is_match`` False below the threshold)."""
@@ -635,7 +706,10 @@ class Searcher:
 def searcher_kwargs(search_cfg: dict) -> dict:
     """``Searcher.from_paths`` keyword arguments from the ``search:`` config section."""
     keys = ("top_k", "nprobe", "max_candidates", "batch_size", "fallback_threshold", "device", "mode")
-    return {k: search_cfg[k] for k in keys if k in search_cfg}
+    kw = {k: search_cfg[k] for k in keys if k in search_cfg}
+    if "whitened_view" in search_cfg:
+        kw["whitened_view"] = WhitenedView.from_config(search_cfg["whitened_view"])
+    return kw
 
 
 def catalogue_titles(path: str | Path) -> dict[str, tuple[str | None, str | None]]:

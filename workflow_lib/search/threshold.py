@@ -60,7 +60,11 @@ def decision_statistic(scores: list[float] | np.ndarray, statistic: str) -> floa
 
 @dataclass
 class Calibration:
-    """Per-length thresholds (``n_segments`` ascending) and the null scores they came from."""
+    """Per-length thresholds (``n_segments`` ascending) and the null scores they came from.
+
+    ``two_views``: the same null queries decided by the better of two views (the query as it is and whitened,
+    ``search.whiten``), which lifts null values too, so queries searched that way are held to their own thresholds
+    (``for_views``); None in files fitted before the whitened view existed, or without it."""
 
     n_segments: list[int]
     thresholds: list[float]
@@ -68,6 +72,7 @@ class Calibration:
     target_fpr: float
     meta: dict[str, Any] = field(default_factory=dict)
     statistic: str = "score"
+    two_views: "Calibration | None" = None
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
@@ -81,6 +86,14 @@ class Calibration:
         self._sorted = [np.sort(np.asarray(s, dtype=np.float64)) for s in self.null_scores]
 
     # -- use ----------------------------------------------------------------------------------------------------
+    def for_views(self, views: int) -> "Calibration":
+        """The thresholds for an answer picked from ``views`` views of the query (1: as it is; 2: also whitened)."""
+        if views == 1:
+            return self
+        if views == 2 and self.two_views is not None:
+            return self.two_views
+        raise ValueError(f"this calibration has no thresholds for answers picked from {views} views")
+
     def threshold(self, n_segments: int) -> float:
         """Threshold for a query of ``n_segments`` (linear between calibrated lengths, clamped outside them: a
         query longer than the longest calibrated one keeps that length's threshold, which is conservative)."""
@@ -94,10 +107,16 @@ class Calibration:
 
     # -- storage ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "statistic": self.statistic, "target_fpr": self.target_fpr, "meta": self.meta,
-                "lengths": [{"n_segments": int(n), "threshold": round(float(t), 6), "n_queries": len(s),
-                             "null_scores": [round(float(v), 5) for v in s]}
-                            for n, t, s in zip(self.n_segments, self.thresholds, self.null_scores)]}
+        out = {"format": FORMAT, "statistic": self.statistic, "target_fpr": self.target_fpr, "meta": self.meta,
+               "lengths": self._lengths()}
+        if self.two_views is not None:
+            out["two_views"] = {"lengths": self.two_views._lengths()}
+        return out
+
+    def _lengths(self) -> list[dict[str, Any]]:
+        return [{"n_segments": int(n), "threshold": round(float(t), 6), "n_queries": len(s),
+                 "null_scores": [round(float(v), 5) for v in s]}
+                for n, t, s in zip(self.n_segments, self.thresholds, self.null_scores)]
 
     def save(self, path: str | Path) -> None:
         write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
@@ -107,12 +126,14 @@ class Calibration:
         import pandas as pd
 
         seg_s, hop_s = SEGMENT_SAMPLES / SAMPLE_RATE, HOP_SAMPLES / SAMPLE_RATE
-        return pd.DataFrame({
-            "query_s": [seg_s + (n - 1) * hop_s for n in self.n_segments], "n_segments": self.n_segments,
-            "statistic": self.statistic, "threshold": np.round(self.thresholds, 4),
-            "target_fpr": self.target_fpr, "null_queries": [len(s) for s in self.null_scores],
-            "null_median": [round(float(np.median(s)), 4) if len(s) else None for s in self.null_scores],
-            "null_max": [round(float(np.max(s)), 4) if len(s) else None for s in self.null_scores]})
+        parts = [(1, self)] + ([(2, self.two_views)] if self.two_views is not None else [])
+        return pd.concat([pd.DataFrame({
+            "query_s": [seg_s + (n - 1) * hop_s for n in c.n_segments], "n_segments": c.n_segments, "views": views,
+            "statistic": c.statistic, "threshold": np.round(c.thresholds, 4),
+            "target_fpr": c.target_fpr, "null_queries": [len(s) for s in c.null_scores],
+            "null_median": [round(float(np.median(s)), 4) if len(s) else None for s in c.null_scores],
+            "null_max": [round(float(np.max(s)), 4) if len(s) else None for s in c.null_scores]})
+            for views, c in parts], ignore_index=True)
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
@@ -126,10 +147,16 @@ class Calibration:
         if d.get("format") != FORMAT:
             raise ValueError(f"{path}: format {d.get('format')!r}, expected {FORMAT!r}")
         try:
-            lengths = d["lengths"]
-            return cls([int(x["n_segments"]) for x in lengths], [float(x["threshold"]) for x in lengths],
-                       [list(map(float, x["null_scores"])) for x in lengths], float(d["target_fpr"]),
-                       dict(d.get("meta", {})), str(d.get("statistic", "score")))
+            fpr, statistic = float(d["target_fpr"]), str(d.get("statistic", "score"))
+
+            def part(lengths: list[dict], meta: dict) -> "Calibration":
+                return cls([int(x["n_segments"]) for x in lengths], [float(x["threshold"]) for x in lengths],
+                           [list(map(float, x["null_scores"])) for x in lengths], fpr, meta, statistic)
+
+            calib = part(d["lengths"], dict(d.get("meta", {})))
+            if d.get("two_views") is not None:
+                calib.two_views = part(d["two_views"]["lengths"], {})
+            return calib
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: malformed threshold file ({exc})") from exc
 

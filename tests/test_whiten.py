@@ -1,0 +1,153 @@
+"""The whitened view: the predictor takes a resonance's ringing out, the searcher searches a query in both views only
+where it should, and the calibration holds that pick to its own thresholds."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from tests.search_helpers import SR, build_searcher, synth_song
+from workflow_lib.evaluation.calibration import fit_from_candidates
+from workflow_lib.search.searcher import Searcher, searcher_kwargs
+from workflow_lib.search.threshold import Calibration, fit_calibration
+from workflow_lib.search.whiten import WhitenedView, lpc_whiten
+
+SONGS = {f"song{i}": synth_song(i, 30.0) for i in range(6)}
+
+
+def _resonance(x: np.ndarray, freqs_hz: tuple[float, ...], t60_s: float) -> np.ndarray:
+    """``x`` through narrow two-pole resonances (a resonant space's modes, each at unit RMS) that ring for
+    ``t60_s``."""
+    r = 10 ** (-3 / (t60_s * SR))  # -60 dB after t60_s
+    out = np.zeros(len(x))
+    for f in freqs_hz:
+        y = scipy.signal.lfilter([1.0], [1.0, -2 * r * np.cos(2 * np.pi * f / SR), r * r], x)
+        out += y / np.sqrt(np.mean(y ** 2))
+    return out
+
+
+def test_whitening_cancels_a_ringing_resonance():
+    rng = np.random.default_rng(0)
+    dry = np.r_[rng.standard_normal(4 * SR), np.zeros(SR)]  # 4 s of excitation, then 1 s where only ringing remains
+    wet = _resonance(dry, (700.0, 1900.0), t60_s=1.5) + 0.2 * dry
+    tail = slice(4 * SR + SR // 10, 5 * SR)
+
+    def tail_share(x):
+        return float(np.sum(x[tail] ** 2) / np.sum(x ** 2))
+
+    white = lpc_whiten(wet.astype(np.float32), 96)
+    assert tail_share(wet) > 0.005  # the resonances ring on after the music stops (40 dB/s)
+    assert tail_share(white) < tail_share(wet) / 100  # the inverse filter takes the ringing out
+    assert np.sqrt(np.mean(white ** 2)) == pytest.approx(np.sqrt(np.mean(wet ** 2)), rel=1e-3)  # same level
+    # the resonances' peaks are gone from the long-term spectrum
+    f, p_wet = scipy.signal.welch(wet, SR, nperseg=1024)
+    _, p_white = scipy.signal.welch(white, SR, nperseg=1024)
+    at = np.argmin(np.abs(f - 700.0))
+    assert 10 * np.log10(p_wet[at] / np.median(p_wet)) > 20
+    assert 10 * np.log10(p_white[at] / np.median(p_white)) < 6
+
+
+def test_whitening_edge_cases():
+    silent = np.zeros(SR, np.float32)
+    assert not np.any(lpc_whiten(silent, 96))
+    with pytest.raises(ValueError, match="needs more than"):
+        lpc_whiten(np.ones(50, np.float32), 96)
+    with pytest.raises(ValueError, match="1-D"):
+        lpc_whiten(np.ones((2, SR), np.float32), 96)
+    view = WhitenedView(96, 3.0)
+    assert view.applies(3 * SR) and not view.applies(3 * SR - 1)
+    assert not WhitenedView(0, 3.0).applies(10 * SR)
+    assert not WhitenedView.from_config(None).enabled and WhitenedView.from_config({"order": 48}).order == 48
+    assert searcher_kwargs({"whitened_view": {"order": 64, "min_query_s": 5.0}})["whitened_view"] == \
+        WhitenedView(64, 5.0)
+    with pytest.raises(ValueError, match="order"):
+        WhitenedView(-1)
+
+
+def _null_views(rng, n_queries: int, shift: float) -> list[list[list[float]]]:
+    """Null queries' candidate scores in two views; the second view's margins run ``shift`` higher."""
+    out = []
+    for _ in range(n_queries):
+        a = sorted(rng.uniform(0.1, 0.4, 5), reverse=True)
+        b = sorted(rng.uniform(0.1, 0.4 + shift, 5), reverse=True)
+        out.append([a, b])
+    return out
+
+
+def test_calibration_with_two_views_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    cands = {1: [[sorted(rng.uniform(0.1, 0.4, 5), reverse=True)] for _ in range(200)],  # 1 s: one view only
+             5: _null_views(rng, 200, 0.2), 9: _null_views(rng, 200, 0.2)}
+    calib = fit_from_candidates(cands, "margin", 0.05, {"whitened_view": WhitenedView().to_dict()})
+    assert calib.n_segments == [1, 5, 9] and calib.two_views is not None and calib.two_views.n_segments == [5, 9]
+    # the better of two views lifts the null margins, so its threshold is higher
+    assert calib.for_views(2).threshold(5) > calib.threshold(5)
+    assert calib.for_views(1) is calib
+    path = tmp_path / "threshold.json"
+    calib.save(path)
+    back = Calibration.load(path)
+    assert back.two_views.n_segments == [5, 9]
+    assert back.two_views.thresholds == pytest.approx(calib.two_views.thresholds, abs=1e-6)
+    assert back.threshold(9) == pytest.approx(calib.threshold(9), abs=1e-6)
+    assert list(back.table()["views"]) == [1, 1, 1, 2, 2]
+    # a file written before the whitened view existed: one view, and asking for two is an error, not a guess
+    d = json.loads(path.read_text())
+    del d["two_views"]
+    path.write_text(json.dumps(d))
+    old = Calibration.load(path)
+    assert old.two_views is None
+    with pytest.raises(ValueError, match="2 views"):
+        old.for_views(2)
+
+
+@pytest.fixture(scope="module")
+def searcher():
+    return build_searcher(SONGS)
+
+
+def _calibration(plain: float, two: float | None, meta: dict | None = None) -> Calibration:
+    """Thresholds ``plain`` (one view) and ``two`` (two views) at every length."""
+    calib = fit_calibration({n: [plain - 0.01] * 100 for n in (1, 5, 19)}, 0.01, meta or {}, "margin")
+    if two is not None:
+        calib.two_views = fit_calibration({n: [two - 0.01] * 100 for n in (5, 19)}, 0.01, {}, "margin")
+    return calib
+
+
+def test_two_views_only_for_long_queries_with_a_two_view_calibration(searcher):
+    s = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, _calibration(0.05, 5.0))
+    known = SONGS["song2"]
+    short, long = known[8 * SR:9 * SR], known[8 * SR:13 * SR]
+    timings: dict[str, float] = {}
+    res = s.search_audio(long, timings=timings)
+    assert res.views == 2 and res.candidates[0].song_id == "song2" and timings["whiten_ms"] > 0
+    m = s.identify(long)
+    # held to the two-view threshold (set out of reach here), not the one-view one it would pass
+    assert m.views == 2 and m.threshold == pytest.approx(s.calibration.two_views.threshold(m.n_segments))
+    assert not m.is_match and m.best_guess.song_id == "song2"
+    assert s.identify(short).views == 1  # a 1 s query: one view
+    assert s.identify(long, "vote").views == 1  # vote mode: one view (the calibration searches in sequence mode)
+    # without two-view thresholds (an old threshold file), or with the view switched off: one view, which passes
+    for other in (Searcher(s.fingerprinter, s.db, s.catalogue, _calibration(0.05, None)),
+                  Searcher(s.fingerprinter, s.db, s.catalogue, _calibration(0.05, 5.0), whitened_view=None)):
+        m = other.identify(long)
+        assert m.views == 1 and m.is_match and m.song_id == "song2" and not m.whitened
+        assert m.threshold == pytest.approx(other.calibration.threshold(m.n_segments))
+
+
+def test_calibration_made_with_another_whitened_view_falls_back_to_one(searcher, caplog):
+    cal = _calibration(0.05, 5.0, {"whitened_view": {"order": 48, "min_query_s": 3.0}})
+    with caplog.at_level(logging.WARNING):
+        s = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, cal)
+    assert "calibrated with" in caplog.text and s.calibration.two_views is None
+    assert s.identify(SONGS["song2"][8 * SR:13 * SR]).views == 1
+
+
+def test_silence_is_not_searched_whitened(searcher):
+    s = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, _calibration(0.05, 0.05))
+    m = s.identify(np.zeros(5 * SR, np.float32))
+    assert m.reason == "silence" and not m.is_match and not m.whitened
+    assert len(s.search_views(s.embed_views(np.zeros(5 * SR, np.float32)))) == 1
