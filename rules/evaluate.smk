@@ -24,10 +24,11 @@ rule calibrate:
         batch_size=config["search"]["batch_size"],
     log:
         f"{LOGS}/calibrate.log",
-    # One torch thread: queries are small batches, and spinning OpenMP threads stall on a busy machine.
+    # Two queries side by side, each on one torch thread (small batches gain less from a second torch thread, and
+    # spinning OpenMP threads stall on a busy machine); Snakemake lowers it to --cores.
     conda:
         ENV
-    threads: 1
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=60,

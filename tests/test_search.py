@@ -86,6 +86,19 @@ def null_candidates(searcher, noise_bank, tmp_path_factory):
                                noise_share=0.2, seed=0)
 
 
+def test_null_queries_searched_side_by_side_give_the_same_scores(searcher, noise_bank, tmp_path):
+    """The calibrate rule's worker threads change how fast, not what: every query draws from its own seed."""
+    rows = []
+    for i in range(3):
+        p = tmp_path / f"n{i}.flac"
+        write_audio(p, synth_song(300 + i, 20.0))
+        rows.append({"song_id": f"n{i}", "path": str(p), "duration_s": 20.0})
+    plan = QueryPlan(lengths_s=(1, 3), conditions=(Condition("10 dB", 10.0),))
+    one, two = (collect_null_scores(searcher, pd.DataFrame(rows), noise_bank, None, plan, n_per_length=20,
+                                    noise_share=0.2, seed=4, workers=w) for w in (1, 2))
+    assert one == two and sorted(one) == [1, 5] and all(len(q) == 2 for q in one[5])
+
+
 @pytest.mark.parametrize("statistic", STATISTICS)
 def test_out_of_database_query_is_no_match_after_calibration(searcher, null_candidates, statistic):
     assert sorted(null_candidates) == [1, 5, 9] and all(len(v) == 40 for v in null_candidates.values())

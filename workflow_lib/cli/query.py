@@ -156,7 +156,6 @@ def run(args: argparse.Namespace) -> int:
         return fail("--threads must be at least 1")
     if problem := missing_results(args.results):  # before torch loads (seconds)
         return fail(problem)
-    import numpy as np
     import torch
 
     from workflow_lib.audio.files import AudioDecodeError, load_audio
@@ -168,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
                                              "mode": args.mode})
     except SetupError as exc:
         return fail(str(exc), EXIT_SETUP)
-    searcher.embed(np.zeros(SAMPLE_RATE, dtype=np.float32))  # first-call set-up is not part of any file's time
+    searcher.warm_up()  # first-call set-up is not part of any file's time
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
     listen = listen_config(cfg)
     rows, failed = [], 0

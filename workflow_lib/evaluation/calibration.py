@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
+from workflow_lib.common.background import ordered_map
 from workflow_lib.search.duplicates import duplicate_groups, find_twins, song_paths, unknown_exclusion
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.data.clipbank import ClipBank
@@ -32,13 +33,16 @@ log = logging.getLogger(__name__)
 
 def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | None, ir_bank: ClipBank | None,
                         plan: QueryPlan, n_per_length: int, noise_share: float, seed: int,
-                        twins: dict[str, frozenset[str]] | None = None) -> dict[int, list[list[list[float]]]]:
+                        twins: dict[str, frozenset[str]] | None = None,
+                        workers: int = 1) -> dict[int, list[list[list[float]]]]:
     """Candidate scores (best first) of unknown-song queries, grouped by query length in segments: for each query,
     one list per view searched (``Searcher.search_views``: as it is and, where the whitened view applies, whitened).
 
     ``songs`` (``song_id, path, duration_s``) are searched leave-one-song-out, and without their ``twins`` (songs
     of the database holding the same music, ``search.duplicates``: naming one is right, not a false positive). A
-    share ``noise_share`` of the queries is background noise alone, at a random level.
+    share ``noise_share`` of the queries is background noise alone, at a random level. ``workers`` threads make,
+    fingerprint and search queries side by side (``common.background.ordered_map``, as the scan does; torch and
+    FAISS release the GIL); every query draws from its own seed, so the result does not depend on it.
     """
     rng = np.random.default_rng([seed, 7])
     lengths = list(plan.lengths_s)
@@ -65,15 +69,45 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
     bar = tqdm(total=n_total, desc="calibration queries", mininterval=10)
     span_s = max(lengths) * max(c.max_speed for c in conds)
 
-    def record(x: np.ndarray, n_nominal: int, exclude: str | frozenset[str] | None) -> None:
-        views = searcher.search_views(searcher.embed_views(x), "sequence", exclude)
-        # Grouped by the query's nominal length (samples asked for, not the degraded clip's, which a speed change
-        # stretches): a partly quiet query searches fewer segments (the silence gate), and answering it
-        # interpolates between the calibrated lengths; a stray group of a few queries would not.
-        if views[0].n_segments:  # a query the silence gate emptied is answered "silence", never by the threshold
-            scores.setdefault(max(1, n_segments(n_nominal)), []).append([[c.score for c in r.candidates]
-                                                                         for r in views])
+    def search(made: tuple[np.ndarray, int, str | frozenset[str] | None] | None):
+        if made is None:
+            return None
+        x, n_nominal, exclude = made
+        return searcher.search_views(searcher.embed_views(x), "sequence", exclude), n_nominal
+
+    def record(found) -> None:
+        if found is not None:
+            views, n_nominal = found
+            # Grouped by the query's nominal length (samples asked for, not the degraded clip's, which a speed
+            # change stretches): a partly quiet query searches fewer segments (the silence gate), and answering it
+            # interpolates between the calibrated lengths; a stray group of a few queries would not.
+            if views[0].n_segments:  # a query the silence gate emptied is answered "silence", not by the threshold
+                scores.setdefault(max(1, n_segments(n_nominal)), []).append([[c.score for c in r.candidates]
+                                                                             for r in views])
         bar.update()
+
+    def song_query(audio: np.ndarray, sid: str, k: int):
+        qrng = np.random.default_rng([seed, 11, int(k)])
+        n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
+        cond = conds[int(qrng.integers(len(conds)))]
+        spec = plan.degradation(cond, qrng)
+        start = pick_start(audio, int(np.ceil(n * spec.speed)) + 1, qrng, grid=False)
+        if start is None:
+            return None
+        try:
+            x, _ = degrade(audio, start, n, spec, qrng, noise_bank, ir_bank)
+        except ValueError as exc:  # e.g. a silent noise excerpt: the SNR is undefined
+            log.info("calibration query %d skipped: %s", k, exc)
+            return None
+        return search((x, n, unknown_exclusion(sid, twins or {})))
+
+    def noise_query(k: int):
+        qrng = np.random.default_rng([seed, 13, int(k)])
+        n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
+        x = noise_bank.random_excerpt(qrng, n)
+        level = 10 ** qrng.uniform(-2.0, -0.7)  # RMS from quiet room (-40 dBFS) to loud (-14 dBFS)
+        x = limit_peak(x * (level / max(float(np.sqrt(np.mean(x ** 2))), 1e-9)))
+        return search((x, n, None))
 
     song_q = np.flatnonzero(~is_noise)
     if len(song_q):
@@ -82,27 +116,10 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
             if audio is None:
                 continue
             sid = str(songs.iloc[pos]["song_id"])
-            for k in song_q[which == pos]:
-                qrng = np.random.default_rng([seed, 11, int(k)])
-                n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
-                cond = conds[int(qrng.integers(len(conds)))]
-                spec = plan.degradation(cond, qrng)
-                start = pick_start(audio, int(np.ceil(n * spec.speed)) + 1, qrng, grid=False)
-                if start is None:
-                    continue
-                try:
-                    x, _ = degrade(audio, start, n, spec, qrng, noise_bank, ir_bank)
-                except ValueError as exc:  # e.g. a silent noise excerpt: the SNR is undefined
-                    log.info("calibration query %d skipped: %s", k, exc)
-                    continue
-                record(x, n, unknown_exclusion(sid, twins or {}))
-    for k in np.flatnonzero(is_noise):
-        qrng = np.random.default_rng([seed, 13, int(k)])
-        n = int(round(lengths[k % len(lengths)] * SAMPLE_RATE))
-        x = noise_bank.random_excerpt(qrng, n)
-        level = 10 ** qrng.uniform(-2.0, -0.7)  # RMS from quiet room (-40 dBFS) to loud (-14 dBFS)
-        x = limit_peak(x * (level / max(float(np.sqrt(np.mean(x ** 2))), 1e-9)))
-        record(x, n, None)
+            for found in ordered_map(lambda k: song_query(audio, sid, k), song_q[which == pos], workers):
+                record(found)
+    for found in ordered_map(noise_query, np.flatnonzero(is_noise), workers):
+        record(found)
     bar.close()
     return scores
 
@@ -122,16 +139,16 @@ def fit_from_candidates(candidates: dict[int, list[list[list[float]]]], statisti
 
 
 def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix, search_cfg: dict,
-                    eval_cfg: dict, threads: int = 1) -> tuple[dict[int, list[list[float]]], dict]:
+                    eval_cfg: dict, threads: int = 1) -> tuple[dict[int, list[list[list[float]]]], dict]:
     """The ``calibrate`` rule's null queries, searched: their candidate scores by length (``collect_null_scores``)
-    and the threshold file's ``meta``. Also what bench/decision_statistic.py refits other rules on."""
-    import torch
-
+    and the threshold file's ``meta``. Also what bench/decision_statistic.py refits other rules on. On the CPU,
+    ``threads`` queries are handled side by side, each on one torch thread (``listener.scan.fingerprint_workers``:
+    small batches gain less from a second torch thread)."""
     from workflow_lib.common.atomic import file_digest
+    from workflow_lib.listener.scan import fingerprint_workers
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     cal = search_cfg["calibration"]
-    torch.set_num_threads(max(1, threads))
     searcher = Searcher.from_paths(model_path, index_dir, None, None, **searcher_kwargs(search_cfg))
     plan = QueryPlan.from_config(eval_cfg)
     songs = pd.read_parquet(songs_path)
@@ -145,7 +162,8 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
     # the audio of every song of the run (database songs included) lets shared passages be checked
     twins = duplicate_groups(find_twins(searcher.db, pool["song_id"].astype(str), song_paths(songs)))
     candidates = collect_null_scores(searcher, pool, noise, irs, plan, cal["queries_per_length"],
-                                     cal["noise_share"], cal["seed"], twins)
+                                     cal["noise_share"], cal["seed"], twins,
+                                     workers=fingerprint_workers(max(1, threads), searcher.device))
     meta = {"model_checksum": file_digest(model_path), "n_songs": len(pool), "database_songs": searcher.db.n_songs,
             "songs_with_twins": sorted(s for s in twins if s in set(pool["song_id"].astype(str))),
             "songs": "songs not trained on, searched leave-one-song-out (calibration half)",

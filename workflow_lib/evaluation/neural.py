@@ -7,10 +7,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
-from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import file_digest
 from workflow_lib.audio.files import load_audio
 from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
@@ -36,7 +34,7 @@ def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Seq
     their own song (and its twins, ``search.duplicates``) excluded (``exclude_song``: leave-one-song-out).
     """
     base = Path(base_dir)
-    searcher.embed(np.zeros(SAMPLE_RATE, dtype=np.float32))  # warm-up: first-call allocations are not latency
+    searcher.warm_up()  # first-call allocations and imports are not latency
 
     def one(q) -> list[dict]:
         audio = load_audio(base / q.file)

@@ -595,6 +595,14 @@ class Searcher:
         return search_embeddings(self.db, emb, self.top_k, mode or self.mode, self.max_candidates, self.n_results,
                                  exclude_song)
 
+    def warm_up(self) -> None:
+        """Do the first-call set-up now (the model's allocations; the predictor's scipy import, about a second),
+        so that no answer's time includes it."""
+        self.embed(np.zeros(SAMPLE_RATE, dtype=np.float32))
+        if self.whitened_view.enabled:
+            lpc_whiten(np.random.default_rng(0).standard_normal(SEGMENT_SAMPLES).astype(np.float32),
+                       self.whitened_view.order)
+
     def embed_views(self, audio_8k: np.ndarray, whitened: bool = True,
                     timings: dict[str, float] | None = None) -> list[np.ndarray]:
         """Fingerprints of the query as it is and, when ``whitened`` and the whitened view applies to its length,
