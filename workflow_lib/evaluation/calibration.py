@@ -69,10 +69,7 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
     bar = tqdm(total=n_total, desc="calibration queries", mininterval=10)
     span_s = max(lengths) * max(c.max_speed for c in conds)
 
-    def search(made: tuple[np.ndarray, int, str | frozenset[str] | None] | None):
-        if made is None:
-            return None
-        x, n_nominal, exclude = made
+    def search(x: np.ndarray, n_nominal: int, exclude: str | frozenset[str] | None):
         return searcher.search_views(searcher.embed_views(x), "sequence", exclude), n_nominal
 
     def record(found) -> None:
@@ -99,7 +96,7 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
         except ValueError as exc:  # e.g. a silent noise excerpt: the SNR is undefined
             log.info("calibration query %d skipped: %s", k, exc)
             return None
-        return search((x, n, unknown_exclusion(sid, twins or {})))
+        return search(x, n, unknown_exclusion(sid, twins or {}))
 
     def noise_query(k: int):
         qrng = np.random.default_rng([seed, 13, int(k)])
@@ -107,7 +104,7 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
         x = noise_bank.random_excerpt(qrng, n)
         level = 10 ** qrng.uniform(-2.0, -0.7)  # RMS from quiet room (-40 dBFS) to loud (-14 dBFS)
         x = limit_peak(x * (level / max(float(np.sqrt(np.mean(x ** 2))), 1e-9)))
-        return search((x, n, None))
+        return search(x, n, None)
 
     song_q = np.flatnonzero(~is_noise)
     if len(song_q):
