@@ -151,3 +151,38 @@ def test_silence_is_not_searched_whitened(searcher):
     m = s.identify(np.zeros(5 * SR, np.float32))
     assert m.reason == "silence" and not m.is_match and not m.whitened
     assert len(s.search_views(s.embed_views(np.zeros(5 * SR, np.float32)))) == 1
+
+
+def test_a_settled_answer_is_not_whitened(searcher):
+    """An answer as it is that reaches the two-view null's 0.1 % point is accepted without making the whitened view;
+    one that only passes the 1 % threshold still gets both views, and the pick is the same song."""
+    known = SONGS["song2"][8 * SR:13 * SR]
+    low = _calibration(0.05, 0.05)  # every null margin 0.04: the 0.1 % point is just above it
+    s = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, low)
+    timings: dict[str, float] = {}
+    res = s.search_audio(known, timings=timings)
+    assert s.settled(res) and res.views == 2 and not res.whitened and "whiten_ms" not in timings
+    m = s.identify(known)
+    assert m.is_match and m.song_id == "song2" and m.views == 2
+    assert m.threshold == pytest.approx(low.two_views.threshold(m.n_segments))
+    # the same null queries, but two in 1000 (more than the 0.1 % point allows) reach a margin of 5: still accepted
+    # at the 1 % threshold, yet no longer settled, so the whitened view is made and the better view answers
+    tail = _calibration(0.05, 0.05)
+    tail.two_views = fit_calibration({n: [0.04] * 998 + [5.0] * 2 for n in (5, 19)}, 0.01, {}, "margin")
+    assert tail.two_views.threshold(9) == pytest.approx(0.04, abs=1e-6)
+    assert tail.two_views.upper_point(9, 0.001) > 5.0
+    t = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, tail)
+    timings = {}
+    res = t.search_audio(known, timings=timings)
+    assert not t.settled(res) and res.views == 2 and timings["whiten_ms"] > 0
+    both = t.pick_view(t.search_views(t.embed_views(known)))
+    assert res.candidates[0].song_id == both.candidates[0].song_id == "song2" and res.whitened == both.whitened
+
+
+def test_upper_point_places_a_rate_like_the_threshold():
+    calib = fit_calibration({5: list(np.arange(1000) / 1000.0), 9: list(np.arange(1000) / 2000.0)}, 0.01, {},
+                            "margin")
+    assert calib.upper_point(5, 0.01) == pytest.approx(calib.threshold(5))
+    # at most 1 in 1000 at or above it: just above the second highest
+    assert 0.998 < calib.upper_point(5, 0.001) <= 0.999 + 1e-9
+    assert calib.upper_point(7, 0.001) == pytest.approx((calib.upper_point(5, 0.001) + calib.upper_point(9, 0.001)) / 2)

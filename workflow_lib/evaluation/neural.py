@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -26,12 +25,13 @@ def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Seq
                folder: Path | None = None, chunk: int = 500) -> pd.DataFrame:
     """Answer every query file with the neural searcher.
 
-    Each query is embedded once (twice where it is also searched whitened, ``Searcher.search_audio``; ``views``
-    and ``whitened`` say so) and searched in every mode; ``embed_ms`` is the fingerprinting time (whitening
-    included), ``search_ms``
-    the neighbour search plus re-scoring of that mode, ``total_ms`` their sum (file decoding is not timed: it is the
-    same for both systems and depends on the format, not on the method). Unknown-song queries are searched with
-    their own song (and its twins, ``search.duplicates``) excluded (``exclude_song``: leave-one-song-out).
+    Each query is embedded once and searched in every mode; where a mode searches it whitened too and its answer
+    is not already settled (``Searcher.answer_views``, as ``nafp query`` answers), the whitened view is made once
+    and shared by the modes (``views`` and ``whitened`` say what answered). ``embed_ms`` is the fingerprinting time
+    (whitening included), ``search_ms`` the neighbour search plus re-scoring of that mode, ``total_ms`` their sum
+    (file decoding is not timed: it is the same for both systems and depends on the format, not on the method).
+    Unknown-song queries are searched with their own song (and its twins, ``search.duplicates``) excluded
+    (``exclude_song``: leave-one-song-out).
     """
     base = Path(base_dir)
     searcher.warm_up()  # first-call allocations and imports are not latency
@@ -39,15 +39,26 @@ def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Seq
     def one(q) -> list[dict]:
         audio = load_audio(base / q.file)
         exclude = parse_exclusion(getattr(q, "exclude_song", None))
-        t0 = time.perf_counter()
-        embs = searcher.embed_views(audio, any(searcher.two_views(len(audio), mode) for mode in modes))
-        embed_ms = (time.perf_counter() - t0) * 1000.0
+        timings: dict[str, float] = {}
+        plain = searcher.embed_views(audio, False, timings)[0]
+        whitened: list = []  # made once, when the first mode that needs it asks (``Searcher.answer_views``)
+
+        def whitened_emb():
+            if not whitened:
+                whitened.append(searcher.embed_whitened(audio, timings))
+            return whitened[0]
+
         out = []
         for mode in modes:
-            t1 = time.perf_counter()
-            views = embs if searcher.two_views(len(audio), mode) else embs[:1]
-            res = searcher.pick_view(searcher.search_views(views, mode, exclude))
-            search_ms = (time.perf_counter() - t1) * 1000.0
+            before = dict(timings)
+
+            def whitened_result(mode=mode):
+                return searcher.search_view(whitened_emb(), mode, exclude, True, timings)
+
+            res = searcher.answer_views(searcher.search_view(plain, mode, exclude, False, timings),
+                                        whitened_result if searcher.two_views(len(audio), mode) else None)
+            # this mode's searches (fingerprinting, the whitened view's included, is counted in embed_ms)
+            search_ms = timings.get("search_ms", 0.0) - before.get("search_ms", 0.0)
             m = searcher.decide(res)
             out.append({"query_id": q.query_id, "system": NEURAL, "mode": mode,
                         "top_songs": [c.song_id for c in res.candidates],
@@ -57,7 +68,10 @@ def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Seq
                         "top_support": [c.support for c in res.candidates],
                         "score": m.score if res.candidates else float("nan"), "is_match": m.is_match,
                         "confidence": m.confidence, "views": res.views, "whitened": res.whitened,
-                        "embed_ms": embed_ms, "search_ms": search_ms, "total_ms": embed_ms + search_ms})
+                        "embed_ms": 0.0, "search_ms": search_ms, "total_ms": 0.0})
+        embed_ms = timings.get("embed_ms", 0.0) + timings.get("whiten_ms", 0.0)
+        for row in out:
+            row["embed_ms"], row["total_ms"] = embed_ms, embed_ms + row["search_ms"]
         return out
 
     def process(chunk_items) -> list[dict]:

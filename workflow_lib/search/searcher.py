@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -40,6 +40,10 @@ MODES = ("sequence", "vote")
 HOP_S = HOP_SAMPLES / SAMPLE_RATE
 # Queries shorter than this are refused; between it and 1 s they are zero-padded to one segment.
 MIN_QUERY_SAMPLES = SEGMENT_SAMPLES // 2
+# A query whose answer as it is already reaches what only this share of unknown-song queries reach with the better of
+# both views is not whitened (``Searcher.settled``): most matches, at about half the fingerprinting time
+# (bench/README.md, "A settled answer needs no second view").
+SETTLED_FPR = 0.001
 
 
 class Database(Protocol):
@@ -83,7 +87,8 @@ class SearchResult:
     n_segments: int
     candidates: list[Candidate]
     silent: bool = False  # every query segment was below the silence gate: nothing was searched
-    views: int = 1  # views of the query searched for this answer (2: also whitened, ``Searcher.search_audio``)
+    # 2: held to the better-of-two-views rule (searched whitened too, unless settled as it is: ``Searcher.settled``)
+    views: int = 1
     whitened: bool = False  # these candidates are the whitened view's
 
     @property
@@ -112,7 +117,8 @@ class Match:
     meaning everywhere (query, listen, scan): the share of calibration queries of unknown songs of this length
     whose decision statistic is lower than this answer's, i.e. 1 - its empirical p-value under "the song is not in
     the database"; 0.99 means 1 unknown-song query in 100 scores as high (among queries searched in as many
-    ``views``). ``score`` is the best candidate's match score (mean aligned cosine similarity), ``decision`` the
+    ``views``; an answer settled as it is, ``Searcher.settled``, is scored on that view: about 0.999 or more).
+    ``score`` is the best candidate's match score (mean aligned cosine similarity), ``decision`` the
     calibrated statistic compared with ``threshold``.
     """
 
@@ -131,7 +137,7 @@ class Match:
     decision: float = float("nan")
     best_guess: BestGuess | None = None
     reason: str | None = None
-    views: int = 1  # views of the query searched (2: also whitened); the threshold is the one for that pick
+    views: int = 1  # 2: the better-of-two-views rule (``SearchResult.views``); the threshold is the one for it
     whitened: bool = False  # the answer came from the whitened view
 
     def to_dict(self) -> dict[str, Any]:
@@ -611,28 +617,41 @@ class Searcher:
         audio = _pad_query(audio_8k)
         t0 = time.perf_counter()
         embs = [self.embed(audio)]
-        embed_s = time.perf_counter() - t0
+        t["embed_ms"] = t.get("embed_ms", 0.0) + (time.perf_counter() - t0) * 1000.0
         if whitened and self.whitened_view.applies(len(audio)):
-            t0 = time.perf_counter()
-            audio = lpc_whiten(audio, self.whitened_view.order)
-            t1 = time.perf_counter()
-            embs.append(self.embed(audio))
-            embed_s += time.perf_counter() - t1
-            t["whiten_ms"] = t.get("whiten_ms", 0.0) + (t1 - t0) * 1000.0
-        t["embed_ms"] = t.get("embed_ms", 0.0) + embed_s * 1000.0
+            embs.append(self.embed_whitened(audio, t))
         return embs
+
+    def embed_whitened(self, audio_8k: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
+        """Fingerprints of the query whitened (``embed_views``' second view); ``timings`` gains ``whiten_ms`` and
+        the fingerprinting time in ``embed_ms``."""
+        t = timings if timings is not None else {}
+        t0 = time.perf_counter()
+        audio = lpc_whiten(_pad_query(audio_8k), self.whitened_view.order)
+        t1 = time.perf_counter()
+        emb = self.embed(audio)
+        t["whiten_ms"] = t.get("whiten_ms", 0.0) + (t1 - t0) * 1000.0
+        t["embed_ms"] = t.get("embed_ms", 0.0) + (time.perf_counter() - t1) * 1000.0
+        return emb
+
+    def search_view(self, emb: np.ndarray, mode: str | None = None,
+                    exclude_song: str | frozenset[str] | None = None, whitened: bool = False,
+                    timings: dict[str, float] | None = None) -> SearchResult:
+        """``search`` of one view's fingerprints, marked ``whitened`` as asked; ``timings`` gains ``search_ms``."""
+        t0 = time.perf_counter()
+        result = self.search(emb, mode, exclude_song)
+        if timings is not None:
+            timings["search_ms"] = timings.get("search_ms", 0.0) + (time.perf_counter() - t0) * 1000.0
+        return replace(result, whitened=True) if whitened else result
 
     def search_views(self, embs: list[np.ndarray], mode: str | None = None,
                      exclude_song: str | frozenset[str] | None = None,
                      timings: dict[str, float] | None = None) -> list[SearchResult]:
         """Search each view's fingerprints (``embed_views``; the whitened view's result has ``whitened`` set). A
         query the silence gate empties is not searched whitened: silence stays silence."""
-        t0 = time.perf_counter()
-        out = [self.search(embs[0], mode, exclude_song)]
-        if len(embs) > 1 and not out[0].silent:
-            out += [replace(self.search(e, mode, exclude_song), whitened=True) for e in embs[1:]]
-        if timings is not None:
-            timings["search_ms"] = timings.get("search_ms", 0.0) + (time.perf_counter() - t0) * 1000.0
+        out = [self.search_view(embs[0], mode, exclude_song, False, timings)]
+        if not out[0].silent:
+            out += [self.search_view(e, mode, exclude_song, True, timings) for e in embs[1:]]
         return out
 
     def pick_view(self, results: list[SearchResult]) -> SearchResult:
@@ -651,13 +670,40 @@ class Searcher:
         return ((mode or self.mode) == "sequence" and self.calibration is not None
                 and self.calibration.two_views is not None and self.whitened_view.applies(n_samples))
 
+    def settled(self, result: SearchResult) -> bool:
+        """Whether the query as it is (``result``) already answers for both views, so the whitened view need not be
+        made: its decision statistic reaches the value that only ``SETTLED_FPR`` of the calibration's unknown-song
+        queries reach with the better of the two views (and the two-view threshold). The better of two can only be
+        higher, so such a query is accepted either way; what the whitened view could still change is which song is
+        named, and only if a second song led its runner-up by as much, which unknown songs almost never do."""
+        if self.calibration is None or self.calibration.two_views is None or not result.candidates:
+            return False
+        both = self.calibration.two_views
+        bar = max(both.upper_point(result.n_segments, SETTLED_FPR), both.threshold(result.n_segments))
+        return self.decision(result) >= bar
+
+    def answer_views(self, plain: SearchResult, whitened: Callable[[], SearchResult] | None) -> SearchResult:
+        """The answer from the query as it is (``plain``) and, when ``whitened`` is given (``two_views``), its
+        whitened view's result, asked for only when ``plain`` is neither silent nor ``settled`` (a settled answer
+        is marked ``views`` = 2: it is held to the two-view rule it already passes)."""
+        if whitened is None or plain.silent:
+            return plain
+        if self.settled(plain):
+            return replace(plain, views=2)
+        return self.pick_view([plain, whitened()])
+
     def search_audio(self, audio_8k: np.ndarray, mode: str | None = None,
                      exclude_song: str | frozenset[str] | None = None,
                      timings: dict[str, float] | None = None) -> SearchResult:
-        """Search 8 kHz query audio: as it is and, where ``two_views`` says so, also whitened, keeping the view
-        with the larger decision statistic (``views`` = 2 on the result)."""
-        embs = self.embed_views(audio_8k, self.two_views(len(audio_8k), mode), timings)
-        return self.pick_view(self.search_views(embs, mode, exclude_song, timings))
+        """Search 8 kHz query audio: as it is and, where ``two_views`` says so and the first answer is not already
+        ``settled``, also whitened, keeping the view with the larger decision statistic (``views`` = 2 on the
+        result)."""
+        audio = _pad_query(audio_8k)
+        plain = self.search_view(self.embed_views(audio, False, timings)[0], mode, exclude_song, False, timings)
+        def whitened() -> SearchResult:
+            return self.search_view(self.embed_whitened(audio, timings), mode, exclude_song, True, timings)
+
+        return self.answer_views(plain, whitened if self.two_views(len(audio), mode) else None)
 
     def threshold(self, n_segments: int, views: int = 1) -> float:
         return self.calibration.for_views(views).threshold(n_segments) if self.calibration \

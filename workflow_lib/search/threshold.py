@@ -99,6 +99,11 @@ class Calibration:
         query longer than the longest calibrated one keeps that length's threshold, which is conservative)."""
         return float(np.interp(n_segments, self.n_segments, self.thresholds))
 
+    def upper_point(self, n_segments: int, fpr: float) -> float:
+        """The statistic at or above which at most ``fpr`` of this length's null values lie (placed as
+        ``fit_calibration`` places a threshold, interpolated between lengths like ``threshold``)."""
+        return float(np.interp(n_segments, self.n_segments, [_upper_point(s, fpr) for s in self._sorted]))
+
     def confidence(self, score: float, n_segments: int) -> float:
         """Fraction of out-of-database queries of this length scoring below ``score`` (interpolated like the
         threshold)."""
@@ -183,6 +188,16 @@ def recalibration_advice(path: str | Path, n_songs_now: int) -> str | None:
             "workflow's calibrate rule: snakemake results/index/threshold.json --forcerun calibrate)")
 
 
+def _upper_point(sorted_scores: np.ndarray, fpr: float) -> float:
+    """Strictly above the k-th largest of ``sorted_scores`` (ascending), where k = floor(n * fpr) may be exceeded:
+    at most a share ``fpr`` of them lies at or above it. No scores: +inf."""
+    n = len(sorted_scores)
+    if n == 0:
+        return float("inf")
+    k = int(np.floor(n * fpr))
+    return float(np.nextafter(sorted_scores[n - 1 - k], np.inf))
+
+
 def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
                     meta: dict[str, Any] | None = None, statistic: str = "score") -> Calibration:
     """Thresholds from null scores grouped by query length in segments.
@@ -203,10 +218,7 @@ def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
         if len(s) * target_fpr < 1:
             log.warning("calibration: only %d null queries of %d segments: the %.3g false-positive target is finer "
                         "than one query, so the threshold is the highest null score", len(s), n, target_fpr)
-        # Strictly above the k-th largest score, where k = floor(n * fpr) may be exceeded.
-        k = int(np.floor(len(s) * target_fpr))
-        srt = np.sort(s)
-        raw.append(float(np.nextafter(srt[len(s) - 1 - k], np.inf)))
+        raw.append(_upper_point(np.sort(s), target_fpr))
     thr = np.maximum.accumulate(np.asarray(raw)[::-1])[::-1]
     return Calibration(lengths, [float(t) for t in thr], [list(map(float, scores_by_length[n])) for n in lengths],
                        target_fpr, dict(meta or {}), statistic)
