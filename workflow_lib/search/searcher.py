@@ -700,6 +700,7 @@ class Searcher:
         result)."""
         audio = _pad_query(audio_8k)
         plain = self.search_view(self.embed_views(audio, False, timings)[0], mode, exclude_song, False, timings)
+
         def whitened() -> SearchResult:
             return self.search_view(self.embed_whitened(audio, timings), mode, exclude_song, True, timings)
 
