@@ -551,8 +551,14 @@ def test_listener_thresholds_refit_stricter_from_the_stored_null_scores():
     for n in (1, 5):
         assert strict.threshold(n) > cal.threshold(n)
         assert np.mean(np.asarray(null[n]) >= strict.threshold(n)) <= 0.005
-    assert listener_calibration(cal, None) is cal and listener_calibration(None, 0.001) is None
-    assert listener_calibration(cal, 0.1) is cal  # never looser than the calibration
+    assert listener_calibration(cal, None).thresholds == cal.thresholds and listener_calibration(None, 0.001) is None
+    assert listener_calibration(cal, 0.1).thresholds == cal.thresholds  # never looser than the calibration
+    # Null values that rise with the length (the margin's): a query is held to its own length's threshold, the
+    # listener keeps the rule it was measured with, where a window's newest seconds need the whole window's at least.
+    rising = fit_calibration({1: list(rng.uniform(0.0, 0.1, 400)), 5: list(rng.uniform(0.1, 0.2, 400))}, 0.05)
+    assert rising.threshold(1) < 0.1 < rising.threshold(5)
+    for listening in (listener_calibration(rising, None), listener_calibration(rising, 0.005)):
+        assert listening.threshold(1) >= listening.threshold(5) > 0.1
 
 
 def test_a_session_ends_even_when_an_exit_handler_waits_forever():

@@ -108,7 +108,7 @@ def test_out_of_database_query_is_no_match_after_calibration(searcher, null_cand
         for length in (1, 3, 5):
             m = searcher.identify(unknown[:length * SR])
             assert not m.is_match, (length, m.score, m.threshold)
-            assert m.threshold == searcher.calibration.threshold(m.n_segments)
+            assert m.threshold == searcher.threshold(m.n_segments, m.views)  # the rule for the views it searched
             # no answer, but the best guess is still reported apart
             assert m.song_id is None and m.title is None and m.offset_s is None and m.reason == "below threshold"
             assert m.best_guess is not None and m.best_guess.song_id.startswith("song")
@@ -276,9 +276,13 @@ def test_calibration_threshold_quantile_monotone_and_roundtrip(tmp_path):
     back = Calibration.load(tmp_path / "t.json")
     assert back.n_segments == cal.n_segments and back.meta["model_checksum"] == "abc"
     assert np.allclose(back.thresholds, cal.thresholds)
-    # A noisy longer length never gets a higher threshold than a shorter one.
-    bumpy = fit_calibration({1: [0.1] * 100, 3: [0.5] * 100}, 0.01)
-    assert bumpy.thresholds[0] >= bumpy.thresholds[1]
+    # Each length keeps its own threshold, also where the null values rise with the length (the margin's do): a
+    # shorter query is not held to a longer one's. Made non-increasing (the listener's rule), it is.
+    rising = fit_calibration({1: [0.1] * 100, 3: [0.5] * 100}, 0.01, {}, "margin")
+    assert rising.thresholds[0] == pytest.approx(0.1) and rising.thresholds[1] == pytest.approx(0.5)
+    for flat in (fit_calibration({1: [0.1] * 100, 3: [0.5] * 100}, 0.01, {}, "margin", non_increasing=True),
+                 rising.non_increasing()):
+        assert flat.thresholds[0] == flat.thresholds[1] == pytest.approx(0.5)
 
 
 def test_calibration_file_errors_name_the_file(tmp_path):

@@ -373,10 +373,14 @@ def listener_calibration(calibration: Calibration | None, max_fpr: float | None)
     A query answers once; the listener asks every 0.5 s, twice (whole window and tail), so at the query's
     false-positive rate it would name songs that are not playing every few minutes of unknown music. With
     ``max_fpr`` the thresholds are refitted from the calibration's own stored null scores (``calibrate.py``) for
-    that stricter per-window rate; ``None`` keeps the calibrated ones.
+    that stricter per-window rate; ``None`` keeps the calibrated ones. Either way they are made non-increasing in
+    length (``Calibration.non_increasing``): the window's newest seconds are held to the whole window's threshold
+    at least, the rule the listener's operating point was measured with.
     """
-    if calibration is None or max_fpr is None or max_fpr >= calibration.target_fpr:
-        return calibration
+    if calibration is None:
+        return None
+    if max_fpr is None or max_fpr >= calibration.target_fpr:
+        return calibration.non_increasing()
     scores = {n: s for n, s in zip(calibration.n_segments, calibration.null_scores)}
     smallest = min(len(s) for s in scores.values())
     if smallest * max_fpr < 1:
@@ -385,7 +389,7 @@ def listener_calibration(calibration: Calibration | None, max_fpr: float | None)
                  "search.calibration.queries_per_length for a finer rate)", max_fpr, smallest)
     with _quiet(calib_log):
         return fit_calibration(scores, max_fpr, {**calibration.meta, "listener_max_fpr": max_fpr},
-                               calibration.statistic)
+                               calibration.statistic, non_increasing=True)
 
 
 @contextlib.contextmanager
@@ -416,7 +420,7 @@ class ListenerCore:
         self._db = NeighbourCache(searcher.db, capacity=4 * self.n_window, exclude_songs=exclude_songs)
         self.calibration = listener_calibration(getattr(searcher, "calibration", None), self.config.max_fpr)
         # Holding a declared match asks for the calibrated rate, not the stricter declaring one (hysteresis).
-        self.hold_calibration = getattr(searcher, "calibration", None)
+        self.hold_calibration = listener_calibration(getattr(searcher, "calibration", None), None)
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # absolute stream sample of _buf[0]
         self._discard = 0  # incoming samples to drop to get back onto the segment grid after a gap
