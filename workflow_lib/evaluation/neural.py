@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -41,12 +42,8 @@ def run_neural(searcher, queries: pd.DataFrame, base_dir: str | Path, modes: Seq
         exclude = parse_exclusion(getattr(q, "exclude_song", None))
         timings: dict[str, float] = {}
         plain = searcher.embed_views(audio, False, timings)[0]
-        whitened: list = []  # made once, when the first mode that needs it asks (``Searcher.answer_views``)
-
-        def whitened_emb():
-            if not whitened:
-                whitened.append(searcher.embed_whitened(audio, timings))
-            return whitened[0]
+        # made once, when the first mode that needs it asks (``Searcher.answer_views``)
+        whitened_emb = functools.cache(lambda: searcher.embed_whitened(audio, timings))
 
         out = []
         for mode in modes:

@@ -389,7 +389,7 @@ def listener_calibration(calibration: Calibration | None, max_fpr: float | None)
                  "search.calibration.queries_per_length for a finer rate)", max_fpr, smallest)
     with _quiet(calib_log):
         return fit_calibration(scores, max_fpr, {**calibration.meta, "listener_max_fpr": max_fpr},
-                               calibration.statistic, non_increasing=True)
+                               calibration.statistic).non_increasing()
 
 
 @contextlib.contextmanager

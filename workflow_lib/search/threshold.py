@@ -207,8 +207,7 @@ def _upper_point(sorted_scores: np.ndarray, fpr: float) -> float:
 
 
 def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
-                    meta: dict[str, Any] | None = None, statistic: str = "score",
-                    non_increasing: bool = False) -> Calibration:
+                    meta: dict[str, Any] | None = None, statistic: str = "score") -> Calibration:
     """Thresholds from null scores grouped by query length in segments.
 
     The threshold is the smallest score above which at most ``target_fpr`` of the null scores lie ("higher"
@@ -216,7 +215,7 @@ def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
     scores. The margin's null values rise with the length (bundled model, dev + extra: 1 % points 0.099 / 0.124 /
     0.138 at 1 / 3 / 5 s), so thresholds once made non-increasing in length held 1 and 3 s queries to the 5 s one
     and ran them at a fifth to a third of their target (bench/README.md, "Each length its own threshold");
-    ``non_increasing`` still does that (``Calibration.non_increasing``: the listener's rule, measured with it).
+    ``Calibration.non_increasing`` still does that (the listener's rule, measured with it).
     """
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
@@ -230,6 +229,5 @@ def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
             log.warning("calibration: only %d null queries of %d segments: the %.3g false-positive target is finer "
                         "than one query, so the threshold is the highest null score", len(s), n, target_fpr)
         raw.append(_upper_point(np.sort(s), target_fpr))
-    calib = Calibration(lengths, raw, [list(map(float, scores_by_length[n])) for n in lengths], target_fpr,
-                        dict(meta or {}), statistic)
-    return calib.non_increasing() if non_increasing else calib
+    return Calibration(lengths, raw, [list(map(float, scores_by_length[n])) for n in lengths], target_fpr,
+                       dict(meta or {}), statistic)
