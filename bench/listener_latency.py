@@ -4,8 +4,8 @@
 
 Excerpts are cut at random (seeded) offsets from the database songs (paths from results/catalogue.parquet),
 degraded like the evaluation's queries (held-out test noise at --snr dB plus a held-out test impulse response:
-results/noise/test, results/irs/test) and streamed through ``ListenerCore`` hop by hop, exactly as the live
-listener does after resampling. Reported:
+results/noise/test, results/irs/test) and streamed through the listener's core hop by hop, exactly as the live
+listener does after resampling: the two views (``listener.views``; ``--one-view``: the stream as it is only). Reported:
 
 * compute per decision (embedding of the newest segment + the window's sequence searches), p50 / p95 / max, with
   the model on CPU at --threads threads, and the model preset and database size it was measured with;
@@ -62,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--query-path-contains", default=None, metavar="TEXT",
                    help="draw excerpts only from database songs whose path contains TEXT (the other songs stay in "
                         "the database as distractors)")
+    p.add_argument("--one-view", action="store_true",
+                   help="listen to the stream as it is only (without the whitened view: the listener before "
+                        "2026-12-04)")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     return p.parse_args()
 
@@ -85,6 +88,7 @@ def main() -> None:
     from workflow_lib.common.config import run_config
     from workflow_lib.common.layout import ResultsLayout
     from workflow_lib.listener.core import MATCH, ListenerCore
+    from workflow_lib.listener.views import TwoViewCore, listener_core
     from workflow_lib.search.duplicates import song_paths, twins_of, unknown_exclusion
     from workflow_lib.search.searcher import Searcher, song_set
 
@@ -123,17 +127,28 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"listen settings: {cfg}")
 
-    def stream(core: ListenerCore, x: np.ndarray) -> list:
+    def make_core(exclude_songs=()):
+        return ListenerCore(searcher, cfg, exclude_songs) if args.one_view else \
+            listener_core(searcher, cfg, exclude_songs)
+
+    print("views: " + ("the stream as it is" if not isinstance(make_core(), TwoViewCore)
+                       else f"as it is and whitened ({searcher.whitened_view})"))
+
+    def stream(core, x: np.ndarray) -> list:
         return [d for d in (core.push(x[a:a + 4000]) for a in range(0, len(x), 4000)) if d is not None]
 
-    first_song, first_exact, wrong, compute = [], [], 0, []
+    first_song, first_exact, wrong, compute, silent_excerpts = [], [], 0, [], 0
     t0 = time.perf_counter()
     for i in range(args.excerpts):
         sid = ids[i % len(ids)]
         audio = songs[sid]
         start = int(rng.integers(0, len(audio) - n))
-        x, _ = degrade(audio, start, n, spec, rng, noise, irs)
-        core = ListenerCore(searcher, cfg)
+        try:
+            x, _ = degrade(audio, start, n, spec, rng, noise, irs)
+        except ValueError:  # a digitally silent stretch: nothing to name
+            silent_excerpts += 1
+            continue
+        core = make_core()
         ds = stream(core, x)
         compute += [d.compute_ms for d in ds]
         ok_song = [d.stream_s for d in ds if d.state == MATCH and d.song_id == sid]
@@ -153,7 +168,7 @@ def main() -> None:
         pb = int(rng.integers(0, len(songs[sb]) - half))
         xa, _ = degrade(songs[sa], pa, half, spec, rng, noise, irs)
         xb, _ = degrade(songs[sb], pb, half, spec, rng, noise, irs)
-        core = ListenerCore(searcher, cfg)
+        core = make_core()
         ds = stream(core, np.concatenate([xa, xb]))
         t_change = half / SR
         named = [d.stream_s - t_change for d in ds if d.stream_s > t_change and d.state == MATCH and d.song_id == sb]
@@ -185,7 +200,7 @@ def main() -> None:
         except ValueError:  # a digitally silent stretch: no SNR relative to it, and nothing to declare
             silent_skipped += 1
             continue
-        core = ListenerCore(searcher, cfg, exclude_songs=song_set(unknown_exclusion(sid, twins)) if left_out else ())
+        core = make_core(song_set(unknown_exclusion(sid, twins)) if left_out else ())
         stream(core, x)
         false_decl += len(core.heard)
         unknown_s += args.length
@@ -195,18 +210,20 @@ def main() -> None:
         "compute_ms_p50": pct(compute, 50), "compute_ms_p95": pct(compute, 95), "compute_ms_max": max(compute),
         "first_song_median_s": pct(first_song, 50), "first_song_p90_s": pct(first_song, 90),
         "first_exact_median_s": pct(first_exact, 50), "first_exact_p90_s": pct(first_exact, 90),
-        "named": len(fin), "excerpts": args.excerpts, "wrong_song_declarations": wrong,
+        "named": len(fin), "excerpts": len(first_song), "wrong_song_declarations": wrong,
         "change_delay_median_s": float(np.median(change_delay)) if change_delay else float("nan"),
         "change_missed": change_missed, "changes": args.changes, "change_wrong_song": change_wrong,
         "unknown_minutes": unknown_s / 60, "unknown_false_declarations": false_decl,
     }
     print(f"compute per decision: p50 {out['compute_ms_p50']:.1f} ms, p95 {out['compute_ms_p95']:.1f} ms, "
           f"max {out['compute_ms_max']:.1f} ms ({len(compute)} decisions; {wall:.1f} s for "
-          f"{args.excerpts * args.length:.0f} s of audio)")
+          f"{len(first_song) * args.length:.0f} s of audio)")
     print(f"{args.excerpts} excerpts of {args.length:g} s at {args.snr:g} dB SNR"
-          f"{'' if args.no_reverb else ' + reverb'}: named {len(fin)}/{args.excerpts}; audio until the first correct "
-          f"song: median {out['first_song_median_s']:.1f} s, p90 {out['first_song_p90_s']:.1f} s; right song and "
-          f"offset (+-0.5 s): median {out['first_exact_median_s']:.1f} s, p90 {out['first_exact_p90_s']:.1f} s; "
+          f"{'' if args.no_reverb else ' + reverb'}: named {len(fin)}/{len(first_song)}"
+          f"{f' ({silent_excerpts} silent excerpts skipped)' if silent_excerpts else ''}; audio until the first "
+          f"correct song: median {out['first_song_median_s']:.1f} s, p90 {out['first_song_p90_s']:.1f} s; right "
+          f"song and offset (+-0.5 s): median {out['first_exact_median_s']:.1f} s, "
+          f"p90 {out['first_exact_p90_s']:.1f} s; "
           f"wrong-song declarations: {wrong}")
     print(f"{args.changes} song changes: new song named after median {out['change_delay_median_s']:.1f} s, "
           f"missed {change_missed}, wrong-song declarations {change_wrong}")

@@ -20,6 +20,7 @@ with RT60 0.2-1 s, long rooms 1.5-3 s) and real noise files. A null query skips 
 hold the same music (``search.duplicates``): such a twin counts as a false positive for every rule alike.
 
     .venv/bin/python bench/query_whiten.py --results RESULTS --noise ../shared/corpus/dev/noise [--order 96]
+        [--ringing-only T60_S]
         [--songs 60] [--per-song 2] [--lengths 1 3 5 10] [--real-ir HALL.flac] [--conditions ...]
         [--out rows.parquet]
 """
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import scipy.signal  # noqa: E402
 
 from workflow_lib import SAMPLE_RATE as SR  # noqa: E402
 from workflow_lib.audio.files import load_audio  # noqa: E402
@@ -43,7 +45,7 @@ from workflow_lib.data.split import assign_splits  # noqa: E402
 from workflow_lib.evaluation.degrade import add_noise, reverberate  # noqa: E402
 from workflow_lib.search.searcher import aligned_scores  # noqa: E402
 from workflow_lib.search.threshold import decision_statistic  # noqa: E402
-from workflow_lib.search.whiten import lpc_whiten  # noqa: E402
+from workflow_lib.search.whiten import inverse_filter, lpc_whiten  # noqa: E402
 
 CONDITIONS = {  # name: (response kind, SNR dB or None)
     "clean": (None, None), "resonant": ("resonant", None), "5 dB + resonant": ("resonant", 5),
@@ -64,6 +66,22 @@ def response(kind: str, rng: np.random.Generator, real: np.ndarray | None = None
     dims, rt = acoustics.room_for(rt, np.array(lo), np.array(hi), rng)
     src, mic = acoustics.positions(dims, rng)
     return acoustics.hybrid_room(rt, dims, src, mic, rng, max_ir_s=3.0)
+
+
+def ringing_whiten(x: np.ndarray, order: int, min_t60_s: float) -> np.ndarray:
+    """``--ringing-only``: the inverse filter of only those poles of the query's predictor that ring for at least
+    ``min_t60_s`` (|p| > 10^(-3 / (min_t60_s * SR))), at ``x``'s RMS: the resonances taken out, the rest of the
+    colouring kept. Measured and not adopted (bench/README.md)."""
+    b = inverse_filter(x, order)
+    if b is None:
+        return np.asarray(x, dtype=np.float32)
+    poles = np.roots(b)
+    ringing = poles[np.abs(poles) > 10 ** (-3 / (min_t60_s * SR))]
+    if len(ringing) == 0:
+        return np.asarray(x, dtype=np.float32)
+    y = scipy.signal.lfilter(np.real(np.poly(ringing)), [1.0], np.asarray(x, dtype=np.float64))
+    return (y * np.sqrt(np.mean(np.square(x, dtype=np.float64)) / max(float(np.mean(y ** 2)), 1e-30))
+            ).astype(np.float32)
 
 
 def make_query(song: np.ndarray, start: int, n: int, condition: str, noises: list[np.ndarray],
@@ -122,7 +140,9 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
                 start = int(rng.integers(SR, len(song) - n - 3 * SR))
                 for condition in conditions:
                     q = make_query(song, start, n, condition, noises, rng, real)
-                    embs = [searcher.embed(q), searcher.embed(lpc_whiten(q, args.order))]
+                    white = lpc_whiten(q, args.order) if args.ringing_only is None else \
+                        ringing_whiten(q, args.order, args.ringing_only)
+                    embs = [searcher.embed(q), searcher.embed(white)]
                     for kind, skip in (("in database", None), ("null", s.song_id)):
                         results = [searcher.search(e, exclude_song=skip) for e in embs]
                         answers = [(m.best_guess.song_id if m.best_guess else None, m.decision)
@@ -185,6 +205,8 @@ def main() -> int:
                     metavar="CONDITION", help=f"of {list(CONDITIONS)} (default: all)")
     ap.add_argument("--real-ir", type=Path, help="a measured response for '5 dB + real hall'")
     ap.add_argument("--order", type=int, default=96, help="linear-predictor order (8 kHz)")
+    ap.add_argument("--ringing-only", type=float, metavar="T60_S",
+                    help="take out only the predictor's poles that ring for at least T60_S seconds")
     ap.add_argument("--songs", type=int, default=60)
     ap.add_argument("--per-song", type=int, default=2)
     ap.add_argument("--lengths", type=float, nargs="+", default=[1.0, 3.0, 5.0, 10.0])

@@ -30,6 +30,19 @@ def synth_song(seed: int, seconds: float = 30.0) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def resonate(x: np.ndarray, freqs_hz: tuple[float, ...], t60_s: float) -> np.ndarray:
+    """``x`` through narrow two-pole resonances (a resonant space's modes, each at unit RMS) that ring for
+    ``t60_s``."""
+    import scipy.signal
+
+    r = 10 ** (-3 / (t60_s * SR))  # -60 dB after t60_s
+    out = np.zeros(len(x))
+    for f in freqs_hz:
+        y = scipy.signal.lfilter([1.0], [1.0, -2 * r * np.cos(2 * np.pi * f / SR), r * r], x)
+        out += y / np.sqrt(np.mean(y ** 2))
+    return out
+
+
 class SpectralEncoder(nn.Module):
     """Log-magnitude STFT of the segment pooled to ``time_bins`` steps (some shift tolerance), mean-removed, through
     a fixed seeded random projection."""

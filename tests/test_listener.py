@@ -389,6 +389,25 @@ def test_cli_file_fast_json(world, tmp_path):
     assert summary["heard"][0]["song_start_s"] == pytest.approx(3.0, abs=1.0)
     assert len(decisions) == 15 and all(d["compute_ms"] >= 0 for d in decisions)
     assert any(d["event"] == "match" for d in decisions)
+    assert all(isinstance(d["whitened"], bool) for d in decisions)
+
+
+def test_a_file_through_the_two_view_listener_is_named_with_the_right_offset(world, tmp_path):
+    # the listener the CLI builds: the stream as it is and whitened (the world's calibration has both views)
+    from workflow_lib.listener.views import TwoViewCore, listener_core
+    from workflow_lib.search.searcher import Searcher
+
+    sid = world.db_ids[4]
+    path = tmp_path / "excerpt.wav"
+    sf.write(path, _degraded(world, sid, 4.2, 12.0, seed=5), SR)
+    core = listener_core(Searcher.from_results(world.results, device="cpu"))
+    assert isinstance(core, TwoViewCore)
+    decisions: list = []
+    summary = Listener(core, FileSource(path, realtime=False), decisions.append).run()
+    assert [h.song_id for h in summary.heard] == [sid]
+    assert summary.heard[0].song_offset_s == pytest.approx(4.2, abs=0.5)
+    assert len(decisions) == 23 and summary.decisions == 23
+    assert [d.stream_s for d in decisions] == [1.0 + 0.5 * i for i in range(23)]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from tests.search_helpers import SR, build_searcher, synth_song
+from tests.search_helpers import SR, build_searcher, resonate, synth_song
 from workflow_lib.evaluation.calibration import fit_from_candidates
 from workflow_lib.search.searcher import Searcher, searcher_kwargs
 from workflow_lib.search.threshold import Calibration, fit_calibration
@@ -19,21 +19,10 @@ from workflow_lib.search.whiten import WhitenedView, lpc_whiten
 SONGS = {f"song{i}": synth_song(i, 30.0) for i in range(6)}
 
 
-def _resonance(x: np.ndarray, freqs_hz: tuple[float, ...], t60_s: float) -> np.ndarray:
-    """``x`` through narrow two-pole resonances (a resonant space's modes, each at unit RMS) that ring for
-    ``t60_s``."""
-    r = 10 ** (-3 / (t60_s * SR))  # -60 dB after t60_s
-    out = np.zeros(len(x))
-    for f in freqs_hz:
-        y = scipy.signal.lfilter([1.0], [1.0, -2 * r * np.cos(2 * np.pi * f / SR), r * r], x)
-        out += y / np.sqrt(np.mean(y ** 2))
-    return out
-
-
-def test_whitening_cancels_a_ringing_resonance():
+def test_whitening_cancels_a_ringingresonate():
     rng = np.random.default_rng(0)
     dry = np.r_[rng.standard_normal(4 * SR), np.zeros(SR)]  # 4 s of excitation, then 1 s where only ringing remains
-    wet = _resonance(dry, (700.0, 1900.0), t60_s=1.5) + 0.2 * dry
+    wet = resonate(dry, (700.0, 1900.0), t60_s=1.5) + 0.2 * dry
     tail = slice(4 * SR + SR // 10, 5 * SR)
 
     def tail_share(x):

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     from workflow_lib.common.layout import ResultsLayout
-    from workflow_lib.listener.core import Listener, ListenerCore
+    from workflow_lib.listener.core import Listener
+    from workflow_lib.listener.views import listener_core
 
     # Before the settings and the microphone: a missing database is the first thing to fix.
     if problem := missing_results(args.results):
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"cannot load the database from {args.results}: {exc}")
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
 
-    core = ListenerCore(searcher, settings.listen)
+    core = listener_core(searcher, settings.listen)
     listener = Listener(core, source, display)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

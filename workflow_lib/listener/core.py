@@ -323,6 +323,7 @@ class Decision:
     dropped_s: float = 0.0
     decision: float = float("nan")  # the no-match rule's statistic (``statistic``) of what is shown
     statistic: str = "score"
+    whitened: bool = False  # what is shown comes from the whitened view of the stream (``views.TwoViewCore``)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -411,16 +412,21 @@ class ListenerCore:
     """
 
     def __init__(self, searcher: SearcherLike, config: ListenConfig | None = None,
-                 exclude_songs: Iterable[str] = ()):
+                 exclude_songs: Iterable[str] = (), views: int = 1):
         self.searcher = searcher
         self.config = config or ListenConfig()
         self.n_window = self.config.window_segments
         self.n_tail = min(self.config.tail_segments, self.n_window)
         self.n_min = min(n_segments(int(round(self.config.min_match_s * SAMPLE_RATE))), self.n_window)
         self._db = NeighbourCache(searcher.db, capacity=4 * self.n_window, exclude_songs=exclude_songs)
-        self.calibration = listener_calibration(getattr(searcher, "calibration", None), self.config.max_fpr)
+        # views=2: this core is one of two views of the stream (``views.TwoViewCore``), so it is held to the
+        # calibration's better-of-two-views thresholds.
+        calibration = getattr(searcher, "calibration", None)
+        if calibration is not None:
+            calibration = calibration.for_views(views)
+        self.calibration = listener_calibration(calibration, self.config.max_fpr)
         # Holding a declared match asks for the calibrated rate, not the stricter declaring one (hysteresis).
-        self.hold_calibration = listener_calibration(getattr(searcher, "calibration", None), None)
+        self.hold_calibration = listener_calibration(calibration, None)
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # absolute stream sample of _buf[0]
         self._discard = 0  # incoming samples to drop to get back onto the segment grid after a gap
@@ -789,6 +795,7 @@ class Listener:
 
     def __init__(self, core: ListenerCore, source: CaptureSource,
                  on_decision: Callable[[Decision], None] | None = None):
+        # core: a ListenerCore or anything with its push / skip / finish / summary / config (views.TwoViewCore)
         import soxr
 
         self.core = core

@@ -10,7 +10,8 @@ the query with its own long predictor", has the measurement behind the order and
 
 The predictor is the autocorrelation method's (Yule-Walker equations solved by Levinson recursion,
 ``scipy.linalg.solve_toeplitz``): it is stable by construction, and for a 3-10 s query at 8 kHz it costs a few
-milliseconds, next to the tens that fingerprinting takes.
+milliseconds, next to the tens that fingerprinting takes. ``StreamingWhitener`` gives the live listener the same
+view of a stream (``listener.views``).
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ class WhitenedView:
         return cls(int(cfg.get("order", cls.order)), float(cfg.get("min_query_s", cls.min_query_s)))
 
 
-def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
-    """``x`` through the inverse filter of its own order-``order`` linear predictor, scaled back to ``x``'s RMS.
+def inverse_filter(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray | None:
+    """The FIR inverse filter ``[1, a1..a_order]`` of ``x``'s own order-``order`` linear predictor, scaled so that
+    ``x`` comes out of it at its own RMS; None for a silent ``x``.
 
     ``ridge`` (a white-noise correction on the zero lag, 1e-3 = -30 dB) keeps the equations well posed on quiet or
-    narrow-band input. A silent ``x`` comes back as it is."""
+    narrow-band input."""
+    import scipy.fft
     import scipy.linalg
     import scipy.signal
 
@@ -66,11 +69,78 @@ def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
         raise ValueError(f"lpc_whiten: expected 1-D audio, got shape {x.shape}")
     if order < 1 or len(x) <= order:
         raise ValueError(f"lpc_whiten: order {order} needs more than {order} samples, got {len(x)}")
-    r = scipy.signal.correlate(x, x, "full", method="fft")[len(x) - 1:len(x) + order]  # lags 0..order
+    # lags 0..order through one real FFT long enough that they do not wrap (a fifth of a full correlation's cost:
+    # the streaming whitener refits every chunk)
+    n_fft = scipy.fft.next_fast_len(len(x) + order + 1, real=True)
+    spectrum = scipy.fft.rfft(x, n_fft)
+    r = scipy.fft.irfft(spectrum.real ** 2 + spectrum.imag ** 2, n_fft)[:order + 1]
     if r[0] <= 0:
-        return x.astype(np.float32)
+        return None
     r[0] *= 1 + ridge
-    a = scipy.linalg.solve_toeplitz(r[:order], -r[1:order + 1])
-    y = scipy.signal.lfilter(np.r_[1.0, a], [1.0], x)
-    gain = np.sqrt(np.mean(x ** 2) / max(float(np.mean(y ** 2)), 1e-30))
-    return (y * gain).astype(np.float32)
+    b = np.r_[1.0, scipy.linalg.solve_toeplitz(r[:order], -r[1:order + 1])]
+    y = scipy.signal.lfilter(b, [1.0], x)
+    return b * np.sqrt(np.mean(x ** 2) / max(float(np.mean(y ** 2)), 1e-30))
+
+
+def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
+    """``x`` through the inverse filter of its own order-``order`` linear predictor (``inverse_filter``), at
+    ``x``'s RMS. A silent ``x`` comes back as it is."""
+    import scipy.signal
+
+    b = inverse_filter(x, order, ridge)
+    if b is None:
+        return np.asarray(x, dtype=np.float32)
+    return scipy.signal.lfilter(b, [1.0], np.asarray(x, dtype=np.float64)).astype(np.float32)
+
+
+class StreamingWhitener:
+    """The whitened view of a stream (the live listener's second view), chunk by chunk.
+
+    The audio goes through the inverse filter of the predictor fitted on the newest ``fit_s`` seconds heard (refitted
+    once ``refit_s`` seconds have come in since the last fit: a capture's blocks of 50 ms need no predictor each),
+    the filter's memory taken from the audio before the chunk, so the output is continuous where the filter changes
+    little. The first ``min_s`` seconds (``WhitenedView.min_query_s``: one second holds too little to tell resonance
+    from music) are held back and come out together, whitened by the first filter, in the call that completes them:
+    what comes out is always the stream's audio, sample for sample, only later."""
+
+    def __init__(self, order: int, min_s: float = 3.0, fit_s: float = 5.0, refit_s: float = 0.5):
+        if order < 1:
+            raise ValueError(f"streaming whitener: order must be >= 1, got {order}")
+        self.order = order
+        self.min_samples = max(int(round(min_s * SAMPLE_RATE)), 2 * order + 1)
+        self.fit_samples = max(int(round(fit_s * SAMPLE_RATE)), self.min_samples)
+        self.refit_samples = int(round(refit_s * SAMPLE_RATE))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was heard (a gap in the stream: the room may have changed, the filter's memory is stale)."""
+        self._history = np.zeros(0, dtype=np.float64)  # the newest fit_s seconds and the filter's memory
+        self._held: list[np.ndarray] = []  # the first seconds, until min_s are heard
+        self._started = False
+        self._filter: np.ndarray | None = None
+        self._since_fit = 0
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        """The whitened audio that is ready: empty while the first ``min_s`` seconds are held back."""
+        import scipy.signal
+
+        x = np.asarray(chunk, dtype=np.float64).ravel()
+        before = self._history
+        if not self._started:
+            self._held.append(x)
+            x = np.concatenate(self._held)
+            before = np.zeros(0)
+            if len(x) < self.min_samples:
+                self._history = x
+                return np.zeros(0, dtype=np.float32)
+            self._started, self._held = True, []
+        self._history = np.concatenate([before, x])[-(self.fit_samples + self.order):]
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.float32)
+        self._since_fit += len(x)
+        if self._filter is None or self._since_fit >= self.refit_samples:
+            self._filter, self._since_fit = inverse_filter(self._history[-self.fit_samples:], self.order), 0
+        if self._filter is None:  # silence stays silence
+            return x.astype(np.float32)
+        context = before[-self.order:]
+        return scipy.signal.lfilter(self._filter, [1.0], np.concatenate([context, x]))[len(context):].astype(np.float32)

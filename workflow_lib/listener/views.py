@@ -1,0 +1,129 @@
+"""The live listener's two views of the stream: as it is, and whitened (a resonant space's ringing taken out).
+
+A query of 3 s or more is searched as it is and whitened (``search.whiten``), and the answer is the view the
+no-match rule trusts more. The listener does the same with two ``ListenerCore``s over one stream: one hears the
+stream as it is, the other the stream through ``StreamingWhitener`` (the inverse filter of a predictor refitted on
+the newest seconds each chunk). Each declares, holds and releases on its own, at the calibration's two-view
+thresholds (the null queries decided by the better of both views: a song named by either core is held to the rate
+that a query picked from two views is held to). What is shown is the plain core's match when it has one, else the
+whitened core's; ``TwoViewCore`` turns the two into one stream of decisions and one list of heard songs, with events
+(match / change / lost / resync) from what is shown. Both cores embed only each hop's newest segment, so the second
+view costs one more segment's fingerprint, one more window search and the predictor (a few ms) per hop.
+bench/README.md, "The listener's whitened view", has the measurement.
+
+The batch scan (``listener.scan``) keeps one view: it fingerprints a whole recording in large batches, and a
+predictor that follows the stream would make it fingerprint every segment a second time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Iterable
+
+import numpy as np
+
+from workflow_lib import SAMPLE_RATE
+from workflow_lib.listener.core import (MATCH, SILENCE, Decision, Heard, ListenConfig, ListenerCore, ListenSummary,
+                                        SearcherLike)
+from workflow_lib.search.whiten import StreamingWhitener
+
+
+def listener_core(searcher: SearcherLike, config: ListenConfig | None = None,
+                  exclude_songs: Iterable[str] = ()) -> "ListenerCore | TwoViewCore":
+    """The listener for this searcher: two views when its whitened view is on and its calibration has the two-view
+    thresholds, else the stream as it is only."""
+    view = getattr(searcher, "whitened_view", None)
+    calibration = getattr(searcher, "calibration", None)
+    if view is not None and view.enabled and calibration is not None and calibration.two_views is not None:
+        return TwoViewCore(searcher, config, exclude_songs)
+    return ListenerCore(searcher, config, exclude_songs)
+
+
+class TwoViewCore:
+    """``ListenerCore``'s interface (``push``, ``skip``, ``finish``, ``summary``, ``heard``, ``current``) over two
+    cores: ``plain`` hears the stream, ``whitened`` the stream whitened. Decisions come at the same stream times as
+    one core's would."""
+
+    def __init__(self, searcher: SearcherLike, config: ListenConfig | None = None,
+                 exclude_songs: Iterable[str] = ()):
+        view = searcher.whitened_view  # type: ignore[attr-defined]
+        self.plain = ListenerCore(searcher, config, exclude_songs, views=2)
+        self.whitened = ListenerCore(searcher, config, exclude_songs, views=2)
+        self.whitener = StreamingWhitener(view.order, view.min_query_s)
+        self.config = self.plain.config
+        self.current: Heard | None = None
+        self.heard: list[Heard] = []
+        self.decisions = 0
+        self.compute_ms: deque[float] = deque(maxlen=10_000)
+
+    @property
+    def stream_samples(self) -> int:
+        return self.plain.stream_samples
+
+    @property
+    def statistic(self) -> str:
+        return self.plain.statistic
+
+    def skip(self, n_samples: int) -> None:
+        """Audio was lost: both cores restart their windows after the gap, and the whitener its predictor (the
+        seconds it still held back are lost with the gap)."""
+        if n_samples <= 0:
+            return
+        held = self.plain.stream_samples - self.whitened.stream_samples
+        self.plain.skip(n_samples)
+        self.whitener.reset()
+        self.whitened.skip(n_samples + held)
+
+    def push(self, audio_8k: np.ndarray) -> Decision | None:
+        t0 = time.perf_counter()
+        plain = self.plain.push(audio_8k)
+        white_audio = self.whitener.push(audio_8k)
+        whitened = self.whitened.push(white_audio) if len(white_audio) else None
+        if plain is None:  # no new segment (the whitened core is on the same grid, never ahead)
+            return None
+        self.decisions += 1
+        total_ms = (time.perf_counter() - t0) * 1000.0
+        self.compute_ms.append(total_ms)
+        # What is shown: the plain core's match, else the whitened core's, else the plain core's best guess.
+        # Silence is the stream's own level (the whitened stream's first segment of silence still holds the
+        # inverse filter's last response).
+        shown, d = self.plain.current, plain
+        if shown is None and whitened is not None and plain.state != SILENCE:
+            shown, d = self.whitened.current, whitened
+        if shown is None:
+            d = plain
+        event = self._follow(shown, d)
+        embed_ms = plain.embed_ms + (whitened.embed_ms if whitened is not None else 0.0)
+        return replace(d, state=MATCH if self.current is not None else d.state, event=event,
+                       whitened=d is whitened, compute_ms=total_ms, embed_ms=embed_ms,
+                       search_ms=total_ms - embed_ms)
+
+    def _follow(self, shown: Heard | None, d: Decision) -> str | None:
+        """Update what this listener has heard from what is shown now; the event that makes."""
+        cur = self.current
+        if shown is None:
+            self.current = None
+            return "lost" if cur is not None else None
+        if cur is None or cur.song_id != shown.song_id:
+            self.current = replace(shown, declared_s=d.stream_s, end_s=d.stream_s, hops=1)
+            self.heard.append(self.current)
+            return "match" if cur is None else "change"
+        # the same song, held by either core: this listening goes on (at the offset of the core that holds it)
+        moved = abs(cur.anchor - shown.anchor) > self.config.offset_tolerance_hops
+        cur.anchor, cur.end_s, cur.hops = shown.anchor, d.stream_s, cur.hops + 1
+        cur.max_confidence = max(cur.max_confidence, shown.max_confidence)
+        cur.max_score = max(cur.max_score, shown.max_score)
+        return "resync" if moved else None
+
+    def finish(self) -> None:
+        self.plain.finish()
+        self.whitened.finish()
+        self.current = None
+
+    def summary(self, overflows: int = 0, dropped_s: float = 0.0, device: str = "") -> ListenSummary:
+        ms = np.asarray(self.compute_ms, dtype=np.float64)
+        pct = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: float("nan"))
+        return ListenSummary(list(self.heard), self.stream_samples / SAMPLE_RATE, self.decisions, overflows, dropped_s,
+                             pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device)
