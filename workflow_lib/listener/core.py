@@ -347,6 +347,14 @@ class ListenSummary:
         return d
 
 
+def listen_summary(core: Any, overflows: int, dropped_s: float, device: str) -> ListenSummary:
+    """The session summary of a listener core (``heard``, ``stream_samples``, ``decisions``, ``compute_ms``)."""
+    ms = np.asarray(core.compute_ms, dtype=np.float64)
+    pct = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: float("nan"))
+    return ListenSummary(list(core.heard), core.stream_samples / SAMPLE_RATE, core.decisions, overflows, dropped_s,
+                         pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device)
+
+
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
     """JSON-ready: floats rounded, NaN/inf as None (JSON has no NaN)."""
     return {k: (round(v, 4) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in d.items()}
@@ -551,10 +559,7 @@ class ListenerCore:
         self.current = None
 
     def summary(self, overflows: int = 0, dropped_s: float = 0.0, device: str = "") -> ListenSummary:
-        ms = np.asarray(self.compute_ms, dtype=np.float64)
-        pct = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: float("nan"))
-        return ListenSummary(list(self.heard), self.stream_samples / SAMPLE_RATE, self.decisions, overflows,
-                             dropped_s, pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device)
+        return listen_summary(self, overflows, dropped_s, device)
 
     # -- decisions ------------------------------------------------------------------------------------------------
     @property
