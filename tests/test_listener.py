@@ -427,6 +427,7 @@ def test_cli_text_output_and_summary(world, tmp_path, listen_main, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "now playing:" in out and "Heard 1 song" in out and "ms/decision" in out and "window 4 s" in out
+    assert "as it is and whitened" in out  # the world's calibration has two-view thresholds
 
 
 def test_cli_clear_errors(tmp_path, listen_main, capsys):

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     from workflow_lib.common.layout import ResultsLayout
     from workflow_lib.listener.core import Listener
-    from workflow_lib.listener.views import listener_core
+    from workflow_lib.listener.views import TwoViewCore, listener_core
 
     # Before the settings and the microphone: a missing database is the first thing to fix.
     if problem := missing_results(args.results):
@@ -163,8 +163,9 @@ def run(args: argparse.Namespace) -> int:
     # A shell starting us in the background (cmd &) makes SIGINT ignored; restore it so kill -INT ends the session.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     what = source.name if args.input else f"input device '{source.name}' at {source.sample_rate} Hz"
+    views = "; as it is and whitened" if isinstance(core, TwoViewCore) else ""
     display.message(f"Listening to {what} (window {settings.listen.window_s:g} s, match after "
-                    f"{settings.listen.consistent_hops} agreeing hops). Ctrl-C to stop.")
+                    f"{settings.listen.consistent_hops} agreeing hops{views}). Ctrl-C to stop.")
     status = EXIT_OK
     try:
         if args.input and not args.realtime:
