@@ -54,32 +54,42 @@ class WhitenedView:
         return cls(int(cfg.get("order", cls.order)), float(cfg.get("min_query_s", cls.min_query_s)))
 
 
-def inverse_filter(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray | None:
-    """The FIR inverse filter ``[1, a1..a_order]`` of ``x``'s own order-``order`` linear predictor, scaled so that
-    ``x`` comes out of it at its own RMS; None for a silent ``x``.
-
-    ``ridge`` (a white-noise correction on the zero lag, 1e-3 = -30 dB) keeps the equations well posed on quiet or
-    narrow-band input."""
+def _predictor(x: np.ndarray, order: int, ridge: float) -> np.ndarray | None:
+    """``[1, a1..a_order]``: the FIR inverse filter of ``x``'s own order-``order`` linear predictor (None: silent)."""
     import scipy.fft
     import scipy.linalg
-    import scipy.signal
 
-    x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"lpc_whiten: expected 1-D audio, got shape {x.shape}")
     if order < 1 or len(x) <= order:
         raise ValueError(f"lpc_whiten: order {order} needs more than {order} samples, got {len(x)}")
     # lags 0..order through one real FFT long enough that they do not wrap (a fifth of a full correlation's cost:
-    # the streaming whitener refits every chunk)
+    # the streaming whitener refits every 0.5 s)
     n_fft = scipy.fft.next_fast_len(len(x) + order + 1, real=True)
     spectrum = scipy.fft.rfft(x, n_fft)
     r = scipy.fft.irfft(spectrum.real ** 2 + spectrum.imag ** 2, n_fft)[:order + 1]
     if r[0] <= 0:
         return None
     r[0] *= 1 + ridge
-    b = np.r_[1.0, scipy.linalg.solve_toeplitz(r[:order], -r[1:order + 1])]
-    y = scipy.signal.lfilter(b, [1.0], x)
-    return b * np.sqrt(np.mean(x ** 2) / max(float(np.mean(y ** 2)), 1e-30))
+    return np.r_[1.0, scipy.linalg.solve_toeplitz(r[:order], -r[1:order + 1])]
+
+
+def _level_gain(x: np.ndarray, y: np.ndarray) -> float:
+    """What brings ``y`` to ``x``'s RMS."""
+    return float(np.sqrt(np.mean(x ** 2) / max(float(np.mean(y ** 2)), 1e-30)))
+
+
+def inverse_filter(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray | None:
+    """The FIR inverse filter ``[1, a1..a_order]`` of ``x``'s own order-``order`` linear predictor, scaled so that
+    ``x`` comes out of it at its own RMS; None for a silent ``x``.
+
+    ``ridge`` (a white-noise correction on the zero lag, 1e-3 = -30 dB) keeps the equations well posed on quiet or
+    narrow-band input."""
+    import scipy.signal
+
+    x = np.asarray(x, dtype=np.float64)
+    b = _predictor(x, order, ridge)
+    return None if b is None else b * _level_gain(x, scipy.signal.lfilter(b, [1.0], x))
 
 
 def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
@@ -87,10 +97,12 @@ def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
     ``x``'s RMS. A silent ``x`` comes back as it is."""
     import scipy.signal
 
-    b = inverse_filter(x, order, ridge)
+    x = np.asarray(x, dtype=np.float64)
+    b = _predictor(x, order, ridge)
     if b is None:
-        return np.asarray(x, dtype=np.float32)
-    return scipy.signal.lfilter(b, [1.0], np.asarray(x, dtype=np.float64)).astype(np.float32)
+        return x.astype(np.float32)
+    y = scipy.signal.lfilter(b, [1.0], x)
+    return (y * _level_gain(x, y)).astype(np.float32)
 
 
 class StreamingWhitener:
