@@ -63,10 +63,6 @@ class TwoViewCore:
     def stream_samples(self) -> int:
         return self.plain.stream_samples
 
-    @property
-    def statistic(self) -> str:
-        return self.plain.statistic
-
     def skip(self, n_samples: int) -> None:
         """Audio was lost: both cores restart their windows after the gap, and the whitener its predictor (the
         seconds it still held back are lost with the gap)."""
@@ -80,7 +76,9 @@ class TwoViewCore:
     def push(self, audio_8k: np.ndarray) -> Decision | None:
         t0 = time.perf_counter()
         plain = self.plain.push(audio_8k)
+        t1 = time.perf_counter()
         white_audio = self.whitener.push(audio_8k)
+        whiten_ms = (time.perf_counter() - t1) * 1000.0
         whitened = self.whitened.push(white_audio) if len(white_audio) else None
         if plain is None:  # no new segment (the whitened core is on the same grid, never ahead)
             return None
@@ -91,12 +89,11 @@ class TwoViewCore:
         # Silence is the stream's own level (the whitened stream's first segment of silence still holds the
         # inverse filter's last response).
         shown, d = self.plain.current, plain
-        if shown is None and whitened is not None and plain.state != SILENCE:
+        if shown is None and self.whitened.current is not None and whitened is not None and plain.state != SILENCE:
             shown, d = self.whitened.current, whitened
-        if shown is None:
-            d = plain
         event = self._follow(shown, d)
-        embed_ms = plain.embed_ms + (whitened.embed_ms if whitened is not None else 0.0)
+        # fingerprinting, the whitening included (as a query's embed_ms counts it)
+        embed_ms = plain.embed_ms + whiten_ms + (whitened.embed_ms if whitened is not None else 0.0)
         return replace(d, state=MATCH if self.current is not None else d.state, event=event,
                        whitened=d is whitened, compute_ms=total_ms, embed_ms=embed_ms,
                        search_ms=total_ms - embed_ms)

@@ -137,13 +137,11 @@ class StreamingWhitener:
         import scipy.signal
 
         x = np.asarray(chunk, dtype=np.float64).ravel()
-        before = self._history
+        before = self._history  # empty until the first release
         if not self._started:
             self._held.append(x)
             x = np.concatenate(self._held)
-            before = np.zeros(0)
             if len(x) < self.min_samples:
-                self._history = x
                 return np.zeros(0, dtype=np.float32)
             self._started, self._held = True, []
         self._history = np.concatenate([before, x])[-(self.fit_samples + self.order):]
