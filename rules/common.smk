@@ -145,6 +145,8 @@ def _params_without(section, later_keys, in_use):
 
 MODEL_PARAMS = _params_without(config["model"], {"compression"}, config["model"]["compression"] != "log")
 TRAIN_PARAMS = _params_without(config["train"], {"partner", "partner_weight"}, config["train"]["partner"] != "none")
+# How many processes draw the batches changes the speed, never the model: left at auto, runs keep their params.
+TRAIN_PARAMS = _params_without(TRAIN_PARAMS, {"view_workers"}, config["train"].get("view_workers", "auto") != "auto")
 
 
 def _train_model_file(key):

@@ -11,6 +11,7 @@ from workflow_lib.training.augment import (FILTER_SETTLE, AugmentConfig, ViewPar
                                   compress, degrade, drop_first_channel, mask_spectrogram, mix_at_snr, reverberate,
                                   sample_view_params)
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
+from workflow_lib.training.batches import BatchStream, view_workers
 from workflow_lib.training.data import ViewSource
 
 
@@ -273,35 +274,47 @@ def test_views_without_noise_or_ir_banks(banks):
     assert np.all(np.isinf(v.params.snr_db)) and v.irs.shape == (3, 1) and np.all(v.irs == 1)
 
 
-def test_epoch_batches_visit_every_segment_once(banks):
+def test_an_epoch_visits_every_segment_once(banks):
     songs, noise, irs = banks
     src = ViewSource(songs, noise, irs, AugmentConfig())
-    rows_seen = []
-    original = src.pairs
-
-    def spy(rng, rows):
-        rows_seen.extend(rows.tolist())
-        return original(rng, rows)
-
-    src.pairs = spy
-    batches = [b for b, _ in src.epoch_batches(np.random.default_rng(0), 4)]
-    assert len(batches) == 2 and batches[0].audio.shape[0] == 8
-    assert sorted(rows_seen) == list(range(8))
+    order = src.epoch_order([0, 1, 1], 4)
+    assert len(order) == 2 and src.batch([0, 1, 1, 0], order[0]).audio.shape[0] == 8
+    assert sorted(np.concatenate(order).tolist()) == list(range(8))
+    assert [o.tolist() for o in order] == [o.tolist() for o in src.epoch_order([0, 1, 1], 4)]
+    assert [o.tolist() for o in order] != [o.tolist() for o in src.epoch_order([0, 1, 2], 4)]
 
 
-def test_an_epoch_resumed_after_a_batch_draws_the_batches_it_would_have_drawn(banks):
+def _same_batches(a, b) -> bool:
+    def arr(x):
+        return x.numpy() if isinstance(x, torch.Tensor) else x
+
+    return all(np.array_equal(arr(x.audio), arr(y.audio)) and np.array_equal(arr(x.irs), arr(y.irs)) and
+               np.array_equal(x.params.snr_db, y.params.snr_db) for x, y in zip(a, b, strict=True))
+
+
+def test_a_resumed_epoch_and_worker_processes_draw_the_batches_of_one_thread(banks):
+    """Batch i depends on (seed, epoch, i) alone: resuming after batch 1, or drawing in worker processes, gives the
+    very views the background thread draws; another epoch gives others."""
     songs, noise, irs = banks
     src = ViewSource(songs, noise, irs, AugmentConfig())
-    whole = list(src.epoch_batches(np.random.default_rng([0, 1, 3]), 2))
-    assert len(whole) == 4
-    rest = list(src.epoch_batches(np.random.default_rng([0, 1, 3]), 2, start=1, rng_state=whole[0][1]))
-    assert len(rest) == 3
-    for (a, _), (b, _) in zip(whole[1:], rest):
-        assert np.array_equal(a.audio, b.audio) and np.array_equal(a.irs, b.irs)
-        assert np.array_equal(a.params.snr_db, b.params.snr_db)
-    # Without the saved state the same start gives other views: the state is what makes the resume exact.
-    other = next(src.epoch_batches(np.random.default_rng([0, 1, 3]), 2, start=1))[0]
-    assert not np.array_equal(other.audio, whole[1][0].audio)
+    with BatchStream(src, 0, 2) as thread:
+        whole = list(thread.epoch(3))
+        assert len(whole) == len(thread) == 4
+        assert _same_batches(whole[1:], list(thread.epoch(3, start=1)))
+        assert not np.array_equal(next(thread.epoch(4)).audio, whole[0].audio)
+    with BatchStream(src, 0, 2, workers=2) as workers:
+        drawn = list(workers.epoch(3))
+        assert isinstance(drawn[0].audio, torch.Tensor)  # handed over through shared memory
+        assert _same_batches(whole, drawn)
+        assert _same_batches(whole[2:], list(workers.epoch(3, start=2)))  # the same workers, a second pass
+
+
+def test_view_workers_setting():
+    assert view_workers("auto", torch.device("cpu")) == 0
+    assert 0 <= view_workers("auto", torch.device("cuda")) <= 16
+    assert view_workers(3, torch.device("cpu")) == 3
+    with pytest.raises(ValueError, match="view_workers"):
+        view_workers(-1, torch.device("cpu"))
 
 
 # --- the issue-11 chain: long rooms, resonant spaces, device chaining, codec, speed, compression -------------

@@ -226,6 +226,21 @@ def test_a_kill_mid_epoch_resumes_from_the_last_step_saved_and_ends_as_the_unint
         assert [r[key] for r in a["history"]] == [r[key] for r in b["history"]]
 
 
+def test_batches_drawn_by_worker_processes_train_the_same_model(banks, tmp_path):
+    """train.view_workers changes who draws the batches, never the batches: the same weights as the thread's, and
+    the checkpoint of one resumes under the other (a runtime setting)."""
+    run(banks, tmp_path / "thread", TrainConfig(**{**CFG.__dict__, "view_workers": 0}))
+    run(banks, tmp_path / "workers", TrainConfig(**{**CFG.__dict__, "view_workers": 2}))
+    a = torch.load(tmp_path / "thread" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "workers" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["fingerprint"] == b["fingerprint"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    with pytest.raises(ValueError, match="view_workers"):
+        TrainConfig(view_workers=-1)
+
+
 def test_a_checkpoint_from_before_mid_epoch_saves_still_resumes(banks, tmp_path, monkeypatch, caplog):
     revive = kill_at_loss_call(monkeypatch, 8 + 3 + 1)
     with pytest.raises(KeyboardInterrupt):

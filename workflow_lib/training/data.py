@@ -3,7 +3,7 @@
 The loader never decodes files per step: ``build_song_bank`` decodes the training (or validation) songs once into a
 float16 clip bank under ``results/model/audio/`` and ``ViewSource`` cuts views out of it with plain slicing, together
 with a random noise excerpt, an impulse response and the chain's random parameters. Everything random is drawn from
-a numpy ``Generator`` handed in by the caller, so an epoch's batches depend only on (seed, epoch).
+a numpy ``Generator`` keyed by the caller, so a training batch depends only on (seed, epoch, batch number).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import soxr
+import torch
 from tqdm import tqdm
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
@@ -138,7 +139,7 @@ def _raw_to_npy(raw_path: Path, npy: Path, total: int) -> None:
 
 @dataclass
 class ViewBatch:
-    """Host-side inputs of ``augment.degrade`` for B views (numpy)."""
+    """Host-side inputs of ``augment.degrade`` for B views (numpy; the waveforms CPU tensors once ``shareable``)."""
 
     audio: np.ndarray  # (B, history + segment) float32
     irs: np.ndarray  # (B, ir_len) float32: room / resonant space (unit impulse: none)
@@ -155,6 +156,24 @@ class ViewBatch:
         return ViewBatch(np.concatenate([p.audio for p in parts]), np.concatenate([p.irs for p in parts]),
                          np.concatenate([p.noise for p in parts]), ViewParams.concat([p.params for p in parts]),
                          joined([p.device_irs for p in parts]), joined([p.first_channel_off for p in parts]))
+
+    def shareable(self) -> "ViewBatch":
+        """The waveforms as CPU tensors (sharing the arrays' memory): a worker process hands tensors to the trainer
+        through shared memory instead of pickling hundreds of megabytes per batch."""
+        def t(a: np.ndarray | None):
+            return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+        return ViewBatch(t(self.audio), t(self.irs), t(self.noise), self.params, t(self.device_irs),
+                         self.first_channel_off)
+
+    def pin_memory(self) -> "ViewBatch":
+        """Page-locked copies of the waveform tensors (called by the DataLoader's pinning thread), so the copy to
+        the GPU overlaps the step before."""
+        def pin(a):
+            return a.pin_memory() if isinstance(a, torch.Tensor) else a
+
+        return ViewBatch(pin(self.audio), pin(self.irs), pin(self.noise), self.params, pin(self.device_irs),
+                         self.first_channel_off)
 
 
 def _kind_rows(irs: ClipBank | None) -> dict[str, np.ndarray]:
@@ -308,19 +327,17 @@ class ViewSource:
             batch.first_channel_off = np.concatenate([off, off])
         return batch
 
-    def epoch_batches(self, rng: np.random.Generator, batch_pairs: int, start: int = 0,
-                      rng_state: dict | None = None) -> Iterator[tuple[ViewBatch, dict]]:
-        """Every segment once, shuffled, in batches of ``batch_pairs`` pairs (the ragged last batch is dropped so
-        every step sees the same number of negatives), each with the generator's state after drawing it.
+    def epoch_order(self, epoch_key: Sequence[int], batch_pairs: int) -> list[np.ndarray]:
+        """The segment rows of each batch of an epoch: every segment once, shuffled by the generator of
+        ``epoch_key`` (the ragged last batch is dropped so every step sees the same number of negatives)."""
+        order = np.random.default_rng(epoch_key).permutation(len(self))
+        return [order[i * batch_pairs:(i + 1) * batch_pairs] for i in range(len(order) // batch_pairs)]
 
-        A run killed mid-epoch resumes with ``start`` (batches already trained on) and the ``rng_state`` yielded
-        with the last of them: the rest of the epoch is then the very batches the uninterrupted run would draw."""
-        order = rng.permutation(len(self))
-        if rng_state is not None:
-            rng.bit_generator.state = rng_state
-        for i in range(start, len(order) // batch_pairs):
-            batch = self.pairs(rng, order[i * batch_pairs:(i + 1) * batch_pairs])
-            yield batch, rng.bit_generator.state
+    def batch(self, key: Sequence[int], rows: np.ndarray) -> ViewBatch:
+        """The pairs of the segments ``rows`` drawn by the generator of ``key`` (the epoch's key and the batch's
+        number): a batch depends on nothing else, so any process can draw it and a killed run resumes at any
+        batch with the very views the uninterrupted run would draw."""
+        return self.pairs(np.random.default_rng(list(key)), rows)
 
     def song_segments(self, song: int) -> tuple[int, int]:
         """(first row, number of rows) of ``song`` in the segment grid."""

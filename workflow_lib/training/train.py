@@ -36,7 +36,7 @@ from workflow_lib.model.embed import resolve_device
 from workflow_lib.model.network import Fingerprinter, ModelConfig, count_parameters
 from workflow_lib.model.model_file import model_checksum, read_model_file, save_model
 from workflow_lib.audio.segments import frame
-from workflow_lib.common.background import prefetch
+from workflow_lib.training.batches import BatchStream, view_workers
 from workflow_lib.training.data import ViewBatch, ViewSource
 from workflow_lib.training.partner import Partner
 from workflow_lib.training.plots import plot_training_curves
@@ -49,7 +49,7 @@ METRIC_COLUMNS = ["epoch", "steps", "train_loss", "val_loss", "val_top1", "val_n
                   "sec_per_step", "pairs_per_s", "epoch_s", "elapsed_min"]
 # Settings that only affect how/where a run executes, not what it computes: changing them keeps the checkpoint.
 LOG_EVERY_S = 120.0
-RUNTIME_KEYS = {"device", "max_minutes", "amp", "patience", "eval_batch", "checkpoint_minutes"}
+RUNTIME_KEYS = {"device", "max_minutes", "amp", "patience", "eval_batch", "checkpoint_minutes", "view_workers"}
 # Augmentation options added after checkpoints existed, with the value that leaves training as it was: at that
 # value they stay out of a run's fingerprint, so a run killed before the option existed still resumes.
 ADDED_AUGMENT_KEYS = {"first_channel_drop_prob": 0.0}
@@ -75,7 +75,8 @@ class TrainConfig:
     val_queries: int = 500
     amp: bool = True
     eval_batch: int = 256
-    checkpoint_minutes: float = 10.0  # also save mid-epoch this often, so a kill loses at most this much (0: every step)
+    checkpoint_minutes: float = 10.0  # also save mid-epoch this often, so a kill loses at most this (0: every step)
+    view_workers: int | str = "auto"  # processes drawing batches (training/batches.py); auto: none on a CPU
     schedule: str = "time"  # "time": cosine fitted to the epochs max_minutes allows; "epochs": over max_epochs
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ValueError("train: max_epochs, lr, temperature and max_minutes must be positive")
         if self.checkpoint_minutes < 0:
             raise ValueError(f"train.checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
+        if self.view_workers != "auto" and (not isinstance(self.view_workers, int) or self.view_workers < 0):
+            raise ValueError(f"train.view_workers must be auto or a whole number >= 0, got {self.view_workers!r}")
 
     @property
     def batch_pairs(self) -> int:
@@ -182,9 +185,12 @@ def _to_device(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor, to
                                                                ViewParams, torch.Tensor | None]:
     pin = device.type == "cuda"
 
-    def t(a: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(a))
-        return x.pin_memory().to(device, non_blocking=True) if pin else x
+    def t(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        # Worker processes hand tensors over (already pinned by the loader on a GPU); the thread, arrays.
+        x = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+        if not pin:
+            return x
+        return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
 
     dev = t(views.device_irs) if views.device_irs is not None else None
     return t(views.audio), t(views.irs), t(views.noise), views.params.to_torch(device), dev
@@ -343,10 +349,13 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
                  1 - fixed.weight, fixed.weight)
     optimizer, scheduler = make_optimizer(model, cfg, warmup_steps, horizon)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    log.info("device %s (AMP %s), %d threads; model %s: %d parameters; %d train songs / %d segments (%d steps of "
-             "%d pairs per epoch); %d val songs / %d segments", device, amp_dtype if use_amp else "off",
-             torch.get_num_threads(), model_cfg.preset, count_parameters(model), len(train_songs), len(train_src),
-             steps_per_epoch, cfg.batch_pairs, len(val_songs), len(val_src))
+    workers = view_workers(cfg.view_workers, device)
+    log.info("device %s (AMP %s), %d threads, batches drawn by %s; model %s: %d parameters; %d train songs / %d "
+             "segments (%d steps of %d pairs per epoch); %d val songs / %d segments", device,
+             amp_dtype if use_amp else "off", torch.get_num_threads(),
+             f"{workers} worker processes" if workers else "a background thread", model_cfg.preset,
+             count_parameters(model), len(train_songs), len(train_src), steps_per_epoch, cfg.batch_pairs,
+             len(val_songs), len(val_src))
 
     # Progress of the running job beside the checkpoint: the declared outputs appear only when it finishes, so a
     # kill never leaves an output that looks complete.
@@ -390,6 +399,8 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     def elapsed() -> float:
         return prior_elapsed + time.monotonic() - t_start
 
+    # The workers outlive epochs; on an error they stop with the stream's last reference.
+    stream = BatchStream(train_src, cfg.seed, cfg.batch_pairs, workers, pin=device.type == "cuda")
     model.train()
     while state["stop_reason"] is None:
         epoch = state["epoch"] + 1
@@ -402,18 +413,16 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
             log.info("stopping: another epoch (~%.0f s) would exceed train.max_minutes (%.1f)", last_epoch_s,
                      cfg.max_minutes)
             break
-        rng = np.random.default_rng([cfg.seed, 1, epoch])
-        partial = state["partial"] or {"step": 0, "losses": [], "rng_state": None, "train_s": 0.0}
+        partial = state["partial"] or {"step": 0, "losses": [], "train_s": 0.0}
         losses: list[float] = list(partial["losses"])
         t_epoch = time.monotonic() - partial["train_s"]  # the epoch's clock counts the steps before a kill
         # The count the run expects: with the time schedule, the epochs fitted after the first one.
         of = f" of \u2264{cfg.max_epochs}" if cfg.schedule == "time" and epoch == 1 else f"/{state['horizon_epochs']}"
-        batches = train_src.epoch_batches(rng, cfg.batch_pairs, start=partial["step"], rng_state=partial["rng_state"])
-        bar = tqdm(prefetch(batches), total=steps_per_epoch, initial=partial["step"],
+        bar = tqdm(stream.epoch(epoch, start=partial["step"]), total=steps_per_epoch, initial=partial["step"],
                    desc=f"epoch {epoch}{of}", unit="step", mininterval=2, leave=False)
         next_log = time.monotonic() + LOG_EVERY_S
         next_save = time.monotonic() + cfg.checkpoint_minutes * 60
-        for views, rng_state in bar:
+        for views in bar:
             loss = train_step(model, views, optimizer, scheduler, scaler, cfg.temperature, device, autocast,
                               fixed)
             if not math.isfinite(loss):
@@ -427,7 +436,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
             if time.monotonic() >= next_save and len(losses) < steps_per_epoch:
                 # An epoch of a long run takes most of an hour on a CPU: a kill must not throw it all away.
                 next_save = time.monotonic() + cfg.checkpoint_minutes * 60
-                state["partial"] = {"epoch": epoch, "step": len(losses), "losses": losses, "rng_state": rng_state,
+                state["partial"] = {"epoch": epoch, "step": len(losses), "losses": losses,
                                     "train_s": time.monotonic() - t_epoch}
                 state["elapsed_s"] = elapsed()
                 _save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
@@ -465,6 +474,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         state["elapsed_s"] = elapsed()
         _save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
         _write_metrics(state["history"], live_metrics, live_curves, state["best_epoch"])
+    stream.close()
 
     if state["best_state"] is None:
         raise RuntimeError("training finished without a single epoch (train.max_epochs < 1?)")
