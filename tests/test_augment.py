@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -309,9 +311,14 @@ def test_a_resumed_epoch_and_worker_processes_draw_the_batches_of_one_thread(ban
         assert _same_batches(whole[2:], list(workers.epoch(3, start=2)))  # the same workers, a second pass
 
 
-def test_view_workers_setting():
+def test_view_workers_setting(monkeypatch):
+    import workflow_lib.training.batches as batches
+
     assert view_workers("auto", torch.device("cpu")) == 0
-    assert 0 <= view_workers("auto", torch.device("cuda")) <= 16
+    assert 1 <= batches.usable_cpus() <= (os.cpu_count() or 1)
+    for cpus, workers in [(8, 6), (64, 16), (2, 0), (1, 0)]:  # a GPU job's CPUs (SLURM: its allocation) but two
+        monkeypatch.setattr(batches, "usable_cpus", lambda: cpus)
+        assert view_workers("auto", torch.device("cuda")) == workers
     assert view_workers(3, torch.device("cpu")) == 3
     with pytest.raises(ValueError, match="view_workers"):
         view_workers(-1, torch.device("cpu"))

@@ -25,11 +25,16 @@ def epoch_key(seed: int, epoch: int) -> list[int]:
     return [seed, 1, epoch]
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: a SLURM job's allocation or a container's cpuset, not the whole node."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def view_workers(setting: int | str, device: torch.device) -> int:
-    """Worker processes for ``train.view_workers``: ``auto`` is none on a CPU (the cores train) and all cores but two
-    (at most 16) on a GPU."""
+    """Worker processes for ``train.view_workers``: ``auto`` is none on a CPU (the cores train) and all usable CPUs
+    but two (at most 16) on a GPU."""
     if setting == "auto":
-        return 0 if device.type == "cpu" else max(0, min(16, (os.cpu_count() or 1) - 2))
+        return 0 if device.type == "cpu" else max(0, min(16, usable_cpus() - 2))
     if not isinstance(setting, int) or setting < 0:
         raise ValueError(f"train.view_workers must be auto or a whole number >= 0, got {setting!r}")
     return setting
