@@ -320,8 +320,9 @@ def test_view_workers_setting(monkeypatch):
         monkeypatch.setattr(batches, "usable_cpus", lambda: cpus)
         assert view_workers("auto", torch.device("cuda")) == workers
     assert view_workers(3, torch.device("cpu")) == 3
-    with pytest.raises(ValueError, match="view_workers"):
-        view_workers(-1, torch.device("cpu"))
+    for bad in (-1, True, "4", 2.0):
+        with pytest.raises(ValueError, match="view_workers"):
+            view_workers(bad, torch.device("cpu"))
 
 
 # --- the issue-11 chain: long rooms, resonant spaces, device chaining, codec, speed, compression -------------

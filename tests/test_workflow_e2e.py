@@ -24,8 +24,9 @@ TINY = {
     "irs": {"max_ir_s": 1.0, "simulate": {"n_rooms": 6, "rt60_s": [0.2, 0.6], "room_min_m": [3.0, 3.0, 2.4],
                                           "room_max_m": [8.0, 6.0, 3.0], "n_resonant": 4}},
     "model": {"source": "train", "channels": [8, 8, 16, 16, 32, 32, 32, 32], "dim": 16, "head_hidden": 8},
+    # view_workers 2: the rule hands a set number through to worker processes (auto is none on a CPU)
     "train": {"init": "none", "threads": 1, "max_epochs": 1, "max_minutes": 60.0, "batch_size": 32, "val_queries": 16,
-              "patience": 0},
+              "patience": 0, "view_workers": 2},
     "extract": {"n_shards": 2, "threads": 1, "compile": False},
     "index": {"threads": 1},
     # search.mode vote (not the default): `nafp query` on this run must search the way the run was configured

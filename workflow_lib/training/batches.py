@@ -35,7 +35,7 @@ def view_workers(setting: int | str, device: torch.device) -> int:
     but two (at most 16) on a GPU."""
     if setting == "auto":
         return 0 if device.type == "cpu" else max(0, min(16, usable_cpus() - 2))
-    if not isinstance(setting, int) or setting < 0:
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
         raise ValueError(f"train.view_workers must be auto or a whole number >= 0, got {setting!r}")
     return setting
 

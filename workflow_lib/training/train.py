@@ -92,8 +92,7 @@ class TrainConfig:
             raise ValueError("train: max_epochs, lr, temperature and max_minutes must be positive")
         if self.checkpoint_minutes < 0:
             raise ValueError(f"train.checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
-        if self.view_workers != "auto" and (not isinstance(self.view_workers, int) or self.view_workers < 0):
-            raise ValueError(f"train.view_workers must be auto or a whole number >= 0, got {self.view_workers!r}")
+        view_workers(self.view_workers, torch.device("cpu"))  # refuses a bad setting now, not at the first epoch
 
     @property
     def batch_pairs(self) -> int:
