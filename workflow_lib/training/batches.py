@@ -1,7 +1,7 @@
 """The training batches of each epoch, drawn ahead of the step: by one background thread, or by worker processes.
 
 On a CPU one thread cuts views faster than the model steps. On a GPU it does not: an H200 steps the `small` preset
-through 2,700-8,600 pairs/s while one host thread cuts about 800 (bench/README.md, "Training on a GPU"), so there the
+through 2,500-8,600 pairs/s while one host thread cuts about 800 (bench/README.md, "Training on a GPU"), so there the
 batches are drawn by worker processes (``torch.utils.data.DataLoader``: it hands the waveforms over through shared
 memory and pins them in a thread of its own; a well-kept loader rather than a hand-written process pool). Every
 batch depends only on (seed, epoch, batch number) (``ViewSource.batch``), so the number of workers changes the speed
