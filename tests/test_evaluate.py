@@ -468,3 +468,20 @@ def test_an_offset_on_a_repeat_of_the_query_audio_counts_as_the_same_audio(tmp_p
     (tmp_path / "bad.flac").write_bytes(b"not audio")
     bad = compute_metrics(queries, results, songs.assign(path=str(tmp_path / "bad.flac"))).iloc[0]
     assert bad.seg_top1_same_audio == pytest.approx(1 / 4)
+
+
+def test_a_right_song_answer_on_a_repeat_of_the_query_audio_counts_as_the_same_audio(tmp_path):
+    """Right-song answers with a wrong offset, on a song that is a 2 s loop played five times: one landing on a
+    repeat of the query's audio is the same audio, one between repeats is not, an exact answer is not checked. A
+    single such answer (pandas 3.1's GroupBy.get_group raised KeyError for a one-row group) is checked too."""
+    from workflow_lib.evaluation.repeats import same_audio_answers
+
+    loop = np.random.default_rng(3).standard_normal(2 * SR).astype(np.float32) * 0.1
+    path = tmp_path / "loop.wav"
+    write_audio(path, np.tile(loop, 5), SR)
+    songs = pd.DataFrame({"song_id": ["s1"], "path": [str(path)]})
+    scored = pd.DataFrame({"song_id": ["s1", "s1", "s1"], "song_top1": [True, True, True],
+                           "seg_top1_exact": [False, False, True], "start_s": [0.5, 0.5, 0.5],
+                           "length_s": [1.0, 1.0, 1.0], "top_offset_s": [4.5, 1.3, 0.5]})
+    assert same_audio_answers(scored, songs, 0.25).tolist() == [True, False, False]
+    assert same_audio_answers(scored.iloc[[0, 2]], songs, 0.25).tolist() == [True, False]

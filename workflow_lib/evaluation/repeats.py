@@ -49,11 +49,12 @@ def same_audio_answers(scored: pd.DataFrame, songs: pd.DataFrame, tol_s: float,
         log.warning("same-audio check: %d songs not in the song table, their answers not checked", len(missing))
     order = np.array(sorted({position[s] for s in todo["song_id"].astype(str) if s in position}), dtype=int)
     slack = int(round(tol_s * SAMPLE_RATE))
-    by_song = todo.groupby(todo["song_id"].astype(str))
+    # A dict, not GroupBy.get_group: pandas 3.1 raised KeyError for the key of a one-row group.
+    by_song = {song: rows for song, rows in todo.groupby(todo["song_id"].astype(str))}
     for pos, audio in iter_song_audio(songs, order):
         if audio is None:
             continue
-        rows = by_song.get_group(str(songs.iloc[pos]["song_id"]))
+        rows = by_song[str(songs.iloc[pos]["song_id"])]
         for idx, start_s, length_s, offset_s in zip(rows.index, rows["start_s"], rows["length_s"],
                                                      rows["top_offset_s"]):
             n = int(round(length_s * SAMPLE_RATE))
