@@ -39,7 +39,7 @@ from workflow_lib.training.augment import AugmentConfig
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.model.network import Fingerprinter, count_parameters, model_config_from
 from workflow_lib.training.train import TrainConfig, make_optimizer, resolve_device, train_step
-from workflow_lib.training.batches import BatchStream, view_workers
+from workflow_lib.training.batches import BatchStream, epoch_key, view_workers
 from workflow_lib.training.data import ViewSource
 
 
@@ -105,7 +105,7 @@ def bench_training(preset: str, src: ViewSource, batch_size: int, steps: int, de
         sec = _seconds_per_batch(stream, step, steps)
     with BatchStream(src, 0, pairs, workers) as stream:  # the host's half alone
         host = _seconds_per_batch(stream, lambda views: None, steps)
-    views = src.batch([0, 1, 1, 0], src.epoch_order([0, 1, 1], pairs)[0])
+    views = src.batch(epoch_key(0, 1) + [0], src.epoch_order(epoch_key(0, 1), pairs)[0])  # epoch 1's first batch
     step(views)
     alone = []  # the device's half alone: one prepared batch, again and again
     for _ in range(steps):

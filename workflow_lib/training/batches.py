@@ -52,9 +52,11 @@ class _EpochBatches(Dataset):
             self._rows, self._epoch = self.source.epoch_order(epoch_key(self.seed, epoch), self.batch_pairs), epoch
         return self._rows
 
+    def draw(self, epoch: int, i: int) -> ViewBatch:
+        return self.source.batch(epoch_key(self.seed, epoch) + [i], self.rows(epoch)[i])
+
     def __getitem__(self, key: tuple[int, int]) -> ViewBatch:
-        epoch, i = key
-        return self.source.batch(epoch_key(self.seed, epoch) + [i], self.rows(epoch)[i]).shareable()
+        return self.draw(*key).shareable()
 
     def __len__(self) -> int:
         return len(self.source) // self.batch_pairs
@@ -79,7 +81,6 @@ class BatchStream:
 
     def __init__(self, source: ViewSource, seed: int, batch_pairs: int, workers: int = 0, pin: bool = False):
         self.batches = _EpochBatches(source, seed, batch_pairs)
-        self.workers = workers
         self._keys = _Keys()
         # Forked: the workers inherit the source and its memory-mapped banks (pickled, a bank would be copied whole).
         self._loader = DataLoader(self.batches, batch_size=None, sampler=self._keys, num_workers=workers,
@@ -93,8 +94,7 @@ class BatchStream:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[ViewBatch]:
         keys = [(epoch, i) for i in range(start, len(self.batches))]
         if self._loader is None:
-            return prefetch(self.batches.source.batch(epoch_key(self.batches.seed, e) + [i],
-                                                      self.batches.rows(e)[i]) for e, i in keys)
+            return prefetch(self.batches.draw(e, i) for e, i in keys)
         self._keys.keys = keys
         return iter(self._loader)
 

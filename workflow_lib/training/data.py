@@ -157,23 +157,20 @@ class ViewBatch:
                          np.concatenate([p.noise for p in parts]), ViewParams.concat([p.params for p in parts]),
                          joined([p.device_irs for p in parts]), joined([p.first_channel_off for p in parts]))
 
+    def _with_waveforms(self, f) -> "ViewBatch":
+        """The batch with ``f`` applied to each waveform array (the per-view choices as they are)."""
+        return ViewBatch(f(self.audio), f(self.irs), f(self.noise), self.params,
+                         None if self.device_irs is None else f(self.device_irs), self.first_channel_off)
+
     def shareable(self) -> "ViewBatch":
         """The waveforms as CPU tensors (sharing the arrays' memory): a worker process hands tensors to the trainer
         through shared memory instead of pickling hundreds of megabytes per batch."""
-        def t(a: np.ndarray | None):
-            return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
-
-        return ViewBatch(t(self.audio), t(self.irs), t(self.noise), self.params, t(self.device_irs),
-                         self.first_channel_off)
+        return self._with_waveforms(lambda a: torch.from_numpy(np.ascontiguousarray(a)))
 
     def pin_memory(self) -> "ViewBatch":
         """Page-locked copies of the waveform tensors (called by the DataLoader's pinning thread), so the copy to
         the GPU overlaps the step before."""
-        def pin(a):
-            return a.pin_memory() if isinstance(a, torch.Tensor) else a
-
-        return ViewBatch(pin(self.audio), pin(self.irs), pin(self.noise), self.params, pin(self.device_irs),
-                         self.first_channel_off)
+        return self._with_waveforms(lambda a: a.pin_memory() if isinstance(a, torch.Tensor) else a)
 
 
 def _kind_rows(irs: ClipBank | None) -> dict[str, np.ndarray]:
