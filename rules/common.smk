@@ -138,8 +138,8 @@ MODEL_FILE = _model_file()
 
 
 def _params_without(section, later_keys, in_use):
-    """A config section as the train rule's params, without keys added later while they change nothing (``in_use``
-    false): runs made before the keys existed keep their params and are not retrained."""
+    """A config section as a rule's params, without keys added later while they change nothing (``in_use`` false):
+    runs made before the keys existed keep their params and are not retrained (or rerun)."""
     return dict(section) if in_use else {k: v for k, v in section.items() if k not in later_keys}
 
 
@@ -147,6 +147,9 @@ MODEL_PARAMS = _params_without(config["model"], {"compression"}, config["model"]
 TRAIN_PARAMS = _params_without(config["train"], {"partner", "partner_weight"}, config["train"]["partner"] != "none")
 # How many processes draw the batches changes the speed, never the model: left at auto, runs keep their params.
 TRAIN_PARAMS = _params_without(TRAIN_PARAMS, {"view_workers"}, config["train"].get("view_workers", "auto") != "auto")
+_MONITORING = config["evaluate"]["monitoring"]
+MONITORING_PARAMS = _params_without(_MONITORING, {"room_pool", "whitened"},
+                                    _MONITORING.get("room_pool", "room") != "room" or _MONITORING.get("whitened", False))
 
 
 def _train_model_file(key):

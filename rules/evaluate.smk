@@ -132,7 +132,7 @@ rule monitor:
         device=config["search"]["device"],
         batch_size=config["search"]["batch_size"],
         listen=config["listen"],
-        evaluate=QUERY_PLAN | {"monitoring": config["evaluate"]["monitoring"]},
+        evaluate=QUERY_PLAN | {"monitoring": MONITORING_PARAMS},
         audfprint=config["evaluate"]["audfprint"] if config["evaluate"]["baseline_audfprint"] else None,
     log:
         f"{LOGS}/monitor.log",

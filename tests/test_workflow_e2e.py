@@ -35,7 +35,9 @@ TINY = {
                  "conditions": [{"name": "clean"}, {"name": "10 dB + room", "snr_db": 10, "room": "room"},
                                 {"name": "resonant", "room": "resonant"}],
                  "baseline_audfprint": True,
-                 "monitoring": {"enabled": True, "programmes": 1, "minutes": 1.0, "snr_db": [10]}},
+                 # the programme in a resonant space, scanned in two views (nafp scan --whitened)
+                 "monitoring": {"enabled": True, "programmes": 1, "minutes": 1.0, "snr_db": [10],
+                                "room_pool": "resonant", "whitened": True}},
 }
 
 
@@ -90,6 +92,7 @@ def test_model_database_and_evaluation_come_out_of_the_same_run(workflow_run):
     assert "| clean | neural (sequence) |" in summary and "## Monitoring benchmark" in summary
     mon = pd.read_parquet(r / "eval/monitoring.parquet")
     assert set(mon.system) == {"neural", "audfprint"} and mon.minutes.min() >= 1.0
+    assert "realtime, 2 views)" in (workflow_run / "logs/monitor.log").read_text()  # scanned in two views
 
 
 @pytest.mark.e2e

@@ -4,7 +4,9 @@ ends in the recording and in the song, and the gaps between them (silence, or no
 ``-`` reads a WAV stream on stdin, e.g. ``ffmpeg -i show.m4a -f wav - | nafp scan -``. Runs as fast as the CPU
 allows with the listener's decision logic and the results folder's calibrated no-match rule. Output: a readable
 table (default), ``--json`` lines or ``--csv``, one row per occurrence or gap; ``--plot PNG`` draws the timeline.
-``--min-duration 10`` reports only plays of 10 s or more (radio and TV monitoring).
+``--min-duration 10`` reports only plays of 10 s or more (radio and TV monitoring). ``--whitened`` also scans the
+recording whitened, as a query of 3 s or more is searched (``listener.scan.merge_views``): for a recording made
+with a microphone in a small, tiled or resonant room (bench/README.md, "Scanning in two views").
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--min-duration", type=float, default=0.0, metavar="SECONDS",
                    help="report only occurrences at least this long (default: 0, every one); e.g. 10 for radio "
                         "monitoring, where a few seconds of a song are more often a false alarm than a play")
+    p.add_argument("--whitened", action="store_true",
+                   help="also scan the recording whitened (as a query of 3 s or more is searched): for recordings "
+                        "made in a small, tiled or resonant room; fingerprints every second twice")
     p.add_argument("--device", default=None, help="where the model runs: auto, cpu, cuda (default: search.device)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default: 2)")
     p.set_defaults(run=run)
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from workflow_lib.audio.files import AudioDecodeError, iter_audio, iter_wav_stream
-    from workflow_lib.listener.scan import fingerprint_workers, plot_timeline, scan_chunks
+    from workflow_lib.listener.scan import fingerprint_workers, plot_timeline, scan_chunks, whitened_view
 
     torch.set_num_threads(args.threads)
     try:
@@ -69,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     except SetupError as exc:
         return fail(str(exc), EXIT_SETUP)
     workers = fingerprint_workers(args.threads, searcher.device)
+    if args.whitened:
+        try:
+            whitened_view(searcher)
+        except ValueError as exc:
+            return fail(str(exc), EXIT_SETUP)
     writer = csv.DictWriter(sys.stdout, FIELDS) if args.csv else None
     if writer:
         writer.writeheader()
@@ -77,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         chunks = iter_wav_stream(sys.stdin.buffer, name="stdin") if path == "-" else iter_audio(path)
         try:
             result = scan_chunks(searcher, chunks, settings.listen, name="stdin" if path == "-" else path,
-                                 min_duration_s=args.min_duration, workers=workers)
+                                 min_duration_s=args.min_duration, workers=workers, whitened=args.whitened)
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             print(f"error: {printable(exc)}", file=sys.stderr)

@@ -29,7 +29,7 @@ import pandas as pd
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.data.clipbank import ClipBank
-from workflow_lib.evaluation.degrade import add_noise, ir_pool, limit_peak, reverberate, rms
+from workflow_lib.evaluation.degrade import IR_POOLS, add_noise, ir_pool, limit_peak, reverberate, rms
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,18 @@ class MonitoringPlan:
     talk_share: float = 0.15  # of the items, talk stretches
     talkover_prob: float = 0.2  # a music item gets talk over part of it
     reverb: bool = True
+    room_pool: str = "room"  # the impulse-response pool (evaluation.degrade.IR_POOLS) the programmes play through
+    whitened: bool = False  # scan in two views (nafp scan --whitened)
     seed: int = 0
     afp_window_s: float = 10.0
     afp_hop_s: float = 5.0
     # nafp scan --min-duration: occurrences shorter than this are left out, for both systems (broadcast monitoring
     # reports plays, not glimpses); 0 scores every occurrence
     min_duration_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.room_pool not in IR_POOLS:
+            raise ValueError(f"evaluate.monitoring.room_pool: unknown pool {self.room_pool!r} (choose from {IR_POOLS})")
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None) -> "MonitoringPlan":
@@ -153,7 +159,7 @@ def make_programme(name: str, rng: np.random.Generator, known: list[tuple[str, n
         pos = a + len(item)
     audio = out[:pos]
     if plan.reverb and ir_bank is not None and len(ir_bank):
-        rooms = ir_pool(ir_bank, "room")
+        rooms = ir_pool(ir_bank, plan.room_pool)
         if len(rooms):
             ir = ir_bank.clip(int(rooms[rng.integers(len(rooms))]))
             audio = reverberate(audio, 0, len(audio), ir)
@@ -284,6 +290,10 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
     unknown_audio = [(r.song_id, load_audio(r.path)) for r in pick(unknown, 20).itertuples()]
     noise, babble = noise_and_talk(ClipBank(noise_prefix))
     irs = ClipBank(ir_prefix)
+    room = plan.room_pool if plan.reverb and len(ir_pool(irs, plan.room_pool)) else "none"
+    if plan.reverb and room == "none":
+        log.warning("the held-out impulse responses hold no %r response: the programmes play without one",
+                    plan.room_pool)
     searcher = Searcher.from_paths(model_path, index_dir, catalogue_path, threshold_path,
                                    **searcher_kwargs(search_cfg))
     listen = ListenConfig.from_dict({k: v for k, v in listen_cfg.items() if k not in ("device", "threads")})
@@ -304,12 +314,12 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
             t0 = time.perf_counter()
             res = scan_chunks(searcher, [prog.audio[i:i + 60 * SR] for i in range(0, len(prog.audio), 60 * SR)],
                               listen, name=prog.name, exclude_songs=exclude, min_duration_s=min_duration_s,
-                              workers=workers)
+                              workers=workers, whitened=plan.whitened)
             pred = [{"song_id": o.song_id, "start_s": o.start_s, "end_s": o.end_s, "song_start_s": o.song_start_s}
                     for o in res.occurrences]
             m = score_programme(prog.truth, pred, prog.duration_s)
             rows.append({"system": "neural", "programme": prog.name, "snr_db": snr, "minutes": prog.duration_s / 60,
-                         "min_duration_s": min_duration_s,
+                         "min_duration_s": min_duration_s, "room_pool": room, "views": 2 if plan.whitened else 1,
                          "realtime": prog.duration_s / max(time.perf_counter() - t0, 1e-9), **m})
             if afp is not None:
                 t0 = time.perf_counter()
@@ -317,7 +327,8 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
                         if o["end_s"] - o["start_s"] >= min_duration_s]
                 m = score_programme(prog.truth, pred, prog.duration_s)
                 rows.append({"system": "audfprint", "programme": prog.name, "snr_db": snr,
-                             "minutes": prog.duration_s / 60, "min_duration_s": min_duration_s,
+                             "minutes": prog.duration_s / 60, "min_duration_s": min_duration_s, "room_pool": room,
+                             "views": 1,
                              "realtime": prog.duration_s / max(time.perf_counter() - t0, 1e-9), **m})
             log.info("%s: %s", prog.name, {k: round(v, 3) for k, v in rows[-1].items() if isinstance(v, float)})
     table = pd.DataFrame(rows)

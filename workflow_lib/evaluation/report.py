@@ -38,6 +38,16 @@ def _share(x: float) -> str:
     return "-" if not np.isfinite(x) else f"{100 * x:.0f} %"
 
 
+def _room(monitoring: pd.DataFrame) -> str:
+    """What the programmes played through and how nafp scan heard them (``evaluate.monitoring.room_pool`` and
+    ``whitened``; tables written before those settings existed: a held-out room, one view)."""
+    pool = str(monitoring["room_pool"].iloc[0]) if "room_pool" in monitoring else "room"
+    room = {"none": "no room", "resonant": "a held-out resonant space"}.get(pool, f"a held-out response ({pool})")
+    room = "a held-out room" if pool == "room" else room
+    views = int(monitoring["views"].max()) if "views" in monitoring else 1
+    return room + ("; nafp scan in two views, the recording as it is and whitened (`--whitened`)" if views == 2 else "")
+
+
 def _shortest_play(monitoring: pd.DataFrame) -> str:
     """The sentence saying which plays were left out (``evaluate.monitoring.min_duration_s``), or nothing."""
     if "min_duration_s" not in monitoring or not (monitoring["min_duration_s"] > 0).any():
@@ -110,7 +120,7 @@ def write_summary(path: str | Path, queries: pd.DataFrame, metrics: pd.DataFrame
         lines += ["", "## Monitoring benchmark (nafp scan on synthetic programmes)", "",
                   f"{monitoring['programme'].nunique()} programmes, {monitoring.groupby('system')['minutes'].sum().max():.0f} "
                   "minutes per system: database songs never trained on and unknown songs, talk, crossfades, a noise "
-                  "bed and a held-out room. Per-second song labels; boundary and offset errors are medians over "
+                  f"bed and {_room(monitoring)}. Per-second song labels; boundary and offset errors are medians over "
                   "matched occurrences; false alarms per hour of audio without a database song, and the share of "
                   "them at the edge of a true occurrence of the same song (within 6 s of its start or end). "
                   "Targets: F1 >= "

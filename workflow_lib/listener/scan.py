@@ -13,13 +13,20 @@ kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches betw
 
 The fingerprints of the whole recording are kept for that refinement, as float16: about 0.5 MB per minute of
 recording (the audio itself is never held whole).
+
+``whitened``: the recording is also scanned whitened (``whitened_stream``: the listener's ``StreamingWhitener``, a
+predictor refitted every 0.5 s on the newest 5 s, whose inverse filter takes a resonant space's ringing out), by a
+second listener core with its own windows and following; both cores are held to the calibration's two-view
+thresholds, and a whitened occurrence counts where the recording as it is has none (``merge_views``). It
+fingerprints every second twice (bench/README.md, "Scanning in two views").
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -152,22 +159,23 @@ def fingerprint_workers(threads: int, device: Any) -> int:
 
 
 def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | None = None, name: str = "",
-                exclude_songs: set[str] | None = None, min_duration_s: float = 0.0, workers: int = 1) -> ScanResult:
+                exclude_songs: set[str] | None = None, min_duration_s: float = 0.0, workers: int = 1,
+                whitened: bool = False) -> ScanResult:
     """Scan a stream of consecutive 8 kHz chunks (e.g. ``audio.files.iter_audio`` of a file). ``exclude_songs``
     are searched as if they were not in the database (the monitoring benchmark's unknown music). Occurrences
     shorter than ``min_duration_s`` are left out (their time becomes a gap), as broadcast monitoring reports only
     plays of some length: a few seconds of a song that shares passages or samples with the one playing are the
     scan's commonest false alarm (bench/README.md, "The missed seconds, and a shortest play"). ``workers``: chunks
-    fingerprinted and searched at once (``fingerprint_workers``); the result does not depend on it."""
+    fingerprinted and searched at once (``fingerprint_workers``); the result does not depend on it. ``whitened``:
+    also scan the recording whitened, as the listener hears a stream in two views (``merge_views``): for a
+    recording made in a small, tiled or resonant room."""
     if not min_duration_s >= 0:  # NaN too: it would silently drop every occurrence
         raise ValueError(f"the shortest occurrence reported must be 0 s or more, got {min_duration_s:g}")
     config = config or ListenConfig()
     t0 = time.perf_counter()
-    core = ListenerCore(searcher, config, exclude_songs=exclude_songs or ())
-    embs: list[np.ndarray] = []
-    levels: list[np.ndarray] = []
-    neighbours: list[Neighbours] = []  # every segment's, kept for the occurrences' whole-stretch searches
-    n_seg = 0
+    n_views = 2 if whitened else 1
+    view = whitened_view(searcher) if whitened else None
+    passes = [_ViewPass(searcher, config, exclude_songs, n_views) for _ in range(n_views)]
     samples = 0
 
     def counted(it: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -176,43 +184,153 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
             samples += len(c)
             yield c
 
-    windows = SlidingWindowSearch(searcher.db, core.n_window, core.n_tail, searcher.max_candidates,
-                                  searcher.n_results)
+    def views() -> Iterator[tuple[int, int, np.ndarray]]:
+        """(view, first segment, segments) of every view, the views' chunks in turn (the whitened view lags by at
+        most its held-back start, so the two stay in step and in bounded memory)."""
+        if n_views == 1:
+            for first, segs in iter_segment_chunks(counted(chunks)):
+                yield 0, first, segs
+            return
+        plain, white = itertools.tee(counted(chunks), 2)
+        for a, b in itertools.zip_longest(iter_segment_chunks(plain),
+                                          iter_segment_chunks(whitened_stream(white, view.order, view.min_query_s))):
+            for k, item in ((0, a), (1, b)):
+                if item is not None:
+                    yield k, *item
 
-    def searched_chunk(item: tuple[int, np.ndarray]) -> tuple:
-        first, segs = item
+    def searched_chunk(item: tuple[int, int, np.ndarray]) -> tuple:
+        k, first, segs = item
         emb = embed_segments(searcher.fingerprinter, segs, searcher.batch_size, searcher.device, config.silence_dbfs)
         nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
-        return (first, emb, segment_levels_db(segs), nb,
+        return (k, first, emb, segment_levels_db(segs), nb,
                 runner_up_neighbours(searcher.db, emb, nb, searcher.top_k, exclude_songs or None))
 
     def searched() -> Iterator[tuple]:
-        for first, emb, lev, nb, runner_up in ordered_map(searched_chunk, iter_segment_chunks(counted(chunks)),
-                                                          workers):
-            yield first, emb, lev, nb, runner_up, windows.add(first, emb, core.heard_segments(emb, lev), nb)
+        for k, first, emb, lev, nb, runner_up in ordered_map(searched_chunk, views(), workers):
+            yield k, first, emb, lev, nb, runner_up, passes[k].window_search(first, emb, lev, nb)
 
-    # Decoding, the model, the index search and the window searches of the next chunks run in a background thread
-    # (its workers fingerprinting and searching chunks side by side) while the decisions (one core's Python) go
-    # through this one.
-    for first, emb, lev, nb, runner_up, ranked in prefetch(searched(), depth=2):
-        core.push_segments(first, emb, lev, nb, runner_up=runner_up, ranked=ranked)
-        embs.append(emb.astype(np.float16))
-        levels.append(lev)
-        neighbours.append(nb)
-        n_seg = first + len(emb)
-    core.finish()
-    emb_all = np.concatenate(embs) if embs else np.zeros((0, 1), np.float16)
-    lev_all = np.concatenate(levels) if levels else np.zeros(0)
+    # Decoding, the whitening, the model, the index search and the window searches of the next chunks run in a
+    # background thread (its workers fingerprinting and searching chunks side by side) while the decisions (the
+    # cores' Python) go through this one.
+    for k, first, emb, lev, nb, runner_up, ranked in prefetch(searched(), depth=2):
+        passes[k].push(first, emb, lev, nb, runner_up, ranked)
+    lev_all = passes[0].levels()
     duration = samples / SAMPLE_RATE
-    nb_all = Neighbours.concat(neighbours) if neighbours else None
-    occurrences = [o for o in _refine(searcher, core.heard, emb_all, config, exclude_songs, nb_all)
-                   if o.duration_s >= min_duration_s]
+    found = [p.occurrences(config, exclude_songs) for p in passes]
+    occurrences = [o for o in (found[0] if n_views == 1 else merge_views(*found)) if o.duration_s >= min_duration_s]
     gaps = _gaps(occurrences, lev_all, duration, config.silence_dbfs)
     result = ScanResult(name, duration, occurrences, gaps, time.perf_counter() - t0,
-                        {"segments": n_seg, "decisions": core.decisions})
-    log.info("%s: %.1f min scanned in %.1f s (%.0fx realtime): %d occurrences", name or "stream", duration / 60,
-             result.compute_s, duration / max(result.compute_s, 1e-9), len(occurrences))
+                        {"segments": passes[0].n_segments, "decisions": passes[0].core.decisions, "views": n_views})
+    log.info("%s: %.1f min scanned in %.1f s (%.0fx realtime, %d view%s): %d occurrences", name or "stream",
+             duration / 60, result.compute_s, duration / max(result.compute_s, 1e-9), n_views,
+             "s" if n_views > 1 else "", len(occurrences))
     return result
+
+
+class _ViewPass:
+    """One view's pass over the recording: its listener core, its window searches, and what the following of its
+    declared songs needs (every segment's fingerprint, level and neighbour lists)."""
+
+    def __init__(self, searcher, config: ListenConfig, exclude_songs: set[str] | None, views: int):
+        self.searcher = searcher
+        self.core = ListenerCore(searcher, config, exclude_songs=exclude_songs or (), views=views)
+        self.windows = SlidingWindowSearch(searcher.db, self.core.n_window, self.core.n_tail,
+                                           searcher.max_candidates, searcher.n_results)
+        self._embs: list[np.ndarray] = []
+        self._levels: list[np.ndarray] = []
+        self._neighbours: list[Neighbours] = []
+        self.n_segments = 0
+
+    def window_search(self, first: int, emb: np.ndarray, lev: np.ndarray, nb: Neighbours):
+        """The chunk's window searches (run ahead of the decisions, in the producer thread)."""
+        return self.windows.add(first, emb, self.core.heard_segments(emb, lev), nb)
+
+    def push(self, first: int, emb: np.ndarray, lev: np.ndarray, nb: Neighbours, runner_up, ranked) -> None:
+        self.core.push_segments(first, emb, lev, nb, runner_up=runner_up, ranked=ranked)
+        self._embs.append(emb.astype(np.float16))
+        self._levels.append(lev)
+        self._neighbours.append(nb)
+        self.n_segments = first + len(emb)
+
+    def levels(self) -> np.ndarray:
+        return np.concatenate(self._levels) if self._levels else np.zeros(0)
+
+    def occurrences(self, config: ListenConfig, exclude_songs: set[str] | None) -> list[Occurrence]:
+        """The view's occurrences, once the stream has ended."""
+        self.core.finish()
+        emb = np.concatenate(self._embs) if self._embs else np.zeros((0, 1), np.float16)
+        neighbours = Neighbours.concat(self._neighbours) if self._neighbours else None
+        return _refine(self.searcher, self.core.heard, emb, config, exclude_songs, neighbours)
+
+
+# The whitened view of a recording: ``search.whiten.StreamingWhitener`` (the listener's) over the recording in
+# steps of REFIT_S, so that its predictor follows the recording as it does a stream; a whitened occurrence counts
+# only where no occurrence of the recording as it is lies (``merge_views``), and only where that leaves
+# MIN_WHITENED_S or more of it.
+WHITENED_REFIT_S = 0.5
+MIN_WHITENED_S = 2.0
+
+
+def whitened_view(searcher):
+    """The searcher's whitened view (``search.whiten.WhitenedView``) for a scan in two views. Raises ValueError when
+    it is off or the calibration has no two-view thresholds (a scan in two views is held to them)."""
+    view = getattr(searcher, "whitened_view", None)
+    calibration = getattr(searcher, "calibration", None)
+    if view is None or not view.enabled:
+        raise ValueError("the whitened view is off (search.whitened_view): a scan has only the recording as it is")
+    if calibration is None or calibration.two_views is None:
+        raise ValueError("this database's calibration has no two-view thresholds: rerun its calibration "
+                         "(nafp index, or the workflow's calibrate rule) to scan in two views")
+    return view
+
+
+def whitened_stream(chunks: Iterable[np.ndarray], order: int, min_s: float) -> Iterator[np.ndarray]:
+    """The recording's consecutive chunks whitened (``StreamingWhitener``), fed to it in steps of WHITENED_REFIT_S
+    whatever the chunks' sizes (so the filter changes at the same places however the recording is read); the first
+    ``min_s`` seconds come out late, together; after them every sample comes out."""
+    from workflow_lib.search.whiten import StreamingWhitener
+
+    whitener = StreamingWhitener(order, min_s, refit_s=WHITENED_REFIT_S)
+    step = int(round(WHITENED_REFIT_S * SAMPLE_RATE))
+    carry = np.zeros(0, np.float32)
+    for chunk in chunks:
+        buf = np.concatenate([carry, np.asarray(chunk, np.float32)])
+        whole = len(buf) // step * step
+        out = [whitener.push(buf[i:i + step]) for i in range(0, whole, step)]
+        carry = buf[whole:]
+        if out:
+            yield np.concatenate(out)
+    if len(carry):
+        yield whitener.push(carry)  # empty for a recording shorter than min_s: it has no whitened view, as a query
+
+
+def merge_views(plain: list[Occurrence], whitened: list[Occurrence]) -> list[Occurrence]:
+    """One timeline from both views' occurrences: every occurrence of the recording as it is, and the stretches of
+    the whitened view's that none of them covers (at least MIN_WHITENED_S; the song times moved with the cut), as
+    the listener shows the whitened view's match only where the plain view has none. A song followed on from one
+    view into the other is one occurrence (``merge_continuations``)."""
+    taken = sorted((o.start_s, o.end_s) for o in plain)
+    out = [replace(o) for o in plain]
+    for o in whitened:
+        for a, b in _uncovered(o.start_s, o.end_s, taken):
+            if b - a >= MIN_WHITENED_S:
+                out.append(replace(o, start_s=a, end_s=b, song_start_s=o.song_start_s + (a - o.start_s),
+                                   song_end_s=o.song_end_s - (o.end_s - b)))
+    return merge_continuations(out)
+
+
+def _uncovered(a: float, b: float, taken: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The parts of ``[a, b)`` outside the sorted intervals ``taken``."""
+    out = []
+    for s, e in taken:
+        if e <= a or s >= b:
+            continue
+        if s > a:
+            out.append((a, s))
+        a = max(a, e)
+    if a < b:
+        out.append((a, b))
+    return out
 
 
 def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig,

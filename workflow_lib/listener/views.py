@@ -13,8 +13,9 @@ Both cores embed only each hop's newest segment, so the second view costs one mo
 window search and the predictor (2.5 ms) per hop.
 bench/README.md, "The listener's whitened view", has the measurement.
 
-The batch scan (``listener.scan``) keeps one view: it fingerprints a whole recording in large batches, and a
-predictor that follows the stream would make it fingerprint every segment a second time.
+The batch scan (``listener.scan``) has the same two views when asked (``nafp scan --whitened``): two cores over
+the recording and its whitened stream, one timeline from both (``listener.scan.merge_views``). It is not the scan's
+default: it fingerprints every segment a second time.
 """
 
 from __future__ import annotations
