@@ -5,17 +5,20 @@ is named (and placed within 2 s of where it starts in the file), a wrong one, or
 (bench/README.md, "A short play must hold").
 
     python bench/partial_file_queries.py RESULTS [--model M] [--files 100] [--talk-s 10] [--song-s 10]
-        [--snr 10 0] [--short-play 15:0.55 none] [--seed 0]
+        [--snr 10 0] [--short-play 15:0.55 none] [--seed 0] [--room POOL] [--views 1 2]
 
 The songs are the evaluation's query songs (database songs no model trained on); the talk is the held-out babble,
 the room one of the held-out room responses, the noise bed the held-out noise, mixed as the monitoring programmes
-mix them (``evaluation.monitoring``).
+mix them (``evaluation.monitoring``). ``--room resonant`` plays them in a held-out resonant space instead (any pool
+of ``evaluation.degrade.IR_POOLS``); ``--views 1`` scans a file in one view, as ``nafp query`` did before
+2026-12-04 (``2``: as it is and whitened, what it does now when the whole file is searched in both views).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import sys
 from pathlib import Path
 
@@ -49,6 +52,9 @@ def main() -> int:
     ap.add_argument("--short-play", nargs="+", default=[f"{scan.SHORT_PLAY_S:g}:{scan.SHORT_PLAY_SIMILARITY:g}"],
                     help="S:SIM values of the scan's short-play rule to try (none: off; default: the scan's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--room", default="room", help="impulse-response pool of the files (default %(default)s)")
+    ap.add_argument("--views", nargs="+", type=int, choices=[1, 2], default=[2],
+                    help="the scan's views (default: 2, as nafp query)")
     args = ap.parse_args()
     r = args.results
     cfg, _ = run_config(r)
@@ -62,7 +68,7 @@ def main() -> int:
                         QueryPlan.from_config(cfg["evaluate"]).query_splits)
     noise, babble = noise_and_talk(ClipBank(r / "noise" / "test"))
     irs = ClipBank(r / "irs" / "test")
-    rooms = ir_pool(irs, "room")
+    rooms = ir_pool(irs, args.room)
     rules = {v: (0.0, 0.0) if v.lower() in ("none", "null") else tuple(float(x) for x in v.split(":"))
              for v in args.short_play}
     talk_n, song_n = int(args.talk_s * SR), int(args.song_s * SR)
@@ -83,24 +89,24 @@ def main() -> int:
             audio = np.concatenate([talk / max(rms(talk), 1e-6) * TALK_RMS, part / max(rms(part), 1e-6) * MUSIC_RMS])
             audio = reverberate(audio.astype(np.float32), 0, len(audio), irs.clip(int(rooms[rng.integers(len(rooms))])))
             audio = limit_peak(add_noise(audio, noise.random_excerpt(rng, len(audio)), snr))
-            for name, (shortest, floor) in rules.items():
+            for (name, (shortest, floor)), views in itertools.product(rules.items(), args.views):
                 scan.SHORT_PLAY_S, scan.SHORT_PLAY_SIMILARITY = shortest, floor
-                match, result = answer_file(searcher, audio, listen, f"file-{i}")
+                match, result = answer_file(searcher, audio, listen, f"file-{i}", whitened=views == 2)
                 best = result.best if result is not None else None
                 named = best.song_id if best is not None else (match.song_id if match.is_match else None)
                 placed = best is not None and abs(best.start_s - args.talk_s) <= 2.0
                 kind = "none" if named is None else "right" if named == row.song_id else "wrong"
-                c = counts[(snr, name)]
+                c = counts[(snr, name, views)]
                 c[kind] += 1
                 c["right, placed"] += kind == "right" and placed
                 c["right, whole-file answer"] += kind == "right" and best is None
                 c["files"] += 1
         print(f"SNR {snr:g} dB done", flush=True)
-    print(f"{args.talk_s:g} s of talk then {args.song_s:g} s of a database song, held-out room and noise; "
-          f"{args.files} files per SNR; answer as `nafp query` gives it")
-    for (snr, name), c in counts.items():
+    print(f"{args.talk_s:g} s of talk then {args.song_s:g} s of a database song, held-out {args.room} response and "
+          f"noise; {args.files} files per SNR; answer as `nafp query` gives it")
+    for (snr, name, views), c in counts.items():
         n = c["files"]
-        print(f"SNR {snr:g} dB, short play {name}: right {c['right']} ({100 * c['right'] / n:.1f} %; placed within "
+        print(f"SNR {snr:g} dB, short play {name}, {views} view{'s' if views > 1 else ''}: right {c['right']} ({100 * c['right'] / n:.1f} %; placed within "
               f"2 s {c['right, placed']}, by the whole-file answer {c['right, whole-file answer']}), wrong "
               f"{c['wrong']}, no match {c['none']}, of {n}")
     return 0

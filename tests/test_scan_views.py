@@ -173,3 +173,36 @@ def test_the_cli_scans_in_two_views_when_asked_and_says_why_it_cannot(tmp_path, 
     searchers[0] = _searcher(two=False)  # a calibration made before the whitened view
     assert cli_main.main(["scan", str(wav), "--whitened", "--results", str(tmp_path)]) == EXIT_SETUP
     assert "no two-view thresholds" in capsys.readouterr().err
+
+
+def test_a_long_file_query_is_scanned_in_the_views_its_whole_file_answer_was_searched_in(monkeypatch):
+    from workflow_lib.cli.query import answer_file, row_for, with_occurrence
+
+    talk = 0.02 * np.random.default_rng(5).standard_normal(8 * SR).astype(np.float32)
+    audio = np.concatenate([talk, SONGS["s2"][5 * SR:23 * SR]])  # 8 s of something else, then s2 from 5 s
+    never = fit_calibration({n: [9.0] * 100 for n in (1, 5, 19)}, 0.01, {}, "margin")
+    real = scan.ListenerCore
+    made = []
+
+    def plain_core_never_passes(*args, **kwargs):
+        core = real(*args, **kwargs)
+        if not made:
+            core.calibration = core.hold_calibration = never
+        made.append(core)
+        return core
+
+    monkeypatch.setattr(scan, "ListenerCore", plain_core_never_passes)
+    searcher = _searcher()
+    assert searcher.two_views(len(audio))
+    match, result = answer_file(searcher, audio, CONFIG, "f")
+    assert result.stats["views"] == 2 and [o.song_id for o in result.occurrences] == ["s2"]
+    row = with_occurrence(row_for("f", match, None, len(audio) / SR), result)
+    assert row["song_id"] == "s2" and row["whitened"] is True and row["views"] == 2
+    assert row["file_start_s"] == pytest.approx(8.0, abs=2.0) and row["offset_s"] == pytest.approx(
+        row["file_start_s"] - 3.0, abs=0.6)
+    made.clear()
+    assert answer_file(searcher, audio, CONFIG, "f", whitened=False)[1].occurrences == []
+    made.clear()
+    one_view = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, searcher.calibration,
+                        whitened_view=WhitenedView(order=0))
+    assert answer_file(one_view, audio, CONFIG, "f")[1].stats["views"] == 1  # the whole file in one view: so the scan

@@ -7,8 +7,8 @@ guess is shown apart. Unreadable files are reported with the reason and make the
 still answered.
 
 A file longer than twice the listening window may hold the song in only part of it (10 s of talk, then the
-song), or several songs: it is also scanned (``nafp scan``), and when the scan finds occurrences the answer is
-the longest one, with its time range in the file (``file_start_s``, ``file_end_s``; ``offset_s`` is then where in
+song), or several songs: it is also scanned (``nafp scan``; in two views, as it is and whitened, when the whole
+file is searched in both), and when the scan finds occurrences the answer is the longest one, with its time range in the file (``file_start_s``, ``file_end_s``; ``offset_s`` is then where in
 the song that range starts) and how many occurrences the file holds (``occurrences``; see them with ``nafp scan``).
 """
 
@@ -98,15 +98,19 @@ def row_for(path: str, match, error: str | None, duration_s: float | None) -> di
             "seconds": round(match.seconds_taken, 4), "file_start_s": None, "file_end_s": None, "occurrences": None}
 
 
-def answer_file(searcher, audio, listen, name: str = ""):
+def answer_file(searcher, audio, listen, name: str = "", whitened: bool | None = None):
     """The whole file's answer (``Match``) and, for a file longer than twice the listening window, which may hold
-    the song in only part of it, its scan (``listener.scan.ScanResult``; None for a shorter file)."""
+    the song in only part of it, its scan (``listener.scan.ScanResult``; None for a shorter file). The scan hears
+    the file in the views its whole-file answer was searched in (``whitened`` None: as ``Searcher.two_views`` says
+    for its length; a file query is worth the second pass a long recording's scan is not asked to make)."""
     match = searcher.identify(audio)
     if len(audio) <= 2 * listen.window_s * SAMPLE_RATE:
         return match, None
     from workflow_lib.listener.scan import scan_chunks
 
-    return match, scan_chunks(searcher, [audio], listen, name=name)
+    if whitened is None:
+        whitened = searcher.two_views(len(audio))
+    return match, scan_chunks(searcher, [audio], listen, name=name, whitened=whitened)
 
 
 def with_occurrence(row: dict, scan) -> dict:
@@ -115,7 +119,7 @@ def with_occurrence(row: dict, scan) -> dict:
     return {**row, "match": True, "song_id": best.song_id, "title": best.title, "artist": best.artist,
             "offset_s": round(best.song_start_s, 3), "confidence": round(best.confidence, 4), "reason": None,
             "file_start_s": round(best.start_s, 3), "file_end_s": round(best.end_s, 3),
-            "occurrences": len(scan.occurrences),
+            "occurrences": len(scan.occurrences), "views": scan.stats.get("views", 1), "whitened": best.whitened,
             "seconds": round(row["seconds"] + scan.compute_s, 4)}
 
 

@@ -21,7 +21,7 @@ from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_option
 from workflow_lib.cli.text import fmt_time, printable, song_label
 
 FIELDS = ["file", "kind", "start_s", "end_s", "song_id", "title", "artist", "song_start_s", "song_end_s",
-          "confidence"]
+          "confidence", "whitened"]
 
 
 def add_parser(sub) -> None:

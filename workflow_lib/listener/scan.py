@@ -99,6 +99,7 @@ class Occurrence:
     song_end_s: float
     confidence: float  # the best confidence while it was held (search.searcher.Match.confidence)
     kind: str = "song"
+    whitened: bool = False  # found in the whitened view only (a scan in two views: merge_views)
 
     @property
     def duration_s(self) -> float:
@@ -130,7 +131,7 @@ class ScanResult:
         for r in self.timeline():
             d = {"file": self.name, "kind": r.kind, "start_s": round(r.start_s, 2), "end_s": round(r.end_s, 2),
                  "song_id": None, "title": None, "artist": None, "song_start_s": None, "song_end_s": None,
-                 "confidence": None}
+                 "confidence": None, "whitened": None}
             if isinstance(r, Occurrence):
                 d.update({k: v for k, v in asdict(r).items() if k in d and k != "kind"})
                 for k in ("song_start_s", "song_end_s", "confidence"):
@@ -307,15 +308,16 @@ def whitened_stream(chunks: Iterable[np.ndarray], order: int, min_s: float) -> I
 def merge_views(plain: list[Occurrence], whitened: list[Occurrence]) -> list[Occurrence]:
     """One timeline from both views' occurrences: every occurrence of the recording as it is, and the stretches of
     the whitened view's that none of them covers (at least MIN_WHITENED_S; the song times moved with the cut), as
-    the listener shows the whitened view's match only where the plain view has none. A song followed on from one
-    view into the other is one occurrence (``merge_continuations``)."""
+    the listener shows the whitened view's match only where the plain view has none (``whitened`` marks them). A
+    song followed on from one view into the other is one occurrence (``merge_continuations``; marked by where it
+    starts)."""
     taken = sorted((o.start_s, o.end_s) for o in plain)
     out = [replace(o) for o in plain]
     for o in whitened:
         for a, b in _uncovered(o.start_s, o.end_s, taken):
             if b - a >= MIN_WHITENED_S:
                 out.append(replace(o, start_s=a, end_s=b, song_start_s=o.song_start_s + (a - o.start_s),
-                                   song_end_s=o.song_end_s - (o.end_s - b)))
+                                   song_end_s=o.song_end_s - (o.end_s - b), whitened=True))
     return merge_continuations(out)
 
 
