@@ -106,9 +106,9 @@ def main() -> int:
           f"noise; {args.files} files per SNR; answer as `nafp query` gives it")
     for (snr, name, views), c in counts.items():
         n = c["files"]
-        print(f"SNR {snr:g} dB, short play {name}, {views} view{'s' if views > 1 else ''}: right {c['right']} ({100 * c['right'] / n:.1f} %; placed within "
-              f"2 s {c['right, placed']}, by the whole-file answer {c['right, whole-file answer']}), wrong "
-              f"{c['wrong']}, no match {c['none']}, of {n}")
+        print(f"SNR {snr:g} dB, short play {name}, {views} view{'s' if views > 1 else ''}: right {c['right']} "
+              f"({100 * c['right'] / n:.1f} %; placed within 2 s {c['right, placed']}, by the whole-file answer "
+              f"{c['right, whole-file answer']}), wrong {c['wrong']}, no match {c['none']}, of {n}")
     return 0
 
 

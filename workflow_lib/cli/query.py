@@ -8,8 +8,10 @@ still answered.
 
 A file longer than twice the listening window may hold the song in only part of it (10 s of talk, then the
 song), or several songs: it is also scanned (``nafp scan``; in two views, as it is and whitened, when the whole
-file is searched in both), and when the scan finds occurrences the answer is the longest one, with its time range in the file (``file_start_s``, ``file_end_s``; ``offset_s`` is then where in
-the song that range starts) and how many occurrences the file holds (``occurrences``; see them with ``nafp scan``).
+file is searched in both), and when the scan finds occurrences the answer is the longest one, with its time range
+in the file (``file_start_s``, ``file_end_s``; ``offset_s`` is then where in the song that range starts), how many
+occurrences the file holds (``occurrences``; see them with ``nafp scan``) and whether only the whitened view found
+it (``whitened``).
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ def _room(monitoring: pd.DataFrame) -> str:
     """What the programmes played through and how nafp scan heard them (``evaluate.monitoring.room_pool`` and
     ``whitened``; tables written before those settings existed: a held-out room, one view)."""
     pool = str(monitoring["room_pool"].iloc[0]) if "room_pool" in monitoring else "room"
-    room = {"none": "no room", "resonant": "a held-out resonant space"}.get(pool, f"a held-out response ({pool})")
-    room = "a held-out room" if pool == "room" else room
+    room = {"none": "no room", "room": "a held-out room", "resonant": "a held-out resonant space"}.get(
+        pool, f"a held-out response ({pool})")
     views = int(monitoring["views"].max()) if "views" in monitoring else 1
     return room + ("; nafp scan in two views, the recording as it is and whitened (`--whitened`)" if views == 2 else "")
 

@@ -12,7 +12,7 @@ kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches betw
 ``silence`` or ``no match`` (unknown music or talk).
 
 The fingerprints of the whole recording are kept for that refinement, as float16: about 0.5 MB per minute of
-recording (the audio itself is never held whole).
+recording, twice that in two views (the audio itself is never held whole).
 
 ``whitened``: the recording is also scanned whitened (``whitened_stream``: the listener's ``StreamingWhitener``, a
 predictor refitted every 0.5 s on the newest 5 s, whose inverse filter takes a resonant space's ringing out), by a
