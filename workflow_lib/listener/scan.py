@@ -35,6 +35,7 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.segments import segment_levels_db
 from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
+from workflow_lib.listener.views import two_views_missing
 from workflow_lib.model.embed import embed_segments, iter_segment_chunks
 from workflow_lib.search.duplicates import MIN_SCORE as TWIN_SCORE
 from workflow_lib.search.searcher import (Neighbours, find_neighbours, offset_shifts, runner_up_neighbours,
@@ -274,15 +275,11 @@ MIN_WHITENED_S = 2.0
 
 def whitened_view(searcher):
     """The searcher's whitened view (``search.whiten.WhitenedView``) for a scan in two views. Raises ValueError when
-    it is off or the calibration has no two-view thresholds (a scan in two views is held to them)."""
-    view = getattr(searcher, "whitened_view", None)
-    calibration = getattr(searcher, "calibration", None)
-    if view is None or not view.enabled:
-        raise ValueError("the whitened view is off (search.whitened_view): a scan has only the recording as it is")
-    if calibration is None or calibration.two_views is None:
-        raise ValueError("this database's calibration has no two-view thresholds: rerun its calibration "
-                         "(nafp index, or the workflow's calibrate rule) to scan in two views")
-    return view
+    it is off or the calibration has no two-view thresholds (``views.two_views_missing``)."""
+    problem = two_views_missing(searcher)
+    if problem is not None:
+        raise ValueError(problem)
+    return searcher.whitened_view
 
 
 def whitened_stream(chunks: Iterable[np.ndarray], order: int, min_s: float) -> Iterator[np.ndarray]:

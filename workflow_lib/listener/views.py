@@ -32,13 +32,24 @@ from workflow_lib.listener.core import (MATCH, SILENCE, Decision, Heard, ListenC
 from workflow_lib.search.whiten import StreamingWhitener
 
 
+def two_views_missing(searcher: SearcherLike) -> str | None:
+    """Why a stream cannot be followed in two views with this searcher (None: it can): its whitened view is off, or
+    its calibration has no two-view thresholds (each view is held to them)."""
+    view = getattr(searcher, "whitened_view", None)
+    calibration = getattr(searcher, "calibration", None)
+    if view is None or not view.enabled:
+        return "the whitened view is off (search.whitened_view): a scan has only the recording as it is"
+    if calibration is None or calibration.two_views is None:
+        return ("this database's calibration has no two-view thresholds: rerun its calibration "
+                "(nafp index, or the workflow's calibrate rule) to scan in two views")
+    return None
+
+
 def listener_core(searcher: SearcherLike, config: ListenConfig | None = None,
                   exclude_songs: Iterable[str] = ()) -> "ListenerCore | TwoViewCore":
     """The listener for this searcher: two views when its whitened view is on and its calibration has the two-view
-    thresholds, else the stream as it is only."""
-    view = getattr(searcher, "whitened_view", None)
-    calibration = getattr(searcher, "calibration", None)
-    if view is not None and view.enabled and calibration is not None and calibration.two_views is not None:
+    thresholds (``two_views_missing``), else the stream as it is only."""
+    if two_views_missing(searcher) is None:
         return TwoViewCore(searcher, config, exclude_songs)
     return ListenerCore(searcher, config, exclude_songs)
 
