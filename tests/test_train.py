@@ -296,6 +296,35 @@ def test_early_stopping_keeps_the_best_epoch(banks, tmp_path, monkeypatch):
     assert meta["best_epoch"] == 2 and meta["val_top1"] == 0.7
 
 
+def test_a_fine_tune_keeps_the_starting_weights_unless_an_epoch_beats_them(banks, tmp_path, monkeypatch, caplog):
+    run(banks, tmp_path / "start", CFG)
+    start = torch.load(tmp_path / "start" / "model.pt", weights_only=True)["state_dict"]
+
+    def fine_tune(out, scores):
+        it = iter(scores)
+        monkeypatch.setattr(train_mod.Validator, "evaluate", lambda self, model, autocast: {
+            "val_loss": 1.0, "val_top1": next(it), "val_near": 0.0, "val_song": 0.0})
+        return train_model(banks / "train", banks / "val", banks / "noise", banks / "irs", out / "model.pt",
+                           out / "metrics.csv", out / "curves.png", out / "checkpoints" / "last.pt", CFG, TINY,
+                           init_from=tmp_path / "start" / "model.pt")
+
+    with caplog.at_level("INFO"):
+        meta = fine_tune(tmp_path / "worse", [0.8, 0.5, 0.6])  # the starting weights, then the two epochs
+    assert "epoch 0 (the starting weights" in caplog.text and "holds them unchanged" in caplog.text
+    assert meta["best_epoch"] == 0 and meta["val_top1"] == 0.8 and meta["start_val_top1"] == 0.8
+    kept = torch.load(tmp_path / "worse" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(kept[k], start[k]) for k in start)
+    metrics = pd.read_csv(tmp_path / "worse" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1, 2] and metrics["val_top1"].tolist() == [0.8, 0.5, 0.6]
+
+    meta = fine_tune(tmp_path / "better", [0.4, 0.5, 0.6])
+    assert meta["best_epoch"] == 2 and meta["val_top1"] == 0.6 and meta["start_val_top1"] == 0.4
+    kept = torch.load(tmp_path / "better" / "model.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(kept[k], start[k]) for k in start)
+    # A run from random weights has no epoch 0.
+    assert pd.read_csv(tmp_path / "start" / "metrics.csv")["epoch"].tolist() == [1, 2]
+
+
 def test_time_budget_stops_and_fits_the_schedule(banks, tmp_path):
     # A budget shorter than one epoch: the first epoch always runs, the cosine is fitted to it, then it stops.
     cfg = TrainConfig(**{**CFG.__dict__, "max_epochs": 5, "max_minutes": 1e-4, "schedule": "time"})

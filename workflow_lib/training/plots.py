@@ -41,9 +41,9 @@ def plot_training_curves(metrics: pd.DataFrame, path: str | Path, best_epoch: in
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for a in axes:
         a.grid(alpha=0.3)
-        if best_epoch:
+        if best_epoch is not None:
             a.axvline(best_epoch, color="tab:green", linestyle="--", linewidth=1, label="kept epoch")
-    if best_epoch:
+    if best_epoch is not None:
         axes[1].legend(loc="lower right", fontsize=8)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()

@@ -365,7 +365,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     # "partial": progress inside the running epoch (a mid-epoch checkpoint), None at an epoch's end.
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "best_state": None,
                              "elapsed_s": 0.0, "stop_reason": None, "horizon_epochs": cfg.max_epochs,
-                             "partial": None}
+                             "partial": None, "start": None}
     if checkpoint_path.exists():
         ckpt = load_checkpoint(checkpoint_path)
         if ckpt.get("fingerprint") != fingerprint:
@@ -378,8 +378,9 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
                 scheduler.load_state_dict(ckpt["scheduler"])
                 scaler.load_state_dict(ckpt["scaler"])
                 torch.set_rng_state(ckpt["torch_rng"])
-                state.update({k: ckpt[k] for k in state if k != "partial"})
-                state["partial"] = ckpt.get("partial")  # absent in checkpoints written before mid-epoch saves
+                state.update({k: ckpt[k] for k in state if k not in ("partial", "start")})
+                # absent in checkpoints written before mid-epoch saves / before the starting weights were scored
+                state["partial"], state["start"] = ckpt.get("partial"), ckpt.get("start")
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"{checkpoint_path}: checkpoint does not fit this model ({exc}). Delete it "
                                       "to train from scratch.") from exc
@@ -392,6 +393,16 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     validator = Validator(val_src, cfg, device) if len(val_src) else None
     if validator is None:
         log.warning("no validation segments: no validation metrics and no early stopping; the last epoch is kept")
+    elif init_from is not None and state["epoch"] == 0 and state["partial"] is None and state["start"] is None:
+        # A fine-tune must never hand back a model worse than the one it started from: the starting weights are
+        # scored like an epoch (epoch 0) and kept unless an epoch beats them.
+        state["start"] = {"epoch": 0, "steps": 0,
+                          **validator.evaluate(fixed.ensemble(model) if fixed is not None else model, autocast)}
+        state["best_score"], state["best_epoch"] = state["start"]["val_top1"], 0
+        state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        log.info("epoch 0 (the starting weights of %s): val loss %.4f, val top-1 %.3f (near %.3f, song %.3f)",
+                 init_from, state["start"]["val_loss"], state["start"]["val_top1"], state["start"]["val_near"],
+                 state["start"]["val_song"])
     budget_s = cfg.max_minutes * 60
     prior_elapsed = state["elapsed_s"]
 
@@ -472,17 +483,20 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
                      state["best_score"], state["best_epoch"])
         state["elapsed_s"] = elapsed()
         _save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
-        _write_metrics(state["history"], live_metrics, live_curves, state["best_epoch"])
+        _write_metrics(_metric_rows(state), live_metrics, live_curves, state["best_epoch"])
     stream.close()
 
     if state["best_state"] is None:
         raise RuntimeError("training finished without a single epoch (train.max_epochs < 1?)")
-    best = state["history"][state["best_epoch"] - 1]
+    best = state["start"] if state["best_epoch"] == 0 else state["history"][state["best_epoch"] - 1]
+    if state["best_epoch"] == 0:
+        log.warning("no epoch beat the starting weights on validation (val top-1 %.3f): %s holds them unchanged",
+                    best["val_top1"], model_path)
     train_meta = {
         "format_version": 1, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "epochs": state["epoch"], "best_epoch": state["best_epoch"], "stop_reason": state["stop_reason"],
         "val_top1": best["val_top1"], "val_near": best["val_near"], "val_song": best["val_song"],
-        "val_loss": best["val_loss"],
+        "val_loss": best["val_loss"], "start_val_top1": state["start"]["val_top1"] if state["start"] else None,
         "val_queries": len(validator) if validator else 0, "train_songs": len(train_songs),
         "train_segments": len(train_src), "val_songs": len(val_songs), "val_segments": len(val_src),
         "train_minutes": state["elapsed_s"] / 60, "schedule_epochs": state["horizon_epochs"],
@@ -492,7 +506,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         "partner": {"model": fixed.checksum, "weight": fixed.weight} if fixed is not None else None,
     }
     save_model(model_path, state["best_state"], model_cfg, frontend_cfg, train_meta)
-    _write_metrics(state["history"], metrics_path, curves_path, state["best_epoch"])
+    _write_metrics(_metric_rows(state), metrics_path, curves_path, state["best_epoch"])
     log.info("wrote %s: epoch %d of %d (stopped by %s), val top-1 %.3f", model_path, state["best_epoch"],
              state["epoch"], state["stop_reason"], best["val_top1"])
     return train_meta
@@ -544,6 +558,11 @@ def _save_checkpoint(path: Path, fingerprint: str, state: dict[str, Any], model:
                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def _metric_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-epoch rows, after the starting weights' scores (epoch 0) when a fine-tune scored them."""
+    return ([state["start"]] if state["start"] else []) + state["history"]
 
 
 def _write_metrics(history: list[dict[str, Any]], metrics_path: str | Path, curves_path: str | Path,
