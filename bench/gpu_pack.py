@@ -25,6 +25,7 @@ import pandas as pd
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workflow_lib.common.atomic import atomic_path, write_text_atomic  # noqa: E402
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank  # noqa: E402
 
 SR = 8000
@@ -50,8 +51,8 @@ def pack(prefixes: list[str], out: Path, kbps: float, max_hours: float | None, r
         dest = out / name
         if raw:
             dest.mkdir(exist_ok=True)
-            shutil.copy(prefix.with_suffix(".npy"), dest / "raw.npy")
-            bank.meta.to_parquet(dest / "meta.parquet", index=False)
+            _copy_atomic(prefix.with_suffix(".npy"), dest / "raw.npy")
+            _parquet_atomic(bank.meta, dest / "meta.parquet")
             print(f"{prefix}: {len(bank)} clips as they are", flush=True)
             continue
         keep = np.arange(len(bank))
@@ -60,20 +61,32 @@ def pack(prefixes: list[str], out: Path, kbps: float, max_hours: float | None, r
             hours = np.cumsum(bank.lengths[order]) / SR / 3600
             keep = np.sort(order[:max(1, int(np.searchsorted(hours, max_hours, side="right")))])
         dest.mkdir(exist_ok=True)
+        (dest / "meta.parquet").unlink(missing_ok=True)
         total = 0
         for n, i in enumerate(keep):
             data = encode(bank.clip(int(i)), kbps)
             (dest / f"{n:05d}.opus").write_bytes(data)
             total += len(data)
-        bank.meta.iloc[keep].drop(columns=["start", "length"]).assign(length=bank.lengths[keep]) \
-            .to_parquet(dest / "meta.parquet", index=False)
+        # The table last: a pack killed half-way has none, so unpack refuses it instead of reading old clips.
+        _parquet_atomic(bank.meta.iloc[keep].drop(columns=["start", "length"]).assign(length=bank.lengths[keep]),
+                        dest / "meta.parquet")
         print(f"{prefix}: {len(keep)} of {len(bank)} clips, {bank.lengths[keep].sum() / SR / 3600:.2f} h, "
               f"{total / 2**20:.1f} MiB at {kbps} kbit/s", flush=True)
     record = out / "pack.json"  # what each bank went through, for whoever reports a model trained on it
     done = json.loads(record.read_text()) if record.exists() else {}
     done.update({item.partition("=")[0]: "as it is" if raw else {"kbps": kbps, "max_hours": max_hours, "seed": seed}
                  for item in prefixes})
-    record.write_text(json.dumps(done, indent=1))
+    write_text_atomic(record, json.dumps(done, indent=1))
+
+
+def _copy_atomic(src: Path, final: Path) -> None:
+    with atomic_path(final) as tmp:
+        shutil.copy(src, tmp)
+
+
+def _parquet_atomic(table: pd.DataFrame, final: Path) -> None:
+    with atomic_path(final) as tmp:
+        table.to_parquet(tmp, index=False)
 
 
 def _decode(path: Path, length: int) -> np.ndarray:
@@ -86,10 +99,12 @@ def _decode(path: Path, length: int) -> np.ndarray:
 def unpack(src: Path, out: Path, workers: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for dest in sorted(p for p in src.iterdir() if p.is_dir()):
+        if not (dest / "meta.parquet").exists():
+            raise SystemExit(f"{dest}: no meta.parquet: its pack did not finish (pack it again)")
         meta = pd.read_parquet(dest / "meta.parquet")
         if (dest / "raw.npy").exists():
-            shutil.copy(dest / "raw.npy", (out / dest.name).with_suffix(".npy"))
-            meta.to_parquet((out / dest.name).with_suffix(".parquet"), index=False)
+            _copy_atomic(dest / "raw.npy", (out / dest.name).with_suffix(".npy"))
+            _parquet_atomic(meta, (out / dest.name).with_suffix(".parquet"))
             continue
         files = [dest / f"{n:05d}.opus" for n in range(len(meta))]
         with ProcessPoolExecutor(workers) as pool:
@@ -113,6 +128,8 @@ def main() -> None:
     u.add_argument("--out", type=Path, required=True)
     u.add_argument("--workers", type=int, default=8)
     a = ap.parse_args()
+    if a.cmd == "pack" and not all("=" in item for item in a.prefixes):
+        ap.error("pack takes NAME=BANK_PREFIX (e.g. train=runs/x/results/model/audio/train)")
     if a.cmd == "pack":
         pack(a.prefixes, a.out, a.kbps, a.max_hours, a.raw, a.seed)
     else:

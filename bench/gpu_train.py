@@ -43,7 +43,7 @@ def main() -> None:
     model = {k: v for k, v in cfg["model"].items() if k != "source"}
     train_from_config(a.banks / "train", a.banks / "val", a.banks / "noise", a.banks / "irs", a.out / "model.pt",
                       a.out / "metrics.csv", a.out / "curves.png", a.banks / "checkpoint" / "last.pt", model,
-                      train, threads=2, init_from=a.init)
+                      train, threads=int(train["threads"]), init_from=a.init)
 
 
 if __name__ == "__main__":

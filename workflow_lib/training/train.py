@@ -34,7 +34,7 @@ from workflow_lib.model.features import FrontendConfig
 from workflow_lib.training.losses import nt_xent
 from workflow_lib.model.embed import resolve_device
 from workflow_lib.model.network import Fingerprinter, ModelConfig, count_parameters
-from workflow_lib.model.model_file import model_checksum, read_model_file, save_model
+from workflow_lib.model.model_file import cpu_state_dict, model_checksum, read_model_file, save_model
 from workflow_lib.audio.segments import frame
 from workflow_lib.training.batches import BatchStream, view_workers
 from workflow_lib.training.data import ViewBatch, ViewSource
@@ -399,7 +399,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         state["start"] = {"epoch": 0, "steps": 0,
                           **validator.evaluate(fixed.ensemble(model) if fixed is not None else model, autocast)}
         state["best_score"], state["best_epoch"] = state["start"]["val_top1"], 0
-        state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state["best_state"] = cpu_state_dict(model)
         log.info("epoch 0 (the starting weights of %s): val loss %.4f, val top-1 %.3f (near %.3f, song %.3f)",
                  init_from, state["start"]["val_loss"], state["start"]["val_top1"], state["start"]["val_near"],
                  state["start"]["val_song"])
@@ -473,7 +473,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         score = metrics["val_top1"] if validator else float(epoch)
         if score > state["best_score"]:
             state["best_score"], state["best_epoch"] = score, epoch
-            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state["best_state"] = cpu_state_dict(model)
         log.info("epoch %d: train loss %.4f, val loss %.4f, val top-1 %.3f (near %.3f, song %.3f), lr %.2e, "
                  "%.0f pairs/s, %.0f s", epoch, row["train_loss"], row["val_loss"], row["val_top1"], row["val_near"],
                  row["val_song"], row["lr"], row["pairs_per_s"], epoch_s)
