@@ -14,7 +14,7 @@ from tests.search_helpers import SR, build_searcher, resonate, synth_song
 from workflow_lib.evaluation.calibration import fit_from_candidates
 from workflow_lib.search.searcher import Searcher, searcher_kwargs
 from workflow_lib.search.threshold import Calibration, fit_calibration
-from workflow_lib.search.whiten import WhitenedView, lpc_whiten
+from workflow_lib.search.whiten import WhitenedView, inverse_filter, lpc_whiten
 
 SONGS = {f"song{i}": synth_song(i, 30.0) for i in range(6)}
 
@@ -38,6 +38,18 @@ def test_whitening_cancels_a_ringingresonate():
     at = np.argmin(np.abs(f - 700.0))
     assert 10 * np.log10(p_wet[at] / np.median(p_wet)) > 20
     assert 10 * np.log10(p_white[at] / np.median(p_white)) < 6
+
+
+@pytest.mark.parametrize("n", [200, 1000, 40000])
+def test_the_inverse_filter_keeps_the_level_it_computes_without_filtering(n):
+    # The gain comes from the autocorrelation (b'Rb less the tail past the end), not from filtering: on short input,
+    # where the tail holds a tenth of the energy, the filtered level must still be x's own to rounding.
+    rng = np.random.default_rng(n)
+    x = resonate(rng.standard_normal(n), (700.0, 1900.0), t60_s=0.5) + 0.3 * rng.standard_normal(n)
+    b = inverse_filter(x, 96)
+    y = scipy.signal.lfilter(b, [1.0], x)
+    assert np.sqrt(np.mean(y ** 2)) == pytest.approx(np.sqrt(np.mean(x ** 2)), rel=1e-9)
+    assert inverse_filter(np.zeros(n), 96) is None
 
 
 def test_whitening_edge_cases():

@@ -54,8 +54,9 @@ class WhitenedView:
         return cls(int(cfg.get("order", cls.order)), float(cfg.get("min_query_s", cls.min_query_s)))
 
 
-def _predictor(x: np.ndarray, order: int, ridge: float) -> np.ndarray | None:
-    """``[1, a1..a_order]``: the FIR inverse filter of ``x``'s own order-``order`` linear predictor (None: silent)."""
+def _predictor(x: np.ndarray, order: int, ridge: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """``[1, a1..a_order]``, the FIR inverse filter of ``x``'s own order-``order`` linear predictor, and ``x``'s
+    autocorrelation at lags 0..order (None: silent)."""
     import scipy.fft
     import scipy.linalg
 
@@ -70,13 +71,22 @@ def _predictor(x: np.ndarray, order: int, ridge: float) -> np.ndarray | None:
     r = scipy.fft.irfft(spectrum.real ** 2 + spectrum.imag ** 2, n_fft)[:order + 1]
     if r[0] <= 0:
         return None
-    r[0] *= 1 + ridge
-    return np.r_[1.0, scipy.linalg.solve_toeplitz(r[:order], -r[1:order + 1])]
+    lags = r.copy()
+    lags[0] *= 1 + ridge
+    return np.r_[1.0, scipy.linalg.solve_toeplitz(lags[:order], -lags[1:order + 1])], r
 
 
-def _level_gain(x: np.ndarray, y: np.ndarray) -> float:
-    """What brings ``y`` to ``x``'s RMS."""
-    return float(np.sqrt(np.mean(x ** 2) / max(float(np.mean(y ** 2)), 1e-30)))
+def _filtered_gain(x: np.ndarray, b: np.ndarray, r: np.ndarray) -> float:
+    """What brings ``x`` through the FIR filter ``b`` (its first ``len(x)`` samples, as ``lfilter`` gives them) to
+    ``x``'s RMS, from ``x``'s autocorrelation ``r`` instead of filtering: the whole convolution's energy is
+    ``b' R b`` (R the Toeplitz matrix of ``r``), less the tail past ``x``'s end. The streaming whitener refits on 5 s
+    every 0.5 s, and filtering those 5 s to measure their level cost more than the fit itself."""
+    import scipy.linalg
+
+    order = len(b) - 1
+    tail = np.convolve(b, x[-order:])[order:]
+    energy = float(b @ scipy.linalg.toeplitz(r) @ b) - float(tail @ tail)
+    return float(np.sqrt(r[0] / max(energy, 1e-30 * len(x))))
 
 
 def inverse_filter(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray | None:
@@ -85,11 +95,9 @@ def inverse_filter(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray
 
     ``ridge`` (a white-noise correction on the zero lag, 1e-3 = -30 dB) keeps the equations well posed on quiet or
     narrow-band input."""
-    import scipy.signal
-
     x = np.asarray(x, dtype=np.float64)
-    b = _predictor(x, order, ridge)
-    return None if b is None else b * _level_gain(x, scipy.signal.lfilter(b, [1.0], x))
+    fit = _predictor(x, order, ridge)
+    return None if fit is None else fit[0] * _filtered_gain(x, *fit)
 
 
 def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
@@ -98,11 +106,8 @@ def lpc_whiten(x: np.ndarray, order: int, ridge: float = 1e-3) -> np.ndarray:
     import scipy.signal
 
     x = np.asarray(x, dtype=np.float64)
-    b = _predictor(x, order, ridge)
-    if b is None:
-        return x.astype(np.float32)
-    y = scipy.signal.lfilter(b, [1.0], x)
-    return (y * _level_gain(x, y)).astype(np.float32)
+    b = inverse_filter(x, order, ridge)
+    return x.astype(np.float32) if b is None else scipy.signal.lfilter(b, [1.0], x).astype(np.float32)
 
 
 class StreamingWhitener:

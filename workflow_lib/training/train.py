@@ -426,8 +426,18 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         partial = state["partial"] or {"step": 0, "losses": [], "train_s": 0.0}
         losses: list[float] = list(partial["losses"])
         t_epoch = time.monotonic() - partial["train_s"]  # the epoch's clock counts the steps before a kill
-        # The count the run expects: with the time schedule, the epochs fitted after the first one.
-        of = f" of \u2264{cfg.max_epochs}" if cfg.schedule == "time" and epoch == 1 else f"/{state['horizon_epochs']}"
+        # The count the run expects: with the time schedule, the epochs fitted after the first one. The first
+        # epoch's time includes the set-up, so the later ones can leave room for more than were fitted: those run
+        # on at the schedule's final rate (the best epoch is kept either way).
+        if cfg.schedule == "time" and epoch == 1:
+            of = f" of \u2264{cfg.max_epochs}"
+        elif epoch > state["horizon_epochs"]:
+            of = f" (past the {state['horizon_epochs']} fitted: final rate)"
+            if not partial["step"]:
+                log.info("epoch %d: time is left past the %d epochs the schedule was fitted to; it runs at the "
+                         "schedule's final rate", epoch, state["horizon_epochs"])
+        else:
+            of = f"/{state['horizon_epochs']}"
         bar = tqdm(stream.epoch(epoch, start=partial["step"]), total=steps_per_epoch, initial=partial["step"],
                    desc=f"epoch {epoch}{of}", unit="step", mininterval=2, leave=False)
         next_log = time.monotonic() + LOG_EVERY_S
