@@ -1,8 +1,8 @@
 #!/bin/bash
 # One call of the device tool (a lent GPU machine): rebuild the carried training banks and fine-tune the bundled
 # model there (bench/gpu_finetune.yaml); bench/README.md, "A fine-tune on the GPU".
-# Here first: the banks (Snakemake, runs/gpu_pack) packed by bench/gpu_pack.py into .gpu_pack/, the project's
-# missing dependencies as wheels in .whl_train/ (both git-ignored).
+# Here first: `bash bench/gpu_prepare.sh` (the banks by Snakemake in runs/gpu_pack, packed by bench/gpu_pack.py into
+# .gpu_pack/, the project's missing dependencies as wheels in .whl_train/; both git-ignored).
 # Run (device tool): command "bash bench/gpu_train.sh", carry [".gpu_pack", ".whl_train"]; writes
 # $OUT/{machine.txt, model.pt, metrics.csv, curves.png, train.log}.
 set -o pipefail
