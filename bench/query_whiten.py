@@ -20,7 +20,7 @@ with RT60 0.2-1 s, long rooms 1.5-3 s) and real noise files. A null query skips 
 hold the same music (``search.duplicates``): such a twin counts as a false positive for every rule alike.
 
     .venv/bin/python bench/query_whiten.py --results RESULTS --noise ../shared/corpus/dev/noise [--order 96]
-        [--ringing-only T60_S]
+        [--ringing-only T60_S | --envelope-order K]
         [--songs 60] [--per-song 2] [--lengths 1 3 5 10] [--real-ir HALL.flac] [--conditions ...]
         [--out rows.parquet]
 """
@@ -84,6 +84,20 @@ def ringing_whiten(x: np.ndarray, order: int, min_t60_s: float) -> np.ndarray:
             ).astype(np.float32)
 
 
+def envelope_whiten(x: np.ndarray, order: int, envelope_order: int) -> np.ndarray:
+    """``--envelope-order K``: the query through the order-``order`` inverse filter and then the order-``K`` all-pole
+    filter of its own low-order predictor, at ``x``'s RMS: the fine structure of the long-term spectrum (a resonant
+    space's narrow peaks) flattened, its broad envelope (the music's and the room's colouring) kept. Measured and
+    not adopted (bench/README.md)."""
+    b = inverse_filter(x, order)
+    a = inverse_filter(x, envelope_order)
+    if b is None or a is None:
+        return np.asarray(x, dtype=np.float32)
+    y = scipy.signal.lfilter(b / b[0], a / a[0], np.asarray(x, dtype=np.float64))
+    return (y * np.sqrt(np.mean(np.square(x, dtype=np.float64)) / max(float(np.mean(y ** 2)), 1e-30))
+            ).astype(np.float32)
+
+
 def make_query(song: np.ndarray, start: int, n: int, condition: str, noises: list[np.ndarray],
                rng: np.random.Generator, real: np.ndarray | None = None) -> np.ndarray:
     kind, snr = CONDITIONS[condition]
@@ -140,8 +154,12 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
                 start = int(rng.integers(SR, len(song) - n - 3 * SR))
                 for condition in conditions:
                     q = make_query(song, start, n, condition, noises, rng, real)
-                    white = lpc_whiten(q, args.order) if args.ringing_only is None else \
-                        ringing_whiten(q, args.order, args.ringing_only)
+                    if args.ringing_only is not None:
+                        white = ringing_whiten(q, args.order, args.ringing_only)
+                    elif args.envelope_order:
+                        white = envelope_whiten(q, args.order, args.envelope_order)
+                    else:
+                        white = lpc_whiten(q, args.order)
                     embs = [searcher.embed(q), searcher.embed(white)]
                     for kind, skip in (("in database", None), ("null", s.song_id)):
                         results = [searcher.search(e, exclude_song=skip) for e in embs]
@@ -207,6 +225,8 @@ def main() -> int:
     ap.add_argument("--order", type=int, default=96, help="linear-predictor order (8 kHz)")
     ap.add_argument("--ringing-only", type=float, metavar="T60_S",
                     help="take out only the predictor's poles that ring for at least T60_S seconds")
+    ap.add_argument("--envelope-order", type=int, default=0, metavar="K",
+                    help="keep the broad envelope of an order-K predictor (0: flatten it all, the product's view)")
     ap.add_argument("--songs", type=int, default=60)
     ap.add_argument("--per-song", type=int, default=2)
     ap.add_argument("--lengths", type=float, nargs="+", default=[1.0, 3.0, 5.0, 10.0])
