@@ -15,7 +15,8 @@ from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.training.losses import nt_xent
 from workflow_lib.model.network import ModelConfig
 from workflow_lib.model.model_file import load_fingerprinter, model_checksum
-from workflow_lib.training.train import CheckpointError, TrainConfig, lr_factor, train_from_config, train_model
+from workflow_lib.training.train import (CheckpointError, TrainConfig, epoch_label, lr_factor, train_from_config,
+                                         train_model)
 from workflow_lib.training.data import build_song_bank
 
 TINY = ModelConfig(channels=[4, 4, 8, 8, 8, 8, 16, 16], dim=8, head_hidden=4, preset="small")
@@ -69,6 +70,16 @@ def test_lr_warmup_then_cosine():
     assert f[60] == pytest.approx(0.505, abs=1e-3)  # half-way down the cosine
     assert f[110] == pytest.approx(0.01)
     assert all(x >= y for x, y in zip(f[9:], f[10:]))
+
+
+def test_epochs_past_a_fitted_schedule_say_so():
+    # a time schedule fitted to 2 epochs from a slow first one (set-up included) that has time for a third: it runs
+    # at the final rate and must not read "epoch 3/2"
+    assert epoch_label(1, "time", 12, 12) == "epoch 1 of \u226412"
+    assert epoch_label(2, "time", 2, 12) == "epoch 2/2"
+    assert epoch_label(3, "time", 2, 12) == "epoch 3 (past the 2 fitted: final rate)"
+    assert epoch_label(1, "epochs", 16, 16) == "epoch 1/16"
+    assert lr_factor(3 * 10, 5, 2 * 10, 0.01) == pytest.approx(0.01)  # past the horizon: the final rate
 
 
 # --- song bank -----------------------------------------------------------------------------------------------------

@@ -129,6 +129,17 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def epoch_label(epoch: int, schedule: str, horizon_epochs: int, max_epochs: int) -> str:
+    """The progress bar's name for an epoch, with the count the run expects: with the time schedule, the epochs
+    fitted after the first one. The first epoch's time includes the set-up, so the later ones can leave room for
+    more than were fitted: those run on at the schedule's final rate (the best epoch is kept either way)."""
+    if schedule == "time" and epoch == 1:
+        return f"epoch 1 of \u2264{max_epochs}"
+    if epoch > horizon_epochs:
+        return f"epoch {epoch} (past the {horizon_epochs} fitted: final rate)"
+    return f"epoch {epoch}/{horizon_epochs}"
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, warmup_steps: int, horizon: dict[str, int]
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """LAMB (pytorch-optimizer's maintained implementation) with a per-step warm-up + cosine schedule.
@@ -426,20 +437,12 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         partial = state["partial"] or {"step": 0, "losses": [], "train_s": 0.0}
         losses: list[float] = list(partial["losses"])
         t_epoch = time.monotonic() - partial["train_s"]  # the epoch's clock counts the steps before a kill
-        # The count the run expects: with the time schedule, the epochs fitted after the first one. The first
-        # epoch's time includes the set-up, so the later ones can leave room for more than were fitted: those run
-        # on at the schedule's final rate (the best epoch is kept either way).
-        if cfg.schedule == "time" and epoch == 1:
-            of = f" of \u2264{cfg.max_epochs}"
-        elif epoch > state["horizon_epochs"]:
-            of = f" (past the {state['horizon_epochs']} fitted: final rate)"
-            if not partial["step"]:
-                log.info("epoch %d: time is left past the %d epochs the schedule was fitted to; it runs at the "
-                         "schedule's final rate", epoch, state["horizon_epochs"])
-        else:
-            of = f"/{state['horizon_epochs']}"
+        if epoch > state["horizon_epochs"] and not partial["step"]:
+            log.info("epoch %d: time is left past the %d epochs the schedule was fitted to; it runs at the "
+                     "schedule's final rate", epoch, state["horizon_epochs"])
         bar = tqdm(stream.epoch(epoch, start=partial["step"]), total=steps_per_epoch, initial=partial["step"],
-                   desc=f"epoch {epoch}{of}", unit="step", mininterval=2, leave=False)
+                   desc=epoch_label(epoch, cfg.schedule, state["horizon_epochs"], cfg.max_epochs), unit="step",
+                   mininterval=2, leave=False)
         next_log = time.monotonic() + LOG_EVERY_S
         next_save = time.monotonic() + cfg.checkpoint_minutes * 60
         for views in bar:
