@@ -22,6 +22,7 @@ if [ ! -d ../nafp-extra/music ]; then
   if [ ! -d "$EXTRA_HOME/corpus/music" ]; then
     echo "gpu_prepare: fetching and building the extra music into $EXTRA_HOME (about 5 GB of downloads)"
     bash "$CORPUS/fetch_corpus.sh" "$EXTRA_HOME/src"
+    rm -rf "$EXTRA_HOME/corpus.tmp" "$EXTRA_HOME/corpus"  # a build that did not finish
     python3 "$CORPUS/build_corpus.py" "$EXTRA_HOME/src" extra "$EXTRA_HOME/corpus.tmp"
     mv "$EXTRA_HOME/corpus.tmp" "$EXTRA_HOME/corpus"
   fi
