@@ -25,7 +25,7 @@ import pandas as pd
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workflow_lib.common.atomic import atomic_path, write_text_atomic  # noqa: E402
+from workflow_lib.common.atomic import atomic_path, write_parquet_atomic, write_text_atomic  # noqa: E402
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank  # noqa: E402
 
 SR = 8000
@@ -52,7 +52,7 @@ def pack(prefixes: list[str], out: Path, kbps: float, max_hours: float | None, r
         if raw:
             dest.mkdir(exist_ok=True)
             _copy_atomic(prefix.with_suffix(".npy"), dest / "raw.npy")
-            _parquet_atomic(bank.meta, dest / "meta.parquet")
+            write_parquet_atomic(bank.meta, dest / "meta.parquet")
             print(f"{prefix}: {len(bank)} clips as they are", flush=True)
             continue
         keep = np.arange(len(bank))
@@ -68,7 +68,7 @@ def pack(prefixes: list[str], out: Path, kbps: float, max_hours: float | None, r
             (dest / f"{n:05d}.opus").write_bytes(data)
             total += len(data)
         # The table last: a pack killed half-way has none, so unpack refuses it instead of reading old clips.
-        _parquet_atomic(bank.meta.iloc[keep].drop(columns=["start", "length"]).assign(length=bank.lengths[keep]),
+        write_parquet_atomic(bank.meta.iloc[keep].drop(columns=["start", "length"]).assign(length=bank.lengths[keep]),
                         dest / "meta.parquet")
         print(f"{prefix}: {len(keep)} of {len(bank)} clips, {bank.lengths[keep].sum() / SR / 3600:.2f} h, "
               f"{total / 2**20:.1f} MiB at {kbps} kbit/s", flush=True)
@@ -82,11 +82,6 @@ def pack(prefixes: list[str], out: Path, kbps: float, max_hours: float | None, r
 def _copy_atomic(src: Path, final: Path) -> None:
     with atomic_path(final) as tmp:
         shutil.copy(src, tmp)
-
-
-def _parquet_atomic(table: pd.DataFrame, final: Path) -> None:
-    with atomic_path(final) as tmp:
-        table.to_parquet(tmp, index=False)
 
 
 def _decode(path: Path, length: int) -> np.ndarray:
@@ -104,7 +99,7 @@ def unpack(src: Path, out: Path, workers: int) -> None:
         meta = pd.read_parquet(dest / "meta.parquet")
         if (dest / "raw.npy").exists():
             _copy_atomic(dest / "raw.npy", (out / dest.name).with_suffix(".npy"))
-            _parquet_atomic(meta, (out / dest.name).with_suffix(".parquet"))
+            write_parquet_atomic(meta, (out / dest.name).with_suffix(".parquet"))
             continue
         files = [dest / f"{n:05d}.opus" for n in range(len(meta))]
         with ProcessPoolExecutor(workers) as pool:

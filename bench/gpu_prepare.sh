@@ -49,10 +49,11 @@ B=$RUN/results
 rm -rf .gpu_pack && mv .gpu_pack.tmp .gpu_pack
 
 rm -rf .whl_train.tmp && mkdir .whl_train.tmp
-# The GPU machine's Python (3.12) and platform; the versions of requirements.txt.
+# The GPU machine's Python (3.12) and platform; the project's pins from requirements.txt, and soundfile's own needs.
+mapfile -t pins < <(grep -E '^(pytorch-optimizer|soundfile|soxr)==' requirements.txt)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl_train.tmp \
-    pytorch_optimizer==4.1.0 soundfile==0.14.0 soxr==1.1.0 cffi==2.1.1 pycparser==3.12
+    "${pins[@]}" cffi==2.1.1 pycparser==3.12
 rm -rf .whl_train && mv .whl_train.tmp .whl_train
 
 # what travels besides: tracked files and untracked ones git does not ignore

@@ -68,6 +68,12 @@ def response(kind: str, rng: np.random.Generator, real: np.ndarray | None = None
     return acoustics.hybrid_room(rt, dims, src, mic, rng, max_ir_s=3.0)
 
 
+def at_rms_of(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y`` brought to ``x``'s RMS, as float32."""
+    return (y * np.sqrt(np.mean(np.square(x, dtype=np.float64)) / max(float(np.mean(y ** 2)), 1e-30))
+            ).astype(np.float32)
+
+
 def ringing_whiten(x: np.ndarray, order: int, min_t60_s: float) -> np.ndarray:
     """``--ringing-only``: the inverse filter of only those poles of the query's predictor that ring for at least
     ``min_t60_s`` (|p| > 10^(-3 / (min_t60_s * SR))), at ``x``'s RMS: the resonances taken out, the rest of the
@@ -80,8 +86,7 @@ def ringing_whiten(x: np.ndarray, order: int, min_t60_s: float) -> np.ndarray:
     if len(ringing) == 0:
         return np.asarray(x, dtype=np.float32)
     y = scipy.signal.lfilter(np.real(np.poly(ringing)), [1.0], np.asarray(x, dtype=np.float64))
-    return (y * np.sqrt(np.mean(np.square(x, dtype=np.float64)) / max(float(np.mean(y ** 2)), 1e-30))
-            ).astype(np.float32)
+    return at_rms_of(x, y)
 
 
 def envelope_whiten(x: np.ndarray, order: int, envelope_order: int) -> np.ndarray:
@@ -94,8 +99,7 @@ def envelope_whiten(x: np.ndarray, order: int, envelope_order: int) -> np.ndarra
     if b is None or a is None:
         return np.asarray(x, dtype=np.float32)
     y = scipy.signal.lfilter(b / b[0], a / a[0], np.asarray(x, dtype=np.float64))
-    return (y * np.sqrt(np.mean(np.square(x, dtype=np.float64)) / max(float(np.mean(y ** 2)), 1e-30))
-            ).astype(np.float32)
+    return at_rms_of(x, y)
 
 
 def make_query(song: np.ndarray, start: int, n: int, condition: str, noises: list[np.ndarray],

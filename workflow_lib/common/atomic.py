@@ -46,6 +46,12 @@ def write_text_atomic(final: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_parquet_atomic(table, final: str | os.PathLike) -> None:
+    """A pandas table as Parquet, without its index."""
+    with atomic_path(final) as tmp:
+        table.to_parquet(tmp, index=False)
+
+
 def write_csv_atomic(table, final: str | os.PathLike) -> None:
     """A pandas table as CSV (the readable copy of a Parquet output: opens in any spreadsheet or ``column``)."""
     with atomic_path(final) as tmp:

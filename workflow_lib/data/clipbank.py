@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from workflow_lib.common.atomic import atomic_path
+from workflow_lib.common.atomic import atomic_path, write_parquet_atomic
 
 
 def write_clip_bank(prefix: str | Path, clips: Sequence[np.ndarray], meta: pd.DataFrame,
@@ -28,8 +28,7 @@ def write_clip_bank(prefix: str | Path, clips: Sequence[np.ndarray], meta: pd.Da
     table["length"] = lengths
     with atomic_path(prefix.with_suffix(".npy")) as tmp:
         np.save(tmp, data.astype(dtype))
-    with atomic_path(prefix.with_suffix(".parquet")) as tmp:
-        table.to_parquet(tmp, index=False)
+    write_parquet_atomic(table, prefix.with_suffix(".parquet"))
 
 
 class ClipBank:

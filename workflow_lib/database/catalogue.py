@@ -15,7 +15,7 @@ from typing import Iterable
 import pandas as pd
 from tqdm import tqdm
 
-from workflow_lib.common.atomic import atomic_path
+from workflow_lib.common.atomic import write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,7 @@ def write_catalogue(songs_path: str | Path, out_path: str | Path,
     songs = pd.read_parquet(songs_path, columns=["song_id", "path"])
     table = pd.concat([build_catalogue(songs), *[e[COLUMNS] for e in extra]], ignore_index=True)
     table = table.drop_duplicates("song_id", keep="last").reset_index(drop=True)
-    with atomic_path(out_path) as tmp:
-        table.to_parquet(tmp, index=False)
+    write_parquet_atomic(table, out_path)
     n_tagged = int((table["artist"] != "").sum())
     log.info("catalogue: %d songs (%d with an artist) -> %s", len(table), n_tagged, out_path)
     return table
@@ -120,8 +119,7 @@ def upsert_catalogue(path: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
     old = pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
     table = pd.concat([old[COLUMNS], rows[COLUMNS]], ignore_index=True)
     table = table.drop_duplicates("song_id", keep="last").reset_index(drop=True)
-    with atomic_path(path) as tmp:
-        table.to_parquet(tmp, index=False)
+    write_parquet_atomic(table, path)
     return table
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from workflow_lib.common.atomic import atomic_path
+from workflow_lib.common.atomic import atomic_path, write_parquet_atomic
 
 
 def partial_dir(out_path: str | Path, key: Any) -> Path:
@@ -52,7 +52,6 @@ def run_in_chunks(items: Sequence, process: Callable[[Sequence], list[dict]], fo
 
 def finish(out_path: str | Path, table: pd.DataFrame, folder: Path | None) -> None:
     """Write the complete table, then drop the chunks."""
-    with atomic_path(out_path) as tmp:
-        table.to_parquet(tmp, index=False)
+    write_parquet_atomic(table, out_path)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)

@@ -332,10 +332,9 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
                              "realtime": prog.duration_s / max(time.perf_counter() - t0, 1e-9), **m})
             log.info("%s: %s", prog.name, {k: round(v, 3) for k, v in rows[-1].items() if isinstance(v, float)})
     table = pd.DataFrame(rows)
-    from workflow_lib.common.atomic import atomic_path
+    from workflow_lib.common.atomic import write_parquet_atomic
 
-    with atomic_path(out_path) as tmp:
-        table.to_parquet(tmp, index=False)
+    write_parquet_atomic(table, out_path)
     return table
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib import SAMPLE_RATE
-from workflow_lib.common.atomic import atomic_path
+from workflow_lib.common.atomic import write_parquet_atomic
 from workflow_lib.audio.files import write_audio
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, ir_pool
@@ -172,8 +172,7 @@ def write_query_set(out_dir: str | Path, groups: dict[str, pd.DataFrame], plan: 
     if audio_dir.exists():
         shutil.rmtree(audio_dir)
     partial.rename(audio_dir)
-    with atomic_path(out_dir / "queries.parquet") as tmp:
-        table.to_parquet(tmp, index=False)
+    write_parquet_atomic(table, out_dir / "queries.parquet")
     log.info("query set: %d queries (starts: %s), %d conditions, lengths %s s", len(table), done, len(conds),
              ", ".join(f"{x:g}" for x in plan.lengths_s))
     return table

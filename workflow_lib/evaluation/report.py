@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from workflow_lib.common.atomic import atomic_path, write_csv_atomic, write_text_atomic
+from workflow_lib.common.atomic import atomic_path, write_csv_atomic, write_parquet_atomic, write_text_atomic
 from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, target_checks, wilson_interval
 from workflow_lib.evaluation.neural import NEURAL
 from workflow_lib.evaluation.repeats import SAME_AUDIO_CORRELATION
@@ -261,8 +261,7 @@ def summarize(queries_path: str | Path, result_paths: Sequence[str | Path], metr
     results = pd.concat([pd.read_parquet(p) for p in result_paths], ignore_index=True)
     metrics = compute_metrics(queries, results, pd.read_parquet(songs_path) if songs_path else None)
     fpr = pooled_fpr(queries, results)
-    with atomic_path(metrics_path) as tmp:
-        metrics.to_parquet(tmp, index=False)
+    write_parquet_atomic(metrics, metrics_path)
     if metrics_csv:
         write_csv_atomic(metrics.round(4), metrics_csv)
     info = calibration_info(threshold_path)
