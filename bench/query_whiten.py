@@ -6,7 +6,10 @@ query's long-term spectrum, so a high-order linear predictor fitted on the query
 resonance's ringing goes with its peak. Music's own notes change within seconds and weigh less in that average.
 The whitened query also loses what noise and diffuse rooms leave of the music's colouring, so it is searched
 *beside* the query as it is, and the answer is the view whose best song leads its runner-up by more (the no-match
-rule's own statistic, the margin).
+rule's own statistic, the margin). Since 2026-12-05 the product gates the query's steady noise out before whitening
+(``search.denoise``; ``--second-view gate-whiten``, the default); ``--second-view whiten`` is the second view as the
+sections of bench/README.md before then measured it, and the ``--noise-percentile`` / ``--over-subtract`` /
+``--gain-floor-db`` settings replace the gate's for a sweep.
 
 For each query: song-level top-1 of the best guess and the margin, searched as it is, whitened, the better of
 the two, the better of the two with the plain view preferred unless the whitened one leads by ``PLAIN_BONUS``, and
@@ -20,9 +23,11 @@ with RT60 0.2-1 s, long rooms 1.5-3 s) and real noise files. A null query skips 
 hold the same music (``search.duplicates``): such a twin counts as a false positive for every rule alike.
 
     .venv/bin/python bench/query_whiten.py --results RESULTS --noise ../shared/corpus/dev/noise [--order 96]
+        [--second-view gate-whiten|whiten|gate] [--noise-percentile P] [--over-subtract A] [--gain-floor-db F]
         [--ringing-only T60_S | --envelope-order K]
         [--songs 60] [--per-song 2] [--lengths 1 3 5 10] [--real-ir HALL.flac] [--conditions ...]
         [--out rows.parquet]
+    .venv/bin/python bench/query_whiten.py --noise NOISE --compare LABEL=rows.parquet LABEL=rows.parquet ...
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from workflow_lib.data.split import assign_splits  # noqa: E402
 from workflow_lib.evaluation.degrade import add_noise, reverberate  # noqa: E402
 from workflow_lib.search.searcher import aligned_scores  # noqa: E402
 from workflow_lib.search.threshold import decision_statistic  # noqa: E402
-from workflow_lib.search.whiten import inverse_filter, lpc_whiten  # noqa: E402
+from workflow_lib.search import denoise  # noqa: E402
+from workflow_lib.search.whiten import WhitenedView, inverse_filter  # noqa: E402
 
 CONDITIONS = {  # name: (response kind, SNR dB or None)
     "clean": (None, None), "resonant": ("resonant", None), "5 dB + resonant": ("resonant", 5),
@@ -100,6 +106,16 @@ def envelope_whiten(x: np.ndarray, order: int, envelope_order: int) -> np.ndarra
         return np.asarray(x, dtype=np.float32)
     y = scipy.signal.lfilter(b / b[0], a / a[0], np.asarray(x, dtype=np.float64))
     return at_rms_of(x, y)
+
+
+def second_view(q: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    if args.ringing_only is not None:
+        return ringing_whiten(q, args.order, args.ringing_only)
+    if args.envelope_order:
+        return envelope_whiten(q, args.order, args.envelope_order)
+    if args.second_view == "gate":
+        return denoise.spectral_gate(q)
+    return WhitenedView(args.order, denoise=args.second_view == "gate-whiten").make(q)
 
 
 def make_query(song: np.ndarray, start: int, n: int, condition: str, noises: list[np.ndarray],
@@ -158,12 +174,7 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
                 start = int(rng.integers(SR, len(song) - n - 3 * SR))
                 for condition in conditions:
                     q = make_query(song, start, n, condition, noises, rng, real)
-                    if args.ringing_only is not None:
-                        white = ringing_whiten(q, args.order, args.ringing_only)
-                    elif args.envelope_order:
-                        white = envelope_whiten(q, args.order, args.envelope_order)
-                    else:
-                        white = lpc_whiten(q, args.order)
+                    white = second_view(q, args)
                     embs = [searcher.embed(q), searcher.embed(white)]
                     for kind, skip in (("in database", None), ("null", s.song_id)):
                         results = [searcher.search(e, exclude_song=skip) for e in embs]
@@ -178,6 +189,39 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
                                          "margin": margin if np.isfinite(margin) else -np.inf})
         print(f"{i}/{len(chosen)} songs", file=sys.stderr, flush=True)
     return pd.DataFrame(rows)
+
+
+def better_of_two(rows: pd.DataFrame, fpr: float) -> pd.DataFrame:
+    """The "better of the two" rule (the product's pick) per length and condition: top-1, right and accepted, and
+    FPR, with the threshold for ``fpr`` fitted per length on its pooled null queries."""
+    key = ["song_id", "rep", "length_s", "condition", "kind"]
+    wide = rows.pivot_table(index=key, columns="view", values=["margin", "right"], aggfunc="first")
+    pick = wide[("margin", "whitened")] > wide[("margin", "as is")]
+    t = pd.DataFrame({"margin": np.maximum(wide[("margin", "whitened")], wide[("margin", "as is")]),
+                      "right": np.where(pick, wide[("right", "whitened")], wide[("right", "as is")]).astype(bool)})
+    out = []
+    for (length, condition), g in t.reset_index().groupby(["length_s", "condition"]):
+        null = t.reset_index()
+        null = null[(null["length_s"] == length) & (null["kind"] == "null")]
+        threshold = float(np.quantile(null["margin"], 1 - fpr))
+        found = g[g["kind"] == "in database"]
+        out.append({"length_s": length, "condition": condition, "top-1 %": 100 * found["right"].mean(),
+                    "right and accepted %": 100 * (found["right"] & (found["margin"] > threshold)).mean(),
+                    "FPR %": 100 * (g[g["kind"] == "null"]["margin"] > threshold).mean()})
+    return pd.DataFrame(out)
+
+
+def compare(specs: list[str], fpr: float) -> None:
+    """``--compare LABEL=rows.parquet ...``: the better-of-two rule of several saved runs side by side."""
+    tables = []
+    for spec in specs:
+        label, _, path = spec.partition("=")
+        tables.append(better_of_two(pd.read_parquet(path), fpr).assign(run=label))
+    t = pd.concat(tables)
+    labels = [spec.partition("=")[0] for spec in specs]
+    for column in ("top-1 %", "right and accepted %", "FPR %"):
+        wide = t.pivot_table(index=["length_s", "condition"], columns="run", values=column)[labels]
+        print(f"\n{column} (better of the two views)\n" + wide.round(1).to_string())
 
 
 def report(rows: pd.DataFrame, fpr: float) -> None:
@@ -231,6 +275,15 @@ def main() -> int:
                     help="take out only the predictor's poles that ring for at least T60_S seconds")
     ap.add_argument("--envelope-order", type=int, default=0, metavar="K",
                     help="keep the broad envelope of an order-K predictor (0: flatten it all, the product's view)")
+    ap.add_argument("--second-view", choices=["gate-whiten", "whiten", "gate"], default="gate-whiten",
+                    help="the second view: the noise gated out, then whitened (the product's, search.denoise and "
+                         "search.whiten), whitened only (before 2026-12-05), or gated only")
+    ap.add_argument("--noise-percentile", type=float, default=denoise.NOISE_PERCENTILE,
+                    help="the gate's noise power per frequency: this percentile of the query's over time")
+    ap.add_argument("--over-subtract", type=float, default=denoise.OVER_SUBTRACT,
+                    help="the gate's multiplier of the noise estimate")
+    ap.add_argument("--gain-floor-db", type=float, default=10 * np.log10(denoise.GAIN_FLOOR),
+                    help="the gate's lowest power gain (dB)")
     ap.add_argument("--songs", type=int, default=60)
     ap.add_argument("--per-song", type=int, default=2)
     ap.add_argument("--lengths", type=float, nargs="+", default=[1.0, 3.0, 5.0, 10.0])
@@ -240,7 +293,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--fpr", type=float, default=0.01)
     ap.add_argument("--out", type=Path, help="save (or, when it exists, reuse) the per-query rows as Parquet")
+    ap.add_argument("--compare", nargs="+", metavar="LABEL=ROWS",
+                    help="print the better-of-two rule of saved runs (--out files) side by side, and nothing else")
     args = ap.parse_args()
+    if args.compare:
+        compare(args.compare, args.fpr)
+        return 0
+    denoise.NOISE_PERCENTILE, denoise.OVER_SUBTRACT = args.noise_percentile, args.over_subtract
+    denoise.GAIN_FLOOR = 10 ** (args.gain_floor_db / 10)
     if args.out is not None and args.out.exists():
         rows = pd.read_parquet(args.out)
     else:

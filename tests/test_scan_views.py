@@ -11,6 +11,7 @@ from workflow_lib.listener.core import ListenConfig
 from workflow_lib.listener.scan import Occurrence, merge_views, scan_chunks, whitened_stream, whitened_view
 from workflow_lib.search.searcher import Searcher
 from workflow_lib.search.threshold import fit_calibration
+from workflow_lib.search.denoise import StreamingGate
 from workflow_lib.search.whiten import StreamingWhitener, WhitenedView
 
 SONGS = {f"s{i}": synth_song(i, 30.0) for i in range(4)}
@@ -53,14 +54,22 @@ def test_whitened_occurrences_count_only_where_the_recording_as_it_is_has_none()
 def test_the_whitened_stream_keeps_every_sample_after_the_start_whatever_the_chunking():
     rng = np.random.default_rng(4)
     x = resonate(rng.standard_normal(11 * SR), (900.0,), t60_s=1.0).astype(np.float32)
-    whole = np.concatenate(list(whitened_stream([x], 96, 3.0)))
-    parts = np.concatenate(list(whitened_stream([x[a:a + 3333] for a in range(0, len(x), 3333)], 96, 3.0)))
-    assert len(whole) == len(x) and np.array_equal(whole, parts)  # the filter changes at the same places
-    # the listener's whitener fed the same 0.5 s steps gives the same samples
+    view = WhitenedView(96, 3.0)
+    whole = np.concatenate(list(whitened_stream([x], view)))
+    parts = np.concatenate(list(whitened_stream([x[a:a + 3333] for a in range(0, len(x), 3333)], view)))
+    assert len(whole) == len(x) and np.array_equal(whole, parts)  # the estimates change at the same places
+    # the listener's view fed the same 0.5 s steps gives the same samples (all but the last, which the gate gives
+    # when the recording ends)
+    live_view = view.stream()
+    live = np.concatenate([live_view.push(x[a:a + SR // 2]) for a in range(0, len(x), SR // 2)])
+    np.testing.assert_array_equal(whole[:len(live)], live)
+    assert len(x) - len(live) <= StreamingGate.latency
+    assert sum(len(c) for c in whitened_stream([x[:2 * SR]], view)) == 0  # under 3 s: no whitened view
+    # without the gate: the whitener alone, every sample out as it comes
     w = StreamingWhitener(96, 3.0)
-    live = np.concatenate([w.push(x[a:a + SR // 2]) for a in range(0, len(x), SR // 2)])
-    np.testing.assert_array_equal(whole, live)
-    assert sum(len(c) for c in whitened_stream([x[:2 * SR]], 96, 3.0)) == 0  # under 3 s: no whitened view
+    plain_white = np.concatenate([w.push(x[a:a + SR // 2]) for a in range(0, len(x), SR // 2)])
+    np.testing.assert_array_equal(np.concatenate(list(whitened_stream([x], WhitenedView(96, 3.0, False)))),
+                                  plain_white)
 
 
 def test_a_scan_in_two_views_needs_the_whitened_view_and_its_thresholds():

@@ -14,8 +14,9 @@ kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches betw
 The fingerprints of the whole recording are kept for that refinement, as float16: about 0.5 MB per minute of
 recording, twice that in two views (the audio itself is never held whole).
 
-``whitened``: the recording is also scanned whitened (``whitened_stream``: the listener's ``StreamingWhitener``, a
-predictor refitted every 0.5 s on the newest 5 s, whose inverse filter takes a resonant space's ringing out), by a
+``whitened``: the recording is also scanned whitened (``whitened_stream``: the listener's ``StreamingView``, the
+steady noise gated out and a predictor refitted every 0.5 s on the newest 5 s, whose inverse filter takes a resonant
+space's ringing out), by a
 second listener core with its own windows and following; both cores are held to the calibration's two-view
 thresholds, and a whitened occurrence counts where the recording as it is has none (``merge_views``). It
 fingerprints every second twice (bench/README.md, "Scanning in two views").
@@ -195,7 +196,7 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
             return
         plain, white = itertools.tee(counted(chunks), 2)
         for a, b in itertools.zip_longest(iter_segment_chunks(plain),
-                                          iter_segment_chunks(whitened_stream(white, view.order, view.min_query_s))):
+                                          iter_segment_chunks(whitened_stream(white, view))):
             for k, item in ((0, a), (1, b)):
                 if item is not None:
                     yield k, *item
@@ -265,9 +266,9 @@ class _ViewPass:
         return _refine(self.searcher, self.core.heard, emb, config, exclude_songs, neighbours)
 
 
-# The whitened view of a recording: ``search.whiten.StreamingWhitener`` (the listener's) over the recording in
-# steps of REFIT_S, so that its predictor follows the recording as it does a stream; a whitened occurrence counts
-# only where no occurrence of the recording as it is lies (``merge_views``), and only where that leaves
+# The whitened view of a recording: the listener's (``search.whiten.StreamingView``) over the recording in steps of
+# REFIT_S, so that its noise estimate and predictor follow the recording as they do a stream; a whitened occurrence
+# counts only where no occurrence of the recording as it is lies (``merge_views``), and only where that leaves
 # MIN_WHITENED_S or more of it.
 WHITENED_REFIT_S = 0.5
 MIN_WHITENED_S = 2.0
@@ -282,24 +283,23 @@ def whitened_view(searcher):
     return searcher.whitened_view
 
 
-def whitened_stream(chunks: Iterable[np.ndarray], order: int, min_s: float) -> Iterator[np.ndarray]:
-    """The recording's consecutive chunks whitened (``StreamingWhitener``), fed to it in steps of WHITENED_REFIT_S
-    whatever the chunks' sizes (so the filter changes at the same places however the recording is read); the first
-    ``min_s`` seconds come out late, together; after them every sample comes out."""
-    from workflow_lib.search.whiten import StreamingWhitener
-
-    whitener = StreamingWhitener(order, min_s, refit_s=WHITENED_REFIT_S)
+def whitened_stream(chunks: Iterable[np.ndarray], view) -> Iterator[np.ndarray]:
+    """The recording's consecutive chunks in the whitened ``view`` (``WhitenedView.stream``), fed to it in steps of
+    WHITENED_REFIT_S whatever the chunks' sizes (so the estimates change at the same places however the recording
+    is read); the first ``view.min_query_s`` seconds come out late, together; after them every sample comes out,
+    the last ones when the recording ends."""
+    stream = view.stream(refit_s=WHITENED_REFIT_S)
     step = int(round(WHITENED_REFIT_S * SAMPLE_RATE))
     carry = np.zeros(0, np.float32)
     for chunk in chunks:
         buf = np.concatenate([carry, np.asarray(chunk, np.float32)])
         whole = len(buf) // step * step
-        out = [whitener.push(buf[i:i + step]) for i in range(0, whole, step)]
+        out = [stream.push(buf[i:i + step]) for i in range(0, whole, step)]
         carry = buf[whole:]
         if out:
             yield np.concatenate(out)
-    if len(carry):
-        yield whitener.push(carry)  # empty for a recording shorter than min_s: it has no whitened view, as a query
+    # the rest; empty for a recording shorter than min_query_s: it has no whitened view, as a query
+    yield np.concatenate([stream.push(carry), stream.flush()])
 
 
 def merge_views(plain: list[Occurrence], whitened: list[Occurrence]) -> list[Occurrence]:

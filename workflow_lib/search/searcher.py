@@ -32,7 +32,7 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.layout import ResultsLayout, is_bundled
 from workflow_lib.search.subhop import peak_shift
 from workflow_lib.search.threshold import Calibration, decision_statistic
-from workflow_lib.search.whiten import WhitenedView, lpc_whiten
+from workflow_lib.search.whiten import WhitenedView
 
 log = logging.getLogger(__name__)
 
@@ -531,8 +531,8 @@ class Searcher:
         if calibration is not None and calibration.two_views is not None and made \
                 and made != self.whitened_view.to_dict():
             log.warning("the whitened view is set up as %s, but the no-match threshold was calibrated with %s: "
-                        "queries are searched as they are until it is recalibrated", self.whitened_view.to_dict(),
-                        made)
+                        "queries are searched as they are until it is recalibrated (run `nafp index` again on the "
+                        "same folders, or the workflow's calibrate rule)", self.whitened_view.to_dict(), made)
             self.calibration = replace(calibration, two_views=None)
 
     # -- construction -------------------------------------------------------------------------------------------
@@ -606,13 +606,13 @@ class Searcher:
         so that no answer's time includes it."""
         self.embed(np.zeros(SAMPLE_RATE, dtype=np.float32))
         if self.whitened_view.enabled:
-            lpc_whiten(np.random.default_rng(0).standard_normal(SEGMENT_SAMPLES).astype(np.float32),
-                       self.whitened_view.order)
+            self.whitened_view.make(np.random.default_rng(0).standard_normal(SEGMENT_SAMPLES).astype(np.float32))
 
     def embed_views(self, audio_8k: np.ndarray, whitened: bool = True,
                     timings: dict[str, float] | None = None) -> list[np.ndarray]:
         """Fingerprints of the query as it is and, when ``whitened`` and the whitened view applies to its length,
-        of the query whitened (``whiten.lpc_whiten``). ``timings`` (when given) gains the milliseconds spent."""
+        of the query whitened (``WhitenedView.make``: gated, then whitened). ``timings`` (when given) gains the
+        milliseconds spent."""
         t = timings if timings is not None else {}
         audio = _pad_query(audio_8k)
         t0 = time.perf_counter()
@@ -627,7 +627,7 @@ class Searcher:
         the fingerprinting time in ``embed_ms``."""
         t = timings if timings is not None else {}
         t0 = time.perf_counter()
-        audio = lpc_whiten(_pad_query(audio_8k), self.whitened_view.order)
+        audio = self.whitened_view.make(_pad_query(audio_8k))
         t1 = time.perf_counter()
         emb = self.embed(audio)
         t["whiten_ms"] = t.get("whiten_ms", 0.0) + (t1 - t0) * 1000.0

@@ -26,10 +26,13 @@ from workflow_lib import SAMPLE_RATE
 @dataclass(frozen=True)
 class WhitenedView:
     """When and how the searcher adds the whitened view: ``order`` of the predictor (0: never), for queries of at
-    least ``min_query_s`` (shorter ones lose by it: one second holds too little to tell resonance from music)."""
+    least ``min_query_s`` (shorter ones lose by it: one second holds too little to tell resonance from music);
+    ``denoise``: the query's steady background noise gated out first (``search.denoise``), so that whitening does
+    not lift the noise between a resonant space's resonances to their level."""
 
     order: int = 96
     min_query_s: float = 3.0
+    denoise: bool = True
 
     def __post_init__(self) -> None:
         if self.order < 0:
@@ -43,6 +46,16 @@ class WhitenedView:
         """Whether a query of ``n_samples`` (8 kHz) is searched in both views."""
         return self.enabled and n_samples >= self.min_query_s * SAMPLE_RATE and n_samples > 2 * self.order
 
+    def make(self, x: np.ndarray) -> np.ndarray:
+        """The whitened view of a whole query ``x`` (8 kHz): gated when ``denoise``, then ``lpc_whiten``ed."""
+        from workflow_lib.search.denoise import spectral_gate
+
+        return lpc_whiten(spectral_gate(x) if self.denoise else x, self.order)
+
+    def stream(self, refit_s: float = 0.5) -> "StreamingView":
+        """The same view of a stream, chunk by chunk (``StreamingView``)."""
+        return StreamingView(self, refit_s)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -51,7 +64,8 @@ class WhitenedView:
         """From the ``search.whitened_view`` section (None or empty: never)."""
         if not cfg:
             return cls(order=0)
-        return cls(int(cfg.get("order", cls.order)), float(cfg.get("min_query_s", cls.min_query_s)))
+        return cls(int(cfg.get("order", cls.order)), float(cfg.get("min_query_s", cls.min_query_s)),
+                   bool(cfg.get("denoise", cls.denoise)))
 
 
 def _predictor(x: np.ndarray, order: int, ridge: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -159,3 +173,28 @@ class StreamingWhitener:
             return x.astype(np.float32)
         context = before[-self.order:]
         return scipy.signal.lfilter(self._filter, [1.0], np.concatenate([context, x]))[len(context):].astype(np.float32)
+
+
+class StreamingView:
+    """``WhitenedView.make`` for a stream: ``StreamingGate`` (when the view denoises) into ``StreamingWhitener``.
+    ``push`` gives the whitened audio that is ready; the first ``min_query_s`` seconds come out together, and the
+    gate's ``latency`` later than the whitener alone would give them."""
+
+    def __init__(self, view: WhitenedView, refit_s: float = 0.5):
+        from workflow_lib.search.denoise import StreamingGate
+
+        self.gate = StreamingGate(refit_s=refit_s) if view.denoise else None
+        self.whitener = StreamingWhitener(view.order, view.min_query_s, refit_s=refit_s)
+
+    def reset(self) -> None:
+        """Forget what was heard (a gap in the stream)."""
+        if self.gate is not None:
+            self.gate.reset()
+        self.whitener.reset()
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        return self.whitener.push(self.gate.push(chunk) if self.gate is not None else chunk)
+
+    def flush(self) -> np.ndarray:
+        """The end of the stream: what the gate still holds, whitened (empty without a gate)."""
+        return self.whitener.push(self.gate.flush()) if self.gate is not None else np.zeros(0, np.float32)
