@@ -6,7 +6,9 @@ its poles on them, and its inverse (FIR) filter cancels them: a minimum-phase re
 peak. Music's own notes change within seconds and weigh less in that average. The whitened view also loses what
 noise and diffuse rooms leave of the music's colouring, so the searcher searches it *beside* the query as it is and
 keeps the view whose answer the no-match rule trusts more (``Searcher.search_audio``); bench/README.md, "Whitening
-the query with its own long predictor", has the measurement behind the order and the minimum length.
+the query with its own long predictor", has the measurement behind the order and the minimum length. The view
+first gates the query's steady background noise out (``search.denoise``; ``WhitenedView.denoise``), so that the
+flattening does not lift the noise between a resonant space's resonances ("Gating the noise before whitening").
 
 The predictor is the autocorrelation method's (Yule-Walker equations solved by Levinson recursion,
 ``scipy.linalg.solve_toeplitz``): it is stable by construction, and for a 3-10 s query at 8 kHz it costs a few
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from workflow_lib import SAMPLE_RATE
+from workflow_lib.search.denoise import StreamingGate, spectral_gate
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,6 @@ class WhitenedView:
 
     def make(self, x: np.ndarray) -> np.ndarray:
         """The whitened view of a whole query ``x`` (8 kHz): gated when ``denoise``, then ``lpc_whiten``ed."""
-        from workflow_lib.search.denoise import spectral_gate
-
         return lpc_whiten(spectral_gate(x) if self.denoise else x, self.order)
 
     def stream(self, refit_s: float = 0.5) -> "StreamingView":
@@ -181,8 +182,6 @@ class StreamingView:
     gate's ``latency`` later than the whitener alone would give them."""
 
     def __init__(self, view: WhitenedView, refit_s: float = 0.5):
-        from workflow_lib.search.denoise import StreamingGate
-
         self.gate = StreamingGate(refit_s=refit_s) if view.denoise else None
         self.whitener = StreamingWhitener(view.order, view.min_query_s, refit_s=refit_s)
 
