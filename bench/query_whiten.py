@@ -6,10 +6,10 @@ query's long-term spectrum, so a high-order linear predictor fitted on the query
 resonance's ringing goes with its peak. Music's own notes change within seconds and weigh less in that average.
 The whitened query also loses what noise and diffuse rooms leave of the music's colouring, so it is searched
 *beside* the query as it is, and the answer is the view whose best song leads its runner-up by more (the no-match
-rule's own statistic, the margin). Since 2026-12-05 the product gates the query's steady noise out before whitening
-(``search.denoise``; ``--second-view gate-whiten``, the default); ``--second-view whiten`` is the second view as the
-sections of bench/README.md before then measured it, and the ``--noise-percentile`` / ``--over-subtract`` /
-``--gain-floor-db`` settings replace the gate's for a sweep.
+rule's own statistic, the margin). ``--second-view gate-whiten`` gates the query's steady noise out before
+whitening it (``search.denoise``, the product's ``search.whitened_view.denoise``, off by default), ``gate`` only
+gates; the ``--noise-percentile`` / ``--over-subtract`` / ``--gain-floor-db`` settings replace the gate's for a sweep
+(bench/README.md, "Gating the noise before whitening").
 
 For each query: song-level top-1 of the best guess and the margin, searched as it is, whitened, the better of
 the two, the better of the two with the plain view preferred unless the whitened one leads by ``PLAIN_BONUS``, and
@@ -275,9 +275,9 @@ def main() -> int:
                     help="take out only the predictor's poles that ring for at least T60_S seconds")
     ap.add_argument("--envelope-order", type=int, default=0, metavar="K",
                     help="keep the broad envelope of an order-K predictor (0: flatten it all, the product's view)")
-    ap.add_argument("--second-view", choices=["gate-whiten", "whiten", "gate"], default="gate-whiten",
-                    help="the second view: the noise gated out, then whitened (the product's, search.denoise and "
-                         "search.whiten), whitened only (before 2026-12-05), or gated only")
+    ap.add_argument("--second-view", choices=["whiten", "gate-whiten", "gate"], default="whiten",
+                    help="the second view: whitened (the product's default), the noise gated out and then whitened "
+                         "(search.whitened_view.denoise), or gated only")
     ap.add_argument("--noise-percentile", type=float, default=denoise.NOISE_PERCENTILE,
                     help="the gate's noise power per frequency: this percentile of the query's over time")
     ap.add_argument("--over-subtract", type=float, default=denoise.OVER_SUBTRACT,

@@ -80,20 +80,31 @@ def test_silence_stays_silence_and_bad_input_is_refused():
     assert not np.any(np.concatenate([gate.push(np.zeros(SR)), gate.flush()]))
 
 
-def test_the_view_gates_unless_told_not_to_and_a_calibration_without_the_gate_is_not_used(caplog):
-    view = WhitenedView()
-    assert view.denoise and WhitenedView.from_config({"order": 96}).denoise
-    assert not WhitenedView.from_config({"order": 96, "min_query_s": 3.0, "denoise": False}).denoise
-    assert searcher_kwargs({"whitened_view": {"order": 96, "min_query_s": 3.0, "denoise": False}})["whitened_view"] \
-        == WhitenedView(96, 3.0, False)
+def test_the_view_gates_only_when_asked_and_a_calibration_is_used_only_by_the_view_it_was_made_with(caplog):
+    assert not WhitenedView().denoise and not WhitenedView.from_config({"order": 96}).denoise
+    gating = WhitenedView.from_config({"order": 96, "min_query_s": 3.0, "denoise": True})
+    assert gating.denoise
+    assert searcher_kwargs({"whitened_view": {"order": 96, "min_query_s": 3.0, "denoise": True}})["whitened_view"] \
+        == WhitenedView(96, 3.0, True)
     q, _ = _resonant_in_noise(4.0, 5.0, seed=2)
-    np.testing.assert_array_equal(view.make(q), lpc_whiten(spectral_gate(q), 96))
-    np.testing.assert_array_equal(WhitenedView(denoise=False).make(q), lpc_whiten(q, 96))
-    # thresholds fitted on the ungated view do not hold for the gated one: two views stay off until recalibrated
+    np.testing.assert_array_equal(gating.make(q), lpc_whiten(spectral_gate(q), 96))
+    np.testing.assert_array_equal(WhitenedView().make(q), lpc_whiten(q, 96))
     searcher = build_searcher({f"s{i}": synth_song(i, 12.0) for i in range(2)})
-    cal = fit_calibration({n: [0.04] * 100 for n in (1, 5, 19)}, 0.01,
-                          {"whitened_view": WhitenedView(denoise=False).to_dict()}, "margin")
-    cal.two_views = fit_calibration({n: [0.04] * 100 for n in (5, 19)}, 0.01, {}, "margin")
+
+    def calibration(view_record: dict):
+        cal = fit_calibration({n: [0.04] * 100 for n in (1, 5, 19)}, 0.01, {"whitened_view": view_record}, "margin")
+        cal.two_views = fit_calibration({n: [0.04] * 100 for n in (5, 19)}, 0.01, {}, "margin")
+        return cal
+
+    # a file calibrated before the gate existed (no "denoise" in its record) was made without it: still used
+    before_the_gate = {"order": 96, "min_query_s": 3.0}
+    s = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, calibration(before_the_gate))
+    assert s.calibration.two_views is not None
+    # thresholds fitted on the ungated view do not hold for the gated one: two views stay off until recalibrated
     with caplog.at_level(logging.WARNING):
-        s = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, cal)
-    assert "calibrated with" in caplog.text and s.calibration.two_views is None
+        s = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, calibration(before_the_gate),
+                     whitened_view=gating)
+    assert "calibrated with" in caplog.text and "nafp index" in caplog.text and s.calibration.two_views is None
+    s = Searcher(searcher.fingerprinter, searcher.db, searcher.catalogue, calibration(gating.to_dict()),
+                 whitened_view=gating)
+    assert s.calibration.two_views is not None

@@ -14,12 +14,11 @@ kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches betw
 The fingerprints of the whole recording are kept for that refinement, as float16: about 0.5 MB per minute of
 recording, twice that in two views (the audio itself is never held whole).
 
-``whitened``: the recording is also scanned whitened (``whitened_stream``: the listener's ``StreamingView``, the
-steady noise gated out and a predictor refitted every 0.5 s on the newest 5 s, whose inverse filter takes a resonant
-space's ringing out), by a
-second listener core with its own windows and following; both cores are held to the calibration's two-view
-thresholds, and a whitened occurrence counts where the recording as it is has none (``merge_views``). It
-fingerprints every second twice (bench/README.md, "Scanning in two views").
+``whitened``: the recording is also scanned whitened (``whitened_stream``: the listener's ``StreamingView``, a
+predictor refitted every 0.5 s on the newest 5 s, whose inverse filter takes a resonant space's ringing out, after
+the noise gate when the view has it), by a second listener core with its own windows and following; both cores are
+held to the calibration's two-view thresholds, and a whitened occurrence counts where the recording as it is has
+none (``merge_views``). It fingerprints every second twice (bench/README.md, "Scanning in two views").
 """
 
 from __future__ import annotations

@@ -2,16 +2,16 @@
 
 A query of 3 s or more is searched as it is and whitened (``search.whiten``), and the answer is the view the
 no-match rule trusts more. The listener does the same with two ``ListenerCore``s over one stream: one hears the
-stream as it is, the other the stream through ``WhitenedView.stream`` (its steady noise gated out, then the inverse
-filter of a predictor refitted every 0.5 s on the newest 5 s). Each declares, holds and releases on its own, at the
-calibration's two-view thresholds (the null queries decided by the better of both views: a song named by either core
-is held to the rate that a query picked from two views is held to; a window shorter than the shortest two-view
-length, such as the 2 s tail, gets that length's threshold, and the benchmark's false declarations stayed where one
-view had them). What is shown is the plain core's match when it has one, else the whitened core's; ``TwoViewCore``
-turns the two into one stream of decisions and one list of heard songs, with events (match / change / lost /
-resync) from what is shown.
+stream as it is, the other the stream through ``WhitenedView.stream`` (the inverse filter of a predictor refitted
+every 0.5 s on the newest 5 s; its steady noise gated out first when ``denoise`` asks). Each declares, holds and
+releases on its own, at the calibration's two-view thresholds (the null queries decided by the better of both views:
+a song named by either core is held to the rate that a query picked from two views is held to; a window shorter than
+the shortest two-view length, such as the 2 s tail, gets that length's threshold, and the benchmark's false
+declarations stayed where one view had them). What is shown is the plain core's match when it has one, else the
+whitened core's; ``TwoViewCore`` turns the two into one stream of decisions and one list of heard songs, with events
+(match / change / lost / resync) from what is shown.
 Both cores embed only each hop's newest segment, so the second view costs one more segment's fingerprint, one more
-window search, and the noise gate and the predictor (2.6 ms per hop in a capture's 50 ms blocks).
+window search and the predictor (1.0 ms per hop in a capture's 50 ms blocks; 2.6 ms with the noise gate).
 bench/README.md, "The listener's whitened view", has the measurement.
 
 The batch scan (``listener.scan``) has the same two views when asked (``nafp scan --whitened``): two cores over

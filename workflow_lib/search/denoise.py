@@ -6,7 +6,9 @@ valleys to the level of the resonances. Gating first keeps what stands above the
 frequency is a low percentile of the query's own short-time power over time (music comes and goes; a steady
 background stays), and each short-time bin keeps ``max(1 - OVER_SUBTRACT * noise / power, GAIN_FLOOR)`` of its
 power, the gain smoothed over three frames (a gain that flickers from frame to frame leaves "musical noise").
-bench/README.md, "Gating the noise before whitening", has the measurement behind the three settings.
+bench/README.md, "Gating the noise before whitening", has the measurement behind the three settings, and why the
+searcher's whitened view does not gate unless asked (``search.whitened_view.denoise``): it wins queries in a quiet
+resonant space and loses songs to the live listener in a noisy one.
 
 Short-time transform: a periodic Hann window of 256 samples (32 ms at 8 kHz) every 64, so the squared windows of
 overlapping frames sum to a constant (1.5) and overlap-add gives the signal back where the gain is 1. One framing
@@ -90,14 +92,17 @@ def _at_rms_of(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 class StreamingGate:
     """``spectral_gate`` for a stream, chunk by chunk: the noise estimated from the newest ``fit_s`` seconds' frames
-    (refitted every ``refit_s``, and sooner while the stream is young: after 1, 2, 4, ... frames), each frame's gain
-    smoothed with its neighbours', and each sample given out once the last frame that covers it is in: at most
-    ``latency`` samples after it came in. The output is the stream's audio, sample for sample, only later; its
-    level is the gate's own (the whitener after it sets the level)."""
+    (refitted every ``refit_s``), each frame's gain smoothed with its neighbours', and each sample given out once the
+    last frame that covers it is in: at most ``latency`` samples after it came in. The first ``first_s`` seconds
+    are held back and gated with one estimate from all of them, as a query of that length is (the whitened view's
+    first seconds wait for the whitener anyway); without them (0) the estimate starts from the first frame and is
+    refitted sooner while the stream is young (after 1, 2, 4, ... frames). The output is the stream's audio, sample
+    for sample, only later; its level is the gate's own (the whitener after it sets the level)."""
 
     latency = FRAME + HOP  # the frames that cover a sample, and the next one for the gain's smoothing
 
-    def __init__(self, fit_s: float = 5.0, refit_s: float = 0.5):
+    def __init__(self, fit_s: float = 5.0, refit_s: float = 0.5, first_s: float = 0.0):
+        self.first_samples = int(round(first_s * SAMPLE_RATE))
         self.fit_rows = max(int(round(fit_s * SAMPLE_RATE / FRAME)), 1)  # the frames of fit_s that do not overlap
         self.refit_frames = max(int(round(refit_s * SAMPLE_RATE / HOP)), 1)
         self.reset()
@@ -122,6 +127,8 @@ class StreamingGate:
         chunk = np.asarray(chunk, dtype=np.float64).ravel()
         self._owed += len(chunk)
         self._input = np.concatenate([self._input, chunk])
+        if self._noise is None and self._owed < self.first_samples:
+            return np.zeros(0, dtype=np.float32)  # the first seconds wait to be gated as a whole query is
         n = (len(self._input) - FRAME) // HOP + 1 if len(self._input) >= FRAME else 0
         if n <= 0:
             return np.zeros(0, dtype=np.float32)
@@ -157,6 +164,10 @@ class StreamingGate:
 
     def _gains(self, power: np.ndarray) -> np.ndarray:
         """The new frames' gains, each with the noise estimate in force when it came in."""
+        if self._noise is None and self.first_samples:  # the first seconds: one estimate from all their frames
+            self._remember(power)
+            self._noise, self._since_fit, self._fitted_on = noise_power(self._powers), 0, self._frames
+            return gains(power, self._noise)
         out = np.empty((len(power), power.shape[1]))
         i = 0
         while i < len(power):

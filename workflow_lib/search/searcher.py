@@ -527,7 +527,7 @@ class Searcher:
         self.batch_size, self.n_results = batch_size, n_results
         self.fallback_threshold = fallback_threshold
         self.whitened_view = whitened_view or WhitenedView(order=0)
-        made = (calibration.meta.get("whitened_view") if calibration is not None else None) or {}
+        made = WhitenedView.recorded((calibration.meta.get("whitened_view") if calibration is not None else None) or {})
         if calibration is not None and calibration.two_views is not None and made \
                 and made != self.whitened_view.to_dict():
             log.warning("the whitened view is set up as %s, but the no-match threshold was calibrated with %s: "

@@ -6,9 +6,10 @@ its poles on them, and its inverse (FIR) filter cancels them: a minimum-phase re
 peak. Music's own notes change within seconds and weigh less in that average. The whitened view also loses what
 noise and diffuse rooms leave of the music's colouring, so the searcher searches it *beside* the query as it is and
 keeps the view whose answer the no-match rule trusts more (``Searcher.search_audio``); bench/README.md, "Whitening
-the query with its own long predictor", has the measurement behind the order and the minimum length. The view
-first gates the query's steady background noise out (``search.denoise``; ``WhitenedView.denoise``), so that the
-flattening does not lift the noise between a resonant space's resonances ("Gating the noise before whitening").
+the query with its own long predictor", has the measurement behind the order and the minimum length. Asked to
+(``WhitenedView.denoise``), the view first gates the query's steady background noise out (``search.denoise``):
+better for queries in a quiet resonant space, worse for the live listener in a noisy one ("Gating the noise before
+whitening"), so it is off by default.
 
 The predictor is the autocorrelation method's (Yule-Walker equations solved by Levinson recursion,
 ``scipy.linalg.solve_toeplitz``): it is stable by construction, and for a 3-10 s query at 8 kHz it costs a few
@@ -30,12 +31,13 @@ from workflow_lib.search.denoise import StreamingGate, spectral_gate
 class WhitenedView:
     """When and how the searcher adds the whitened view: ``order`` of the predictor (0: never), for queries of at
     least ``min_query_s`` (shorter ones lose by it: one second holds too little to tell resonance from music);
-    ``denoise``: the query's steady background noise gated out first (``search.denoise``), so that whitening does
-    not lift the noise between a resonant space's resonances to their level."""
+    ``denoise``: the query's steady background noise gated out first (``search.denoise``). Off by default: it wins
+    queries in a quiet resonant space and loses songs to the live listener in a noisy one (bench/README.md, "Gating
+    the noise before whitening")."""
 
     order: int = 96
     min_query_s: float = 3.0
-    denoise: bool = True
+    denoise: bool = False
 
     def __post_init__(self) -> None:
         if self.order < 0:
@@ -59,6 +61,12 @@ class WhitenedView:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @staticmethod
+    def recorded(meta: dict) -> dict:
+        """A calibration's record of the view it was made with, as ``to_dict`` gives it today (a record from
+        before the noise gate existed was made without it)."""
+        return {"denoise": False, **meta} if meta else {}
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> "WhitenedView":
@@ -182,7 +190,7 @@ class StreamingView:
     gate's ``latency`` later than the whitener alone would give them."""
 
     def __init__(self, view: WhitenedView, refit_s: float = 0.5):
-        self.gate = StreamingGate(refit_s=refit_s) if view.denoise else None
+        self.gate = StreamingGate(refit_s=refit_s, first_s=view.min_query_s) if view.denoise else None
         self.whitener = StreamingWhitener(view.order, view.min_query_s, refit_s=refit_s)
 
     def reset(self) -> None:
