@@ -74,12 +74,6 @@ def response(kind: str, rng: np.random.Generator, real: np.ndarray | None = None
     return acoustics.hybrid_room(rt, dims, src, mic, rng, max_ir_s=3.0)
 
 
-def at_rms_of(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``y`` brought to ``x``'s RMS, as float32."""
-    return (y * np.sqrt(np.mean(np.square(x, dtype=np.float64)) / max(float(np.mean(y ** 2)), 1e-30))
-            ).astype(np.float32)
-
-
 def ringing_whiten(x: np.ndarray, order: int, min_t60_s: float) -> np.ndarray:
     """``--ringing-only``: the inverse filter of only those poles of the query's predictor that ring for at least
     ``min_t60_s`` (|p| > 10^(-3 / (min_t60_s * SR))), at ``x``'s RMS: the resonances taken out, the rest of the
@@ -92,7 +86,7 @@ def ringing_whiten(x: np.ndarray, order: int, min_t60_s: float) -> np.ndarray:
     if len(ringing) == 0:
         return np.asarray(x, dtype=np.float32)
     y = scipy.signal.lfilter(np.real(np.poly(ringing)), [1.0], np.asarray(x, dtype=np.float64))
-    return at_rms_of(x, y)
+    return denoise.at_rms_of(x, y)
 
 
 def envelope_whiten(x: np.ndarray, order: int, envelope_order: int) -> np.ndarray:
@@ -105,7 +99,7 @@ def envelope_whiten(x: np.ndarray, order: int, envelope_order: int) -> np.ndarra
     if b is None or a is None:
         return np.asarray(x, dtype=np.float32)
     y = scipy.signal.lfilter(b / b[0], a / a[0], np.asarray(x, dtype=np.float64))
-    return at_rms_of(x, y)
+    return denoise.at_rms_of(x, y)
 
 
 def second_view(q: np.ndarray, args: argparse.Namespace) -> np.ndarray:
@@ -191,23 +185,31 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def better_of_two(rows: pd.DataFrame, fpr: float) -> pd.DataFrame:
-    """The "better of the two" rule (the product's pick) per length and condition: top-1, right and accepted, and
-    FPR, with the threshold for ``fpr`` fitted per length on its pooled null queries."""
+def per_query(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with one line per query (song, rep, length, condition, kind) and one column per view and value."""
     key = ["song_id", "rep", "length_s", "condition", "kind"]
-    wide = rows.pivot_table(index=key, columns="view", values=["margin", "right"], aggfunc="first")
+    return rows.pivot_table(index=key, columns="view", values=["margin", "right"], aggfunc="first")
+
+
+def better_of_two_rule(wide: pd.DataFrame) -> pd.DataFrame:
+    """The product's pick per query (``per_query`` rows): the view with the larger margin, its margin and answer."""
     pick = wide[("margin", "whitened")] > wide[("margin", "as is")]
-    t = pd.DataFrame({"margin": np.maximum(wide[("margin", "whitened")], wide[("margin", "as is")]),
-                      "right": np.where(pick, wide[("right", "whitened")], wide[("right", "as is")]).astype(bool)})
+    return pd.DataFrame({"margin": np.maximum(wide[("margin", "whitened")], wide[("margin", "as is")]),
+                         "right": np.where(pick, wide[("right", "whitened")], wide[("right", "as is")]).astype(bool)})
+
+
+def rule_table(rule: pd.DataFrame, fpr: float) -> pd.DataFrame:
+    """Per length and condition: top-1, right and accepted, and FPR of one rule, with the threshold for ``fpr``
+    fitted per length on that length's pooled null queries."""
     out = []
-    for (length, condition), g in t.reset_index().groupby(["length_s", "condition"]):
-        null = t.reset_index()
-        null = null[(null["length_s"] == length) & (null["kind"] == "null")]
-        threshold = float(np.quantile(null["margin"], 1 - fpr))
-        found = g[g["kind"] == "in database"]
-        out.append({"length_s": length, "condition": condition, "top-1 %": 100 * found["right"].mean(),
-                    "right and accepted %": 100 * (found["right"] & (found["margin"] > threshold)).mean(),
-                    "FPR %": 100 * (g[g["kind"] == "null"]["margin"] > threshold).mean()})
+    for length, t in rule.reset_index().groupby("length_s"):
+        threshold = float(np.quantile(t[t["kind"] == "null"]["margin"], 1 - fpr))
+        for condition, g in t.groupby("condition", sort=False):
+            found, unknown = g[g["kind"] == "in database"], g[g["kind"] == "null"]
+            out.append({"length_s": length, "condition": condition, "queries": len(found),
+                        "top-1 %": 100 * found["right"].mean(),
+                        "right and accepted %": 100 * (found["right"] & (found["margin"] > threshold)).mean(),
+                        "FPR %": 100 * (unknown["margin"] > threshold).mean()})
     return pd.DataFrame(out)
 
 
@@ -216,7 +218,7 @@ def compare(specs: list[str], fpr: float) -> None:
     tables = []
     for spec in specs:
         label, _, path = spec.partition("=")
-        tables.append(better_of_two(pd.read_parquet(path), fpr).assign(run=label))
+        tables.append(rule_table(better_of_two_rule(per_query(pd.read_parquet(path))), fpr).assign(run=label))
     t = pd.concat(tables)
     labels = [spec.partition("=")[0] for spec in specs]
     for column in ("top-1 %", "right and accepted %", "FPR %"):
@@ -225,14 +227,10 @@ def compare(specs: list[str], fpr: float) -> None:
 
 
 def report(rows: pd.DataFrame, fpr: float) -> None:
-    key = ["song_id", "rep", "length_s", "condition", "kind"]
-    wide = rows.pivot_table(index=key, columns="view", values=["margin", "right"], aggfunc="first")
-    pick = wide[("margin", "whitened")] > wide[("margin", "as is")]
+    wide = per_query(rows)
     rules = {view: pd.DataFrame({"margin": wide[("margin", view)], "right": wide[("right", view)].astype(bool)})
              for view in ("as is", "whitened")}
-    rules["better of the two"] = pd.DataFrame({
-        "margin": np.maximum(wide[("margin", "whitened")], wide[("margin", "as is")]),
-        "right": np.where(pick, wide[("right", "whitened")], wide[("right", "as is")]).astype(bool)})
+    rules["better of the two"] = better_of_two_rule(wide)
     # the plain view kept unless the whitened one leads by more (long reverb lost a little to the pick)
     ahead = wide[("margin", "whitened")] > wide[("margin", "as is")] + PLAIN_BONUS
     rules[f"better of the two, plain +{PLAIN_BONUS:g}"] = pd.DataFrame({
@@ -241,20 +239,8 @@ def report(rows: pd.DataFrame, fpr: float) -> None:
     if ("margin", "fused") in wide.columns:  # rows collected before the fused rule existed lack it
         rules["fused"] = pd.DataFrame({"margin": wide[("margin", "fused")],
                                        "right": wide[("right", "fused")].astype(bool)})
-    for length in sorted(rows["length_s"].unique()):
-        table = []
-        for name, rule in rules.items():
-            t = rule.reset_index()
-            t = t[t["length_s"] == length]
-            null = t[t["kind"] == "null"]
-            threshold = float(np.quantile(null["margin"], 1 - fpr))
-            for condition, g in t.groupby("condition", sort=False):
-                found, unknown = g[g["kind"] == "in database"], g[g["kind"] == "null"]
-                table.append({"rule": name, "condition": condition, "queries": len(found),
-                              "top-1 %": 100 * found["right"].mean(),
-                              "right and accepted %": 100 * (found["right"] & (found["margin"] > threshold)).mean(),
-                              "FPR %": 100 * (unknown["margin"] > threshold).mean()})
-        table = pd.DataFrame(table)
+    tables = pd.concat([rule_table(rule, fpr).assign(rule=name) for name, rule in rules.items()])
+    for length, table in tables.groupby("length_s"):
         print(f"\n## {length:g} s queries ({table['queries'].iloc[0]} per condition; thresholds for "
               f"{100 * fpr:g} % on the pooled null queries)")
         for column in ("top-1 %", "right and accepted %", "FPR %"):

@@ -13,7 +13,7 @@ resonant space and loses songs to the live listener in a noisy one.
 Short-time transform: a periodic Hann window of 256 samples (32 ms at 8 kHz) every 64, so the squared windows of
 overlapping frames sum to a constant (1.5) and overlap-add gives the signal back where the gain is 1. One framing
 serves a whole query (``spectral_gate``) and a stream (``StreamingGate``: the noise from the newest ``fit_s``
-seconds, refitted every ``refit_s``; each sample comes out once no later frame can change it, a fixed
+seconds, refitted every ``refit_s``; each sample comes out once no later frame can change it, at most
 ``StreamingGate.latency`` later). numpy's FFT suffices: the gate costs a few milliseconds for a 10 s query.
 """
 
@@ -82,10 +82,12 @@ def spectral_gate(x: np.ndarray) -> np.ndarray:
     spectra = _spectra(padded)
     power = spectra.real ** 2 + spectra.imag ** 2
     y = _synthesise(spectra * _smooth3(gains(power, noise_power(power))))[lead:lead + len(x)]
-    return _at_rms_of(x, y)
+    return at_rms_of(x, y)
 
 
-def _at_rms_of(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def at_rms_of(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y`` brought to ``x``'s RMS, as float32 (``y`` as it is when silent)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     energy = float(np.mean(y * y))
     return (y * np.sqrt(float(np.mean(x * x)) / energy) if energy > 0 else y).astype(np.float32)
 
