@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from workflow_lib.training.augment import (FILTER_SETTLE, AugmentConfig, ViewParams, apply_biquads, biquad_coefficients,
-                                  compress, degrade, drop_first_channel, mask_spectrogram, mix_at_snr, reverberate,
-                                  sample_view_params)
+                                  compress, degrade, drop_first_channel, lpc_whiten_rows, mask_spectrogram,
+                                  mix_at_snr, reverberate, sample_view_params, set_peak_db)
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.training.batches import BatchStream, view_workers
 from workflow_lib.training.data import ViewSource
@@ -178,6 +178,10 @@ def test_sampled_masks_fit_inside_the_spectrogram():
 def test_augment_config_validation():
     with pytest.raises(ValueError, match="noise_prob"):
         AugmentConfig(noise_prob=1.5)
+    with pytest.raises(ValueError, match="whiten_order"):
+        AugmentConfig(whiten_prob=0.3, whiten_order=0)
+    with pytest.raises(ValueError, match="whiten_fit_s"):
+        AugmentConfig(whiten_prob=0.3, whiten_fit_s=0.02)
     with pytest.raises(ValueError, match="snr_db"):
         AugmentConfig(snr_db=(10.0, 0.0))
     cfg = AugmentConfig()
@@ -468,3 +472,59 @@ def test_a_sped_up_last_segment_ends_in_silence_not_in_the_next_song(tmp_path):
         tail = audio[-200:]  # past the song's end: silence (resampling rings only at the edge)
         assert np.all(np.abs(tail) < 0.05), tail[:5]
         assert np.sign(np.median(audio[-8000:-1000])) == np.sign(level)  # the song itself, never the other one
+
+
+# --- whitened views ---------------------------------------------------------------------------------------------
+
+def test_batched_whitening_is_the_searchs_whitening():
+    """lpc_whiten_rows gives, row by row, what the search's lpc_whiten gives a query: the same filter at the same
+    level; a silent row comes back silent."""
+    import scipy.signal
+
+    from workflow_lib.search.whiten import lpc_whiten
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 12000))
+    for i, f0 in enumerate((400.0, 1300.0)):  # a narrow resonance far above the rest: what the whitening takes out
+        b, a = scipy.signal.iirpeak(f0, 40, fs=8000)
+        x[i] = scipy.signal.lfilter(b, a, x[i]) + 0.05 * x[i]
+    x[2] = 0.0
+    x = x.astype(np.float32)
+    y = lpc_whiten_rows(torch.from_numpy(x), 48).numpy()
+    for i in range(3):
+        np.testing.assert_allclose(y[i], lpc_whiten(x[i], 48), atol=1e-6)
+    assert np.abs(y[0] - x[0]).max() > 0.1 * np.abs(x[0]).max()  # it did filter
+    assert np.all(y[2] == 0)
+    with pytest.raises(ValueError, match="order"):
+        lpc_whiten_rows(torch.zeros(1, 40), 48)
+
+
+def test_whitened_views_are_the_plain_views_whitened_on_their_fit_length(banks):
+    """With whiten_prob the views are those of a run without it (drawn last; only more history for the fit), a
+    share of them is whitened, and degrade_views gives the other views as before and the whitened ones through
+    the inverse filter of the last whiten_fit_s of their degraded audio, cut to the segment at the drawn level."""
+    from workflow_lib.training.train import degrade_views
+
+    songs, _, irs = banks
+    rows = np.tile(np.arange(8), 8)
+    base = dict(jitter_s=0.0, max_ir_s=0.05, reverb_prob=1.0, compress_prob=0.0, time_mask_prob=0.0,
+                freq_mask_prob=0.0)
+    plain = ViewSource(songs, None, irs, AugmentConfig(**base)).pairs(np.random.default_rng(0), rows)
+    src = ViewSource(songs, None, irs, AugmentConfig(**base, whiten_prob=0.5, whiten_fit_s=1.5, whiten_order=32))
+    views = src.pairs(np.random.default_rng(0), rows)
+    assert plain.whiten is None and views.audio.shape[1] == plain.audio.shape[1] + 4000
+    np.testing.assert_array_equal(views.audio[:, 4000:], plain.audio)
+    np.testing.assert_array_equal(views.irs, plain.irs)
+    np.testing.assert_array_equal(views.params.eq_gain_db, plain.params.eq_gain_db)
+    assert 0.3 < views.whiten.mean() < 0.7 and views.fit_len == 12000 and views.whiten_order == 32
+    cpu = torch.device("cpu")
+    wav, params = degrade_views(views, cpu)
+    ref, _ = degrade_views(plain, cpu)
+    w = torch.from_numpy(views.whiten)
+    assert wav.shape == ref.shape == (len(views.whiten), 8000)
+    torch.testing.assert_close(wav[~w], ref[~w], atol=1e-4, rtol=0)
+    long = degrade(torch.from_numpy(views.audio), torch.from_numpy(views.irs), torch.from_numpy(views.noise),
+                   params, 12000)
+    expected = set_peak_db(lpc_whiten_rows(long[w], 32)[:, -8000:], params.gain_db[w])
+    torch.testing.assert_close(wav[w], expected, atol=1e-5, rtol=0)
+    assert ((wav[w] - ref[w]).abs().amax(-1) > 0.05).all()  # whitened, not the plain view

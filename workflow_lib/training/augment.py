@@ -13,7 +13,9 @@ inputs. The chain follows a real capture, in order:
 3. background noise at a drawn SNR;
 4. the recording device: band limits and up to ``eq_bands`` peaking EQ bands of up to +-20 dB (a small speaker's or
    phone microphone's colouring; it filters the noise too), then a random level;
-5. time and frequency masking on the log-mel.
+5. optionally (``whiten_prob``), the search's second view: the view through the inverse of its own long linear
+   predictor fitted on the ``whiten_fit_s`` it ends (``lpc_whiten_rows``), as the search whitens a query;
+6. time and frequency masking on the log-mel.
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ class AugmentConfig:
     # instead of being ignored beside the first. Both views of a pair together, so no view is asked to match
     # itself with and without the channel.
     first_channel_drop_prob: float = 0.0
+    # Share of degraded views that are whitened as the search's second view whitens a query (search/whiten.py):
+    # through the inverse of their own order-``whiten_order`` linear predictor, fitted on the ``whiten_fit_s`` of
+    # degraded audio that end with the view (the search whitens queries of 3 s or more as a whole). Teaches the
+    # encoder that a whitened query is still its song.
+    whiten_prob: float = 0.0
+    whiten_fit_s: float = 3.0
+    whiten_order: int = 96
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -88,6 +97,10 @@ class AugmentConfig:
         object.__setattr__(self, "eq_bands", (int(self.eq_bands[0]), int(self.eq_bands[1])))
         if self.speed[0] <= 0.5 or self.speed[1] >= 2.0:
             raise ValueError(f"augment.speed must lie within (0.5, 2), got {list(self.speed)}")
+        if self.whiten_order < 1 or self.whiten_fit_s * SAMPLE_RATE <= 2 * self.whiten_order:
+            raise ValueError(f"augment: whiten_order must be >= 1 and whiten_fit_s long enough to fit it, got "
+                             f"{self.whiten_order} and {self.whiten_fit_s} s")
+        object.__setattr__(self, "whiten_order", int(self.whiten_order))
         if self.compress_ratio[0] < 1.0:
             raise ValueError(f"augment.compress_ratio must be >= 1, got {list(self.compress_ratio)}")
         if self.highpass_hz[0] <= 0 or self.lowpass_hz[1] >= SAMPLE_RATE / 2:
@@ -293,13 +306,15 @@ def set_peak_db(audio: torch.Tensor, peak_db: torch.Tensor) -> torch.Tensor:
 
 
 def degrade(audio: torch.Tensor, irs: torch.Tensor, noise: torch.Tensor, params: ViewParams,
-            out_len: int, sample_rate: int = SAMPLE_RATE, device_irs: torch.Tensor | None = None) -> torch.Tensor:
+            out_len: int, sample_rate: int = SAMPLE_RATE, device_irs: torch.Tensor | None = None,
+            measure_last: int | None = None) -> torch.Tensor:
     """Waveform part of the chain for B views.
 
     ``audio`` (B, L): each view's last ``out_len`` samples preceded by ``L - out_len`` samples of history (at least
     the IR lengths - 1 + ``FILTER_SETTLE``). ``irs`` (B, K): room / resonant-space responses, a unit impulse for
     rows without reverb; ``device_irs`` (B, Kd), optional: playback-device responses chained with them.
-    ``noise`` (B, >= out_len + FILTER_SETTLE). Returns (B, out_len) float32.
+    ``noise`` (B, >= out_len + FILTER_SETTLE). The SNR is that of the last ``measure_last`` samples (default:
+    all ``out_len``). Returns (B, out_len) float32.
     """
     tail = out_len + FILTER_SETTLE
     chain = [irs] if device_irs is None else [device_irs, irs]
@@ -309,7 +324,7 @@ def degrade(audio: torch.Tensor, irs: torch.Tensor, noise: torch.Tensor, params:
                          f"{[h.shape[-1] for h in chain]} samples and {out_len}-sample views")
     source = compress(audio, params.compress_ratio, params.compress_threshold_db)
     wet = reverberate(source, chain, tail)
-    mixed = mix_at_snr(wet, noise[..., -tail:].float(), params.snr_db, measure_last=out_len)
+    mixed = mix_at_snr(wet, noise[..., -tail:].float(), params.snr_db, measure_last=measure_last or out_len)
     eq = params.eq_gain_db if params.eq_gain_db.dim() == 2 else params.eq_gain_db.unsqueeze(-1)
     eq_hz = params.eq_hz if params.eq_hz.dim() == 2 else params.eq_hz.unsqueeze(-1)
     eq_q = params.eq_q if params.eq_q.dim() == 2 else params.eq_q.unsqueeze(-1)
@@ -321,6 +336,32 @@ def degrade(audio: torch.Tensor, irs: torch.Tensor, noise: torch.Tensor, params:
                                                sample_rate=sample_rate))
     filtered = apply_biquads(mixed, filters)
     return set_peak_db(filtered[..., -out_len:], params.gain_db)
+
+
+def lpc_whiten_rows(audio: torch.Tensor, order: int, ridge: float = 1e-3) -> torch.Tensor:
+    """Each row of ``audio`` (B, L) through the inverse filter of its own order-``order`` linear predictor
+    (autocorrelation method, ``ridge`` a white-noise correction on the zero lag), at the row's own RMS: the batched
+    torch form of ``search.whiten.lpc_whiten`` (same filter, same output, tested), so training views can be
+    whitened on the training device as the search whitens a query. Silent rows come back as they are."""
+    x = audio.double()
+    length = x.shape[-1]
+    if length <= order:
+        raise ValueError(f"lpc_whiten_rows: order {order} needs more than {order} samples, got {length}")
+    n = _fast_fft_len(length + order + 1)
+    spec = torch.fft.rfft(x, n=n)
+    r = torch.fft.irfft(spec.real ** 2 + spec.imag ** 2, n=n)[..., :order + 1]
+    live = r[..., 0] > 0
+    lags = r.clone()
+    lags[..., 0] = torch.where(live, lags[..., 0] * (1 + ridge), torch.ones_like(lags[..., 0]))
+    idx = torch.arange(order, device=x.device)
+    toeplitz = lags[..., (idx[:, None] - idx[None, :]).abs()]
+    a = torch.linalg.solve(toeplitz, -lags[..., 1:order + 1])
+    b = torch.cat([torch.ones_like(a[..., :1]), a], dim=-1)
+    out = torch.fft.irfft(spec * torch.fft.rfft(b, n=n), n=n)[..., :length]
+    rms_in = x.pow(2).mean(-1, keepdim=True).sqrt()
+    rms_out = out.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-30)
+    out = torch.where(live.unsqueeze(-1), out * rms_in / rms_out, x)
+    return out.to(audio.dtype)
 
 
 def drop_first_channel(spec: torch.Tensor, off: torch.Tensor) -> torch.Tensor:

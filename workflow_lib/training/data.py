@@ -147,6 +147,11 @@ class ViewBatch:
     params: ViewParams
     device_irs: np.ndarray | None = None  # (B, device_len) float32: playback device (unit impulse: none)
     first_channel_off: np.ndarray | None = None  # (B,) bool: the front end's first channel is zeroed
+    # (B,) bool: the view is whitened by its own order-``whiten_order`` predictor fitted on the last ``fit_len``
+    # samples of the degraded audio (the audio then holds ``fit_len - segment`` more samples of history)
+    whiten: np.ndarray | None = None
+    whiten_order: int = 0
+    fit_len: int = 0
 
     @staticmethod
     def concat(parts: list["ViewBatch"]) -> "ViewBatch":
@@ -155,12 +160,14 @@ class ViewBatch:
 
         return ViewBatch(np.concatenate([p.audio for p in parts]), np.concatenate([p.irs for p in parts]),
                          np.concatenate([p.noise for p in parts]), ViewParams.concat([p.params for p in parts]),
-                         joined([p.device_irs for p in parts]), joined([p.first_channel_off for p in parts]))
+                         joined([p.device_irs for p in parts]), joined([p.first_channel_off for p in parts]),
+                         joined([p.whiten for p in parts]), parts[0].whiten_order, parts[0].fit_len)
 
     def _with_waveforms(self, f) -> "ViewBatch":
         """The batch with ``f`` applied to each waveform array (the per-view choices as they are)."""
         return ViewBatch(f(self.audio), f(self.irs), f(self.noise), self.params,
-                         None if self.device_irs is None else f(self.device_irs), self.first_channel_off)
+                         None if self.device_irs is None else f(self.device_irs), self.first_channel_off,
+                         self.whiten, self.whiten_order, self.fit_len)
 
     def shareable(self) -> "ViewBatch":
         """The waveforms as CPU tensors (sharing the arrays' memory): a worker process hands tensors to the trainer
@@ -220,7 +227,10 @@ class ViewSource:
 
         self.ir_len = longest(("room", "resonant"))
         self.device_len = longest(("device",)) if cfg.device_ir_prob > 0 else 0
-        self.history = self.ir_len - 1 + max(self.device_len - 1, 0) + FILTER_SETTLE
+        # A whitened view's predictor is fitted on the fit_len samples of degraded audio that end with it, so every
+        # view is degraded over that length when any may be whitened (its level and SNR still measured on the view).
+        self.fit_len = int(round(cfg.whiten_fit_s * sample_rate)) if cfg.whiten_prob > 0 else segment
+        self.history = self.ir_len - 1 + max(self.device_len - 1, 0) + FILTER_SETTLE + self.fit_len - segment
         self.window = self.history + segment
         lengths = songs.lengths
         counts = np.array([n_segments(int(n), segment, hop) for n in lengths], dtype=np.int64)
@@ -278,7 +288,7 @@ class ViewSource:
             audio[i] = self._cut(bank, int(song[i]), int(start[i]), float(speed[i]))
         irs = np.zeros((n, self.ir_len), dtype=np.float32)
         irs[:, 0] = 1.0  # unit impulse = no reverb
-        noise = np.zeros((n, self.segment + FILTER_SETTLE), dtype=np.float32)
+        noise = np.zeros((n, self.fit_len + FILTER_SETTLE), dtype=np.float32)
         params = sample_view_params(rng, n, cfg)
         if clean is not None:
             params.snr_db[clean] = np.inf
@@ -316,12 +326,20 @@ class ViewSource:
 
         With ``clean_anchor_prob`` > 0 that share of anchors is the clean on-grid segment instead (NAFP's
         original-vs-replica pairs). With ``first_channel_drop_prob`` > 0 that share of pairs has the front end's
-        first channel dropped from both views (drawn last, so the views are those of a run without it)."""
+        first channel dropped from both views (drawn last, so the views are those of a run without it). With
+        ``whiten_prob`` > 0 that share of the degraded views is whitened (``train.degrade_views``)."""
         clean = rng.random(len(rows)) < self.cfg.clean_anchor_prob if self.cfg.clean_anchor_prob > 0 else None
         batch = ViewBatch.concat([self.views(rng, rows, clean), self.views(rng, rows)])
         if self.cfg.first_channel_drop_prob > 0:
             off = rng.random(len(rows)) < self.cfg.first_channel_drop_prob
             batch.first_channel_off = np.concatenate([off, off])
+        if self.cfg.whiten_prob > 0:
+            # Drawn last as well, per view (a clean anchor stays as the database holds it). The views are those of
+            # a run without it but for the noise excerpts' offsets, drawn over the longer fit length.
+            whiten = rng.random(2 * len(rows)) < self.cfg.whiten_prob
+            if clean is not None:
+                whiten[:len(rows)] &= ~clean
+            batch.whiten, batch.whiten_order, batch.fit_len = whiten, self.cfg.whiten_order, self.fit_len
         return batch
 
     def epoch_order(self, epoch_key: Sequence[int], batch_pairs: int) -> list[np.ndarray]:

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import atomic_path, remove_stale_temporaries
-from workflow_lib.training.augment import AugmentConfig, ViewParams, degrade, drop_first_channel, mask_spectrogram
+from workflow_lib.training.augment import (AugmentConfig, ViewParams, degrade, drop_first_channel, lpc_whiten_rows,
+                                           mask_spectrogram, set_peak_db)
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.training.losses import nt_xent
@@ -52,7 +53,7 @@ LOG_EVERY_S = 120.0
 RUNTIME_KEYS = {"device", "max_minutes", "amp", "patience", "eval_batch", "checkpoint_minutes", "view_workers"}
 # Augmentation options added after checkpoints existed, with the value that leaves training as it was: at that
 # value they stay out of a run's fingerprint, so a run killed before the option existed still resumes.
-ADDED_AUGMENT_KEYS = {"first_channel_drop_prob": 0.0}
+ADDED_AUGMENT_KEYS = {"first_channel_drop_prob": 0.0, "whiten_prob": 0.0, "whiten_fit_s": 3.0, "whiten_order": 96}
 
 
 class CheckpointError(RuntimeError):
@@ -209,7 +210,15 @@ def _to_device(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def degrade_views(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor, ViewParams]:
     audio, irs, noise, params, device_irs = _to_device(views, device)
-    return degrade(audio, irs, noise, params, SEGMENT_SAMPLES, device_irs=device_irs), params
+    if views.whiten is None:
+        return degrade(audio, irs, noise, params, SEGMENT_SAMPLES, device_irs=device_irs), params
+    # Degraded over the predictor's fit length, SNR measured on the view itself; the whitened rows then through
+    # their own inverse filter, and every view cut to its segment at its drawn level.
+    wav = degrade(audio, irs, noise, params, views.fit_len, device_irs=device_irs, measure_last=SEGMENT_SAMPLES)
+    rows = torch.from_numpy(np.flatnonzero(views.whiten)).to(wav.device)
+    if len(rows):
+        wav[rows] = lpc_whiten_rows(wav[rows], views.whiten_order)
+    return set_peak_db(wav[..., -SEGMENT_SAMPLES:], params.gain_db), params
 
 
 @torch.no_grad()
