@@ -517,6 +517,8 @@ def test_whitened_views_are_the_plain_views_whitened_on_their_fit_length(banks):
     np.testing.assert_array_equal(views.irs, plain.irs)
     np.testing.assert_array_equal(views.params.eq_gain_db, plain.params.eq_gain_db)
     assert 0.3 < views.whiten.mean() < 0.7 and views.fit_len == 12000 and views.whiten_order == 32
+    short = ViewSource(songs, None, irs, AugmentConfig(**base, whiten_prob=0.5, whiten_fit_s=0.5, whiten_order=32))
+    assert short.fit_len == 8000 and short.history == ViewSource(songs, None, irs, AugmentConfig(**base)).history
     cpu = torch.device("cpu")
     wav, params = degrade_views(views, cpu)
     ref, _ = degrade_views(plain, cpu)

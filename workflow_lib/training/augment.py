@@ -73,8 +73,8 @@ class AugmentConfig:
     first_channel_drop_prob: float = 0.0
     # Share of degraded views that are whitened as the search's second view whitens a query (search/whiten.py):
     # through the inverse of their own order-``whiten_order`` linear predictor, fitted on the ``whiten_fit_s`` of
-    # degraded audio that end with the view (the search whitens queries of 3 s or more as a whole). Teaches the
-    # encoder that a whitened query is still its song.
+    # degraded audio that end with the view, or the view alone if shorter (the search whitens queries of 3 s or more
+    # as a whole). Teaches the encoder that a whitened query is still its song.
     whiten_prob: float = 0.0
     whiten_fit_s: float = 3.0
     whiten_order: int = 96
