@@ -53,7 +53,8 @@ LOG_EVERY_S = 120.0
 RUNTIME_KEYS = {"device", "max_minutes", "amp", "patience", "eval_batch", "checkpoint_minutes", "view_workers"}
 # Augmentation options added after checkpoints existed, with the value that leaves training as it was: at that
 # value they stay out of a run's fingerprint, so a run killed before the option existed still resumes.
-ADDED_AUGMENT_KEYS = {"first_channel_drop_prob": 0.0, "whiten_prob": 0.0, "whiten_fit_s": 3.0, "whiten_order": 96}
+ADDED_AUGMENT_KEYS = {k: getattr(AugmentConfig(), k)
+                      for k in ("first_channel_drop_prob", "whiten_prob", "whiten_fit_s", "whiten_order")}
 
 
 class CheckpointError(RuntimeError):
