@@ -60,11 +60,12 @@ def test_a_member_model_cannot_search_an_ensemble_database(ensemble_results, tmp
         Searcher.from_paths(r.parent / "m0.pt", r / "index", device="cpu")
 
 
-def test_the_bundled_pair_is_the_bundled_model_and_a_band_centred_one_trained_beside_it():
-    """models/nafp-small-pair.pt: its checksum as recorded, its first member is models/nafp-small.pt itself, and its
-    second was trained for the pair with that very model held fixed (train.partner)."""
+def test_the_bundled_pair_is_the_model_the_bundled_one_grew_from_and_a_band_centred_one_trained_beside_it():
+    """models/nafp-small-pair.pt: its checksum as recorded; its first member is the bundled model's predecessor, the
+    one models/nafp-small.pt was fine-tuned from (2026-12-05, train_meta init_from); its second was trained for the
+    pair with that very model held fixed (train.partner)."""
     from workflow_lib.common.layout import BUNDLED_MODEL, BUNDLED_MODELS, is_bundled, model_source_path
-    from workflow_lib.model.model_file import load_fingerprinter, model_checksum, verify_checksum
+    from workflow_lib.model.model_file import load_fingerprinter, verify_checksum
 
     pair = model_source_path("bundled-pair", ".")
     assert pair == BUNDLED_MODELS["bundled-pair"] and is_bundled(pair)
@@ -72,8 +73,10 @@ def test_the_bundled_pair_is_the_bundled_model_and_a_band_centred_one_trained_be
     ens, single = load_fingerprinter(pair), load_fingerprinter(BUNDLED_MODEL)
     assert ens.weights == (0.5, 0.5) and ens.dim == 2 * single.dim
     assert [m.frontend_config.compression for m in ens.members] == ["log", "log-cmn"]
-    second = torch.load(pair, map_location="cpu", weights_only=False)["members"][1]["train_meta"]
-    assert second["partner"] == {"model": model_checksum(BUNDLED_MODEL), "weight": 0.5}
+    payload = torch.load(pair, map_location="cpu", weights_only=False)
+    first = payload["train_meta"]["members"][0]["checksum"]
+    assert first.startswith(torch.load(BUNDLED_MODEL, map_location="cpu", weights_only=True)["train_meta"]["init_from"])
+    assert payload["members"][1]["train_meta"]["partner"] == {"model": first, "weight": 0.5}
     wav = torch.from_numpy(synth_song(5, 2.0)[:SR])[None]
     with torch.inference_mode():
-        assert torch.allclose(ens(wav)[:, :single.dim] * 2 ** 0.5, single(wav), atol=1e-6)
+        assert torch.allclose(ens(wav)[:, :single.dim] * 2 ** 0.5, ens.members[0](wav), atol=1e-6)
