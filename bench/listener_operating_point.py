@@ -90,7 +90,8 @@ def main() -> int:
     for fpr, hops, share, gap, island, shortest, short, window, persist, views in settings:
         scan.EDGE_SHARE, scan.SELF_NULL_GAP = share, gap
         scan.SHORT_PLAY_S, scan.SHORT_PLAY_SIMILARITY = short
-        listen = {**cfg["listen"], "max_fpr": fpr, "consistent_hops": hops, "window_s": window,
+        # --max-fpr is the rate the scan decides at (a folder's recorded listen.scan_max_fpr would override it)
+        listen = {**cfg["listen"], "max_fpr": fpr, "scan_max_fpr": None, "consistent_hops": hops, "window_s": window,
                   "persistent_hops": persist, "follow_island_s": island}
         tables = []
         for seed in seeds:

@@ -93,6 +93,28 @@ def test_chunks_fingerprinted_side_by_side_give_the_same_timeline(world):
     assert one.stats == three.stats
 
 
+def test_the_scan_decides_at_its_own_rate_where_one_is_set(world, monkeypatch):
+    """listen.scan_max_fpr replaces max_fpr for the scan's listener cores (and only there); null keeps max_fpr."""
+    import workflow_lib.listener.scan as scan_module
+
+    songs, searcher = world
+    rates = []
+
+    class Recording(scan_module.ListenerCore):
+        def __init__(self, searcher, config, **kw):
+            rates.append(config.max_fpr)
+            super().__init__(searcher, config, **kw)
+
+    monkeypatch.setattr(scan_module, "ListenerCore", Recording)
+    audio = songs["s0"][:8 * SR]
+    both = ListenConfig(window_s=4.0, tail_s=2.0, max_fpr=0.005, scan_max_fpr=0.003)
+    scan_chunks(searcher, [audio], both)
+    scan_chunks(searcher, [audio], ListenConfig(window_s=4.0, tail_s=2.0, max_fpr=0.005))
+    assert rates == [0.003, 0.005] and both.max_fpr == 0.005
+    with pytest.raises(ValueError, match="scan_max_fpr"):
+        ListenConfig(scan_max_fpr=1.5)
+
+
 def test_cli_outputs_json_csv_and_plot_and_reads_wav_on_stdin(world, tmp_path, monkeypatch, capsys):
     from workflow_lib.cli import main as cli_main, query as cli_query
 

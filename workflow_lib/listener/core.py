@@ -37,7 +37,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
@@ -72,6 +72,10 @@ class ListenConfig:
     offset_tolerance_hops: int = 1
     resync_margin: float = 0.03
     max_fpr: float | None = 0.005
+    # The scan's own max_fpr (``nafp scan`` and the monitoring evaluation; None: max_fpr): a recording is scanned
+    # once and its false alarms last, while the microphone gains from answering sooner (bench/README.md, "The
+    # whitened-view model shipped").
+    scan_max_fpr: float | None = None
     persistent_hops: int | None = None
     follow_island_s: float = 0.0  # the scan's following only (scan._extend); the live listener has none
     silence_dbfs: float = SILENCE_DBFS
@@ -86,8 +90,10 @@ class ListenConfig:
                              f"got {self.tail_s}")
         if self.consistent_hops < 1 or self.release_hops < 1 or self.offset_tolerance_hops < 0:
             raise ValueError("listen: consistent_hops and release_hops must be >= 1, offset_tolerance_hops >= 0")
-        if self.max_fpr is not None and not 0 < self.max_fpr < 1:
-            raise ValueError(f"listen.max_fpr must lie in (0, 1) or be null, got {self.max_fpr}")
+        for key in ("max_fpr", "scan_max_fpr"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"listen.{key} must lie in (0, 1) or be null, got {value}")
         if self.persistent_hops is not None and self.persistent_hops < 1:
             raise ValueError(f"listen.persistent_hops must be at least 1 or null, got {self.persistent_hops}")
         if not self.follow_island_s >= 0:  # NaN too
@@ -99,6 +105,10 @@ class ListenConfig:
                              f"got {self.min_match_s}")
         if self.ring_s < 2 * SEGMENT_S or not 0 < self.block_s <= 1:
             raise ValueError("listen: ring_s must be >= 2 s and block_s in (0, 1] s")
+
+    def for_scan(self) -> "ListenConfig":
+        """The settings a scan decides with: ``scan_max_fpr`` in place of ``max_fpr`` where it is set."""
+        return self if self.scan_max_fpr is None else replace(self, max_fpr=self.scan_max_fpr)
 
     @property
     def window_segments(self) -> int:

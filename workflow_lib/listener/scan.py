@@ -173,7 +173,7 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
     recording made in a small, tiled or resonant room."""
     if not min_duration_s >= 0:  # NaN too: it would silently drop every occurrence
         raise ValueError(f"the shortest occurrence reported must be 0 s or more, got {min_duration_s:g}")
-    config = config or ListenConfig()
+    config = (config or ListenConfig()).for_scan()
     t0 = time.perf_counter()
     n_views = 2 if whitened else 1
     view = whitened_view(searcher) if whitened else None
