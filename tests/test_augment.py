@@ -499,16 +499,24 @@ def test_batched_whitening_is_the_searchs_whitening():
         lpc_whiten_rows(torch.zeros(1, 40), 48)
 
 
-def test_whitened_views_are_the_plain_views_whitened_on_their_fit_length(banks):
+def test_whitened_views_are_the_plain_views_whitened_on_their_fit_length(banks, tmp_path):
     """With whiten_prob the views are those of a run without it (drawn last; only more history for the fit), a
-    share of them is whitened, and degrade_views gives the other views as before and the whitened ones through
-    the inverse filter of the last whiten_fit_s of their degraded audio, cut to the segment at the drawn level."""
+    share of them is whitened, and degrade_views gives the other views as that run does (degraded from its
+    shorter window: the compressor's level is that window's, and the long fit is paid only where it is used) and
+    the whitened ones through the inverse filter of the last whiten_fit_s of their degraded audio, cut to the
+    segment at the drawn level."""
     from workflow_lib.training.train import degrade_views
 
-    songs, _, irs = banks
+    _, _, irs = banks
+    # Fading songs: the audio before a view is louder than the view, so a compressor that looked further back
+    # would compress it differently.
+    fade = [np.random.default_rng(i).standard_normal(n).astype(np.float32) * np.geomspace(1, 0.02, n, dtype=np.float32)
+            for i, n in enumerate((24000, 16000))]
+    write_clip_bank(tmp_path / "fading", fade, pd.DataFrame({"song_id": ["a", "b"], "name": ["a", "b"]}))
+    songs = ClipBank(tmp_path / "fading")
     rows = np.tile(np.arange(8), 8)
-    base = dict(jitter_s=0.0, max_ir_s=0.05, reverb_prob=1.0, compress_prob=0.0, time_mask_prob=0.0,
-                freq_mask_prob=0.0)
+    base = dict(jitter_s=0.0, max_ir_s=0.05, reverb_prob=1.0, compress_prob=1.0, compress_threshold_db=(-12.0, -6.0),
+                time_mask_prob=0.0, freq_mask_prob=0.0)
     plain = ViewSource(songs, None, irs, AugmentConfig(**base)).pairs(np.random.default_rng(0), rows)
     src = ViewSource(songs, None, irs, AugmentConfig(**base, whiten_prob=0.5, whiten_fit_s=1.5, whiten_order=32))
     views = src.pairs(np.random.default_rng(0), rows)

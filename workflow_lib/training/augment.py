@@ -135,6 +135,10 @@ class ViewParams:
         return ViewParams(**{f.name: torch.as_tensor(np.asarray(getattr(self, f.name)), device=device)
                              for f in fields(self)})
 
+    def take(self, rows: Any) -> "ViewParams":
+        """The choices of the views ``rows`` (an index array or mask of the same kind as the fields)."""
+        return ViewParams(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
     @staticmethod
     def concat(parts: list["ViewParams"]) -> "ViewParams":
         return ViewParams(**{f.name: np.concatenate([np.asarray(getattr(p, f.name)) for p in parts])

@@ -228,7 +228,8 @@ class ViewSource:
         self.ir_len = longest(("room", "resonant"))
         self.device_len = longest(("device",)) if cfg.device_ir_prob > 0 else 0
         # A whitened view's predictor is fitted on the fit_len samples of degraded audio that end with it, so every
-        # view is degraded over that length when any may be whitened (its level and SNR still measured on the view).
+        # view's window holds that much more history when any may be whitened (which ones is drawn after the views;
+        # train.degrade_views degrades only those over it, the others from the end of their window).
         self.fit_len = max(int(round(cfg.whiten_fit_s * sample_rate)), segment) if cfg.whiten_prob > 0 else segment
         self.history = self.ir_len - 1 + max(self.device_len - 1, 0) + FILTER_SETTLE + self.fit_len - segment
         self.window = self.history + segment
