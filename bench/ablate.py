@@ -63,6 +63,7 @@ VARIANTS: dict[str, dict] = {
     # a share of the views whitened as the search's second view whitens a query (augment.lpc_whiten_rows): meant
     # for fine-tuning the bundled model (--init), whose whitened view already wins the resonant space
     "whiten-0.3": {"whiten_prob": 0.3},
+    "whiten-0.5": {"whiten_prob": 0.5},  # half of them: the resonant space is where the whitened view wins
     # every new component off: the old chain on the new data and impulse-response bank
     "old-chain": {"resonant_share": 0.0, "max_ir_s": 1.0, "device_ir_prob": 0.0, "eq_bands": [1, 1],
                   "eq_gain_db": [-12.0, 12.0], "eq_prob": 0.5, "codec_prob": 0.0, "speed_prob": 0.0,
