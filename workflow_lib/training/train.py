@@ -215,7 +215,8 @@ def degrade_views(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor,
         return degrade(audio, irs, noise, params, SEGMENT_SAMPLES, device_irs=device_irs), params
     # Only the whitened views are degraded over the predictor's fit length (SNR measured on the view itself), then
     # through their own inverse filter and cut to the segment at the drawn level. The others are degraded from the
-    # window a run without whitening cuts (the end of theirs), as that run degrades them: a third of the cost.
+    # window a run without whitening cuts (the end of theirs), as that run degrades them: the long degradation is
+    # paid only where it is used.
     wav = torch.empty(len(views.whiten), SEGMENT_SAMPLES, dtype=torch.float32, device=audio.device)
     chain = irs.shape[-1] - 1 + (device_irs.shape[-1] - 1 if device_irs is not None else 0)
     plain_window = SEGMENT_SAMPLES + FILTER_SETTLE + chain
