@@ -318,7 +318,8 @@ def degrade(audio: torch.Tensor, irs: torch.Tensor, noise: torch.Tensor, params:
     the IR lengths - 1 + ``FILTER_SETTLE``). ``irs`` (B, K): room / resonant-space responses, a unit impulse for
     rows without reverb; ``device_irs`` (B, Kd), optional: playback-device responses chained with them.
     ``noise`` (B, >= out_len + FILTER_SETTLE). The SNR is that of the last ``measure_last`` samples (default:
-    all ``out_len``). Returns (B, out_len) float32.
+    all ``out_len``). Returns (B, out_len) float32. Only the history the chain needs is used (more is ignored), so
+    the view does not depend on how much a caller hands in: the compressor's level is taken over that window.
     """
     tail = out_len + FILTER_SETTLE
     chain = [irs] if device_irs is None else [device_irs, irs]
@@ -326,7 +327,7 @@ def degrade(audio: torch.Tensor, irs: torch.Tensor, noise: torch.Tensor, params:
     if audio.shape[-1] < need:
         raise ValueError(f"degrade: {audio.shape[-1]} samples of audio is too little history for responses of "
                          f"{[h.shape[-1] for h in chain]} samples and {out_len}-sample views")
-    source = compress(audio, params.compress_ratio, params.compress_threshold_db)
+    source = compress(audio[..., -need:], params.compress_ratio, params.compress_threshold_db)
     wet = reverberate(source, chain, tail)
     mixed = mix_at_snr(wet, noise[..., -tail:].float(), params.snr_db, measure_last=measure_last or out_len)
     eq = params.eq_gain_db if params.eq_gain_db.dim() == 2 else params.eq_gain_db.unsqueeze(-1)

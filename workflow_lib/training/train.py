@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import atomic_path, remove_stale_temporaries
-from workflow_lib.training.augment import (FILTER_SETTLE, AugmentConfig, ViewParams, degrade, drop_first_channel,
-                                           lpc_whiten_rows, mask_spectrogram, set_peak_db)
+from workflow_lib.training.augment import (AugmentConfig, ViewParams, degrade, drop_first_channel, lpc_whiten_rows,
+                                           mask_spectrogram, set_peak_db)
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.training.losses import nt_xent
@@ -214,25 +214,24 @@ def degrade_views(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor,
     if views.whiten is None:
         return degrade(audio, irs, noise, params, SEGMENT_SAMPLES, device_irs=device_irs), params
     # Only the whitened views are degraded over the predictor's fit length (SNR measured on the view itself), then
-    # through their own inverse filter and cut to the segment at the drawn level. The others are degraded from the
-    # window a run without whitening cuts (the end of theirs), as that run degrades them: the long degradation is
-    # paid only where it is used.
-    wav = torch.empty(len(views.whiten), SEGMENT_SAMPLES, dtype=torch.float32, device=audio.device)
-    chain = irs.shape[-1] - 1 + (device_irs.shape[-1] - 1 if device_irs is not None else 0)
-    plain_window = SEGMENT_SAMPLES + FILTER_SETTLE + chain
-    for whitened in (True, False):
-        rows = torch.from_numpy(np.flatnonzero(views.whiten == whitened)).to(audio.device)
-        if not len(rows):
-            continue
-        dev_rows = device_irs[rows] if device_irs is not None else None
-        if whitened:
-            long = degrade(audio[rows], irs[rows], noise[rows], params.take(rows), views.fit_len, device_irs=dev_rows,
-                           measure_last=SEGMENT_SAMPLES)
-            wav[rows] = set_peak_db(lpc_whiten_rows(long, views.whiten_order)[..., -SEGMENT_SAMPLES:],
-                                    params.gain_db[rows])
-        else:
-            wav[rows] = degrade(audio[rows, -plain_window:], irs[rows], noise[rows], params.take(rows),
-                                SEGMENT_SAMPLES, device_irs=dev_rows)
+    # through their own inverse filter and cut to the segment at the drawn level; the others as a run without
+    # whitening degrades them (``degrade`` uses only the history it needs): the long degradation is paid only
+    # where it is used.
+    whitened = torch.from_numpy(views.whiten).to(audio.device)
+    plain = ~whitened
+
+    def dev(rows: torch.Tensor) -> torch.Tensor | None:
+        return device_irs[rows] if device_irs is not None else None
+
+    wav = torch.empty(len(whitened), SEGMENT_SAMPLES, dtype=torch.float32, device=audio.device)
+    if bool(plain.any()):
+        wav[plain] = degrade(audio[plain], irs[plain], noise[plain], params.take(plain), SEGMENT_SAMPLES,
+                             device_irs=dev(plain))
+    if bool(whitened.any()):
+        long = degrade(audio[whitened], irs[whitened], noise[whitened], params.take(whitened), views.fit_len,
+                       device_irs=dev(whitened), measure_last=SEGMENT_SAMPLES)
+        wav[whitened] = set_peak_db(lpc_whiten_rows(long, views.whiten_order)[..., -SEGMENT_SAMPLES:],
+                                    params.gain_db[whitened])
     return wav, params
 
 
