@@ -1,62 +1,156 @@
-"""Does dereverberating the query help in resonant spaces? WPE (weighted prediction error, ``nara_wpe``) on each
-query before search, against the query as it is, on an evaluation run's own query files: song-level top-1 of the
-best guess per condition and length (bench/README.md, "Realistic evaluation", the ablation paragraph).
+"""Does dereverberating the query help in resonant spaces? WPE (weighted prediction error, ``nara_wpe``) on an
+evaluation run's own query files (bench/README.md, "Realistic evaluation", the ablation paragraph, and "Dereverberating
+inside the whitened view").
 
-``nara_wpe`` is not a dependency of the project (the experiment did not pay): ``pip install nara_wpe`` first.
+Each query is searched in the views asked for (``--views``): ``plain`` (as it is), ``white`` (the searcher's whitened
+view, ``WhitenedView.make``), ``wpe`` (WPE alone, the first try) and ``wpe+white`` (WPE, then the whitened view). Rules:
+each view alone, and the product's pick (the view whose margin is larger) between ``plain`` and each other view.
+Unseen-song queries give top-1 and right-and-accepted; the evaluation's unknown-song queries (searched with their
+song and its twins skipped, as the evaluation searches them) give each rule its own thresholds for ``--fpr``, fitted
+per length on them pooled over conditions (as the calibrate rule pools), and the false-positive rate per condition.
+``--paired A B`` prints the queries rule B answers right and A does not, and the reverse.
 
-    python bench/query_dereverb.py runs/devx_eval_new/results [--n 100] [--taps 10] [--delay 3]
-        [--conditions "resonant|5 dB + resonant|5 dB + room|0 dB + long reverb"]
+``nara_wpe`` is not a dependency of the project (neither way paid enough): ``pip install nara_wpe`` first.
+
+    python bench/query_dereverb.py RESULTS [--n 200] [--lengths 3 5 10] [--conditions C ...]
+        [--views plain white wpe+white] [--taps 10] [--delay 3] [--frame 256] [--out rows.parquet]
+        [--paired "plain|white" "plain|wpe+white"]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import soundfile as sf  # noqa: E402
 
+from workflow_lib import SAMPLE_RATE  # noqa: E402
+from workflow_lib.audio.files import load_audio  # noqa: E402
 from workflow_lib.cli.query import load_searcher  # noqa: E402
 
-FRAME, SHIFT = 256, 64  # 32 ms frames, 8 ms shift at 8 kHz
+VIEWS = ("plain", "white", "wpe", "wpe+white")
 
 
-def dereverb(x: np.ndarray, taps: int, delay: int) -> np.ndarray:
+def dereverb(x: np.ndarray, taps: int, delay: int, frame: int) -> np.ndarray:
+    """``x`` through offline single-channel WPE (frames of ``frame`` samples, a quarter-frame shift, 3 iterations),
+    at ``x``'s RMS and length."""
     from nara_wpe.utils import istft, stft
-    from nara_wpe.wpe import wpe
+    from nara_wpe.wpe import wpe_v8 as wpe  # the library's batched version of the same algorithm
 
-    spec = stft(x, size=FRAME, shift=SHIFT).T[:, None, :]  # (frequencies, 1 channel, frames)
-    out = istft(wpe(spec, taps=taps, delay=delay, iterations=3)[:, 0, :].T, size=FRAME, shift=SHIFT)[:len(x)]
-    return np.pad(out, (0, max(0, len(x) - len(out)))).astype(np.float32)
+    x = np.asarray(x, dtype=np.float64)
+    spec = stft(x, size=frame, shift=frame // 4).T[:, None, :]  # (frequencies, 1 channel, frames)
+    out = istft(wpe(spec, taps=taps, delay=delay, iterations=3)[:, 0, :].T, size=frame, shift=frame // 4)[:len(x)]
+    out = np.pad(out, (0, max(0, len(x) - len(out))))
+    return (out * np.sqrt(np.mean(x ** 2) / max(np.mean(out ** 2), 1e-20))).astype(np.float32)
+
+
+def collect(args: argparse.Namespace) -> pd.DataFrame:
+    searcher, _ = load_searcher(argparse.Namespace(results=args.results, config=None))  # as `nafp query` opens it
+    queries = pd.read_parquet(args.results / "eval" / "queries" / "queries.parquet")
+    chosen = queries[queries["condition"].isin(args.conditions) & queries["length_s"].isin(args.lengths)
+                     & queries["group"].isin(["unseen", "unknown"])]
+    chosen = chosen.groupby(["group", "condition", "length_s"]).head(args.n)
+    rows, wpe_s = [], 0.0
+    for i, q in enumerate(chosen.itertuples(), 1):
+        x = load_audio(args.results / "eval" / "queries" / q.file, SAMPLE_RATE)
+        skip = q.exclude_song if isinstance(q.exclude_song, str) else None
+        if skip is None and q.exclude_song is not None and not isinstance(q.exclude_song, float):
+            skip = frozenset(q.exclude_song)  # the song and its twins
+        t0 = time.perf_counter()
+        wet = dereverb(x, args.taps, args.delay, args.frame) if {"wpe", "wpe+white"} & set(args.views) else None
+        wpe_s += time.perf_counter() - t0
+        make = {"plain": lambda: x, "white": lambda: searcher.whitened_view.make(x), "wpe": lambda: wet,
+                "wpe+white": lambda: searcher.whitened_view.make(wet)}
+        for view in args.views:
+            result = searcher.search(searcher.embed(make[view]()), exclude_song=skip)
+            best = result.best
+            rows.append({"query_id": q.query_id, "group": q.group, "condition": q.condition,
+                         "length_s": q.length_s, "view": view,
+                         "right": best is not None and best.song_id == q.song_id,
+                         "margin": searcher.decision(result) if best is not None else -np.inf})
+        if i % 500 == 0:
+            print(f"{i}/{len(chosen)} queries", file=sys.stderr, flush=True)
+    print(f"WPE: {1000 * wpe_s / max(len(chosen), 1):.1f} ms per query", file=sys.stderr)
+    return pd.DataFrame(rows)
+
+
+def rule(wide: pd.DataFrame, views: list[str]) -> pd.DataFrame:
+    """The product's pick among ``views``: each query's answer from the view with the largest margin."""
+    margins = np.stack([wide[("margin", v)].to_numpy() for v in views])
+    right = np.stack([wide[("right", v)].to_numpy().astype(bool) for v in views])
+    pick, cols = np.argmax(margins, axis=0), np.arange(margins.shape[1])
+    return pd.DataFrame({"margin": margins[pick, cols], "right": right[pick, cols]}, index=wide.index)
+
+
+def rules_of(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    wide = rows.pivot_table(index=["group", "condition", "length_s", "query_id"], columns="view",
+                            values=["right", "margin"], aggfunc="first")
+    views = [v for v in VIEWS if ("margin", v) in wide.columns]
+    out = {v: rule(wide, [v]) for v in views}
+    out.update({f"plain|{v}": rule(wide, ["plain", v]) for v in views if v != "plain"})
+    return out
+
+
+def report(rows: pd.DataFrame, fpr: float) -> None:
+    table = []
+    for name, r in rules_of(rows).items():
+        r = r.reset_index()
+        for length, by_length in r.groupby("length_s"):
+            threshold = float(np.quantile(by_length[by_length["group"] == "unknown"]["margin"], 1 - fpr))
+            for condition, g in by_length.groupby("condition", sort=False):
+                found, unknown = g[g["group"] == "unseen"], g[g["group"] == "unknown"]
+                table.append({"rule": name, "length_s": length, "condition": condition, "queries": len(found),
+                              "top-1 %": 100 * found["right"].mean(),
+                              "right and accepted %": 100 * (found["right"] & (found["margin"] >= threshold)).mean(),
+                              "FPR %": 100 * (unknown["margin"] >= threshold).mean(), "threshold": threshold})
+    t = pd.DataFrame(table)
+    names = list(dict.fromkeys(t["rule"]))
+    print(f"{t['queries'].max()} unseen-song queries per cell; thresholds for {100 * fpr:g} % per rule and length")
+    for column in ("top-1 %", "right and accepted %", "FPR %"):
+        wide = t.pivot_table(index=["length_s", "condition"], columns="rule", values=column, sort=False)[names]
+        print(f"\n{column}\n" + wide.round(1).to_string())
+    print("\nthresholds\n" + t.pivot_table(index="length_s", columns="rule", values="threshold")[names].round(3)
+          .to_string())
+
+
+def paired(rows: pd.DataFrame, a: str, b: str) -> None:
+    rules = rules_of(rows)
+    seen = rules[a].index.get_level_values("group") == "unseen"
+    ra, rb = rules[a][seen]["right"], rules[b][seen]["right"]
+    t = pd.DataFrame({f"right by {b} only": rb & ~ra, f"right by {a} only": ra & ~rb})
+    t = t.groupby(level=["condition", "length_s"], sort=False).sum()
+    print(f"\n{b} against {a}, unseen-song queries\n" + t.to_string() + f"\nall: {t.sum().to_dict()}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="a results folder of the workflow with results/eval/queries")
-    ap.add_argument("--n", type=int, default=100, help="queries per condition and length (the first ones)")
+    ap.add_argument("--n", type=int, default=200, help="queries per group, condition and length (the first ones)")
+    ap.add_argument("--lengths", type=float, nargs="+", default=[3.0, 5.0, 10.0])
+    ap.add_argument("--conditions", nargs="+", default=["resonant", "5 dB + resonant", "5 dB + room",
+                                                        "0 dB + long reverb"])
+    ap.add_argument("--views", nargs="+", choices=VIEWS, default=["plain", "white", "wpe+white"])
     ap.add_argument("--taps", type=int, default=10)
     ap.add_argument("--delay", type=int, default=3)
-    ap.add_argument("--lengths", type=float, nargs="+", default=[3.0, 5.0])
-    ap.add_argument("--conditions", default="resonant|5 dB + resonant|5 dB + room|0 dB + long reverb")
+    ap.add_argument("--frame", type=int, default=256, help="WPE's frame in samples at 8 kHz (shift: a quarter)")
+    ap.add_argument("--fpr", type=float, default=0.01)
+    ap.add_argument("--out", type=Path, help="save (or, when it exists, reuse) the per-query rows as Parquet")
+    ap.add_argument("--paired", nargs=2, metavar=("RULE_A", "RULE_B"), help='e.g. "plain|white" "plain|wpe+white"')
     args = ap.parse_args()
-    searcher, _ = load_searcher(argparse.Namespace(results=args.results, config=None))  # as `nafp query` opens it
-    queries = pd.read_parquet(args.results / "eval" / "queries" / "queries.parquet")
-    print("condition | length s | queries | top-1 as it is | top-1 after WPE")
-    for condition in args.conditions.split("|"):
-        for length in args.lengths:
-            chosen = queries[(queries["group"] == "unseen") & queries["in_db"] & (queries["condition"] == condition)
-                             & (queries["length_s"] == length)].head(args.n)
-            right = np.zeros(2, int)
-            for q in chosen.itertuples():
-                audio, _ = sf.read(args.results / "eval" / "queries" / q.file, dtype="float32")
-                for k, x in enumerate((audio, dereverb(audio, args.taps, args.delay))):
-                    match, _ = searcher.identify_detailed(x)
-                    right[k] += match.best_guess is not None and match.best_guess.song_id == q.song_id
-            print(f"{condition} | {length:g} | {len(chosen)} | {right[0]} | {right[1]}", flush=True)
+    if args.out is not None and args.out.exists():
+        rows = pd.read_parquet(args.out)
+    else:
+        rows = collect(args)
+        if args.out is not None:
+            rows.to_parquet(args.out)
+    report(rows, args.fpr)
+    if args.paired:
+        paired(rows, *args.paired)
     return 0
 
 
