@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -32,6 +33,7 @@ import pandas as pd  # noqa: E402
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.audio.files import load_audio  # noqa: E402
 from workflow_lib.cli.query import load_searcher  # noqa: E402
+from query_whiten import saved_or_collected  # noqa: E402
 
 VIEWS = ("plain", "white", "wpe", "wpe+white")
 
@@ -142,12 +144,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="save (or, when it exists, reuse) the per-query rows as Parquet")
     ap.add_argument("--paired", nargs=2, metavar=("RULE_A", "RULE_B"), help='e.g. "plain|white" "plain|wpe+white"')
     args = ap.parse_args()
-    if args.out is not None and args.out.exists():
-        rows = pd.read_parquet(args.out)
-    else:
-        rows = collect(args)
-        if args.out is not None:
-            rows.to_parquet(args.out)
+    rows = saved_or_collected(args.out, lambda: collect(args))
     report(rows, args.fpr)
     if args.paired:
         paired(rows, *args.paired)

@@ -249,6 +249,17 @@ def report(rows: pd.DataFrame, fpr: float) -> None:
             print(f"\n{column}\n" + wide_t.reindex(order)[list(rules)].round(1).to_string())
 
 
+def saved_or_collected(out: Path | None, collect_rows) -> pd.DataFrame:
+    """The per-query rows saved at ``out`` when it exists, else ``collect_rows()``, saved there when ``out`` is
+    given (so a report can be printed again, or compared, without searching again)."""
+    if out is not None and out.exists():
+        return pd.read_parquet(out)
+    rows = collect_rows()
+    if out is not None:
+        rows.to_parquet(out)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"), help="a results folder (`nafp index`)")
@@ -287,13 +298,7 @@ def main() -> int:
         return 0
     denoise.NOISE_PERCENTILE, denoise.OVER_SUBTRACT = args.noise_percentile, args.over_subtract
     denoise.GAIN_FLOOR = 10 ** (args.gain_floor_db / 10)
-    if args.out is not None and args.out.exists():
-        rows = pd.read_parquet(args.out)
-    else:
-        rows = collect(args)
-        if args.out is not None:
-            rows.to_parquet(args.out)
-    report(rows, args.fpr)
+    report(saved_or_collected(args.out, lambda: collect(args)), args.fpr)
     return 0
 
 
