@@ -1,5 +1,5 @@
 """Does dereverberating the query help in resonant spaces? WPE (weighted prediction error, ``nara_wpe``) on an
-evaluation run's own query files (bench/README.md, "Realistic evaluation", the ablation paragraph, and "Dereverberating
+evaluation run's own query files (bench/README.md, "Realistic evaluation", the ablation paragraph, and "Dereverberation
 inside the whitened view").
 
 Each query is searched in the views asked for (``--views``): ``plain`` (as it is), ``white`` (the searcher's whitened
@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.audio.files import load_audio  # noqa: E402
 from workflow_lib.cli.query import load_searcher  # noqa: E402
+from workflow_lib.search.duplicates import parse_exclusion  # noqa: E402
 from query_whiten import saved_or_collected  # noqa: E402
 
 VIEWS = ("plain", "white", "wpe", "wpe+white")
@@ -54,15 +55,14 @@ def dereverb(x: np.ndarray, taps: int, delay: int, frame: int) -> np.ndarray:
 def collect(args: argparse.Namespace) -> pd.DataFrame:
     searcher, _ = load_searcher(argparse.Namespace(results=args.results, config=None))  # as `nafp query` opens it
     queries = pd.read_parquet(args.results / "eval" / "queries" / "queries.parquet")
-    chosen = queries[queries["condition"].isin(args.conditions) & queries["length_s"].isin(args.lengths)
+    conditions = args.conditions or queries["condition"].unique()
+    chosen = queries[queries["condition"].isin(conditions) & queries["length_s"].isin(args.lengths)
                      & queries["group"].isin(["unseen", "unknown"])]
     chosen = chosen.groupby(["group", "condition", "length_s"]).head(args.n)
     rows, wpe_s = [], 0.0
     for i, q in enumerate(chosen.itertuples(), 1):
         x = load_audio(args.results / "eval" / "queries" / q.file, SAMPLE_RATE)
-        skip = q.exclude_song if isinstance(q.exclude_song, str) else None
-        if skip is None and q.exclude_song is not None and not isinstance(q.exclude_song, float):
-            skip = frozenset(q.exclude_song)  # the song and its twins
+        skip = parse_exclusion(q.exclude_song)  # the song and its twins, as the evaluation skips them
         t0 = time.perf_counter()
         wet = dereverb(x, args.taps, args.delay, args.frame) if {"wpe", "wpe+white"} & set(args.views) else None
         wpe_s += time.perf_counter() - t0
@@ -134,8 +134,7 @@ def main() -> int:
     ap.add_argument("results", type=Path, help="a results folder of the workflow with results/eval/queries")
     ap.add_argument("--n", type=int, default=200, help="queries per group, condition and length (the first ones)")
     ap.add_argument("--lengths", type=float, nargs="+", default=[3.0, 5.0, 10.0])
-    ap.add_argument("--conditions", nargs="+", default=["resonant", "5 dB + resonant", "5 dB + room",
-                                                        "0 dB + long reverb"])
+    ap.add_argument("--conditions", nargs="+", help="of the evaluation's conditions (default: all of them)")
     ap.add_argument("--views", nargs="+", choices=VIEWS, default=["plain", "white", "wpe+white"])
     ap.add_argument("--taps", type=int, default=10)
     ap.add_argument("--delay", type=int, default=3)
