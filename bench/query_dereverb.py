@@ -34,7 +34,7 @@ from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.audio.files import load_audio  # noqa: E402
 from workflow_lib.cli.query import load_searcher  # noqa: E402
 from workflow_lib.search.duplicates import parse_exclusion  # noqa: E402
-from query_whiten import saved_or_collected  # noqa: E402
+from query_whiten import pick_rule, saved_or_collected  # noqa: E402
 
 VIEWS = ("plain", "white", "wpe", "wpe+white")
 
@@ -81,20 +81,12 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def rule(wide: pd.DataFrame, views: list[str]) -> pd.DataFrame:
-    """The product's pick among ``views``: each query's answer from the view with the largest margin."""
-    margins = np.stack([wide[("margin", v)].to_numpy() for v in views])
-    right = np.stack([wide[("right", v)].to_numpy().astype(bool) for v in views])
-    pick, cols = np.argmax(margins, axis=0), np.arange(margins.shape[1])
-    return pd.DataFrame({"margin": margins[pick, cols], "right": right[pick, cols]}, index=wide.index)
-
-
 def rules_of(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     wide = rows.pivot_table(index=["group", "condition", "length_s", "query_id"], columns="view",
                             values=["right", "margin"], aggfunc="first")
     views = [v for v in VIEWS if ("margin", v) in wide.columns]
-    out = {v: rule(wide, [v]) for v in views}
-    out.update({f"plain|{v}": rule(wide, ["plain", v]) for v in views if v != "plain"})
+    out = {v: pick_rule(wide, [v]) for v in views}
+    out.update({f"plain|{v}": pick_rule(wide, ["plain", v]) for v in views if v != "plain"})
     return out
 
 

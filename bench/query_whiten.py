@@ -191,11 +191,18 @@ def per_query(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.pivot_table(index=key, columns="view", values=["margin", "right"], aggfunc="first")
 
 
+def pick_rule(wide: pd.DataFrame, views: list[str]) -> pd.DataFrame:
+    """The product's pick among ``views`` per query (rows with ``("margin", view)`` and ``("right", view)`` columns):
+    the answer and margin of the view with the largest margin, the first of ``views`` on ties."""
+    margins = np.stack([wide[("margin", v)].to_numpy() for v in views])
+    right = np.stack([wide[("right", v)].to_numpy().astype(bool) for v in views])
+    pick, cols = np.argmax(margins, axis=0), np.arange(margins.shape[1])
+    return pd.DataFrame({"margin": margins[pick, cols], "right": right[pick, cols]}, index=wide.index)
+
+
 def better_of_two_rule(wide: pd.DataFrame) -> pd.DataFrame:
     """The product's pick per query (``per_query`` rows): the view with the larger margin, its margin and answer."""
-    pick = wide[("margin", "whitened")] > wide[("margin", "as is")]
-    return pd.DataFrame({"margin": np.maximum(wide[("margin", "whitened")], wide[("margin", "as is")]),
-                         "right": np.where(pick, wide[("right", "whitened")], wide[("right", "as is")]).astype(bool)})
+    return pick_rule(wide, ["as is", "whitened"])
 
 
 def rule_table(rule: pd.DataFrame, fpr: float) -> pd.DataFrame:
