@@ -81,6 +81,28 @@ def test_corrupt_file_gives_clear_error(tmp_path):
         load_audio(path)
 
 
+@pytest.mark.parametrize("sr", [8000, 44100])
+def test_non_finite_samples_are_a_clear_error(tmp_path, sr):
+    """A float WAV holding NaN or infinity is not audio to fingerprint: named, not read as silence (the resampler
+    spreads a NaN over its neighbours) and never handed to the model (at 8 kHz it would reach it as it is)."""
+    import io
+
+    from workflow_lib.audio.files import iter_wav_stream
+
+    audio = tone_mix(3.0, sr).astype(np.float32)
+    for bad in (np.nan, np.inf):
+        x = audio.copy()
+        x[sr:sr + 10] = bad
+        path = tmp_path / f"bad_{sr}.wav"
+        sf.write(str(path), x, sr, subtype="FLOAT")
+        with pytest.raises(AudioDecodeError, match=r"bad_\d+.wav: non-finite samples \(NaN or infinity\) at 1.0 s"):
+            load_audio(path)
+        with pytest.raises(AudioDecodeError, match="stdin: non-finite samples"):
+            list(iter_wav_stream(io.BytesIO(path.read_bytes())))
+    sf.write(str(path), audio, sr, subtype="FLOAT")
+    assert np.isfinite(load_audio(path)).all()
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(AudioDecodeError, match="no such file"):
         load_audio(tmp_path / "nope.wav")

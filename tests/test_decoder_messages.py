@@ -6,6 +6,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from workflow_lib.audio.decoder_messages import DecoderMessages, captured_stderr, is_decoder_line
@@ -56,3 +57,18 @@ def test_a_damaged_mp3_decodes_quietly_and_the_manifest_counts_its_messages(tmp_
     counts = dict(zip(songs.rel_path, songs.decoder_messages))
     assert counts["clean.wav"] == 0 and counts["damaged.mp3"] == msgs.count
     assert "libmpg123" not in capfd.readouterr().err
+
+
+def test_a_cut_off_mp3_is_named_truncated_without_the_decoders_own_warning(tmp_path, capfd):
+    """libmpg123 warns that the Xing header's stream size is off when an MP3 was cut short: the error says
+    "truncated" already, so the warning is counted, not printed."""
+    from workflow_lib.audio.files import AudioDecodeError
+
+    path = tmp_path / "cut.mp3"
+    _damaged_mp3(path)
+    path.write_bytes(path.read_bytes()[:20000])
+    capfd.readouterr()
+    msgs = DecoderMessages()
+    with pytest.raises(AudioDecodeError, match="truncated"):
+        list(iter_audio(path, messages=msgs))
+    assert "Xing" not in capfd.readouterr().err and any("Xing" in e for e in msgs.examples)

@@ -189,6 +189,9 @@ def test_truncated_unreadable_and_non_wav_inputs_give_clear_errors(world, tmp_pa
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ID3 this is an mp3, not a wav")))
     assert cli_main.main(["scan", "-", "--results", str(tmp_path)]) == 1
     assert "not a WAV stream" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert cli_main.main(["scan", "-", "--results", str(tmp_path)]) == 1
+    assert "stdin: empty stream (nothing was piped in)" in capsys.readouterr().err
 
 
 def test_an_hour_long_stream_stays_within_a_memory_bound():

@@ -24,7 +24,8 @@ from typing import Iterator
 # Lines that come from a decoder library rather than from this program: libmpg123 prefixes its errors with the
 # source position ("[src/libmpg123/layer3.c:...] error: ...") and its resync notices with "Note: ".
 DECODER_MARKERS = ("libmpg123", "mpg123:")
-DECODER_PREFIXES = ("[src/", "Note: ", "Warning: Encountered more data", "Warning: Real sample count")
+DECODER_PREFIXES = ("[src/", "Note: ", "Warning: Encountered more data", "Warning: Real sample count",
+                    "Warning: Xing stream size")
 KEEP_EXAMPLES = 3
 
 _lock = threading.RLock()

@@ -8,6 +8,7 @@ on one core). Formats libsndfile cannot read (m4a/aac/wma...) go through ``ffmpe
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import threading
@@ -117,6 +118,16 @@ def audio_info(path: str | Path, messages: DecoderMessages | None = None) -> Aud
                      str(info.format), int(info.frames))
 
 
+def _check_finite(samples: np.ndarray, name: str | Path, first_frame: int, rate: int) -> None:
+    """A float file can hold NaN or infinity; the resampler would spread a NaN over its neighbours and the model
+    would turn either into a fingerprint that poisons the index, so such a file is an error that names where."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        at = first_frame + int(np.flatnonzero(~finite.reshape(len(samples), -1).all(axis=1))[0])
+        raise AudioDecodeError(f"{name}: non-finite samples (NaN or infinity) at {at / rate:.1f} s: not audio "
+                               "that can be fingerprinted")
+
+
 def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0,
                messages: DecoderMessages | None = None) -> Iterator[np.ndarray]:
     """Yield consecutive mono float32 chunks at ``sr`` (about ``chunk_seconds`` each, the last one shorter).
@@ -154,6 +165,7 @@ def _iter_soundfile(path: Path, sr: int, chunk_seconds: float, messages: Decoder
                 with captured_stderr(messages):  # around the decoder call only: the consumer's output is not held
                     block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
                 last = len(block) < _BLOCK_FRAMES
+                _check_finite(block, path, decoded, info.sample_rate)
                 decoded += len(block)
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
                 out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
@@ -191,6 +203,8 @@ def iter_wav_stream(stream: BinaryIO, sr: int = SAMPLE_RATE, chunk_seconds: floa
         return data
 
     head = stream.read(12)
+    if not head:
+        raise AudioDecodeError(f"{name}: empty stream (nothing was piped in); pipe WAV, e.g. ffmpeg -i INPUT -f wav -")
     if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
         raise AudioDecodeError(f"{name}: not a WAV stream (it starts with {head[:12]!r}); pipe WAV, e.g. "
                                "ffmpeg -i INPUT -f wav -")
@@ -226,6 +240,7 @@ def iter_wav_stream(stream: BinaryIO, sr: int = SAMPLE_RATE, chunk_seconds: floa
     resampler = soxr.ResampleStream(rate, sr, 1, dtype="float32", quality="HQ") if rate != sr else None
     block = max(frame_bytes, int(chunk_seconds * rate) * frame_bytes)
     rest = b""
+    frames_read = 0
     while True:
         data = stream.read(block)
         last = not data
@@ -239,9 +254,12 @@ def iter_wav_stream(stream: BinaryIO, sr: int = SAMPLE_RATE, chunk_seconds: floa
         else:
             raw = np.frombuffer(data, dtypes[(tag, bits)])
             x = raw.astype(np.float32)
+            if tag == 3:
+                _check_finite(x.reshape(-1, channels), name, frames_read, rate)
             if tag == 1:
                 x = (x - 128.0) / 128.0 if bits == 8 else x / float(1 << (bits - 1))
         mono = x.reshape(-1, channels).mean(axis=1) if channels > 1 else x
+        frames_read += len(mono)
         out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
         if len(out):
             yield np.ascontiguousarray(out, dtype=np.float32)
@@ -309,6 +327,23 @@ def _require_ffmpeg(path: Path) -> None:
                                "(apt-get install ffmpeg)")
 
 
+def _ffmpeg_line(line: str, path: Path | None = None) -> str:
+    """One ffmpeg error line without the demuxer's ``[mov,mp4,... @ 0x55d...]`` prefix nor the file's own name
+    (the message that quotes it names the file already)."""
+    line = re.sub(r"^\[[^\]]* @ 0x[0-9a-fA-F]+\]\s*", "", line.strip())
+    return line[len(f"{path}: "):] if path is not None and line.startswith(f"{path}: ") else line
+
+
+def ffmpeg_message(text: str, path: Path | None = None) -> str:
+    """ffmpeg's error output as one readable line: each line cleaned (``_ffmpeg_line``), repeats dropped, "; "."""
+    lines = []
+    for raw in text.splitlines():
+        line = _ffmpeg_line(raw, path)
+        if line and line not in lines:
+            lines.append(line)
+    return "; ".join(lines) or "no message"
+
+
 def _ffprobe_info(path: Path) -> AudioInfo:
     _require_ffmpeg(path)
     cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
@@ -321,7 +356,7 @@ def _ffprobe_info(path: Path) -> AudioInfo:
                                "(damaged file?)") from None
     fields = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
     if res.returncode != 0 or "sample_rate" not in fields:
-        raise AudioDecodeError(f"{path}: ffprobe found no audio stream ({res.stderr.strip()[:200]})")
+        raise AudioDecodeError(f"{path}: ffprobe found no audio stream ({ffmpeg_message(res.stderr, path)[:200]})")
     rate, channels = int(fields["sample_rate"]), int(fields.get("channels", 1))
     try:
         duration = float(fields.get("duration", "nan"))
@@ -343,7 +378,7 @@ class _StderrDrain(threading.Thread):
 
     def run(self) -> None:
         for raw in iter(self.stream.readline, b""):
-            line = raw.decode(errors="replace").strip()
+            line = _ffmpeg_line(raw.decode(errors="replace"))
             if not line:
                 continue
             self.count += 1
@@ -394,8 +429,10 @@ def _iter_ffmpeg(path: Path, sr: int, chunk_seconds: float) -> Iterator[np.ndarr
                 if not buf:
                     break
                 usable = len(buf) - len(buf) % 4
+                chunk = np.frombuffer(buf[:usable], dtype="<f4").astype(np.float32)
+                _check_finite(chunk, path, total // 4, sr)
                 total += usable
-                yield np.frombuffer(buf[:usable], dtype="<f4").astype(np.float32)
+                yield chunk
             rc = proc.wait(timeout=max(1.0, limit_s - waited))
             drain.join(timeout=5.0)
             if drain.count > MAX_DECODER_ERRORS:
