@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from workflow_lib.audio.files import AUDIO_EXTENSIONS
 from workflow_lib.cli.main import EXIT_OK, EXIT_SETUP, fail
 from workflow_lib.cli.text import count
 from workflow_lib.common.config import REPO
@@ -92,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(m) for m in music if not m.is_dir()]
     if missing:
         return fail(f"not a folder: {', '.join(missing)}")
+    empty = [str(m) for m in music if not _holds_audio(m)]
+    if empty:
+        return fail(f"no audio files under {', '.join(empty)} (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})")
     model = args.model
     if model not in BUNDLED_MODELS:
         model = str(Path(model).expanduser().resolve())
@@ -149,6 +153,19 @@ def rejected_summary(rejected_csv: Path, show: int = 5) -> str:
     if len(rows) > show:
         lines.append(f"  ... and {len(rows) - show} more")
     return "\n".join(lines)
+
+
+def _holds_audio(folder: Path) -> bool:
+    """Whether any file below ``folder`` has an audio file's extension (stops at the first): an empty or mistyped
+    folder is named here in one line instead of in the manifest stage's traceback."""
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, files in os.walk(folder, followlinks=True):  # as the manifest walks: links followed once
+        if any(Path(f).suffix.lower() in AUDIO_EXTENSIONS for f in files if not f.startswith(".")):
+            return True
+        real = [os.path.realpath(os.path.join(dirpath, d)) for d in dirnames]
+        dirnames[:] = [d for d, r in zip(dirnames, real) if not d.startswith(".") and r not in seen]
+        seen.update(real)
+    return False
 
 
 def _songs(results: Path) -> int:

@@ -102,8 +102,10 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
         present = [s for s in songs["song_id"] if db.song_position(s) >= 0]
         del db
         if present and not replace:
-            raise ValueError(f"{len(present)} of these files are already in the database (e.g. "
-                             f"{songs.set_index('song_id').loc[present[0], 'path']}); use --replace to re-add them")
+            first = songs.set_index("song_id").loc[present[0], "path"]
+            raise ValueError(f"{first} is already in the database; use --replace to re-add it" if len(present) == 1
+                             else f"{len(present)} of these files are already in the database (e.g. {first}); use "
+                             "--replace to re-add them")
         dups = content_duplicates([Path(p) for p in songs["path"]], layout, exclude=set(present))
         for path, (sid, other) in dups.items():
             skipped.append({"path": str(path), "reason": copy_reason(other) if sid is None else
