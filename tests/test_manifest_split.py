@@ -16,6 +16,8 @@ def music_dir(tmp_path):
     sf.write(str(root / "b.wav"), np.stack([tone_mix(4.0, 44100, seed=2)] * 2, 1), 44100)
     sf.write(str(root / "short.wav"), tone_mix(1.0, 8000), 8000)
     sf.write(str(root / "silent.wav"), np.zeros(8000 * 5, np.float32), 8000)
+    hum = 0.1 * np.sin(2 * np.pi * 50 * np.arange(8000 * 5) / 8000) + 0.05  # loud, but not in the model's band
+    sf.write(str(root / "hum.wav"), hum.astype(np.float32), 8000)
     (root / "empty.mp3").write_bytes(b"")
     (root / "notes.txt").write_text("not audio")
     (root / "broken.ogg").write_bytes(b"OggS" + b"\x00" * 500)
@@ -29,9 +31,10 @@ def test_manifest_keeps_good_songs_and_rejects_the_rest_with_reasons(music_dir):
     assert (row.sample_rate, row.channels, row.format) == (44100, 2, "wav")
     assert abs(row.duration_s - 4.0) < 0.01 and row.song_id == song_id_for("music", "b.wav")
     reasons = dict(zip(rejected.path.map(lambda p: p.rsplit("/", 1)[-1]), rejected.reason))
-    assert set(reasons) == {"short.wav", "silent.wav", "empty.mp3", "notes.txt", "broken.ogg"}
+    assert set(reasons) == {"short.wav", "silent.wav", "hum.wav", "empty.mp3", "notes.txt", "broken.ogg"}
     assert reasons["short.wav"].startswith("too short")
     assert reasons["silent.wav"].startswith("silent")
+    assert reasons["hum.wav"].startswith("silent to the model: its loudest second is")
     assert reasons["empty.mp3"] == "empty file"
     assert reasons["notes.txt"].startswith("not an audio file")
     assert reasons["broken.ogg"].startswith("unreadable")

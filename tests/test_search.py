@@ -9,6 +9,7 @@ import pytest
 
 from tests.search_helpers import SR, build_searcher, songs_sharing_a_part, synth_song
 from workflow_lib.audio.files import write_audio
+from workflow_lib.audio.segments import level_dbfs, segment_levels_db
 from workflow_lib.search.threshold import STATISTICS, Calibration, decision_statistic, fit_calibration
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.evaluation.degrade import Degradation, degrade
@@ -153,6 +154,36 @@ def test_silence_never_matches_a_song_with_a_silent_tail(noise_bank):
     part = np.concatenate([songs["tail"][16 * SR:20 * SR], np.zeros(4 * SR, np.float32)])
     m = s.identify(part)
     assert m.best_guess.song_id == "tail" and m.n_segments < 15
+
+
+def test_mains_hum_and_a_dc_offset_are_silence_to_the_gate():
+    """A song whose tail is mains hum (a vinyl rip's run-out, a live recording's pause) and a quiet room heard
+    through a microphone with hum or a DC offset: loud by their RMS, silent in the band the model hears (it starts
+    at 300 Hz). Gated by their broadband level they matched that tail at confidence 1.000."""
+    songs = dict(SONGS)
+    t = np.arange(20 * SR) / SR
+    rng = np.random.default_rng(3)
+    hum_tail = (0.02 * np.sin(2 * np.pi * 50 * t) + 3e-5 * rng.standard_normal(len(t))).astype(np.float32)
+    songs["hum"] = np.concatenate([synth_song(51, 20.0), hum_tail])
+    s = build_searcher(songs)
+    rows = s.db.song_rows("hum")
+    vec = np.asarray(s.db.vectors[rows], dtype=np.float32)
+    assert not np.any(vec[-30:]) and np.all(np.linalg.norm(vec[:30], axis=1) > 0.9)  # the hum is not indexed
+    t5 = t[:5 * SR]
+    quiet = 5e-5 * rng.standard_normal(len(t5))
+    for q in (0.03 * np.sin(2 * np.pi * 60 * t5 + 1.0) + quiet, 0.02 + quiet):  # hum; a DC offset
+        m = s.identify(q.astype(np.float32))
+        assert not m.is_match and m.reason == "silence" and m.best_guess is None
+
+
+def test_segment_levels_are_measured_in_the_models_band():
+    t = np.arange(SR) / SR
+    tone = 0.1 * np.sin(2 * np.pi * 1000 * t)
+    hum = 0.5 * np.sin(2 * np.pi * 50 * t) + 0.3
+    levels = segment_levels_db(np.stack([tone, hum, tone + hum, np.zeros(SR)]).astype(np.float32))
+    assert levels[0] == pytest.approx(20 * np.log10(0.1 / np.sqrt(2)), abs=0.1)  # a sine's RMS
+    assert levels[1] < -80 and levels[2] == pytest.approx(levels[0], abs=0.1) and levels[3] == -np.inf
+    assert level_dbfs(tone[:4000].astype(np.float32)) == pytest.approx(levels[0], abs=0.1)  # any length
 
 
 def test_cached_embeddings_give_the_same_answer_as_audio(searcher):

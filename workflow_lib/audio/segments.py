@@ -40,21 +40,36 @@ def check_framing(source: str, sample_rate: int | None = None, segment_samples: 
 
 
 # The silence gate shared by every path that embeds audio (extraction, query, listener, scan): a 1 s segment whose
-# RMS level is below this is not music. The front end's log floor maps every quiet segment to almost the same
-# log-mel, so a quiet room would otherwise match any song's digital silence at cosine ~1.
+# RMS level in the model's band is below this is not music. The front end's log floor maps every quiet segment to
+# almost the same log-mel, so a quiet room would otherwise match any song's digital silence at cosine ~1.
 SILENCE_DBFS = -55.0
+# The level is measured from here up (the front end's mel bands start at 300 Hz, ``FrontendConfig.f_min``): mains
+# hum or a microphone's DC offset is loud by its RMS but silent to the model, and a hum-only song tail matched a
+# quiet room with hum at confidence 1.000 while the gate measured the whole band.
+LEVEL_BAND_LOW_HZ = 300.0
 
 
-def segment_levels_db(segments: np.ndarray) -> np.ndarray:
-    """RMS level (dBFS) of each row of ``segments`` (n, seg); -inf for digital silence."""
+def segment_levels_db(segments: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """RMS level (dBFS) of each row of ``segments`` (n, seg) above ``LEVEL_BAND_LOW_HZ``; -inf for silence.
+
+    Measured on the Hann-windowed spectrum (scaled so that a broadband signal keeps its RMS: a 1 kHz sine of
+    amplitude 0.1 reads -23 dBFS) so that the leakage of strong hum below the band stays out of it.
+    """
+    from scipy import fft  # not at import: commands that never measure a level start without it
+
     x = np.asarray(segments, dtype=np.float32)
     if x.ndim != 2 or len(x) == 0:
         return np.zeros(0)
-    power = np.einsum("ij,ij->i", x, x, dtype=np.float64) / max(x.shape[1], 1)
+    n = x.shape[1]
+    window = np.hanning(n + 2)[1:-1].astype(np.float32)  # no zero end points: every sample counts
+    spectrum = fft.rfft(x * window, axis=1)
+    band = np.fft.rfftfreq(n, 1.0 / sr) >= LEVEL_BAND_LOW_HZ
+    weight = np.where(np.arange(len(band)) == n // 2, 1.0, 2.0)[band] if n % 2 == 0 else 2.0  # one-sided spectrum
+    power = (np.abs(spectrum[:, band]) ** 2 * weight).sum(axis=1, dtype=np.float64) / (n * np.sum(window ** 2))
     with np.errstate(divide="ignore"):
         return 10.0 * np.log10(power)
 
 
 def level_dbfs(segment: np.ndarray) -> float:
-    """RMS level of one stretch of audio in dBFS (-inf for digital silence)."""
+    """Level of one stretch of audio in dBFS, as ``segment_levels_db`` measures it (-inf for silence)."""
     return float(segment_levels_db(np.asarray(segment, dtype=np.float32)[None, :])[0]) if len(segment) else -np.inf

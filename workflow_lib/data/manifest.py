@@ -13,10 +13,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
-from workflow_lib import SAMPLE_RATE
+from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, AudioDecodeError, audio_info, has_ffmpeg, iter_audio
 from workflow_lib.audio.files import FFMPEG_EXTENSIONS
 from workflow_lib.audio.decoder_messages import DecoderMessages
+from workflow_lib.audio.segments import LEVEL_BAND_LOW_HZ, SILENCE_DBFS, frame, segment_levels_db
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,13 @@ def check_song(path: Path, min_duration_s: float, silence_dbfs: float) -> tuple[
     messages = DecoderMessages()
     try:
         info = audio_info(path, messages)
-        peak, n = 0.0, 0
+        peak, loudest, n = 0.0, -np.inf, 0
         for chunk in iter_audio(path, messages=messages):
             n += len(chunk)
             if len(chunk):
                 peak = max(peak, float(np.max(np.abs(chunk))))
+                segments = frame(chunk) if len(chunk) >= SEGMENT_SAMPLES else chunk[None, :]
+                loudest = max(loudest, float(np.max(segment_levels_db(segments))))
     except AudioDecodeError as exc:
         return None, f"unreadable: {exc}"
     duration = n / SAMPLE_RATE
@@ -103,6 +106,9 @@ def check_song(path: Path, min_duration_s: float, silence_dbfs: float) -> tuple[
     peak_db = 20 * np.log10(peak) if peak > 0 else -np.inf
     if peak_db < silence_dbfs:
         return None, f"silent: peak {peak_db:.1f} dBFS < {silence_dbfs} dBFS"
+    if loudest < SILENCE_DBFS:  # every fingerprint would be the silence gate's zero vector: never found
+        return None, (f"silent to the model: its loudest second is {loudest:.1f} dBFS above "
+                      f"{LEVEL_BAND_LOW_HZ:.0f} Hz (< {SILENCE_DBFS:.0f}; hum, DC or rumble only?)")
     return {"duration_s": duration, "sample_rate": info.sample_rate, "channels": info.channels,
             "format": suffix.lstrip("."), "size_bytes": size, "decoder_messages": messages.count}, None
 
