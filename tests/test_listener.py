@@ -18,7 +18,7 @@ from tests.listener_helpers import listener_world
 from tests.search_helpers import build_searcher, synth_song
 from workflow_lib.audio.files import resample
 from workflow_lib.evaluation.degrade import Degradation, degrade
-from workflow_lib.listener.devices import FileSource
+from workflow_lib.listener.devices import FileSource, ListenerError
 from workflow_lib.database.index import FingerprintDB, RowMap, normalize
 from workflow_lib.cli.listen import Display, load_settings
 from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
@@ -366,6 +366,21 @@ def test_realtime_file_playback_runs_in_threads_and_names_the_song(world, tmp_pa
     # (when the worker lags, two hops are decided at once; no timing is asserted, only order and coverage)
     times = [d.stream_s for d in decisions]
     assert times == sorted(set(times)) and times[0] >= 1.0 and times[-1] == 4.0
+
+
+def test_a_file_that_fails_while_playing_in_real_time_ends_the_session_naming_it_once(world, tmp_path):
+    from workflow_lib.search.searcher import Searcher
+
+    path = tmp_path / "nan.wav"
+    audio = world.songs[world.db_ids[1]][:3 * SR].copy()
+    audio[SR // 2] = np.nan
+    sf.write(path, audio, SR, subtype="FLOAT")
+    core = ListenerCore(Searcher.from_results(world.results, device="cpu"))
+    listener = Listener(core, FileSource(path, realtime=True, block_s=0.02), lambda d: None)
+    listener.start()
+    with pytest.raises(ListenerError) as err:
+        listener.join(30.0)
+    assert str(err.value).count(str(path)) == 1 and "non-finite samples (NaN or infinity) at 0.5 s" in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------------ command line

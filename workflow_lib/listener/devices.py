@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from workflow_lib.audio.files import audio_info, iter_audio
+from workflow_lib.audio.files import AudioDecodeError, audio_info, iter_audio
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,9 @@ class FileSource:
                     delay = t0 + sent / self.sample_rate - time.perf_counter()
                     if delay > 0:
                         self._stop.wait(delay)
-            except Exception as exc:  # reported by error() to the worker
+            except AudioDecodeError as exc:  # reported by error() to the worker; it names the file already
+                self._error = str(exc)
+            except Exception as exc:
                 self._error = f"{self.path}: {exc}"
             finally:
                 self._done.set()
