@@ -128,6 +128,14 @@ def test_m4a_through_ffmpeg(tmp_path):
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
     out = load_audio(m4a)
     assert abs(len(out) - 16000) < 1000 and audio_info(m4a).sample_rate == 44100
+    # Cut before its index: ffprobe's lines come back as one line, without the demuxer's "[mov,... @ 0x55...]".
+    cut = tmp_path / "cut.m4a"
+    cut.write_bytes(m4a.read_bytes()[:len(m4a.read_bytes()) // 3])
+    with pytest.raises(AudioDecodeError) as err:
+        load_audio(cut)
+    message = str(err.value)
+    assert message.startswith(f"{cut}: ") and message.count(str(cut)) == 1
+    assert "@ 0x" not in message and "\n" not in message and "moov atom not found" in message
 
 
 def _damaged_aac(tmp_path, minutes: float = 3.0):

@@ -334,7 +334,7 @@ def _ffmpeg_line(line: str, path: Path | None = None) -> str:
     return line[len(f"{path}: "):] if path is not None and line.startswith(f"{path}: ") else line
 
 
-def ffmpeg_message(text: str, path: Path | None = None) -> str:
+def _ffmpeg_message(text: str, path: Path | None = None) -> str:
     """ffmpeg's error output as one readable line: each line cleaned (``_ffmpeg_line``), repeats dropped, "; "."""
     lines = []
     for raw in text.splitlines():
@@ -356,7 +356,7 @@ def _ffprobe_info(path: Path) -> AudioInfo:
                                "(damaged file?)") from None
     fields = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
     if res.returncode != 0 or "sample_rate" not in fields:
-        raise AudioDecodeError(f"{path}: ffprobe found no audio stream ({ffmpeg_message(res.stderr, path)[:200]})")
+        raise AudioDecodeError(f"{path}: ffprobe found no audio stream ({_ffmpeg_message(res.stderr, path)[:200]})")
     rate, channels = int(fields["sample_rate"]), int(fields.get("channels", 1))
     try:
         duration = float(fields.get("duration", "nan"))
