@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
@@ -49,6 +51,14 @@ SILENCE_DBFS = -55.0
 LEVEL_BAND_LOW_HZ = 300.0
 
 
+@functools.lru_cache(maxsize=4)
+def _level_window(n: int) -> tuple[np.ndarray, float]:
+    """A Hann window without its zero end points (every sample counts) and the scale that makes a broadband
+    signal's windowed spectrum give back its RMS."""
+    window = np.hanning(n + 2)[1:-1].astype(np.float32)
+    return window, float(n * np.sum(window.astype(np.float64) ** 2))
+
+
 def segment_levels_db(segments: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """RMS level (dBFS) of each row of ``segments`` (n, seg) above ``LEVEL_BAND_LOW_HZ``; -inf for silence.
 
@@ -61,13 +71,14 @@ def segment_levels_db(segments: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray
     if x.ndim != 2 or len(x) == 0:
         return np.zeros(0)
     n = x.shape[1]
-    window = np.hanning(n + 2)[1:-1].astype(np.float32)  # no zero end points: every sample counts
-    spectrum = fft.rfft(x * window, axis=1)
-    band = np.fft.rfftfreq(n, 1.0 / sr) >= LEVEL_BAND_LOW_HZ
-    weight = np.where(np.arange(len(band)) == n // 2, 1.0, 2.0)[band] if n % 2 == 0 else 2.0  # one-sided spectrum
-    power = (np.abs(spectrum[:, band]) ** 2 * weight).sum(axis=1, dtype=np.float64) / (n * np.sum(window ** 2))
+    window, scale = _level_window(n)
+    spectrum = fft.rfft(x * window, axis=1)[:, int(np.ceil(LEVEL_BAND_LOW_HZ * n / sr - 1e-9)):]
+    power = spectrum.real ** 2 + spectrum.imag ** 2
+    total = 2.0 * power.sum(axis=1, dtype=np.float64)  # one-sided spectrum: every bin twice...
+    if n % 2 == 0:
+        total -= power[:, -1]  # ...but the Nyquist bin once
     with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(power)
+        return 10.0 * np.log10(total / scale)
 
 
 def level_dbfs(segment: np.ndarray) -> float:
