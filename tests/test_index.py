@@ -250,6 +250,13 @@ def test_db_cli_adds_removes_and_describes(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["songs"] == 1 and info["removed_songs"] == 2 and [h["op"] for h in info["history"]] == [
         "add", "remove"]
+    # The last song removed: an empty database is described, not divided by zero.
+    assert db_cli("remove", "b", "--results", str(results)) == 0
+    capsys.readouterr()
+    assert db_cli("info", "--results", str(results)) == 0
+    out = capsys.readouterr().out
+    assert "songs          0" in out and "fingerprints   0  (" in out and "bytes each" not in out
+    assert " remove 1 song (7 fingerprints)" in out and " remove 2 songs (" in out  # singular and plural
     # A model other than the index's is refused.
     save_tiny_model(results / "model" / "model.pt", seed=5)
     assert db_cli("add", str(paths["a"]), "--results", str(results), "--device", "cpu") == 1

@@ -112,7 +112,7 @@ def print_info(info: dict) -> None:
     search = "exact (every fingerprint)" if info["nprobe"] is None else f"{info['nprobe']} lists probed"
     rows = [("songs", f"{info['songs']}  ({info['hours']} h of audio)"),
             ("fingerprints", f"{info['fingerprints']}  ({info['dim']}-d, {info['disk_bytes_per_fingerprint']} "
-                             "bytes each on disk)"),
+                             "bytes each on disk)" if info["fingerprints"] else f"0  ({info['dim']}-d)"),
             ("index", f"{info['factory']}, {search}"),
             ("model", info["model_checksum"]),
             ("folder", info["index"]),
@@ -125,7 +125,7 @@ def print_info(info: dict) -> None:
     for key, value in rows:
         print(f"{key:14s} {value}")
     for h in info["history"]:
-        print(f"{'':14s} {h['at']} {h['op']} {h['songs']} songs ({h['rows']} fingerprints)")
+        print(f"{'':14s} {h['at']} {h['op']} {count(h['songs'], 'song')} ({count(h['rows'], 'fingerprint')})")
 
 
 def print_songs(songs) -> None:
@@ -137,4 +137,4 @@ def print_songs(songs) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:
         print("  ".join(v[:w].ljust(w) for v, w in zip(r, widths)))
-    print(f"{len(rows)} songs", file=sys.stderr)
+    print(count(len(rows), "song"), file=sys.stderr)
