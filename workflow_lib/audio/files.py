@@ -439,7 +439,8 @@ def _iter_ffmpeg(path: Path, sr: int, chunk_seconds: float) -> Iterator[np.ndarr
                 raise AudioDecodeError(f"{path}: corrupt: ffmpeg reported {drain.count} decoding errors "
                                        f"({drain.excerpt()})")
             if rc != 0 or total == 0:
-                raise AudioDecodeError(f"{path}: ffmpeg could not decode it ({drain.excerpt() if drain.count else 'no audio'})")
+                raise AudioDecodeError(f"{path}: ffmpeg could not decode it "
+                                       f"({drain.excerpt() if drain.count else 'no audio'})")
             if drain.count:
                 log.info("%s: ffmpeg reported %d decoding error(s), tolerated: %s", path, drain.count,
                          drain.excerpt())
