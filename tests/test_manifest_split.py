@@ -34,7 +34,7 @@ def test_manifest_keeps_good_songs_and_rejects_the_rest_with_reasons(music_dir):
     assert set(reasons) == {"short.wav", "silent.wav", "hum.wav", "empty.mp3", "notes.txt", "broken.ogg"}
     assert reasons["short.wav"].startswith("too short")
     assert reasons["silent.wav"].startswith("silent")
-    assert reasons["hum.wav"].startswith("silent to the model: its loudest second is")
+    assert reasons["hum.wav"].startswith("silent to the model: no second reaches the silence gate's -55 dBFS")
     assert reasons["empty.mp3"] == "empty file"
     assert reasons["notes.txt"].startswith("not an audio file")
     assert reasons["broken.ogg"].startswith("unreadable")

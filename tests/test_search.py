@@ -9,7 +9,7 @@ import pytest
 
 from tests.search_helpers import SR, build_searcher, songs_sharing_a_part, synth_song
 from workflow_lib.audio.files import write_audio
-from workflow_lib.audio.segments import level_dbfs, segment_levels_db
+from workflow_lib.audio.segments import BAND_ALLOWANCE_DB, SILENCE_DBFS, level_dbfs, segment_levels_db
 from workflow_lib.search.threshold import STATISTICS, Calibration, decision_statistic, fit_calibration
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.evaluation.degrade import Degradation, degrade
@@ -176,13 +176,16 @@ def test_mains_hum_and_a_dc_offset_are_silence_to_the_gate():
         assert not m.is_match and m.reason == "silence" and m.best_guess is None
 
 
-def test_segment_levels_are_measured_in_the_models_band():
+def test_segment_levels_count_the_models_band_and_reject_all_the_rms_rejected():
     t = np.arange(SR) / SR
     tone = 0.1 * np.sin(2 * np.pi * 1000 * t)
     hum = 0.5 * np.sin(2 * np.pi * 50 * t) + 0.3
-    levels = segment_levels_db(np.stack([tone, hum, tone + hum, np.zeros(SR)]).astype(np.float32))
+    hiss = 10 ** (-58 / 20) * np.random.default_rng(0).standard_normal(SR)  # below the gate by its RMS
+    levels = segment_levels_db(np.stack([tone, hum, tone + hum, np.zeros(SR), hiss]).astype(np.float32))
     assert levels[0] == pytest.approx(20 * np.log10(0.1 / np.sqrt(2)), abs=0.1)  # a sine's RMS
-    assert levels[1] < -80 and levels[2] == pytest.approx(levels[0], abs=0.1) and levels[3] == -np.inf
+    assert levels[1] < -80 and levels[3] == -np.inf  # hum and a DC offset; digital silence
+    assert levels[2] == pytest.approx(levels[0] + BAND_ALLOWANCE_DB, abs=0.1)  # the tone above the hum, allowed
+    assert levels[4] == pytest.approx(-58, abs=0.2) and levels[4] < SILENCE_DBFS
     assert level_dbfs(tone[:4000].astype(np.float32)) == pytest.approx(levels[0], abs=0.1)  # any length
 
 

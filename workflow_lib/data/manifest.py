@@ -109,8 +109,9 @@ def check_song(path: Path, min_duration_s: float, silence_dbfs: float) -> tuple[
     if peak_db < silence_dbfs:
         return None, f"silent: peak {peak_db:.1f} dBFS < {silence_dbfs} dBFS"
     if loudest < SILENCE_DBFS:  # every fingerprint would be the silence gate's zero vector: never found
-        return None, (f"silent to the model: its loudest second is {loudest:.1f} dBFS above "
-                      f"{LEVEL_BAND_LOW_HZ:.0f} Hz (< {SILENCE_DBFS:.0f}; hum, DC or rumble only?)")
+        return None, (f"silent to the model: no second reaches the silence gate's {SILENCE_DBFS:.0f} dBFS (the "
+                      f"loudest: {loudest:.1f}; what is below {LEVEL_BAND_LOW_HZ:.0f} Hz, hum, DC or rumble, does "
+                      "not count)")
     return {"duration_s": duration, "sample_rate": info.sample_rate, "channels": info.channels,
             "format": suffix.lstrip("."), "size_bytes": size, "decoder_messages": messages.count}, None
 
