@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workflow_lib.audio.files import AUDIO_EXTENSIONS
 from workflow_lib.cli.main import EXIT_OK, EXIT_SETUP, fail
 from workflow_lib.cli.text import count
 from workflow_lib.common.config import REPO
@@ -93,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(m) for m in music if not m.is_dir()]
     if missing:
         return fail(f"not a folder: {', '.join(missing)}")
-    empty = [str(m) for m in music if not _holds_audio(m)]
+    from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: `nafp --help` starts without the decoders
+
+    empty = [str(m) for m in music if not _holds_audio(m, AUDIO_EXTENSIONS)]
     if empty:
         return fail(f"no audio files under {', '.join(empty)} (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})")
     model = args.model
@@ -155,12 +156,12 @@ def rejected_summary(rejected_csv: Path, show: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _holds_audio(folder: Path) -> bool:
-    """Whether any file below ``folder`` has an audio file's extension (stops at the first): an empty or mistyped
+def _holds_audio(folder: Path, extensions: set[str]) -> bool:
+    """Whether any file below ``folder`` has one of ``extensions`` (stops at the first): an empty or mistyped
     folder is named here in one line instead of in the manifest stage's traceback."""
     seen = {os.path.realpath(folder)}
     for dirpath, dirnames, files in os.walk(folder, followlinks=True):  # as the manifest walks: links followed once
-        if any(Path(f).suffix.lower() in AUDIO_EXTENSIONS for f in files if not f.startswith(".")):
+        if any(Path(f).suffix.lower() in extensions for f in files if not f.startswith(".")):
             return True
         real = [os.path.realpath(os.path.join(dirpath, d)) for d in dirnames]
         dirnames[:] = [d for d, r in zip(dirnames, real) if not d.startswith(".") and r not in seen]
