@@ -192,6 +192,11 @@ def test_truncated_unreadable_and_non_wav_inputs_give_clear_errors(world, tmp_pa
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     assert cli_main.main(["scan", "-", "--results", str(tmp_path)]) == 1
     assert "stdin: empty stream (nothing was piped in)" in capsys.readouterr().err
+    short = tmp_path / "short.wav"
+    sf.write(short, songs["s1"][:int(0.6 * SR)], SR)  # not one segment: no timeline, not even a gap
+    assert cli_main.main(["scan", str(short), "--json", "--results", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "short.wav: too short to scan: 0.60 s (at least 1 s needed)" in captured.err and captured.out == ""
 
 
 def test_an_hour_long_stream_stays_within_a_memory_bound():

@@ -17,11 +17,13 @@ import json
 import sys
 from pathlib import Path
 
+from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
 from workflow_lib.cli.text import fmt_time, printable, song_label
 
 FIELDS = ["file", "kind", "start_s", "end_s", "song_id", "title", "artist", "song_start_s", "song_end_s",
           "confidence", "whitened"]
+SEGMENT_SECONDS = SEGMENT_SAMPLES / SAMPLE_RATE  # a recording shorter than one segment has nothing to scan
 
 
 def add_parser(sub) -> None:
@@ -91,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             print(f"error: {printable(exc)}", file=sys.stderr)
+            continue
+        if result.duration_s < SEGMENT_SECONDS:  # not one segment: no timeline at all, not even a gap
+            failed += 1
+            print(f"error: {printable(result.name)}: too short to scan: {result.duration_s:.2f} s (at least "
+                  f"{SEGMENT_SECONDS:g} s needed)", file=sys.stderr)
             continue
         rows = result.rows()
         if args.json:
