@@ -160,12 +160,14 @@ def _iter_soundfile(path: Path, sr: int, chunk_seconds: float, messages: Decoder
     try:
         with captured_stderr(messages):
             f = sf.SoundFile(str(path))
+        floating = f.subtype in ("FLOAT", "DOUBLE")
         with f:
             while True:
                 with captured_stderr(messages):  # around the decoder call only: the consumer's output is not held
                     block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
                 last = len(block) < _BLOCK_FRAMES
-                _check_finite(block, path, decoded, info.sample_rate)
+                if floating:  # integer PCM and the compressed formats' decoders cannot yield NaN or infinity
+                    _check_finite(block, path, decoded, info.sample_rate)
                 decoded += len(block)
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
                 out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono

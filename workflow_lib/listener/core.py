@@ -46,10 +46,10 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.listener.devices import ListenerError  # noqa: F401 (part of this module's interface)
-from workflow_lib.audio.segments import SILENCE_DBFS, level_dbfs
+from workflow_lib.audio.segments import SILENCE_DBFS
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
 from workflow_lib.search.searcher import SearchResult, add_runner_up, ranked_window_and_tail, song_set
-from workflow_lib.audio.segments import frame, n_segments
+from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
 from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
@@ -500,7 +500,7 @@ class ListenerCore:
         first = max(self._next_seg, last - self.n_window + 1)  # older ones would leave the window at once
         lo = first * HOP_SAMPLES - self._buf_start
         segs = frame(self._buf[lo:lo + (last - first) * HOP_SAMPLES + SEGMENT_SAMPLES])
-        levels = np.array([level_dbfs(s) for s in segs])
+        levels = segment_levels_db(segs)
         loud = levels > self.config.silence_dbfs
 
         # Imported here, not at the top: torch takes ~3 s to import, and `nafp --help` or `nafp db list` reach

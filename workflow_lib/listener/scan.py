@@ -202,9 +202,11 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
 
     def searched_chunk(item: tuple[int, int, np.ndarray]) -> tuple:
         k, first, segs = item
-        emb = embed_segments(searcher.fingerprinter, segs, searcher.batch_size, searcher.device, config.silence_dbfs)
+        levels = segment_levels_db(segs)
+        emb = embed_segments(searcher.fingerprinter, segs, searcher.batch_size, searcher.device, config.silence_dbfs,
+                             levels)
         nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
-        return (k, first, emb, segment_levels_db(segs), nb,
+        return (k, first, emb, levels, nb,
                 runner_up_neighbours(searcher.db, emb, nb, searcher.top_k, exclude_songs or None))
 
     def searched() -> Iterator[tuple]:

@@ -94,11 +94,13 @@ def embedding_dim(fingerprinter: nn.Module, device: torch.device | str | None = 
 
 @torch.inference_mode()
 def embed_segments(fingerprinter: nn.Module, segments: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
-                   device: torch.device | str | None = None, silence_dbfs: float | None = SILENCE_DBFS) -> np.ndarray:
+                   device: torch.device | str | None = None, silence_dbfs: float | None = SILENCE_DBFS,
+                   levels: np.ndarray | None = None) -> np.ndarray:
     """Embed ready-cut segments ``(n, 8000)`` -> ``(n, D)`` float32, ``batch_size`` at a time.
 
     Segments quieter than ``silence_dbfs`` (the silence gate, ``segments.SILENCE_DBFS``) get a zero vector: it
     scores 0 against everything, so silence is never a neighbour in the database and never searched in a query.
+    ``levels``: the segments' ``segment_levels_db`` when the caller has them already (measured once, not twice).
     """
     if segments.ndim != 2 or segments.shape[1] != SEGMENT_SAMPLES:
         raise ValueError(f"segments must have shape (n, {SEGMENT_SAMPLES}), got {segments.shape}")
@@ -108,7 +110,9 @@ def embed_segments(fingerprinter: nn.Module, segments: np.ndarray, batch_size: i
     n = len(segments)
     if n == 0:
         return np.zeros((0, embedding_dim(fingerprinter, dev)), dtype=np.float32)
-    loud = np.flatnonzero(segment_levels_db(segments) >= silence_dbfs) if silence_dbfs is not None else np.arange(n)
+    if levels is None and silence_dbfs is not None:
+        levels = segment_levels_db(segments)
+    loud = np.flatnonzero(levels >= silence_dbfs) if silence_dbfs is not None else np.arange(n)
     out = np.zeros((n, embedding_dim(fingerprinter, dev)), dtype=np.float32)
     for i in range(0, len(loud), batch_size):
         rows = loud[i:i + batch_size]
@@ -137,8 +141,9 @@ def iter_embed_chunks(fingerprinter: nn.Module, chunks: Iterable[np.ndarray], ba
     (and their indices) are exactly those of ``embed_audio`` on the concatenated stream.
     """
     for first, segs in iter_segment_chunks(chunks):
-        emb = embed_segments(fingerprinter, segs, batch_size, device, silence_dbfs)
-        yield (first, emb, segment_levels_db(segs)) if with_levels else (first, emb)
+        levels = segment_levels_db(segs)
+        emb = embed_segments(fingerprinter, segs, batch_size, device, silence_dbfs, levels)
+        yield (first, emb, levels) if with_levels else (first, emb)
 
 
 def iter_segment_chunks(chunks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
