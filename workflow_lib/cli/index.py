@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
                         "better choice for `nafp listen`; models/README.md), or the path of a model file")
     p.add_argument("--cores", default="all", help="CPU cores to use (default: all)")
     p.add_argument("--queries-per-length", type=int, default=1000,
-                   help="unknown-song queries per query length for the no-match calibration (default: 1000)")
+                   help="unknown-song queries per query length for the no-match calibration (default: 1000; "
+                        "more hold the threshold steadier, for proportionally more calibration time)")
     p.add_argument("--config", default=None, help="a config file merged over the index settings")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="Snakemake's full output and each stage's log lines (else only in RESULTS/logs/)")
