@@ -132,7 +132,8 @@ def main() -> int:
             tail = min((_halves(null, right, splits, pareto_tail, r) for r in np.linspace(rate / 2, rate, 11)),
                        key=lambda g: abs(g[:, 1].mean() - rule[:, 1].mean()))
             print(f"  {length_s:g} s, {rate:.3f}: rule FPR {rule[:, 1].mean():.2f} %, accepted "
-                  f"{rule[:, 2].mean():.1f} sd {rule[:, 2].std():.2f} %, threshold sd {rule[:, 0].std():.4f} | Pareto tail at "
+                  f"{rule[:, 2].mean():.1f} sd {rule[:, 2].std():.2f} %, threshold sd {rule[:, 0].std():.4f} | "
+                  "Pareto tail at "
                   f"{tail[0, 3]:.4f}: FPR {tail[:, 1].mean():.2f} %, accepted {tail[:, 2].mean():.1f} sd "
                   f"{tail[:, 2].std():.2f} %, threshold sd {tail[:, 0].std():.4f}")
     return 0
