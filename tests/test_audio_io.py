@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -106,6 +108,9 @@ def test_non_finite_samples_are_a_clear_error(tmp_path, sr):
 def test_missing_file(tmp_path):
     with pytest.raises(AudioDecodeError, match="no such file"):
         load_audio(tmp_path / "nope.wav")
+    # A web address is not a missing file; the message gives it back as typed.
+    with pytest.raises(AudioDecodeError, match=r"^https://example.org/a.mp3: a web address; nafp reads local files"):
+        load_audio(Path("https://example.org/a.mp3"))
 
 
 @pytest.mark.parametrize("ext", ["wav", "flac"])

@@ -342,3 +342,12 @@ def test_files_stamped_with_another_framing_are_refused(tmp_path):
     side.write_text(json.dumps({**info, "hop_samples": 2000}))
     with pytest.raises(IndexFileError, match="hop_samples"):
         read_sidecar(tmp_path / "index")
+
+
+def test_db_add_of_a_missing_path_or_a_web_address_says_which(tmp_path):
+    from workflow_lib.database.edit import collect_audio_files
+
+    with pytest.raises(FileNotFoundError, match="nope.wav: no such file or folder"):
+        collect_audio_files([tmp_path / "nope.wav"])
+    with pytest.raises(FileNotFoundError, match=r"^http://example.org/x.flac: a web address; nafp reads local"):
+        collect_audio_files(["http://example.org/x.flac"])

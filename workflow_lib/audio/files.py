@@ -39,6 +39,8 @@ PROBE_TIMEOUT_S = 60.0
 
 # Decoded block size in source frames: large enough to amortise per-call overhead, small enough to bound memory.
 _BLOCK_FRAMES = 1 << 18
+# A scheme the way pathlib leaves it ("https:/host/..."), for the error of a path that does not exist.
+_URL = re.compile(r"^(https?|ftp|rtsp|rtmp|s3|gs):/+", re.IGNORECASE)
 
 
 class AudioDecodeError(RuntimeError):
@@ -63,13 +65,21 @@ def _needs_ffmpeg(path: Path) -> bool:
     return path.suffix.lower() in FFMPEG_EXTENSIONS
 
 
+def missing_path_message(path: Path, missing: str) -> str:
+    """Why ``path`` (which does not exist) cannot be read: ``missing``, or that it is a web address."""
+    url = _URL.match(str(path))
+    if url:  # pathlib folds "https://" into "https:/": give it back as it was typed
+        return f"{url[1]}://{str(path)[url.end():]}: a web address; nafp reads local files (download it first)"
+    return f"{path}: {missing}"
+
+
 def check_readable(path: Path) -> None:
     """Say plainly what is wrong with a path before any decoder sees it (libsndfile reports an empty or text file
     as "does not exist or is not a regular file (possibly a pipe?)" and an unreadable one as "System error")."""
     if path.is_dir():
         raise AudioDecodeError(f"{path}: is a folder, not an audio file")
     if not path.exists():
-        raise AudioDecodeError(f"{path}: no such file")
+        raise AudioDecodeError(missing_path_message(path, "no such file"))
     if not path.is_file():
         raise AudioDecodeError(f"{path}: not a regular file (a pipe or device?)")
     try:

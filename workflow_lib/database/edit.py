@@ -25,7 +25,7 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import write_text_atomic
 from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.common.locks import folder_lock
-from workflow_lib.audio.files import AUDIO_EXTENSIONS
+from workflow_lib.audio.files import AUDIO_EXTENSIONS, missing_path_message
 from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
 from workflow_lib.database.index import FingerprintDB, add_to_index, read_removed_songs, read_sidecar, remove_from_index
@@ -52,7 +52,7 @@ def collect_audio_files(paths: Iterable[str | Path], problems: list[dict] | None
         elif p.is_file():
             out.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise FileNotFoundError(missing_path_message(p, "no such file or folder"))
     return list(dict.fromkeys(f.resolve() for f in out))
 
 
