@@ -263,6 +263,40 @@ def test_db_cli_adds_removes_and_describes(tmp_path, capsys):
     assert "not the model the index" in capsys.readouterr().err
 
 
+def test_db_remove_by_file_or_folder_even_once_the_file_is_gone(tmp_path, capsys, monkeypatch):
+    from workflow_lib.database.extract import extract_songs, load_model
+
+    results = tmp_path / "results"
+    model = save_tiny_model(results / "model" / "model.pt")
+    base = write_songs(tmp_path / "base", {"a": 3.0})
+    fp, ident = load_model(model, "cpu")
+    shard = results / "fingerprints" / "shard-0.parquet"
+    extract_songs(fp, ident, pd.DataFrame({"song_id": ["a"], "path": [str(base["a"])]}), shard)
+    build_index([shard], results / "index")
+    album = write_songs(tmp_path / "music" / "album", {"x": 3.0, "y": 3.5}, seed=3)
+    other = write_songs(tmp_path / "music" / "other", {"z": 3.2}, seed=9)
+    (tmp_path / "linked.wav").symlink_to(other["z"])
+    assert db_cli("add", str(tmp_path / "music"), "--results", str(results), "--device", "cpu") == 0
+
+    def songs() -> int:
+        return FingerprintDB.load(results / "index").n_songs
+
+    assert songs() == 4
+    # A file deleted since it was added, named relative to the working folder.
+    album["x"].unlink()
+    monkeypatch.chdir(tmp_path)
+    assert db_cli("remove", "music/album/x.wav", "--results", str(results)) == 0 and songs() == 3
+    # A link to a song's file names that song.
+    assert db_cli("remove", "linked.wav", "--results", str(results)) == 0 and songs() == 2
+    capsys.readouterr()
+    # A folder: every song below it that is still in the database; once none is, it is reported.
+    assert db_cli("remove", str(tmp_path / "music") + "/", "--results", str(results)) == 0 and songs() == 1
+    assert "removed 1 song" in capsys.readouterr().out
+    assert db_cli("remove", "music", "--results", str(results)) == 1
+    assert "not in the database: music" in capsys.readouterr().err
+    assert list(FingerprintDB.load(results / "index").song_ids) == ["a"]
+
+
 # ----------------------------------------------------------------------------------------------- Snakemake
 
 @pytest.mark.e2e

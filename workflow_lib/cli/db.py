@@ -2,8 +2,9 @@
 retraining anything.
 
 ``add`` fingerprints files (or every audio file below folders) with the folder's model and appends them to the
-index and the catalogue; ``remove`` deletes songs by id; both are recorded under ``fingerprints/`` so that a later
-workflow run keeps them. ``info`` describes the database, ``list`` prints its songs (table or CSV).
+index and the catalogue; ``remove`` deletes songs by id, file or folder; both are recorded under ``fingerprints/``
+so that a later workflow run keeps them. ``info`` describes the database, ``list`` prints its songs (table or
+CSV).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ def add_parser(sub) -> None:
     a.add_argument("--replace", action="store_true", help="re-fingerprint files that are already in the database")
     a.add_argument("--batch-size", type=int, default=256, help="segments per model batch (default: 256)")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda... (default: auto)")
-    r = dbsub.add_parser("remove", help="remove songs by id")
-    r.add_argument("song_ids", nargs="+", metavar="SONG_ID")
+    r = dbsub.add_parser("remove", help="remove songs by id, file or folder")
+    r.add_argument("song_ids", nargs="+", metavar="SONG_ID_FILE_OR_DIR",
+                   help="a song id (`nafp db list`), the path of a song's file (even one deleted since), or a "
+                        "folder: every song whose file was below it")
     i = dbsub.add_parser("info", help="describe the database")
     i.add_argument("--json", action="store_true", help="print JSON")
     li = dbsub.add_parser("list", help="list the songs in the database")

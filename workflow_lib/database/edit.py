@@ -198,10 +198,47 @@ def content_duplicates(paths: list[Path], layout: ResultsLayout, exclude: set[st
             for i, first in identical_copies(rows).items() if i >= n_stored}
 
 
+def song_ids_of(results: str | Path | ResultsLayout, refs: Iterable[str]) -> list[str]:
+    """Song ids for what a user names: a song id, the path of a song's file (it need not exist any more: the file
+    may be gone), or a folder (every song whose file was below it), matched with the catalogue's paths. A
+    reference that matches nothing is passed on as it is, for the caller to report."""
+    from workflow_lib.database.catalogue import load_catalogue
+
+    layout = _layout(results)
+    refs = list(refs)
+    cat = load_catalogue(layout.catalogue) if layout.catalogue.exists() else None
+    known = set(cat["song_id"].astype(str)) if cat is not None else set()
+    if cat is None or all(r in known for r in refs):
+        return list(dict.fromkeys(refs))
+    # A path both with its folders' links resolved and with the file's own link too: a song may have been stored
+    # either way (the manifest keeps a linked file's name, `db add` its target) and be named either way.
+    gone = read_removed_songs([layout.removed])  # the catalogue keeps removed songs' rows
+    forms = pd.DataFrame([(sid, f) for sid, p in zip(cat["song_id"].astype(str), cat["path"].astype(str))
+                          if sid not in gone for f in _path_forms(p)], columns=["song_id", "path"])
+    out: list[str] = []
+    for ref in refs:
+        if ref in known:
+            out.append(ref)
+            continue
+        ref_forms = _path_forms(os.path.expanduser(ref))
+        below = os.path.realpath(os.path.expanduser(ref)).rstrip(os.sep) + os.sep
+        hit = forms["path"].isin(ref_forms) | forms["path"].str.startswith(below)
+        out += forms.loc[hit, "song_id"].drop_duplicates().tolist() or [ref]
+    return list(dict.fromkeys(out))
+
+
+def _path_forms(path: str) -> set[str]:
+    """``path`` absolute with its folders' links resolved, and with its own link resolved too."""
+    head, name = os.path.split(os.path.abspath(path))
+    return {os.path.join(os.path.realpath(head), name), os.path.realpath(path)}
+
+
 def remove_songs(results: str | Path | ResultsLayout, song_ids: Iterable[str], *, threads: int = 1
                  ) -> tuple[list[str], list[str]]:
-    """Remove songs by id from the database of ``results``; returns (removed, not found)."""
+    """Remove songs from the database of ``results`` by id, file or folder (``song_ids_of``); returns (removed,
+    not found)."""
     layout = _layout(results)
+    song_ids = song_ids_of(layout, song_ids)
     with folder_lock(layout.index):
         removed, missing = remove_from_index(layout.index, song_ids, threads=threads, lock=False)
         if removed:
