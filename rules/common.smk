@@ -85,6 +85,17 @@ def demo_marker(wildcards=None):
     return [PATHS["demo_catalogue"]] if USE_DEMO else []
 
 
+def music_listing(wildcards=None):
+    """A digest of the audio files below the music and distractor folders (paths, sizes, modification times): as a
+    parameter of the manifest it reruns the scan when a file is added, removed or changed (the demo corpus is an
+    input of its own)."""
+    if USE_DEMO:
+        return ""
+    from workflow_lib.data.folders import audio_listing_digest
+
+    return audio_listing_digest([*config["data"]["music_dirs"], *config["data"]["distractor_dirs"]])
+
+
 # The low-bitrate codec copy of the songs is built only when training draws codec views.
 TRAIN_CODECS = config["train"]["codecs"] if config["train"]["augment"]["codec_prob"] > 0 else []
 

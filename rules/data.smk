@@ -52,8 +52,9 @@ rule manifest:
         rejected=PATHS["rejected"],
         rejected_csv=PATHS["rejected_csv"],
     params:
-        # Listed as params so that changing the folders reruns the scan.
+        # Listed as params so that changing the folders, or the audio files in them, reruns the scan.
         music_dirs=music_dirs(),
+        listing=music_listing,
         distractor_dirs=config["data"]["distractor_dirs"],
         min_duration_s=config["data"]["min_duration_s"],
         silence_dbfs=config["data"]["silence_dbfs"],

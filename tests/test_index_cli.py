@@ -5,6 +5,7 @@ rule, every song is in the index, the no-match threshold is calibrated from song
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,37 @@ def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
     q = nafp("query", *[str(c) for c, _ in clips], "--results", str(tmp_path / "db"), "--json", cwd=tmp_path)
     assert q.returncode == 0, q.stderr[-2000:]
     assert [json.loads(line)["best_guess"]["song_id"] for line in q.stdout.splitlines()] == [s for _, s in clips]
+
+
+def test_indexing_the_folder_again_follows_its_files(tmp_path):
+    """`nafp index` again on the same folder: nothing to do while it is unchanged; a file added, deleted or
+    replaced since is indexed, dropped or fingerprinted again, the unchanged songs' fingerprints reused."""
+    generate_demo_corpus(tmp_path / "a", 4, 20.0, seed=13)
+    generate_demo_corpus(tmp_path / "b", 2, 20.0, seed=14)
+    music, spare = tmp_path / "a" / "music", sorted((tmp_path / "b" / "music").glob("*.flac"))
+    db = tmp_path / "db"
+
+    def index() -> subprocess.CompletedProcess:
+        r = nafp("index", str(music), "--results", str(db), "--cores", "2", "--queries-per-length", "10",
+                 cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    def indexed_files() -> set[str]:
+        cat = pd.read_parquet(db / "catalogue.parquet")
+        ids = json.loads((db / "index" / "index.json").read_text())["n_songs"]
+        assert ids == len(cat)
+        return {Path(p).name for p in cat["path"]}
+
+    index()
+    files = sorted(music.glob("*.flac"))
+    assert indexed_files() == {p.name for p in files}
+    assert "Nothing to be done" in index().stderr
+    files[0].unlink()
+    (music / "new.flac").write_bytes(spare[0].read_bytes())
+    files[1].write_bytes(spare[1].read_bytes())  # the same name, other music
+    index()
+    assert indexed_files() == {"new.flac", *(p.name for p in files[1:])}
+    # Only the two files that are new to it were fingerprinted (each shard's log is of its last run).
+    logs = "".join(p.read_text() for p in (db / "logs" / "extract").glob("*.log"))
+    assert sum(map(int, re.findall(r"reused from earlier runs, (\d+) to extract", logs))) == 2

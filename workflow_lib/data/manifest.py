@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -13,6 +12,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
+from workflow_lib.data.folders import walk_files
 from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, AudioDecodeError, audio_info, has_ffmpeg, iter_audio
 from workflow_lib.audio.files import FFMPEG_EXTENSIONS
@@ -29,39 +29,6 @@ REJECTED_COLUMNS = ["path", "reason"]
 def song_id_for(collection: str, rel_path: str) -> str:
     """Stable id from the collection name and the path relative to its folder (see docs/ARCHITECTURE.md)."""
     return hashlib.sha1(f"{collection}/{rel_path}".encode()).hexdigest()[:16]
-
-
-def walk_files(root: Path) -> tuple[list[Path], list[dict]]:
-    """Every regular file below ``root`` (sorted, hidden files and folders skipped), following symbolic links to
-    folders, with loop protection: a folder reached a second time (a link loop, or two links to one folder) is not
-    scanned again. Returns (files, problems): each problem is ``{"path", "reason"}`` (a loop, a broken link), so
-    nothing below the folder is dropped without a word."""
-    files: list[Path] = []
-    problems: list[dict] = []
-    seen = {os.path.realpath(root)}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        keep = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                continue
-            full = os.path.join(dirpath, d)
-            real = os.path.realpath(full)
-            if real in seen:
-                problems.append({"path": full, "reason": f"symbolic link to a folder already scanned ({real}): "
-                                                         "skipped, not scanned twice"})
-                continue
-            seen.add(real)
-            keep.append(d)
-        dirnames[:] = keep
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            if p.is_file():
-                files.append(p)
-            elif p.is_symlink():
-                problems.append({"path": str(p), "reason": f"broken symbolic link (to {os.readlink(p)})"})
-    return sorted(files), problems
 
 
 def find_files(root: Path) -> list[Path]:

@@ -1,0 +1,69 @@
+"""What lies below the music folders: the manifest's walk, and a cheap digest of it that tells when to rescan.
+
+Only the walk and ``os.stat``: no file is opened, so the digest costs milliseconds per thousand files and can be
+taken each time the workflow is planned (the manifest rule's ``listing`` parameter: a changed digest reruns the
+scan, and unchanged songs' fingerprints are reused by the extraction's cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+
+def walk_files(root: Path) -> tuple[list[Path], list[dict]]:
+    """Every regular file below ``root`` (sorted, hidden files and folders skipped), following symbolic links to
+    folders, with loop protection: a folder reached a second time (a link loop, or two links to one folder) is not
+    scanned again. Returns (files, problems): each problem is ``{"path", "reason"}`` (a loop, a broken link), so
+    nothing below the folder is dropped without a word."""
+    files: list[Path] = []
+    problems: list[dict] = []
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if real in seen:
+                problems.append({"path": full, "reason": f"symbolic link to a folder already scanned ({real}): "
+                                                         "skipped, not scanned twice"})
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if p.is_file():
+                files.append(p)
+            elif p.is_symlink():
+                problems.append({"path": str(p), "reason": f"broken symbolic link (to {os.readlink(p)})"})
+    return sorted(files), problems
+
+
+def audio_listing_digest(folders: Iterable[str | Path]) -> str:
+    """A digest of the audio files below ``folders`` as the manifest walks them (``walk_files``): path, size and
+    modification time of each. It changes when a file is added, removed, replaced or edited; a missing folder is
+    part of it (the manifest stage then says so)."""
+    from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: planning a run without music needs no decoders
+
+    h = hashlib.sha1()
+    for folder in folders:
+        root = Path(folder).expanduser().resolve()
+        if not root.is_dir():
+            h.update(f"no folder {root}\n".encode())
+            continue
+        for path in walk_files(root)[0]:
+            if path.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            try:
+                st = path.stat()
+            except OSError:  # gone since the walk: the next plan sees it
+                continue
+            h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
