@@ -66,6 +66,23 @@ def test_song_ids_are_stable_when_the_folder_moves(music_dir, tmp_path):
     assert list(first.song_id) == list(second.song_id)
 
 
+def test_two_folders_with_the_same_file_names_keep_every_song(tmp_path):
+    """`nafp index album1 album2`, each holding 01.wav: two songs (the second used to be rejected as a duplicate
+    id). The first folder's songs keep their plain ids; a folder given twice is scanned once."""
+    a, b, c = tmp_path / "album1", tmp_path / "x" / "album2", tmp_path / "y" / "album2"
+    for i, folder in enumerate((a, b, c)):
+        folder.mkdir(parents=True)
+        sf.write(folder / "01.wav", tone_mix(4.0, 8000, freqs=(200.0 + 150 * i, 330.0 + 90 * i), seed=i), 8000)
+    songs, rejected = build_manifest([("music", a), ("music", b), ("music", c), ("music", tmp_path / "album1")],
+                                     min_duration_s=3.0, silence_dbfs=-60)
+    assert rejected.empty and len(songs) == 3 and songs.song_id.is_unique
+    assert list(songs.rel_path) == ["01.wav"] * 3
+    assert songs.song_id.iloc[0] == song_id_for("music", "01.wav")
+    assert songs.song_id.iloc[1] == song_id_for("music", "album2/01.wav")  # stable when the folder moves
+    again, _ = build_manifest([("music", a), ("music", b), ("music", c)], min_duration_s=3.0, silence_dbfs=-60)
+    assert list(again.song_id) == list(songs.song_id)
+
+
 def test_write_manifest_refuses_an_empty_collection(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(ValueError, match="no usable songs"):

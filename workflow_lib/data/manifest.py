@@ -83,15 +83,31 @@ def check_song(path: Path, min_duration_s: float, silence_dbfs: float) -> tuple[
             "format": suffix.lstrip("."), "size_bytes": size, "decoder_messages": messages.count}, None
 
 
+def _unused_song_id(collection: str, root: Path, rel: str, seen: dict[str, str]) -> str:
+    """The song id of ``rel`` below ``root``. Two folders of a collection can hold the same relative path
+    (``01.mp3`` in two albums given as two folders): the first keeps the plain id, the next is told apart by its
+    folder's name and, should that be shared too, by the folder's whole path."""
+    for key in (rel, f"{root.name}/{rel}", f"{root.as_posix()}/{rel}"):
+        sid = song_id_for(collection, key)
+        if sid not in seen:
+            return sid
+    raise AssertionError(f"{root / rel}: no free song id")  # unreachable: each folder is scanned once
+
+
 def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s: float = 3.0,
                    silence_dbfs: float = -60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scan ``(collection, folder)`` pairs into (songs, rejected) tables."""
     rows, rejected = [], []
     seen: dict[str, str] = {}
+    scanned: set[Path] = set()
     for collection, root in collections:
         root = Path(root).resolve()
         if not root.is_dir():
             raise FileNotFoundError(f"{collection} folder does not exist or is not a folder: {root}")
+        if root in scanned:
+            log.warning("%s is listed twice: scanned once", root)
+            continue
+        scanned.add(root)
         files, problems = walk_files(root)
         for prob in problems:
             log.warning("rejected %s: %s", prob["path"], prob["reason"])
@@ -104,12 +120,7 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
                 rejected.append({"path": str(path), "reason": reason})
                 continue
             rel = path.relative_to(root).as_posix()
-            sid = song_id_for(collection, rel)
-            if sid in seen:  # the same relative path in two folders of one collection
-                reason = f"duplicate song id {sid}: same relative path as {seen[sid]}"
-                log.warning("rejected %s: %s", path, reason)
-                rejected.append({"path": str(path), "reason": reason})
-                continue
+            sid = _unused_song_id(collection, root, rel, seen)
             seen[sid] = str(path)
             rows.append({"song_id": sid, "collection": collection, "root": str(root), "rel_path": rel,
                          "path": str(path), **fields})
