@@ -81,6 +81,10 @@ def test_two_folders_with_the_same_file_names_keep_every_song(tmp_path):
     assert songs.song_id.iloc[1] == song_id_for("music", "album2/01.wav")  # stable when the folder moves
     again, _ = build_manifest([("music", a), ("music", b), ("music", c)], min_duration_s=3.0, silence_dbfs=-60)
     assert list(again.song_id) == list(songs.song_id)
+    # A folder inside another one given too: its songs are found once, below the outer folder, without copies.
+    nested, rejected = build_manifest([("music", b), ("music", tmp_path / "x")], min_duration_s=3.0,
+                                      silence_dbfs=-60)
+    assert rejected.empty and list(nested.rel_path) == ["album2/01.wav"]
 
 
 def test_write_manifest_refuses_an_empty_collection(tmp_path):

@@ -99,13 +99,14 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
     """Scan ``(collection, folder)`` pairs into (songs, rejected) tables."""
     rows, rejected = [], []
     seen: dict[str, str] = {}
+    collections = [(c, Path(r).resolve()) for c, r in collections]
     scanned: set[Path] = set()
     for collection, root in collections:
-        root = Path(root).resolve()
         if not root.is_dir():
             raise FileNotFoundError(f"{collection} folder does not exist or is not a folder: {root}")
-        if root in scanned:
-            log.warning("%s is listed twice: scanned once", root)
+        outer = [r for c, r in collections if c == collection and r != root and root.is_relative_to(r)]
+        if root in scanned or outer:  # its files are found once, below the outer folder (ids stay as they were)
+            log.warning("%s is %s: scanned once", root, f"inside {outer[0]}" if outer else "listed twice")
             continue
         scanned.add(root)
         files, problems = walk_files(root)
