@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,12 +132,38 @@ def test_table_output_and_vote_mode(results, cli, tmp_path, capsys):
     assert "unknown.ogg" in out[2] and "no match" in out[2] and "best guess" in out[2]
 
 
+def test_a_folder_is_every_audio_file_below_it(results, cli, tmp_path, capsys):
+    (tmp_path / "clips").mkdir()
+    f = _query_files(tmp_path / "clips")
+    (tmp_path / "clips" / "notes.txt").write_text("not audio")
+    (tmp_path / "clips" / "again").mkdir()
+    (tmp_path / "clips" / "again" / "clip.wav").write_bytes(f["wav"].read_bytes())
+    (tmp_path / "empty").mkdir()
+    rc = cli.main([str(tmp_path / "clips"), str(tmp_path / "empty"), "--results", str(results), "--device", "cpu"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1  # the damaged file, and the folder without audio
+    assert len(out) == 1 + 5 + 1  # header, the five audio files (not the notes), the empty folder
+    # two files named clip.wav: each is shown with its path
+    assert sum("Copper Engine" in line and "clips/again/clip.wav" in line for line in out) == 1
+    assert sum("Copper Engine" in line and f"{tmp_path / 'clips' / 'clip.wav'}" in line for line in out) == 1
+    assert "a folder without audio files" in out[-1]
+
+
 def test_missing_results_folder_is_a_clear_error(tmp_path):
     wav = tmp_path / "x.wav"
     sf.write(wav, synth_song(1, 2.0), SR)
     res = subprocess.run([sys.executable, str(SCRIPT), str(wav), "--results", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 2 and "nowhere" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(results):
+    """`nafp db list | head -1`: once the reader has gone, no BrokenPipeError traceback. (`true` reads nothing and
+    is gone before Python has started, so every write meets a closed pipe.)"""
+    res = subprocess.run(f"{sys.executable} -m workflow_lib.cli.main db list --csv --results {results} | true",
+                         shell=True, capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0 and "Traceback" not in res.stderr and "Broken pipe" not in res.stderr, res.stderr
 
 
 def _imports_torch(code: str) -> bool:

@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     except ConfigError as exc:
         return fail(str(exc), EXIT_SETUP)
+    except BrokenPipeError:  # the reader of the listing has gone: main ends quietly
+        raise
     except (OSError, ValueError, RuntimeError) as exc:  # our errors name the file or id; no traceback needed
         return fail(str(exc), EXIT_INPUT if args.db_command in ("add", "remove") else EXIT_SETUP)
 

@@ -4,7 +4,7 @@ Prints one row per file: the song (title and artist from the catalogue), where i
 confidence (1 - the p-value of the answer among queries of unknown songs, see ``search.searcher.Match``) and the
 time taken. A file whose answer fails the calibrated no-match rule is "no match" (with the reason), and its best
 guess is shown apart. Unreadable files are reported with the reason and make the exit status 1; the others are
-still answered.
+still answered. A folder stands for every audio file below it.
 
 A file longer than twice the listening window may hold the song in only part of it (10 s of talk, then the
 song), or several songs: it is also scanned (``nafp scan``; in two views, as it is and whitened, when the whole
@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("query", help="name the song (and offset) of audio files",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any supported format and length)")
+    p.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
+                   help="audio files (any supported format and length), or folders: every audio file below them")
     common_options(p)
     p.add_argument("--json", action="store_true", help="print JSON lines (one object per file) instead of a table")
     p.add_argument("--mode", choices=MODES, default=None,
@@ -125,12 +126,31 @@ def with_occurrence(row: dict, scan) -> dict:
             "seconds": round(row["seconds"] + scan.compute_s, 4)}
 
 
+def expand_folders(items: list[str]) -> list[str]:
+    """Each folder among ``items`` replaced by the audio files below it (as the manifest walks: sorted, hidden
+    files skipped); files stay as they are. A folder without audio stays too, and is answered as an error."""
+    from workflow_lib.audio.files import AUDIO_EXTENSIONS
+    from workflow_lib.data.folders import walk_files
+
+    out: list[str] = []
+    for item in items:
+        folder = Path(item)
+        if not folder.is_dir():
+            out.append(item)
+            continue
+        found = [str(p) for p in walk_files(folder)[0] if p.suffix.lower() in AUDIO_EXTENSIONS]
+        out += found or [item]
+    return out
+
+
 def print_table(rows: list[dict], out=None) -> None:
     out = out or sys.stdout
     head = ["file", "song", "artist - title", "offset", "confidence", "time"]
     lines = []
-    for r in rows:
-        name = printable(Path(r["file"]).name)
+    names = [Path(r["file"]).name for r in rows]
+    for r, name in zip(rows, names):
+        # the file's name, or its path as given where two files share a name (01.mp3 of two albums)
+        name = printable(name if names.count(name) == 1 else r["file"])
         if "error" in r:
             lines.append([name, "ERROR", printable(r["error"]), "", "", ""])
             continue
@@ -163,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     if problem := missing_results(args.results):  # before torch loads (seconds)
         return fail(problem)
     import torch
+    from tqdm import tqdm
 
     from workflow_lib.audio.files import AudioDecodeError, load_audio
 
@@ -177,8 +198,13 @@ def run(args: argparse.Namespace) -> int:
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
     listen = listen_config(cfg)
     rows, failed = [], 0
-    for path in args.files:
+    files = expand_folders(args.files)
+    # a bar for a long batch whose table comes at the end (JSON lines stream); only on a terminal
+    for path in tqdm(files, desc="query", unit="file", leave=False, disable=None if not args.json and len(
+            files) > 1 else True):
         try:
+            if Path(path).is_dir():  # left by expand_folders: nothing to answer below it
+                raise AudioDecodeError(f"{path}: a folder without audio files")
             audio = load_audio(path)
             match, scan = answer_file(searcher, audio, listen, path)
             row = row_for(path, match, None, round(len(audio) / SAMPLE_RATE, 3))
