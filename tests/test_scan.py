@@ -137,6 +137,18 @@ def test_cli_outputs_json_csv_and_plot_and_reads_wav_on_stdin(world, tmp_path, m
     assert cli_main.main(["scan", "-", "--json", "--results", str(tmp_path)]) == 0
     piped = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["song_id"] for r in piped if r["kind"] == "song"] == [t[0] for t in truth]
+    # A folder: every recording below it, two of one name drawn apart; a folder without audio is an error.
+    for day in ("mon", "tue"):
+        (tmp_path / "shows" / day).mkdir(parents=True)
+        (tmp_path / "shows" / day / "show.wav").write_bytes(wav.read_bytes())
+    (tmp_path / "nothing").mkdir()
+    assert cli_main.main(["scan", str(tmp_path / "shows"), str(tmp_path / "nothing"), "--json", "--results",
+                          str(tmp_path), "--plot", str(tmp_path / "d.png")]) == 1
+    out = capsys.readouterr()
+    rows = [json.loads(line) for line in out.out.splitlines()]
+    assert {r["file"] for r in rows} == {str(tmp_path / "shows" / d / "show.wav") for d in ("mon", "tue")}
+    assert (tmp_path / "d-show.png").exists() and (tmp_path / "d-show-2.png").exists()
+    assert f"{tmp_path / 'nothing'}: a folder without audio files" in out.err
 
 
 def test_occurrences_shorter_than_the_minimum_duration_are_left_out_and_their_time_is_a_gap(world, tmp_path,

@@ -29,7 +29,9 @@ SEGMENT_SECONDS = SEGMENT_SAMPLES / SAMPLE_RATE  # a recording shorter than one 
 def add_parser(sub) -> None:
     p = sub.add_parser("scan", help="every song in a long recording, with where it starts and ends",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", metavar="FILE", help="recordings (any supported format), or - for WAV on stdin")
+    p.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
+                   help="recordings (any supported format), folders (every audio file below them), or - for WAV on "
+                        "stdin")
     common_options(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON lines, one object per occurrence or gap")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if problem := missing_results(args.results):
         return fail(problem)
     from workflow_lib.cli.listen import load_settings
-    from workflow_lib.cli.query import SetupError, load_searcher
+    from workflow_lib.cli.query import SetupError, expand_folders, load_searcher
 
     try:
         settings = load_settings(args.results, args.config, {"window_s": args.window})
@@ -85,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
     if writer:
         writer.writeheader()
     failed = 0
-    for path in args.files:
+    files, plots = expand_folders(args.files), set()
+    for path in files:
+        if Path(path).is_dir():  # left by expand_folders: nothing to scan below it
+            failed += 1
+            print(f"error: {printable(path)}: a folder without audio files", file=sys.stderr)
+            continue
         chunks = iter_wav_stream(sys.stdin.buffer, name="stdin") if path == "-" else iter_audio(path)
         try:
             result = scan_chunks(searcher, chunks, settings.listen, name="stdin" if path == "-" else path,
@@ -108,8 +115,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_timeline(result)
         if args.plot:
-            target = Path(args.plot) if len(args.files) == 1 else \
+            target = Path(args.plot) if len(files) == 1 else \
                 Path(args.plot).with_name(f"{Path(args.plot).stem}-{Path(path).stem}{Path(args.plot).suffix}")
+            while target in plots:  # two recordings of one name (in two folders): one drawing each
+                target = target.with_name(f"{target.stem}-2{target.suffix}")
+            plots.add(target)
             plot_timeline(result, target)
             print(f"timeline drawn: {target}", file=sys.stderr)
     return EXIT_INPUT if failed else EXIT_OK
