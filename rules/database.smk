@@ -35,6 +35,8 @@ rule build_index:
         shards=SHARD_FILES,
         added=added_fingerprints,
         removed=removed_songs_file,
+        # A song added with `nafp db add` whose file is now in the music folders is left to the folders' copy.
+        songs=rules.manifest.output.songs,
     output:
         INDEX_FILES,
     params:

@@ -132,9 +132,10 @@ def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
 
 def test_indexing_the_folder_again_follows_its_files(tmp_path):
     """`nafp index` again on the same folder: nothing to do while it is unchanged; a file added, deleted or
-    replaced since is indexed, dropped or fingerprinted again, the unchanged songs' fingerprints reused."""
+    replaced since is indexed, dropped or fingerprinted again, the unchanged songs' fingerprints reused; a file added
+    with `nafp db add` and also put in the folder is one song."""
     generate_demo_corpus(tmp_path / "a", 4, 20.0, seed=13)
-    generate_demo_corpus(tmp_path / "b", 2, 20.0, seed=14)
+    generate_demo_corpus(tmp_path / "b", 3, 20.0, seed=14)
     music, spare = tmp_path / "a" / "music", sorted((tmp_path / "b" / "music").glob("*.flac"))
     db = tmp_path / "db"
 
@@ -144,21 +145,25 @@ def test_indexing_the_folder_again_follows_its_files(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         return r
 
-    def indexed_files() -> set[str]:
-        cat = pd.read_parquet(db / "catalogue.parquet")
-        ids = json.loads((db / "index" / "index.json").read_text())["n_songs"]
-        assert ids == len(cat)
-        return {Path(p).name for p in cat["path"]}
+    def indexed_files() -> list[str]:
+        """The file of each song of the index (a file twice: two songs)."""
+        cat = pd.read_parquet(db / "catalogue.parquet").set_index("song_id")
+        ids = pd.read_parquet(db / "index" / "index_meta.parquet")["song_id"].astype(str).unique()
+        return sorted(Path(cat.loc[sid, "path"]).name for sid in ids)
 
     index()
     files = sorted(music.glob("*.flac"))
-    assert indexed_files() == {p.name for p in files}
+    assert indexed_files() == [p.name for p in files]
     assert "Nothing to be done" in index().stderr
     files[0].unlink()
     (music / "new.flac").write_bytes(spare[0].read_bytes())
     files[1].write_bytes(spare[1].read_bytes())  # the same name, other music
+    # ... and one put in the folder and added with `nafp db add` at once: one song, not two, once indexed
+    (music / "added.flac").write_bytes(spare[2].read_bytes())
+    r = nafp("db", "add", str(music / "added.flac"), "--results", str(db), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
     index()
-    assert indexed_files() == {"new.flac", *(p.name for p in files[1:])}
-    # Only the two files that are new to it were fingerprinted (each shard's log is of its last run).
+    assert indexed_files() == sorted(["new.flac", "added.flac", *(p.name for p in files[1:])])
+    # Only the three files that are new to it were fingerprinted (each shard's log is of its last run).
     logs = "".join(p.read_text() for p in (db / "logs" / "extract").glob("*.log"))
-    assert sum(map(int, re.findall(r"reused from earlier runs, (\d+) to extract", logs))) == 2
+    assert sum(map(int, re.findall(r"reused from earlier runs, (\d+) to extract", logs))) == 3

@@ -8,6 +8,7 @@ is dropped and underscores become spaces. The title is never empty; an unknown a
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Iterable
@@ -88,11 +89,26 @@ def build_catalogue(songs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def superseded_added_songs(songs_path: str | Path, added_rows: pd.DataFrame) -> set[str]:
+    """Songs added with ``nafp db add`` whose file is now a song of the music folders (added, then the folder
+    indexed again): the folder's song is kept, so that one file is one database song."""
+    if added_rows.empty:
+        return set()
+    folder_files = {os.path.realpath(p) for p in pd.read_parquet(songs_path, columns=["path"])["path"]}
+    gone = {str(sid) for sid, p in zip(added_rows["song_id"], added_rows["path"])
+            if os.path.realpath(p) in folder_files}
+    if gone:
+        log.info("%d song(s) added with `nafp db add` are files of the music folders now: the folders' songs are "
+                 "kept in their place", len(gone))
+    return gone
+
+
 def write_catalogue(songs_path: str | Path, out_path: str | Path,
                     extra: Iterable[pd.DataFrame] = ()) -> pd.DataFrame:
     """The ``catalogue`` rule: every manifest song, plus ``extra`` ready-made rows (songs added from the command
     line); later rows win for a repeated song id."""
     songs = pd.read_parquet(songs_path, columns=["song_id", "path"])
+    extra = [e[~e["song_id"].isin(superseded_added_songs(songs_path, e))] for e in extra]
     table = pd.concat([build_catalogue(songs), *[e[COLUMNS] for e in extra]], ignore_index=True)
     table = table.drop_duplicates("song_id", keep="last").reset_index(drop=True)
     write_parquet_atomic(table, out_path)
