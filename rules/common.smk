@@ -93,7 +93,7 @@ def music_listing(wildcards=None):
         return ""
     from workflow_lib.data.folders import audio_listing_digest
 
-    return audio_listing_digest([*config["data"]["music_dirs"], *config["data"]["distractor_dirs"]])
+    return audio_listing_digest([*config["data"]["music_dirs"], *config["data"]["distractor_dirs"]], skip=[RESULTS])
 
 
 # The low-bitrate codec copy of the songs is built only when training draws codec views.

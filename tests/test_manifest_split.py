@@ -87,6 +87,19 @@ def test_two_folders_with_the_same_file_names_keep_every_song(tmp_path):
     assert rejected.empty and list(nested.rel_path) == ["album2/01.wav"]
 
 
+def test_a_results_folder_kept_inside_the_music_folder_is_not_scanned(music_dir):
+    """`nafp index ~/Music --results ~/Music/db`: the database's own files are not songs, nor rejected files."""
+    db = music_dir / "db"
+    (db / "logs").mkdir(parents=True)
+    (db / "logs" / "manifest.log").write_text("log")
+    sf.write(str(db / "stray.wav"), tone_mix(4.0, 8000, seed=5), 8000)
+    songs, rejected = build_manifest([("music", music_dir)], min_duration_s=3.0, silence_dbfs=-60, skip_dirs=[db])
+    assert sorted(songs.rel_path) == ["album/a.flac", "b.wav"] and not rejected.path.str.contains("/db/").any()
+    # the folder to skip being the music folder itself skips nothing
+    same, _ = build_manifest([("music", db)], min_duration_s=3.0, silence_dbfs=-60, skip_dirs=[db])
+    assert list(same.rel_path) == ["stray.wav"]
+
+
 def test_write_manifest_refuses_an_empty_collection(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(ValueError, match="no usable songs"):

@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Iterable
 
 
-def walk_files(root: Path) -> tuple[list[Path], list[dict]]:
+def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path], list[dict]]:
     """Every regular file below ``root`` (sorted, hidden files and folders skipped), following symbolic links to
     folders, with loop protection: a folder reached a second time (a link loop, or two links to one folder) is not
-    scanned again. Returns (files, problems): each problem is ``{"path", "reason"}`` (a loop, a broken link), so
-    nothing below the folder is dropped without a word."""
+    scanned again. Folders in ``skip`` (a results folder kept inside the music folder) are not entered. Returns
+    (files, problems): each problem is ``{"path", "reason"}`` (a loop, a broken link), so nothing below the folder
+    is dropped without a word."""
     files: list[Path] = []
     problems: list[dict] = []
     seen = {os.path.realpath(root)}
+    skipped = {os.path.realpath(d) for d in skip} - seen
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         keep = []
         for d in sorted(dirnames):
@@ -28,6 +30,8 @@ def walk_files(root: Path) -> tuple[list[Path], list[dict]]:
                 continue
             full = os.path.join(dirpath, d)
             real = os.path.realpath(full)
+            if real in skipped:
+                continue
             if real in seen:
                 problems.append({"path": full, "reason": f"symbolic link to a folder already scanned ({real}): "
                                                          "skipped, not scanned twice"})
@@ -46,10 +50,11 @@ def walk_files(root: Path) -> tuple[list[Path], list[dict]]:
     return sorted(files), problems
 
 
-def audio_listing_digest(folders: Iterable[str | Path]) -> str:
-    """A digest of the audio files below ``folders`` as the manifest walks them (``walk_files``): path, size and
-    modification time of each. It changes when a file is added, removed, replaced or edited; a missing folder is
-    part of it (the manifest stage then says so)."""
+def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Path] = ()) -> str:
+    """A digest of the audio files below ``folders`` as the manifest walks them (``walk_files``, with ``skip``):
+    path, size and modification time of each. It changes when a file is added, removed, replaced or edited; a
+    missing folder is part of it (the manifest stage then says so)."""
+    skip = list(skip)
     from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: planning a run without music needs no decoders
 
     h = hashlib.sha1()
@@ -58,7 +63,7 @@ def audio_listing_digest(folders: Iterable[str | Path]) -> str:
         if not root.is_dir():
             h.update(f"no folder {root}\n".encode())
             continue
-        for path in walk_files(root)[0]:
+        for path in walk_files(root, skip)[0]:
             if path.suffix.lower() not in AUDIO_EXTENSIONS:
                 continue
             try:

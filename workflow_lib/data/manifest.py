@@ -95,8 +95,11 @@ def _unused_song_id(collection: str, root: Path, rel: str, seen: dict[str, str])
 
 
 def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s: float = 3.0,
-                   silence_dbfs: float = -60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan ``(collection, folder)`` pairs into (songs, rejected) tables."""
+                   silence_dbfs: float = -60.0, skip_dirs: Iterable[str | Path] = ()
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scan ``(collection, folder)`` pairs into (songs, rejected) tables; folders in ``skip_dirs`` (the run's own
+    results folder, when it lies inside a music folder) are not scanned."""
+    skip_dirs = list(skip_dirs)
     rows, rejected = [], []
     seen: dict[str, str] = {}
     collections = [(c, Path(r).resolve()) for c, r in collections]
@@ -109,7 +112,7 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
             log.warning("%s is %s: scanned once", root, f"inside {outer[0]}" if outer else "listed twice")
             continue
         scanned.add(root)
-        files, problems = walk_files(root)
+        files, problems = walk_files(root, skip_dirs)
         for prob in problems:
             log.warning("rejected %s: %s", prob["path"], prob["reason"])
         rejected.extend(problems)
@@ -168,11 +171,11 @@ def identical_copies(rows: list[dict]) -> dict[int, str]:
 
 def write_manifest(music_dirs: list[str], distractor_dirs: list[str], songs_out: str | Path,
                    rejected_out: str | Path, min_duration_s: float, silence_dbfs: float,
-                   rejected_csv: str | Path | None = None) -> pd.DataFrame:
+                   rejected_csv: str | Path | None = None, skip_dirs: Iterable[str | Path] = ()) -> pd.DataFrame:
     """Scan the folders into ``songs_out`` and ``rejected_out`` (Parquet), and the rejected files with their
-    reasons as ``rejected_csv`` too (what a user reads)."""
+    reasons as ``rejected_csv`` too (what a user reads). ``skip_dirs``: see ``build_manifest``."""
     collections = [("music", d) for d in music_dirs] + [("distractor", d) for d in distractor_dirs]
-    songs, rejected = build_manifest(collections, min_duration_s, silence_dbfs)
+    songs, rejected = build_manifest(collections, min_duration_s, silence_dbfs, skip_dirs)
     if songs.empty:
         raise ValueError(f"no usable songs found in {music_dirs + distractor_dirs} "
                          f"({len(rejected)} files rejected; see the log for reasons)")
