@@ -22,6 +22,7 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from workflow_lib import SAMPLE_RATE
@@ -148,9 +149,10 @@ def print_table(rows: list[dict], out=None) -> None:
     head = ["file", "song", "artist - title", "offset", "confidence", "time"]
     lines = []
     names = [Path(r["file"]).name for r in rows]
+    shared = {n for n, k in Counter(names).items() if k > 1}
     for r, name in zip(rows, names):
         # the file's name, or its path as given where two files share a name (01.mp3 of two albums)
-        name = printable(name if names.count(name) == 1 else r["file"])
+        name = printable(r["file"] if name in shared else name)
         if "error" in r:
             lines.append([name, "ERROR", printable(r["error"]), "", "", ""])
             continue
