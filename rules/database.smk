@@ -58,6 +58,7 @@ rule catalogue:
     input:
         songs=rules.manifest.output.songs,
         added=added_fingerprints,
+        removed=removed_songs_file,
     output:
         PATHS["catalogue"],
     log:

@@ -18,7 +18,8 @@ import yaml
 from tests.db_helpers import save_tiny_model, unit_vectors, write_fingerprint_file, write_songs
 from workflow_lib.database.fingerprint_file import FingerprintFileError, ModelMismatchError
 from workflow_lib.database.index import (FingerprintDB, IndexFileError, TrainSettings, add_to_index, build_index,
-                                choose_factory, make_index, read_removed_songs, remove_from_index)
+                                choose_factory, make_index, remove_from_index)
+from workflow_lib.database.removed import read_removed_songs
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 16
@@ -385,3 +386,19 @@ def test_db_add_of_a_missing_path_or_a_web_address_says_which(tmp_path):
         collect_audio_files([tmp_path / "nope.wav"])
     with pytest.raises(FileNotFoundError, match=r"^http://example.org/x.flac: a web address; nafp reads local"):
         collect_audio_files(["http://example.org/x.flac"])
+
+
+def test_an_added_song_gives_way_to_its_folder_copy_unless_that_one_was_removed(tmp_path):
+    from workflow_lib.database.catalogue import superseded_added_songs, write_catalogue
+
+    files = write_songs(tmp_path / "music", {"a": 3.0, "b": 3.0})
+    songs = tmp_path / "songs.parquet"
+    pd.DataFrame({"song_id": ["ma", "mb"], "path": [str(files["a"]), str(files["b"])]}).to_parquet(songs)
+    other = write_songs(tmp_path / "elsewhere", {"c": 3.0})["c"]
+    added = pd.DataFrame({"song_id": ["xa", "xc"], "title": ["a", "c"], "artist": ["", ""],
+                          "path": [str(files["a"]), str(other)]})
+    assert superseded_added_songs(songs, added) == {"xa"}  # the folder's copy of a.wav is kept
+    # a.wav's folder song was removed with `nafp db remove`: its added copy is all that is left of it
+    assert superseded_added_songs(songs, added, removed={"ma"}) == set()
+    cat = write_catalogue(songs, tmp_path / "catalogue.parquet", extra=[added])
+    assert sorted(cat["song_id"]) == ["ma", "mb", "xc"]

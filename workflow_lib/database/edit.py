@@ -28,7 +28,8 @@ from workflow_lib.common.locks import folder_lock
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, missing_path_message
 from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
-from workflow_lib.database.index import FingerprintDB, add_to_index, read_removed_songs, read_sidecar, remove_from_index
+from workflow_lib.database.index import FingerprintDB, add_to_index, read_sidecar, remove_from_index
+from workflow_lib.database.removed import read_removed_songs
 from workflow_lib.data.folders import walk_files
 from workflow_lib.data.manifest import check_song, copy_reason, identical_copies, song_id_for
 

@@ -933,12 +933,3 @@ def remove_from_index(folder: str | Path, song_ids: Iterable[str], *, threads: i
     missing = [s for s in wanted if s not in present]
     _remove_songs(folder, index, rows, vectors, info, set(found))
     return found, missing
-
-
-def read_removed_songs(paths: Iterable[str | Path]) -> set[str]:
-    """Song ids listed in removal files (one per line, ``#`` comments); missing files count as empty."""
-    out: set[str] = set()
-    for p in map(Path, paths):
-        if p.is_file():
-            out |= {line.split("#", 1)[0].strip() for line in p.read_text().splitlines()} - {""}
-    return out
