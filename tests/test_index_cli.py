@@ -135,7 +135,7 @@ def test_indexing_the_folder_again_follows_its_files(tmp_path):
     replaced since is indexed, dropped or fingerprinted again, the unchanged songs' fingerprints reused; a file added
     with `nafp db add` and also put in the folder is one song."""
     generate_demo_corpus(tmp_path / "a", 4, 20.0, seed=13)
-    generate_demo_corpus(tmp_path / "b", 3, 20.0, seed=14)
+    generate_demo_corpus(tmp_path / "b", 4, 20.0, seed=14)
     music, spare = tmp_path / "a" / "music", sorted((tmp_path / "b" / "music").glob("*.flac"))
     db = tmp_path / "db"
 
@@ -167,3 +167,6 @@ def test_indexing_the_folder_again_follows_its_files(tmp_path):
     # Only the three files that are new to it were fingerprinted (each shard's log is of its last run).
     logs = "".join(p.read_text() for p in (db / "logs" / "extract").glob("*.log"))
     assert sum(map(int, re.findall(r"reused from earlier runs, (\d+) to extract", logs))) == 3
+    # The next add does not take the file of the add the folder superseded for one that a kill left behind.
+    r = nafp("db", "add", str(spare[3]), "--results", str(db), cwd=tmp_path)
+    assert r.returncode == 0 and "killed" not in r.stderr, r.stderr[-2000:]

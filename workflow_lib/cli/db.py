@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
         if args.db_command == "remove":
             removed, missing = remove_songs(layout, args.song_ids, threads=args.threads)
             print(f"removed {count(len(removed), 'song')}")
+            if removed:  # their ids are remembered: a rebuild must not bring them back, even from a new file
+                print("note: removed songs stay out when the folders are indexed again, even if their files change; "
+                      "`nafp db add FILE` puts a file back", file=sys.stderr)
             for s in missing:
                 print(f"not in the database: {printable(s)}", file=sys.stderr)
             return EXIT_INPUT if missing else EXIT_OK

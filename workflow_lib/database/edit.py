@@ -160,13 +160,23 @@ def _clean_after_kill(layout: ResultsLayout) -> None:
     import pyarrow.parquet as pq
 
     db = FingerprintDB.load(layout.index)
+    removed = read_removed_songs([layout.removed])
+    # An add writes its file, then edits the index: a killed one left a file newer than the index. An older file
+    # none of whose songs is in the index holds songs removed since (dropped: adding one again must not find its
+    # old fingerprints), or songs now indexed from their folder (kept: build_index leaves them to the folder).
+    edited_ns = (layout.index / "index.json").stat().st_mtime_ns
     for f in sorted(layout.added.glob("*.parquet")):
         try:
             ids = set(pq.read_table(f, columns=["song_id"]).column("song_id").to_pylist())
         except Exception:  # a half-written file cannot exist (atomic writes), but a foreign one might
             continue
-        if ids and not any(db.song_position(s) >= 0 for s in ids):
+        if not ids or any(db.song_position(s) >= 0 for s in ids):
+            continue
+        if f.stat().st_mtime_ns > edited_ns:
             log.warning("%s: fingerprints of an add that was killed before it reached the index: removed", f)
+            f.unlink()
+        elif ids <= removed:
+            log.info("%s: every song of it was removed since: deleted", f)
             f.unlink()
     for f in layout.added.glob(".*"):
         f.unlink(missing_ok=True)
