@@ -147,6 +147,35 @@ def test_rerun_reuses_unchanged_songs_and_extracts_only_new_or_changed_ones(tmp_
     np.testing.assert_array_equal(emb_a, emb_b)
 
 
+def test_a_renamed_or_moved_file_is_not_fingerprinted_again(tmp_path):
+    """The song id follows the path, so a file renamed or moved in the music folder is a new song to its shard:
+    its fingerprints are found by the file's signature, in this shard's cache or another shard's."""
+    paths = write_songs(tmp_path / "music", {"a": 4.0, "b": 5.0, "c": 3.0})
+    out0, out1 = tmp_path / "fp" / "shard-0.parquet", tmp_path / "fp" / "shard-1.parquet"
+    extract_songs(ProjectionFingerprinter(), IDENT, songs_table({"a": paths["a"], "b": paths["b"]}), out0)
+    extract_songs(ProjectionFingerprinter(), IDENT, songs_table({"c": paths["c"]}), out1)
+    _, rows_before, emb_before = read_fingerprints(out0)
+    _, rows_c, emb_c = read_fingerprints(out1)
+    out0.unlink()  # what Snakemake does before rerunning a job
+    (tmp_path / "music" / "album").mkdir()
+    renamed = paths["b"].rename(tmp_path / "music" / "b renamed.wav")
+    moved = paths["c"].rename(tmp_path / "music" / "album" / "c.wav")  # now shard 0's, fingerprinted by shard 1
+    fp = ProjectionFingerprinter()
+    extract_songs(fp, IDENT, songs_table({"a": paths["a"], "b2": renamed, "c2": moved}), out0)
+    assert fp.segments_seen == 0
+    _, rows, emb = read_fingerprints(out0)
+    assert list(rows.song_id.unique()) == ["a", "b2", "c2"]
+    np.testing.assert_array_equal(emb[(rows.song_id == "b2").to_numpy()],
+                                  emb_before[(rows_before.song_id == "b").to_numpy()])
+    np.testing.assert_array_equal(emb[(rows.song_id == "c2").to_numpy()], emb_c)
+    # a file whose content changed is fingerprinted again, whatever its name
+    changed = write_songs(tmp_path / "music", {"b renamed": 5.0}, seed=77)["b renamed"]
+    out0.unlink()
+    fp = ProjectionFingerprinter()
+    extract_songs(fp, IDENT, songs_table({"a": paths["a"], "b3": changed, "c2": moved}), out0)
+    assert fp.segments_seen == n_segments(int(5.0 * 8000))
+
+
 def test_killed_extraction_resumes_where_it_stopped(tmp_path):
     lengths = {f"s{i}": 2.0 + i for i in range(5)}
     paths = write_songs(tmp_path / "music", lengths)
@@ -247,6 +276,7 @@ def test_compilation_only_when_there_is_enough_audio_to_repay_it(tmp_path, monke
     with caplog.at_level("INFO"):
         extract_songs(ProjectionFingerprinter(), IDENT, table, tmp_path / "one.parquet", compile_model=True)
     assert not compiled and "too little to repay" in caplog.text
-    extract_songs(ProjectionFingerprinter(), IDENT, table, tmp_path / "two.parquet", compile_model=True,
+    # another folder: beside "one", its cache would give the song back without extracting anything
+    extract_songs(ProjectionFingerprinter(), IDENT, table, tmp_path / "other" / "two.parquet", compile_model=True,
                   compile_min_audio_s=1.0)
     assert len(compiled) == 1

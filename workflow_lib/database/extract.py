@@ -130,6 +130,8 @@ class _Cache:
         self.dir = cache_dir
         self.want = want
         self.songs: dict[str, tuple[_Source, str]] = {}  # song_id -> (source, signature)
+        # signature -> (source or another shard's file, song id there): built on the first ``moved`` look-up
+        self._by_signature: dict[str, tuple[_Source | Path, str]] | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
         for p in sorted(self.dir.glob("*.parquet")):
             if enabled:
@@ -152,6 +154,35 @@ class _Cache:
     def get(self, song_id: str, signature: str) -> _Source | None:
         hit = self.songs.get(song_id)
         return hit[0] if hit is not None and hit[1] == signature else None
+
+    def moved(self, signature: str) -> tuple[_Source, str] | None:
+        """The fingerprints of a file with this signature under another song id (the id follows the path: a file
+        renamed or moved inside the music folder), from this cache or another shard's (source, that id); None
+        when no cache has them. The other shards' caches are read on the first miss, metadata first: a file is
+        opened only for a song it holds."""
+        if self._by_signature is None:
+            self._by_signature = {sig: (src, sid) for sid, (src, sig) in self.songs.items()}
+            for path in sorted(self.dir.parent.glob("*/*.parquet")):
+                if path.parent == self.dir:
+                    continue
+                try:
+                    meta = read_meta(path)
+                except (FingerprintFileError, pa.ArrowException, OSError):
+                    continue  # unreadable, or replaced by its shard's job meanwhile: extracted again
+                if meta.same_fingerprints_as(self.want):
+                    for sid, sig in meta.sources.items():
+                        self._by_signature.setdefault(sig, (path, sid))
+        hit = self._by_signature.get(signature)
+        if hit is None:
+            return None
+        src, sid = hit
+        if isinstance(src, Path):  # another shard's file, not opened yet
+            try:
+                src = _Source(src, read_meta(src))
+            except (FingerprintFileError, pa.ArrowException, OSError):
+                return None
+            self._by_signature.update({sg: (src, s) for sg, (p, s) in self._by_signature.items() if p == src.path})
+        return (src, sid) if sid in src.runs else None
 
     def replace_with(self, final: Path) -> None:
         """Keep only ``final`` (hard link, no copy) for the next run."""
@@ -225,6 +256,7 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
     skipped: list[dict[str, str]] = []
     sigs: dict[str, str] = {}
     todo: list[tuple[str, str, str]] = []
+    moved: dict[str, tuple[_Source, str]] = {}  # song id -> (source, the id its fingerprints are stored under)
     for sid, path in zip(songs["song_id"], songs["path"]):
         try:
             sig = file_signature(path)
@@ -234,9 +266,16 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
             continue
         sigs[sid] = sig
         if cache.get(sid, sig) is None:
-            todo.append((sid, str(path), sig))
+            found = cache.moved(sig) if reuse else None
+            if found is not None:
+                moved[sid] = found
+            else:
+                todo.append((sid, str(path), sig))
     log.info("%s: %d songs, %d reused from earlier runs, %d to extract", out_path.name, len(songs),
              len(sigs) - len(todo), len(todo))
+    if moved:
+        log.info("%d of the reused songs were fingerprinted under another id (their file renamed or moved)",
+                 len(moved))
     if compile_model and todo:
         durations = songs.set_index("song_id")["duration_s"] if "duration_s" in songs else None
         audio_s = float(durations.loc[[t[0] for t in todo]].sum()) if durations is not None else float("inf")
@@ -277,8 +316,8 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
     # Final file: every available song in the given order, streamed from the cache files.
     skipped_ids = {s["song_id"] for s in skipped}
     keep = [sid for sid in songs["song_id"] if sid not in skipped_ids]
-    sources = {sid: cache.get(sid, sigs[sid]) for sid in keep}
-    n_rows = sum(src.runs[sid][1] - src.runs[sid][0] for sid, src in sources.items())  # type: ignore[union-attr]
+    sources = {sid: moved.get(sid) or (cache.get(sid, sigs[sid]), sid) for sid in keep}
+    n_rows = sum(src.runs[at][1] - src.runs[at][0] for src, at in sources.values())  # type: ignore[union-attr]
     meta = ShardMeta(**{**want.__dict__, "sources": {sid: sigs[sid] for sid in keep}, "skipped": skipped,
                         "n_songs": len(keep), "n_rows": n_rows})
     schema = fingerprint_schema(meta)
@@ -287,7 +326,11 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
             buf: list[pa.Table] = []
             n_buf = 0
             for sid in keep:
-                t = sources[sid].rows(sid)  # type: ignore[union-attr]
+                src, at = sources[sid]
+                t = src.rows(at)  # type: ignore[union-attr]
+                if at != sid:  # stored under its old id
+                    t = t.set_column(t.schema.get_field_index("song_id"), "song_id",
+                                     pa.array([sid] * len(t), pa.string()).cast(t.schema.field("song_id").type))
                 buf.append(t)
                 n_buf += len(t)
                 if n_buf >= ROW_GROUP_ROWS:
