@@ -173,6 +173,34 @@ def test_a_kill_during_db_add_leaves_a_database_that_the_rerun_completes(tmp_pat
     assert not list((results / "index").glob(".commit-*"))
 
 
+def test_a_removal_between_a_killed_add_and_its_rerun_cleans_up_first(tmp_path):
+    """A `db add` killed after writing its fingerprints file, then a `db remove`, then the add again: the removal
+    deletes what the killed add left (once the index is edited, that file would no longer look killed), so the
+    songs are added once."""
+    results, _ = _database(tmp_path)
+    new = write_songs(tmp_path / "incoming", {"x": 4.0, "y": 4.5}, seed=3)
+    add = ["db", "add", str(new["x"].parent), "--results", str(results), "--device", "cpu", "--threads", "1"]
+    driver = ("import os, signal, sys\nimport workflow_lib.database.edit as edit\n"
+              "real = edit.upsert_catalogue\n"
+              "def up(*a, **k):\n    real(*a, **k)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "edit.upsert_catalogue = up\n"
+              "from workflow_lib.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
+    res = subprocess.run([sys.executable, "-c", driver, *add], capture_output=True, text=True)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    added = results / "fingerprints" / "added"
+    assert len(list(added.glob("*.parquet"))) == 1  # the killed add's file
+    from workflow_lib.cli.main import main
+    from workflow_lib.database.index import FingerprintDB
+
+    assert main(["db", "remove", "a", "--results", str(results)]) == 0
+    assert not list(added.glob("*.parquet"))
+    assert main(add) == 0
+    files = list(added.glob("*.parquet"))
+    ids = [i for f in files for i in pd.read_parquet(f, columns=["song_id"]).song_id.unique()]
+    assert len(files) == 1 and len(ids) == len(set(ids)) == 2
+    assert FingerprintDB.load(results / "index").n_songs == 3
+
+
 def test_commit_journal_finishes_committed_and_discards_uncommitted_edits(tmp_path):
     from workflow_lib.database.index import COMMIT_MARKER, FOLDER_FILES, FingerprintDB, read_sidecar
 

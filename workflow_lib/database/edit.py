@@ -252,6 +252,7 @@ def remove_songs(results: str | Path | ResultsLayout, song_ids: Iterable[str], *
     layout = _layout(results)
     song_ids = song_ids_of(layout, song_ids)
     with folder_lock(layout.index):
+        _clean_after_kill(layout)  # before this edit makes a killed add's file look older than the index
         removed, missing = remove_from_index(layout.index, song_ids, threads=threads, lock=False)
         if removed:
             _write_removed(layout, read_removed_songs([layout.removed]) | set(removed))
