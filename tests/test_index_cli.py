@@ -98,6 +98,19 @@ def test_a_folder_without_audio_is_named_before_any_stage_runs(tmp_path):
     assert "Traceback" not in r.stderr and not (tmp_path / "db").exists()
 
 
+def test_the_next_commands_quote_a_folder_with_spaces_for_the_shell():
+    import shlex
+
+    from workflow_lib.cli.index import next_steps
+
+    lines = next_steps(Path("/data/my db's")).splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        words = shlex.split(line.split("   ")[0])  # the command, without its description
+        assert words[0] == "nafp" and words[words.index("--results") + 1] == "/data/my db's"
+    assert "--results /plain/db " in next_steps(Path("/plain/db"))  # quotes only where needed
+
+
 def test_the_bundled_model_file_matches_its_recorded_checksum():
     import hashlib
 

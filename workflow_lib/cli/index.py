@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -127,12 +128,17 @@ def run(args: argparse.Namespace) -> int:
     left_out = rejected_summary(results / "manifest" / "rejected.csv")
     if left_out:
         print("\n" + left_out)
-    print(f"\n{count(n, 'song')} {'is' if n == 1 else 'are'} searchable in {results}. Next:\n"
-          f"  nafp query CLIP.mp3 --results {results}          name the song of a file\n"
-          f"  nafp scan RECORDING.wav --results {results}      every song in a long recording\n"
-          f"  nafp listen --results {results}                  the microphone, live\n"
-          f"  nafp db add NEW_FOLDER --results {results}       add songs later (no retraining)")
+    print(f"\n{count(n, 'song')} {'is' if n == 1 else 'are'} searchable in {results}. Next:\n" + next_steps(results))
     return EXIT_OK
+
+
+def next_steps(results: Path) -> str:
+    """The commands to run next, with the folder quoted for the shell where it needs it (spaces, quotes)."""
+    r = shlex.quote(str(results))
+    return (f"  nafp query CLIP.mp3 --results {r}          name the song of a file\n"
+            f"  nafp scan RECORDING.wav --results {r}      every song in a long recording\n"
+            f"  nafp listen --results {r}                  the microphone, live\n"
+            f"  nafp db add NEW_FOLDER --results {r}       add songs later (no retraining)")
 
 
 def rejected_summary(rejected_csv: Path, show: int = 5) -> str:
