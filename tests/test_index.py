@@ -393,13 +393,14 @@ def test_an_added_song_gives_way_to_its_folder_copy_unless_that_one_was_removed(
     from workflow_lib.database.catalogue import superseded_added_songs, write_catalogue
 
     files = write_songs(tmp_path / "music", {"a": 3.0, "b": 3.0})
+    table = pd.DataFrame({"song_id": ["ma", "mb"], "path": [str(files["a"]), str(files["b"])]})
     songs = tmp_path / "songs.parquet"
-    pd.DataFrame({"song_id": ["ma", "mb"], "path": [str(files["a"]), str(files["b"])]}).to_parquet(songs)
+    table.to_parquet(songs)
     other = write_songs(tmp_path / "elsewhere", {"c": 3.0})["c"]
     added = pd.DataFrame({"song_id": ["xa", "xc"], "title": ["a", "c"], "artist": ["", ""],
                           "path": [str(files["a"]), str(other)]})
-    assert superseded_added_songs(songs, added) == {"xa"}  # the folder's copy of a.wav is kept
+    assert superseded_added_songs(table, added) == {"xa"}  # the folder's copy of a.wav is kept
     # a.wav's folder song was removed with `nafp db remove`: its added copy is all that is left of it
-    assert superseded_added_songs(songs, added, removed={"ma"}) == set()
+    assert superseded_added_songs(table, added, removed={"ma"}) == set()
     cat = write_catalogue(songs, tmp_path / "catalogue.parquet", extra=[added])
     assert sorted(cat["song_id"]) == ["ma", "mb", "xc"]

@@ -130,8 +130,7 @@ def with_occurrence(row: dict, scan) -> dict:
 def expand_folders(items: list[str]) -> list[str]:
     """Each folder among ``items`` replaced by the audio files below it (as the manifest walks: sorted, hidden
     files skipped); files stay as they are. A folder without audio stays too, and is answered as an error."""
-    from workflow_lib.audio.files import AUDIO_EXTENSIONS
-    from workflow_lib.data.folders import walk_files
+    from workflow_lib.data.folders import audio_files_below
 
     out: list[str] = []
     for item in items:
@@ -139,8 +138,7 @@ def expand_folders(items: list[str]) -> list[str]:
         if not folder.is_dir():
             out.append(item)
             continue
-        found = [str(p) for p in walk_files(folder)[0] if p.suffix.lower() in AUDIO_EXTENSIONS]
-        out += found or [item]
+        out += [str(p) for p in audio_files_below(folder)] or [item]
     return out
 
 

@@ -50,22 +50,25 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
     return sorted(files), problems
 
 
-def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Path] = ()) -> str:
-    """A digest of the audio files below ``folders`` as the manifest walks them (``walk_files``, with ``skip``):
-    path, size and modification time of each. It changes when a file is added, removed, replaced or edited; a
-    missing folder is part of it (the manifest stage then says so)."""
-    skip = list(skip)
+def audio_files_below(root: Path, skip: Iterable[str | Path] = ()) -> list[Path]:
+    """The files below ``root`` with an audio file's extension, as ``walk_files`` finds them (sorted)."""
     from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: planning a run without music needs no decoders
 
+    return [p for p in walk_files(root, skip)[0] if p.suffix.lower() in AUDIO_EXTENSIONS]
+
+
+def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Path] = ()) -> str:
+    """A digest of the audio files below ``folders`` as the manifest walks them (``audio_files_below``, with
+    ``skip``): path, size and modification time of each. It changes when a file is added, removed, replaced or
+    edited; a missing folder is part of it (the manifest stage then says so)."""
+    skip = list(skip)
     h = hashlib.sha1()
     for folder in folders:
         root = Path(folder).expanduser().resolve()
         if not root.is_dir():
             h.update(f"no folder {root}\n".encode())
             continue
-        for path in walk_files(root, skip)[0]:
-            if path.suffix.lower() not in AUDIO_EXTENSIONS:
-                continue
+        for path in audio_files_below(root, skip):
             try:
                 st = path.stat()
             except OSError:  # gone since the walk: the next plan sees it

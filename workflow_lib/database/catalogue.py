@@ -89,14 +89,14 @@ def build_catalogue(songs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def superseded_added_songs(songs_path: str | Path, added_rows: pd.DataFrame, removed: set[str] = frozenset()
+def superseded_added_songs(songs: pd.DataFrame, added_rows: pd.DataFrame, removed: set[str] = frozenset()
                            ) -> set[str]:
     """Songs added with ``nafp db add`` whose file is now a song of the music folders (added, then the folder
     indexed again): the folder's song is kept, so that one file is one database song. A folder song that was
-    removed (``removed``: `nafp db remove`) keeps nothing in its place, so its added copy stays."""
+    removed (``removed``: `nafp db remove`) keeps nothing in its place, so its added copy stays. ``songs``: the
+    manifest's ``song_id, path``."""
     if added_rows.empty:
         return set()
-    songs = pd.read_parquet(songs_path, columns=["song_id", "path"])
     folder_files = {os.path.realpath(p) for sid, p in zip(songs["song_id"], songs["path"]) if sid not in removed}
     gone = {str(sid) for sid, p in zip(added_rows["song_id"], added_rows["path"])
             if os.path.realpath(p) in folder_files}
@@ -112,7 +112,7 @@ def write_catalogue(songs_path: str | Path, out_path: str | Path,
     line, less those ``superseded_added_songs`` finds with the ``removed`` songs); later rows win for a repeated
     song id."""
     songs = pd.read_parquet(songs_path, columns=["song_id", "path"])
-    extra = [e[~e["song_id"].isin(superseded_added_songs(songs_path, e, removed))] for e in extra]
+    extra = [e[~e["song_id"].isin(superseded_added_songs(songs, e, removed))] for e in extra]
     table = pd.concat([build_catalogue(songs), *[e[COLUMNS] for e in extra]], ignore_index=True)
     table = table.drop_duplicates("song_id", keep="last").reset_index(drop=True)
     write_parquet_atomic(table, out_path)

@@ -157,6 +157,11 @@ def _clean_after_kill(layout: ResultsLayout) -> None:
             shutil.rmtree(d, ignore_errors=True)
     if not layout.added.is_dir():
         return
+    for f in layout.added.glob(".*"):
+        f.unlink(missing_ok=True)
+    added = sorted(layout.added.glob("*.parquet"))
+    if not added:  # nothing to check against the index: it is not loaded
+        return
     import pyarrow.parquet as pq
 
     db = FingerprintDB.load(layout.index)
@@ -165,7 +170,7 @@ def _clean_after_kill(layout: ResultsLayout) -> None:
     # none of whose songs is in the index holds songs removed since (dropped: adding one again must not find its
     # old fingerprints), or songs now indexed from their folder (kept: build_index leaves them to the folder).
     edited_ns = (layout.index / "index.json").stat().st_mtime_ns
-    for f in sorted(layout.added.glob("*.parquet")):
+    for f in added:
         try:
             ids = set(pq.read_table(f, columns=["song_id"]).column("song_id").to_pylist())
         except Exception:  # a half-written file cannot exist (atomic writes), but a foreign one might
@@ -178,8 +183,6 @@ def _clean_after_kill(layout: ResultsLayout) -> None:
         elif ids <= removed:
             log.info("%s: every song of it was removed since: deleted", f)
             f.unlink()
-    for f in layout.added.glob(".*"):
-        f.unlink(missing_ok=True)
 
 
 def content_duplicates(paths: list[Path], layout: ResultsLayout, exclude: set[str] = frozenset()
