@@ -100,6 +100,23 @@ def test_a_results_folder_kept_inside_the_music_folder_is_not_scanned(music_dir)
     assert list(same.rel_path) == ["stray.wav"]
 
 
+def test_a_folder_that_cannot_be_read_is_named_not_skipped_silently(music_dir, monkeypatch):
+    import os
+
+    real = os.scandir
+
+    def scandir(path="."):  # as a folder without read permission answers (the tests run as root, who reads all)
+        if str(path).endswith("album"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    songs, rejected = build_manifest([("music", music_dir)], min_duration_s=3.0, silence_dbfs=-60)
+    assert "album/a.flac" not in set(songs.rel_path)
+    reasons = dict(zip(rejected.path, rejected.reason))
+    assert reasons[str(music_dir / "album")] == "folder cannot be read (Permission denied): skipped"
+
+
 def test_write_manifest_refuses_an_empty_collection(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(ValueError, match="no usable songs"):

@@ -17,13 +17,16 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
     """Every regular file below ``root`` (sorted, hidden files and folders skipped), following symbolic links to
     folders, with loop protection: a folder reached a second time (a link loop, or two links to one folder) is not
     scanned again. Folders in ``skip`` (a results folder kept inside the music folder) are not entered. Returns
-    (files, problems): each problem is ``{"path", "reason"}`` (a loop, a broken link), so nothing below the folder
-    is dropped without a word."""
+    (files, problems): each problem is ``{"path", "reason"}`` (a loop, a broken link, a folder that cannot be
+    read), so nothing below the folder is dropped without a word."""
     files: list[Path] = []
     problems: list[dict] = []
     seen = {os.path.realpath(root)}
     skipped = {os.path.realpath(d) for d in skip} - seen
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
+        problems.append({"path": exc.filename, "reason": f"folder cannot be read ({exc.strerror}): skipped"})
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
         keep = []
         for d in sorted(dirnames):
             if d.startswith("."):
