@@ -149,6 +149,28 @@ def test_a_folder_is_every_audio_file_below_it(results, cli, tmp_path, capsys):
     assert "a folder without audio files" in out[-1]
 
 
+def test_what_hides_audio_below_a_folder_is_answered_as_an_error(results, cli, tmp_path, capsys, monkeypatch):
+    real = os.scandir
+
+    def scandir(path="."):  # as a folder without read permission answers (the tests run as root, who reads all)
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    (tmp_path / "clips" / "locked").mkdir(parents=True)
+    sf.write(tmp_path / "clips" / "clip.wav", synth_song(41, 25.0)[6 * SR:12 * SR], SR)
+    (tmp_path / "clips" / "gone.mp3").symlink_to(tmp_path / "nowhere.mp3")
+    (tmp_path / "clips" / "cover.jpg").symlink_to(tmp_path / "nowhere.jpg")  # not audio: nothing hidden
+    monkeypatch.setattr(os, "scandir", scandir)
+    rc = cli.main([str(tmp_path / "clips"), "--results", str(results), "--json", "--device", "cpu"])
+    rows = {Path(r["file"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rc == 1 and set(rows) == {"clip.wav", "gone.mp3", "locked"}
+    assert rows["clip.wav"]["song_id"] == "song1"
+    assert rows["locked"]["error"] == f"{tmp_path / 'clips' / 'locked'}: folder cannot be read (Permission denied): " \
+                                      "skipped"
+    assert "broken symbolic link" in rows["gone.mp3"]["error"]
+
+
 def test_missing_results_folder_is_a_clear_error(tmp_path):
     wav = tmp_path / "x.wav"
     sf.write(wav, synth_song(1, 2.0), SR)

@@ -127,18 +127,22 @@ def with_occurrence(row: dict, scan) -> dict:
             "seconds": round(row["seconds"] + scan.compute_s, 4)}
 
 
-def expand_folders(items: list[str]) -> list[str]:
+def expand_folders(items: list[str]) -> list[tuple[str, str | None]]:
     """Each folder among ``items`` replaced by the audio files below it (as the manifest walks: sorted, hidden
-    files skipped); files stay as they are. A folder without audio stays too, and is answered as an error."""
-    from workflow_lib.data.folders import audio_files_below
+    files skipped); files stay as they are. Each comes with the reason it cannot be answered, or None: a folder
+    without audio, and what below a folder may hide audio (a folder that cannot be read, a broken link), are
+    answered as errors, not passed over."""
+    from workflow_lib.data.folders import audio_below
 
-    out: list[str] = []
+    out: list[tuple[str, str | None]] = []
     for item in items:
-        folder = Path(item)
-        if not folder.is_dir():
-            out.append(item)
+        if not Path(item).is_dir():
+            out.append((item, None))
             continue
-        out += [str(p) for p in audio_files_below(folder)] or [item]
+        files, hidden = audio_below(Path(item))
+        out += [(str(p), None) for p in files] + [(h["path"], f"{h['path']}: {h['reason']}") for h in hidden]
+        if not files and not hidden:
+            out.append((item, f"{item}: a folder without audio files"))
     return out
 
 
@@ -200,11 +204,11 @@ def run(args: argparse.Namespace) -> int:
     rows, failed = [], 0
     files = expand_folders(args.files)
     # a bar for a long batch whose table comes at the end (JSON lines stream); only on a terminal
-    for path in tqdm(files, desc="query", unit="file", leave=False, disable=None if not args.json and len(
-            files) > 1 else True):
+    for path, unanswerable in tqdm(files, desc="query", unit="file", leave=False,
+                                   disable=None if not args.json and len(files) > 1 else True):
         try:
-            if Path(path).is_dir():  # left by expand_folders: nothing to answer below it
-                raise AudioDecodeError(f"{path}: a folder without audio files")
+            if unanswerable:  # left by expand_folders: a folder without audio, or one that cannot be read
+                raise AudioDecodeError(unanswerable)
             audio = load_audio(path)
             match, scan = answer_file(searcher, audio, listen, path)
             row = row_for(path, match, None, round(len(audio) / SAMPLE_RATE, 3))

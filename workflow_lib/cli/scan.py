@@ -88,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
         writer.writeheader()
     failed = 0
     files, plots = expand_folders(args.files), set()
-    for path in files:
-        if Path(path).is_dir():  # left by expand_folders: nothing to scan below it
+    for path, unscannable in files:
+        if unscannable:  # left by expand_folders: a folder without audio, or one that cannot be read
             failed += 1
-            print(f"error: {printable(path)}: a folder without audio files", file=sys.stderr)
+            print(f"error: {printable(unscannable)}", file=sys.stderr)
             continue
         chunks = iter_wav_stream(sys.stdin.buffer, name="stdin") if path == "-" else iter_audio(path)
         try:

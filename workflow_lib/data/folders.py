@@ -55,9 +55,21 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
 
 def audio_files_below(root: Path, skip: Iterable[str | Path] = ()) -> list[Path]:
     """The files below ``root`` with an audio file's extension, as ``walk_files`` finds them (sorted)."""
+    return audio_below(root, skip)[0]
+
+
+def audio_below(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path], list[dict]]:
+    """``audio_files_below`` and what may hide audio from it: folders that cannot be read and broken links with an
+    audio file's extension (``walk_files``'s problems; a link loop hides nothing, its folder is scanned once)."""
     from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: planning a run without music needs no decoders
 
-    return [p for p in walk_files(root, skip)[0] if p.suffix.lower() in AUDIO_EXTENSIONS]
+    files, problems = walk_files(root, skip)
+    def hides_audio(p: dict) -> bool:
+        return p["reason"].startswith("folder cannot be read") or (
+            p["reason"].startswith("broken symbolic link") and Path(p["path"]).suffix.lower() in AUDIO_EXTENSIONS)
+
+    hidden = [p for p in problems if hides_audio(p)]
+    return [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS], hidden
 
 
 def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Path] = ()) -> str:
