@@ -25,8 +25,9 @@ import numpy as np
 PLACEHOLDER = "<WORKDIR>"
 # Keys (JSON fields, table columns) whose values are wall-clock measurements or the moment of the run, so they
 # differ between any two runs: *_seconds, *_ms, *_at, latency*, per-second rates, epoch_s, elapsed_min, ...
+# mtime_ns: a file's modification moment (the manifest's), and the demo songs are written anew by each run.
 VOLATILE_KEYS = re.compile(r"(^|_)(seconds|secs|minutes|elapsed(_\w+)?|time|timestamp|created|date|at|ms|"
-                           r"epoch_s|wall_s|cpu_s|per_s|sec_per_step)$|latency", re.I)
+                           r"epoch_s|wall_s|cpu_s|per_s|sec_per_step|mtime_ns)$|latency", re.I)
 # Report sections (Markdown '## ' or HTML <h2>) with timings: their figures differ between any two runs.
 VOLATILE_SECTION = re.compile(r"latency|speed|timing", re.I)
 # Markers that Snakemake leaves next to directory outputs.

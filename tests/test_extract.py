@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -13,8 +15,8 @@ from tests.db_helpers import FailingFingerprinter, ProjectionFingerprinter, save
 from workflow_lib import HOP_SAMPLES
 from workflow_lib.audio.files import load_audio
 from workflow_lib.model.embed import CompiledFingerprinter, embed_audio, embed_file, iter_embed_chunks
-from workflow_lib.database.extract import (extract_shard, extract_songs, fingerprinter_identity, select_database_songs,
-                                          shard_of, shard_songs)
+from workflow_lib.database.extract import (extract_shard, extract_songs, file_signature, fingerprinter_identity,
+                                          select_database_songs, shard_of, shard_songs)
 from workflow_lib.database.fingerprint_file import (FingerprintFileError, ModelIdentity, ModelMismatchError,
                                                    check_model, read_fingerprints, read_meta)
 from workflow_lib.audio.segments import n_segments
@@ -173,6 +175,53 @@ def test_a_renamed_or_moved_file_is_not_fingerprinted_again(tmp_path):
     out0.unlink()
     fp = ProjectionFingerprinter()
     extract_songs(fp, IDENT, songs_table({"a": paths["a"], "b3": changed, "c2": moved}), out0)
+    assert fp.segments_seen == n_segments(int(5.0 * 8000))
+
+
+def test_a_file_whose_tags_were_edited_is_not_fingerprinted_again(tmp_path):
+    """A tag editor rewrites the file's first (and last) bytes, so its signature changes; the decoded audio does
+    not (the manifest's ``audio_digest``), and the fingerprints are reused, moved to another shard or not."""
+    import soundfile as sf
+
+    from workflow_lib.data.manifest import measure_song
+
+    def write(path: Path, audio: np.ndarray, title: str) -> Path:
+        with sf.SoundFile(path, "w", 8000, 1, format="FLAC") as f:
+            f.title = title
+            f.write(audio)
+        return path
+
+    def table(paths: dict) -> pd.DataFrame:
+        t = songs_table(paths)
+        t["audio_digest"] = [measure_song(Path(p))[0]["audio_digest"] for p in t["path"]]
+        return t
+
+    (tmp_path / "music" / "album").mkdir(parents=True)
+    a, b = song_audio(5.0, seed=1), song_audio(4.0, seed=2)
+    pa_, pb = write(tmp_path / "music" / "a.flac", a, "A"), write(tmp_path / "music" / "b.flac", b, "B")
+    out0, out1 = tmp_path / "fp" / "shard-0.parquet", tmp_path / "fp" / "shard-1.parquet"
+    extract_songs(ProjectionFingerprinter(), IDENT, table({"a": pa_}), out0)
+    extract_songs(ProjectionFingerprinter(), IDENT, table({"b": pb}), out1)
+    _, _, emb_a = read_fingerprints(out0)
+    _, _, emb_b = read_fingerprints(out1)
+    before = file_signature(pa_)
+    write(pa_, a, "A, retitled by a tag editor")
+    pb.unlink()
+    moved = write(tmp_path / "music" / "album" / "b.flac", b, "B, retitled")  # and now shard 0's
+    assert file_signature(pa_) != before
+    out0.unlink()
+    fp = ProjectionFingerprinter()
+    extract_songs(fp, IDENT, table({"a": pa_, "b2": moved}), out0)
+    assert fp.segments_seen == 0
+    meta, rows, emb = read_fingerprints(out0)
+    np.testing.assert_array_equal(emb[(rows.song_id == "a").to_numpy()], emb_a)
+    np.testing.assert_array_equal(emb[(rows.song_id == "b2").to_numpy()], emb_b)
+    assert meta.sources["a"] == file_signature(pa_) and set(meta.audio) == {"a", "b2"}
+    # other audio under the old name is fingerprinted again
+    write(pa_, song_audio(5.0, seed=9), "A")
+    out0.unlink()
+    fp = ProjectionFingerprinter()
+    extract_songs(fp, IDENT, table({"a": pa_, "b2": moved}), out0)
     assert fp.segments_seen == n_segments(int(5.0 * 8000))
 
 

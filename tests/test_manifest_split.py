@@ -117,6 +117,37 @@ def test_a_folder_that_cannot_be_read_is_named_not_skipped_silently(music_dir, m
     assert reasons[str(music_dir / "album")] == "folder cannot be read (Permission denied): skipped"
 
 
+def test_a_rescan_decodes_only_the_files_that_changed(music_dir, tmp_path, monkeypatch):
+    """The songs table is kept beside the manifest (Snakemake deletes the outputs before a rerun): a file with the
+    same path, size and modification time is not decoded again, and is judged with the thresholds of the day."""
+    from workflow_lib.data import manifest
+
+    out = tmp_path / "res" / "manifest"
+    args = [str(music_dir)], [], out / "songs.parquet", out / "rejected.parquet"
+    first = write_manifest(*args, 3.0, -60)
+    decoded = []
+    real = manifest.measure_song
+    monkeypatch.setattr(manifest, "measure_song", lambda path: decoded.append(path.name) or real(path))
+    for f in out.glob("*.parquet"):
+        f.unlink()  # what Snakemake does before rerunning the job
+    sf.write(str(music_dir / "b.wav"), np.stack([tone_mix(4.0, 44100, seed=5)] * 2, 1), 44100)  # changed
+    again = write_manifest(*args, 3.0, -60)
+    # the files that were not measured are checked again (unreadable, empty, not audio); the short, silent and
+    # humming ones were measured, and are judged again from their measures
+    assert sorted(decoded) == ["b.wav", "broken.ogg", "empty.mp3", "notes.txt"]
+    a0, a1 = (t.set_index("rel_path").loc["album/a.flac"] for t in (first, again))
+    assert a0.equals(a1)
+    b0, b1 = (t.set_index("rel_path").loc["b.wav"] for t in (first, again))
+    assert b0.audio_digest != b1.audio_digest and b0.duration_s == b1.duration_s
+    decoded.clear()
+    stricter = write_manifest(*args, 4.5, -60)  # a.flac (5 s) stays, b.wav (4 s) is now too short: no decoding
+    assert sorted(decoded) == ["broken.ogg", "empty.mp3", "notes.txt"] and list(stricter.rel_path) == ["album/a.flac"]
+    rejected = pd.read_parquet(out / "rejected.parquet")
+    assert dict(zip(rejected.path, rejected.reason))[str(music_dir / "b.wav")] == "too short: 4.00 s < 4.5 s"
+    decoded.clear()
+    assert len(write_manifest(*args, 3.0, -60)) == 2 and sorted(decoded) == ["broken.ogg", "empty.mp3", "notes.txt"]
+
+
 def test_write_manifest_refuses_an_empty_collection(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(ValueError, match="no usable songs"):

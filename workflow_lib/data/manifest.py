@@ -22,7 +22,11 @@ from workflow_lib.audio.segments import LEVEL_BAND_LOW_HZ, SILENCE_DBFS, frame, 
 log = logging.getLogger(__name__)
 
 SONG_COLUMNS = ["song_id", "collection", "root", "rel_path", "path", "duration_s", "sample_rate", "channels",
-                "format", "size_bytes", "decoder_messages"]
+                "format", "size_bytes", "decoder_messages", "mtime_ns", "peak_dbfs", "loudest_dbfs", "audio_digest"]
+# What decoding a file measured (``measure_song``): kept with the song, so a rerun does not decode an unchanged file
+# again and judges it with the thresholds of the day.
+MEASURED = ["duration_s", "sample_rate", "channels", "format", "size_bytes", "decoder_messages", "mtime_ns",
+            "peak_dbfs", "loudest_dbfs", "audio_digest"]
 REJECTED_COLUMNS = ["path", "reason"]
 
 
@@ -40,28 +44,40 @@ def find_files(root: Path) -> list[Path]:
 
 
 def check_song(path: Path, min_duration_s: float, silence_dbfs: float) -> tuple[dict | None, str | None]:
-    """Return (row fields, None) for a usable song or (None, reason) for a rejected one.
+    """Return (row fields, None) for a usable song or (None, reason) for a rejected one (``measure_song``, then
+    ``judge_song``)."""
+    fields, reason = measure_song(path)
+    if fields is not None:
+        reason = judge_song(fields, min_duration_s, silence_dbfs)
+    return (fields, None) if reason is None else (None, reason)
 
-    The whole file is decoded once: that is what proves it is readable to the end and not silent, and at several
-    hundred times realtime it is cheap next to everything after it. ``decoder_messages`` counts the lines the
-    decoder printed meanwhile (libmpg123's skipped damaged frames: harmless in ones and twos, a sign of a badly
-    damaged file in hundreds); they are not printed.
+
+def measure_song(path: Path) -> tuple[dict | None, str | None]:
+    """Decode the whole file once: (measured fields, None), or (None, reason) when it cannot be a song at all.
+
+    Decoding to the end is what proves a file readable and tells its level; at several hundred times realtime it is
+    cheap next to everything after it. ``decoder_messages`` counts the lines the decoder printed meanwhile
+    (libmpg123's skipped damaged frames: harmless in ones and twos, a sign of a badly damaged file in hundreds); they
+    are not printed. ``audio_digest`` hashes the decoded samples: a file whose tags were edited keeps it, so the
+    extraction reuses its fingerprints (``database.extract``).
     """
     suffix = path.suffix.lower()
     if suffix not in AUDIO_EXTENSIONS:
         return None, f"not an audio file (extension {suffix or 'none'})"
     if suffix in FFMPEG_EXTENSIONS and not has_ffmpeg():
         return None, f"{suffix} needs ffmpeg, which is not installed"
-    size = path.stat().st_size
-    if size == 0:
+    st = path.stat()
+    if st.st_size == 0:
         return None, "empty file"
     messages = DecoderMessages()
+    digest = hashlib.sha1(f"{SAMPLE_RATE} float32 mono\n".encode())
     try:
         info = audio_info(path, messages)
         peak, loudest, n = 0.0, -np.inf, 0
         for chunk in iter_audio(path, messages=messages):
             n += len(chunk)
             if len(chunk):
+                digest.update(np.ascontiguousarray(chunk, dtype=np.float32).data)
                 peak = max(peak, float(np.max(np.abs(chunk))))
                 # whole seconds side by side (not the 0.5 s hop): half the cost, and a file that passes here
                 # has at least one second the search can use
@@ -69,18 +85,55 @@ def check_song(path: Path, min_duration_s: float, silence_dbfs: float) -> tuple[
                 loudest = max(loudest, float(np.max(segment_levels_db(segments))))
     except AudioDecodeError as exc:
         return None, f"unreadable: {exc}"
-    duration = n / SAMPLE_RATE
-    if duration < min_duration_s:
-        return None, f"too short: {duration:.2f} s < {min_duration_s} s"
-    peak_db = 20 * np.log10(peak) if peak > 0 else -np.inf
-    if peak_db < silence_dbfs:
-        return None, f"silent: peak {peak_db:.1f} dBFS < {silence_dbfs} dBFS"
-    if loudest < SILENCE_DBFS:  # every fingerprint would be the silence gate's zero vector: never found
-        return None, (f"silent to the model: no second reaches the silence gate's {SILENCE_DBFS:.0f} dBFS (the "
-                      f"loudest: {loudest:.1f}; what is below {LEVEL_BAND_LOW_HZ:.0f} Hz, hum, DC or rumble, does "
-                      "not count)")
-    return {"duration_s": duration, "sample_rate": info.sample_rate, "channels": info.channels,
-            "format": suffix.lstrip("."), "size_bytes": size, "decoder_messages": messages.count}, None
+    return {"duration_s": n / SAMPLE_RATE, "sample_rate": info.sample_rate, "channels": info.channels,
+            "format": suffix.lstrip("."), "size_bytes": st.st_size, "decoder_messages": messages.count,
+            "mtime_ns": st.st_mtime_ns, "peak_dbfs": 20 * np.log10(peak) if peak > 0 else -np.inf,
+            "loudest_dbfs": loudest, "audio_digest": digest.hexdigest()[:20]}, None
+
+
+def judge_song(fields: dict, min_duration_s: float, silence_dbfs: float) -> str | None:
+    """Why a measured file is not a usable song, or None."""
+    if fields["duration_s"] < min_duration_s:
+        return f"too short: {fields['duration_s']:.2f} s < {min_duration_s} s"
+    if fields["peak_dbfs"] < silence_dbfs:
+        return f"silent: peak {fields['peak_dbfs']:.1f} dBFS < {silence_dbfs} dBFS"
+    if fields["loudest_dbfs"] < SILENCE_DBFS:  # every fingerprint would be the silence gate's zero vector: never found
+        return (f"silent to the model: no second reaches the silence gate's {SILENCE_DBFS:.0f} dBFS (the loudest: "
+                f"{fields['loudest_dbfs']:.1f}; what is below {LEVEL_BAND_LOW_HZ:.0f} Hz, hum, DC or rumble, does "
+                "not count)")
+    return None
+
+
+class Measurements:
+    """What decoding each file measured (``measure_song``), kept from one scan to the next: a file with the same
+    path, size and modification time as before (what ``make`` and rsync trust too) is not decoded again."""
+
+    COLUMNS = ["path", *MEASURED]
+
+    def __init__(self, previous: pd.DataFrame | None = None):
+        ok = previous is not None and set(self.COLUMNS) <= set(previous.columns)  # an older table gives none
+        self.before = {r["path"]: r for r in previous[self.COLUMNS].to_dict("records")} if ok else {}
+        self.rows: list[dict] = []
+        self.reused = 0
+
+    def measure(self, path: Path) -> tuple[dict | None, str | None]:
+        old = self.before.get(str(path))
+        try:
+            same = old is not None and (path.stat().st_size, path.stat().st_mtime_ns) == (old["size_bytes"],
+                                                                                           old["mtime_ns"])
+        except OSError:
+            same = False
+        if same:
+            self.reused += 1
+            fields, reason = {k: old[k] for k in MEASURED}, None
+        else:
+            fields, reason = measure_song(path)
+        if fields is not None:
+            self.rows.append({"path": str(path), **fields})
+        return fields, reason
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=self.COLUMNS)
 
 
 def _unused_song_id(collection: str, root: Path, rel: str, seen: dict[str, str]) -> str:
@@ -95,11 +148,13 @@ def _unused_song_id(collection: str, root: Path, rel: str, seen: dict[str, str])
 
 
 def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s: float = 3.0,
-                   silence_dbfs: float = -60.0, skip_dirs: Iterable[str | Path] = ()
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   silence_dbfs: float = -60.0, skip_dirs: Iterable[str | Path] = (),
+                   measurements: Measurements | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scan ``(collection, folder)`` pairs into (songs, rejected) tables; folders in ``skip_dirs`` (the run's own
-    results folder, when it lies inside a music folder) are not scanned."""
+    results folder, when it lies inside a music folder) are not scanned. ``measurements``: the last scan's, so that
+    unchanged files are not decoded again (and this scan's are added to it)."""
     skip_dirs = list(skip_dirs)
+    measurements = measurements or Measurements()
     rows, rejected = [], []
     seen: dict[str, str] = {}
     collections = [(c, Path(r).resolve()) for c, r in collections]
@@ -118,7 +173,9 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
         rejected.extend(problems)
         log.info("%s: %d files under %s", collection, len(files), root)
         for path in tqdm(files, desc=f"scan {collection}", unit="file", mininterval=5):
-            fields, reason = check_song(path, min_duration_s, silence_dbfs)
+            fields, reason = measurements.measure(path)
+            if fields is not None:
+                reason = judge_song(fields, min_duration_s, silence_dbfs)
             if reason is not None:
                 log.warning("rejected %s: %s", path, reason)
                 rejected.append({"path": str(path), "reason": reason})
@@ -133,6 +190,8 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
         log.warning("rejected %s: %s", rows[i]["path"], reason)
         rejected.append({"path": rows[i]["path"], "reason": reason})
         del rows[i]
+    if measurements.before:
+        log.info("%d files unchanged since the last scan: not decoded again", measurements.reused)
     songs = pd.DataFrame(rows, columns=SONG_COLUMNS)
     noisy = songs[songs.decoder_messages > 0]
     if len(noisy):
@@ -173,20 +232,41 @@ def write_manifest(music_dirs: list[str], distractor_dirs: list[str], songs_out:
                    rejected_out: str | Path, min_duration_s: float, silence_dbfs: float,
                    rejected_csv: str | Path | None = None, skip_dirs: Iterable[str | Path] = ()) -> pd.DataFrame:
     """Scan the folders into ``songs_out`` and ``rejected_out`` (Parquet), and the rejected files with their
-    reasons as ``rejected_csv`` too (what a user reads). ``skip_dirs``: see ``build_manifest``."""
+    reasons as ``rejected_csv`` too (what a user reads). ``skip_dirs``: see ``build_manifest``.
+
+    What decoding measured is kept beside it (``.cache/``, which Snakemake does not delete before a rerun as it does
+    the outputs): the next scan decodes only the files that changed since."""
     collections = [("music", d) for d in music_dirs] + [("distractor", d) for d in distractor_dirs]
-    songs, rejected = build_manifest(collections, min_duration_s, silence_dbfs, skip_dirs)
+    kept = measurements_path(songs_out)
+    measurements = Measurements(_read_previous(kept))
+    songs, rejected = build_manifest(collections, min_duration_s, silence_dbfs, skip_dirs, measurements)
     if songs.empty:
         raise ValueError(f"no usable songs found in {music_dirs + distractor_dirs} "
                          f"({len(rejected)} files rejected; see the log for reasons)")
     with atomic_path(songs_out) as tmp:
         songs.to_parquet(tmp, index=False)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(kept) as tmp:
+        measurements.table().to_parquet(tmp, index=False)
     with atomic_path(rejected_out) as tmp:
         rejected.to_parquet(tmp, index=False)
     if rejected_csv is not None:
         write_csv_atomic(rejected, rejected_csv)
     log.info("manifest: %d songs (%.2f h), %d rejected", len(songs), songs.duration_s.sum() / 3600, len(rejected))
     return songs
+
+
+def measurements_path(songs_out: str | Path) -> Path:
+    """Where a scan's measurements are kept for the next one."""
+    return Path(songs_out).parent / ".cache" / "measured.parquet"
+
+
+def _read_previous(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_parquet(path) if path.is_file() else None
+    except (OSError, ValueError) as exc:  # damaged: every file is decoded again, as on the first scan
+        log.warning("ignoring the last scan's measurements %s (%s)", path, exc)
+        return None
 
 
 def list_audio_files(dirs: Iterable[str | Path]) -> list[Path]:

@@ -6,8 +6,10 @@ so a song's shard never depends on which other songs exist and each shard is an 
 Resumption and reuse: new fingerprints are first written as small part files under
 ``<out dir>/.cache/<shard name>/`` (each atomically, every ``flush_rows`` rows or ``flush_seconds``), and a finished
 shard is hard-linked into that folder. A rerun (after a kill, or after songs were added or removed) reuses every song
-whose file signature and model are unchanged and extracts only the rest; the final file is then written in one pass,
-atomically. Snakemake deletes a job's outputs before running it, which is why the cache lives beside the output.
+whose file signature and model are unchanged and extracts only the rest; a file renamed or moved (same signature,
+new song id) or with edited tags (new signature, the same decoded audio: the manifest's ``audio_digest``) is reused
+too. The final file is then written in one pass, atomically. Snakemake deletes a job's outputs before running it,
+which is why the cache lives beside the output.
 """
 
 from __future__ import annotations
@@ -130,8 +132,10 @@ class _Cache:
         self.dir = cache_dir
         self.want = want
         self.songs: dict[str, tuple[_Source, str]] = {}  # song_id -> (source, signature)
-        # signature -> (source or another shard's file, song id there): built on the first ``moved`` look-up
-        self._by_signature: dict[str, tuple[_Source | Path, str]] | None = None
+        self.audio: dict[str, str] = {}  # song_id -> digest of its decoded audio, where recorded
+        # ("file", signature) or ("audio", digest) -> (source or another shard's file, song id there): built on the
+        # first ``elsewhere`` look-up
+        self._by_key: dict[tuple[str, str], tuple[_Source | Path, str]] | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
         for p in sorted(self.dir.glob("*.parquet")):
             if enabled:
@@ -150,18 +154,25 @@ class _Cache:
         for sid, sig in meta.sources.items():
             if sid in src.runs:
                 self.songs[sid] = (src, sig)
+                if sid in meta.audio:
+                    self.audio[sid] = meta.audio[sid]
 
     def get(self, song_id: str, signature: str) -> _Source | None:
         hit = self.songs.get(song_id)
         return hit[0] if hit is not None and hit[1] == signature else None
 
-    def moved(self, signature: str) -> tuple[_Source, str] | None:
-        """The fingerprints of a file with this signature under another song id (the id follows the path: a file
-        renamed or moved inside the music folder), from this cache or another shard's (source, that id); None
-        when no cache has them. The other shards' caches are read on the first miss, metadata first: a file is
+    def elsewhere(self, signature: str, audio: str | None) -> tuple[_Source, str] | None:
+        """The fingerprints of this file found another way than under its song id and signature: a file with this
+        signature under another id (the id follows the path: the file was renamed or moved), or one with the same
+        decoded audio (its tags were edited, and perhaps it was moved too), from this cache or another shard's:
+        (source, that id), or None. The other shards' caches are read on the first miss, metadata first: a file is
         opened only for a song it holds."""
-        if self._by_signature is None:
-            self._by_signature = {sig: (src, sid) for sid, (src, sig) in self.songs.items()}
+        if self._by_key is None:
+            self._by_key = {}
+            for sid, (src, sig) in self.songs.items():
+                self._by_key[("file", sig)] = (src, sid)
+                if sid in self.audio:
+                    self._by_key[("audio", self.audio[sid])] = (src, sid)
             for path in sorted(self.dir.parent.glob("*/*.parquet")):
                 if path.parent == self.dir:
                     continue
@@ -171,8 +182,10 @@ class _Cache:
                     continue  # unreadable, or replaced by its shard's job meanwhile: extracted again
                 if meta.same_fingerprints_as(self.want):
                     for sid, sig in meta.sources.items():
-                        self._by_signature.setdefault(sig, (path, sid))
-        hit = self._by_signature.get(signature)
+                        self._by_key.setdefault(("file", sig), (path, sid))
+                        if sid in meta.audio:
+                            self._by_key.setdefault(("audio", meta.audio[sid]), (path, sid))
+        hit = self._by_key.get(("file", signature)) or (self._by_key.get(("audio", audio)) if audio else None)
         if hit is None:
             return None
         src, sid = hit
@@ -181,7 +194,7 @@ class _Cache:
                 src = _Source(src, read_meta(src))
             except (FingerprintFileError, pa.ArrowException, OSError):
                 return None
-            self._by_signature.update({sg: (src, s) for sg, (p, s) in self._by_signature.items() if p == src.path})
+            self._by_key.update({k: (src, s) for k, (p, s) in self._by_key.items() if p == src.path})
         return (src, sid) if sid in src.runs else None
 
     def replace_with(self, final: Path) -> None:
@@ -204,13 +217,16 @@ class _PartWriter:
         self.ids: list[str] = []
         self.embs: list[np.ndarray] = []
         self.sigs: dict[str, str] = {}
+        self.audio: dict[str, str] = {}
         self.n_rows = 0
         self.last = time.monotonic()
 
-    def add(self, song_id: str, emb: np.ndarray, signature: str) -> None:
+    def add(self, song_id: str, emb: np.ndarray, signature: str, audio: str | None) -> None:
         self.ids.append(song_id)
         self.embs.append(emb)
         self.sigs[song_id] = signature
+        if audio:
+            self.audio[song_id] = audio
         self.n_rows += len(emb)
         if self.n_rows >= self.flush_rows or time.monotonic() - self.last >= self.flush_s:
             self.flush()
@@ -220,13 +236,13 @@ class _PartWriter:
         if not self.ids:
             return
         meta = ShardMeta(**{**self.cache.want.__dict__, "sources": dict(self.sigs), "skipped": [],
-                            "n_songs": len(self.ids), "n_rows": self.n_rows})
+                            "audio": dict(self.audio), "n_songs": len(self.ids), "n_rows": self.n_rows})
         table = fingerprint_table(self.ids, [len(e) for e in self.embs], np.concatenate(self.embs), meta)
         path = self.cache.dir / f"part-{time.time_ns()}.parquet"
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
         self.cache.add(path)
-        self.ids, self.embs, self.sigs, self.n_rows = [], [], {}, 0
+        self.ids, self.embs, self.sigs, self.audio, self.n_rows = [], [], {}, {}, 0
 
 
 # ----------------------------------------------------------------------------------------------- extraction
@@ -255,6 +271,9 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
 
     skipped: list[dict[str, str]] = []
     sigs: dict[str, str] = {}
+    # the manifest's digest of each song's decoded audio (none where a table lacks it: songs of `db add`)
+    audio = {sid: a for sid, a in zip(songs["song_id"], songs["audio_digest"]) if isinstance(a, str)} \
+        if "audio_digest" in songs else {}
     todo: list[tuple[str, str, str]] = []
     moved: dict[str, tuple[_Source, str]] = {}  # song id -> (source, the id its fingerprints are stored under)
     for sid, path in zip(songs["song_id"], songs["path"]):
@@ -266,7 +285,7 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
             continue
         sigs[sid] = sig
         if cache.get(sid, sig) is None:
-            found = cache.moved(sig) if reuse else None
+            found = cache.elsewhere(sig, audio.get(sid)) if reuse else None
             if found is not None:
                 moved[sid] = found
             else:
@@ -274,8 +293,8 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
     log.info("%s: %d songs, %d reused from earlier runs, %d to extract", out_path.name, len(songs),
              len(sigs) - len(todo), len(todo))
     if moved:
-        log.info("%d of the reused songs were fingerprinted under another id (their file renamed or moved)",
-                 len(moved))
+        log.info("%d of the reused songs were found by their file under another id, or by their decoded audio (the "
+                 "file renamed, moved or its tags edited)", len(moved))
     if compile_model and todo:
         durations = songs.set_index("song_id")["duration_s"] if "duration_s" in songs else None
         audio_s = float(durations.loc[[t[0] for t in todo]].sum()) if durations is not None else float("inf")
@@ -304,7 +323,7 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
             log.warning("skipping song %s: %s is shorter than one segment", sid, path)
             skipped.append({"song_id": sid, "path": path, "reason": "shorter than one 1 s segment"})
             continue
-        parts.add(sid, emb, sig)
+        parts.add(sid, emb, sig, audio.get(sid))
         n_segments_done += len(emb)
     parts.flush()
     if todo:
@@ -319,7 +338,8 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
     sources = {sid: moved.get(sid) or (cache.get(sid, sigs[sid]), sid) for sid in keep}
     n_rows = sum(src.runs[at][1] - src.runs[at][0] for src, at in sources.values())  # type: ignore[union-attr]
     meta = ShardMeta(**{**want.__dict__, "sources": {sid: sigs[sid] for sid in keep}, "skipped": skipped,
-                        "n_songs": len(keep), "n_rows": n_rows})
+                        "audio": {sid: audio[sid] for sid in keep if sid in audio}, "n_songs": len(keep),
+                        "n_rows": n_rows})
     schema = fingerprint_schema(meta)
     with atomic_path(out_path) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:

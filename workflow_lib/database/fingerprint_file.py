@@ -58,6 +58,9 @@ class ShardMeta:
     # song_id -> file signature, for reuse on reruns; songs that could not be fingerprinted, with the reason.
     sources: dict[str, str] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # song_id -> digest of its decoded audio (the manifest's ``audio_digest``): a file whose tags were edited has a
+    # new signature but the same audio, and keeps its fingerprints. Empty in files made before it was recorded.
+    audio: dict[str, str] = field(default_factory=dict)
     # Anything else (shard number, catalogue rows of songs added from the command line...).
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
@@ -73,7 +76,7 @@ class ShardMeta:
                 "hop_samples": str(self.hop_samples), "segment_samples": str(self.segment_samples),
                 "sample_rate": str(self.sample_rate), "n_songs": str(self.n_songs), "n_rows": str(self.n_rows),
                 "sources": json.dumps(self.sources, sort_keys=True), "skipped": json.dumps(self.skipped),
-                "extra": json.dumps(self.extra, sort_keys=True)}
+                "audio": json.dumps(self.audio, sort_keys=True), "extra": json.dumps(self.extra, sort_keys=True)}
 
     @classmethod
     def from_schema(cls, schema: pa.Schema, path: str | Path) -> "ShardMeta":
@@ -86,7 +89,8 @@ class ShardMeta:
                        dim=int(md["dim"]), dtype=md["dtype"], hop_samples=int(md["hop_samples"]),
                        segment_samples=int(md["segment_samples"]), sample_rate=int(md["sample_rate"]),
                        n_songs=int(md["n_songs"]), n_rows=int(md["n_rows"]), sources=json.loads(md["sources"]),
-                       skipped=json.loads(md["skipped"]), extra=json.loads(md.get("extra", "{}")))
+                       skipped=json.loads(md["skipped"]), audio=json.loads(md.get("audio", "{}")),
+                       extra=json.loads(md.get("extra", "{}")))
         except (KeyError, ValueError) as exc:
             raise FingerprintFileError(f"{path}: damaged fingerprint metadata ({exc!r})") from exc
 
