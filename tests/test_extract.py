@@ -13,7 +13,7 @@ import torch
 
 from tests.db_helpers import FailingFingerprinter, ProjectionFingerprinter, save_tiny_model, song_audio, write_songs
 from workflow_lib import HOP_SAMPLES
-from workflow_lib.audio.files import load_audio
+from workflow_lib.audio.files import load_audio, write_audio
 from workflow_lib.model.embed import CompiledFingerprinter, embed_audio, embed_file, iter_embed_chunks
 from workflow_lib.database.extract import (extract_shard, extract_songs, file_signature, fingerprinter_identity,
                                           select_database_songs, shard_of, shard_songs)
@@ -223,6 +223,31 @@ def test_a_file_whose_tags_were_edited_is_not_fingerprinted_again(tmp_path):
     fp = ProjectionFingerprinter()
     extract_songs(fp, IDENT, table({"a": pa_, "b2": moved}), out0)
     assert fp.segments_seen == n_segments(int(5.0 * 8000))
+
+
+def test_an_edit_inside_a_file_that_keeps_its_size_and_ends_is_fingerprinted_again(tmp_path):
+    """The signature reads only the file's size and ends; the digest of the decoded audio tells the edit."""
+    from workflow_lib.data.manifest import measure_song
+
+    audio = song_audio(30.0, seed=3)
+    path = write_songs(tmp_path / "music", {"a": 30.0}, seed=3)["a"]
+    out = tmp_path / "fp" / "shard-0.parquet"
+
+    def table() -> pd.DataFrame:
+        t = songs_table({"a": path})
+        t["audio_digest"] = [measure_song(path)[0]["audio_digest"]]
+        return t
+
+    extract_songs(ProjectionFingerprinter(), IDENT, table(), out)
+    before = file_signature(path)
+    edited = audio.copy()
+    edited[12 * 8000:14 * 8000] *= 0.25  # two quieter seconds in the middle: same size, same first and last 64 KiB
+    write_audio(path, edited)
+    assert file_signature(path) == before
+    out.unlink()
+    fp = ProjectionFingerprinter()
+    extract_songs(fp, IDENT, table(), out)
+    assert fp.segments_seen == n_segments(30 * 8000)
 
 
 def test_killed_extraction_resumes_where_it_stopped(tmp_path):

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 SONG_COLUMNS = ["song_id", "collection", "root", "rel_path", "path", "duration_s", "sample_rate", "channels",
                 "format", "size_bytes", "decoder_messages", "mtime_ns", "peak_dbfs", "loudest_dbfs", "audio_digest"]
-# What decoding a file measured (``measure_song``): kept with the song, so a rerun does not decode an unchanged file
-# again and judges it with the thresholds of the day.
+# What decoding a file measured (``measure_song``): kept from one scan to the next (``Measurements``), so a rerun
+# does not decode an unchanged file again and judges it with the thresholds of the day.
 MEASURED = ["duration_s", "sample_rate", "channels", "format", "size_bytes", "decoder_messages", "mtime_ns",
             "peak_dbfs", "loudest_dbfs", "audio_digest"]
 REJECTED_COLUMNS = ["path", "reason"]
@@ -119,11 +119,12 @@ class Measurements:
     def measure(self, path: Path) -> tuple[dict | None, str | None]:
         old = self.before.get(str(path))
         try:
-            same = old is not None and (path.stat().st_size, path.stat().st_mtime_ns) == (old["size_bytes"],
-                                                                                           old["mtime_ns"])
+            st = path.stat()
+            same = old is not None and (st.st_size, st.st_mtime_ns) == (old["size_bytes"], old["mtime_ns"])
         except OSError:
             same = False
-        if same:
+        # a file measured through ffmpeg is decoded again (and so rejected) once ffmpeg is gone
+        if same and (path.suffix.lower() not in FFMPEG_EXTENSIONS or has_ffmpeg()):
             self.reused += 1
             fields, reason = {k: old[k] for k in MEASURED}, None
         else:

@@ -133,9 +133,9 @@ class _Cache:
         self.want = want
         self.songs: dict[str, tuple[_Source, str]] = {}  # song_id -> (source, signature)
         self.audio: dict[str, str] = {}  # song_id -> digest of its decoded audio, where recorded
-        # ("file", signature) or ("audio", digest) -> (source or another shard's file, song id there): built on the
-        # first ``elsewhere`` look-up
-        self._by_key: dict[tuple[str, str], tuple[_Source | Path, str]] | None = None
+        # ("file", signature) or ("audio", digest) -> (source or another shard's file, song id there, its audio
+        # digest or None): built on the first ``elsewhere`` look-up
+        self._by_key: dict[tuple[str, str], tuple[_Source | Path, str, str | None]] | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
         for p in sorted(self.dir.glob("*.parquet")):
             if enabled:
@@ -156,10 +156,16 @@ class _Cache:
                 self.songs[sid] = (src, sig)
                 if sid in meta.audio:
                     self.audio[sid] = meta.audio[sid]
+                else:
+                    self.audio.pop(sid, None)
 
-    def get(self, song_id: str, signature: str) -> _Source | None:
+    def get(self, song_id: str, signature: str, audio: str | None = None) -> _Source | None:
+        """The song's fingerprints if its file is unchanged: the same signature, and the same decoded audio where
+        both digests are known (the signature reads only the file's ends: an edit in the middle keeps it)."""
         hit = self.songs.get(song_id)
-        return hit[0] if hit is not None and hit[1] == signature else None
+        if hit is None or hit[1] != signature or not _same_audio(audio, self.audio.get(song_id)):
+            return None
+        return hit[0]
 
     def elsewhere(self, signature: str, audio: str | None) -> tuple[_Source, str] | None:
         """The fingerprints of this file found another way than under its song id and signature: a file with this
@@ -170,9 +176,9 @@ class _Cache:
         if self._by_key is None:
             self._by_key = {}
             for sid, (src, sig) in self.songs.items():
-                self._by_key[("file", sig)] = (src, sid)
+                self._by_key[("file", sig)] = (src, sid, self.audio.get(sid))
                 if sid in self.audio:
-                    self._by_key[("audio", self.audio[sid])] = (src, sid)
+                    self._by_key[("audio", self.audio[sid])] = (src, sid, self.audio[sid])
             for path in sorted(self.dir.parent.glob("*/*.parquet")):
                 if path.parent == self.dir:
                     continue
@@ -182,19 +188,23 @@ class _Cache:
                     continue  # unreadable, or replaced by its shard's job meanwhile: extracted again
                 if meta.same_fingerprints_as(self.want):
                     for sid, sig in meta.sources.items():
-                        self._by_key.setdefault(("file", sig), (path, sid))
+                        self._by_key.setdefault(("file", sig), (path, sid, meta.audio.get(sid)))
                         if sid in meta.audio:
-                            self._by_key.setdefault(("audio", meta.audio[sid]), (path, sid))
-        hit = self._by_key.get(("file", signature)) or (self._by_key.get(("audio", audio)) if audio else None)
+                            self._by_key.setdefault(("audio", meta.audio[sid]), (path, sid, meta.audio[sid]))
+        hit = self._by_key.get(("audio", audio)) if audio else None
+        if hit is None:
+            hit = self._by_key.get(("file", signature))
+            if hit is not None and not _same_audio(audio, hit[2]):
+                hit = None
         if hit is None:
             return None
-        src, sid = hit
+        src, sid, _ = hit
         if isinstance(src, Path):  # another shard's file, not opened yet
             try:
                 src = _Source(src, read_meta(src))
             except (FingerprintFileError, pa.ArrowException, OSError):
                 return None
-            self._by_key.update({k: (src, s) for k, (p, s) in self._by_key.items() if p == src.path})
+            self._by_key.update({k: (src, s, a) for k, (p, s, a) in self._by_key.items() if p == src.path})
         return (src, sid) if sid in src.runs else None
 
     def replace_with(self, final: Path) -> None:
@@ -207,6 +217,11 @@ class _Cache:
             os.link(final, link)
         except OSError:  # file systems without hard links
             shutil.copyfile(final, link)
+
+
+def _same_audio(a: str | None, b: str | None) -> bool:
+    """Digests of decoded audio agree, or one is not known (fingerprints made before digests were recorded)."""
+    return a is None or b is None or a == b
 
 
 class _PartWriter:
@@ -284,7 +299,7 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
             skipped.append({"song_id": sid, "path": str(path), "reason": f"cannot read: {exc}"})
             continue
         sigs[sid] = sig
-        if cache.get(sid, sig) is None:
+        if cache.get(sid, sig, audio.get(sid)) is None:
             found = cache.elsewhere(sig, audio.get(sid)) if reuse else None
             if found is not None:
                 moved[sid] = found
@@ -335,7 +350,7 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
     # Final file: every available song in the given order, streamed from the cache files.
     skipped_ids = {s["song_id"] for s in skipped}
     keep = [sid for sid in songs["song_id"] if sid not in skipped_ids]
-    sources = {sid: moved.get(sid) or (cache.get(sid, sigs[sid]), sid) for sid in keep}
+    sources = {sid: moved.get(sid) or (cache.get(sid, sigs[sid], audio.get(sid)), sid) for sid in keep}
     n_rows = sum(src.runs[at][1] - src.runs[at][0] for src, at in sources.values())  # type: ignore[union-attr]
     meta = ShardMeta(**{**want.__dict__, "sources": {sid: sigs[sid] for sid in keep}, "skipped": skipped,
                         "audio": {sid: audio[sid] for sid in keep if sid in audio}, "n_songs": len(keep),
