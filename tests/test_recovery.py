@@ -254,6 +254,58 @@ def test_control_characters_in_tags_never_reach_the_terminal(tmp_path, capsys):
     assert "\x1b" not in out and "\\x1b[2J" in out
 
 
+def test_file_names_that_are_not_utf8_are_named_and_never_stop_a_run(tmp_path, capsys):
+    """A latin-1 name copied from an old disk: Python reads it with lone surrogates, which no Parquet or JSON table
+    and no terminal takes. The folder walk (manifest, listing digest, db add, query/scan folders) names it with its
+    bytes escaped and leaves it out; a query of the file itself is answered (the decoder opens it by its bytes). Before,
+    the listing digest raised UnicodeEncodeError and `nafp index` stopped for the whole collection."""
+    import soundfile as sf
+
+    from tests.conftest import tone_mix
+    from workflow_lib.audio.files import audio_info, load_audio
+    from workflow_lib.cli.query import print_table
+    from workflow_lib.cli.text import printable
+    from workflow_lib.data.folders import audio_listing_digest
+    from workflow_lib.data.manifest import build_manifest
+    from workflow_lib.database.edit import collect_audio_files
+
+    music = tmp_path / "music"
+    (music / "Sigur Rós").mkdir(parents=True)
+    audio = tone_mix(4.0, 8000, seed=1)
+    sf.write(music / "Sigur Rós" / "Hoppípolla.wav", audio, 8000)
+    sf.write(music / "日本語の歌.wav", tone_mix(4.0, 8000, seed=2), 8000)
+    latin1 = os.fsencode(music) + b"/Caf\xe9.wav"
+    sf.write(latin1, tone_mix(4.0, 8000, seed=3), 8000)
+    os.mkdir(os.fsencode(music) + b"/Bj\xf6rk")
+    sf.write(os.fsencode(music) + b"/Bj\xf6rk/J\xf3ga.wav", tone_mix(4.0, 8000, seed=4), 8000)
+    assert len(audio_listing_digest([music])) == 16
+    songs, rejected = build_manifest([("music", music)], min_duration_s=3.0, silence_dbfs=-60)
+    assert sorted(songs.rel_path) == ["Sigur Rós/Hoppípolla.wav", "日本語の歌.wav"]
+    reasons = dict(zip(rejected.path, rejected.reason))
+    assert reasons[f"{music}/Caf\\xe9.wav"].startswith("file name is not valid UTF-8 (its bytes shown as \\xNN)")
+    assert reasons[f"{music}/Bj\\xf6rk"].startswith("folder name is not valid UTF-8")
+    pd.DataFrame(rejected).to_parquet(tmp_path / "rejected.parquet")  # storable as it is
+    problems: list[dict] = []
+    assert collect_audio_files([music, os.fsdecode(latin1)], problems) == sorted(
+        Path(p) for p in songs.path)
+    assert [p["path"] for p in problems].count(f"{music}/Caf\\xe9.wav") == 2  # in the folder, and given itself
+    # a music folder whose own name is not UTF-8: `nafp index` says so before anything runs
+    from workflow_lib.cli import main as cli_main
+
+    assert cli_main.main(["index", os.fsdecode(os.fsencode(music) + b"/Bj\xf6rk"), "--results",
+                          str(tmp_path / "db")]) != 0
+    assert f"{music}/Bj\\xf6rk: the folder's name is not valid UTF-8" in capsys.readouterr().err
+    assert not (tmp_path / "db").exists()
+    # the file itself decodes, and its name prints as its bytes
+    assert audio_info(os.fsdecode(latin1)).duration_s == pytest.approx(4.0)
+    assert len(load_audio(os.fsdecode(latin1))) == 4 * 8000
+    assert printable(os.fsdecode(latin1)).endswith("/Caf\\xe9.wav")
+    # a table keeps its columns when a name holds wide characters: each takes two columns
+    print_table([{"file": name, "error": "x"} for name in ("日本語の歌.wav", "plain.wav")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].index("ERROR") + len("日本語の歌") == lines[2].index("ERROR")
+
+
 def test_bad_files_are_named_for_what_they_are(tmp_path):
     from workflow_lib.audio.files import AudioDecodeError, audio_info
 

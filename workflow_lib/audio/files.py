@@ -8,6 +8,7 @@ on one core). Formats libsndfile cannot read (m4a/aac/wma...) go through ``ffmpe
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -114,7 +115,7 @@ def audio_info(path: str | Path, messages: DecoderMessages | None = None) -> Aud
         return _ffprobe_info(path)
     try:
         with captured_stderr(messages if messages is not None else DecoderMessages()):
-            info = sf.info(str(path))
+            info = sf.info(os.fsencode(path))  # bytes: a name that is not UTF-8 opens too
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError with a terse message
         reason = str(exc).split(": ", 1)[-1] if "Error opening" in str(exc) else str(exc)
         if "possibly a pipe" in reason or "Format not recognised" in reason:
@@ -169,7 +170,7 @@ def _iter_soundfile(path: Path, sr: int, chunk_seconds: float, messages: Decoder
     decoded = 0
     try:
         with captured_stderr(messages):
-            f = sf.SoundFile(str(path))
+            f = sf.SoundFile(os.fsencode(path))
         floating = f.subtype in ("FLOAT", "DOUBLE")
         with f:
             while True:

@@ -14,7 +14,7 @@ import json
 import sys
 
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
-from workflow_lib.cli.text import count, fmt_time, printable
+from workflow_lib.cli.text import count, display_width, fit, fmt_time, pad, printable
 from workflow_lib.search.threshold import recalibration_advice
 
 
@@ -141,8 +141,8 @@ def print_songs(songs) -> None:
     rows = [(printable(a) if isinstance(a, str) and a else "-", printable(t) if isinstance(t, str) and t else "-",
              fmt_time(d), s) for s, t, a, d in zip(songs["song_id"], songs["title"], songs["artist"],
                                                      songs["duration_s"])]
-    widths = [min(max([len(h)] + [len(r[i]) for r in rows]), 40) for i, h in enumerate(head)]
+    widths = [min(max([len(h)] + [display_width(r[i]) for r in rows]), 40) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:
-        print("  ".join(v[:w].ljust(w) for v, w in zip(r, widths)))
+        print("  ".join(pad(fit(v, w), w) for v, w in zip(r, widths)))
     print(count(len(rows), "song"), file=sys.stderr)

@@ -94,6 +94,13 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(m) for m in music if not m.is_dir()]
     if missing:
         return fail(f"not a folder: {', '.join(missing)}")
+    from workflow_lib.data.folders import is_utf8, shown
+
+    results = Path(args.results).expanduser().resolve()
+    undecodable = [shown(f) for f in [*music, results] if not is_utf8(f)]
+    if undecodable:  # the run's config and tables hold the paths, and hold UTF-8 only
+        return fail(f"{', '.join(undecodable)}: the folder's name is not valid UTF-8 (its bytes shown as \\xNN); "
+                    "rename it (e.g. convmv -f latin1 -t utf8)")
     from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: `nafp --help` starts without the decoders
 
     empty = [str(m) for m in music if not _holds_audio(m, AUDIO_EXTENSIONS)]
@@ -106,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"--model: no such file: {args.model}")
     if args.queries_per_length < 10:
         return fail("--queries-per-length must be at least 10")
-    results = Path(args.results).expanduser().resolve()
     results.mkdir(parents=True, exist_ok=True)
     cfg_path = results / INDEX_CONFIG
     cfg_path.write_text("# Settings of `nafp index` for this folder (rewritten by each run of it).\n" +

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
-from workflow_lib.cli.text import fmt_time, printable
+from workflow_lib.cli.text import display_width, fmt_time, pad, printable
 
 log = logging.getLogger("nafp.query")
 
@@ -171,10 +171,10 @@ def print_table(rows: list[dict], out=None) -> None:
                       + (f"; {r['occurrences']} occurrences, see nafp scan]" if r["occurrences"] > 1 else "]"))
         lines.append([name, song, label, fmt_time(r["offset_s"]) if r["match"] else "-", f"{r['confidence']:.3f}",
                       f"{r['seconds'] * 1000:.0f} ms"])
-    widths = [max(len(h), *(len(str(x[i])) for x in lines)) for i, h in enumerate(head)]
+    widths = [max(len(h), *(display_width(str(x[i])) for x in lines)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)), file=out)
     for x in lines:
-        print("  ".join(str(v).ljust(w) for v, w in zip(x, widths)), file=out)
+        print("  ".join(pad(str(v), w) for v, w in zip(x, widths)), file=out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,8 +13,13 @@ def printable(text: object) -> str:
     """``text`` with control characters shown as escapes: a song tag holding ``ESC[2J`` must not clear the
     screen (tags come from files anyone can write)."""
     s = "" if text is None else str(text)
-    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
-                   for c in s)
+    return "".join(c if c.isprintable() else _escaped(ord(c)) for c in s)
+
+
+def _escaped(code: int) -> str:
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8, as Python reads it: shown as that byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
 
 
 def count(n: int, noun: str) -> str:
@@ -60,6 +65,11 @@ def fit(text: str, width: int) -> str:
         out.append(c)
         used += w
     return "".join(out) + "\u2026"
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` columns (a table's column: a wide character takes two)."""
+    return text + " " * max(0, width - display_width(text))
 
 
 def terminal_width(default: int = 80) -> int:

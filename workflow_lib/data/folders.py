@@ -13,18 +13,37 @@ from pathlib import Path
 from typing import Iterable
 
 
+# Names that are not UTF-8 (a latin-1 name copied from an old disk) cannot be written to the song tables
+# (Parquet and JSON hold UTF-8) nor shown as typed; they are named with their bytes escaped and left out.
+NOT_UTF8 = "name is not valid UTF-8 (its bytes shown as \\xNN): skipped; rename it (e.g. convmv -f latin1 -t utf8)"
+
+
+def is_utf8(name: str | Path) -> bool:
+    """Whether a file name (as Python reads it from the disk) is valid UTF-8."""
+    try:
+        str(name).encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes come in as lone surrogates
+        return False
+
+
+def shown(path: str | Path) -> str:
+    """A path as text that can be stored and printed: bytes that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path], list[dict]]:
     """Every regular file below ``root`` (sorted, hidden files and folders skipped), following symbolic links to
     folders, with loop protection: a folder reached a second time (a link loop, or two links to one folder) is not
     scanned again. Folders in ``skip`` (a results folder kept inside the music folder) are not entered. Returns
     (files, problems): each problem is ``{"path", "reason"}`` (a loop, a broken link, a folder that cannot be
-    read), so nothing below the folder is dropped without a word."""
+    read, a name that is not UTF-8), so nothing below the folder is dropped without a word."""
     files: list[Path] = []
     problems: list[dict] = []
     seen = {os.path.realpath(root)}
     skipped = {os.path.realpath(d) for d in skip} - seen
     def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
-        problems.append({"path": exc.filename, "reason": f"folder cannot be read ({exc.strerror}): skipped"})
+        problems.append({"path": shown(exc.filename), "reason": f"folder cannot be read ({exc.strerror}): skipped"})
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
         keep = []
@@ -32,12 +51,15 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
             if d.startswith("."):
                 continue
             full = os.path.join(dirpath, d)
+            if not is_utf8(d):
+                problems.append({"path": shown(full), "reason": f"folder {NOT_UTF8}"})
+                continue
             real = os.path.realpath(full)
             if real in skipped:
                 continue
             if real in seen:
-                problems.append({"path": full, "reason": f"symbolic link to a folder already scanned ({real}): "
-                                                         "skipped, not scanned twice"})
+                problems.append({"path": shown(full), "reason": f"symbolic link to a folder already scanned "
+                                                                f"({shown(real)}): skipped, not scanned twice"})
                 continue
             seen.add(real)
             keep.append(d)
@@ -46,10 +68,12 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
             if name.startswith("."):
                 continue
             p = Path(dirpath) / name
-            if p.is_file():
+            if not is_utf8(name):
+                problems.append({"path": shown(p), "reason": f"file {NOT_UTF8}"})
+            elif p.is_file():
                 files.append(p)
             elif p.is_symlink():
-                problems.append({"path": str(p), "reason": f"broken symbolic link (to {os.readlink(p)})"})
+                problems.append({"path": shown(p), "reason": f"broken symbolic link (to {shown(os.readlink(p))})"})
     return sorted(files), problems
 
 
@@ -65,8 +89,9 @@ def audio_below(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path]
 
     files, problems = walk_files(root, skip)
     def hides_audio(p: dict) -> bool:
-        return p["reason"].startswith("folder cannot be read") or (
-            p["reason"].startswith("broken symbolic link") and Path(p["path"]).suffix.lower() in AUDIO_EXTENSIONS)
+        reason, suffix = p["reason"], Path(p["path"]).suffix.lower()
+        return reason.startswith(("folder cannot be read", "folder name")) or (
+            reason.startswith(("broken symbolic link", "file name")) and suffix in AUDIO_EXTENSIONS)
 
     hidden = [p for p in problems if hides_audio(p)]
     return [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS], hidden
@@ -81,12 +106,12 @@ def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Pat
     for folder in folders:
         root = Path(folder).expanduser().resolve()
         if not root.is_dir():
-            h.update(f"no folder {root}\n".encode())
+            h.update(b"no folder " + os.fsencode(root) + b"\n")
             continue
         for path in audio_files_below(root, skip):
             try:
                 st = path.stat()
             except OSError:  # gone since the walk: the next plan sees it
                 continue
-            h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(path) + f"\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]

@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
-from workflow_lib.data.folders import walk_files
+from workflow_lib.data.folders import NOT_UTF8, is_utf8, shown, walk_files
 from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, AudioDecodeError, audio_info, has_ffmpeg, iter_audio
 from workflow_lib.audio.files import FFMPEG_EXTENSIONS
@@ -162,7 +162,9 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
     scanned: set[Path] = set()
     for collection, root in collections:
         if not root.is_dir():
-            raise FileNotFoundError(f"{collection} folder does not exist or is not a folder: {root}")
+            raise FileNotFoundError(f"{collection} folder does not exist or is not a folder: {shown(root)}")
+        if not is_utf8(root):
+            raise ValueError(f"{collection} folder {shown(root)}: {NOT_UTF8.replace(': skipped', '')}")
         outer = [r for c, r in collections if c == collection and r != root and root.is_relative_to(r)]
         if root in scanned or outer:  # its files are found once, below the outer folder (ids stay as they were)
             log.warning("%s is %s: scanned once", root, f"inside {outer[0]}" if outer else "listed twice")
