@@ -2,7 +2,7 @@
 
 Decoding uses libsndfile through ``soundfile`` (WAV, FLAC, OGG/Vorbis, Opus, MP3 and more, no external programs) and
 resampling uses ``soxr`` (the SoX resampler: high quality, streaming, and several hundred times faster than realtime
-on one core). Formats libsndfile cannot read (m4a/aac/wma...) go through ``ffmpeg`` when it is installed.
+on one core). Formats libsndfile cannot read (m4a/aac/wma, ape/wv...) go through ``ffmpeg`` when it is installed.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ from workflow_lib.audio.decoder_messages import DecoderMessages, captured_stderr
 
 log = logging.getLogger(__name__)
 
-SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".w64", ".caf"}
-FFMPEG_EXTENSIONS = {".m4a", ".aac", ".mp4", ".wma", ".webm", ".mka"}
+SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".mp3", ".mp2", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au",
+                        ".w64", ".caf"}
+# through ffmpeg: AAC/ALAC (m4a, m4b audiobooks), WMA, and the lossless and DSD formats of audiophile collections
+# (Monkey's Audio, WavPack, TTA, Musepack, DSF/DFF), which libsndfile does not read
+FFMPEG_EXTENSIONS = {".m4a", ".m4b", ".aac", ".mp4", ".wma", ".webm", ".mka", ".ape", ".wv", ".tta", ".mpc", ".dsf",
+                     ".dff"}
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
 # ffmpeg (m4a/aac/...): a file whose decoder reports more errors than this is rejected as corrupt; waiting for ffmpeg
