@@ -148,6 +148,22 @@ def test_a_rescan_decodes_only_the_files_that_changed(music_dir, tmp_path, monke
     assert len(write_manifest(*args, 3.0, -60)) == 2 and sorted(decoded) == ["broken.ogg", "empty.mp3", "notes.txt"]
 
 
+def test_a_file_gone_between_the_listing_and_its_check_is_rejected_not_a_crash(music_dir, monkeypatch):
+    from workflow_lib.data import manifest
+
+    real = manifest.walk_files
+
+    def listing_then_gone(root, skip=()):  # as a sync client or a network share can do
+        files, problems = real(root, skip)
+        return files + [root / "gone.mp3"], problems
+
+    monkeypatch.setattr(manifest, "walk_files", listing_then_gone)
+    songs, rejected = build_manifest([("music", music_dir)], min_duration_s=3.0, silence_dbfs=-60)
+    assert sorted(songs.rel_path) == ["album/a.flac", "b.wav"]
+    assert dict(zip(rejected.path, rejected.reason))[str(music_dir / "gone.mp3")] == \
+        "unreadable: No such file or directory"
+
+
 def test_write_manifest_refuses_an_empty_collection(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(ValueError, match="no usable songs"):

@@ -66,7 +66,10 @@ def measure_song(path: Path) -> tuple[dict | None, str | None]:
         return None, f"not an audio file (extension {suffix or 'none'})"
     if suffix in FFMPEG_EXTENSIONS and not has_ffmpeg():
         return None, f"{suffix} needs ffmpeg, which is not installed"
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as exc:  # gone since the folder was listed (a network share, a sync client)
+        return None, f"unreadable: {exc.strerror or exc}"
     if st.st_size == 0:
         return None, "empty file"
     messages = DecoderMessages()
@@ -223,7 +226,10 @@ def identical_copies(rows: list[dict]) -> dict[int, str]:
             continue
         first_of: dict[str, str] = {}
         for i in same_size:
-            digest = file_digest(rows[i]["path"], 64)
+            try:
+                digest = file_digest(rows[i]["path"], 64)
+            except OSError:  # gone since it was checked: the extraction skips it, and says so
+                continue
             if digest in first_of:
                 out[i] = first_of[digest]
             else:
