@@ -278,7 +278,9 @@ def test_file_names_that_are_not_utf8_are_named_and_never_stop_a_run(tmp_path, c
     sf.write(latin1, tone_mix(4.0, 8000, seed=3), 8000)
     os.mkdir(os.fsencode(music) + b"/Bj\xf6rk")
     sf.write(os.fsencode(music) + b"/Bj\xf6rk/J\xf3ga.wav", tone_mix(4.0, 8000, seed=4), 8000)
-    assert len(audio_listing_digest([music])) == 16
+    digest = audio_listing_digest([music])
+    sf.write(os.fsencode(music) + b"/Na\xefve.wav", tone_mix(4.0, 8000, seed=5), 8000)
+    assert audio_listing_digest([music]) != digest  # the next `nafp index` rescans, and names the new file
     songs, rejected = build_manifest([("music", music)], min_duration_s=3.0, silence_dbfs=-60)
     assert sorted(songs.rel_path) == ["Sigur Rós/Hoppípolla.wav", "日本語の歌.wav"]
     reasons = dict(zip(rejected.path, rejected.reason))

@@ -83,8 +83,9 @@ def audio_files_below(root: Path, skip: Iterable[str | Path] = ()) -> list[Path]
 
 
 def audio_below(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path], list[dict]]:
-    """``audio_files_below`` and what may hide audio from it: folders that cannot be read and broken links with an
-    audio file's extension (``walk_files``'s problems; a link loop hides nothing, its folder is scanned once)."""
+    """``audio_files_below`` and what may hide audio from it (``walk_files``'s problems): folders that cannot be
+    read or whose name is not UTF-8, and broken links and files not named in UTF-8 with an audio file's extension
+    (a link loop hides nothing, its folder is scanned once)."""
     from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: planning a run without music needs no decoders
 
     files, problems = walk_files(root, skip)
@@ -98,9 +99,9 @@ def audio_below(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path]
 
 
 def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Path] = ()) -> str:
-    """A digest of the audio files below ``folders`` as the manifest walks them (``audio_files_below``, with
-    ``skip``): path, size and modification time of each. It changes when a file is added, removed, replaced or
-    edited; a missing folder is part of it (the manifest stage then says so)."""
+    """A digest of the audio files below ``folders`` as the manifest walks them (``audio_below``, with ``skip``):
+    path, size and modification time of each, and what hides audio from the walk. It changes when a file is added,
+    removed, replaced or edited; a missing folder is part of it (the manifest stage then says so)."""
     skip = list(skip)
     h = hashlib.sha1()
     for folder in folders:
@@ -108,10 +109,13 @@ def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Pat
         if not root.is_dir():
             h.update(b"no folder " + os.fsencode(root) + b"\n")
             continue
-        for path in audio_files_below(root, skip):
+        files, hidden = audio_below(root, skip)
+        for path in files:
             try:
                 st = path.stat()
             except OSError:  # gone since the walk: the next plan sees it
                 continue
             h.update(os.fsencode(path) + f"\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        for problem in hidden:  # a file the scan will name as left out (a name not in UTF-8...) is a change too
+            h.update(f"{problem['path']}\t{problem['reason']}\n".encode())
     return h.hexdigest()[:16]
