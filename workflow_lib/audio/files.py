@@ -7,6 +7,7 @@ on one core). Formats libsndfile cannot read (m4a/aac/wma, ape/wv...) go through
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -64,6 +65,25 @@ class AudioInfo:
 
 def has_ffmpeg() -> bool:
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def decoder_id(through_ffmpeg: bool) -> str:
+    """Which decoder build turns files into samples (libsndfile and soxr, or ffmpeg), as 4 hex digits: a digest of
+    decoded samples (the manifest's ``audio_digest``) is comparable only with one made by the same build, since
+    another version may round a few samples differently."""
+    import hashlib
+
+    if through_ffmpeg:
+        try:
+            res = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, timeout=20,
+                                 stdin=subprocess.DEVNULL)
+            version = res.stdout.split("\n", 1)[0]
+        except (OSError, subprocess.SubprocessError):
+            version = "ffmpeg ?"
+    else:
+        version = f"libsndfile {sf.__libsndfile_version__} soxr {soxr.__version__}"
+    return hashlib.sha1(version.encode()).hexdigest()[:4]
 
 
 def _needs_ffmpeg(path: Path) -> bool:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
 from workflow_lib.data.folders import NOT_UTF8, is_utf8, shown, walk_files
 from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.audio.files import AUDIO_EXTENSIONS, AudioDecodeError, audio_info, has_ffmpeg, iter_audio
+from workflow_lib.audio.files import AUDIO_EXTENSIONS, AudioDecodeError, audio_info, decoder_id, has_ffmpeg, iter_audio
 from workflow_lib.audio.files import FFMPEG_EXTENSIONS
 from workflow_lib.audio.decoder_messages import DecoderMessages
 from workflow_lib.audio.segments import LEVEL_BAND_LOW_HZ, SILENCE_DBFS, frame, segment_levels_db
@@ -58,8 +58,8 @@ def measure_song(path: Path) -> tuple[dict | None, str | None]:
     Decoding to the end is what proves a file readable and tells its level; at several hundred times realtime it is
     cheap next to everything after it. ``decoder_messages`` counts the lines the decoder printed meanwhile
     (libmpg123's skipped damaged frames: harmless in ones and twos, a sign of a badly damaged file in hundreds); they
-    are not printed. ``audio_digest`` hashes the decoded samples: a file whose tags were edited keeps it, so the
-    extraction reuses its fingerprints (``database.extract``).
+    are not printed. ``audio_digest`` hashes the decoded samples, after the decoder's id (``decoder_id``): a file
+    whose tags were edited keeps it, so the extraction reuses its fingerprints (``database.extract``).
     """
     suffix = path.suffix.lower()
     if suffix not in AUDIO_EXTENSIONS:
@@ -91,7 +91,8 @@ def measure_song(path: Path) -> tuple[dict | None, str | None]:
     return {"duration_s": n / SAMPLE_RATE, "sample_rate": info.sample_rate, "channels": info.channels,
             "format": suffix.lstrip("."), "size_bytes": st.st_size, "decoder_messages": messages.count,
             "mtime_ns": st.st_mtime_ns, "peak_dbfs": 20 * np.log10(peak) if peak > 0 else -np.inf,
-            "loudest_dbfs": loudest, "audio_digest": digest.hexdigest()[:20]}, None
+            "loudest_dbfs": loudest,
+            "audio_digest": f"{decoder_id(suffix in FFMPEG_EXTENSIONS)}-{digest.hexdigest()[:20]}"}, None
 
 
 def judge_song(fields: dict, min_duration_s: float, silence_dbfs: float) -> str | None:

@@ -220,8 +220,12 @@ class _Cache:
 
 
 def _same_audio(a: str | None, b: str | None) -> bool:
-    """Digests of decoded audio agree, or one is not known (fingerprints made before digests were recorded)."""
-    return a is None or b is None or a == b
+    """Digests of decoded audio agree, or cannot be compared: one is not known (fingerprints made before digests
+    were recorded), or they were made by different decoder builds (``audio.files.decoder_id``: after an upgrade a
+    few samples may round otherwise, and every song fingerprinted again for it would cost hours)."""
+    if a is None or b is None or a.split("-", 1)[0] != b.split("-", 1)[0]:
+        return True
+    return a == b
 
 
 class _PartWriter:
