@@ -126,7 +126,12 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if not args.verbose:  # each stage's accounting stays in its log file (results/logs/)
         env.setdefault(CONSOLE_LEVEL_ENV, "WARNING")
-    rc = subprocess.run(cmd, cwd=results, env=env).returncode
+    if args.verbose:
+        rc = subprocess.run(cmd, cwd=results, env=env).returncode
+    else:  # the stages' bars, warnings and errors; not Snakemake's own bookkeeping lines
+        from workflow_lib.cli.chatter import run_without_chatter
+
+        rc = run_without_chatter(cmd, _binary(sys.stderr), cwd=results, env=env)
     if rc != 0:
         return fail(f"indexing stopped (Snakemake exit status {rc}); the messages above say why. Run the same "
                     "command again to resume.", EXIT_SETUP)
@@ -180,6 +185,21 @@ def _holds_audio(folder: Path, extensions: set[str]) -> bool:
         dirnames[:] = [d for d, r in zip(dirnames, real) if not d.startswith(".") and r not in seen]
         seen.update(real)
     return False
+
+
+def _binary(stream):
+    """The byte stream below a text stream (or the text stream, fed decoded bytes, where it has none: a test's)."""
+    if hasattr(stream, "buffer"):
+        return stream.buffer
+
+    class Decoded:
+        def write(self, data: bytes) -> None:
+            stream.write(data.decode("utf-8", "replace"))
+
+        def flush(self) -> None:
+            stream.flush()
+
+    return Decoded()
 
 
 def _songs(results: Path) -> int:
