@@ -1,6 +1,7 @@
 """`nafp index` drops Snakemake's bookkeeping lines from its terminal and passes everything else as it comes."""
 
 import io
+import os
 import sys
 
 import pytest
@@ -51,3 +52,30 @@ def test_the_status_and_every_other_line_of_the_command_come_through():
             "sys.exit(3)")
     assert run_without_chatter([sys.executable, "-c", code], out) == 3
     assert out.getvalue() == b"real error\n"
+
+
+def test_ctrl_c_lets_the_workflow_stop_and_its_last_words_through(tmp_path):
+    """The terminal's Ctrl-C reaches the whole process group: the workflow's own shutdown messages are read to the
+    end (Snakemake removes its lock meanwhile), then `nafp index` stops as interrupted."""
+    import signal
+    import subprocess
+    import textwrap
+
+    child = ("import sys, time\nsys.stderr.write('Building DAG of jobs...\\nready\\n'); sys.stderr.flush()\n"
+             "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    time.sleep(0.5)\n"
+             "    sys.stderr.write('Terminating processes on user request\\n'); sys.exit(1)\n")
+    parent = textwrap.dedent(f"""
+        import sys
+        from workflow_lib.cli.chatter import run_without_chatter
+        try:
+            run_without_chatter([sys.executable, "-c", {child!r}], sys.stderr.buffer)
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\\n")
+            sys.exit(130)
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", parent], stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stderr.readline() == b"ready\n"
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130
+    assert rest == b"Terminating processes on user request\ninterrupted\n"
