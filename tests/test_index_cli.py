@@ -169,7 +169,8 @@ def test_indexing_the_folder_again_follows_its_files(tmp_path):
     index()
     files = sorted(music.glob("*.flac"))
     assert indexed_files() == [p.name for p in files]
-    assert "Nothing to be done" in index().stderr
+    again = index()
+    assert "Nothing to be done" in again.stderr and "since the last run" not in again.stdout
     files[0].unlink()
     (music / "new.flac").write_bytes(spare[0].read_bytes())
     files[1].write_bytes(spare[1].read_bytes())  # the same name, other music
@@ -177,8 +178,10 @@ def test_indexing_the_folder_again_follows_its_files(tmp_path):
     (music / "added.flac").write_bytes(spare[2].read_bytes())
     r = nafp("db", "add", str(music / "added.flac"), "--results", str(db), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    index()
+    r = index()
     assert indexed_files() == sorted(["new.flac", "added.flac", *(p.name for p in files[1:])])
+    # one deleted, one new, and the added file now the folder's song (its `db add` id gone): told in one line
+    assert "5 songs are searchable" in r.stdout and "(2 added, 2 removed since the last run)" in r.stdout
     # Only the three files that are new to it were fingerprinted (each shard's log is of its last run).
     logs = "".join(p.read_text() for p in (db / "logs" / "extract").glob("*.log"))
     assert sum(map(int, re.findall(r"reused from earlier runs, (\d+) to extract", logs))) == 3

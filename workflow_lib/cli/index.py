@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if not args.verbose:  # each stage's accounting stays in its log file (results/logs/)
         env.setdefault(CONSOLE_LEVEL_ENV, "WARNING")
+    before = _indexed_songs(results)
     if args.verbose:
         rc = subprocess.run(cmd, cwd=results, env=env).returncode
     else:  # the stages' bars, warnings and errors; not Snakemake's own bookkeeping lines
@@ -139,8 +140,16 @@ def run(args: argparse.Namespace) -> int:
     left_out = rejected_summary(results / "manifest" / "rejected.csv")
     if left_out:
         print("\n" + left_out)
-    print(f"\n{count(n, 'song')} {'is' if n == 1 else 'are'} searchable in {results}. Next:\n" + next_steps(results))
+    print(f"\n{count(n, 'song')} {'is' if n == 1 else 'are'} searchable in {results}"
+          f"{change_note(before, _indexed_songs(results))}. Next:\n" + next_steps(results))
     return EXIT_OK
+
+
+def change_note(before: set[str] | None, after: set[str] | None) -> str:
+    """`` (2 added, 1 removed since the last run)``, or nothing on a first run or when the songs are the same."""
+    if before is None or after is None or before == after:
+        return ""
+    return f" ({len(after - before)} added, {len(before - after)} removed since the last run)"
 
 
 def next_steps(results: Path) -> str:
@@ -200,6 +209,17 @@ def _binary(stream):
             stream.flush()
 
     return Decoded()
+
+
+def _indexed_songs(results: Path) -> set[str] | None:
+    """The song ids of the folder's index, or None when it has none (yet)."""
+    import pyarrow.parquet as pq
+
+    try:
+        ids = pq.read_table(results / "index" / "index_meta.parquet", columns=["song_id"]).column(0)
+    except (OSError, ValueError):  # no index yet, or a damaged one that the run replaces
+        return None
+    return {str(s) for s in ids.unique().to_pylist()}
 
 
 def _songs(results: Path) -> int:
