@@ -73,7 +73,10 @@ def test_ctrl_c_lets_the_workflow_stop_and_its_last_words_through(tmp_path):
             sys.stderr.write("interrupted\\n")
             sys.exit(130)
         """)
-    proc = subprocess.Popen([sys.executable, "-c", parent], stderr=subprocess.PIPE, start_new_session=True)
+    # Ctrl-C as in a terminal: a test run in the background (nohup ... &) inherits SIGINT ignored, and Python keeps
+    # an ignored SIGINT ignored
+    proc = subprocess.Popen([sys.executable, "-c", parent], stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr.readline() == b"ready\n"
     os.killpg(proc.pid, signal.SIGINT)
     rest = proc.stderr.read()
