@@ -359,8 +359,10 @@ def test_ctrl_c_while_the_listener_starts_prints_no_traceback(tmp_path):
 
     clip = tmp_path / "clip.wav"
     write_audio(clip, 0.3 * np.sin(np.arange(8000 * 20) / 5.0).astype(np.float32))
+    # (SIGINT as in a terminal: a test run in the background inherits it ignored)
     proc = subprocess.Popen([sys.executable, "-m", "workflow_lib.cli.main", "listen", "--input", str(clip),
-                             "--results", str(tmp_path / "nothing")], stderr=subprocess.PIPE, text=True)
+                             "--results", str(tmp_path / "nothing")], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.3)  # still importing
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
