@@ -67,11 +67,15 @@ def has_ffmpeg() -> bool:
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 
 
-@functools.lru_cache(maxsize=None)
-def decoder_id(through_ffmpeg: bool) -> str:
-    """Which decoder build turns files into samples (libsndfile and soxr, or ffmpeg), as 4 hex digits: a digest of
-    decoded samples (the manifest's ``audio_digest``) is comparable only with one made by the same build, since
+def decoder_id(path: str | Path) -> str:
+    """Which decoder build turns ``path`` into samples (libsndfile and soxr, or ffmpeg), as 4 hex digits: a digest
+    of decoded samples (the manifest's ``audio_digest``) is comparable only with one made by the same build, since
     another version may round a few samples differently."""
+    return _decoder_build(_needs_ffmpeg(Path(path)))
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder_build(through_ffmpeg: bool) -> str:
     import hashlib
 
     if through_ffmpeg:
@@ -88,6 +92,11 @@ def decoder_id(through_ffmpeg: bool) -> str:
 
 def _needs_ffmpeg(path: Path) -> bool:
     return path.suffix.lower() in FFMPEG_EXTENSIONS
+
+
+def ffmpeg_missing_for(path: Path) -> bool:
+    """Whether ``path`` needs ffmpeg to be read and ffmpeg is not installed."""
+    return _needs_ffmpeg(path) and not has_ffmpeg()
 
 
 def missing_path_message(path: Path, missing: str) -> str:

@@ -136,12 +136,13 @@ def run(args: argparse.Namespace) -> int:
     if rc != 0:
         return fail(f"indexing stopped (Snakemake exit status {rc}); the messages above say why. Run the same "
                     "command again to resume.", EXIT_SETUP)
-    n = _songs(results)
+    after = _indexed_songs(results)
+    n = len(after or ())
     left_out = rejected_summary(results / "manifest" / "rejected.csv")
     if left_out:
         print("\n" + left_out)
     print(f"\n{count(n, 'song')} {'is' if n == 1 else 'are'} searchable in {results}"
-          f"{change_note(before, _indexed_songs(results))}. Next:\n" + next_steps(results))
+          f"{change_note(before, after)}. Next:\n" + next_steps(results))
     return EXIT_OK
 
 
@@ -220,12 +221,3 @@ def _indexed_songs(results: Path) -> set[str] | None:
     except (OSError, ValueError):  # no index yet, or a damaged one that the run replaces
         return None
     return {str(s) for s in ids.unique().to_pylist()}
-
-
-def _songs(results: Path) -> int:
-    import json
-
-    try:
-        return int(json.loads((results / "index" / "index.json").read_text())["n_songs"])
-    except (OSError, ValueError, KeyError):
-        return 0

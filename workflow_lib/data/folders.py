@@ -32,18 +32,27 @@ def shown(path: str | Path) -> str:
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
+def not_utf8_problem(path: str | Path, folder: bool) -> dict:
+    """The problem entry (see ``walk_files``) of a file or folder whose name is not UTF-8."""
+    kind = "folder" if folder else "file"
+    return {"path": shown(path), "reason": f"{kind} {NOT_UTF8}", "hides": kind}
+
+
 def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path], list[dict]]:
     """Every regular file below ``root`` (sorted, hidden files and folders skipped), following symbolic links to
     folders, with loop protection: a folder reached a second time (a link loop, or two links to one folder) is not
     scanned again. Folders in ``skip`` (a results folder kept inside the music folder) are not entered. Returns
-    (files, problems): each problem is ``{"path", "reason"}`` (a loop, a broken link, a folder that cannot be
-    read, a name that is not UTF-8), so nothing below the folder is dropped without a word."""
+    (files, problems): each problem is ``{"path", "reason", "hides"}`` (a loop, a broken link, a folder that cannot
+    be read, a name that is not UTF-8), so nothing below the folder is dropped without a word; ``hides`` says what
+    may be left out with it: ``"folder"`` (all below it), ``"file"`` (that file) or None (a loop: its folder is
+    scanned once)."""
     files: list[Path] = []
     problems: list[dict] = []
     seen = {os.path.realpath(root)}
     skipped = {os.path.realpath(d) for d in skip} - seen
     def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
-        problems.append({"path": shown(exc.filename), "reason": f"folder cannot be read ({exc.strerror}): skipped"})
+        problems.append({"path": shown(exc.filename), "reason": f"folder cannot be read ({exc.strerror}): skipped",
+                         "hides": "folder"})
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
         keep = []
@@ -52,14 +61,14 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
                 continue
             full = os.path.join(dirpath, d)
             if not is_utf8(d):
-                problems.append({"path": shown(full), "reason": f"folder {NOT_UTF8}"})
+                problems.append(not_utf8_problem(full, folder=True))
                 continue
             real = os.path.realpath(full)
             if real in skipped:
                 continue
             if real in seen:
                 problems.append({"path": shown(full), "reason": f"symbolic link to a folder already scanned "
-                                                                f"({shown(real)}): skipped, not scanned twice"})
+                                 f"({shown(real)}): skipped, not scanned twice", "hides": None})
                 continue
             seen.add(real)
             keep.append(d)
@@ -69,11 +78,12 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
                 continue
             p = Path(dirpath) / name
             if not is_utf8(name):
-                problems.append({"path": shown(p), "reason": f"file {NOT_UTF8}"})
+                problems.append(not_utf8_problem(p, folder=False))
             elif p.is_file():
                 files.append(p)
             elif p.is_symlink():
-                problems.append({"path": shown(p), "reason": f"broken symbolic link (to {shown(os.readlink(p))})"})
+                problems.append({"path": shown(p), "reason": f"broken symbolic link (to {shown(os.readlink(p))})",
+                                 "hides": "file"})
     return sorted(files), problems
 
 
@@ -89,12 +99,8 @@ def audio_below(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path]
     from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: planning a run without music needs no decoders
 
     files, problems = walk_files(root, skip)
-    def hides_audio(p: dict) -> bool:
-        reason, suffix = p["reason"], Path(p["path"]).suffix.lower()
-        return reason.startswith(("folder cannot be read", "folder name")) or (
-            reason.startswith(("broken symbolic link", "file name")) and suffix in AUDIO_EXTENSIONS)
-
-    hidden = [p for p in problems if hides_audio(p)]
+    hidden = [p for p in problems if p["hides"] == "folder"
+              or (p["hides"] == "file" and Path(p["path"]).suffix.lower() in AUDIO_EXTENSIONS)]
     return [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS], hidden
 
 

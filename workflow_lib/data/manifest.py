@@ -14,8 +14,8 @@ from tqdm import tqdm
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
 from workflow_lib.data.folders import NOT_UTF8, is_utf8, shown, walk_files
 from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.audio.files import AUDIO_EXTENSIONS, AudioDecodeError, audio_info, decoder_id, has_ffmpeg, iter_audio
-from workflow_lib.audio.files import FFMPEG_EXTENSIONS
+from workflow_lib.audio.files import (AUDIO_EXTENSIONS, AudioDecodeError, audio_info, decoder_id, ffmpeg_missing_for,
+                                      iter_audio)
 from workflow_lib.audio.decoder_messages import DecoderMessages
 from workflow_lib.audio.segments import LEVEL_BAND_LOW_HZ, SILENCE_DBFS, frame, segment_levels_db
 
@@ -64,7 +64,7 @@ def measure_song(path: Path) -> tuple[dict | None, str | None]:
     suffix = path.suffix.lower()
     if suffix not in AUDIO_EXTENSIONS:
         return None, f"not an audio file (extension {suffix or 'none'})"
-    if suffix in FFMPEG_EXTENSIONS and not has_ffmpeg():
+    if ffmpeg_missing_for(path):
         return None, f"{suffix} needs ffmpeg, which is not installed"
     try:
         st = path.stat()
@@ -92,7 +92,7 @@ def measure_song(path: Path) -> tuple[dict | None, str | None]:
             "format": suffix.lstrip("."), "size_bytes": st.st_size, "decoder_messages": messages.count,
             "mtime_ns": st.st_mtime_ns, "peak_dbfs": 20 * np.log10(peak) if peak > 0 else -np.inf,
             "loudest_dbfs": loudest,
-            "audio_digest": f"{decoder_id(suffix in FFMPEG_EXTENSIONS)}-{digest.hexdigest()[:20]}"}, None
+            "audio_digest": f"{decoder_id(path)}-{digest.hexdigest()[:20]}"}, None
 
 
 def judge_song(fields: dict, min_duration_s: float, silence_dbfs: float) -> str | None:
@@ -128,7 +128,7 @@ class Measurements:
         except OSError:
             same = False
         # a file measured through ffmpeg is decoded again (and so rejected) once ffmpeg is gone
-        if same and (path.suffix.lower() not in FFMPEG_EXTENSIONS or has_ffmpeg()):
+        if same and not ffmpeg_missing_for(path):
             self.reused += 1
             fields, reason = {k: old[k] for k in MEASURED}, None
         else:

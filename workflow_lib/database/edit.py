@@ -30,7 +30,7 @@ from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
 from workflow_lib.database.index import FingerprintDB, add_to_index, read_sidecar, remove_from_index
 from workflow_lib.database.removed import read_removed_songs
-from workflow_lib.data.folders import NOT_UTF8, is_utf8, shown, walk_files
+from workflow_lib.data.folders import is_utf8, not_utf8_problem, walk_files
 from workflow_lib.data.manifest import check_song, copy_reason, identical_copies, song_id_for
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def collect_audio_files(paths: Iterable[str | Path], problems: list[dict] | None
     for p in map(Path, paths):
         if p.exists() and not is_utf8(p):  # its path could not be stored in the catalogue
             if problems is not None:
-                problems.append({"path": shown(p), "reason": f"{'folder' if p.is_dir() else 'file'} {NOT_UTF8}"})
+                problems.append(not_utf8_problem(p, folder=p.is_dir()))
         elif p.is_dir():
             files, probs = walk_files(p)
             if problems is not None:

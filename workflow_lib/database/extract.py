@@ -131,8 +131,8 @@ class _Cache:
     def __init__(self, cache_dir: Path, want: ShardMeta, enabled: bool):
         self.dir = cache_dir
         self.want = want
-        self.songs: dict[str, tuple[_Source, str]] = {}  # song_id -> (source, signature)
-        self.audio: dict[str, str] = {}  # song_id -> digest of its decoded audio, where recorded
+        # song_id -> (source, file signature, digest of its decoded audio or None where not recorded)
+        self.songs: dict[str, tuple[_Source, str, str | None]] = {}
         # ("file", signature) or ("audio", digest) -> (source or another shard's file, song id there, its audio
         # digest or None): built on the first ``elsewhere`` look-up
         self._by_key: dict[tuple[str, str], tuple[_Source | Path, str, str | None]] | None = None
@@ -153,17 +153,13 @@ class _Cache:
             return
         for sid, sig in meta.sources.items():
             if sid in src.runs:
-                self.songs[sid] = (src, sig)
-                if sid in meta.audio:
-                    self.audio[sid] = meta.audio[sid]
-                else:
-                    self.audio.pop(sid, None)
+                self.songs[sid] = (src, sig, meta.audio.get(sid))
 
     def get(self, song_id: str, signature: str, audio: str | None = None) -> _Source | None:
         """The song's fingerprints if its file is unchanged: the same signature, and the same decoded audio where
         both digests are known (the signature reads only the file's ends: an edit in the middle keeps it)."""
         hit = self.songs.get(song_id)
-        if hit is None or hit[1] != signature or not _same_audio(audio, self.audio.get(song_id)):
+        if hit is None or hit[1] != signature or not _same_audio(audio, hit[2]):
             return None
         return hit[0]
 
@@ -175,10 +171,10 @@ class _Cache:
         opened only for a song it holds."""
         if self._by_key is None:
             self._by_key = {}
-            for sid, (src, sig) in self.songs.items():
-                self._by_key[("file", sig)] = (src, sid, self.audio.get(sid))
-                if sid in self.audio:
-                    self._by_key[("audio", self.audio[sid])] = (src, sid, self.audio[sid])
+            for sid, (src, sig, digest) in self.songs.items():
+                self._by_key[("file", sig)] = (src, sid, digest)
+                if digest:
+                    self._by_key[("audio", digest)] = (src, sid, digest)
             for path in sorted(self.dir.parent.glob("*/*.parquet")):
                 if path.parent == self.dir:
                     continue
@@ -294,7 +290,8 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
     audio = {sid: a for sid, a in zip(songs["song_id"], songs["audio_digest"]) if isinstance(a, str)} \
         if "audio_digest" in songs else {}
     todo: list[tuple[str, str, str]] = []
-    moved: dict[str, tuple[_Source, str]] = {}  # song id -> (source, the id its fingerprints are stored under)
+    # song id -> (source, the id its fingerprints are stored under): renamed, moved or retagged files
+    found_elsewhere: dict[str, tuple[_Source, str]] = {}
     for sid, path in zip(songs["song_id"], songs["path"]):
         try:
             sig = file_signature(path)
@@ -306,14 +303,14 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
         if cache.get(sid, sig, audio.get(sid)) is None:
             found = cache.elsewhere(sig, audio.get(sid)) if reuse else None
             if found is not None:
-                moved[sid] = found
+                found_elsewhere[sid] = found
             else:
                 todo.append((sid, str(path), sig))
     log.info("%s: %d songs, %d reused from earlier runs, %d to extract", out_path.name, len(songs),
              len(sigs) - len(todo), len(todo))
-    if moved:
+    if found_elsewhere:
         log.info("%d of the reused songs were found by their file under another id, or by their decoded audio (the "
-                 "file renamed, moved or its tags edited)", len(moved))
+                 "file renamed, moved or its tags edited)", len(found_elsewhere))
     if compile_model and todo:
         durations = songs.set_index("song_id")["duration_s"] if "duration_s" in songs else None
         audio_s = float(durations.loc[[t[0] for t in todo]].sum()) if durations is not None else float("inf")
@@ -354,7 +351,7 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
     # Final file: every available song in the given order, streamed from the cache files.
     skipped_ids = {s["song_id"] for s in skipped}
     keep = [sid for sid in songs["song_id"] if sid not in skipped_ids]
-    sources = {sid: moved.get(sid) or (cache.get(sid, sigs[sid], audio.get(sid)), sid) for sid in keep}
+    sources = {sid: found_elsewhere.get(sid) or (cache.get(sid, sigs[sid], audio.get(sid)), sid) for sid in keep}
     n_rows = sum(src.runs[at][1] - src.runs[at][0] for src, at in sources.values())  # type: ignore[union-attr]
     meta = ShardMeta(**{**want.__dict__, "sources": {sid: sigs[sid] for sid in keep}, "skipped": skipped,
                         "audio": {sid: audio[sid] for sid in keep if sid in audio}, "n_songs": len(keep),
