@@ -61,8 +61,8 @@ def test_ctrl_c_lets_the_workflow_stop_and_its_last_words_through(tmp_path):
     import subprocess
     import textwrap
 
-    child = ("import sys, time\nsys.stderr.write('Building DAG of jobs...\\nready\\n'); sys.stderr.flush()\n"
-             "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    time.sleep(0.5)\n"
+    child = ("import sys, time\ntry:\n    sys.stderr.write('Building DAG of jobs...\\nready\\n'); sys.stderr.flush()\n"
+             "    time.sleep(60)\nexcept KeyboardInterrupt:\n    time.sleep(0.5)\n"
              "    sys.stderr.write('Terminating processes on user request\\n'); sys.exit(1)\n")
     parent = textwrap.dedent(f"""
         import sys

@@ -10,6 +10,7 @@ through at once, unbuffered. ``nafp index -v`` shows everything.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 from typing import BinaryIO
 
@@ -54,21 +55,24 @@ class ChatterFilter:
 
 def run_without_chatter(cmd: list[str], out: BinaryIO, **popen_kw) -> int:
     """Run ``cmd`` with its stderr filtered into ``out``; its exit status. Ctrl-C reaches the workflow as it would
-    (the terminal signals the whole process group): its shutdown is read to the end, then the status returned."""
-    with subprocess.Popen(cmd, stderr=subprocess.PIPE, **popen_kw) as proc:
-        filt = ChatterFilter(out)
-        interrupted = False
-        while True:
-            try:
-                data = proc.stderr.read1(65536)
-            except KeyboardInterrupt:
-                interrupted = True
-                continue
-            if not data:
-                break
-            filt.feed(data)
-        filt.close()
-        rc = proc.wait()
+    (the terminal signals the whole process group): here it is only noted, wherever it lands (a KeyboardInterrupt
+    between two reads would drop the rest of the stream), the workflow's shutdown is read to the end, and then
+    KeyboardInterrupt is raised."""
+    interrupted: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    except ValueError:  # not the main thread: Ctrl-C is not delivered here anyway
+        previous = None
+    try:
+        with subprocess.Popen(cmd, stderr=subprocess.PIPE, **popen_kw) as proc:
+            filt = ChatterFilter(out)
+            while data := proc.stderr.read1(65536):  # a noted signal does not interrupt the read (PEP 475)
+                filt.feed(data)
+            filt.close()
+            rc = proc.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if interrupted:
         raise KeyboardInterrupt
     return rc
