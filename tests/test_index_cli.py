@@ -92,6 +92,41 @@ def test_an_excerpt_of_every_song_is_named(indexed, tmp_path):
     assert np.mean([row["match"] for row in rows]) >= 0.8
 
 
+def test_a_rerun_after_retagging_reuses_the_calibration(indexed):
+    """Tags edited and files touched: the index is rebuilt from the same vectors, and the threshold that nothing
+    changed is taken from the last calibration instead of 4,000 queries again (``evaluation.calibration_cache``)."""
+    import mutagen
+
+    root, _ = indexed
+    db, music = root / "db", root / "corpus" / "music"
+    threshold = (db / "index" / "threshold.json").read_bytes()
+    # not the first song: its copy would no longer be the same bytes, and become a song of its own
+    retagged, touched = sorted(music.glob("demo-*.flac"))[1:3]
+    tags = mutagen.File(retagged, easy=True)
+    tags["title"] = "Retitled by a tag editor"
+    tags.save()
+    touched.touch()
+    r = nafp("index", str(music), "--results", str(db), "--cores", "2", "--queries-per-length", "20", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    catalogue = pd.read_parquet(db / "catalogue.parquet")
+    assert "Retitled by a tag editor" in set(catalogue["title"])  # the rerun did take the new tags
+    assert "its threshold is reused" in (db / "logs" / "calibrate.log").read_text()
+    assert (db / "index" / "threshold.json").read_bytes() == threshold
+
+
+def test_a_misspelt_setting_is_named_before_any_stage_runs(tmp_path):
+    """A config error is not something the same command resumes from: it is named at once and nothing is made."""
+    generate_demo_corpus(tmp_path / "corpus", 1, 5.0, seed=3)
+    (tmp_path / "mine.yaml").write_text("search:\n  calibratoin:\n    queries_per_length: 50\n")
+    r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db"), "--config",
+             str(tmp_path / "mine.yaml"), cwd=tmp_path)
+    assert r.returncode == 2 and "key search: Additional properties" in r.stderr and "'calibratoin'" in r.stderr
+    assert "resume" not in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "db").exists()
+    r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db"), "--config",
+             str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    assert r.returncode == 2 and "config file not found" in r.stderr and not (tmp_path / "db").exists()
+
+
 def test_a_folder_without_audio_is_named_before_any_stage_runs(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no music here")

@@ -113,10 +113,14 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"--model: no such file: {args.model}")
     if args.queries_per_length < 10:
         return fail("--queries-per-length must be at least 10")
+    settings = index_config(music, model, args.queries_per_length)
+    problem = config_problem(settings, args.config)
+    if problem:  # named before any stage: running the same command again would not help
+        return fail(problem)
     results.mkdir(parents=True, exist_ok=True)
     cfg_path = results / INDEX_CONFIG
     cfg_path.write_text("# Settings of `nafp index` for this folder (rewritten by each run of it).\n" +
-                        yaml.safe_dump(index_config(music, model, args.queries_per_length), sort_keys=False))
+                        yaml.safe_dump(settings, sort_keys=False))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(results),
            "--configfile", str(cfg_path), *(["--configfile", str(Path(args.config).resolve())] if args.config else []),
            "--cores", str(args.cores), "searchable"]
@@ -144,6 +148,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{count(n, 'song')} {'is' if n == 1 else 'are'} searchable in {results}"
           f"{change_note(before, after)}. Next:\n" + next_steps(results))
     return EXIT_OK
+
+
+def config_problem(settings: dict, config_path: str | None) -> str | None:
+    """What is wrong with the run's config (the defaults, ``settings``, then the ``--config`` file, merged as
+    Snakemake will), or None."""
+    from workflow_lib.common.config import DEFAULT_CONFIG, ConfigError, merge, read_yaml, validate
+
+    try:
+        user = read_yaml(config_path) if config_path else {}
+        validate(merge(merge(read_yaml(DEFAULT_CONFIG), settings), user),
+                 ["config/config.yaml", "the index settings", *([config_path] if config_path else [])])
+    except ConfigError as exc:
+        return f"{exc}; nothing was run"
+    return None
 
 
 def change_note(before: set[str] | None, after: set[str] | None) -> str:

@@ -173,16 +173,28 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
 def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix,
                     search_cfg: dict, eval_cfg: dict, threads: int = 1, table_path=None) -> Calibration:
     """Snakemake entry for the ``calibrate`` rule: fit the no-match threshold and write it as JSON (and, with
-    ``table_path``, its per-length table as CSV)."""
+    ``table_path``, its per-length table as CSV). When nothing it reads has changed since the last calibration of
+    this index folder (``calibration_cache``: e.g. only tags or modification times did), that one is reused."""
     from workflow_lib.common.atomic import write_csv_atomic
+    from workflow_lib.evaluation.calibration_cache import CalibrationCache, calibration_key
+    from workflow_lib.model.embed import resolve_device
 
     cal = search_cfg["calibration"]
+    device = str(resolve_device(search_cfg.get("device", "auto")))
+    settings = {"search": search_cfg, "evaluate": eval_cfg, "device": device}
+    key = calibration_key(model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix, settings)
+    cache = CalibrationCache(Path(index_dir) / ".cache")
+    if cache.restore(key, out_path, table_path):
+        log.info("calibration: the model, the index's vectors, the songs' audio, the noise and rooms, the settings "
+                 "and the code are those of the last calibration; its threshold is reused (key %s)", key)
+        return Calibration.load(out_path)
     candidates, meta = null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix,
                                        search_cfg, eval_cfg, threads)
     calib = fit_from_candidates(candidates, cal["statistic"], cal["target_fpr"], meta)
     calib.save(out_path)
     if table_path is not None:
         write_csv_atomic(calib.table(), table_path)
+    cache.store(key, calib)
     for views, c in [(1, calib)] + ([(2, calib.two_views)] if calib.two_views is not None else []):
         for n, t, s in zip(c.n_segments, c.thresholds, c.null_scores):
             log.info("threshold for %d segments, %d view(s): %s >= %.4f (null values: median %.3f, max %.3f, n=%d)",
