@@ -31,7 +31,7 @@ def test_tags_win_over_the_file_name(tmp_path):
     write_audio(tagged, song_audio(1.0, 0), tags={"title": "Real Title", "artist": "Real Artist"})
     assert read_tags(tagged) == ("Real Title", "Real Artist")
     assert catalogue_entry("id1", tagged) == {"song_id": "id1", "title": "Real Title", "artist": "Real Artist",
-                                              "path": str(tagged)}
+                                              "path": str(tagged), "tracks": None}  # one song, not an album image
     untagged = tmp_path / "Some Band - Some Song.wav"
     write_audio(untagged, song_audio(1.0, 1))
     assert read_tags(untagged) == ("", "")
@@ -61,7 +61,7 @@ def test_catalogue_rule_covers_every_song_and_command_line_additions(tmp_path):
     out = tmp_path / "catalogue.parquet"
     write_catalogue(songs, out, extra=[added_catalogue_rows([added])])
     cat = load_catalogue(out)
-    assert list(cat.columns) == ["song_id", "title", "artist", "path"]
+    assert list(cat.columns) == ["song_id", "title", "artist", "path", "tracks"]
     assert cat.loc["a", ["title", "artist"]].tolist() == ["One", "A"]
     assert cat.loc["b", ["title", "artist"]].tolist() == ["Two", "B"]
     assert cat.loc["c", "title"] == "Three" and "skipped" not in cat.index  # only songs actually added

@@ -19,7 +19,31 @@ from workflow_lib.audio.files import load_audio, write_audio
 from workflow_lib.common.layout import BUNDLED_MODEL
 from workflow_lib.data.demo_corpus import generate_demo_corpus
 
-N_SONGS = 6
+N_SONGS = 7  # six generated songs and an album kept as one file with a cue sheet
+ALBUM_SHEET = """PERFORMER "The Band"
+TITLE "Live"
+FILE "The Band - Live.wav" WAVE
+  TRACK 01 AUDIO
+    TITLE "Opening"
+    INDEX 01 00:00:00
+  TRACK 02 AUDIO
+    TITLE "Café au lait"
+    PERFORMER "Guest Singer"
+    INDEX 01 00:20:00
+  TRACK 03 AUDIO
+    TITLE "Encore"
+    INDEX 01 00:40:00
+"""
+
+
+def write_album(src: Path, music: Path) -> Path:
+    """Three generated 20 s songs as one FLAC image with its cue sheet (as a ripper leaves them)."""
+    generate_demo_corpus(src, 3, 20.0, seed=21)
+    tracks = [load_audio(p) for p in sorted((src / "music").glob("demo-*.flac"))]
+    image = music / "The Band - Live.flac"
+    write_audio(image, np.concatenate(tracks), tags={"title": "Live", "artist": "The Band"})
+    (music / "The Band - Live.cue").write_bytes(ALBUM_SHEET.encode("cp1252"))
+    return image
 
 
 def nafp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -30,10 +54,11 @@ def nafp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
     root = tmp_path_factory.mktemp("index")
-    generate_demo_corpus(root / "corpus", N_SONGS, 30.0, seed=11)
+    generate_demo_corpus(root / "corpus", N_SONGS - 1, 30.0, seed=11)
     music = root / "corpus" / "music"
+    write_album(root / "album", music)
     # Two files a real collection has: a copy of a song under another name, and a damaged file.
-    first = sorted(p for p in music.rglob("*") if p.is_file())[0]
+    first = sorted(music.glob("demo-*.flac"))[0]
     (music / "copies").mkdir()
     (music / "copies" / f"copy of {first.name}").write_bytes(first.read_bytes())
     (music / "damaged.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A " + bytes(3000))
@@ -90,6 +115,31 @@ def test_an_excerpt_of_every_song_is_named(indexed, tmp_path):
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["best_guess"]["song_id"] for row in rows] == [sid for _, sid in clips]
     assert np.mean([row["match"] for row in rows]) >= 0.8
+
+
+def test_an_album_kept_as_one_file_is_answered_by_its_tracks(indexed, tmp_path):
+    """A cue sheet beside the image names the track playing: `nafp query` gives the track and where in it the clip
+    starts, and `nafp scan` of the album playing on lists each track."""
+    root, _ = indexed
+    db = str(root / "db")
+    audio = load_audio(root / "corpus" / "music" / "The Band - Live.flac")
+    clip = tmp_path / "clip.wav"
+    write_audio(clip, audio[25 * SAMPLE_RATE:33 * SAMPLE_RATE])  # 5 s into the second track
+    r = nafp("query", str(clip), "--results", db, "--json", cwd=root)
+    row = json.loads(r.stdout)
+    assert row["match"] and (row["track"], row["title"], row["artist"], row["album"]) == (
+        2, "Café au lait", "Guest Singer", "Live")
+    assert row["track_start_s"] == 20.0 and abs(row["offset_s"] - 25.0) < 1.0
+    r = nafp("query", str(clip), "--results", db, cwd=root)
+    assert "Guest Singer - Café au lait (track 2 of Live)" in r.stdout
+    assert re.search(r" 0:0[456]\.\d ", r.stdout)  # the offset column: into the track, not into the file
+    recording = tmp_path / "recording.wav"
+    write_audio(recording, audio[5 * SAMPLE_RATE:35 * SAMPLE_RATE])  # 15 s of the first track, 15 s of the second
+    r = nafp("scan", str(recording), "--results", db, "--json", cwd=root)
+    songs = [x for x in map(json.loads, r.stdout.splitlines()) if x["kind"] == "song"]
+    assert [(x["track"], x["title"], x["artist"]) for x in songs] == [(1, "Opening", "The Band"),
+                                                                       (2, "Café au lait", "Guest Singer")]
+    assert abs(songs[1]["start_s"] - 15.0) < 1.0 and songs[0]["end_s"] == songs[1]["start_s"]
 
 
 def test_a_rerun_after_retagging_reuses_the_calibration(indexed):

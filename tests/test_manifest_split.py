@@ -20,6 +20,7 @@ def music_dir(tmp_path):
     sf.write(str(root / "hum.wav"), hum.astype(np.float32), 8000)
     (root / "empty.mp3").write_bytes(b"")
     (root / "notes.txt").write_text("not audio")
+    (root / "b.cue").write_text('FILE "b.wav" WAVE\n')  # not music, but not a rejected file: it names tracks
     (root / "broken.ogg").write_bytes(b"OggS" + b"\x00" * 500)
     return root
 

@@ -19,7 +19,7 @@ from workflow_lib.model import model_file as model_io
 from workflow_lib.audio.files import write_audio
 from workflow_lib.evaluation.calibration import collect_null_scores, fit_from_candidates
 from workflow_lib.search.threshold import DEFAULT_STATISTIC as STATISTIC
-from workflow_lib.database.catalogue import COLUMNS
+from workflow_lib.database.catalogue import REQUIRED as COLUMNS  # a catalogue made before cue sheets
 from workflow_lib.database.extract import extract_songs, fingerprinter_identity
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.evaluation.plan import Condition, QueryPlan

@@ -25,6 +25,7 @@ from typing import Any, Callable, TextIO
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, common_options, fail, missing_results
 from workflow_lib.cli.text import display_width, fit, fmt_time, song_label, terminal_width
 from workflow_lib.listener.core import Decision, ListenConfig, ListenSummary, MATCH, SILENCE
+from workflow_lib.listener.tracks import decision_by_track, summary_by_tracks
 
 log = logging.getLogger("nafp.listen")
 # Keys of the ``listen:`` section that are not ListenConfig fields (they configure the command, not the core).
@@ -155,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         return fail(f"cannot load the database from {args.results}: {exc}")
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
+    from workflow_lib.cli.query import track_names
 
+    display.names = track_names(args.results, settings.config)
     core = listener_core(searcher, settings.listen)
     listener = Listener(core, source, display)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -238,29 +241,49 @@ def decision_line(d: Decision, width: int | None = None) -> str:
     if d.state == SILENCE:
         parts = [(0, head), (0, f"silence ({d.level_dbfs:.0f} dBFS)"), (1, "listening..."), (3, tail)]
     elif d.state == MATCH:
-        parts = [(0, head), (FLEX, "\u266a " + song_label(d.title, d.artist, d.song_id)),
-                 (1, f"at {fmt_time(d.song_pos_s)}"), (2, f"confidence {d.confidence:.2f}"), (3, tail)]
+        parts = [(0, head), (FLEX, "\u266a " + _label(d)),
+                 (1, f"at {fmt_time(_into(d, d.song_pos_s))}"), (2, f"confidence {d.confidence:.2f}"), (3, tail)]
     elif d.song_id is None:
         parts = [(0, head), (0, "listening..."), (3, tail)]
     else:
-        parts = [(0, head), (0, "listening..."), (FLEX, "best guess " + song_label(d.title, d.artist, d.song_id)),
+        parts = [(0, head), (0, "listening..."), (FLEX, "best guess " + _label(d)),
                  (1, f"{d.statistic} {d.decision:.3f} (needs {d.threshold:.3f})"), (2, f"{d.streak} in a row"), (3, tail)]
     return compose(parts, width)
 
 
-def event_line(d: Decision, width: int | None = None) -> str | None:
+def event_line(d: Decision, width: int | None = None, next_track: bool = False) -> str | None:
+    """The line of an event, if the decision has one; ``next_track``: the album image playing went on to its next
+    track (not an event of the core, which knows the image as one song)."""
     head = f"[{fmt_time(d.stream_s):>7}]"
-    if d.event in ("match", "change"):
+    if next_track and d.event is None:
+        parts = [(0, head), (FLEX, "next track: " + _label(d)), (2, f"confidence {d.confidence:.2f}")]
+    elif d.event in ("match", "change"):
         parts = [(0, head), (FLEX, ("now playing: " if d.event == "match" else "changed to: ")
-                              + song_label(d.title, d.artist, d.song_id)), (1, f"at {fmt_time(d.song_pos_s)} of the song"),
+                              + _label(d)), (1, f"at {fmt_time(_into(d, d.song_pos_s))} of the {_what(d)}"),
                  (2, f"confidence {d.confidence:.2f}")]
     elif d.event == "resync":
-        parts = [(0, head), (0, "offset corrected:"), (1, f"now at {fmt_time(d.song_pos_s)} of the song")]
+        parts = [(0, head), (0, "offset corrected:"),
+                 (1, f"now at {fmt_time(_into(d, d.song_pos_s))} of the {_what(d)}")]
     elif d.event == "lost":
         parts = [(0, head), (0, "music stopped or changed:"), (1, "listening...")]
     else:
         return None
     return compose(parts, width)
+
+
+def _label(x) -> str:
+    """A decision's or heard song's name; an album image's track with its number (``listener.tracks``)."""
+    label = song_label(x.title, x.artist, x.song_id)
+    return label if x.track is None else f"{label} (track {x.track})"
+
+
+def _what(x) -> str:
+    return "song" if x.track is None else "track"
+
+
+def _into(x, song_s: float) -> float:
+    """A time in the song as a time in the track playing, for an album image."""
+    return song_s - (x.track_start_s or 0.0)
 
 
 def compose(parts: list[tuple[int, str]], width: int | None, sep: str = "  ") -> str:
@@ -292,8 +315,9 @@ def summary_text(s: ListenSummary) -> str:
     lines = [f"Heard {len(s.heard)} song{'s' if len(s.heard) != 1 else ''} in {fmt_time(s.stream_s)} of audio"
              f"{' from ' + s.device if s.device else ''}:"]
     for h in s.heard:
-        lines.append(f"  {fmt_time(h.start_s)}-{fmt_time(h.end_s)}  {song_label(h.title, h.artist, h.song_id)}  "
-                     f"(song {fmt_time(h.song_position(h.start_s))}-{fmt_time(h.song_position(h.end_s))}, "
+        lines.append(f"  {fmt_time(h.start_s)}-{fmt_time(h.end_s)}  {_label(h)}  "
+                     f"({_what(h)} {fmt_time(_into(h, h.song_position(h.start_s)))}-"
+                     f"{fmt_time(_into(h, h.song_position(h.end_s)))}, "
                      f"confidence {h.max_confidence:.2f}, named after {h.declared_s - h.start_s:.1f} s)")
     if not s.heard:
         lines.append("  (nothing recognised)")
@@ -316,8 +340,14 @@ class Display:
         self.json = json_lines
         self.live = (self.out.isatty() if live is None else live) and not json_lines
         self._dirty = False
+        self.names = None  # the database's album tracks (``database.catalogue.TrackNames``), once it is loaded
+        self._playing: tuple[str | None, int | None] = (None, None)  # the song and track last shown as a match
 
     def __call__(self, d: Decision) -> None:
+        d = decision_by_track(d, self.names)
+        playing = (d.song_id, d.track) if d.state == MATCH else (None, None)
+        next_track = playing[1] is not None and self._playing[0] == playing[0] and self._playing != playing
+        self._playing = playing
         if self.json:
             self.out.write(json.dumps({"type": "decision", **d.to_dict()}) + "\n")
             self.out.flush()
@@ -327,13 +357,13 @@ class Display:
             # each line is fitted to the width now (the terminal may have been resized); one column spare, as some
             # terminals wrap when the last column is written.
             width = max(20, self.width() - 1)
-            ev = event_line(d, width)
+            ev = event_line(d, width, next_track)
             if ev:
                 self.out.write("\r\x1b[2K" + ev + "\n")
             self.out.write("\r\x1b[2K" + decision_line(d, width))
             self._dirty = True
         else:  # a pipe or a file: whole lines, one per decision
-            ev = event_line(d)
+            ev = event_line(d, next_track=next_track)
             if ev:
                 self.out.write(ev + "\n")
             self.out.write(decision_line(d) + "\n")
@@ -348,6 +378,7 @@ class Display:
         self.out.flush()
 
     def summary(self, s: ListenSummary) -> None:
+        s = summary_by_tracks(s, self.names)
         if self.json:
             self.out.write(json.dumps({"type": "summary", **s.to_dict()}, default=_json_default) + "\n")
         else:

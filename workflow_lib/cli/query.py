@@ -12,6 +12,10 @@ file is searched in both), and when the scan finds occurrences the answer is the
 in the file (``file_start_s``, ``file_end_s``; ``offset_s`` is then where in the song that range starts), how many
 occurrences the file holds (``occurrences``; see them with ``nafp scan``) and whether only the whitened view found
 it (``whitened``).
+
+A song that is an album kept as one file with a cue sheet is answered with the track playing at the offset:
+``title`` and ``artist`` are the track's, ``track`` its number, ``track_start_s`` where it starts in the file (the
+offset into the track is ``offset_s - track_start_s``) and ``album`` the file's own title; null for other songs.
 """
 
 from __future__ import annotations
@@ -74,6 +78,21 @@ def load_searcher(args: argparse.Namespace, overrides: dict | None = None):
         raise SetupError(f"cannot load the database from {results}: {exc}") from None
 
 
+def track_names(results, cfg: dict):
+    """The tracks of the database's album images (``database.catalogue.TrackNames``; none when its catalogue is
+    missing or older than cue sheets)."""
+    import pandas as pd
+
+    from workflow_lib.common.layout import ResultsLayout
+    from workflow_lib.database.catalogue import TrackNames
+
+    try:
+        table = pd.read_parquet(ResultsLayout.of(Path(results), cfg).catalogue)
+    except (OSError, ValueError):  # the searcher has already said what is wrong with the catalogue
+        return TrackNames({})
+    return TrackNames.from_catalogue(table)
+
+
 def listen_config(cfg: dict):
     """The listening settings a results folder was built with (the scan's window, thresholds, hysteresis)."""
     from workflow_lib.cli.listen import CLI_KEYS
@@ -99,7 +118,28 @@ def row_for(path: str, match, error: str | None, duration_s: float | None) -> di
             "decision": round(match.decision, 4) if math.isfinite(match.decision) else None,
             "threshold": round(match.threshold, 4), "mode": match.mode, "views": match.views,
             "whitened": match.whitened, "query_s": duration_s,
-            "seconds": round(match.seconds_taken, 4), "file_start_s": None, "file_end_s": None, "occurrences": None}
+            "seconds": round(match.seconds_taken, 4), "file_start_s": None, "file_end_s": None, "occurrences": None,
+            "track": None, "track_start_s": None, "album": None}
+
+
+def named_by_track(answer: dict, names) -> dict:
+    """``answer`` (a row, or its ``best_guess``) with the track playing at its offset when its song is an album
+    image (``database.catalogue.TrackNames``): the track's title and artist, its number and start, the album's
+    title."""
+    track = names.at(answer.get("song_id"), answer.get("offset_s")) if names else None
+    out = {**answer, "track": None, "track_start_s": None, "album": None}
+    if track is not None:
+        out.update(title=track.title, artist=track.artist or answer.get("artist"), track=track.number,
+                   track_start_s=round(track.start_s, 3), album=answer.get("title"))
+    return out
+
+
+def with_tracks(row: dict, names) -> dict:
+    """A row's answer and best guess named by their tracks (``named_by_track``)."""
+    if "error" in row or not names:
+        return row
+    guess = row["best_guess"]
+    return {**named_by_track(row, names), "best_guess": named_by_track(guess, names) if guess else None}
 
 
 def answer_file(searcher, audio, listen, name: str = "", whitened: bool | None = None):
@@ -124,7 +164,9 @@ def with_occurrence(row: dict, scan) -> dict:
             "offset_s": round(best.song_start_s, 3), "confidence": round(best.confidence, 4), "reason": None,
             "file_start_s": round(best.start_s, 3), "file_end_s": round(best.end_s, 3),
             "occurrences": len(scan.occurrences), "views": scan.stats.get("views", 1), "whitened": best.whitened,
-            "seconds": round(row["seconds"] + scan.compute_s, 4)}
+            "seconds": round(row["seconds"] + scan.compute_s, 4), "track": best.track,
+            "track_start_s": None if best.track_start_s is None else round(best.track_start_s, 3),
+            "album": best.album}
 
 
 def expand_folders(items: list[str]) -> list[tuple[str, str | None]]:
@@ -158,9 +200,12 @@ def print_table(rows: list[dict], out=None) -> None:
         if "error" in r:
             lines.append([name, "ERROR", printable(r["error"]), "", "", ""])
             continue
+        offset = r["offset_s"] - (r.get("track_start_s") or 0.0) if r["match"] else None
         if r["match"]:
             song = printable(r["song_id"])
             label = " - ".join(printable(x) for x in (r["artist"], r["title"]) if x) or "-"
+            if r.get("track") is not None:  # the offset column is then into the track
+                label += f" (track {r['track']}" + (f" of {printable(r['album'])})" if r.get("album") else ")")
         else:
             song = f"no match ({r['reason']})"
             g = r["best_guess"]
@@ -169,7 +214,7 @@ def print_table(rows: list[dict], out=None) -> None:
         if r.get("occurrences"):
             label += (f" [at {fmt_time(r['file_start_s'])}-{fmt_time(r['file_end_s'])} of the file"
                       + (f"; {r['occurrences']} occurrences, see nafp scan]" if r["occurrences"] > 1 else "]"))
-        lines.append([name, song, label, fmt_time(r["offset_s"]) if r["match"] else "-", f"{r['confidence']:.3f}",
+        lines.append([name, song, label, fmt_time(offset) if r["match"] else "-", f"{r['confidence']:.3f}",
                       f"{r['seconds'] * 1000:.0f} ms"])
     widths = [max(len(h), *(display_width(str(x[i])) for x in lines)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)), file=out)
@@ -190,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from workflow_lib.audio.files import AudioDecodeError, load_audio
+    from workflow_lib.listener.tracks import scan_by_tracks
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -201,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     searcher.warm_up()  # first-call set-up is not part of any file's time
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
     listen = listen_config(cfg)
+    names = track_names(args.results, cfg)
     rows, failed = [], 0
     files = expand_folders(args.files)
     # a bar for a long batch whose table comes at the end (JSON lines stream); only on a terminal
@@ -211,9 +258,9 @@ def run(args: argparse.Namespace) -> int:
                 raise AudioDecodeError(unanswerable)
             audio = load_audio(path)
             match, scan = answer_file(searcher, audio, listen, path)
-            row = row_for(path, match, None, round(len(audio) / SAMPLE_RATE, 3))
+            row = with_tracks(row_for(path, match, None, round(len(audio) / SAMPLE_RATE, 3)), names)
             if scan is not None and scan.occurrences:
-                row = with_occurrence(row, scan)
+                row = with_occurrence(row, scan_by_tracks(scan, names))
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             row = row_for(path, None, str(exc), None)

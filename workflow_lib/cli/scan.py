@@ -7,6 +7,10 @@ table (default), ``--json`` lines or ``--csv``, one row per occurrence or gap; `
 ``--min-duration 10`` reports only plays of 10 s or more (radio and TV monitoring). ``--whitened`` also scans the
 recording whitened, as a query of 3 s or more is searched (``listener.scan.merge_views``): for a recording made
 with a microphone in a small, tiled or resonant room (bench/README.md, "Scanning in two views").
+
+An album kept as one file with a cue sheet is a row per track: ``title``/``artist`` are the track's, ``track`` its
+number, ``track_start_s`` where it starts in the file (``song_start_s``/``song_end_s`` stay times in the file) and
+``album`` the file's own title; null for other songs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_option
 from workflow_lib.cli.text import fmt_time, printable, song_label
 
 FIELDS = ["file", "kind", "start_s", "end_s", "song_id", "title", "artist", "song_start_s", "song_end_s",
-          "confidence", "whitened"]
+          "confidence", "whitened", "track", "track_start_s", "album"]
 SEGMENT_SECONDS = SEGMENT_SAMPLES / SAMPLE_RATE  # a recording shorter than one segment has nothing to scan
 
 
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if problem := missing_results(args.results):
         return fail(problem)
     from workflow_lib.cli.listen import load_settings
-    from workflow_lib.cli.query import SetupError, expand_folders, load_searcher
+    from workflow_lib.cli.query import SetupError, expand_folders, load_searcher, track_names
 
     try:
         settings = load_settings(args.results, args.config, {"window_s": args.window})
@@ -71,12 +75,14 @@ def run(args: argparse.Namespace) -> int:
 
     from workflow_lib.audio.files import AudioDecodeError, iter_audio, iter_wav_stream
     from workflow_lib.listener.scan import fingerprint_workers, plot_timeline, scan_chunks, whitened_view
+    from workflow_lib.listener.tracks import scan_by_tracks
 
     torch.set_num_threads(args.threads)
     try:
-        searcher, _ = load_searcher(args, {"device": args.device})
+        searcher, cfg = load_searcher(args, {"device": args.device})
     except SetupError as exc:
         return fail(str(exc), EXIT_SETUP)
+    names = track_names(args.results, cfg)
     workers = fingerprint_workers(args.threads, searcher.device)
     if args.whitened:
         try:
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {printable(result.name)}: too short to scan: {result.duration_s:.2f} s (at least "
                   f"{SEGMENT_SECONDS:g} s needed)", file=sys.stderr)
             continue
+        result = scan_by_tracks(result, names)  # an album image played through: a row per track
         rows = result.rows()
         if args.json:
             for r in rows:
@@ -132,7 +139,10 @@ def print_timeline(result) -> None:
     for r in result.timeline():
         span = f"{fmt_time(r.start_s):>9} - {fmt_time(r.end_s):<9}"
         if r.kind == "song":
-            print(f"  {span} {song_label(r.title, r.artist, r.song_id)}  (song {fmt_time(r.song_start_s)}-"
-                  f"{fmt_time(r.song_end_s)}, confidence {r.confidence:.2f})")
+            where = "song" if r.track is None else \
+                f"track {r.track}" + (f" of {printable(r.album)}" if r.album else "") + " at"
+            into = r.track_start_s or 0.0  # times into the track of an album image
+            print(f"  {span} {song_label(r.title, r.artist, r.song_id)}  ({where} {fmt_time(r.song_start_s - into)}-"
+                  f"{fmt_time(r.song_end_s - into)}, confidence {r.confidence:.2f})")
         else:
             print(f"  {span} ({r.kind})")

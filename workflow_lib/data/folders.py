@@ -96,18 +96,22 @@ def audio_below(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path]
     """``audio_files_below`` and what may hide audio from it (``walk_files``'s problems): folders that cannot be
     read or whose name is not UTF-8, and broken links and files not named in UTF-8 with an audio file's extension
     (a link loop hides nothing, its folder is scanned once)."""
+    return _audio_of(*walk_files(root, skip))
+
+
+def _audio_of(files: list[Path], problems: list[dict]) -> tuple[list[Path], list[dict]]:
     from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: planning a run without music needs no decoders
 
-    files, problems = walk_files(root, skip)
     hidden = [p for p in problems if p["hides"] == "folder"
               or (p["hides"] == "file" and Path(p["path"]).suffix.lower() in AUDIO_EXTENSIONS)]
     return [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS], hidden
 
 
 def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Path] = ()) -> str:
-    """A digest of the audio files below ``folders`` as the manifest walks them (``audio_below``, with ``skip``):
-    path, size and modification time of each, and what hides audio from the walk. It changes when a file is added,
-    removed, replaced or edited; a missing folder is part of it (the manifest stage then says so)."""
+    """A digest of the audio files below ``folders`` as the manifest walks them (``audio_below``, with ``skip``),
+    and of the cue sheets among them (``data.cuesheet``: they name an album image's tracks): path, size and
+    modification time of each, and what hides audio from the walk. It changes when a file is added, removed,
+    replaced or edited; a missing folder is part of it (the manifest stage then says so)."""
     skip = list(skip)
     h = hashlib.sha1()
     for folder in folders:
@@ -115,8 +119,9 @@ def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Pat
         if not root.is_dir():
             h.update(b"no folder " + os.fsencode(root) + b"\n")
             continue
-        files, hidden = audio_below(root, skip)
-        for path in files:
+        found, problems = walk_files(root, skip)
+        files, hidden = _audio_of(found, problems)
+        for path in files + [p for p in found if p.suffix.lower() == ".cue"]:
             try:
                 st = path.stat()
             except OSError:  # gone since the walk: the next plan sees it

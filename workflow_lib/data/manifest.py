@@ -28,6 +28,7 @@ SONG_COLUMNS = ["song_id", "collection", "root", "rel_path", "path", "duration_s
 MEASURED = ["duration_s", "sample_rate", "channels", "format", "size_bytes", "decoder_messages", "mtime_ns",
             "peak_dbfs", "loudest_dbfs", "audio_digest"]
 REJECTED_COLUMNS = ["path", "reason"]
+SHEET_EXTENSIONS = {".cue"}  # cue sheets name the tracks of an album image (data.cuesheet): not rejected files
 
 
 def song_id_for(collection: str, rel_path: str) -> str:
@@ -180,6 +181,8 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
         rejected.extend(problems)
         log.info("%s: %d files under %s", collection, len(files), root)
         for path in tqdm(files, desc=f"scan {collection}", unit="file", mininterval=5):
+            if path.suffix.lower() in SHEET_EXTENSIONS:  # not music but used: the catalogue reads them
+                continue
             fields, reason = measurements.measure(path)
             if fields is not None:
                 reason = judge_song(fields, min_duration_s, silence_dbfs)

@@ -2,7 +2,9 @@
 
 Titles and artists come from the file's tags (ID3, Vorbis comments, MP4 atoms... through mutagen) when present, else
 from the file name: ``"Artist - Title"`` and ``"source__artist__title"`` patterns are split, a leading track number
-is dropped and underscores become spaces. The title is never empty; an unknown artist is ``""``.
+is dropped and underscores become spaces. The title is never empty; an unknown artist is ``""``. An album kept as one
+file with a cue sheet (``data.cuesheet``) also has its ``tracks``: JSON ``[{number, start_s, title, artist}]``, which
+answers use to name the track playing at their offset (``track_names``); null for other files.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib.common.atomic import write_parquet_atomic
+from workflow_lib.data.cuesheet import CueSheets, Track, track_at, tracks_from_json, tracks_to_json
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["song_id", "title", "artist", "path"]
+COLUMNS = ["song_id", "title", "artist", "path", "tracks"]
+REQUIRED = COLUMNS[:4]  # a catalogue written before cue sheets has no ``tracks``
 _TRACK_NO = re.compile(r"^\s*\d{1,3}\s*(?:[-._)]\s*|\s+)(?=\S)")
 
 
@@ -73,20 +77,25 @@ def names_from_filename(path: str | Path) -> tuple[str, str]:
     return title, _clean(artist)
 
 
-def catalogue_entry(song_id: str, path: str | Path) -> dict[str, str]:
+def catalogue_entry(song_id: str, path: str | Path, cues: CueSheets | None = None) -> dict[str, str | None]:
+    """The song's row; ``cues`` reads each folder's cue sheets once over many songs."""
     title, artist = read_tags(path)
     if not title:
         guess_title, guess_artist = names_from_filename(path)
         title, artist = guess_title, artist or guess_artist
-    return {"song_id": song_id, "title": title, "artist": artist, "path": str(path)}
+    tracks = tracks_to_json((cues or CueSheets()).tracks(path))
+    return {"song_id": song_id, "title": title, "artist": artist, "path": str(path), "tracks": tracks}
 
 
 def build_catalogue(songs: pd.DataFrame) -> pd.DataFrame:
     """Rows ``song_id, title, artist, path`` for a table with ``song_id`` and ``path``."""
-    rows = [catalogue_entry(sid, path) for sid, path in
+    cues = CueSheets()
+    rows = [catalogue_entry(sid, path, cues) for sid, path in
             tqdm(zip(songs["song_id"], songs["path"]), total=len(songs), desc="catalogue", unit="song",
                  mininterval=10)]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["tracks"] = table["tracks"].astype(object).where(table["tracks"].notna(), None)  # null, not NaN, in JSON
+    return table
 
 
 def superseded_added_songs(songs: pd.DataFrame, added_rows: pd.DataFrame, removed: set[str] = frozenset()
@@ -113,7 +122,7 @@ def write_catalogue(songs_path: str | Path, out_path: str | Path,
     song id."""
     songs = pd.read_parquet(songs_path, columns=["song_id", "path"])
     extra = [e[~e["song_id"].isin(superseded_added_songs(songs, e, removed))] for e in extra]
-    table = pd.concat([build_catalogue(songs), *[e[COLUMNS] for e in extra]], ignore_index=True)
+    table = pd.concat([build_catalogue(songs), *[e.reindex(columns=COLUMNS) for e in extra]], ignore_index=True)
     table = table.drop_duplicates("song_id", keep="last").reset_index(drop=True)
     write_parquet_atomic(table, out_path)
     n_tagged = int((table["artist"] != "").sum())
@@ -127,17 +136,18 @@ def load_catalogue(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: catalogue missing; run `snakemake catalogue`")
     table = pd.read_parquet(path)
-    missing = set(COLUMNS) - set(table.columns)
+    missing = set(REQUIRED) - set(table.columns)
     if missing:
         raise ValueError(f"{path}: catalogue lacks columns {sorted(missing)}")
-    return table.set_index("song_id", drop=False)
+    return table.reindex(columns=[*table.columns, *(c for c in COLUMNS if c not in table.columns)]) \
+        .set_index("song_id", drop=False)
 
 
 def upsert_catalogue(path: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
     """Add or replace rows (by song id) in a catalogue file, atomically; creates the file when missing."""
     path = Path(path)
     old = pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
-    table = pd.concat([old[COLUMNS], rows[COLUMNS]], ignore_index=True)
+    table = pd.concat([old.reindex(columns=COLUMNS), rows.reindex(columns=COLUMNS)], ignore_index=True)
     table = table.drop_duplicates("song_id", keep="last").reset_index(drop=True)
     write_parquet_atomic(table, path)
     return table
@@ -152,3 +162,27 @@ def added_catalogue_rows(fingerprint_paths: Iterable[str | Path]) -> pd.DataFram
         meta = read_meta(p)
         rows += [r for r in meta.extra.get("catalogue", []) if r["song_id"] in meta.sources]
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+class TrackNames:
+    """The tracks of the catalogue's album images (songs with a cue sheet): which one plays at an offset."""
+
+    def __init__(self, tracks: dict[str, list[Track]]):
+        self.tracks = tracks
+
+    @classmethod
+    def from_catalogue(cls, table: pd.DataFrame | None) -> "TrackNames":
+        if table is None or "tracks" not in table.columns:
+            return cls({})
+        return cls({str(sid): tracks_from_json(t) for sid, t in zip(table["song_id"], table["tracks"])
+                    if isinstance(t, str) and t})
+
+    def at(self, song_id: str | None, offset_s: float | None) -> Track | None:
+        return track_at(self.tracks.get(song_id), offset_s) if song_id in self.tracks else None
+
+    def bounds(self, song_id: str) -> list[float]:
+        """Where the song's tracks start (empty for a song without tracks)."""
+        return [t.start_s for t in self.tracks.get(song_id, [])]
+
+    def __bool__(self) -> bool:
+        return bool(self.tracks)

@@ -26,7 +26,7 @@ from workflow_lib.common.atomic import write_text_atomic
 from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.common.locks import folder_lock
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, missing_path_message
-from workflow_lib.database.catalogue import catalogue_entry, upsert_catalogue
+from workflow_lib.database.catalogue import build_catalogue, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
 from workflow_lib.database.index import FingerprintDB, add_to_index, read_sidecar, remove_from_index
 from workflow_lib.database.removed import read_removed_songs
@@ -129,7 +129,7 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
         if identity.checksum != info["model_checksum"]:
             raise ModelMismatchError(f"{layout.model} (model {identity.checksum}) is not the model the index in "
                                      f"{layout.index} was built with ({info['model_checksum']})")
-        catalogue = pd.DataFrame([catalogue_entry(s, p) for s, p in zip(songs["song_id"], songs["path"])])
+        catalogue = build_catalogue(songs)
         stamp = time.strftime("%Y%m%dT%H%M%S")
         digest = hashlib.sha1("\n".join(sorted(songs["song_id"])).encode()).hexdigest()[:8]
         out = layout.added / f"added-{stamp}-{digest}.parquet"

@@ -288,6 +288,10 @@ class Heard:
     max_confidence: float
     max_score: float
     hops: int = 1
+    # an album image's track (``listener.tracks``): its number, where it starts in the file, the album's title
+    track: int | None = None
+    track_start_s: float | None = None
+    album: str | None = None
 
     def song_position(self, stream_s: float) -> float:
         """Position in the song (seconds) at stream time ``stream_s``."""
@@ -334,6 +338,10 @@ class Decision:
     decision: float = float("nan")  # the no-match rule's statistic (``statistic``) of what is shown
     statistic: str = "score"
     whitened: bool = False  # what is shown comes from the whitened view of the stream (``views.TwoViewCore``)
+    # an album image's track at song_pos_s (``listener.tracks``): its number, where it starts in the file, the album
+    track: int | None = None
+    track_start_s: float | None = None
+    album: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

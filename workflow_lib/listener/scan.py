@@ -101,6 +101,11 @@ class Occurrence:
     confidence: float  # the best confidence while it was held (search.searcher.Match.confidence)
     kind: str = "song"
     whitened: bool = False  # found in the whitened view only (a scan in two views: merge_views)
+    # A song that is an album kept as one file (a cue sheet, ``data.cuesheet``): the track playing (named in
+    # ``title``/``artist`` by ``listener.tracks``), where it starts in the file, and the album's own title.
+    track: int | None = None
+    track_start_s: float | None = None
+    album: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -132,11 +137,11 @@ class ScanResult:
         for r in self.timeline():
             d = {"file": self.name, "kind": r.kind, "start_s": round(r.start_s, 2), "end_s": round(r.end_s, 2),
                  "song_id": None, "title": None, "artist": None, "song_start_s": None, "song_end_s": None,
-                 "confidence": None, "whitened": None}
+                 "confidence": None, "whitened": None, "track": None, "track_start_s": None, "album": None}
             if isinstance(r, Occurrence):
                 d.update({k: v for k, v in asdict(r).items() if k in d and k != "kind"})
-                for k in ("song_start_s", "song_end_s", "confidence"):
-                    d[k] = round(float(d[k]), 3)
+                for k in ("song_start_s", "song_end_s", "confidence", "track_start_s"):
+                    d[k] = None if d[k] is None else round(float(d[k]), 3)
             out.append(d)
         return out
 

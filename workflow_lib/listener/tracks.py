@@ -1,0 +1,67 @@
+"""Answers about an album kept as one file, named by their track (``data.cuesheet``, ``database.catalogue.TrackNames``).
+
+The database knows the album image as one song; these functions rename what the scan and the listener report: a
+stretch of the image is cut where its tracks change, and each piece takes the track's title and artist, its number,
+where it starts in the file (``track_start_s``) and the album's title (``album``). Times in the song stay times in
+the file, so the song id and its offsets keep one meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Iterator
+
+from workflow_lib.listener.core import Decision, Heard, ListenSummary
+
+if TYPE_CHECKING:  # the scan module loads the model code (torch); the listener's display needs none of it
+    from workflow_lib.listener.scan import Occurrence, ScanResult
+
+
+def track_cuts(song_start_s: float, song_end_s: float, bounds: list[float]) -> Iterator[tuple[float, float]]:
+    """The pieces of the song span ``song_start_s..song_end_s`` between the track starts ``bounds``."""
+    cuts = [song_start_s, *(b for b in bounds if song_start_s < b < song_end_s), song_end_s]
+    yield from zip(cuts, cuts[1:])
+
+
+def _named(item, names, song_s: float):
+    """``item`` (an occurrence, heard song or decision) with the names of the track at ``song_s``, if any."""
+    track = names.at(item.song_id, song_s)
+    if track is None:
+        return item
+    return replace(item, title=track.title, artist=track.artist or item.artist, track=track.number,
+                   track_start_s=track.start_s, album=item.title)
+
+
+def scan_by_tracks(result: ScanResult, names) -> ScanResult:
+    """The scan with each occurrence of an album image cut where its tracks change: a row per track."""
+    if not names:
+        return result
+    out: list[Occurrence] = []
+    for o in result.occurrences:
+        # recording seconds per song second (1 unless the recording was sped up or slowed down)
+        rate = (o.end_s - o.start_s) / max(o.song_end_s - o.song_start_s, 1e-9)
+        for a, b in track_cuts(o.song_start_s, o.song_end_s, names.bounds(o.song_id)):
+            piece = replace(o, start_s=o.start_s + (a - o.song_start_s) * rate,
+                            end_s=o.start_s + (b - o.song_start_s) * rate, song_start_s=a, song_end_s=b)
+            out.append(_named(piece, names, a))
+    return replace(result, occurrences=out)
+
+
+def summary_by_tracks(summary: ListenSummary, names) -> ListenSummary:
+    """The listener's summary with each song heard in an album image cut where its tracks change."""
+    if not names:
+        return summary
+    heard: list[Heard] = []
+    for h in summary.heard:
+        for a, b in track_cuts(h.song_position(h.start_s), h.song_position(h.end_s), names.bounds(h.song_id)):
+            start, end = a - h.song_offset_s, b - h.song_offset_s
+            piece = replace(h, start_s=start, end_s=end, declared_s=max(h.declared_s, start))
+            heard.append(_named(piece, names, a))
+    return replace(summary, heard=heard)
+
+
+def decision_by_track(d: Decision, names) -> Decision:
+    """One decision named by the track at its position in the song."""
+    if not names or d.song_id is None or d.song_pos_s is None:
+        return d
+    return _named(d, names, d.song_pos_s)
