@@ -38,6 +38,9 @@ def scan_by_tracks(result: ScanResult, names) -> ScanResult:
         return result
     out: list[Occurrence] = []
     for o in result.occurrences:
+        if not names.bounds(o.song_id):  # a song of its own: as it was found
+            out.append(o)
+            continue
         # recording seconds per song second (1 unless the recording was sped up or slowed down)
         rate = (o.end_s - o.start_s) / max(o.song_end_s - o.song_start_s, 1e-9)
         for a, b in track_cuts(o.song_start_s, o.song_end_s, names.bounds(o.song_id)):
@@ -53,6 +56,9 @@ def summary_by_tracks(summary: ListenSummary, names) -> ListenSummary:
         return summary
     heard: list[Heard] = []
     for h in summary.heard:
+        if not names.bounds(h.song_id):
+            heard.append(h)
+            continue
         for a, b in track_cuts(h.song_position(h.start_s), h.song_position(h.end_s), names.bounds(h.song_id)):
             start, end = a - h.song_offset_s, b - h.song_offset_s
             piece = replace(h, start_s=start, end_s=end, declared_s=max(h.declared_s, start))
