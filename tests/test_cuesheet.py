@@ -128,6 +128,9 @@ def test_a_scan_of_an_album_played_through_is_a_row_per_track(names):
     assert [(r["start_s"], r["end_s"], r["song_start_s"], r["song_end_s"]) for r in rows[:2]] == [
         (10.0, 30.0, 80.0, 100.0), (30.0, 70.0, 100.0, 140.0)]  # cut where track 2 starts in the recording
     assert rows[1]["track_start_s"] == 100.0
+    uneven = TrackNames({"album": [Track(1, 0.0, "One", ""), Track(2, 100.1234, "Two", "")]})
+    row = scan_by_tracks(ScanResult("rec", 90.0, occ[:1], [], 1.0), uneven).rows()[1]
+    assert (row["start_s"], row["track_start_s"]) == (30.12, 100.123)  # rounded like every row
 
 
 def test_the_listener_names_the_track_playing_and_cuts_its_summary_by_track(names):

@@ -79,18 +79,11 @@ def load_searcher(args: argparse.Namespace, overrides: dict | None = None):
 
 
 def track_names(results, cfg: dict):
-    """The tracks of the database's album images (``database.catalogue.TrackNames``; none when its catalogue is
-    missing or older than cue sheets)."""
-    import pandas as pd
-
+    """The tracks of the database's album images (``database.catalogue.TrackNames``)."""
     from workflow_lib.common.layout import ResultsLayout
     from workflow_lib.database.catalogue import TrackNames
 
-    try:
-        table = pd.read_parquet(ResultsLayout.of(Path(results), cfg).catalogue)
-    except (OSError, ValueError):  # the searcher has already said what is wrong with the catalogue
-        return TrackNames({})
-    return TrackNames.from_catalogue(table)
+    return TrackNames.read(ResultsLayout.of(Path(results), cfg).catalogue)
 
 
 def listen_config(cfg: dict):

@@ -139,7 +139,7 @@ class ScanResult:
                  "song_id": None, "title": None, "artist": None, "song_start_s": None, "song_end_s": None,
                  "confidence": None, "whitened": None, "track": None, "track_start_s": None, "album": None}
             if isinstance(r, Occurrence):
-                d.update({k: v for k, v in asdict(r).items() if k in d and k != "kind"})
+                d.update({k: v for k, v in asdict(r).items() if k in d and k not in ("kind", "start_s", "end_s")})
                 for k in ("song_start_s", "song_end_s", "confidence", "track_start_s"):
                     d[k] = None if d[k] is None else round(float(d[k]), 3)
             out.append(d)
