@@ -103,7 +103,8 @@ def row_for(path: str, match, error: str | None, duration_s: float | None) -> di
         return {"file": path, "error": error}
     g = match.best_guess
     guess = None if g is None else {"song_id": g.song_id, "title": g.title, "artist": g.artist,
-                                    "offset_s": g.offset_s, "score": round(g.score, 4)}
+                                    "offset_s": g.offset_s, "score": round(g.score, 4), "track": None,
+                                    "track_start_s": None, "album": None}
     return {"file": path, "match": match.is_match, "song_id": match.song_id, "title": match.title,
             "artist": match.artist, "offset_s": match.offset_s, "confidence": round(match.confidence, 4),
             "reason": match.reason, "best_guess": guess,

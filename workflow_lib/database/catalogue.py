@@ -4,7 +4,7 @@ Titles and artists come from the file's tags (ID3, Vorbis comments, MP4 atoms...
 from the file name: ``"Artist - Title"`` and ``"source__artist__title"`` patterns are split, a leading track number
 is dropped and underscores become spaces. The title is never empty; an unknown artist is ``""``. An album kept as one
 file with a cue sheet (``data.cuesheet``) also has its ``tracks``: JSON ``[{number, start_s, title, artist}]``, which
-answers use to name the track playing at their offset (``track_names``); null for other files.
+answers use to name the track playing at their offset (``TrackNames``); null for other files.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def catalogue_entry(song_id: str, path: str | Path, cues: CueSheets | None = Non
 
 
 def build_catalogue(songs: pd.DataFrame) -> pd.DataFrame:
-    """Rows ``song_id, title, artist, path`` for a table with ``song_id`` and ``path``."""
+    """Rows ``song_id, title, artist, path, tracks`` for a table with ``song_id`` and ``path``."""
     cues = CueSheets()
     rows = [catalogue_entry(sid, path, cues) for sid, path in
             tqdm(zip(songs["song_id"], songs["path"]), total=len(songs), desc="catalogue", unit="song",
