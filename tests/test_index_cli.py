@@ -62,6 +62,7 @@ def indexed(tmp_path_factory):
     (music / "copies").mkdir()
     (music / "copies" / f"copy of {first.name}").write_bytes(first.read_bytes())
     (music / "damaged.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A " + bytes(3000))
+    (music / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(300))  # an album folder's picture
     r = nafp("index", str(root / "corpus" / "music"), "--results", str(root / "db"), "--cores", "2",
              "--queries-per-length", "20", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -79,6 +80,7 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     left_out = r.stdout.split("not indexed", 1)[1]
     assert "2 files were not indexed" in r.stdout and "damaged.m4a: unreadable" in left_out
     assert "copy of" in left_out and "copy: the same bytes as" in left_out
+    assert "Also 1 file is not audio (.jpg 1)." in left_out and "cover.jpg" not in left_out  # counted, not listed
     # Snakemake's own noise stays out of a user's terminal: no banner, no warning per "./"-prefixed file
     assert "starts with './'" not in r.stderr and "Snakemake version" not in r.stderr
     assert "Select jobs to execute" not in r.stderr and "Building DAG" not in r.stderr  # its bookkeeping lines
@@ -183,6 +185,32 @@ def test_a_folder_without_audio_is_named_before_any_stage_runs(tmp_path):
     r = nafp("index", str(tmp_path / "notes"), "--results", str(tmp_path / "db"), cwd=tmp_path)
     assert r.returncode != 0 and f"no audio files under {tmp_path / 'notes'} (looked for .aac" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "db").exists()
+
+
+def test_files_that_are_not_audio_are_counted_apart_from_the_audio_files_left_out(tmp_path):
+    """Cover art and rip logs in every album folder would push the audio files that could not be used out of the
+    summary: they are counted by extension; a folder, a broken link or a name not in UTF-8 stays listed."""
+    import csv
+
+    from workflow_lib.cli.index import rejected_summary
+
+    (tmp_path / "locked").mkdir()
+    for name in ("cover.jpg", "rip.log", "other.log"):
+        (tmp_path / name).write_bytes(b"x")
+    rows = [(tmp_path / "damaged.m4a", "unreadable: no audio stream"), (tmp_path / "cover.jpg", "not audio"),
+            (tmp_path / "locked", "folder cannot be read"), (tmp_path / "rip.log", "not audio"),
+            (f"{tmp_path}/Caf\\xe9.jpg", "file name is not valid UTF-8"), (tmp_path / "other.log", "not audio")]
+    with open(tmp_path / "rejected.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "reason"), *rows])
+    text = rejected_summary(tmp_path / "rejected.csv")
+    assert text.startswith("3 files were not indexed") and "damaged.m4a" in text and "locked" in text
+    assert "Caf\\xe9.jpg" in text and "Also 3 files are not audio (.log 2, .jpg 1)." in text
+    for name in ("cover.jpg", "rip.log", "other.log"):
+        assert f"{name}:" not in text
+    with open(tmp_path / "only.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "reason"), rows[1]])
+    alone = rejected_summary(tmp_path / "only.csv")
+    assert alone == f"1 file is not audio (.jpg 1); {tmp_path / 'only.csv'} lists them."
 
 
 def test_the_next_commands_quote_a_folder_with_spaces_for_the_shell():

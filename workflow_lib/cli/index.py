@@ -182,23 +182,39 @@ def next_steps(results: Path) -> str:
 
 def rejected_summary(rejected_csv: Path, show: int = 5) -> str:
     """The files the manifest left out, a line each with the first line of its reason (the first ``show`` of them),
-    so that a user sees them after the stages' logs; empty when none was left out."""
+    so that a user sees them after the stages' logs; empty when none was left out. Files that are not audio at all
+    (cover art, rip logs, playlists: files with another extension) are counted by extension instead of listed, so
+    that they do not hide the audio files that could not be used; rejected.csv lists them all."""
     import csv
+    from collections import Counter
+
+    from workflow_lib.audio.files import AUDIO_EXTENSIONS
 
     try:
         with open(rejected_csv, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError:
         return ""
-    if not rows:
-        return ""
-    lines = [f"{count(len(rows), 'file')} {'was' if len(rows) == 1 else 'were'} not indexed ({rejected_csv} has "
-             "every reason):"]
-    for r in rows[:show]:
+    # By what the path is, not by the reason's words: a folder that cannot be read, a broken link or a name that is
+    # not UTF-8 (shown escaped) is no regular file, and stays listed.
+    other = [r for r in rows if Path(r.get("path") or "").suffix.lower() not in AUDIO_EXTENSIONS
+             and Path(r.get("path") or "").is_file()]
+    listed = [r for r in rows if r not in other]
+    lines = []
+    if listed:
+        lines.append(f"{count(len(listed), 'file')} {'was' if len(listed) == 1 else 'were'} not indexed "
+                     f"({rejected_csv} has every reason):")
+    for r in listed[:show]:
         reason = (r.get("reason") or "").splitlines()[0] if r.get("reason") else "?"
         lines.append(f"  {r.get('path')}: {reason}")
-    if len(rows) > show:
-        lines.append(f"  ... and {len(rows) - show} more")
+    if len(listed) > show:
+        lines.append(f"  ... and {len(listed) - show} more")
+    if other:
+        kinds = Counter(Path(r["path"]).suffix.lower() or "(no extension)" for r in other).most_common()
+        shown_kinds = ", ".join(f"{k} {n}" for k, n in kinds[:4]) + (f", {len(kinds) - 4} more kinds"
+                                                                    if len(kinds) > 4 else "")
+        lines.append(f"{'Also ' if listed else ''}{count(len(other), 'file')} {'is' if len(other) == 1 else 'are'} "
+                     f"not audio ({shown_kinds}){'' if listed else f'; {rejected_csv} lists them'}.")
     return "\n".join(lines)
 
 
