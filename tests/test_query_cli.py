@@ -121,6 +121,25 @@ def test_json_output_names_song_offset_and_no_match(results, cli, tmp_path, caps
     assert "broken.flac" in broken["error"]
 
 
+def test_a_wav_stream_on_stdin_is_answered_like_a_file(results, cli, tmp_path, capsys, monkeypatch):
+    """`ffmpeg ... -f wav - | nafp query -`: the pipe is read to its end and answered; anything else on stdin is an
+    error row that says what to pipe."""
+    import io
+    import sys
+
+    f = _query_files(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(f["wav"].read_bytes())))
+    rc = cli.main(["-", "--results", str(results), "--json", "--device", "cpu"])
+    row = json.loads(capsys.readouterr().out)
+    assert rc == 0 and row["file"] == "stdin" and row["match"] and row["song_id"] == "song1"
+    assert abs(row["offset_s"] - 6.0) <= 0.25
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ID3 an mp3, not a wav")))
+    rc = cli.main(["-", "--results", str(results), "--json", "--device", "cpu"])
+    row = json.loads(capsys.readouterr().out)
+    assert rc == 1 and "not a WAV stream" in row["error"] and "ffmpeg -i INPUT -f wav -" in row["error"]
+    assert cli.main(["-", "-", "--results", str(results)]) == 2 and "once" in capsys.readouterr().err
+
+
 def test_table_output_and_vote_mode(results, cli, tmp_path, capsys):
     f = _query_files(tmp_path)
     rc = cli.main([str(f["wav"]), str(f["unknown"]), "--results", str(results), "--mode", "vote", "--top-k", "5",

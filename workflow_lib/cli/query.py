@@ -4,7 +4,8 @@ Prints one row per file: the song (title and artist from the catalogue), where i
 confidence (1 - the p-value of the answer among queries of unknown songs, see ``search.searcher.Match``) and the
 time taken. A file whose answer fails the calibrated no-match rule is "no match" (with the reason), and its best
 guess is shown apart. Unreadable files are reported with the reason and make the exit status 1; the others are
-still answered. A folder stands for every audio file below it.
+still answered. A folder stands for every audio file below it; ``-`` reads a WAV stream on stdin (e.g.
+``arecord -d 5 -f S16_LE -r 16000 | nafp query -``, or ``ffmpeg -i clip.m4a -f wav - | nafp query -``).
 
 A file longer than twice the listening window may hold the song in only part of it (10 s of talk, then the
 song), or several songs: it is also scanned (``nafp scan``; in two views, as it is and whitened, when the whole
@@ -42,7 +43,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("query", help="name the song (and offset) of audio files",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
-                   help="audio files (any supported format and length), or folders: every audio file below them")
+                   help="audio files (any supported format and length), or folders: every audio file below them; "
+                        "- for WAV on stdin")
     common_options(p)
     p.add_argument("--json", action="store_true", help="print JSON lines (one object per file) instead of a table")
     p.add_argument("--mode", choices=MODES, default=None,
@@ -223,12 +225,15 @@ def run(args: argparse.Namespace) -> int:
         return fail("--nprobe must be at least 1")
     if args.threads < 1:
         return fail("--threads must be at least 1")
+    if args.files.count("-") > 1:
+        return fail("- (stdin) can be given once")
     if problem := missing_results(args.results):  # before torch loads (seconds)
         return fail(problem)
+    import numpy as np
     import torch
     from tqdm import tqdm
 
-    from workflow_lib.audio.files import AudioDecodeError, load_audio
+    from workflow_lib.audio.files import AudioDecodeError, iter_wav_stream, load_audio
     from workflow_lib.listener.tracks import scan_by_tracks
 
     torch.set_num_threads(args.threads)
@@ -250,14 +255,18 @@ def run(args: argparse.Namespace) -> int:
         try:
             if unanswerable:  # left by expand_folders: a folder without audio, or one that cannot be read
                 raise AudioDecodeError(unanswerable)
-            audio = load_audio(path)
-            match, scan = answer_file(searcher, audio, listen, path)
-            row = with_tracks(row_for(path, match, None, round(len(audio) / SAMPLE_RATE, 3)), names)
+            if path == "-":  # a pipe: read to its end, then answered like a file
+                audio = np.concatenate([np.zeros(0, np.float32), *iter_wav_stream(sys.stdin.buffer, name="stdin")])
+            else:
+                audio = load_audio(path)
+            name = "stdin" if path == "-" else path
+            match, scan = answer_file(searcher, audio, listen, name)
+            row = with_tracks(row_for(name, match, None, round(len(audio) / SAMPLE_RATE, 3)), names)
             if scan is not None and scan.occurrences:
                 row = with_occurrence(row, scan_by_tracks(scan, names))
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
-            row = row_for(path, None, str(exc), None)
+            row = row_for("stdin" if path == "-" else path, None, str(exc), None)
         rows.append(row)
         if args.json:  # streamed, so a long batch shows progress
             print(json.dumps(row), flush=True)
