@@ -35,6 +35,7 @@ FILE "The Band - Live at the Café.wav" WAVE
 def test_a_ripper_sheet_gives_each_track_its_start_title_and_performer():
     files = parse_cue(EAC_SHEET)
     assert len(files) == 1 and files[0].name == "The Band - Live at the Café.wav"
+    assert (files[0].album, files[0].performer) == ("Live at the Café", "The Band")
     assert files[0].tracks == [Track(1, 0.0, "Opening", "The Band"), Track(2, 240.2, "Café au lait", "Guest Singer"),
                                Track(3, 450.0, "Encore", "The Band")]  # 15 frames of 75 = 0.2 s; album performer
 
@@ -105,6 +106,9 @@ def test_the_catalogue_keeps_an_image_tracks_and_names_them_by_offset(tmp_path):
     (tmp_path / "The Band - Live.cue").write_text(EAC_SHEET)
     table = build_catalogue(pd.DataFrame({"song_id": ["live", "single"], "path": [str(image), str(single)]}))
     assert pd.isna(table.loc[1, "tracks"])  # a file of one song
+    # an image without tags is named by its sheet, not by its file name
+    assert table.loc[0, ["title", "artist"]].tolist() == ["Live at the Café", "The Band"]
+    assert table.loc[1, ["title", "artist"]].tolist() == ["Single", "The Band"]
     names = TrackNames.from_catalogue(table)
     assert names.at("live", 300.0).title == "Café au lait" and names.at("single", 300.0) is None
     assert names.bounds("live") == [0.0, 240.2, 450.0] and names.bounds("single") == []

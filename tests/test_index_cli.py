@@ -142,6 +142,8 @@ def test_an_album_kept_as_one_file_is_answered_by_its_tracks(indexed, tmp_path):
     assert [(x["track"], x["title"], x["artist"]) for x in songs] == [(1, "Opening", "The Band"),
                                                                        (2, "Café au lait", "Guest Singer")]
     assert abs(songs[1]["start_s"] - 15.0) < 1.0 and songs[0]["end_s"] == songs[1]["start_s"]
+    r = nafp("db", "list", "--results", db, cwd=root)
+    assert re.search(r"The Band +Live \[3 tracks\]", r.stdout)
 
 
 def test_a_rerun_after_retagging_reuses_the_calibration(indexed):

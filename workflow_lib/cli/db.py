@@ -138,9 +138,10 @@ def print_info(info: dict) -> None:
 
 def print_songs(songs) -> None:
     head = ("artist", "title", "length", "song id")
-    rows = [(printable(a) if isinstance(a, str) and a else "-", printable(t) if isinstance(t, str) and t else "-",
-             fmt_time(d), s) for s, t, a, d in zip(songs["song_id"], songs["title"], songs["artist"],
-                                                     songs["duration_s"])]
+    rows = [(printable(a) if isinstance(a, str) and a else "-",
+             (printable(t) if isinstance(t, str) and t else "-") + (f" [{n} tracks]" if n else ""), fmt_time(d), s)
+            for s, t, a, d, n in zip(songs["song_id"], songs["title"], songs["artist"], songs["duration_s"],
+                                     songs["tracks"])]
     widths = [min(max([len(h)] + [display_width(r[i]) for r in rows]), 40) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:

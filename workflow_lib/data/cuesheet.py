@@ -36,10 +36,12 @@ class Track:
 
 @dataclass
 class CueFile:
-    """One ``FILE`` of a sheet and its tracks."""
+    """One ``FILE`` of a sheet and its tracks, with the sheet's album ``TITLE`` and ``PERFORMER``."""
 
     name: str
     tracks: list[Track] = field(default_factory=list)
+    album: str = ""
+    performer: str = ""
 
 
 def _value(rest: str) -> str:
@@ -74,7 +76,7 @@ def parse_cue(text: str) -> list[CueFile]:
     """The sheet's files with their tracks (those with an ``INDEX 01``); the album's ``PERFORMER`` stands in for a
     track without one, and ``Track N`` for a track without a title."""
     files: list[CueFile] = []
-    album_artist = ""
+    album = {"title": "", "artist": ""}
     track: dict | None = None
 
     def close() -> None:
@@ -82,7 +84,7 @@ def parse_cue(text: str) -> list[CueFile]:
         if track is not None and track.get("start_s") is not None and files:
             files[-1].tracks.append(Track(track["number"], track["start_s"],
                                           track.get("title") or f"Track {track['number']}",
-                                          track.get("artist") or album_artist))
+                                          track.get("artist") or album["artist"]))
         track = None
 
     for line in text.splitlines():
@@ -92,7 +94,7 @@ def parse_cue(text: str) -> list[CueFile]:
         command, rest = m.group(1).upper(), m.group(2)
         if command == "FILE":
             close()
-            files.append(CueFile(_file_name(rest)))
+            files.append(CueFile(_file_name(rest), album=album["title"], performer=album["artist"]))
         elif command == "TRACK":
             close()
             words = rest.split()
@@ -100,10 +102,7 @@ def parse_cue(text: str) -> list[CueFile]:
                 track = {"number": int(words[0]), "start_s": None}
         elif command in ("TITLE", "PERFORMER"):
             key = "title" if command == "TITLE" else "artist"
-            if track is not None:
-                track[key] = _value(rest)
-            elif key == "artist":
-                album_artist = _value(rest)
+            (track if track is not None else album)[key] = _value(rest)
         elif command == "INDEX" and track is not None:
             words = rest.split()
             t = _TIME.match(words[1]) if len(words) == 2 else None
@@ -114,12 +113,12 @@ def parse_cue(text: str) -> list[CueFile]:
     return files
 
 
-def _usable(tracks: list[Track], where: str) -> list[Track]:
-    starts = [t.start_s for t in tracks]
+def _usable(entry: CueFile, where: str) -> CueFile | None:
+    starts = [t.start_s for t in entry.tracks]
     if any(b <= a for a, b in zip(starts, starts[1:])):
         log.warning("%s: the tracks' start times do not rise; its tracks are not used", where)
-        return []
-    return tracks
+        return None
+    return entry
 
 
 def _same_stem(a: str, b: str) -> bool:
@@ -149,8 +148,14 @@ class CueSheets:
 
     def tracks(self, audio_path: str | Path) -> list[Track]:
         """The tracks of ``audio_path`` (empty when no sheet describes it, or it holds a single track)."""
+        entry = self.find(audio_path)
+        return entry.tracks if entry is not None else []
+
+    def find(self, audio_path: str | Path) -> CueFile | None:
+        """The sheet's entry for ``audio_path`` (its tracks, the album's title and performer), when a sheet names
+        two or more tracks in it."""
         audio_path = Path(audio_path)
-        found: list[Track] = []
+        found: CueFile | None = None
         sheets = self._sheets(audio_path.parent)
         # a sheet named after the file first, then any sheet of the folder whose FILE line names it
         named = [s for s in sheets if s[0].name.casefold() in
@@ -160,14 +165,14 @@ class CueSheets:
             if not fitting and len(files) == 1 and (path, files) in named:  # a sheet for the file before a rename
                 fitting = files
             if fitting:
-                found = _usable(fitting[0].tracks, str(path))
+                found = _usable(fitting[0], str(path))
                 break
-        if not found:
+        if found is None:
             text = embedded_cue(audio_path)
             files = parse_cue(text) if text else []
             if len(files) == 1:
-                found = _usable(files[0].tracks, f"{audio_path} (its CUESHEET tag)")
-        return found if len(found) > 1 else []
+                found = _usable(files[0], f"{audio_path} (its CUESHEET tag)")
+        return found if found is not None and len(found.tracks) > 1 else None
 
 
 def embedded_cue(path: str | Path) -> str | None:

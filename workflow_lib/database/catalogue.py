@@ -78,12 +78,16 @@ def names_from_filename(path: str | Path) -> tuple[str, str]:
 
 
 def catalogue_entry(song_id: str, path: str | Path, cues: CueSheets | None = None) -> dict[str, str | None]:
-    """The song's row; ``cues`` reads each folder's cue sheets once over many songs."""
+    """The song's row; ``cues`` reads each folder's cue sheets once over many songs. An album image without tags
+    takes its title and performer from its cue sheet before its file name."""
     title, artist = read_tags(path)
+    sheet = (cues or CueSheets()).find(path)
+    if not title and sheet is not None:
+        title, artist = sheet.album, artist or sheet.performer
     if not title:
         guess_title, guess_artist = names_from_filename(path)
         title, artist = guess_title, artist or guess_artist
-    tracks = tracks_to_json((cues or CueSheets()).tracks(path))
+    tracks = tracks_to_json(sheet.tracks) if sheet is not None else None
     return {"song_id": song_id, "title": title, "artist": artist, "path": str(path), "tracks": tracks}
 
 

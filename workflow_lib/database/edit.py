@@ -283,7 +283,9 @@ def database_info(results: str | Path | ResultsLayout) -> dict[str, Any]:
 
 
 def list_songs(results: str | Path | ResultsLayout) -> pd.DataFrame:
-    """Every song in the database: id, title, artist, duration (s, from its fingerprints) and file."""
+    """Every song in the database: id, title, artist, duration (s, from its fingerprints), file, and how many tracks
+    its cue sheet names (an album kept as one file; 0 for a song of its own)."""
+    from workflow_lib.data.cuesheet import tracks_from_json
     from workflow_lib.database.catalogue import load_catalogue
 
     layout = _layout(results)
@@ -291,9 +293,10 @@ def list_songs(results: str | Path | ResultsLayout) -> pd.DataFrame:
     seconds = (db.rows.counts - 1) * HOP_SAMPLES / SAMPLE_RATE + SEGMENT_SAMPLES / SAMPLE_RATE
     songs = pd.DataFrame({"song_id": db.song_ids.astype(str), "duration_s": seconds})
     if layout.catalogue.exists():
-        cat = load_catalogue(layout.catalogue).reset_index(drop=True)[["song_id", "title", "artist", "path"]]
+        cat = load_catalogue(layout.catalogue).reset_index(drop=True)[["song_id", "title", "artist", "path", "tracks"]]
         songs = songs.merge(cat, on="song_id", how="left")
     else:
-        songs = songs.assign(title=None, artist=None, path=None)
-    return songs[["song_id", "title", "artist", "duration_s", "path"]].sort_values(["artist", "title", "song_id"],
-                                                                                   na_position="last")
+        songs = songs.assign(title=None, artist=None, path=None, tracks=None)
+    songs["tracks"] = [len(tracks_from_json(t)) for t in songs["tracks"]]
+    return songs[["song_id", "title", "artist", "duration_s", "path", "tracks"]].sort_values(
+        ["artist", "title", "song_id"], na_position="last")
