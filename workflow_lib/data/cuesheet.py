@@ -21,6 +21,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+SHEET_EXTENSIONS = {".cue"}  # not music, but not a file to reject either: the catalogue reads them
 FRAMES_PER_S = 75  # CD frames in a cue sheet's mm:ss:ff
 _LINE = re.compile(r"^\s*([A-Za-z]+)\s*(.*?)\s*$")
 _TIME = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2})$")
@@ -135,7 +136,7 @@ class CueSheets:
         if folder not in self._folders:
             sheets = []
             try:
-                paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".cue" and p.is_file())
+                paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SHEET_EXTENSIONS and p.is_file())
             except OSError:
                 paths = []
             for p in paths:

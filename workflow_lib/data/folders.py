@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from workflow_lib.data.cuesheet import SHEET_EXTENSIONS
+
 
 # Names that are not UTF-8 (a latin-1 name copied from an old disk) cannot be written to the song tables
 # (Parquet and JSON hold UTF-8) nor shown as typed; they are named with their bytes escaped and left out.
@@ -121,7 +123,7 @@ def audio_listing_digest(folders: Iterable[str | Path], skip: Iterable[str | Pat
             continue
         found, problems = walk_files(root, skip)
         files, hidden = _audio_of(found, problems)
-        for path in files + [p for p in found if p.suffix.lower() == ".cue"]:
+        for path in files + [p for p in found if p.suffix.lower() in SHEET_EXTENSIONS]:
             try:
                 st = path.stat()
             except OSError:  # gone since the walk: the next plan sees it

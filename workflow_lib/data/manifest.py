@@ -12,6 +12,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
+from workflow_lib.data.cuesheet import SHEET_EXTENSIONS
 from workflow_lib.data.folders import NOT_UTF8, is_utf8, shown, walk_files
 from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.files import (AUDIO_EXTENSIONS, AudioDecodeError, audio_info, decoder_id, ffmpeg_missing_for,
@@ -28,7 +29,6 @@ SONG_COLUMNS = ["song_id", "collection", "root", "rel_path", "path", "duration_s
 MEASURED = ["duration_s", "sample_rate", "channels", "format", "size_bytes", "decoder_messages", "mtime_ns",
             "peak_dbfs", "loudest_dbfs", "audio_digest"]
 REJECTED_COLUMNS = ["path", "reason"]
-SHEET_EXTENSIONS = {".cue"}  # cue sheets name the tracks of an album image (data.cuesheet): not rejected files
 
 
 def song_id_for(collection: str, rel_path: str) -> str:
@@ -181,7 +181,7 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
         rejected.extend(problems)
         log.info("%s: %d files under %s", collection, len(files), root)
         for path in tqdm(files, desc=f"scan {collection}", unit="file", mininterval=5):
-            if path.suffix.lower() in SHEET_EXTENSIONS:  # not music but used: the catalogue reads them
+            if path.suffix.lower() in SHEET_EXTENSIONS:  # cue sheets: the catalogue reads them
                 continue
             fields, reason = measurements.measure(path)
             if fields is not None:
