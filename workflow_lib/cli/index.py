@@ -197,9 +197,10 @@ def rejected_summary(rejected_csv: Path, show: int = 5) -> str:
         return ""
     # By what the path is, not by the reason's words: a folder that cannot be read, a broken link or a name that is
     # not UTF-8 (shown escaped) is no regular file, and stays listed.
-    other = [r for r in rows if Path(r.get("path") or "").suffix.lower() not in AUDIO_EXTENSIONS
-             and Path(r.get("path") or "").is_file()]
-    listed = [r for r in rows if r not in other]
+    listed, other = [], []
+    for r in rows:
+        path = Path(r.get("path") or "")
+        (other if path.suffix.lower() not in AUDIO_EXTENSIONS and path.is_file() else listed).append(r)
     lines = []
     if listed:
         lines.append(f"{count(len(listed), 'file')} {'was' if len(listed) == 1 else 'were'} not indexed "

@@ -156,9 +156,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         return fail(f"cannot load the database from {args.results}: {exc}")
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
-    from workflow_lib.database.catalogue import TrackNames
-
-    display.names = TrackNames.read(ResultsLayout.of(args.results, settings.config).catalogue)
+    display.names = searcher.tracks
     core = listener_core(searcher, settings.listen)
     listener = Listener(core, source, display)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}

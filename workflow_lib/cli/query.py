@@ -80,14 +80,6 @@ def load_searcher(args: argparse.Namespace, overrides: dict | None = None):
         raise SetupError(f"cannot load the database from {results}: {exc}") from None
 
 
-def track_names(results, cfg: dict):
-    """The tracks of the database's album images (``database.catalogue.TrackNames``)."""
-    from workflow_lib.common.layout import ResultsLayout
-    from workflow_lib.database.catalogue import TrackNames
-
-    return TrackNames.read(ResultsLayout.of(Path(results), cfg).catalogue)
-
-
 def listen_config(cfg: dict):
     """The listening settings a results folder was built with (the scan's window, thresholds, hysteresis)."""
     from workflow_lib.cli.listen import CLI_KEYS
@@ -119,15 +111,12 @@ def row_for(path: str, match, error: str | None, duration_s: float | None) -> di
 
 
 def named_by_track(answer: dict, names) -> dict:
-    """``answer`` (a row, or its ``best_guess``) with the track playing at its offset when its song is an album
-    image (``database.catalogue.TrackNames``): the track's title and artist, its number and start, the album's
-    title."""
-    track = names.at(answer.get("song_id"), answer.get("offset_s")) if names else None
-    out = {**answer, "track": None, "track_start_s": None, "album": None}
-    if track is not None:
-        out.update(title=track.title, artist=track.artist or answer.get("artist"), track=track.number,
-                   track_start_s=round(track.start_s, 3), album=answer.get("title"))
-    return out
+    """``answer`` (a row, or its ``best_guess``) named by the track playing at its offset when its song is an album
+    image (``listener.tracks.track_fields``)."""
+    from workflow_lib.listener.tracks import track_fields
+
+    fields = track_fields(names, answer["song_id"], answer["offset_s"], answer["title"], answer["artist"])
+    return answer if fields is None else {**answer, **fields, "track_start_s": round(fields["track_start_s"], 3)}
 
 
 def with_tracks(row: dict, names) -> dict:
@@ -246,12 +235,13 @@ def run(args: argparse.Namespace) -> int:
     searcher.warm_up()  # first-call set-up is not part of any file's time
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
     listen = listen_config(cfg)
-    names = track_names(args.results, cfg)
+    names = searcher.tracks
     rows, failed = [], 0
     files = expand_folders(args.files)
     # a bar for a long batch whose table comes at the end (JSON lines stream); only on a terminal
     for path, unanswerable in tqdm(files, desc="query", unit="file", leave=False,
                                    disable=None if not args.json and len(files) > 1 else True):
+        name = "stdin" if path == "-" else path
         try:
             if unanswerable:  # left by expand_folders: a folder without audio, or one that cannot be read
                 raise AudioDecodeError(unanswerable)
@@ -259,14 +249,13 @@ def run(args: argparse.Namespace) -> int:
                 audio = np.concatenate([np.zeros(0, np.float32), *iter_wav_stream(sys.stdin.buffer, name="stdin")])
             else:
                 audio = load_audio(path)
-            name = "stdin" if path == "-" else path
             match, scan = answer_file(searcher, audio, listen, name)
             row = with_tracks(row_for(name, match, None, round(len(audio) / SAMPLE_RATE, 3)), names)
             if scan is not None and scan.occurrences:
                 row = with_occurrence(row, scan_by_tracks(scan, names))
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
-            row = row_for("stdin" if path == "-" else path, None, str(exc), None)
+            row = row_for(name, None, str(exc), None)
         rows.append(row)
         if args.json:  # streamed, so a long batch shows progress
             print(json.dumps(row), flush=True)

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if problem := missing_results(args.results):
         return fail(problem)
     from workflow_lib.cli.listen import load_settings
-    from workflow_lib.cli.query import SetupError, expand_folders, load_searcher, track_names
+    from workflow_lib.cli.query import SetupError, expand_folders, load_searcher
 
     try:
         settings = load_settings(args.results, args.config, {"window_s": args.window})
@@ -79,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        searcher, cfg = load_searcher(args, {"device": args.device})
+        searcher, _ = load_searcher(args, {"device": args.device})
     except SetupError as exc:
         return fail(str(exc), EXIT_SETUP)
-    names = track_names(args.results, cfg)
+    names = searcher.tracks
     workers = fingerprint_workers(args.threads, searcher.device)
     if args.whitened:
         try:

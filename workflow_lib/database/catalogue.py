@@ -181,15 +181,6 @@ class TrackNames:
         return cls({str(sid): tracks_from_json(t) for sid, t in zip(table["song_id"], table["tracks"])
                     if isinstance(t, str) and t})
 
-    @classmethod
-    def read(cls, catalogue_path: str | Path) -> "TrackNames":
-        """The tracks of a catalogue file; none when it is missing or unreadable (the searcher, which loads it
-        too, says what is wrong) or older than cue sheets."""
-        try:
-            return cls.from_catalogue(pd.read_parquet(catalogue_path))
-        except (OSError, ValueError):
-            return cls({})
-
     def at(self, song_id: str | None, offset_s: float | None) -> Track | None:
         return track_at(self.tracks.get(song_id), offset_s) if song_id in self.tracks else None
 

@@ -23,13 +23,22 @@ def track_cuts(song_start_s: float, song_end_s: float, bounds: list[float]) -> I
     yield from zip(cuts, cuts[1:])
 
 
+def track_fields(names, song_id: str | None, song_s: float | None, title: str | None,
+                 artist: str | None) -> dict | None:
+    """What names an answer at ``song_s`` into the song ``song_id`` (titled ``title`` by ``artist``) when it is an
+    album image: the track's title and artist (the album's where the track has none), its number and start, and
+    the album's title; None for a song of its own."""
+    track = names.at(song_id, song_s) if names else None
+    if track is None:
+        return None
+    return {"title": track.title, "artist": track.artist or artist, "track": track.number,
+            "track_start_s": track.start_s, "album": title}
+
+
 def _named(item, names, song_s: float):
     """``item`` (an occurrence, heard song or decision) with the names of the track at ``song_s``, if any."""
-    track = names.at(item.song_id, song_s)
-    if track is None:
-        return item
-    return replace(item, title=track.title, artist=track.artist or item.artist, track=track.number,
-                   track_start_s=track.start_s, album=item.title)
+    fields = track_fields(names, item.song_id, song_s, item.title, item.artist)
+    return item if fields is None else replace(item, **fields)
 
 
 def scan_by_tracks(result: ScanResult, names) -> ScanResult:

@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -33,6 +33,11 @@ from workflow_lib.common.layout import ResultsLayout, is_bundled
 from workflow_lib.search.subhop import peak_shift
 from workflow_lib.search.threshold import Calibration, decision_statistic
 from workflow_lib.search.whiten import WhitenedView
+
+if TYPE_CHECKING:  # pandas and the catalogue module load when a catalogue is read
+    import pandas as pd
+
+    from workflow_lib.database.catalogue import TrackNames
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +518,8 @@ class Searcher:
                  calibration: Calibration | None = None, top_k: int = 20, max_candidates: int = 200,
                  mode: str = "sequence", batch_size: int = 64, device: str = "auto",
                  fallback_threshold: float = 0.5, n_results: int = 10,
-                 whitened_view: WhitenedView | None = WhitenedView()):
+                 whitened_view: WhitenedView | None = WhitenedView(), tracks: TrackNames | None = None):
+        from workflow_lib.database.catalogue import TrackNames
         from workflow_lib.model.embed import resolve_device
 
         if mode not in MODES:
@@ -522,6 +528,8 @@ class Searcher:
         self.fingerprinter = fingerprinter.to(self.device).eval()
         self.db = db
         self.catalogue = catalogue or {}
+        # the tracks of album images (``database.catalogue.TrackNames``): the commands name answers by track
+        self.tracks = tracks if tracks is not None else TrackNames({})
         self.calibration = calibration
         self.top_k, self.max_candidates, self.mode = top_k, max_candidates, mode
         self.batch_size, self.n_results = batch_size, n_results
@@ -554,7 +562,10 @@ class Searcher:
         if dim != db.dim:
             raise ValueError(f"{model_path} makes {dim}-d fingerprints but {index_dir} holds {db.dim}-d ones: "
                              "rebuild the index with this model")
-        catalogue = catalogue_titles(catalogue_path) if catalogue_path else None
+        from workflow_lib.database.catalogue import TrackNames, load_catalogue
+
+        table = load_catalogue(catalogue_path) if catalogue_path else None
+        catalogue = catalogue_titles(table) if table is not None else None
         calibration = None
         if threshold_path is not None and not Path(threshold_path).exists():
             log.warning("%s not found: using the fixed fallback threshold %.2f on the match score; run the "
@@ -574,7 +585,7 @@ class Searcher:
                 log.warning("search settings differ from the calibration's (calibrated, now): %s; the "
                             "false-positive rate of the no-match rule may differ from its target", differ)
         kwargs["device"] = str(device)
-        return cls(fingerprinter, db, catalogue, calibration, **kwargs)
+        return cls(fingerprinter, db, catalogue, calibration, tracks=TrackNames.from_catalogue(table), **kwargs)
 
     @classmethod
     def from_layout(cls, layout: ResultsLayout, **kwargs: Any) -> "Searcher":
@@ -767,11 +778,8 @@ def searcher_kwargs(search_cfg: dict) -> dict:
     return kw
 
 
-def catalogue_titles(path: str | Path) -> dict[str, tuple[str | None, str | None]]:
-    """song_id -> (title, artist) of ``catalogue.parquet`` (``database.catalogue.load_catalogue``; empty fields
-    become None): what an answer shows."""
-    from workflow_lib.database.catalogue import load_catalogue
-
-    table = load_catalogue(path)
+def catalogue_titles(table: pd.DataFrame) -> dict[str, tuple[str | None, str | None]]:
+    """song_id -> (title, artist) of a catalogue (``database.catalogue.load_catalogue``; empty fields become None):
+    what an answer shows."""
     return {str(s): (str(t) if t else None, str(a) if a else None)
             for s, t, a in zip(table["song_id"], table["title"], table["artist"])}
