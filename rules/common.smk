@@ -6,6 +6,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from workflow_lib.common.layout import is_bundled, model_source_path
+from workflow_lib.database.catalogue import CATALOGUE_FORMAT
 from workflow_lib.model.model_file import ModelFileError, verify_checksum
 
 # A run killed with Snakemake itself (kill -9, power loss) leaves Snakemake's lock files: the same command must

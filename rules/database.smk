@@ -61,6 +61,9 @@ rule catalogue:
         removed=removed_songs_file,
     output:
         PATHS["catalogue"],
+    params:
+        # Reruns the stage when the catalogue gains a column (an upgrade), though no song changed.
+        format=CATALOGUE_FORMAT,
     log:
         f"{LOGS}/catalogue.log",
     conda:

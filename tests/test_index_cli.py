@@ -168,6 +168,30 @@ def test_a_rerun_after_retagging_reuses_the_calibration(indexed):
     assert (db / "index" / "threshold.json").read_bytes() == threshold
 
 
+def test_a_catalogue_written_before_an_upgrade_is_written_again(indexed):
+    """A catalogue from a version without album tracks, in a folder where nothing changed since (an image whose
+    sheet is only in its tags changes no listing), gains its tracks at the next `nafp index`: the rule lists the
+    catalogue's format as a param, which Snakemake records with the output."""
+    import base64
+
+    root, _ = indexed
+    db, music = root / "db", root / "corpus" / "music"
+    catalogue = db / "catalogue.parquet"
+    # as the older version left it: no tracks column, and the rule's record without params
+    pd.read_parquet(catalogue).drop(columns="tracks").to_parquet(catalogue)
+    records = [p for p in (db / ".snakemake" / "metadata").iterdir()
+               if base64.urlsafe_b64decode(p.name).decode().endswith("catalogue.parquet")]
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert record["params"]  # the format, recorded by this version
+    records[0].write_text(json.dumps({**record, "params": []}))
+    r = nafp("index", str(music), "--results", str(db), "--cores", "2", "--queries-per-length", "20", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = pd.read_parquet(catalogue).set_index("title")
+    assert len(json.loads(table.loc["Live", "tracks"])) == 3
+    assert "its threshold is reused" in (db / "logs" / "calibrate.log").read_text()
+
+
 def test_a_misspelt_setting_is_named_before_any_stage_runs(tmp_path):
     """A config error is not something the same command resumes from: it is named at once and nothing is made."""
     generate_demo_corpus(tmp_path / "corpus", 1, 5.0, seed=3)

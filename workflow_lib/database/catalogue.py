@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["song_id", "title", "artist", "path", "tracks"]
 REQUIRED = COLUMNS[:4]  # a catalogue written before cue sheets has no ``tracks``
+# What the catalogue stage writes; the rule lists it as a param, so a new format reruns the stage after an upgrade
+# (2: album tracks, which a sheet kept only in an image's tags would otherwise get at the next change to its folder).
+CATALOGUE_FORMAT = "nafp-catalogue/2"
 _TRACK_NO = re.compile(r"^\s*\d{1,3}\s*(?:[-._)]\s*|\s+)(?=\S)")
 
 
