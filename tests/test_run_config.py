@@ -38,3 +38,14 @@ def test_every_example_and_recipe_is_a_valid_config_on_top_of_the_defaults():
     assert any(f.name == "small_pair_member.yaml" for f in files)
     for f in files:
         validate(merge(base, read_yaml(f)), [str(f)])
+
+
+def test_the_schema_is_a_valid_json_schema():
+    """``validate`` does not check the schema itself on every command; this does, once."""
+    import jsonschema
+
+    from workflow_lib.common.config import SCHEMA, parse_yaml
+
+    schema = parse_yaml(SCHEMA.read_text())
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    assert yaml.safe_load(SCHEMA.read_text()) == schema  # libyaml reads it as the pure-Python loader does

@@ -613,7 +613,7 @@ class Searcher:
                                  exclude_song)
 
     def warm_up(self) -> None:
-        """Do the first-call set-up now (the model's allocations; the predictor's scipy import, about a second),
+        """Do the first-call set-up now (the model's allocations; the predictor's scipy imports, a fifth of a second),
         so that no answer's time includes it."""
         self.embed(np.zeros(SAMPLE_RATE, dtype=np.float32))
         if self.whitened_view.enabled:
