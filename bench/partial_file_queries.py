@@ -1,4 +1,4 @@
-"""File queries in which the song fills only part of the file: ``nafp query``'s answer (``cli.query.answer_file``:
+"""File queries in which the song fills only part of the file: ``nafp query``'s answer (``api.answer_file``:
 the whole file's answer, replaced by the scan's longest occurrence when the scan finds one) for files of talk
 followed by an excerpt of a database song, in a held-out room with held-out noise; prints how often the right song
 is named (and placed within 2 s of where it starts in the file), a wrong one, or none, per SNR and short-play rule
@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 
 from workflow_lib import SAMPLE_RATE as SR  # noqa: E402
 from workflow_lib.audio.files import load_audio  # noqa: E402
-from workflow_lib.cli.query import answer_file, listen_config  # noqa: E402
+from workflow_lib.api import answer_file, listen_config  # noqa: E402
 from workflow_lib.common.config import run_config  # noqa: E402
 from workflow_lib.common.layout import ResultsLayout  # noqa: E402
 from workflow_lib.data.clipbank import ClipBank  # noqa: E402

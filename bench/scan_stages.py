@@ -39,7 +39,8 @@ def main() -> None:
 
     from workflow_lib.audio.files import AudioDecodeError, iter_audio
     from workflow_lib.cli.listen import load_settings
-    from workflow_lib.cli.query import SetupError, load_searcher
+    from workflow_lib.api import SetupError
+    from workflow_lib.cli.query import load_searcher
     from workflow_lib.listener import scan
     from workflow_lib.listener.core import ListenerCore
     from workflow_lib.model.embed import iter_embed_chunks

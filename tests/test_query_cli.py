@@ -140,6 +140,75 @@ def test_a_wav_stream_on_stdin_is_answered_like_a_file(results, cli, tmp_path, c
     assert cli.main(["-", "-", "--results", str(results)]) == 2 and "once" in capsys.readouterr().err
 
 
+def _without_time(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
+def test_the_python_interface_answers_what_the_command_prints(results, cli, tmp_path, capsys):
+    """``api.Database``: a file gets the very object `nafp query --json` prints, and samples in memory (any rate,
+    either channel layout, float or integer PCM) are answered as the file they came from."""
+    from workflow_lib.api import Database
+
+    f = _query_files(tmp_path)
+    files = [f["wav"], f["mp3"], f["unknown"]]
+    assert cli.main([*map(str, files), "--results", str(results), "--json", "--device", "cpu"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    db = Database.open(results, device="cpu")
+    assert [_without_time(db.query(p)) for p in files] == [_without_time(r) for r in printed]
+    samples, rate = sf.read(f["mp3"], dtype="float32")  # 44.1 kHz stereo, (n, 2)
+    assert rate == 44100 and samples.shape[1] == 2
+    pcm = np.round(np.clip(samples, -1, 1 - 2 ** -15) * 32768).astype(np.int16)
+    for audio in (samples, samples.T, pcm):
+        answer = db.query(audio, sample_rate=rate)
+        assert answer["match"] and answer["song_id"] == "song2" and answer["file"] == "samples"
+        assert abs(answer["offset_s"] - printed[1]["offset_s"]) <= 0.25
+    assert db.query(samples, sample_rate=rate, name="take 2")["file"] == "take 2"
+    assert db.songs.loc["song1", "title"] == "Copper Engine" and len(db.songs) == 3
+
+
+def test_the_python_interface_says_what_is_wrong(results, cli, tmp_path):
+    from workflow_lib.api import Database, SetupError
+    from workflow_lib.audio.files import AudioDecodeError
+
+    with pytest.raises(SetupError, match="results folder not found"):
+        Database.open(tmp_path / "nowhere")
+    db = Database.open(results, device="cpu")
+    f = _query_files(tmp_path)
+    with pytest.raises(ValueError, match="need their sample_rate"):
+        db.query(np.zeros(SR, np.float32))
+    with pytest.raises(ValueError, match="rate is read from the file"):
+        db.query(f["wav"], sample_rate=SR)
+    with pytest.raises(ValueError, match="shape"):
+        db.query(np.zeros((2, 3, SR), np.float32), sample_rate=SR)
+    with pytest.raises(ValueError, match="must be numbers"):
+        db.query(np.array(["a", "b"]), sample_rate=SR)
+    nan = synth_song(41, 5.0)
+    nan[3 * SR] = np.nan
+    with pytest.raises(AudioDecodeError, match="non-finite samples .* at 3.0 s"):
+        db.query(nan, sample_rate=SR)
+    with pytest.raises(AudioDecodeError, match="broken.flac"):
+        db.query(f["broken"])
+
+
+def test_the_python_interface_scans_as_the_command_does(results, cli, tmp_path, capsys):
+    """``Database.scan`` of a file and of the same samples in memory: the rows `nafp scan --json` prints."""
+    from workflow_lib.api import Database
+
+    recording = tmp_path / "recording.wav"
+    audio = np.concatenate([synth_song(40, 25.0)[:12 * SR], synth_song(777, 8.0), synth_song(42, 25.0)[:12 * SR]])
+    sf.write(recording, audio, SR)
+    from workflow_lib.cli.main import main
+
+    assert main(["scan", str(recording), "--results", str(results), "--json", "--device", "cpu"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["song_id"] for r in printed if r["kind"] == "song"] == ["song0", "song2"]
+    db = Database.open(results, device="cpu")
+    assert db.scan(recording) == printed
+    assert db.scan(audio, sample_rate=SR, name=str(recording), threads=2) == printed
+    with pytest.raises(ValueError, match="too short to scan"):
+        db.scan(audio[:SR // 2], sample_rate=SR)
+
+
 def test_table_output_and_vote_mode(results, cli, tmp_path, capsys):
     f = _query_files(tmp_path)
     rc = cli.main([str(f["wav"]), str(f["unknown"]), "--results", str(results), "--mode", "vote", "--top-k", "5",

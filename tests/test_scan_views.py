@@ -184,7 +184,7 @@ def test_the_cli_scans_in_two_views_when_asked_and_says_why_it_cannot(tmp_path, 
 
 
 def test_a_long_file_query_is_scanned_in_the_views_its_whole_file_answer_was_searched_in(monkeypatch):
-    from workflow_lib.cli.query import answer_file, row_for, with_occurrence
+    from workflow_lib.api import answer_file, row_for, with_occurrence
 
     talk = 0.02 * np.random.default_rng(5).standard_normal(8 * SR).astype(np.float32)
     audio = np.concatenate([talk, SONGS["s2"][5 * SR:23 * SR]])  # 8 s of something else, then s2 from 5 s

@@ -327,6 +327,31 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.nda
     return soxr.resample(audio, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
 
 
+def samples_to_model_audio(samples: np.ndarray, sample_rate: int, name: str = "samples") -> np.ndarray:
+    """Audio already in memory as a decoded file comes out of ``load_audio``: mono float32 at ``SAMPLE_RATE``.
+
+    ``samples``: ``(n,)``, ``(n, channels)`` (soundfile's layout) or ``(channels, n)`` (torchaudio's and librosa's):
+    the shorter axis of a 2-D array is its channels, mixed down by their mean as files are. Integer PCM is scaled
+    to [-1, 1). Raises ValueError for what is not audio, and AudioDecodeError for NaN or infinite samples."""
+    x = np.asarray(samples)
+    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
+        raise ValueError(f"{name}: the sample rate must be a positive integer (Hz), got {sample_rate!r}")
+    if x.ndim not in (1, 2) or x.size == 0:
+        raise ValueError(f"{name}: expected samples of shape (n,), (n, channels) or (channels, n), got {x.shape}")
+    if np.issubdtype(x.dtype, np.signedinteger):
+        x = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
+    elif np.issubdtype(x.dtype, np.unsignedinteger):  # 8-bit WAV's offset binary
+        half = float(np.iinfo(x.dtype).max + 1) / 2
+        x = (x.astype(np.float32) - half) / half
+    elif not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name}: samples must be numbers (float or integer PCM), got {x.dtype}")
+    if x.ndim == 2 and x.shape[0] < x.shape[1]:
+        x = x.T
+    _check_finite(x, name, 0, int(sample_rate))
+    mono = x.mean(axis=1) if x.ndim == 2 else x
+    return resample(np.ascontiguousarray(mono, dtype=np.float32), int(sample_rate))
+
+
 def write_audio(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE,
                 tags: dict[str, str] | None = None) -> None:
     """Write float audio as 16-bit PCM (format from the suffix), via a temporary file so it is never half-written.

@@ -13,8 +13,9 @@ import argparse
 import json
 import sys
 
-from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
 from workflow_lib.cli.text import count, display_width, fit, fmt_time, pad, printable
+from workflow_lib.common.layout import missing_results
 from workflow_lib.search.threshold import recalibration_advice
 
 

@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
-from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, common_options, fail, missing_results
+from workflow_lib.api import LISTEN_COMMAND_KEYS
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, common_options, fail
 from workflow_lib.cli.text import display_width, fit, fmt_time, song_label, terminal_width
+from workflow_lib.common.layout import missing_results
 from workflow_lib.listener.core import Decision, ListenConfig, ListenSummary, MATCH, SILENCE
 from workflow_lib.listener.tracks import decision_by_track, summary_by_tracks
 
 log = logging.getLogger("nafp.listen")
-# Keys of the ``listen:`` section that are not ListenConfig fields (they configure the command, not the core).
-CLI_KEYS = ("device", "threads")
 
 
 def add_parser(sub) -> None:
@@ -81,7 +81,7 @@ def load_settings(results: str, config_path: str | None = None, overrides: dict[
         for key in ("tail_s", "min_match_s"):
             if key not in given and key in section and section[key] > given["window_s"]:
                 section[key] = given["window_s"]
-    cli = {k: section.pop(k) for k in CLI_KEYS if k in section}
+    cli = {k: section.pop(k) for k in LISTEN_COMMAND_KEYS if k in section}
     try:
         listen = ListenConfig.from_dict(section)
     except (TypeError, ValueError) as exc:

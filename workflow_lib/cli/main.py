@@ -19,7 +19,6 @@ import importlib
 import logging
 import os
 import sys
-from pathlib import Path
 
 from workflow_lib import __version__
 from workflow_lib.common.logs import quiet_third_party_loggers
@@ -54,13 +53,6 @@ def setup_logging(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
     quiet_third_party_loggers()
-
-
-def missing_results(results: str | Path) -> str | None:
-    """The error for a results folder that does not exist (checked first by every subcommand), else None."""
-    if Path(results).is_dir():
-        return None
-    return f"results folder not found: {results} (run the workflow or `nafp index` first, or pass --results)"
 
 
 def fail(message: str, status: int = EXIT_SETUP) -> int:

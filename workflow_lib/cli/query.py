@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from workflow_lib import SAMPLE_RATE
-from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
 from workflow_lib.cli.text import display_width, fmt_time, pad, printable
+from workflow_lib.common.layout import missing_results
 
 log = logging.getLogger("nafp.query")
 
@@ -59,99 +58,11 @@ def add_parser(sub) -> None:
 
 
 def load_searcher(args: argparse.Namespace, overrides: dict | None = None):
-    """The ``Searcher`` of ``args.results``: the model, index, catalogue and threshold of that folder, searched
-    with the settings it was built with (``--config`` and explicit options override). Raises ``SetupError``."""
-    from workflow_lib.common.config import ConfigError, run_config
-    from workflow_lib.common.layout import ResultsLayout
-    from workflow_lib.search.searcher import Searcher, searcher_kwargs
+    """The ``Searcher`` of ``args.results`` with the settings it was built with (``--config`` and explicit options
+    override them): ``api.open_searcher``. Raises ``SetupError``."""
+    from workflow_lib.api import open_searcher
 
-    results = Path(args.results)
-    if problem := missing_results(results):
-        raise SetupError(problem)
-    try:
-        cfg, _ = run_config(results, args.config)
-    except ConfigError as exc:
-        raise SetupError(str(exc)) from None
-    kw = searcher_kwargs(cfg.get("search", {}))
-    kw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return Searcher.from_layout(ResultsLayout.of(results, cfg), **kw), cfg
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise SetupError(f"cannot load the database from {results}: {exc}") from None
-
-
-def listen_config(cfg: dict):
-    """The listening settings a results folder was built with (the scan's window, thresholds, hysteresis)."""
-    from workflow_lib.cli.listen import CLI_KEYS
-    from workflow_lib.listener.core import ListenConfig
-
-    return ListenConfig.from_dict({k: v for k, v in (cfg.get("listen") or {}).items() if k not in CLI_KEYS})
-
-
-class SetupError(RuntimeError):
-    """Nothing can be answered (missing results folder, model or index; bad settings)."""
-
-
-def row_for(path: str, match, error: str | None, duration_s: float | None) -> dict:
-    if error is not None:
-        return {"file": path, "error": error}
-    g = match.best_guess
-    guess = None if g is None else {"song_id": g.song_id, "title": g.title, "artist": g.artist,
-                                    "offset_s": g.offset_s, "score": round(g.score, 4), "track": None,
-                                    "track_start_s": None, "album": None}
-    return {"file": path, "match": match.is_match, "song_id": match.song_id, "title": match.title,
-            "artist": match.artist, "offset_s": match.offset_s, "confidence": round(match.confidence, 4),
-            "reason": match.reason, "best_guess": guess,
-            "score": round(match.score, 4) if math.isfinite(match.score) else None,
-            "decision": round(match.decision, 4) if math.isfinite(match.decision) else None,
-            "threshold": round(match.threshold, 4), "mode": match.mode, "views": match.views,
-            "whitened": match.whitened, "query_s": duration_s,
-            "seconds": round(match.seconds_taken, 4), "file_start_s": None, "file_end_s": None, "occurrences": None,
-            "track": None, "track_start_s": None, "album": None}
-
-
-def named_by_track(answer: dict, names) -> dict:
-    """``answer`` (a row, or its ``best_guess``) named by the track playing at its offset when its song is an album
-    image (``listener.tracks.track_fields``)."""
-    from workflow_lib.listener.tracks import track_fields
-
-    fields = track_fields(names, answer["song_id"], answer["offset_s"], answer["title"], answer["artist"])
-    return answer if fields is None else {**answer, **fields, "track_start_s": round(fields["track_start_s"], 3)}
-
-
-def with_tracks(row: dict, names) -> dict:
-    """A row's answer and best guess named by their tracks (``named_by_track``)."""
-    if "error" in row or not names:
-        return row
-    guess = row["best_guess"]
-    return {**named_by_track(row, names), "best_guess": named_by_track(guess, names) if guess else None}
-
-
-def answer_file(searcher, audio, listen, name: str = "", whitened: bool | None = None):
-    """The whole file's answer (``Match``) and, for a file longer than twice the listening window, which may hold
-    the song in only part of it, its scan (``listener.scan.ScanResult``; None for a shorter file). The scan hears
-    the file in the views its whole-file answer was searched in (``whitened`` None: as ``Searcher.two_views`` says
-    for its length; a file query is worth the second pass a long recording's scan is not asked to make)."""
-    match = searcher.identify(audio)
-    if len(audio) <= 2 * listen.window_s * SAMPLE_RATE:
-        return match, None
-    from workflow_lib.listener.scan import scan_chunks
-
-    if whitened is None:
-        whitened = searcher.two_views(len(audio))
-    return match, scan_chunks(searcher, [audio], listen, name=name, whitened=whitened)
-
-
-def with_occurrence(row: dict, scan) -> dict:
-    """The answer for a file whose scan found occurrences: the longest one, with its time range in the file."""
-    best = scan.best
-    return {**row, "match": True, "song_id": best.song_id, "title": best.title, "artist": best.artist,
-            "offset_s": round(best.song_start_s, 3), "confidence": round(best.confidence, 4), "reason": None,
-            "file_start_s": round(best.start_s, 3), "file_end_s": round(best.end_s, 3),
-            "occurrences": len(scan.occurrences), "views": scan.stats.get("views", 1), "whitened": best.whitened,
-            "seconds": round(row["seconds"] + scan.compute_s, 4), "track": best.track,
-            "track_start_s": None if best.track_start_s is None else round(best.track_start_s, 3),
-            "album": best.album}
+    return open_searcher(args.results, args.config, overrides)
 
 
 def expand_folders(items: list[str]) -> list[tuple[str, str | None]]:
@@ -222,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from workflow_lib.api import SetupError, answer, listen_config, row_for
     from workflow_lib.audio.files import AudioDecodeError, iter_wav_stream, load_audio
-    from workflow_lib.listener.tracks import scan_by_tracks
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -235,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
     searcher.warm_up()  # first-call set-up is not part of any file's time
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
     listen = listen_config(cfg)
-    names = searcher.tracks
     rows, failed = [], 0
     files = expand_folders(args.files)
     # a bar for a long batch whose table comes at the end (JSON lines stream); only on a terminal
@@ -249,10 +159,7 @@ def run(args: argparse.Namespace) -> int:
                 audio = np.concatenate([np.zeros(0, np.float32), *iter_wav_stream(sys.stdin.buffer, name="stdin")])
             else:
                 audio = load_audio(path)
-            match, scan = answer_file(searcher, audio, listen, name)
-            row = with_tracks(row_for(name, match, None, round(len(audio) / SAMPLE_RATE, 3)), names)
-            if scan is not None and scan.occurrences:
-                row = with_occurrence(row, scan_by_tracks(scan, names))
+            row = answer(searcher, audio, listen, name)
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             row = row_for(name, None, str(exc), None)

@@ -21,13 +21,12 @@ import json
 import sys
 from pathlib import Path
 
-from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail, missing_results
+from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
 from workflow_lib.cli.text import fmt_time, printable, song_label
+from workflow_lib.common.layout import missing_results
 
 FIELDS = ["file", "kind", "start_s", "end_s", "song_id", "title", "artist", "song_start_s", "song_end_s",
           "confidence", "whitened", "track", "track_start_s", "album"]
-SEGMENT_SECONDS = SEGMENT_SAMPLES / SAMPLE_RATE  # a recording shorter than one segment has nothing to scan
 
 
 def add_parser(sub) -> None:
@@ -65,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if problem := missing_results(args.results):
         return fail(problem)
     from workflow_lib.cli.listen import load_settings
-    from workflow_lib.cli.query import SetupError, expand_folders, load_searcher
+    from workflow_lib.api import SetupError, scan_recording
+    from workflow_lib.cli.query import expand_folders, load_searcher
 
     try:
         settings = load_settings(args.results, args.config, {"window_s": args.window})
@@ -74,15 +74,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from workflow_lib.audio.files import AudioDecodeError, iter_audio, iter_wav_stream
-    from workflow_lib.listener.scan import fingerprint_workers, plot_timeline, scan_chunks, whitened_view
-    from workflow_lib.listener.tracks import scan_by_tracks
+    from workflow_lib.listener.scan import fingerprint_workers, plot_timeline, whitened_view
 
     torch.set_num_threads(args.threads)
     try:
         searcher, _ = load_searcher(args, {"device": args.device})
     except SetupError as exc:
         return fail(str(exc), EXIT_SETUP)
-    names = searcher.tracks
     workers = fingerprint_workers(args.threads, searcher.device)
     if args.whitened:
         try:
@@ -101,18 +99,13 @@ def run(args: argparse.Namespace) -> int:
             continue
         chunks = iter_wav_stream(sys.stdin.buffer, name="stdin") if path == "-" else iter_audio(path)
         try:
-            result = scan_chunks(searcher, chunks, settings.listen, name="stdin" if path == "-" else path,
-                                 min_duration_s=args.min_duration, workers=workers, whitened=args.whitened)
+            # an album image played through: a row per track; shorter than a segment: an error, not even a gap
+            result = scan_recording(searcher, chunks, settings.listen, "stdin" if path == "-" else path,
+                                    args.min_duration, workers, args.whitened)
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             print(f"error: {printable(exc)}", file=sys.stderr)
             continue
-        if result.duration_s < SEGMENT_SECONDS:  # not one segment: no timeline at all, not even a gap
-            failed += 1
-            print(f"error: {printable(result.name)}: too short to scan: {result.duration_s:.2f} s (at least "
-                  f"{SEGMENT_SECONDS:g} s needed)", file=sys.stderr)
-            continue
-        result = scan_by_tracks(result, names)  # an album image played through: a row per track
         rows = result.rows()
         if args.json:
             for r in rows:

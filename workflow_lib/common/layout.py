@@ -13,6 +13,13 @@ BUNDLED_MODEL = REPO / "models" / "nafp-small.pt"
 BUNDLED_MODELS = {"bundled": BUNDLED_MODEL, "bundled-pair": REPO / "models" / "nafp-small-pair.pt"}
 
 
+def missing_results(results: str | Path) -> str | None:
+    """The error for a results folder that does not exist (checked first by every command), else None."""
+    if Path(results).is_dir():
+        return None
+    return f"results folder not found: {results} (run the workflow or `nafp index` first, or pass --results)"
+
+
 def is_bundled(path: str | Path) -> bool:
     return Path(path).resolve() in {p.resolve() for p in BUNDLED_MODELS.values()}
 

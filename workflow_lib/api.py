@@ -1,0 +1,243 @@
+"""Search a database from Python: the answers ``nafp query`` and ``nafp scan`` print, from a script or a notebook.
+
+    from workflow_lib.api import Database
+
+    db = Database.open("mydb")                      # a folder made by `nafp index` (or the workflow)
+    answer = db.query("clip.m4a")                   # the object `nafp query --json` prints for the file
+    answer = db.query(samples, sample_rate=44100)   # audio in memory: (n,), (n, channels) or (channels, n)
+    rows = db.scan("radio_show.mp3")                # the objects `nafp scan --json` prints: songs and gaps
+    db.songs                                        # the catalogue: song_id, title, artist, path, tracks
+
+The folder is searched with the settings it was built with (its ``config.yaml``; ``config`` merges a file over
+them, and the keyword arguments of ``Database.open`` override both), and the commands answer through the same
+functions as this module (``answer``, ``scan_recording``), so a script and the command line cannot disagree.
+Audio that cannot be read raises ``AudioDecodeError`` (a RuntimeError) or ValueError; a folder that cannot be
+searched raises ``SetupError``. A database holds its model and index in memory: open it once, query it many times.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib.common.layout import missing_results
+
+# The listen section's keys that belong to the commands (where and on how many threads), not to the decision.
+LISTEN_COMMAND_KEYS = ("device", "threads")
+SEGMENT_SECONDS = SEGMENT_SAMPLES / SAMPLE_RATE  # a recording shorter than one segment has nothing to scan
+
+
+class SetupError(RuntimeError):
+    """Nothing can be answered (missing results folder, model or index; bad settings)."""
+
+
+def open_searcher(results: str | Path, config: str | Path | None = None, overrides: dict | None = None):
+    """The ``Searcher`` of ``results`` and the settings it was built with: the model, index, catalogue and threshold
+    of that folder, searched with its ``config.yaml`` (``config`` merged on top; ``overrides``, the ``search:``
+    keys, win when not None). Raises ``SetupError``."""
+    from workflow_lib.common.config import ConfigError, run_config
+    from workflow_lib.common.layout import ResultsLayout
+    from workflow_lib.search.searcher import Searcher, searcher_kwargs
+
+    results = Path(results)
+    if problem := missing_results(results):
+        raise SetupError(problem)
+    try:
+        cfg, _ = run_config(results, config)
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
+    kw = searcher_kwargs(cfg.get("search", {}))
+    kw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Searcher.from_layout(ResultsLayout.of(results, cfg), **kw), cfg
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise SetupError(f"cannot load the database from {results}: {exc}") from None
+
+
+def listen_config(cfg: dict):
+    """The listening settings a results folder was built with (the scan's window, thresholds, hysteresis)."""
+    from workflow_lib.listener.core import ListenConfig
+
+    return ListenConfig.from_dict({k: v for k, v in (cfg.get("listen") or {}).items()
+                                   if k not in LISTEN_COMMAND_KEYS})
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
+def row_for(path: str, match, error: str | None, duration_s: float | None) -> dict:
+    """The answer to one file as ``nafp query --json`` prints it: the match's fields, or the file's error."""
+    if error is not None:
+        return {"file": path, "error": error}
+    g = match.best_guess
+    guess = None if g is None else {"song_id": g.song_id, "title": g.title, "artist": g.artist,
+                                    "offset_s": _ms(g.offset_s), "score": round(g.score, 4), "track": None,
+                                    "track_start_s": None, "album": None}
+    return {"file": path, "match": match.is_match, "song_id": match.song_id, "title": match.title,
+            "artist": match.artist, "offset_s": _ms(match.offset_s), "confidence": round(match.confidence, 4),
+            "reason": match.reason, "best_guess": guess,
+            "score": round(match.score, 4) if math.isfinite(match.score) else None,
+            "decision": round(match.decision, 4) if math.isfinite(match.decision) else None,
+            "threshold": round(match.threshold, 4), "mode": match.mode, "views": match.views,
+            "whitened": match.whitened, "query_s": duration_s,
+            "seconds": round(match.seconds_taken, 4), "file_start_s": None, "file_end_s": None, "occurrences": None,
+            "track": None, "track_start_s": None, "album": None}
+
+
+def named_by_track(answer: dict, names) -> dict:
+    """``answer`` (a row, or its ``best_guess``) named by the track playing at its offset when its song is an album
+    image (``listener.tracks.track_fields``)."""
+    from workflow_lib.listener.tracks import track_fields
+
+    fields = track_fields(names, answer["song_id"], answer["offset_s"], answer["title"], answer["artist"])
+    return answer if fields is None else {**answer, **fields, "track_start_s": round(fields["track_start_s"], 3)}
+
+
+def with_tracks(row: dict, names) -> dict:
+    """A row's answer and best guess named by their tracks (``named_by_track``)."""
+    if "error" in row or not names:
+        return row
+    guess = row["best_guess"]
+    return {**named_by_track(row, names), "best_guess": named_by_track(guess, names) if guess else None}
+
+
+def answer_file(searcher, audio, listen, name: str = "", whitened: bool | None = None):
+    """The whole file's answer (``Match``) and, for a file longer than twice the listening window, which may hold
+    the song in only part of it, its scan (``listener.scan.ScanResult``; None for a shorter file). The scan hears
+    the file in the views its whole-file answer was searched in (``whitened`` None: as ``Searcher.two_views`` says
+    for its length; a file query is worth the second pass a long recording's scan is not asked to make)."""
+    match = searcher.identify(audio)
+    if len(audio) <= 2 * listen.window_s * SAMPLE_RATE:
+        return match, None
+    from workflow_lib.listener.scan import scan_chunks
+
+    if whitened is None:
+        whitened = searcher.two_views(len(audio))
+    return match, scan_chunks(searcher, [audio], listen, name=name, whitened=whitened)
+
+
+def with_occurrence(row: dict, scan) -> dict:
+    """The answer for a file whose scan found occurrences: the longest one, with its time range in the file."""
+    best = scan.best
+    return {**row, "match": True, "song_id": best.song_id, "title": best.title, "artist": best.artist,
+            "offset_s": round(best.song_start_s, 3), "confidence": round(best.confidence, 4), "reason": None,
+            "file_start_s": round(best.start_s, 3), "file_end_s": round(best.end_s, 3),
+            "occurrences": len(scan.occurrences), "views": scan.stats.get("views", 1), "whitened": best.whitened,
+            "seconds": round(row["seconds"] + scan.compute_s, 4), "track": best.track,
+            "track_start_s": None if best.track_start_s is None else round(best.track_start_s, 3),
+            "album": best.album}
+
+
+def answer(searcher, audio: np.ndarray, listen, name: str) -> dict:
+    """The answer ``nafp query`` gives for ``audio`` (8 kHz mono): the whole file's, or for a long file the longest
+    occurrence its scan found; named by the track when the song is an album image."""
+    from workflow_lib.listener.tracks import scan_by_tracks
+
+    names = searcher.tracks
+    match, scan = answer_file(searcher, audio, listen, name)
+    row = with_tracks(row_for(name, match, None, round(len(audio) / SAMPLE_RATE, 3)), names)
+    if scan is not None and scan.occurrences:
+        row = with_occurrence(row, scan_by_tracks(scan, names))
+    return row
+
+
+def scan_recording(searcher, chunks: Iterable[np.ndarray], listen, name: str, min_duration_s: float = 0.0,
+                   workers: int = 1, whitened: bool = False):
+    """``nafp scan``'s result for a recording's consecutive 8 kHz chunks (``listener.scan.scan_chunks``), an album
+    image played through cut into its tracks. Raises ValueError for a recording shorter than one segment (nothing
+    to scan, not even a gap) and AudioDecodeError for one that cannot be read."""
+    from workflow_lib.listener.scan import scan_chunks
+    from workflow_lib.listener.tracks import scan_by_tracks
+
+    result = scan_chunks(searcher, chunks, listen, name=name, min_duration_s=min_duration_s, workers=workers,
+                         whitened=whitened)
+    if result.duration_s < SEGMENT_SECONDS:
+        raise ValueError(f"{result.name}: too short to scan: {result.duration_s:.2f} s (at least "
+                         f"{SEGMENT_SECONDS:g} s needed)")
+    return scan_by_tracks(result, searcher.tracks)
+
+
+class Database:
+    """A searchable folder opened once (``open``), then asked as often as needed (``query``, ``scan``)."""
+
+    def __init__(self, searcher, config: dict, results: Path):
+        self.searcher = searcher
+        self.config = config
+        self.results = results
+        self.listen = listen_config(config)
+
+    @classmethod
+    def open(cls, results: str | Path = "results", config: str | Path | None = None, *, device: str | None = None,
+             mode: str | None = None, top_k: int | None = None, nprobe: int | None = None) -> "Database":
+        """The database of ``results`` with its own settings; ``config`` (a file) and the keywords (as the
+        commands' options of the same names) override them. Raises ``SetupError``."""
+        searcher, cfg = open_searcher(results, config, {"device": device, "mode": mode, "top_k": top_k,
+                                                        "nprobe": nprobe})
+        searcher.warm_up()  # first-call set-up: not part of the first answer's time
+        return cls(searcher, cfg, Path(results))
+
+    def query(self, audio: str | os.PathLike | np.ndarray, sample_rate: int | None = None,
+              name: str | None = None) -> dict:
+        """The answer to a file or to samples in memory (``sample_rate`` then required): the object ``nafp query
+        --json`` prints (``file`` is ``name``, else the path, else "samples"). ``match`` says whether the no-match
+        rule trusts it; the song fields are None when it does not, and ``best_guess`` holds the nearest song."""
+        samples, label = self._audio(audio, sample_rate, name)
+        return answer(self.searcher, samples, self.listen, label)
+
+    def scan(self, audio: str | os.PathLike | np.ndarray, sample_rate: int | None = None, *,
+             min_duration_s: float = 0.0, whitened: bool = False, threads: int = 1,
+             name: str | None = None) -> list[dict]:
+        """Every occurrence and gap of a recording (a file, read chunk by chunk, or samples in memory): the objects
+        ``nafp scan --json`` prints, in order. The keywords are the command's options of the same names; torch's
+        thread count is set for the scan and put back after it."""
+        import torch
+
+        from workflow_lib.audio.files import iter_audio
+        from workflow_lib.listener.scan import fingerprint_workers, whitened_view
+
+        if whitened:
+            whitened_view(self.searcher)  # a clear error when the folder has no two-view thresholds
+        if isinstance(audio, (str, os.PathLike)):
+            self._no_rate(sample_rate)
+            chunks, label = iter_audio(audio), name or str(audio)
+        else:
+            samples, label = self._audio(audio, sample_rate, name)
+            chunks = [samples]
+        before = torch.get_num_threads()
+        try:
+            workers = fingerprint_workers(threads, self.searcher.device)
+            result = scan_recording(self.searcher, chunks, self.listen, label, min_duration_s, workers, whitened)
+        finally:
+            torch.set_num_threads(before)
+        return result.rows()
+
+    @property
+    def songs(self):
+        """The catalogue as a pandas DataFrame indexed by ``song_id``: title, artist, path, tracks."""
+        from workflow_lib.common.layout import ResultsLayout
+        from workflow_lib.database.catalogue import load_catalogue
+
+        return load_catalogue(ResultsLayout.of(self.results, self.config).catalogue)
+
+    @staticmethod
+    def _no_rate(sample_rate: Any) -> None:
+        if sample_rate is not None:
+            raise ValueError("sample_rate is for samples in memory; a file's rate is read from the file")
+
+    @classmethod
+    def _audio(cls, audio, sample_rate: int | None, name: str | None) -> tuple[np.ndarray, str]:
+        from workflow_lib.audio.files import load_audio, samples_to_model_audio
+
+        if isinstance(audio, (str, os.PathLike)):
+            cls._no_rate(sample_rate)
+            return load_audio(audio), name or str(audio)
+        if sample_rate is None:
+            raise ValueError("samples in memory need their sample_rate (Hz)")
+        label = name or "samples"
+        return samples_to_model_audio(audio, sample_rate, label), label
