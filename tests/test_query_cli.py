@@ -204,9 +204,40 @@ def test_the_python_interface_scans_as_the_command_does(results, cli, tmp_path, 
     assert [r["song_id"] for r in printed if r["kind"] == "song"] == ["song0", "song2"]
     db = Database.open(results, device="cpu")
     assert db.scan(recording) == printed
+    audio = sf.read(recording, dtype="float32")[0]  # as the file holds it: 16-bit
     assert db.scan(audio, sample_rate=SR, name=str(recording), threads=2) == printed
     with pytest.raises(ValueError, match="too short to scan"):
         db.scan(audio[:SR // 2], sample_rate=SR)
+
+
+def test_the_python_interface_listens_as_the_command_does(results, cli, tmp_path, capsys):
+    """``Database.listen``: blocks pushed as they come get the decisions `nafp listen --input FILE --fast --json`
+    prints for the same audio, hop for hop, and ``finish`` its summary."""
+    from workflow_lib.api import Database
+    from workflow_lib.cli.main import main
+
+    recording = tmp_path / "recording.wav"
+    audio = np.concatenate([synth_song(777, 4.0), synth_song(41, 25.0)[5 * SR:17 * SR]])
+    sf.write(recording, audio, SR)
+    assert main(["listen", "--input", str(recording), "--fast", "--json", "--results", str(results)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    printed = [x for x in lines if x["type"] == "decision"]
+    summary = next(x for x in lines if x["type"] == "summary")
+    stream = Database.open(results, device="cpu").listen(sample_rate=SR, channels=2)
+    audio = sf.read(recording, dtype="float32")[0]  # as the file holds it: 16-bit
+    stereo = np.stack([audio, audio], axis=1)
+    decided = []
+    for at in range(0, len(stereo), 1234):  # blocks of any size
+        decided += stream.push(stereo[at:at + 1234])
+    ended = stream.finish()
+    fields = ("stream_s", "state", "song_id", "event", "song_pos_s", "confidence")
+    assert [[d[k] for k in fields] for d in decided] == [[d[k] for k in fields] for d in printed]
+    assert [h["song_id"] for h in ended["heard"]] == [h["song_id"] for h in summary["heard"]] == ["song1"]
+    assert ended["stream_s"] == summary["stream_s"] and len(decided) == ended["decisions"]
+    with pytest.raises(ValueError, match="finished"):
+        stream.push(stereo[:SR])
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        Database.open(results, device="cpu").listen(SR, channels=2).push(audio)
 
 
 def test_table_output_and_vote_mode(results, cli, tmp_path, capsys):

@@ -6,6 +6,7 @@
     answer = db.query("clip.m4a")                   # the object `nafp query --json` prints for the file
     answer = db.query(samples, sample_rate=44100)   # audio in memory: (n,), (n, channels) or (channels, n)
     rows = db.scan("radio_show.mp3")                # the objects `nafp scan --json` prints: songs and gaps
+    stream = db.listen(sample_rate=48000)           # the listener: stream.push(block) -> its decisions
     db.songs                                        # the catalogue: song_id, title, artist, path, tracks
 
 The folder is searched with the settings it was built with (its ``config.yaml``; ``config`` merges a file over
@@ -170,7 +171,7 @@ class Database:
         self.searcher = searcher
         self.config = config
         self.results = results
-        self.listen = listen_config(config)
+        self.listen_settings = listen_config(config)  # the scan's and the listener's
 
     @classmethod
     def open(cls, results: str | Path = "results", config: str | Path | None = None, *, device: str | None = None,
@@ -188,7 +189,7 @@ class Database:
         --json`` prints (``file`` is ``name``, else the path, else "samples"). ``match`` says whether the no-match
         rule trusts it; the song fields are None when it does not, and ``best_guess`` holds the nearest song."""
         samples, label = self._audio(audio, sample_rate, name)
-        return answer(self.searcher, samples, self.listen, label)
+        return answer(self.searcher, samples, self.listen_settings, label)
 
     def scan(self, audio: str | os.PathLike | np.ndarray, sample_rate: int | None = None, *,
              min_duration_s: float = 0.0, whitened: bool = False, threads: int = 1,
@@ -212,10 +213,20 @@ class Database:
         before = torch.get_num_threads()
         try:
             workers = fingerprint_workers(threads, self.searcher.device)
-            result = scan_recording(self.searcher, chunks, self.listen, label, min_duration_s, workers, whitened)
+            result = scan_recording(self.searcher, chunks, self.listen_settings, label, min_duration_s, workers,
+                                    whitened)
         finally:
             torch.set_num_threads(before)
         return result.rows()
+
+    def listen(self, sample_rate: int, channels: int = 1) -> "Stream":
+        """The live listener for audio pushed as it comes (a capture callback, a network stream): ``Stream``. At
+        ``sample_rate`` Hz, in blocks of shape ``(n,)`` or ``(n, channels)``."""
+        from workflow_lib.listener.views import listener_core
+
+        if not (isinstance(channels, int) and channels >= 1):
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        return Stream(listener_core(self.searcher, self.listen_settings), sample_rate, channels, self.searcher.tracks)
 
     @property
     def songs(self):
@@ -241,3 +252,57 @@ class Database:
             raise ValueError("samples in memory need their sample_rate (Hz)")
         label = name or "samples"
         return samples_to_model_audio(audio, sample_rate, label), label
+
+
+class Stream:
+    """``nafp listen``'s decisions for audio pushed block by block (``Database.listen``): ``push`` returns the
+    decisions of the hops its block completed, one per 0.5 s of audio, as the objects of `nafp listen --json`'s
+    decision lines (``state`` is "match" while a song is declared; ``event`` marks a match, a change and a loss);
+    ``finish`` ends the stream and returns the summary (``heard``: every song declared, with its times). The audio
+    reaches the listener in the capture's blocks (``listen.block_s``) whatever the sizes pushed, so the decisions
+    are those of `nafp listen --input FILE --fast` for the same audio."""
+
+    def __init__(self, core, sample_rate: int, channels: int, names=None):
+        import soxr
+
+        from workflow_lib.audio.files import mono_samples
+
+        mono_samples(np.zeros((1, channels), np.float32), sample_rate, "stream", channels)  # a bad rate, now
+        self.core, self.sample_rate, self.channels, self.names = core, int(sample_rate), channels, names
+        self._resampler = soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") \
+            if self.sample_rate != SAMPLE_RATE else None
+        self._block = max(1, int(round(core.config.block_s * self.sample_rate)))
+        self._pending = np.zeros(0, np.float32)  # at the input rate: less than a block
+        self._finished = False
+
+    def push(self, block: np.ndarray) -> list[dict]:
+        """Decisions for the hops this block completes (none while the first second fills)."""
+        from workflow_lib.audio.files import mono_samples
+
+        if self._finished:
+            raise ValueError("the stream is finished: open another with Database.listen")
+        x = np.concatenate([self._pending, mono_samples(block, self.sample_rate, "stream block", self.channels)])
+        whole = len(x) - len(x) % self._block
+        self._pending = x[whole:]
+        out = []
+        for at in range(0, whole, self._block):
+            out += self._decide(x[at:at + self._block])
+        return out
+
+    def finish(self) -> dict:
+        """The rest of the audio decided, the stream ended; the summary of `nafp listen --json` (``heard``...)."""
+        from workflow_lib.listener.tracks import summary_by_tracks
+
+        if not self._finished:
+            self._decide(self._pending, last=True)
+            self.core.finish()
+            self._finished = True
+        return summary_by_tracks(self.core.summary(), self.names).to_dict()
+
+    def _decide(self, block: np.ndarray, last: bool = False) -> list[dict]:
+        """One capture block through the resampler into the listener: a decision when it completes a hop."""
+        from workflow_lib.listener.tracks import decision_by_track
+
+        x = self._resampler.resample_chunk(block, last=last) if self._resampler is not None else block
+        d = self.core.push(x) if len(x) else None
+        return [] if d is None else [decision_by_track(d, self.names).to_dict()]

@@ -327,16 +327,18 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.nda
     return soxr.resample(audio, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
 
 
-def samples_to_model_audio(samples: np.ndarray, sample_rate: int, name: str = "samples") -> np.ndarray:
-    """Audio already in memory as a decoded file comes out of ``load_audio``: mono float32 at ``SAMPLE_RATE``.
+def mono_samples(samples: np.ndarray, sample_rate: int, name: str = "samples",
+                 channels: int | None = None) -> np.ndarray:
+    """Audio already in memory, mixed down as files are (the mean of the channels) to mono float32 at its own rate.
 
-    ``samples``: ``(n,)``, ``(n, channels)`` (soundfile's layout) or ``(channels, n)`` (torchaudio's and librosa's):
-    the shorter axis of a 2-D array is its channels, mixed down by their mean as files are. Integer PCM is scaled
-    to [-1, 1). Raises ValueError for what is not audio, and AudioDecodeError for NaN or infinite samples."""
+    ``samples``: ``(n,)``, ``(n, channels)`` (soundfile's layout) or ``(channels, n)`` (torchaudio's and
+    librosa's): the shorter axis of a 2-D array is its channels, unless ``channels`` says how many there are (a
+    stream's blocks, which may be shorter than their channel count). Integer PCM is scaled to [-1, 1). Raises
+    ValueError for what is not audio, and AudioDecodeError for NaN or infinite samples."""
     x = np.asarray(samples)
     if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
         raise ValueError(f"{name}: the sample rate must be a positive integer (Hz), got {sample_rate!r}")
-    if x.ndim not in (1, 2) or x.size == 0:
+    if x.ndim not in (1, 2):
         raise ValueError(f"{name}: expected samples of shape (n,), (n, channels) or (channels, n), got {x.shape}")
     if np.issubdtype(x.dtype, np.signedinteger):
         x = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
@@ -345,11 +347,24 @@ def samples_to_model_audio(samples: np.ndarray, sample_rate: int, name: str = "s
         x = (x.astype(np.float32) - half) / half
     elif not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{name}: samples must be numbers (float or integer PCM), got {x.dtype}")
-    if x.ndim == 2 and x.shape[0] < x.shape[1]:
-        x = x.T
+    if x.ndim == 2:
+        if channels is None and x.shape[0] < x.shape[1]:
+            x = x.T
+        elif channels is not None and x.shape[1] != channels:
+            raise ValueError(f"{name}: expected blocks of shape (n, {channels}), got {x.shape}")
+    elif channels not in (None, 1):
+        raise ValueError(f"{name}: expected blocks of shape (n, {channels}), got {x.shape}")
     _check_finite(x, name, 0, int(sample_rate))
     mono = x.mean(axis=1) if x.ndim == 2 else x
-    return resample(np.ascontiguousarray(mono, dtype=np.float32), int(sample_rate))
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def samples_to_model_audio(samples: np.ndarray, sample_rate: int, name: str = "samples") -> np.ndarray:
+    """Audio already in memory as a decoded file comes out of ``load_audio``: mono float32 at ``SAMPLE_RATE``
+    (``mono_samples``, then resampled). Raises ValueError (also for no samples at all) or AudioDecodeError."""
+    if np.size(samples) == 0:
+        raise ValueError(f"{name}: no samples")
+    return resample(mono_samples(samples, sample_rate, name), int(sample_rate))
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE,
