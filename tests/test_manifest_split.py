@@ -177,6 +177,15 @@ def test_missing_folder_is_named(tmp_path):
         build_manifest([("music", tmp_path / "nowhere")])
 
 
+def test_a_music_folder_whose_name_is_not_utf8_is_named_with_what_to_do(tmp_path):
+    import os
+
+    folder = tmp_path / os.fsdecode(b"Bj\xf6rk")
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"music folder .*Bj\\xf6rk: its name is not valid UTF-8 .*convmv"):
+        build_manifest([("music", folder)])
+
+
 def _songs(n, start=0, collection="music"):
     ids = [song_id_for(collection, f"song{i}.mp3") for i in range(start, start + n)]
     return pd.DataFrame({"song_id": ids, "collection": collection})

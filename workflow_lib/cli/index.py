@@ -94,13 +94,12 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(m) for m in music if not m.is_dir()]
     if missing:
         return fail(f"not a folder: {', '.join(missing)}")
-    from workflow_lib.data.folders import is_utf8, shown
+    from workflow_lib.data.folders import is_utf8, not_utf8_folder
 
     results = Path(args.results).expanduser().resolve()
-    undecodable = [shown(f) for f in [*music, results] if not is_utf8(f)]
+    undecodable = [f for f in [*music, results] if not is_utf8(f)]
     if undecodable:  # the run's config and tables hold the paths, and hold UTF-8 only
-        return fail(f"{', '.join(undecodable)}: the folder's name is not valid UTF-8 (its bytes shown as \\xNN); "
-                    "rename it (e.g. convmv -f latin1 -t utf8)")
+        return fail("; ".join(not_utf8_folder(f) for f in undecodable))
     from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: `nafp --help` starts without the decoders
 
     empty = [str(m) for m in music if not _holds_audio(m, AUDIO_EXTENSIONS)]

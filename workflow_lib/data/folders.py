@@ -17,7 +17,14 @@ from workflow_lib.data.cuesheet import SHEET_EXTENSIONS
 
 # Names that are not UTF-8 (a latin-1 name copied from an old disk) cannot be written to the song tables
 # (Parquet and JSON hold UTF-8) nor shown as typed; they are named with their bytes escaped and left out.
-NOT_UTF8 = "name is not valid UTF-8 (its bytes shown as \\xNN): skipped; rename it (e.g. convmv -f latin1 -t utf8)"
+NOT_UTF8_NAME = "name is not valid UTF-8 (its bytes shown as \\xNN)"
+RENAME_TO_UTF8 = "rename it (e.g. convmv -f latin1 -t utf8)"
+NOT_UTF8 = f"{NOT_UTF8_NAME}: skipped; {RENAME_TO_UTF8}"  # a file or folder below the music folders
+
+
+def not_utf8_folder(path: str | Path, what: str = "the folder's") -> str:
+    """The error for a folder the user named (a music or results folder) whose name is not UTF-8."""
+    return f"{shown(path)}: {what} {NOT_UTF8_NAME}; {RENAME_TO_UTF8}"
 
 
 def is_utf8(name: str | Path) -> bool:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
 from workflow_lib.data.cuesheet import SHEET_EXTENSIONS
-from workflow_lib.data.folders import NOT_UTF8, is_utf8, shown, walk_files
+from workflow_lib.data.folders import is_utf8, not_utf8_folder, shown, walk_files
 from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.files import (AUDIO_EXTENSIONS, AudioDecodeError, audio_info, decoder_id, ffmpeg_missing_for,
                                       iter_audio)
@@ -169,7 +169,7 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
         if not root.is_dir():
             raise FileNotFoundError(f"{collection} folder does not exist or is not a folder: {shown(root)}")
         if not is_utf8(root):
-            raise ValueError(f"{collection} folder {shown(root)}: {NOT_UTF8.replace(': skipped', '')}")
+            raise ValueError(f"{collection} folder {not_utf8_folder(root, 'its')}")
         outer = [r for c, r in collections if c == collection and r != root and root.is_relative_to(r)]
         if root in scanned or outer:  # its files are found once, below the outer folder (ids stay as they were)
             log.warning("%s is %s: scanned once", root, f"inside {outer[0]}" if outer else "listed twice")
