@@ -128,7 +128,7 @@ def test_a_rescan_decodes_only_the_files_that_changed(music_dir, tmp_path, monke
     first = write_manifest(*args, 3.0, -60)
     decoded = []
     real = manifest.measure_song
-    monkeypatch.setattr(manifest, "measure_song", lambda path: decoded.append(path.name) or real(path))
+    monkeypatch.setattr(manifest, "measure_song", lambda path, st=None: decoded.append(path.name) or real(path, st))
     for f in out.glob("*.parquet"):
         f.unlink()  # what Snakemake does before rerunning the job
     sf.write(str(music_dir / "b.wav"), np.stack([tone_mix(4.0, 44100, seed=5)] * 2, 1), 44100)  # changed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -53,14 +54,15 @@ def check_song(path: Path, min_duration_s: float, silence_dbfs: float) -> tuple[
     return (fields, None) if reason is None else (None, reason)
 
 
-def measure_song(path: Path) -> tuple[dict | None, str | None]:
+def measure_song(path: Path, st: os.stat_result | None = None) -> tuple[dict | None, str | None]:
     """Decode the whole file once: (measured fields, None), or (None, reason) when it cannot be a song at all.
 
     Decoding to the end is what proves a file readable and tells its level; at several hundred times realtime it is
     cheap next to everything after it. ``decoder_messages`` counts the lines the decoder printed meanwhile
     (libmpg123's skipped damaged frames: harmless in ones and twos, a sign of a badly damaged file in hundreds); they
     are not printed. ``audio_digest`` hashes the decoded samples, after the decoder's id (``decoder_id``): a file
-    whose tags were edited keeps it, so the extraction reuses its fingerprints (``database.extract``).
+    whose tags were edited keeps it, so the extraction reuses its fingerprints (``database.extract``). ``st``: the
+    file's ``stat`` when the caller has it already.
     """
     suffix = path.suffix.lower()
     if suffix not in AUDIO_EXTENSIONS:
@@ -68,7 +70,7 @@ def measure_song(path: Path) -> tuple[dict | None, str | None]:
     if ffmpeg_missing_for(path):
         return None, f"{suffix} needs ffmpeg, which is not installed"
     try:
-        st = path.stat()
+        st = st or path.stat()
     except OSError as exc:  # gone since the folder was listed (a network share, a sync client)
         return None, f"unreadable: {exc.strerror or exc}"
     if st.st_size == 0:
@@ -127,13 +129,13 @@ class Measurements:
             st = path.stat()
             same = old is not None and (st.st_size, st.st_mtime_ns) == (old["size_bytes"], old["mtime_ns"])
         except OSError:
-            same = False
+            st, same = None, False
         # a file measured through ffmpeg is decoded again (and so rejected) once ffmpeg is gone
         if same and not ffmpeg_missing_for(path):
             self.reused += 1
             fields, reason = {k: old[k] for k in MEASURED}, None
         else:
-            fields, reason = measure_song(path)
+            fields, reason = measure_song(path, st)
         if fields is not None:
             self.rows.append({"path": str(path), **fields})
         return fields, reason
