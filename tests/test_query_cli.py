@@ -240,6 +240,32 @@ def test_the_python_interface_listens_as_the_command_does(results, cli, tmp_path
         Database.open(results, device="cpu").listen(SR, channels=2).push(audio)
 
 
+def test_the_python_interface_adds_and_removes_songs_and_searches_them_at_once(results, cli, tmp_path):
+    """``Database.add`` and ``remove`` are `nafp db add` and `remove`, and the open database follows them."""
+    import shutil
+
+    from workflow_lib.api import Database
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    new = tmp_path / "new" / "Late Arrival - Fourth Song.flac"
+    new.parent.mkdir()
+    write_audio(new, synth_song(43, 25.0))
+    clip = synth_song(43, 25.0)[8 * SR:14 * SR]
+    db = Database.open(copy, device="cpu")
+    assert not db.query(clip, sample_rate=SR)["match"]
+    write_audio(new.parent / "short.wav", synth_song(44, 1.0))
+    with pytest.raises(FileNotFoundError, match="nowhere.flac"):
+        db.add(new.parent, tmp_path / "nowhere.flac")
+    added = db.add(new.parent)
+    assert len(added["added"]) == 1 and [s["path"] for s in added["skipped"]] == [str(new.parent / "short.wav")]
+    answer = db.query(clip, sample_rate=SR)
+    assert answer["match"] and answer["song_id"] == added["added"][0] and answer["title"] == "Fourth Song"
+    assert abs(answer["offset_s"] - 8.0) <= 0.25 and len(db.songs) == 4
+    assert db.remove(new, "no-such-song") == (added["added"], ["no-such-song"])
+    assert not db.query(clip, sample_rate=SR)["match"] and len(db.songs) == 3
+
+
 def test_table_output_and_vote_mode(results, cli, tmp_path, capsys):
     f = _query_files(tmp_path)
     rc = cli.main([str(f["wav"]), str(f["unknown"]), "--results", str(results), "--mode", "vote", "--top-k", "5",

@@ -7,7 +7,8 @@
     answer = db.query(samples, sample_rate=44100)   # audio in memory: (n,), (n, channels) or (channels, n)
     rows = db.scan("radio_show.mp3")                # the objects `nafp scan --json` prints: songs and gaps
     stream = db.listen(sample_rate=48000)           # the listener: stream.push(block) -> its decisions
-    db.songs                                        # the catalogue: song_id, title, artist, path, tracks
+    db.songs                                        # what `nafp db list --csv` gives, as a DataFrame
+    db.add("new_album/"); db.remove("old_album/")   # `nafp db add` and `nafp db remove`
 
 The folder is searched with the settings it was built with (its ``config.yaml``; ``config`` merges a file over
 them, and the keyword arguments of ``Database.open`` override both), and the commands answer through the same
@@ -167,21 +168,49 @@ def scan_recording(searcher, chunks: Iterable[np.ndarray], listen, name: str, mi
 class Database:
     """A searchable folder opened once (``open``), then asked as often as needed (``query``, ``scan``)."""
 
-    def __init__(self, searcher, config: dict, results: Path):
-        self.searcher = searcher
-        self.config = config
+    def __init__(self, results: Path, config_file: str | Path | None = None, overrides: dict | None = None):
         self.results = results
-        self.listen_settings = listen_config(config)  # the scan's and the listener's
+        self._config_file, self._overrides = config_file, dict(overrides or {})
+        self._load()
+
+    def _load(self) -> None:
+        self.searcher, self.config = open_searcher(self.results, self._config_file, self._overrides)
+        self.searcher.warm_up()  # first-call set-up: not part of the first answer's time
+        self.listen_settings = listen_config(self.config)  # the scan's and the listener's
 
     @classmethod
     def open(cls, results: str | Path = "results", config: str | Path | None = None, *, device: str | None = None,
              mode: str | None = None, top_k: int | None = None, nprobe: int | None = None) -> "Database":
         """The database of ``results`` with its own settings; ``config`` (a file) and the keywords (as the
         commands' options of the same names) override them. Raises ``SetupError``."""
-        searcher, cfg = open_searcher(results, config, {"device": device, "mode": mode, "top_k": top_k,
-                                                        "nprobe": nprobe})
-        searcher.warm_up()  # first-call set-up: not part of the first answer's time
-        return cls(searcher, cfg, Path(results))
+        return cls(Path(results), config, {"device": device, "mode": mode, "top_k": top_k, "nprobe": nprobe})
+
+    def add(self, *paths: str | os.PathLike, replace: bool = False, threads: int = 1) -> dict:
+        """``nafp db add``: fingerprint files (or every audio file below folders) into the database, then search
+        it with them. Returns ``{"added": [song ids], "fingerprints", "file", "skipped": [{path, reason}]}``;
+        a file that cannot be a song, or whose audio is already in the database, is skipped with its reason.
+        The threshold stays as calibrated (``nafp db info`` says when the database has grown enough to rerun it)."""
+        from workflow_lib.common.layout import ResultsLayout
+        from workflow_lib.database.edit import add_files
+
+        data = self.config.get("data", {})
+        device = self._overrides.get("device") or "auto"
+        result = add_files(ResultsLayout.of(self.results, self.config), paths, batch_size=self.searcher.batch_size,
+                           device=device, threads=threads, replace=replace,
+                           min_duration_s=data.get("min_duration_s", 3.0), silence_dbfs=data.get("silence_dbfs", -60.0))
+        self._load()
+        return result
+
+    def remove(self, *songs: str | os.PathLike, threads: int = 1) -> tuple[list[str], list[str]]:
+        """``nafp db remove``: songs out of the database by id, file or folder (every song whose file was below it).
+        Returns (the song ids removed, what was not found). They stay out when the folders are indexed again."""
+        from workflow_lib.common.layout import ResultsLayout
+        from workflow_lib.database.edit import remove_songs
+
+        removed, missing = remove_songs(ResultsLayout.of(self.results, self.config), [str(s) for s in songs],
+                                        threads=threads)
+        self._load()
+        return removed, missing
 
     def query(self, audio: str | os.PathLike | np.ndarray, sample_rate: int | None = None,
               name: str | None = None) -> dict:
@@ -230,11 +259,13 @@ class Database:
 
     @property
     def songs(self):
-        """The catalogue as a pandas DataFrame indexed by ``song_id``: title, artist, path, tracks."""
+        """The songs in the database as ``nafp db list --csv`` gives them (a pandas DataFrame indexed by
+        ``song_id``): title, artist, duration_s, path, tracks (how many its cue sheet names; 0 for a song of its own).
+        """
         from workflow_lib.common.layout import ResultsLayout
-        from workflow_lib.database.catalogue import load_catalogue
+        from workflow_lib.database.edit import list_songs
 
-        return load_catalogue(ResultsLayout.of(self.results, self.config).catalogue)
+        return list_songs(ResultsLayout.of(self.results, self.config)).set_index("song_id", drop=False)
 
     @staticmethod
     def _no_rate(sample_rate: Any) -> None:
