@@ -146,6 +146,18 @@ def test_an_album_kept_as_one_file_is_answered_by_its_tracks(indexed, tmp_path):
     assert re.search(r"The Band +Live \[3 tracks\]", r.stdout)
 
 
+def test_the_python_interface_opens_what_nafp_index_made(indexed):
+    """``api.Database`` on an `nafp index` folder with the bundled model: the album's track, as `nafp query` names it."""
+    from workflow_lib.api import Database
+
+    root, _ = indexed
+    audio = load_audio(root / "corpus" / "music" / "The Band - Live.flac")
+    db = Database.open(root / "db")
+    answer = db.query(audio[25 * SAMPLE_RATE:33 * SAMPLE_RATE], sample_rate=SAMPLE_RATE)
+    assert answer["match"] and (answer["track"], answer["title"], answer["album"]) == (2, "Café au lait", "Live")
+    assert len(db.songs) == N_SONGS and db.songs.loc[answer["song_id"], "tracks"] == 3
+
+
 def test_a_rerun_after_retagging_reuses_the_calibration(indexed):
     """Tags edited and files touched: the index is rebuilt from the same vectors, and the threshold that nothing
     changed is taken from the last calibration instead of 4,000 queries again (``evaluation.calibration_cache``)."""
