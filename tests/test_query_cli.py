@@ -257,11 +257,12 @@ def test_the_python_interface_adds_and_removes_songs_and_searches_them_at_once(r
     write_audio(new.parent / "short.wav", synth_song(44, 1.0))
     with pytest.raises(FileNotFoundError, match="nowhere.flac"):
         db.add(new.parent, tmp_path / "nowhere.flac")
-    added = db.add(new.parent)
+    added = db.add(new.parent, threads=2)
     assert len(added["added"]) == 1 and [s["path"] for s in added["skipped"]] == [str(new.parent / "short.wav")]
     answer = db.query(clip, sample_rate=SR)
     assert answer["match"] and answer["song_id"] == added["added"][0] and answer["title"] == "Fourth Song"
     assert abs(answer["offset_s"] - 8.0) <= 0.25 and len(db.songs) == 4
+    assert torch.get_num_threads() == 1  # as the tests set it: the edit's own count was for the edit only
     assert db.remove(new, "no-such-song") == (added["added"], ["no-such-song"])
     assert not db.query(clip, sample_rate=SR)["match"] and len(db.songs) == 3
 

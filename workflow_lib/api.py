@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -165,8 +166,24 @@ def scan_recording(searcher, chunks: Iterable[np.ndarray], listen, name: str, mi
     return scan_by_tracks(result, searcher.tracks)
 
 
+@contextmanager
+def _threads_kept() -> Iterator[None]:
+    """torch's and FAISS's thread counts as they were before (the stages set them for their work)."""
+    import faiss
+    import torch
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+
+
 class Database:
-    """A searchable folder opened once (``open``), then asked as often as needed (``query``, ``scan``)."""
+    """A searchable folder opened once (``open``), then asked as often as needed (``query``, ``scan``, ``listen``)
+    and edited (``add``, ``remove``). The keywords named ``threads`` set torch's and FAISS's thread counts for that
+    call only."""
 
     def __init__(self, results: Path, config_file: str | Path | None = None, overrides: dict | None = None):
         self.results = results
@@ -195,9 +212,11 @@ class Database:
 
         data = self.config.get("data", {})
         device = self._overrides.get("device") or "auto"
-        result = add_files(ResultsLayout.of(self.results, self.config), paths, batch_size=self.searcher.batch_size,
-                           device=device, threads=threads, replace=replace,
-                           min_duration_s=data.get("min_duration_s", 3.0), silence_dbfs=data.get("silence_dbfs", -60.0))
+        with _threads_kept():
+            result = add_files(ResultsLayout.of(self.results, self.config), paths, device=device, threads=threads,
+                               batch_size=self.searcher.batch_size, replace=replace,
+                               min_duration_s=data.get("min_duration_s", 3.0),
+                               silence_dbfs=data.get("silence_dbfs", -60.0))
         self._load()
         return result
 
@@ -207,8 +226,9 @@ class Database:
         from workflow_lib.common.layout import ResultsLayout
         from workflow_lib.database.edit import remove_songs
 
-        removed, missing = remove_songs(ResultsLayout.of(self.results, self.config), [str(s) for s in songs],
-                                        threads=threads)
+        with _threads_kept():
+            removed, missing = remove_songs(ResultsLayout.of(self.results, self.config), [str(s) for s in songs],
+                                            threads=threads)
         self._load()
         return removed, missing
 
@@ -224,10 +244,7 @@ class Database:
              min_duration_s: float = 0.0, whitened: bool = False, threads: int = 1,
              name: str | None = None) -> list[dict]:
         """Every occurrence and gap of a recording (a file, read chunk by chunk, or samples in memory): the objects
-        ``nafp scan --json`` prints, in order. The keywords are the command's options of the same names; torch's
-        thread count is set for the scan and put back after it."""
-        import torch
-
+        ``nafp scan --json`` prints, in order. The keywords are the command's options of the same names."""
         from workflow_lib.audio.files import iter_audio
         from workflow_lib.listener.scan import fingerprint_workers, whitened_view
 
@@ -239,13 +256,10 @@ class Database:
         else:
             samples, label = self._audio(audio, sample_rate, name)
             chunks = [samples]
-        before = torch.get_num_threads()
-        try:
+        with _threads_kept():
             workers = fingerprint_workers(threads, self.searcher.device)
             result = scan_recording(self.searcher, chunks, self.listen_settings, label, min_duration_s, workers,
                                     whitened)
-        finally:
-            torch.set_num_threads(before)
         return result.rows()
 
     def listen(self, sample_rate: int, channels: int = 1) -> "Stream":
