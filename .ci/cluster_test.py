@@ -10,7 +10,10 @@ stops it afterwards. Steps, each with a hard time limit:
 4. rerun on the cluster: it must redo only what is missing (every file that existed is left untouched) and succeed;
 5. the cluster's results are compared with the reference run, file by file, by content (.ci/compare_runs.py).
    Training is compared bit for bit too; if the two trainings were not bitwise equal, everything downstream of the
-   model is instead recomputed on this machine from the cluster's own model file and compared with the cluster's.
+   model is instead recomputed on this machine from the cluster's own model file and compared with the cluster's;
+6. `nafp index --profile slurm --profile slurm-ci` makes the reference run's songs searchable through SLURM, as a
+   user indexes a collection from a login node: every song must be in its index, its fingerprint shards made by
+   SLURM jobs.
 """
 
 from __future__ import annotations
@@ -370,6 +373,28 @@ def _compare_model_structure(local: Path, cluster: Path, train_files: set[str], 
             diffs[name] = "model structure differs (keys, tensor shapes or model_config)"
 
 
+def index_on_the_cluster(scratch: Path, music: Path, timeout: float) -> None:
+    """Step 6: `nafp index` through the SLURM profile, on a folder of songs."""
+    results = scratch / "nafp-index"
+    log = scratch / "logs" / f"{len(RUNNING) + 1:02d}-nafp-index.log"
+    cmd = [sys.executable, "-m", "workflow_lib.cli.main", "index", str(music), "--results", str(results),
+           "--profile", "slurm", "--profile", "slurm-ci", "--shards", "3", "--queries-per-length", "20"]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=scratch, stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    RUNNING.append(proc)
+    rc = wait(proc, timeout, "nafp index")
+    n = len(list(music.glob("*.flac")))
+    if rc != 0 or f"{n} songs are searchable" not in log.read_text(errors="replace"):
+        raise Failed(f"nafp index through SLURM (rc={rc}) did not make the {n} songs searchable; last lines of "
+                     f"{log}:\n{_tail(log)}")
+    # slurm-logdir: one folder per rule or group that ran as a SLURM job (slurm-ci keeps the logs of those that passed)
+    jobs = sorted(p.name for p in (results / "logs" / "slurm").glob("*") if p.is_dir())
+    if not any("shards" in j or "extract" in j for j in jobs):
+        raise Failed(f"nafp index: no SLURM job made the fingerprint shards (SLURM log folders: {jobs})")
+    say(f"nafp index through SLURM: {n} songs searchable (SLURM jobs: {', '.join(jobs)})")
+
+
 def no_jobs_left() -> None:
     left = squeue()
     if left:
@@ -412,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"local reference run done ({n_total} jobs)")
         rerun_only_missing(cluster, args.victim, n_total, timeout=args.step_timeout)
         compare(local.workdir, cluster.workdir, local, args.scratch, timeout=args.step_timeout)
+        index_on_the_cluster(args.scratch, local.workdir / "results" / "demo_corpus" / "music", args.step_timeout)
         no_jobs_left()
     except Failed as e:
         say(f"FAILED: {e}")

@@ -217,6 +217,22 @@ def test_a_misspelt_setting_is_named_before_any_stage_runs(tmp_path):
     assert r.returncode == 2 and "config file not found" in r.stderr and not (tmp_path / "db").exists()
 
 
+def test_the_stages_run_through_a_profile_with_the_shards_asked_for(tmp_path):
+    """`--profile` hands the stages to a Snakemake profile (profiles/slurm on a cluster: .ci/cluster_test.py runs it
+    on a SLURM test cluster; here profiles/local), `--shards` sets the fingerprint jobs; an unknown profile is named
+    before anything runs."""
+    generate_demo_corpus(tmp_path / "corpus", 3, 10.0, seed=5)
+    music, db = tmp_path / "corpus" / "music", tmp_path / "db"
+    r = nafp("index", str(music), "--results", str(db), "--profile", "slurmm", cwd=tmp_path)
+    assert r.returncode == 2 and "no such profile: slurmm" in r.stderr and "slurm" in r.stderr and not db.exists()
+    r = nafp("index", str(music), "--results", str(db), "--profile", "local", "--shards", "3", "--cores", "2",
+             "--queries-per-length", "10", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "through local" in r.stderr and "3 songs are searchable" in r.stdout
+    assert sorted(p.name for p in (db / "fingerprints").glob("shard-*.parquet")) == [
+        "shard-0.parquet", "shard-1.parquet", "shard-2.parquet"]
+
+
 def test_a_folder_without_audio_is_named_before_any_stage_runs(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no music here")

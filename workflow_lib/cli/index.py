@@ -33,7 +33,15 @@ def add_parser(sub) -> None:
                    help="bundled (default: the fastest), bundled-pair (two models searched as one: about twice "
                         "the compute, more right answers in resonant spaces, noisy rooms and speed changes, the "
                         "better choice for `nafp listen`; models/README.md), or the path of a model file")
-    p.add_argument("--cores", default="all", help="CPU cores to use (default: all)")
+    p.add_argument("--cores", default=None,
+                   help="CPU cores to use (default: all; with --profile, the profile's: the most one job may ask for)")
+    p.add_argument("--profile", action="append", default=None, metavar="PROFILE",
+                   help="run the stages through a Snakemake profile: slurm (a SLURM job per group of fingerprint "
+                        "shards, from a login node; docs/cluster.md), local, or a profile folder; repeat to layer "
+                        "one over another")
+    p.add_argument("--shards", type=int, default=None,
+                   help="fingerprint jobs (extract.n_shards; default: this machine's CPUs, at least 2). On a "
+                        "cluster, pick them so that one runs 10-60 minutes (docs/cluster.md, sizing)")
     p.add_argument("--queries-per-length", type=int, default=1000,
                    help="unknown-song queries per query length for the no-match calibration (default: 1000; "
                         "more hold the threshold steadier, for proportionally more calibration time)")
@@ -70,13 +78,14 @@ BUNDLED_SCAN_MAX_FPR = 0.003
 FOLLOW_ISLAND_S = 3.0
 
 
-def index_config(music: list[Path], model: str, queries_per_length: int) -> dict:
+def index_config(music: list[Path], model: str, queries_per_length: int, shards: int | None = None) -> dict:
     """Settings of an index-only run: every song in the database, nothing trained, results in the folder itself."""
     cfg = {"results": ".",
            "data": {"music_dirs": [str(m) for m in music]},
            "model": {"source": model},
            "split": {"fractions": {"train": 0.0, "val": 0.0, "test": 1.0, "distractor": 0.0}},
-           "extract": {"splits": ["train", "val", "test", "distractor"], "n_shards": max(2, os.cpu_count() or 2)},
+           "extract": {"splits": ["train", "val", "test", "distractor"],
+                       "n_shards": shards or max(2, os.cpu_count() or 2)},
            "search": {"calibration": {"queries_per_length": queries_per_length}}}
     if model == "bundled-pair":
         cfg["listen"] = {"max_fpr": PAIR_LISTEN_MAX_FPR, "persistent_hops": PAIR_LISTEN_PERSISTENT_HOPS,
@@ -112,7 +121,13 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"--model: no such file: {args.model}")
     if args.queries_per_length < 10:
         return fail("--queries-per-length must be at least 10")
-    settings = index_config(music, model, args.queries_per_length)
+    if args.shards is not None and args.shards < 1:
+        return fail("--shards must be at least 1")
+    profiles = [profile_folder(p) for p in args.profile or []]
+    if unknown := [p for p, folder in zip(args.profile or [], profiles) if folder is None]:
+        return fail(f"--profile: no such profile: {', '.join(unknown)} (a name in {REPO / 'profiles'}: "
+                    f"{', '.join(PROFILE_NAMES)}; or a folder with a config.yaml)")
+    settings = index_config(music, model, args.queries_per_length, args.shards)
     problem = config_problem(settings, args.config)
     if problem:  # named before any stage: running the same command again would not help
         return fail(problem)
@@ -122,10 +137,13 @@ def run(args: argparse.Namespace) -> int:
                         yaml.safe_dump(settings, sort_keys=False))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(results),
            "--configfile", str(cfg_path), *(["--configfile", str(Path(args.config).resolve())] if args.config else []),
-           "--cores", str(args.cores), "searchable"]
+           *[x for folder in profiles for x in ("--profile", str(folder))],
+           # a profile's own cores (on a cluster: the most CPUs one job may ask for) unless asked otherwise
+           *(["--cores", str(args.cores or "all")] if args.cores or not profiles else []), "searchable"]
     if not args.verbose:
         cmd += ["--quiet", "progress", "rules", "host"]  # what a user needs: the stages' own progress bars
-    print(f"indexing {', '.join(map(str, music))} into {results} (model: {model})", file=sys.stderr)
+    through = f"; through {' + '.join(args.profile)}" if profiles else ""
+    print(f"indexing {', '.join(map(str, music))} into {results} (model: {model}{through})", file=sys.stderr)
     env = dict(os.environ)
     if not args.verbose:  # each stage's accounting stays in its log file (results/logs/)
         env.setdefault(CONSOLE_LEVEL_ENV, "WARNING")
@@ -147,6 +165,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{count(n, 'song')} {'is' if n == 1 else 'are'} searchable in {results}"
           f"{change_note(before, after)}. Next:\n" + next_steps(results))
     return EXIT_OK
+
+
+# The profiles of this repository a user may name (profiles/default is Snakemake's own, always loaded; slurm-ci
+# fits profiles/slurm to the CI's one-node test cluster).
+PROFILE_NAMES = ("local", "slurm", "slurm-ci")
+
+
+def profile_folder(profile: str) -> Path | None:
+    """The folder of a ``--profile``: one of ``PROFILE_NAMES``, else a folder holding a config.yaml; None if
+    neither."""
+    folder = REPO / "profiles" / profile if profile in PROFILE_NAMES else Path(profile).expanduser().resolve()
+    return folder if (folder / "config.yaml").is_file() else None
 
 
 def config_problem(settings: dict, config_path: str | None) -> str | None:
