@@ -100,6 +100,24 @@ def test_null_queries_searched_side_by_side_give_the_same_scores(searcher, noise
     assert one == two and sorted(one) == [1, 5] and all(len(q) == 2 for q in one[5])
 
 
+def test_a_collection_of_short_pieces_is_calibrated_at_the_lengths_it_holds(searcher, noise_bank, tmp_path, caplog):
+    """Jingles of 6 s hold no 10 s query: that length is left out with a warning (a longer query takes the
+    threshold of the longest calibrated one), not the whole calibration."""
+    rows = []
+    for i in range(3):
+        p = tmp_path / f"jingle{i}.flac"
+        write_audio(p, synth_song(400 + i, 6.0))
+        rows.append({"song_id": f"jingle{i}", "path": str(p), "duration_s": 6.0})
+    plan = QueryPlan(lengths_s=(1, 3, 10), conditions=(Condition("10 dB", 10.0),))
+    with caplog.at_level("WARNING"):
+        scores = collect_null_scores(searcher, pd.DataFrame(rows), noise_bank, None, plan, n_per_length=10,
+                                     noise_share=0.2, seed=0)
+    assert sorted(scores) == [1, 5] and sum(map(len, scores.values())) == 20
+    assert "the longest song is 6.0 s, so 10 s queries are not calibrated" in caplog.text
+    calib = fit_from_candidates(scores, "margin", 0.1, {})
+    assert calib.threshold(19) == calib.threshold(5)  # a 10 s query: the 3 s threshold
+
+
 @pytest.mark.parametrize("statistic", STATISTICS)
 def test_out_of_database_query_is_no_match_after_calibration(searcher, null_candidates, statistic):
     assert sorted(null_candidates) == [1, 5, 9] and all(len(v) == 40 for v in null_candidates.values())
