@@ -21,7 +21,7 @@ import os
 import sys
 
 from workflow_lib import __version__
-from workflow_lib.common.logs import quiet_third_party_loggers
+from workflow_lib.common.logs import BarAwareHandler, quiet_third_party_loggers
 
 # subcommand -> module under workflow_lib.cli with add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS = {"index": "index", "query": "query", "scan": "scan", "listen": "listen", "db": "db"}
@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, force=True,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[BarAwareHandler(sys.stderr)],
+                        force=True, format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
     quiet_third_party_loggers()
 

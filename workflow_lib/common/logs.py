@@ -20,7 +20,7 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO, append
     ``append`` keeps what the file holds. ``history`` is a second log that every run of a resumable job appends
     to (Snakemake empties a job's log file when it reruns the job): its earlier lines are copied to the top of
     ``log_path`` first, so the log of a resumed job still shows what the killed run did."""
-    console = logging.StreamHandler(sys.stderr)
+    console = BarAwareHandler(sys.stderr)
     try:
         console.setLevel(os.environ.get(CONSOLE_LEVEL_ENV, "").upper() or logging.NOTSET)
     except ValueError:  # not a level name: print everything, as without it
@@ -42,6 +42,23 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO, append
     logging.captureWarnings(True)
     quiet_third_party_loggers()
     return logging.getLogger("workflow_lib")
+
+
+class BarAwareHandler(logging.StreamHandler):
+    """The console handler: lines go out through ``tqdm.write``, which lifts this process's progress bars off the
+    line first and draws them again below it, so a warning logged while a bar is drawn ("scan music: 40%|...")
+    gets a line of its own instead of being glued to the bar's."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def quiet_third_party_loggers() -> None:
