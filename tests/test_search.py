@@ -73,29 +73,29 @@ def test_vote_and_sequence_agree_on_clean_queries(searcher):
         assert seq.offset_s == pytest.approx(start / SR, abs=0.05)
 
 
+def _unknown_songs(folder, first_seed: int, n: int, seconds: float = 20.0) -> pd.DataFrame:
+    """``n`` generated songs that are not in the database, written as files: the table the calibration draws from."""
+    rows = []
+    for i in range(n):
+        p = folder / f"unknown{first_seed + i}.flac"
+        write_audio(p, synth_song(first_seed + i, seconds))
+        rows.append({"song_id": f"unknown{first_seed + i}", "path": str(p), "duration_s": seconds})
+    return pd.DataFrame(rows)
+
+
 @pytest.fixture(scope="module")
 def null_candidates(searcher, noise_bank, tmp_path_factory):
     """Candidate scores of null queries: songs searched as unknown (not in the database), written as files."""
-    d = tmp_path_factory.mktemp("null")
-    rows = []
-    for i in range(4):
-        p = d / f"null{i}.flac"
-        write_audio(p, synth_song(100 + i, 20.0))
-        rows.append({"song_id": f"null{i}", "path": str(p), "duration_s": 20.0})
     plan = QueryPlan(lengths_s=(1, 3, 5), conditions=(Condition("10 dB", 10.0),))
-    return collect_null_scores(searcher, pd.DataFrame(rows), noise_bank, None, plan, n_per_length=40,
-                               noise_share=0.2, seed=0)
+    return collect_null_scores(searcher, _unknown_songs(tmp_path_factory.mktemp("null"), 100, 4), noise_bank, None,
+                               plan, n_per_length=40, noise_share=0.2, seed=0)
 
 
 def test_null_queries_searched_side_by_side_give_the_same_scores(searcher, noise_bank, tmp_path):
     """The calibrate rule's worker threads change how fast, not what: every query draws from its own seed."""
-    rows = []
-    for i in range(3):
-        p = tmp_path / f"n{i}.flac"
-        write_audio(p, synth_song(300 + i, 20.0))
-        rows.append({"song_id": f"n{i}", "path": str(p), "duration_s": 20.0})
     plan = QueryPlan(lengths_s=(1, 3), conditions=(Condition("10 dB", 10.0),))
-    one, two = (collect_null_scores(searcher, pd.DataFrame(rows), noise_bank, None, plan, n_per_length=20,
+    songs = _unknown_songs(tmp_path, 300, 3)
+    one, two = (collect_null_scores(searcher, songs, noise_bank, None, plan, n_per_length=20,
                                     noise_share=0.2, seed=4, workers=w) for w in (1, 2))
     assert one == two and sorted(one) == [1, 5] and all(len(q) == 2 for q in one[5])
 
@@ -103,15 +103,10 @@ def test_null_queries_searched_side_by_side_give_the_same_scores(searcher, noise
 def test_a_collection_of_short_pieces_is_calibrated_at_the_lengths_it_holds(searcher, noise_bank, tmp_path, caplog):
     """Jingles of 6 s hold no 10 s query: that length is left out with a warning (a longer query takes the
     threshold of the longest calibrated one), not the whole calibration."""
-    rows = []
-    for i in range(3):
-        p = tmp_path / f"jingle{i}.flac"
-        write_audio(p, synth_song(400 + i, 6.0))
-        rows.append({"song_id": f"jingle{i}", "path": str(p), "duration_s": 6.0})
     plan = QueryPlan(lengths_s=(1, 3, 10), conditions=(Condition("10 dB", 10.0),))
     with caplog.at_level("WARNING"):
-        scores = collect_null_scores(searcher, pd.DataFrame(rows), noise_bank, None, plan, n_per_length=10,
-                                     noise_share=0.2, seed=0)
+        scores = collect_null_scores(searcher, _unknown_songs(tmp_path, 400, 3, seconds=6.0), noise_bank, None, plan,
+                                     n_per_length=10, noise_share=0.2, seed=0)
     assert sorted(scores) == [1, 5] and sum(map(len, scores.values())) == 20
     assert "the longest song is 6.0 s, so 10 s queries are not calibrated" in caplog.text
     calib = fit_from_candidates(scores, "margin", 0.1, {})
@@ -360,15 +355,6 @@ def _room_bank(folder, rt60_s: float, n: int, seed: int) -> ClipBank:
     write_clip_bank(prefix, clips, pd.DataFrame({"name": [f"r{i}" for i in range(n)], "kind": "room",
                                                   "rt60_s": rt60_s}))
     return ClipBank(prefix)
-
-
-def _unknown_songs(folder, first_seed: int, n: int) -> pd.DataFrame:
-    rows = []
-    for i in range(n):
-        p = folder / f"unknown{first_seed + i}.flac"
-        write_audio(p, synth_song(first_seed + i, 20.0))
-        rows.append({"song_id": f"unknown{first_seed + i}", "path": str(p), "duration_s": 20.0})
-    return pd.DataFrame(rows)
 
 
 def test_calibrated_false_positive_rate_holds_when_the_rooms_get_much_longer(searcher, noise_bank, tmp_path):
