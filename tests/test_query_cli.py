@@ -240,7 +240,7 @@ def test_the_python_interface_listens_as_the_command_does(results, cli, tmp_path
         Database.open(results, device="cpu").listen(SR, channels=2).push(audio)
 
 
-def test_the_python_interface_adds_and_removes_songs_and_searches_them_at_once(results, cli, tmp_path):
+def test_the_python_interface_adds_and_removes_songs_and_searches_them_at_once(results, cli, tmp_path, capsys):
     """``Database.add`` and ``remove`` are `nafp db add` and `remove`, and the open database follows them."""
     import shutil
 
@@ -262,6 +262,11 @@ def test_the_python_interface_adds_and_removes_songs_and_searches_them_at_once(r
     answer = db.query(clip, sample_rate=SR)
     assert answer["match"] and answer["song_id"] == added["added"][0] and answer["title"] == "Fourth Song"
     assert abs(answer["offset_s"] - 8.0) <= 0.25 and len(db.songs) == 4
+    from workflow_lib.cli.main import main
+
+    assert main(["db", "info", "--json", "--results", str(copy)]) == 0
+    assert json.loads(json.dumps(db.info)) == json.loads(capsys.readouterr().out)
+    assert db.info["songs"] == 4 and db.info["added_files"] == 1 and db.info["calibrated"]
     assert torch.get_num_threads() == 1  # as the tests set it: the edit's own count was for the edit only
     assert db.remove(new, "no-such-song") == (added["added"], ["no-such-song"])
     assert not db.query(clip, sample_rate=SR)["match"] and len(db.songs) == 3

@@ -8,6 +8,7 @@
     rows = db.scan("radio_show.mp3")                # the objects `nafp scan --json` prints: songs and gaps
     stream = db.listen(sample_rate=48000)           # the listener: stream.push(block) -> its decisions
     db.songs                                        # what `nafp db list --csv` gives, as a DataFrame
+    db.info                                         # what `nafp db info --json` prints
     db.add("new_album/"); db.remove("old_album/")   # `nafp db add` and `nafp db remove`
 
 The folder is searched with the settings it was built with (its ``config.yaml``; ``config`` merges a file over
@@ -166,6 +167,19 @@ def scan_recording(searcher, chunks: Iterable[np.ndarray], listen, name: str, mi
     return scan_by_tracks(result, searcher.tracks)
 
 
+def describe(layout) -> dict:
+    """``nafp db info --json``: the database's counts, model, index, sizes and edit history
+    (``database.edit.database_info``), whether it is calibrated, and the advice to recalibrate it when it has grown
+    since (``recalibrate``, None when the threshold still fits)."""
+    from workflow_lib.database.edit import database_info
+    from workflow_lib.search.threshold import recalibration_advice
+
+    info = database_info(layout)
+    info["calibrated"] = layout.threshold.exists()
+    info["recalibrate"] = recalibration_advice(layout.threshold, info["songs"])
+    return info
+
+
 @contextmanager
 def _threads_kept() -> Iterator[None]:
     """torch's and FAISS's thread counts as they were before (the stages set them for their work)."""
@@ -280,6 +294,13 @@ class Database:
         from workflow_lib.database.edit import list_songs
 
         return list_songs(ResultsLayout.of(self.results, self.config)).set_index("song_id", drop=False)
+
+    @property
+    def info(self) -> dict:
+        """What ``nafp db info --json`` prints: counts, model, index, sizes, edits, calibration (``describe``)."""
+        from workflow_lib.common.layout import ResultsLayout
+
+        return describe(ResultsLayout.of(self.results, self.config))
 
     @staticmethod
     def _no_rate(sample_rate: Any) -> None:

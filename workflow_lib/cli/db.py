@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if problem := missing_results(args.results):
         return fail(problem)
     setup_cpu_process()  # before torch and faiss load
-    from workflow_lib.database.edit import add_files, database_info, list_songs, remove_songs
+    from workflow_lib.database.edit import add_files, list_songs, remove_songs
 
     try:
         layout, cfg = _settings(args)
@@ -91,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print_songs(songs)
             return EXIT_OK
-        info = database_info(layout)
-        info["calibrated"] = layout.threshold.exists()
-        info["recalibrate"] = recalibration_advice(layout.threshold, info["songs"])
+        from workflow_lib.api import describe
+
+        info = describe(layout)
         if args.json:
             print(json.dumps(info, indent=2))
         else:
