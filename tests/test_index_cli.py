@@ -225,6 +225,11 @@ def test_the_stages_run_through_a_profile_with_the_shards_asked_for(tmp_path):
     music, db = tmp_path / "corpus" / "music", tmp_path / "db"
     r = nafp("index", str(music), "--results", str(db), "--profile", "slurmm", cwd=tmp_path)
     assert r.returncode == 2 and "no such profile: slurmm" in r.stderr and "slurm" in r.stderr and not db.exists()
+    # --dry-run: the jobs the SLURM profile would submit, with what each asks SLURM for; nothing made, nothing left
+    r = nafp("index", str(music), "--results", str(db), "--profile", "slurm", "--shards", "8", "--dry-run",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"^extract +8$", r.stdout, re.M) and "cpus_per_task=" in r.stdout and not db.exists()
     r = nafp("index", str(music), "--results", str(db), "--profile", "local", "--shards", "3", "--cores", "2",
              "--queries-per-length", "10", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

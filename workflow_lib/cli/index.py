@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--shards", type=int, default=None,
                    help="fingerprint jobs (extract.n_shards; default: this machine's CPUs, at least 2). On a "
                         "cluster, pick them so that one runs 10-60 minutes (docs/cluster.md, sizing)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the jobs that would run, with the threads, memory and time each asks for (a cluster "
+                        "profile's resources too), and run none")
     p.add_argument("--queries-per-length", type=int, default=1000,
                    help="unknown-song queries per query length for the no-match calibration (default: 1000; "
                         "more hold the threshold steadier, for proportionally more calibration time)")
@@ -131,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     problem = config_problem(settings, args.config)
     if problem:  # named before any stage: running the same command again would not help
         return fail(problem)
+    made_here = args.dry_run and not results.exists()
     results.mkdir(parents=True, exist_ok=True)
     cfg_path = results / INDEX_CONFIG
     cfg_path.write_text("# Settings of `nafp index` for this folder (rewritten by each run of it).\n" +
@@ -140,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
            *[x for folder in profiles for x in ("--profile", str(folder))],
            # a profile's own cores (on a cluster: the most CPUs one job may ask for) unless asked otherwise
            *(["--cores", str(args.cores or "all")] if args.cores or not profiles else []), "searchable"]
+    if args.dry_run:
+        return dry_run(cmd, results, made_here)
     if not args.verbose:
         cmd += ["--quiet", "progress", "rules", "host"]  # what a user needs: the stages' own progress bars
     through = f"; through {' + '.join(args.profile)}" if profiles else ""
@@ -164,6 +170,23 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + left_out)
     print(f"\n{count(n, 'song')} {'is' if n == 1 else 'are'} searchable in {results}"
           f"{change_note(before, after)}. Next:\n" + next_steps(results))
+    return EXIT_OK
+
+
+def dry_run(cmd: list[str], results: Path, made_here: bool) -> int:
+    """Snakemake's own dry run of the index (every job with its resources), printed as it is; a results folder
+    made only for it is removed again."""
+    import shutil
+
+    try:
+        rc = subprocess.run([*cmd, "--dry-run"], cwd=results).returncode
+    finally:
+        if made_here:
+            shutil.rmtree(results, ignore_errors=True)
+    if rc != 0:
+        return fail(f"the dry run stopped (Snakemake exit status {rc}); the messages above say why", EXIT_SETUP)
+    print("dry run: nothing was run" + (f"; {results} was made for it and removed again" if made_here else ""),
+          file=sys.stderr)
     return EXIT_OK
 
 
