@@ -147,7 +147,8 @@ def test_an_album_kept_as_one_file_is_answered_by_its_tracks(indexed, tmp_path):
 
 
 def test_the_python_interface_opens_what_nafp_index_made(indexed):
-    """``api.Database`` on an `nafp index` folder with the bundled model: the album's track, as `nafp query` names it."""
+    """``api.Database`` on an `nafp index` folder with the bundled model: the album's track, as `nafp query` names
+    it."""
     from workflow_lib.api import Database
 
     root, _ = indexed
