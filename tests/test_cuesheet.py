@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -95,6 +96,11 @@ def test_a_sheet_inside_the_file_tags_is_read(tmp_path):
     tags["CUESHEET"] = EAC_SHEET
     tags.save()
     assert [t.title for t in CueSheets().tracks(image)] == ["Opening", "Café au lait", "Encore"]
+    # the catalogue hands the tags it read for the title to the sheet finder: the same tracks, the file opened once
+    from workflow_lib.database.catalogue import catalogue_entry
+
+    row = catalogue_entry("s1", image)
+    assert [t["title"] for t in json.loads(row["tracks"])] == ["Opening", "Café au lait", "Encore"]
 
 
 def test_the_catalogue_keeps_an_image_tracks_and_names_them_by_offset(tmp_path):

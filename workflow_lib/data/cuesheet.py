@@ -126,6 +126,9 @@ def _same_stem(a: str, b: str) -> bool:
     return Path(a.replace("\\", "/")).stem.casefold() == Path(b).stem.casefold()
 
 
+_UNREAD = object()  # ``CueSheets.find`` without the file's tags: it reads them itself
+
+
 class CueSheets:
     """Finds the tracks of audio files; reads each folder's sheets once."""
 
@@ -152,9 +155,10 @@ class CueSheets:
         entry = self.find(audio_path)
         return entry.tracks if entry is not None else []
 
-    def find(self, audio_path: str | Path) -> CueFile | None:
+    def find(self, audio_path: str | Path, tags=_UNREAD) -> CueFile | None:
         """The sheet's entry for ``audio_path`` (its tracks, the album's title and performer), when a sheet names
-        two or more tracks in it."""
+        two or more tracks in it. ``tags``: the file's tags as mutagen read them (None: it has none), when the
+        caller has them already (the catalogue reads them for the title): the file is not opened again."""
         audio_path = Path(audio_path)
         found: CueFile | None = None
         sheets = self._sheets(audio_path.parent)
@@ -169,7 +173,7 @@ class CueSheets:
                 found = _usable(fitting[0], str(path))
                 break
         if found is None:
-            text = embedded_cue(audio_path)
+            text = embedded_cue(audio_path) if tags is _UNREAD else cue_in_tags(tags)
             files = parse_cue(text) if text else []
             if len(files) == 1:
                 found = _usable(files[0], f"{audio_path} (its CUESHEET tag)")
@@ -185,7 +189,11 @@ def embedded_cue(path: str | Path) -> str | None:
     except Exception as exc:  # mutagen raises format-specific errors for damaged tags
         log.debug("no readable tags in %s (%s)", path, exc)
         return None
-    tags = getattr(f, "tags", None)
+    return cue_in_tags(getattr(f, "tags", None))
+
+
+def cue_in_tags(tags) -> str | None:
+    """The text of the ``CUESHEET`` among tags mutagen read (Vorbis comments, APEv2), or None."""
     if not tags or not hasattr(tags, "keys"):
         return None
     for key in tags.keys():

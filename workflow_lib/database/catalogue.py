@@ -44,18 +44,29 @@ def _first_tag(tags, *keys: str) -> str:
     return ""
 
 
-def read_tags(path: str | Path) -> tuple[str, str]:
-    """(title, artist) from the file's tags; empty strings where absent or unreadable."""
+def file_tags(path: str | Path):
+    """The file's tags as mutagen reads them (easy keys: ``title``, ``artist``...), or None when it has none or they
+    cannot be read."""
     try:
         import mutagen
 
         f = mutagen.File(str(path), easy=True)
     except Exception as exc:  # mutagen raises format-specific errors for damaged tags
         log.debug("no readable tags in %s (%s)", path, exc)
+        return None
+    return f.tags if f is not None and f.tags else None
+
+
+def names_in_tags(tags) -> tuple[str, str]:
+    """(title, artist) among ``file_tags``; empty strings where absent."""
+    if not tags:
         return "", ""
-    if f is None or not f.tags:
-        return "", ""
-    return _first_tag(f.tags, "title"), _first_tag(f.tags, "artist", "albumartist", "performer")
+    return _first_tag(tags, "title"), _first_tag(tags, "artist", "albumartist", "performer")
+
+
+def read_tags(path: str | Path) -> tuple[str, str]:
+    """(title, artist) from the file's tags; empty strings where absent or unreadable."""
+    return names_in_tags(file_tags(path))
 
 
 def _clean(text: str) -> str:
@@ -83,8 +94,9 @@ def names_from_filename(path: str | Path) -> tuple[str, str]:
 def catalogue_entry(song_id: str, path: str | Path, cues: CueSheets | None = None) -> dict[str, str | None]:
     """The song's row; ``cues`` reads each folder's cue sheets once over many songs. An album image without tags
     takes its title and performer from its cue sheet before its file name."""
-    title, artist = read_tags(path)
-    sheet = (cues or CueSheets()).find(path)
+    tags = file_tags(path)  # read once: for the names, and for a cue sheet kept in them
+    title, artist = names_in_tags(tags)
+    sheet = (cues or CueSheets()).find(path, tags)
     if not title and sheet is not None:
         title, artist = sheet.album, artist or sheet.performer
     if not title:

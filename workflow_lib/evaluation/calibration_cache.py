@@ -26,6 +26,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from workflow_lib.common.atomic import file_digest
 from workflow_lib.database.index import INDEX_FILE, META_FILE, SIDECAR_FILE, VECTORS_FILE
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,6 @@ _BUILD_RECORDS = ("built_at", "build_seconds", "sources", "history")
 _TRAINING_RECORDS = ("train_seconds", "trained_at")
 # Libraries whose arithmetic the null scores go through (decoding is in the songs' audio digests).
 _LIBRARIES = ("torch", "torchaudio", "faiss-cpu", "faiss-gpu", "numpy", "scipy", "soxr", "pyroomacoustics")
-
-
-def _update_file(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
 
 
 def _table_digest(table: pd.DataFrame) -> str:
@@ -80,8 +75,7 @@ def code_digest() -> str:
     root = Path(workflow_lib.__file__).parent
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0")
-        _update_file(h, path)
+        h.update(str(path.relative_to(root)).encode() + b"\0" + file_digest(path, 64).encode())
     return h.hexdigest()
 
 
@@ -107,8 +101,7 @@ def calibration_key(model_path, index_dir, songs_path, splits_path, noise_prefix
     def files(name: str, paths: Iterable[Path]) -> None:
         h.update(f"\0{name}\0".encode())
         for p in paths:
-            h.update(f"{p.name}\0".encode())
-            _update_file(h, p)
+            h.update(f"{p.name}\0{file_digest(p, 64)}".encode())
 
     files("model", [Path(model_path)])
     files("index", [index_dir / n for n in (INDEX_FILE, META_FILE, VECTORS_FILE)])
