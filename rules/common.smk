@@ -71,7 +71,7 @@ def _check_dirs(key):
         raise WorkflowError(f"config data.{key}: not a folder: {', '.join(missing)}")
 
 
-for _key in ("music_dirs", "distractor_dirs", "noise_dirs", "speech_dirs", "ir_dirs"):
+for _key in ("music_dirs", "distractor_dirs", "unknown_dirs", "noise_dirs", "speech_dirs", "ir_dirs"):
     _check_dirs(_key)
 _fractions = config["split"]["fractions"]
 if abs(sum(_fractions.values()) - 1.0) > 1e-6:  # checked at start, not after the manifest decoded everything
@@ -87,14 +87,15 @@ def demo_marker(wildcards=None):
 
 
 def music_listing(wildcards=None):
-    """A digest of the audio files below the music and distractor folders (paths, sizes, modification times): as a
-    parameter of the manifest it reruns the scan when a file is added, removed or changed (the demo corpus is an
-    input of its own)."""
+    """A digest of the audio files below the music, distractor and unknown folders (paths, sizes, modification
+    times): as a parameter of the manifest it reruns the scan when a file is added, removed or changed (the demo
+    corpus is an input of its own)."""
     if USE_DEMO:
         return ""
     from workflow_lib.data.folders import audio_listing_digest
 
-    return audio_listing_digest([*config["data"]["music_dirs"], *config["data"]["distractor_dirs"]], skip=[RESULTS])
+    data = config["data"]
+    return audio_listing_digest([*data["music_dirs"], *data["distractor_dirs"], *data["unknown_dirs"]], skip=[RESULTS])
 
 
 # The low-bitrate codec copy of the songs is built only when training draws codec views.

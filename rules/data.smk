@@ -56,6 +56,7 @@ rule manifest:
         music_dirs=music_dirs(),
         listing=music_listing,
         distractor_dirs=config["data"]["distractor_dirs"],
+        unknown_dirs=config["data"]["unknown_dirs"],
         min_duration_s=config["data"]["min_duration_s"],
         silence_dbfs=config["data"]["silence_dbfs"],
     log:

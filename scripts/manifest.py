@@ -10,4 +10,5 @@ p = snakemake.params
 # The run's results folder (RESULTS/manifest/songs.parquet), never scanned as music when it lies in a music folder.
 results = Path(snakemake.output.songs).resolve().parent.parent
 write_manifest(p.music_dirs, p.distractor_dirs, snakemake.output.songs, snakemake.output.rejected,
-               p.min_duration_s, p.silence_dbfs, snakemake.output.rejected_csv, skip_dirs=[results])
+               p.min_duration_s, p.silence_dbfs, snakemake.output.rejected_csv, skip_dirs=[results],
+               unknown_dirs=p.unknown_dirs)

@@ -47,7 +47,8 @@ def test_catalogue_rule_covers_every_song_and_command_line_additions(tmp_path):
     write_audio(a, song_audio(1.0, 0))
     write_audio(b, song_audio(1.0, 1), tags={"title": "Two", "artist": "B"})
     songs = tmp_path / "songs.parquet"
-    pd.DataFrame({"song_id": ["a", "b"], "path": [str(a), str(b)], "duration_s": [1.0, 1.0]}).to_parquet(songs)
+    pd.DataFrame({"song_id": ["a", "b"], "path": [str(a), str(b)], "duration_s": [1.0, 1.0],
+                  "collection": "music"}).to_parquet(songs)
     added = write_fingerprint_file(tmp_path / "added.parquet", {"c": np.ones((2, 4), np.float32) / 2})
     # Catalogue rows stored in the metadata the way scripts/db.py add does it.
     import pyarrow.parquet as pq

@@ -20,7 +20,7 @@ from workflow_lib.evaluation.neural import run_neural
 from workflow_lib.evaluation.plan import Condition, QueryPlan
 from workflow_lib.evaluation.queries import usable_conditions, write_query_set
 from workflow_lib.evaluation.report import plot_hit_rates, write_summary
-from workflow_lib.evaluation.songs import pick_start, unknown_songs
+from workflow_lib.evaluation.songs import pick_start, require_held_out_unknowns, unknown_songs
 
 
 # ------------------------------------------------------------------------------------------------ degradations
@@ -323,6 +323,12 @@ def test_unknown_songs_are_the_untrained_ones_in_disjoint_halves():
     # A collection indexed without a split (nothing trained on): every song.
     everyone = unknown_songs(songs, None, 0, "calibration")
     assert len(everyone) + len(unknown_songs(songs, None, 0, "evaluation")) == 20
+    # A calibration no evaluation follows (nafp index: search.calibration.songs 'all') takes both halves, and an
+    # evaluation after it refuses to measure the false-positive rate on the songs the threshold was fitted to.
+    assert set(unknown_songs(songs, splits, 0, "all").song_id) == set(songs.song_id[10:])
+    with pytest.raises(ValueError, match="fitted on every unknown song"):
+        require_held_out_unknowns({"calibration": {"songs": "all"}})
+    require_held_out_unknowns({"calibration": {"songs": "half"}})
 
 
 def test_end_to_end_evaluation_with_every_song_in_the_database(corpus, tmp_path):

@@ -395,7 +395,9 @@ def test_an_added_song_gives_way_to_its_folder_copy_unless_that_one_was_removed(
     files = write_songs(tmp_path / "music", {"a": 3.0, "b": 3.0})
     table = pd.DataFrame({"song_id": ["ma", "mb"], "path": [str(files["a"]), str(files["b"])]})
     songs = tmp_path / "songs.parquet"
-    table.to_parquet(songs)
+    unknown = write_songs(tmp_path / "unknown music", {"u": 3.0})["u"]  # never in the database, so not named
+    pd.concat([table.assign(collection="music"),
+               pd.DataFrame({"song_id": ["uu"], "path": [str(unknown)], "collection": ["unknown"]})]).to_parquet(songs)
     other = write_songs(tmp_path / "elsewhere", {"c": 3.0})["c"]
     added = pd.DataFrame({"song_id": ["xa", "xc"], "title": ["a", "c"], "artist": ["", ""],
                           "path": [str(files["a"]), str(other)]})

@@ -51,6 +51,12 @@ def nafp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=900)
 
 
+def index_options(root: Path) -> list[str]:
+    """The options of the module's `nafp index` runs, every time the same (as a user reruns the command)."""
+    return ["--results", str(root / "db"), "--cores", "2", "--queries-per-length", "20",
+            "--unknown-music", str(root / "other" / "music")]
+
+
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
     root = tmp_path_factory.mktemp("index")
@@ -63,8 +69,9 @@ def indexed(tmp_path_factory):
     (music / "copies" / f"copy of {first.name}").write_bytes(first.read_bytes())
     (music / "damaged.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A " + bytes(3000))
     (music / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(300))  # an album folder's picture
-    r = nafp("index", str(root / "corpus" / "music"), "--results", str(root / "db"), "--cores", "2",
-             "--queries-per-length", "20", cwd=root)
+    # Other music that stands for songs the database does not hold: calibrated on, never indexed.
+    generate_demo_corpus(root / "other", 3, 30.0, seed=12)
+    r = nafp("index", str(root / "corpus" / "music"), *index_options(root), cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     return root, r
 
@@ -89,9 +96,11 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     assert " INFO " not in r.stderr and " INFO " in (db / "logs" / "manifest.log").read_text()
     assert "WARNING workflow_lib.data.manifest: rejected" in r.stderr and "damaged.m4a" in r.stderr
     threshold = json.loads((db / "index" / "threshold.json").read_text())
-    # Calibrated leave-one-song-out: the unknown songs it searched are database songs.
+    # Calibrated leave-one-song-out on every database song (no evaluation keeps half of them), and on the unknown
+    # music, which is not in the database; so little music is said to be too little.
     assert threshold["lengths"] and threshold["meta"]["database_songs"] == N_SONGS
-    assert 0 < threshold["meta"]["n_songs"] <= N_SONGS  # the songs searched as unknown are all database songs
+    assert threshold["meta"]["n_songs"] == N_SONGS + 3 and threshold["meta"]["unknown_songs"] == "all"
+    assert "unknown music: " in r.stderr and "the null queries come from 10 song(s)" in r.stderr
     from workflow_lib.cli.index import BUNDLED_LISTEN_PERSISTENT_HOPS, BUNDLED_SCAN_MAX_FPR, FOLLOW_ISLAND_S
     from workflow_lib.common.config import run_config
     # the bundled model's own operating point for `nafp scan` / `listen`, recorded with the folder's settings
@@ -104,7 +113,7 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
 
 def test_an_excerpt_of_every_song_is_named(indexed, tmp_path):
     root, _ = indexed
-    songs = pd.read_parquet(root / "db" / "manifest" / "songs.parquet")
+    songs = pd.read_parquet(root / "db" / "manifest" / "songs.parquet").query("collection == 'music'")
     clips = []
     for i, row in enumerate(songs.itertuples()):
         audio = load_audio(row.path)
@@ -173,7 +182,7 @@ def test_a_rerun_after_retagging_reuses_the_calibration(indexed):
     tags["title"] = "Retitled by a tag editor"
     tags.save()
     touched.touch()
-    r = nafp("index", str(music), "--results", str(db), "--cores", "2", "--queries-per-length", "20", cwd=root)
+    r = nafp("index", str(music), *index_options(root), cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     catalogue = pd.read_parquet(db / "catalogue.parquet")
     assert "Retitled by a tag editor" in set(catalogue["title"])  # the rerun did take the new tags
@@ -198,7 +207,7 @@ def test_a_catalogue_written_before_an_upgrade_is_written_again(indexed):
     record = json.loads(records[0].read_text())
     assert record["params"]  # the format, recorded by this version
     records[0].write_text(json.dumps({**record, "params": []}))
-    r = nafp("index", str(music), "--results", str(db), "--cores", "2", "--queries-per-length", "20", cwd=root)
+    r = nafp("index", str(music), *index_options(root), cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     table = pd.read_parquet(catalogue).set_index("title")
     assert len(json.loads(table.loc["Live", "tracks"])) == 3
@@ -216,6 +225,19 @@ def test_a_misspelt_setting_is_named_before_any_stage_runs(tmp_path):
     r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db"), "--config",
              str(tmp_path / "missing.yaml"), cwd=tmp_path)
     assert r.returncode == 2 and "config file not found" in r.stderr and not (tmp_path / "db").exists()
+
+
+def test_a_config_file_is_merged_over_the_index_settings(tmp_path):
+    """`--config` adds to the index settings (the collection, the bundled model, every song in the database): it
+    does not replace them. Two --configfile options would have left Snakemake the last file alone, and the default
+    demo corpus would have been generated and indexed in the folder."""
+    generate_demo_corpus(tmp_path / "corpus", 2, 10.0, seed=3)
+    (tmp_path / "mine.yaml").write_text("extract:\n  n_shards: 3\n")
+    r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db"), "--config",
+             str(tmp_path / "mine.yaml"), "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"^extract +3$", r.stdout, re.M) and re.search(r"^manifest +1$", r.stdout, re.M)
+    assert "demo_corpus" not in r.stdout and not re.search(r"^train\w* +\d+$", r.stdout, re.M)
 
 
 def test_the_stages_run_through_a_profile_with_the_shards_asked_for(tmp_path):
@@ -246,6 +268,14 @@ def test_a_folder_without_audio_is_named_before_any_stage_runs(tmp_path):
     (tmp_path / "notes" / "readme.txt").write_text("no music here")
     r = nafp("index", str(tmp_path / "notes"), "--results", str(tmp_path / "db"), cwd=tmp_path)
     assert r.returncode != 0 and f"no audio files under {tmp_path / 'notes'} (looked for .aac" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "db").exists()
+
+
+def test_unknown_music_inside_a_music_folder_is_named_before_any_stage_runs(tmp_path):
+    generate_demo_corpus(tmp_path / "corpus", 2, 10.0, seed=5)
+    music = tmp_path / "corpus" / "music"
+    r = nafp("index", str(music), "--results", str(tmp_path / "db"), "--unknown-music", str(music), cwd=tmp_path)
+    assert r.returncode == 2 and "must lie apart from the music folders" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "db").exists()
 
 

@@ -6,6 +6,8 @@ import soundfile as sf
 from tests.conftest import tone_mix
 from workflow_lib.data.manifest import build_manifest, song_id_for, write_manifest
 from workflow_lib.data.split import SPLITS, assign_splits, write_splits
+from workflow_lib.database.extract import select_database_songs
+from workflow_lib.evaluation.songs import unknown_songs
 
 
 @pytest.fixture()
@@ -221,6 +223,33 @@ def test_distractor_collection_goes_to_distractor_only():
     songs = pd.concat([_songs(20), _songs(10, collection="distractor")])
     s = assign_splits(songs, {"train": 1.0, "val": 0.0, "test": 0.0, "distractor": 0.0}, 0)
     assert (s.split.to_numpy() == ["train"] * 20 + ["distractor"] * 10).all()
+
+
+def test_unknown_music_is_only_ever_searched_as_unknown():
+    """data.unknown_dirs (nafp index --unknown-music): a split of its own, never in the database (every split of
+    extract.splits) nor trained on, but in the no-match calibration's pool of unknown songs."""
+    songs = pd.concat([_songs(20), _songs(6, collection="unknown")]).assign(path="x", duration_s=60.0)
+    s = assign_splits(songs, {"train": 0.5, "val": 0.0, "test": 0.5, "distractor": 0.0}, 0)
+    unknown_ids = set(songs.song_id[songs.collection == "unknown"])
+    assert set(s.split[s.song_id.isin(unknown_ids)]) == {"unknown"}
+    assert not unknown_ids & set(select_database_songs(songs, s, list(SPLITS)).song_id)
+    pool = set(unknown_songs(songs, s, 0, "all").song_id)
+    assert unknown_ids <= pool and not pool & set(s.song_id[s.split == "train"])
+    halves = [set(unknown_songs(songs, s, 0, role).song_id) for role in ("calibration", "evaluation")]
+    assert halves[0] | halves[1] == pool and not halves[0] & halves[1]
+
+
+def test_a_folder_of_unknown_music_alone_is_not_a_collection(tmp_path, music_dir):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ValueError, match="no usable songs"):
+        write_manifest([str(tmp_path / "m")], [], tmp_path / "s.parquet", tmp_path / "r.parquet", 3.0, -60,
+                       unknown_dirs=[str(music_dir)])
+    assert not (tmp_path / "s.parquet").exists()
+    sf.write(str(tmp_path / "m" / "c.flac"), tone_mix(6.0, 8000, seed=3), 8000)
+    songs = write_manifest([str(tmp_path / "m")], [], tmp_path / "s.parquet", tmp_path / "r.parquet", 3.0, -60,
+                           unknown_dirs=[str(music_dir)])
+    assert sorted(zip(songs.collection, songs.rel_path)) == [("music", "c.flac"), ("unknown", "album/a.flac"),
+                                                             ("unknown", "b.wav")]
 
 
 def test_bad_fractions_are_refused():

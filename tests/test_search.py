@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import faiss
 import numpy as np
 import pandas as pd
@@ -330,6 +332,15 @@ def test_calibration_threshold_quantile_monotone_and_roundtrip(tmp_path):
     assert rising.thresholds[0] == pytest.approx(0.1) and rising.thresholds[1] == pytest.approx(0.5)
     flat = rising.non_increasing()
     assert flat.thresholds[0] == flat.thresholds[1] == pytest.approx(0.5)
+
+
+def test_too_few_null_queries_are_one_warning_that_says_what_to_raise(caplog):
+    with caplog.at_level(logging.WARNING, logger="workflow_lib.search.threshold"):
+        fit_calibration({1: [0.1] * 100, 3: [0.2] * 99, 5: [0.3] * 40}, 0.01)
+        fit_calibration({3: [0.2] * 99}, 0.01, warn=False)  # a second fit of the same queries says nothing
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "99 of 3 segment(s), 40 of 5 segment(s) null queries" in warning and "1 segment" not in warning
+    assert "more than 100 queries per length" in warning and "--queries-per-length" in warning
 
 
 def test_calibration_file_errors_name_the_file(tmp_path):

@@ -48,6 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--queries-per-length", type=int, default=1000,
                    help="unknown-song queries per query length for the no-match calibration (default: 1000; "
                         "more hold the threshold steadier, for proportionally more calibration time)")
+    p.add_argument("--unknown-music", action="append", default=None, metavar="DIR",
+                   help="other music, not to be indexed, that stands for the songs the database does not hold: the "
+                        "no-match rule is calibrated on it too. A collection of under 20 songs or 45 minutes needs "
+                        "it (else more unknown music is answered than the rule's 1 %%); give it at every run")
     p.add_argument("--config", default=None, help="a config file merged over the index settings")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="Snakemake's full output and each stage's log lines (else only in RESULTS/logs/)")
@@ -81,15 +85,18 @@ BUNDLED_SCAN_MAX_FPR = 0.003
 FOLLOW_ISLAND_S = 3.0
 
 
-def index_config(music: list[Path], model: str, queries_per_length: int, shards: int | None = None) -> dict:
-    """Settings of an index-only run: every song in the database, nothing trained, results in the folder itself."""
+def index_config(music: list[Path], model: str, queries_per_length: int, shards: int | None = None,
+                 unknown: list[Path] = ()) -> dict:
+    """Settings of an index-only run: every song in the database, nothing trained, results in the folder itself;
+    ``unknown`` music is only searched as unknown, by the calibration."""
     cfg = {"results": ".",
-           "data": {"music_dirs": [str(m) for m in music]},
+           "data": {"music_dirs": [str(m) for m in music], "unknown_dirs": [str(u) for u in unknown]},
            "model": {"source": model},
            "split": {"fractions": {"train": 0.0, "val": 0.0, "test": 1.0, "distractor": 0.0}},
            "extract": {"splits": ["train", "val", "test", "distractor"],
                        "n_shards": shards or max(2, os.cpu_count() or 2)},
-           "search": {"calibration": {"queries_per_length": queries_per_length}}}
+           # no evaluation follows, so every song gives null queries (a half is kept for it otherwise)
+           "search": {"calibration": {"queries_per_length": queries_per_length, "songs": "all"}}}
     if model == "bundled-pair":
         cfg["listen"] = {"max_fpr": PAIR_LISTEN_MAX_FPR, "persistent_hops": PAIR_LISTEN_PERSISTENT_HOPS,
                          "follow_island_s": FOLLOW_ISLAND_S}
@@ -103,18 +110,22 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     music = [Path(m).expanduser().resolve() for m in args.music]
-    missing = [str(m) for m in music if not m.is_dir()]
+    unknown = [Path(u).expanduser().resolve() for u in args.unknown_music or []]
+    missing = [str(m) for m in [*music, *unknown] if not m.is_dir()]
     if missing:
         return fail(f"not a folder: {', '.join(missing)}")
+    if overlap := [f"{u} and {m}" for u in unknown for m in music if u == m or u in m.parents or m in u.parents]:
+        return fail(f"--unknown-music: a folder of unknown music must lie apart from the music folders (its songs "
+                    f"would be indexed, or the collection's searched as unknown): {'; '.join(overlap)}")
     from workflow_lib.data.folders import is_utf8, not_utf8_folder
 
     results = Path(args.results).expanduser().resolve()
-    undecodable = [f for f in [*music, results] if not is_utf8(f)]
+    undecodable = [f for f in [*music, *unknown, results] if not is_utf8(f)]
     if undecodable:  # the run's config and tables hold the paths, and hold UTF-8 only
         return fail("; ".join(not_utf8_folder(f) for f in undecodable))
     from workflow_lib.audio.files import AUDIO_EXTENSIONS  # here: `nafp --help` starts without the decoders
 
-    empty = [str(m) for m in music if not _holds_audio(m, AUDIO_EXTENSIONS)]
+    empty = [str(m) for m in [*music, *unknown] if not _holds_audio(m, AUDIO_EXTENSIONS)]
     if empty:
         return fail(f"no audio files under {', '.join(empty)} (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})")
     model = args.model
@@ -127,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
     if args.shards is not None and args.shards < 1:
         return fail("--shards must be at least 1")
     profiles = [profile_folder(p) for p in args.profile or []]
-    if unknown := [p for p, folder in zip(args.profile or [], profiles) if folder is None]:
-        return fail(f"--profile: no such profile: {', '.join(unknown)} (a name in {REPO / 'profiles'}: "
+    if no_such := [p for p, folder in zip(args.profile or [], profiles) if folder is None]:
+        return fail(f"--profile: no such profile: {', '.join(no_such)} (a name in {REPO / 'profiles'}: "
                     f"{', '.join(PROFILE_NAMES)}; or a folder with a config.yaml)")
-    settings = index_config(music, model, args.queries_per_length, args.shards)
+    settings = index_config(music, model, args.queries_per_length, args.shards, unknown)
     problem = config_problem(settings, args.config)
     if problem:  # named before any stage: running the same command again would not help
         return fail(problem)
@@ -139,17 +150,22 @@ def run(args: argparse.Namespace) -> int:
     cfg_path = results / INDEX_CONFIG
     cfg_path.write_text("# Settings of `nafp index` for this folder (rewritten by each run of it).\n" +
                         yaml.safe_dump(settings, sort_keys=False))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(results),
-           "--configfile", str(cfg_path), *(["--configfile", str(Path(args.config).resolve())] if args.config else []),
+    # One --configfile with both files: Snakemake merges the files of one option, but a repeated option keeps only
+    # its last (the index settings would be lost, and the defaults' demo corpus run in the folder). The target goes
+    # first: after a list option it would be read as one more file.
+    cmd = [sys.executable, "-m", "snakemake", "searchable", "-s", str(REPO / "Snakefile"), "--directory", str(results),
            *[x for folder in profiles for x in ("--profile", str(folder))],
            # a profile's own cores (on a cluster: the most CPUs one job may ask for) unless asked otherwise
-           *(["--cores", str(args.cores or "all")] if args.cores or not profiles else []), "searchable"]
+           *(["--cores", str(args.cores or "all")] if args.cores or not profiles else []),
+           "--configfile", str(cfg_path), *([str(Path(args.config).resolve())] if args.config else [])]
     if args.dry_run:
         return dry_run(cmd, results, made_here)
     if not args.verbose:
         cmd += ["--quiet", "progress", "rules", "host"]  # what a user needs: the stages' own progress bars
     through = f"; through {' + '.join(args.profile)}" if profiles else ""
-    print(f"indexing {', '.join(map(str, music))} into {results} (model: {model}{through})", file=sys.stderr)
+    calibrated_on = f"; unknown music: {', '.join(map(str, unknown))}" if unknown else ""
+    print(f"indexing {', '.join(map(str, music))} into {results} (model: {model}{through}{calibrated_on})",
+          file=sys.stderr)
     env = dict(os.environ)
     if not args.verbose:  # each stage's accounting stays in its log file (results/logs/)
         env.setdefault(CONSOLE_LEVEL_ENV, "WARNING")

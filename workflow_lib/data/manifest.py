@@ -23,6 +23,9 @@ from workflow_lib.audio.segments import LEVEL_BAND_LOW_HZ, SILENCE_DBFS, frame, 
 
 log = logging.getLogger(__name__)
 
+# The collection (and split) of data.unknown_dirs: music searched only as unknown, never trained on or indexed.
+UNKNOWN_COLLECTION = "unknown"
+
 SONG_COLUMNS = ["song_id", "collection", "root", "rel_path", "path", "duration_s", "sample_rate", "channels",
                 "format", "size_bytes", "decoder_messages", "mtime_ns", "peak_dbfs", "loudest_dbfs", "audio_digest"]
 # What decoding a file measured (``measure_song``): kept from one scan to the next (``Measurements``), so a rerun
@@ -245,18 +248,21 @@ def identical_copies(rows: list[dict]) -> dict[int, str]:
 
 def write_manifest(music_dirs: list[str], distractor_dirs: list[str], songs_out: str | Path,
                    rejected_out: str | Path, min_duration_s: float, silence_dbfs: float,
-                   rejected_csv: str | Path | None = None, skip_dirs: Iterable[str | Path] = ()) -> pd.DataFrame:
+                   rejected_csv: str | Path | None = None, skip_dirs: Iterable[str | Path] = (),
+                   unknown_dirs: Iterable[str] = ()) -> pd.DataFrame:
     """Scan the folders into ``songs_out`` and ``rejected_out`` (Parquet), and the rejected files with their
-    reasons as ``rejected_csv`` too (what a user reads). ``skip_dirs``: see ``build_manifest``.
+    reasons as ``rejected_csv`` too (what a user reads). ``skip_dirs``: see ``build_manifest``. Songs of
+    ``unknown_dirs`` are the collection ``unknown`` (``data.unknown_dirs``: only ever searched as unknown music).
 
     What decoding measured is kept beside it (``.cache/``, which Snakemake does not delete before a rerun as it does
     the outputs): the next scan decodes only the files that changed since."""
-    collections = [("music", d) for d in music_dirs] + [("distractor", d) for d in distractor_dirs]
+    collections = ([("music", d) for d in music_dirs] + [("distractor", d) for d in distractor_dirs]
+                   + [(UNKNOWN_COLLECTION, d) for d in unknown_dirs])
     kept = measurements_path(songs_out)
     measurements = Measurements(_read_previous(kept))
     songs, rejected = build_manifest(collections, min_duration_s, silence_dbfs, skip_dirs, measurements)
-    if songs.empty:
-        raise ValueError(f"no usable songs found in {music_dirs + distractor_dirs} "
+    if (songs["collection"] == UNKNOWN_COLLECTION).all():  # also when there are no songs at all
+        raise ValueError(f"no usable songs found in {[*music_dirs, *distractor_dirs]} "
                          f"({len(rejected)} files rejected; see the log for reasons)")
     with atomic_path(songs_out) as tmp:
         songs.to_parquet(tmp, index=False)

@@ -1,4 +1,5 @@
-"""Song-disjoint train/val/test/distractor splits that stay put when songs are added.
+"""Song-disjoint train/val/test/distractor splits that stay put when songs are added (and the ``unknown`` songs of
+``data.unknown_dirs`` in a split of their own, never trained on or indexed).
 
 Each song's split depends only on a seeded hash of its id, never on which other songs exist, so adding songs to a
 collection never moves an existing song into another split (a random permutation would reshuffle everything).
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from workflow_lib.common.atomic import atomic_path, write_csv_atomic
+from workflow_lib.data.manifest import UNKNOWN_COLLECTION
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,8 @@ def unit_hash(key: str, seed: int) -> float:
 
 
 def assign_splits(songs: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.DataFrame:
-    """Return ``song_id, split``. Songs of the ``distractor`` collection always go to the distractor split."""
+    """Return ``song_id, split``. Songs of the ``distractor`` collection always go to the distractor split, those of
+    the ``unknown`` collection to the split ``unknown`` (no fraction: not in ``extract.splits``, not trained on)."""
     unknown = set(fractions) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown split names in fractions: {sorted(unknown)}")
@@ -37,8 +40,8 @@ def assign_splits(songs: pd.DataFrame, fractions: dict[str, float], seed: int) -
     edges = np.cumsum([fractions.get(s, 0.0) for s in SPLITS])
     out = []
     for sid, collection in zip(songs["song_id"], songs["collection"]):
-        if collection == "distractor":
-            out.append("distractor")
+        if collection in ("distractor", UNKNOWN_COLLECTION):
+            out.append(collection)
             continue
         u = unit_hash(sid, seed)
         out.append(SPLITS[min(int(np.searchsorted(edges, u, side="right")), len(SPLITS) - 1)])
@@ -50,7 +53,7 @@ def write_splits(songs_path: str | Path, out_path: str | Path, fractions: dict[s
     """The split as ``out_path`` (Parquet) and, with ``csv_path``, a CSV naming each song's file too."""
     songs = pd.read_parquet(songs_path)
     splits = assign_splits(songs, fractions, seed)
-    counts = splits["split"].value_counts().reindex(SPLITS, fill_value=0)
+    counts = splits["split"].value_counts().reindex([*SPLITS, UNKNOWN_COLLECTION], fill_value=0)
     for name in ("train", "val", "test"):
         if fractions.get(name, 0) > 0 and counts[name] == 0:
             raise ValueError(f"split '{name}' is empty with {len(songs)} songs and fraction {fractions[name]}: "

@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib.common.atomic import write_parquet_atomic
+from workflow_lib.data.manifest import UNKNOWN_COLLECTION
 from workflow_lib.data.cuesheet import CueSheets, Track, track_at, tracks_from_json, tracks_to_json
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,11 @@ def superseded_added_songs(songs: pd.DataFrame, added_rows: pd.DataFrame, remove
 
 def write_catalogue(songs_path: str | Path, out_path: str | Path,
                     extra: Iterable[pd.DataFrame] = (), removed: set[str] = frozenset()) -> pd.DataFrame:
-    """The ``catalogue`` rule: every manifest song, plus ``extra`` ready-made rows (songs added from the command
-    line, less those ``superseded_added_songs`` finds with the ``removed`` songs); later rows win for a repeated
-    song id."""
-    songs = pd.read_parquet(songs_path, columns=["song_id", "path"])
+    """The ``catalogue`` rule: every manifest song but the unknown music (``data.unknown_dirs``: never in the
+    database, so never named or removed), plus ``extra`` ready-made rows (songs added from the command line, less
+    those ``superseded_added_songs`` finds with the ``removed`` songs); later rows win for a repeated song id."""
+    songs = pd.read_parquet(songs_path, columns=["song_id", "path", "collection"])
+    songs = songs[songs["collection"] != UNKNOWN_COLLECTION].drop(columns="collection")
     extra = [e[~e["song_id"].isin(superseded_added_songs(songs, e, removed))] for e in extra]
     table = pd.concat([build_catalogue(songs), *[e.reindex(columns=COLUMNS) for e in extra]], ignore_index=True)
     table = table.drop_duplicates("song_id", keep="last").reset_index(drop=True)

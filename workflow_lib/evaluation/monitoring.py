@@ -259,12 +259,14 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
 
     from workflow_lib.audio.files import load_audio
     from workflow_lib.evaluation.plan import QueryPlan
-    from workflow_lib.evaluation.songs import database_song_ids, query_songs, unknown_songs
+    from workflow_lib.evaluation.songs import (database_song_ids, query_songs, require_held_out_unknowns,
+                                               unknown_songs)
     from workflow_lib.listener.core import ListenConfig
     from workflow_lib.listener.scan import fingerprint_workers, scan_chunks
     from workflow_lib.search.duplicates import song_paths, twins_of, unknown_exclusion
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
+    require_held_out_unknowns(search_cfg)
     torch.set_num_threads(max(1, threads))
     plan = MonitoringPlan.from_config(eval_cfg.get("monitoring"))
     if min_duration_s is None:

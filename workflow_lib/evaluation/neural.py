@@ -12,6 +12,7 @@ import pandas as pd
 from workflow_lib.common.atomic import file_digest
 from workflow_lib.audio.files import load_audio
 from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
+from workflow_lib.evaluation.songs import require_held_out_unknowns
 from workflow_lib.search.duplicates import parse_exclusion
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def evaluate_neural(queries_path: str | Path, out_path: str | Path, model_path: 
 
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
+    require_held_out_unknowns(search_cfg)
     torch.set_num_threads(max(1, threads))
     queries = pd.read_parquet(queries_path)
     searcher = Searcher.from_paths(model_path, index_dir, None, threshold_path, **searcher_kwargs(search_cfg))

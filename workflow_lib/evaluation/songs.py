@@ -28,7 +28,7 @@ from workflow_lib.data.holdout import holdout_split
 
 log = logging.getLogger(__name__)
 
-ROLES = ("calibration", "evaluation")
+ROLES = ("calibration", "evaluation", "all")
 
 
 def database_song_ids(index_meta_path: str | Path) -> set[str]:
@@ -59,7 +59,8 @@ def trained_songs(songs: pd.DataFrame, splits: pd.DataFrame | None, db_ids: set[
 
 
 def unknown_songs(songs: pd.DataFrame, splits: pd.DataFrame | None, seed: int, role: str) -> pd.DataFrame:
-    """Songs that stand for unknown music (searched leave-one-song-out): ``role`` 'calibration' or 'evaluation'.
+    """Songs that stand for unknown music (searched leave-one-song-out): ``role`` 'calibration' or 'evaluation'
+    (a half each), or 'all' (a calibration that no evaluation follows: ``search.calibration.songs``).
 
     The pool is every song the model did not train on; only when fewer than 4 exist are training songs used too
     (logged). It is cut in two halves by a seeded hash of the song id, so the false-positive rate is never measured
@@ -73,6 +74,8 @@ def unknown_songs(songs: pd.DataFrame, splits: pd.DataFrame | None, seed: int, r
         log.info("unknown-song queries: only %d songs not used in training; training songs are used too", len(pool))
         pool = s
     pool = pool.sort_values("song_id").reset_index(drop=True)
+    if role == "all":
+        return pool
     if len(pool) < 2:
         log.warning("only %d song(s) for unknown-song queries: the no-match rule cannot be calibrated and evaluated "
                     "on separate songs", len(pool))
@@ -81,6 +84,15 @@ def unknown_songs(songs: pd.DataFrame, splits: pd.DataFrame | None, seed: int, r
     # that hash here would correlate the halves with the splits (e.g. all of 'train' lies below 0.6).
     evaluation = holdout_split([f"no-match/{s}" for s in pool["song_id"]], 0.5, seed, what="unknown-song pool")
     return pool[evaluation if role == "evaluation" else ~evaluation].reset_index(drop=True)
+
+
+def require_held_out_unknowns(search_cfg: dict) -> None:
+    """The evaluation measures the no-match rule's false-positive rate on the unknown songs the calibration left out;
+    a calibration on all of them (``search.calibration.songs: all``, as ``nafp index`` runs it) leaves none."""
+    if search_cfg.get("calibration", {}).get("songs") == "all":
+        raise ValueError("search.calibration.songs is 'all': the no-match rule was fitted on every unknown song, so "
+                         "its false-positive rate cannot be measured on songs it was not fitted to; set it to 'half' "
+                         "to evaluate")
 
 
 def draw_songs(durations: np.ndarray, n: int, min_len_s: float, rng: np.random.Generator) -> np.ndarray:

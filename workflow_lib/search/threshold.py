@@ -207,7 +207,7 @@ def _upper_point(sorted_scores: np.ndarray, fpr: float) -> float:
 
 
 def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
-                    meta: dict[str, Any] | None = None, statistic: str = "score") -> Calibration:
+                    meta: dict[str, Any] | None = None, statistic: str = "score", warn: bool = True) -> Calibration:
     """Thresholds from null scores grouped by query length in segments.
 
     The threshold is the smallest score above which at most ``target_fpr`` of the null scores lie ("higher"
@@ -215,19 +215,21 @@ def fit_calibration(scores_by_length: dict[int, list[float]], target_fpr: float,
     scores. The margin's null values rise with the length (bundled model, dev + extra: 1 % points 0.099 / 0.124 /
     0.138 at 1 / 3 / 5 s), so thresholds once made non-increasing in length held 1 and 3 s queries to the 5 s one
     and ran them at a fifth to a third of their target (bench/README.md, "Each length its own threshold");
-    ``Calibration.non_increasing`` still does that (the listener's rule, measured with it).
+    ``Calibration.non_increasing`` still does that (the listener's rule, measured with it). ``warn``: log the
+    lengths with too few null scores for the target (off for a second fit of the same queries).
     """
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
     lengths = sorted(k for k, v in scores_by_length.items() if len(v))
     if not lengths:
         raise ValueError("no null scores to calibrate on")
-    raw = []
-    for n in lengths:
-        s = np.asarray(scores_by_length[n], dtype=np.float64)
-        if len(s) * target_fpr < 1:
-            log.warning("calibration: only %d null queries of %d segments: the %.3g false-positive target is finer "
-                        "than one query, so the threshold is the highest null score", len(s), n, target_fpr)
-        raw.append(_upper_point(np.sort(s), target_fpr))
+    raw = [_upper_point(np.sort(np.asarray(scores_by_length[n], dtype=np.float64)), target_fpr) for n in lengths]
+    few = [f"{len(scores_by_length[n])} of {n} segment(s)" for n in lengths
+           if len(scores_by_length[n]) * target_fpr < 1]
+    if few and warn:
+        log.warning("calibration: only %s null queries: the %.3g false-positive target is finer than one query, so "
+                    "the threshold is the highest null score (ask for more than %d queries per length: "
+                    "search.calibration.queries_per_length, nafp index --queries-per-length)",
+                    ", ".join(few), target_fpr, int(np.ceil(1.0 / target_fpr)))
     return Calibration(lengths, raw, [list(map(float, scores_by_length[n])) for n in lengths], target_fpr,
                        dict(meta or {}), statistic)
