@@ -146,8 +146,8 @@ def fit_from_candidates(candidates: dict[int, list[list[list[float]]]], statisti
 
 # Below these the null queries' music is too little to stand for the music a database does not hold. Measured with
 # the bundled model (bench/README.md, "A small collection's no-match rule"), clean clips of other music accepted for a
-# 1 % target: 4-13 % when calibrated on 10 songs (35 minutes), 5 % on 102 pieces of 3-8 s (16 minutes), 1.5 % on 13
-# songs (45 minutes).
+# 1 % target: 3-13 % when calibrated on 10 songs (35 minutes), 2-7 % on 102 pieces of 3-8 s (16 minutes), 1.5-3 %
+# on 13 songs (45 minutes) or more.
 FEW_NULL_SONGS = 20
 FEW_NULL_MINUTES = 45.0
 
@@ -158,7 +158,7 @@ def warn_if_little_music(pool: pd.DataFrame) -> None:
     if len(pool) < FEW_NULL_SONGS or minutes < FEW_NULL_MINUTES:
         log.warning("calibration: the null queries come from %d song(s), %.0f minutes of music: too little to stand "
                     "for the music the database does not hold, so more of it than the target may be answered "
-                    "(measured: 4-13 %% of clean clips after a calibration on 10 songs, for a 1 %% target). Add "
+                    "(measured: 3-13 %% of clean clips after a calibration on 10 songs, for a 1 %% target). Add "
                     "other music to calibrate on, %d songs and %g minutes or more in all: nafp index "
                     "--unknown-music DIR (data.unknown_dirs)", len(pool), minutes, FEW_NULL_SONGS, FEW_NULL_MINUTES)
 

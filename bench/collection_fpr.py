@@ -1,0 +1,114 @@
+"""False positives of the no-match rule on a user's own collection: music that is not in the database, queried
+against a database made by `nafp index` (small collections, and collections of short pieces).
+
+    .venv/bin/python bench/collection_fpr.py make --music DIR --out FOLDER --songs 25
+    .venv/bin/nafp index FOLDER/collection --results FOLDER/db
+    .venv/bin/python bench/collection_fpr.py measure --results FOLDER/db --unknown FOLDER/unknown
+
+``make`` writes the collection from the first ``--songs`` songs of ``--music`` (sorted by name), whole, or with
+``--pieces`` one piece of 3-8 s from each (a jingle library; pieces of one song would share passages, and naming
+the other is then right) plus ``--long`` whole songs after them. It cuts the unknown clips (1 s and 3 s) from the
+last ``--unknown-songs`` songs, which the collection never holds. ``measure`` queries every unknown clip through
+the Python interface, as it is and with white noise at each ``--snr``, and prints per length the share accepted:
+every one is a false positive. The calibration's thresholds are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from workflow_lib import SAMPLE_RATE  # noqa: E402
+from workflow_lib.audio.files import load_audio, write_audio  # noqa: E402
+
+LENGTHS_S = (1.0, 3.0)
+
+
+def songs_of(music: Path) -> list[Path]:
+    return sorted(p for p in music.rglob("*") if p.suffix.lower() in {".mp3", ".flac", ".wav", ".ogg"})
+
+
+def make(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(0)
+    songs = songs_of(Path(args.music))
+    needed = args.songs + args.long + args.unknown_songs
+    if len(songs) < needed:
+        raise SystemExit(f"{args.music}: {len(songs)} songs, {needed} needed")
+    collection, unknown = Path(args.out) / "collection", Path(args.out) / "unknown"
+    collection.mkdir(parents=True, exist_ok=True)
+    unknown.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(songs[:args.songs]):
+        audio = load_audio(path)
+        if args.pieces:
+            n = int(rng.uniform(3.0, 8.0) * SAMPLE_RATE)
+            start = int(rng.integers(len(audio) - n))
+            audio = audio[start:start + n]
+        write_audio(collection / f"{'piece' if args.pieces else 'song'}{i:03d}.wav", audio)
+    for i, path in enumerate(songs[args.songs:args.songs + args.long]):
+        write_audio(collection / f"long{i}.wav", load_audio(path))
+    clips = 0
+    for i, path in enumerate(songs[-args.unknown_songs:]):
+        audio = load_audio(path)
+        for length in LENGTHS_S:
+            n = int(length * SAMPLE_RATE)
+            for j in range(args.clips_per_song):
+                start = int(rng.integers(len(audio) - n))
+                write_audio(unknown / f"u{i:03d}_{length:g}s_{j}.wav", audio[start:start + n])
+                clips += 1
+    kind = "pieces of 3-8 s" if args.pieces else "whole songs"
+    print(f"{args.songs} {kind} and {args.long} more whole songs in {collection}; {clips} unknown clips in {unknown}")
+
+
+def measure(args: argparse.Namespace) -> None:
+    from workflow_lib.api import Database
+
+    db = Database.open(args.results)
+    calibration = json.loads((Path(args.results) / "index" / "threshold.json").read_text())
+    print(f"{args.results}: {len(db.songs)} songs, the calibration's null queries from "
+          f"{calibration['meta'].get('n_songs')} of them; target false-positive rate {calibration['target_fpr']}")
+    for row in calibration["lengths"]:
+        print(f"  calibrated {row['n_segments']} segment(s): threshold {row['threshold']:.4f} "
+              f"from {row['n_queries']} null queries")
+    clips = sorted(Path(args.unknown).glob("*.wav"))
+    rng = np.random.default_rng(0)
+    for snr in [None, *args.snr]:
+        accepted = {length: [] for length in LENGTHS_S}
+        for clip in clips:
+            x = load_audio(clip)
+            if snr is not None:
+                noise = rng.standard_normal(len(x)).astype(np.float32)
+                x = x + noise * np.sqrt(np.mean(x ** 2) / np.mean(noise ** 2) / 10 ** (snr / 10))
+            length = float(clip.stem.split("_")[1].rstrip("s"))
+            accepted[length].append(db.query(x, sample_rate=SAMPLE_RATE)["song_id"] is not None)
+        condition = "clean" if snr is None else f"{snr:g} dB white noise"
+        print(f"  {condition}: " + "; ".join(f"{length:g} s accepted {sum(hits)} of {len(hits)} "
+                                             f"({100 * np.mean(hits):.2f} %)" for length, hits in accepted.items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    mk = sub.add_parser("make")
+    mk.add_argument("--music", required=True)
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--songs", type=int, required=True)
+    mk.add_argument("--pieces", action="store_true")
+    mk.add_argument("--long", type=int, default=0)
+    mk.add_argument("--unknown-songs", type=int, default=50)
+    mk.add_argument("--clips-per-song", type=int, default=16)
+    me = sub.add_parser("measure")
+    me.add_argument("--results", required=True)
+    me.add_argument("--unknown", required=True)
+    me.add_argument("--snr", type=float, nargs="*", default=[0.0])
+    args = ap.parse_args()
+    make(args) if args.command == "make" else measure(args)
+
+
+if __name__ == "__main__":
+    main()
