@@ -170,13 +170,15 @@ def scan_recording(searcher, chunks: Iterable[np.ndarray], listen, name: str, mi
 def describe(layout) -> dict:
     """``nafp db info --json``: the database's counts, model, index, sizes and edit history
     (``database.edit.database_info``), whether it is calibrated, and the advice to recalibrate it when it has grown
-    since (``recalibrate``, None when the threshold still fits)."""
+    since (``recalibrate``, None when the threshold still fits) or was calibrated on too little music
+    (``little_music``, None when it had enough)."""
     from workflow_lib.database.edit import database_info
-    from workflow_lib.search.threshold import recalibration_advice
+    from workflow_lib.search.threshold import little_music_advice, recalibration_advice
 
     info = database_info(layout)
     info["calibrated"] = layout.threshold.exists()
     info["recalibrate"] = recalibration_advice(layout.threshold, info["songs"])
+    info["little_music"] = little_music_advice(layout.threshold)
     return info
 
 

@@ -129,8 +129,9 @@ def print_info(info: dict) -> None:
                        f"{mem['vectors_mmap'] / mb:.1f} MiB of vectors memory-mapped"),
             ("built", f"{info['built_at']} in {info['build_seconds']} s"),
             ("edits", f"{info['added_files']} added file(s), {info['removed_songs']} removed song(s)"),
-            ("no-match rule", info["recalibrate"] or ("calibrated; still fits the database's size"
-                                                      if info["calibrated"] else "not calibrated (no threshold.json)"))]
+            ("no-match rule", info["recalibrate"] or info["little_music"] or (
+                "calibrated; still fits the database's size" if info["calibrated"]
+                else "not calibrated (no threshold.json)"))]
     for key, value in rows:
         print(f"{key:14s} {value}")
     for h in info["history"]:

@@ -21,7 +21,7 @@ from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
 from workflow_lib.common.background import ordered_map
 from workflow_lib.search.duplicates import duplicate_groups, find_twins, song_paths, unknown_exclusion
-from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
+from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration, little_music
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, limit_peak
 from workflow_lib.evaluation.plan import QueryPlan
@@ -144,25 +144,6 @@ def fit_from_candidates(candidates: dict[int, list[list[list[float]]]], statisti
     return calib
 
 
-# Below these the null queries' music is too little to stand for the music a database does not hold. Measured with
-# the bundled model (bench/README.md, "A small collection's no-match rule"), clean clips of other music accepted for a
-# 1 % target: 3-13 % when calibrated on 10 songs (35 minutes), 2-7 % on 102 pieces of 3-8 s (16 minutes), 1.5-3 %
-# on 13 songs (45 minutes) or more.
-FEW_NULL_SONGS = 20
-FEW_NULL_MINUTES = 45.0
-
-
-def warn_if_little_music(pool: pd.DataFrame) -> None:
-    """A warning when the calibration's unknown songs are too few or too short to hold its false-positive rate."""
-    minutes = float(pool["duration_s"].sum()) / 60.0 if len(pool) else 0.0
-    if len(pool) < FEW_NULL_SONGS or minutes < FEW_NULL_MINUTES:
-        log.warning("calibration: the null queries come from %d song(s), %.0f minutes of music: too little to stand "
-                    "for the music the database does not hold, so more of it than the target may be answered "
-                    "(measured: 3-13 %% of clean clips after a calibration on 10 songs, for a 1 %% target). Add "
-                    "other music to calibrate on, %d songs and %g minutes or more in all: nafp index "
-                    "--unknown-music DIR (data.unknown_dirs)", len(pool), minutes, FEW_NULL_SONGS, FEW_NULL_MINUTES)
-
-
 def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix, ir_prefix, search_cfg: dict,
                     eval_cfg: dict, threads: int = 1) -> tuple[dict[int, list[list[list[float]]]], dict]:
     """The ``calibrate`` rule's null queries, searched: their candidate scores by length (``collect_null_scores``)
@@ -180,7 +161,8 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
     splits = pd.read_parquet(splits_path) if splits_path and Path(splits_path).exists() else None
     share = cal.get("songs", "half")
     pool = unknown_songs(songs, splits, plan.seed, "all" if share == "all" else "calibration")
-    warn_if_little_music(pool)
+    if advice := little_music(len(pool), float(pool["duration_s"].sum()) / 60.0 if len(pool) else 0.0):
+        log.warning("calibration: %s", advice)
     noise = ClipBank(noise_prefix) if noise_prefix else None
     irs = ClipBank(ir_prefix) if ir_prefix else None
     log.info("calibration: %d unknown songs (searched leave-one-song-out), %d queries per length, %.0f %% "
@@ -195,7 +177,7 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
             "songs_with_twins": sorted(s for s in twins if s in set(pool["song_id"].astype(str))),
             "songs": "songs not trained on, searched leave-one-song-out "
                      + ("(all of them: not evaluated)" if share == "all" else "(calibration half)"),
-            "unknown_songs": share,
+            "unknown_songs": share, "null_minutes": round(float(pool["duration_s"].sum()) / 60.0, 1),
             "noise_share": cal["noise_share"], "conditions": [c.name for c in plan.conditions],
             "whitened_view": searcher.whitened_view.to_dict(),
             "search": {k: search_cfg[k] for k in ("top_k", "nprobe", "max_candidates") if k in search_cfg}}

@@ -196,6 +196,37 @@ def recalibration_advice(path: str | Path, n_songs_now: int) -> str | None:
             "workflow's calibrate rule: snakemake results/index/threshold.json --forcerun calibrate)")
 
 
+# Below these the calibration's unknown songs are too little music to stand for the music a database does not hold.
+# Measured with the bundled model (bench/README.md, "A small collection's no-match rule"), clean clips of other music
+# accepted for a 1 % target: 3-13 % when calibrated on 10 songs (35 minutes), 2-7 % on 102 pieces of 3-8 s (16
+# minutes), 1.5-3 % on 13 songs (45 minutes) or more.
+FEW_NULL_SONGS = 20
+FEW_NULL_MINUTES = 45.0
+
+
+def little_music(n_songs: int, minutes: float | None) -> str | None:
+    """A sentence when the calibration's unknown songs (``n_songs``, ``minutes`` of music in all; None: not
+    recorded, as in threshold files before 2026-12-06) are too few or too short to hold its false-positive rate."""
+    if n_songs >= FEW_NULL_SONGS and (minutes is None or minutes >= FEW_NULL_MINUTES):
+        return None
+    amount = f"{n_songs} song(s)" + (f", {minutes:.0f} minutes of music" if minutes is not None else "")
+    return (f"the no-match rule was calibrated on {amount}: too little to stand for the music the database does not "
+            "hold, so more of it than the target may be answered (measured: 3-13 % of clean clips after a "
+            f"calibration on 10 songs, for a 1 % target). Give it other music to calibrate on, {FEW_NULL_SONGS} "
+            f"songs and {FEW_NULL_MINUTES:g} minutes or more in all: nafp index --unknown-music DIR "
+            "(data.unknown_dirs)")
+
+
+def little_music_advice(path: str | Path) -> str | None:
+    """``little_music`` for the calibration in ``path`` (None when it has enough, or cannot be read)."""
+    try:
+        meta = json.loads(Path(path).read_text()).get("meta", {})
+        n_songs, minutes = int(meta["n_songs"]), meta.get("null_minutes")
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return little_music(n_songs, None if minutes is None else float(minutes))
+
+
 def _upper_point(sorted_scores: np.ndarray, fpr: float) -> float:
     """Strictly above the k-th largest of ``sorted_scores`` (ascending), where k = floor(n * fpr) may be exceeded:
     at most a share ``fpr`` of them lies at or above it. No scores: +inf."""
