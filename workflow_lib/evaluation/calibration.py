@@ -162,7 +162,7 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
     share = cal.get("songs", "half")
     pool = unknown_songs(songs, splits, plan.seed, "all" if share == "all" else "calibration")
     if advice := little_music(len(pool), float(pool["duration_s"].sum()) / 60.0 if len(pool) else 0.0):
-        log.warning("calibration: %s", advice)
+        log.warning("calibration: the no-match rule is %s", advice)
     noise = ClipBank(noise_prefix) if noise_prefix else None
     irs = ClipBank(ir_prefix) if ir_prefix else None
     log.info("calibration: %d unknown songs (searched leave-one-song-out), %d queries per length, %.0f %% "

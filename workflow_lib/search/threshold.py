@@ -209,8 +209,8 @@ def little_music(n_songs: int, minutes: float | None) -> str | None:
     recorded, as in threshold files before 2026-12-06) are too few or too short to hold its false-positive rate."""
     if n_songs >= FEW_NULL_SONGS and (minutes is None or minutes >= FEW_NULL_MINUTES):
         return None
-    amount = f"{n_songs} song(s)" + (f", {minutes:.0f} minutes of music" if minutes is not None else "")
-    return (f"the no-match rule was calibrated on {amount}: too little to stand for the music the database does not "
+    amount = f"{n_songs} song(s)" + (f" ({minutes:.0f} min of music)" if minutes is not None else "")
+    return (f"calibrated on {amount}: too little to stand for the music the database does not "
             "hold, so more of it than the target may be answered (measured: 3-13 % of clean clips after a "
             f"calibration on 10 songs, for a 1 % target). Give it other music to calibrate on, {FEW_NULL_SONGS} "
             f"songs and {FEW_NULL_MINUTES:g} minutes or more in all: nafp index --unknown-music DIR "
