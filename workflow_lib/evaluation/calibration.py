@@ -161,7 +161,8 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
     splits = pd.read_parquet(splits_path) if splits_path and Path(splits_path).exists() else None
     share = cal.get("songs", "half")
     pool = unknown_songs(songs, splits, plan.seed, "all" if share == "all" else "calibration")
-    if advice := little_music(len(pool), float(pool["duration_s"].sum()) / 60.0 if len(pool) else 0.0):
+    null_minutes = float(pool["duration_s"].sum()) / 60.0 if len(pool) else 0.0
+    if advice := little_music(len(pool), null_minutes):
         log.warning("calibration: the no-match rule is %s", advice)
     noise = ClipBank(noise_prefix) if noise_prefix else None
     irs = ClipBank(ir_prefix) if ir_prefix else None
@@ -177,7 +178,7 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
             "songs_with_twins": sorted(s for s in twins if s in set(pool["song_id"].astype(str))),
             "songs": "songs not trained on, searched leave-one-song-out "
                      + ("(all of them: not evaluated)" if share == "all" else "(calibration half)"),
-            "unknown_songs": share, "null_minutes": round(float(pool["duration_s"].sum()) / 60.0, 1),
+            "unknown_songs": share, "null_minutes": round(null_minutes, 1),
             "noise_share": cal["noise_share"], "conditions": [c.name for c in plan.conditions],
             "whitened_view": searcher.whitened_view.to_dict(),
             "search": {k: search_cfg[k] for k in ("top_k", "nprobe", "max_candidates") if k in search_cfg}}
