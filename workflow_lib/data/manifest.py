@@ -15,6 +15,7 @@ from tqdm import tqdm
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
 from workflow_lib.data.cuesheet import SHEET_EXTENSIONS
 from workflow_lib.data.folders import is_utf8, not_utf8_folder, shown, walk_files
+from workflow_lib.data.split import UNKNOWN_COLLECTION
 from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.files import (AUDIO_EXTENSIONS, AudioDecodeError, audio_info, decoder_id, ffmpeg_missing_for,
                                       iter_audio)
@@ -22,9 +23,6 @@ from workflow_lib.audio.decoder_messages import DecoderMessages
 from workflow_lib.audio.segments import LEVEL_BAND_LOW_HZ, SILENCE_DBFS, frame, segment_levels_db
 
 log = logging.getLogger(__name__)
-
-# The collection (and split) of data.unknown_dirs: music searched only as unknown, never trained on or indexed.
-UNKNOWN_COLLECTION = "unknown"
 
 SONG_COLUMNS = ["song_id", "collection", "root", "rel_path", "path", "duration_s", "sample_rate", "channels",
                 "format", "size_bytes", "decoder_messages", "mtime_ns", "peak_dbfs", "loudest_dbfs", "audio_digest"]

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from workflow_lib.common.atomic import atomic_path, write_csv_atomic
-from workflow_lib.data.manifest import UNKNOWN_COLLECTION
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "distractor")
+# The collection and split of data.unknown_dirs: music searched only as unknown, never trained on or indexed.
+UNKNOWN_COLLECTION = "unknown"
 
 
 def unit_hash(key: str, seed: int) -> float:

@@ -19,8 +19,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from workflow_lib.common.atomic import write_parquet_atomic
-from workflow_lib.data.manifest import UNKNOWN_COLLECTION
 from workflow_lib.data.cuesheet import CueSheets, Track, track_at, tracks_from_json, tracks_to_json
+from workflow_lib.data.split import UNKNOWN_COLLECTION
 
 log = logging.getLogger(__name__)
 

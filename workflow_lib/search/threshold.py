@@ -179,12 +179,21 @@ class Calibration:
 RECALIBRATE_GROWTH = 2.0
 
 
+def _calibration_meta(path: str | Path) -> dict[str, Any]:
+    """The ``meta`` of the threshold file at ``path``; empty when it is missing or cannot be read."""
+    try:
+        meta = json.loads(Path(path).read_text()).get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def recalibration_advice(path: str | Path, n_songs_now: int) -> str | None:
     """A sentence telling the user to rerun the calibration when the database has grown ``RECALIBRATE_GROWTH``
     times (or shrunk to half) since the threshold in ``path`` was fitted; None when it still fits (or is unknown)."""
     try:
-        calibrated = int(json.loads(Path(path).read_text()).get("meta", {}).get("database_songs", 0))
-    except (OSError, ValueError, TypeError):
+        calibrated = int(_calibration_meta(path).get("database_songs", 0))
+    except (ValueError, TypeError):
         return None
     if calibrated <= 0 or n_songs_now <= 0:
         return None
@@ -219,10 +228,10 @@ def little_music(n_songs: int, minutes: float | None) -> str | None:
 
 def little_music_advice(path: str | Path) -> str | None:
     """``little_music`` for the calibration in ``path`` (None when it has enough, or cannot be read)."""
+    meta = _calibration_meta(path)
     try:
-        meta = json.loads(Path(path).read_text()).get("meta", {})
         n_songs, minutes = int(meta["n_songs"]), meta.get("null_minutes")
-    except (OSError, ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError):
         return None
     return little_music(n_songs, None if minutes is None else float(minutes))
 
