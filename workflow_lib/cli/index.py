@@ -19,7 +19,7 @@ from workflow_lib.cli.main import EXIT_OK, EXIT_SETUP, fail
 from workflow_lib.cli.text import count
 from workflow_lib.common.config import REPO
 from workflow_lib.common.layout import BUNDLED_MODELS
-from workflow_lib.common.logs import CONSOLE_LEVEL_ENV
+from workflow_lib.common.logs import CONSOLE_LEVEL_ENV, TERMINAL_ENV
 
 INDEX_CONFIG = "index-config.yaml"  # written into the results folder: the same command resumes with it
 
@@ -166,9 +166,7 @@ def run(args: argparse.Namespace) -> int:
     calibrated_on = f"; unknown music: {', '.join(map(str, unknown))}" if unknown else ""
     print(f"indexing {', '.join(map(str, music))} into {results} (model: {model}{through}{calibrated_on})",
           file=sys.stderr)
-    env = dict(os.environ)
-    if not args.verbose:  # each stage's accounting stays in its log file (results/logs/)
-        env.setdefault(CONSOLE_LEVEL_ENV, "WARNING")
+    env = stage_env(args.verbose, sys.stderr)
     before = _indexed_songs(results)
     if args.verbose:
         rc = subprocess.run(cmd, cwd=results, env=env).returncode
@@ -313,6 +311,15 @@ def _binary(stream):
             stream.flush()
 
     return Decoded()
+
+
+def stage_env(verbose: bool, stderr) -> dict[str, str]:
+    """The environment of the workflow's stages, whose stderr is this command's pipe (the chatter filter's)."""
+    env = dict(os.environ)
+    if not verbose:  # each stage's accounting stays in its log file (results/logs/)
+        env.setdefault(CONSOLE_LEVEL_ENV, "WARNING")
+    env[TERMINAL_ENV] = "1" if stderr.isatty() else "0"  # live bars where someone watches them, else lines
+    return env
 
 
 def _indexed_songs(results: Path) -> set[str] | None:

@@ -131,10 +131,10 @@ def run(args: argparse.Namespace) -> int:
         return fail(problem)
     import numpy as np
     import torch
-    from tqdm import tqdm
 
     from workflow_lib.api import SetupError, answer, listen_config, row_for
     from workflow_lib.audio.files import AudioDecodeError, iter_wav_stream, load_audio
+    from workflow_lib.common.progress import progress
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
     rows, failed = [], 0
     files = expand_folders(args.files)
     # a bar for a long batch whose table comes at the end (JSON lines stream); only on a terminal
-    for path, unanswerable in tqdm(files, desc="query", unit="file", leave=False,
-                                   disable=None if not args.json and len(files) > 1 else True):
+    for path, unanswerable in progress(files, desc="query", unit="file", leave=False,
+                                      disable=None if not args.json and len(files) > 1 else True):
         name = "stdin" if path == "-" else path
         try:
             if unanswerable:  # left by expand_folders: a folder without audio, or one that cannot be read

@@ -10,6 +10,10 @@ from pathlib import Path
 # The level of what a job prints to the terminal (its log file keeps every INFO line): `nafp index` sets WARNING,
 # so a user sees the stages' progress bars, warnings and errors, not each stage's accounting.
 CONSOLE_LEVEL_ENV = "NAFP_CONSOLE_LEVEL"
+# "1" when `nafp index` itself writes to a terminal: its stages write to its pipe, and what they write reaches the
+# terminal, so their progress is drawn as bars (common.progress). A cluster job's stderr is its log file, whoever
+# submitted it.
+TERMINAL_ENV = "NAFP_PROGRESS_TERMINAL"
 
 
 def setup_logging(log_path: str | None = None, level: int = logging.INFO, append: bool = False,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import atomic_path
@@ -505,7 +505,7 @@ def generate_demo_corpus(out_dir: str | Path, n_songs: int, duration_s: float, s
     names_rng = np.random.default_rng([seed, 1_000_000])
     used: set[str] = set()
     rows = []
-    for i in tqdm(range(n_songs), desc="demo songs", unit="song", mininterval=5):
+    for i in progress(range(n_songs), desc="demo songs", unit="song", mininterval=5):
         title = _title(names_rng, used)
         artist = ARTISTS[int(names_rng.integers(len(ARTISTS)))]
         audio, desc = _song(np.random.default_rng([seed, i]), n_samples)

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.files import FFMPEG_EXTENSIONS, AudioDecodeError, audio_info, load_audio, resample
@@ -139,7 +139,7 @@ def _stratified_holdout(keys: list[str], kinds: list[str], test_fraction: float,
 def _measured(ir_files: Sequence[Path], max_len: int, test_fraction: float, seed: int, holdout: Sequence[str],
               skipped: list[dict]) -> dict[str, tuple[list, list]]:
     irs: list[tuple[Path, np.ndarray, dict]] = []
-    for path in tqdm(ir_files, desc="impulse responses", unit="file", mininterval=5):
+    for path in progress(ir_files, desc="impulse responses", unit="file", mininterval=5):
         try:
             channels = read_channels(path)
         except AudioDecodeError as exc:
@@ -207,7 +207,7 @@ def _simulated(simulate: dict, max_len: int, test_fraction: float, seed: int) ->
         for split, n in (("train", total - n_test), ("test", n_test)):
             rng = np.random.default_rng([seed, 4, KINDS.index(kind), SPLITS.index(split)])
             targets = _stratified_log_uniform(rng, n, *ranges["rt60_s" if kind == "room" else "resonant_t60_s"])
-            for i in tqdm(range(n), desc=f"simulated {kind} ({split})", unit="ir", mininterval=10):
+            for i in progress(range(n), desc=f"simulated {kind} ({split})", unit="ir", mininterval=10):
                 if kind == "room":
                     dims, rt60 = room_for(float(targets[i]), lo, hi, rng)
                     src, mic = positions(dims, rng)

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
 from workflow_lib.data.cuesheet import SHEET_EXTENSIONS
@@ -183,7 +183,7 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
             log.warning("rejected %s: %s", prob["path"], prob["reason"])
         rejected.extend(problems)
         log.info("%s: %d files under %s", collection, len(files), root)
-        for path in tqdm(files, desc=f"scan {collection}", unit="file", mininterval=5):
+        for path in progress(files, desc=f"scan {collection}", unit="file", mininterval=5):
             if path.suffix.lower() in SHEET_EXTENSIONS:  # cue sheets: the catalogue reads them
                 continue
             fields, reason = measurements.measure(path)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.files import AudioDecodeError, load_audio
@@ -304,7 +304,7 @@ def make_babble(pool: _SpeechPool, n_clips: int, speakers: tuple[int, int], clip
     clips with short pauses, at a random level within 6 dB."""
     n = int(clip_s * SR)
     clips, rows = [], []
-    for i in tqdm(range(n_clips), desc=f"babble {split}", unit="clip", mininterval=5):
+    for i in progress(range(n_clips), desc=f"babble {split}", unit="clip", mininterval=5):
         mix = np.zeros(n)
         used: list[str] = []
         for _ in range(int(rng.integers(speakers[0], speakers[1] + 1))):
@@ -411,7 +411,7 @@ def prepare_noise(noise_files: Sequence[str | Path], speech_files: Sequence[str 
 
     if noise_files:
         per_file: dict[Path, tuple[list, list]] = {}
-        for path in tqdm(noise_files, desc="noise files", unit="file", mininterval=5):
+        for path in progress(noise_files, desc="noise files", unit="file", mininterval=5):
             clips, events, reason = file_clips(path, int(max_clip_s * SR))
             if reason:
                 log.warning("skipping noise file %s: %s", path, reason)

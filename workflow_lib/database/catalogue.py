@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib.common.atomic import write_parquet_atomic
 from workflow_lib.data.cuesheet import CueSheets, Track, track_at, tracks_from_json, tracks_to_json
@@ -111,8 +111,8 @@ def build_catalogue(songs: pd.DataFrame) -> pd.DataFrame:
     """Rows ``song_id, title, artist, path, tracks`` for a table with ``song_id`` and ``path``."""
     cues = CueSheets()
     rows = [catalogue_entry(sid, path, cues) for sid, path in
-            tqdm(zip(songs["song_id"], songs["path"]), total=len(songs), desc="catalogue", unit="song",
-                 mininterval=10)]
+            progress(zip(songs["song_id"], songs["path"]), total=len(songs), desc="catalogue", unit="song",
+                     mininterval=10)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["tracks"] = table["tracks"].astype(object).where(table["tracks"].notna(), None)  # null, not NaN, in JSON
     return table

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE
 from workflow_lib.common.atomic import atomic_path
@@ -325,7 +325,7 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
     parts = _PartWriter(cache, flush_rows, flush_seconds)
     t0, n_segments_done = time.perf_counter(), 0
     last_log = t0
-    for i, (sid, path, sig) in enumerate(tqdm(todo, desc=f"extract {out_path.stem}", unit="song", mininterval=10)):
+    for i, (sid, path, sig) in enumerate(progress(todo, desc=f"extract {out_path.stem}", unit="song", mininterval=10)):
         if time.perf_counter() - last_log > 60:  # progress in the rule's log file too (tqdm only reaches stderr)
             last_log = time.perf_counter()
             log.info("%d/%d songs, %.0f segments/s", i, len(todo), n_segments_done / (last_log - t0))

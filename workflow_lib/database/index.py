@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -342,8 +342,8 @@ def _remove_rows(index: faiss.Index, rows: np.ndarray, vectors: np.ndarray) -> N
         keep[rows] = False
         index.reset()
         step = ADD_BATCH * 4
-        for lo in tqdm(range(0, len(vectors), step), desc="re-adding kept fingerprints", unit="block",
-                       mininterval=10):
+        for lo in progress(range(0, len(vectors), step), desc="re-adding kept fingerprints", unit="block",
+                           mininterval=10):
             block = np.asarray(vectors[lo:lo + step])[keep[lo:lo + step]]
             if len(block):
                 index.add(normalize(block))
@@ -779,7 +779,7 @@ def _fill(index: faiss.Index, plan: list[tuple[Path, str, int]], vec: np.ndarray
     ids: list[str] = []
     counts: list[int] = []
     total = sum(c for _, _, c in plan)
-    with tqdm(total=total, desc=desc, unit="fp", unit_scale=True, mininterval=10) as bar:
+    with progress(total=total, desc=desc, unit="fp", unit_scale=True, mininterval=10) as bar:
         for b_ids, b_counts, x in _iter_planned(plan):
             index.add(x)
             vec[offset:offset + len(x)] = x.astype(np.float16)

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import file_digest
@@ -189,11 +189,11 @@ def _worker_afp(params: dict) -> LandmarkAnalyzer:
 
 def _pmap(fn, items: list, threads: int, desc: str) -> Iterator:
     if threads <= 1:
-        for it in tqdm(items, desc=desc, mininterval=10):
+        for it in progress(items, desc=desc, mininterval=10):
             yield fn(it)
         return
     with ProcessPoolExecutor(threads) as pool:
-        yield from tqdm(pool.map(fn, items, chunksize=4), total=len(items), desc=desc, mininterval=10)
+        yield from progress(pool.map(fn, items, chunksize=4), total=len(items), desc=desc, mininterval=10)
 
 
 def build_database(songs: pd.DataFrame, params: AudfprintParams, threads: int = 1) -> Audfprint:

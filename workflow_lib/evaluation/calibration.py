@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
@@ -75,7 +75,7 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
                     "only, so its false-positive rate on unknown music is not controlled")
         is_noise[:] = True
     scores: dict[int, list[list[float]]] = {}
-    bar = tqdm(total=n_total, desc="calibration queries", mininterval=10)
+    bar = progress(total=n_total, desc="calibration queries", unit="query", mininterval=10)
     span_s = max(lengths) * max(c.max_speed for c in conds)
 
     def search(x: np.ndarray, n_nominal: int, exclude: str | frozenset[str] | None):

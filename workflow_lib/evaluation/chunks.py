@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib.common.atomic import atomic_path, write_parquet_atomic
 
@@ -33,7 +33,7 @@ def run_in_chunks(items: Sequence, process: Callable[[Sequence], list[dict]], fo
     frames: list[pd.DataFrame] = []
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(items), desc=desc, mininterval=10) as bar:
+    with progress(total=len(items), desc=desc, mininterval=10) as bar:
         for c0 in range(0, len(items), chunk):
             part = folder / f"chunk-{c0 // chunk:06d}.parquet" if folder is not None else None
             todo = items[c0:c0 + chunk]

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import write_parquet_atomic
@@ -118,7 +118,7 @@ def write_query_set(out_dir: str | Path, groups: dict[str, pd.DataFrame], plan: 
     rows: list[dict[str, Any]] = []
     counts = {"unseen": plan.n_starts, "trained": plan.n_trained_starts, "unknown": plan.n_out_of_db_starts}
     n_total = sum(counts[g] for g in groups) * len(plan.lengths_s) * len(conds)
-    bar = tqdm(total=n_total, desc="queries", mininterval=10)
+    bar = progress(total=n_total, desc="queries", unit="query", mininterval=10)
     # A start must leave room for the longest query played at the fastest speed.
     span_s = max(plan.lengths_s) * max(c.max_speed for c in conds)
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import soxr
 import torch
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import atomic_path
@@ -79,8 +79,8 @@ def build_song_bank(songs_parquet: str | Path, splits_parquet: str | Path, split
     try:
         files = {k: open(p, "wb") for k, p in raws.items()}
         try:
-            for song in tqdm(chosen.itertuples(index=False), total=len(chosen), desc=f"decode {split}",
-                             unit="song", mininterval=5):
+            for song in progress(chosen.itertuples(index=False), total=len(chosen), desc=f"decode {split}",
+                                 unit="song", mininterval=5):
                 try:
                     audio = np.concatenate(list(iter_audio(song.path)) or [np.zeros(0, np.float32)])
                     if len(audio) < SEGMENT_SAMPLES:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
+from workflow_lib.common.progress import progress
 
 from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import atomic_path, remove_stale_temporaries
@@ -463,9 +463,9 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
         if epoch > state["horizon_epochs"] and not partial["step"]:
             log.info("epoch %d: time is left past the %d epochs the schedule was fitted to; it runs at the "
                      "schedule's final rate", epoch, state["horizon_epochs"])
-        bar = tqdm(stream.epoch(epoch, start=partial["step"]), total=steps_per_epoch, initial=partial["step"],
-                   desc=epoch_label(epoch, cfg.schedule, state["horizon_epochs"], cfg.max_epochs), unit="step",
-                   mininterval=2, leave=False)
+        bar = progress(stream.epoch(epoch, start=partial["step"]), total=steps_per_epoch, initial=partial["step"],
+                       desc=epoch_label(epoch, cfg.schedule, state["horizon_epochs"], cfg.max_epochs), unit="step",
+                       mininterval=2, leave=False)
         next_log = time.monotonic() + LOG_EVERY_S
         next_save = time.monotonic() + cfg.checkpoint_minutes * 60
         for views in bar:
