@@ -25,6 +25,7 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import write_text_atomic
 from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.common.locks import folder_lock
+from workflow_lib.common.progress import progress
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, missing_path_message
 from workflow_lib.database.catalogue import build_catalogue, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
@@ -97,7 +98,7 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
         if not files and not skipped:
             raise ValueError("no audio files to add")
         usable = []
-        for f in files:
+        for f in progress(files, desc="check files", unit="file", mininterval=5):  # each is decoded to its end
             _, reason = check_song(f, min_duration_s, silence_dbfs)
             if reason is not None:
                 skipped.append({"path": str(f), "reason": reason})
