@@ -97,6 +97,8 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     # ... nor each stage's accounting: INFO lines go to the stages' log files, warnings to the terminal too
     assert " INFO " not in r.stderr and " INFO " in (db / "logs" / "manifest.log").read_text()
     assert "WARNING workflow_lib.data.manifest: rejected" in r.stderr and "damaged.m4a" in r.stderr
+    # ... but not the cover art: a line each in the manifest's log, counted in the summary (the album's picture)
+    assert "cover.jpg" not in r.stderr and "cover.jpg: not an audio file" in (db / "logs" / "manifest.log").read_text()
     threshold = json.loads((db / "index" / "threshold.json").read_text())
     # Calibrated leave-one-song-out on every database song (no evaluation keeps half of them), and on the unknown
     # music, which is not in the database; so little music is said to be too little.

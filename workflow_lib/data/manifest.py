@@ -190,7 +190,11 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
             if fields is not None:
                 reason = judge_song(fields, min_duration_s, silence_dbfs)
             if reason is not None:
-                log.warning("rejected %s: %s", path, reason)
+                # Cover art, rip logs and playlists beside the music (hundreds in a real collection): a line each in
+                # the log file and rejected.csv, counted at the end of `nafp index`; a warning each would bury the
+                # audio files that could not be used.
+                level = logging.WARNING if path.suffix.lower() in AUDIO_EXTENSIONS else logging.INFO
+                log.log(level, "rejected %s: %s", path, reason)
                 rejected.append({"path": str(path), "reason": reason})
                 continue
             rel = path.relative_to(root).as_posix()
