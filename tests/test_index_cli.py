@@ -233,6 +233,36 @@ def test_a_misspelt_setting_is_named_before_any_stage_runs(tmp_path):
     assert r.returncode == 2 and "config file not found" in r.stderr and not (tmp_path / "db").exists()
 
 
+def test_a_second_run_into_a_folder_being_indexed_is_refused_before_it_touches_it(tmp_path):
+    """Two `nafp index` into one folder: Snakemake's own refusal came after the second run had rewritten the folder's
+    settings under the first's stages, advised a flag `nafp index` does not have (--unlock), and ended with "run the
+    same command again to resume", which fails again while the first run lives."""
+    import fcntl
+    import os
+
+    from workflow_lib.common.locks import RUN_LOCK
+
+    generate_demo_corpus(tmp_path / "corpus", 1, 5.0, seed=3)
+    (tmp_path / "db" / ".snakemake").mkdir(parents=True)
+    settings = tmp_path / "db" / "index-config.yaml"
+    settings.write_text("# the first run's\n")
+    fd = os.open(tmp_path / "db" / ".snakemake" / RUN_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what the first run's Snakemake holds while it lives
+    try:
+        for extra in ([], ["--dry-run"]):
+            r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db"), *extra,
+                     cwd=tmp_path)
+            assert r.returncode == 2 and "another run is indexing into" in r.stderr, r.stderr[-2000:]
+            assert "resume" not in r.stderr and "unlock" not in r.stderr
+            assert settings.read_text() == "# the first run's\n"
+    finally:
+        os.close(fd)
+    # The lock file of a run that has ended (nobody holds it) stops nothing.
+    r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db"), "--dry-run",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_a_config_file_is_merged_over_the_index_settings(tmp_path):
     """`--config` adds to the index settings (the collection, the bundled model, every song in the database): it
     does not replace them. Two --configfile options would have left Snakemake the last file alone, and the default

@@ -145,6 +145,11 @@ def run(args: argparse.Namespace) -> int:
     problem = config_problem(settings, args.config)
     if problem:  # named before any stage: running the same command again would not help
         return fail(problem)
+    from workflow_lib.common.locks import run_alive
+
+    if run_alive(results / ".snakemake"):  # before its settings file is rewritten under the running stages
+        return fail(f"another run is indexing into {results} now (nafp index or the workflow): let it end, or stop "
+                    "it, then run this again", EXIT_SETUP)
     made_here = args.dry_run and not results.exists()
     results.mkdir(parents=True, exist_ok=True)
     cfg_path = results / INDEX_CONFIG

@@ -39,6 +39,23 @@ def try_lock(folder: str | Path) -> contextlib.AbstractContextManager:
 
 
 _HELD: list[int] = []  # descriptors of locks held for the life of the process
+RUN_LOCK = "nafp-run.lock"  # held by every main Snakemake process of this workflow while it lives
+
+
+def run_alive(snakemake_dir: str | Path) -> bool:
+    """Whether a live Snakemake run of this workflow holds ``snakemake_dir`` (the run lock below), now."""
+    path = Path(snakemake_dir) / RUN_LOCK
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases it, when it was taken
+    return False
 
 
 def clear_stale_snakemake_locks(snakemake_dir: str | Path = ".snakemake") -> list[str]:
@@ -52,7 +69,7 @@ def clear_stale_snakemake_locks(snakemake_dir: str | Path = ".snakemake") -> lis
     """
     d = Path(snakemake_dir)
     d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / "nafp-run.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(d / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # another run of this workflow is alive: its locks are real
