@@ -47,7 +47,7 @@ def run_alive(snakemake_dir: str | Path) -> bool:
     path = Path(snakemake_dir) / RUN_LOCK
     try:
         fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+    except OSError:  # none yet; or not ours to open, and Snakemake's own check decides
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

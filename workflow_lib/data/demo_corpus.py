@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import atomic_path
 from workflow_lib.audio.files import write_audio
+from workflow_lib.common.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-from workflow_lib.common.progress import progress
 
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
+from workflow_lib.common.progress import progress
 from workflow_lib.data.cuesheet import SHEET_EXTENSIONS
 from workflow_lib.data.folders import is_utf8, not_utf8_folder, shown, walk_files
 from workflow_lib.data.split import UNKNOWN_COLLECTION

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
-from workflow_lib.common.progress import progress
 
 from workflow_lib.common.atomic import write_parquet_atomic
+from workflow_lib.common.progress import progress
 from workflow_lib.data.cuesheet import CueSheets, Track, track_at, tracks_from_json, tracks_to_json
 from workflow_lib.data.split import UNKNOWN_COLLECTION
 

@@ -32,7 +32,6 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from workflow_lib.common.progress import progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
 from workflow_lib.audio.segments import check_framing
 from workflow_lib.common.locks import folder_lock
 from workflow_lib.common.atomic import atomic_path, write_text_atomic
+from workflow_lib.common.progress import progress
 from workflow_lib.database.fingerprint_file import (FingerprintFileError, ModelMismatchError, ShardMeta, check_model,
                                                     iter_rows, read_meta)
 

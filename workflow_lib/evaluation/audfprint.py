@@ -21,11 +21,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import file_digest
 from workflow_lib.audio.files import AudioDecodeError, load_audio, resample
+from workflow_lib.common.progress import progress
 from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
 from workflow_lib.search.duplicates import parse_exclusion
 from workflow_lib.common.config import check_keys

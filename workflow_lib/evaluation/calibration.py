@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
 from workflow_lib.common.background import ordered_map
+from workflow_lib.common.progress import progress
 from workflow_lib.search.duplicates import duplicate_groups, find_twins, song_paths, unknown_exclusion
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration, little_music
 from workflow_lib.data.clipbank import ClipBank

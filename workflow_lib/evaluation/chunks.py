@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
-from workflow_lib.common.progress import progress
 
 from workflow_lib.common.atomic import atomic_path, write_parquet_atomic
+from workflow_lib.common.progress import progress
 
 
 def partial_dir(out_path: str | Path, key: Any) -> Path:

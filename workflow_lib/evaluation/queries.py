@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from workflow_lib.common.progress import progress
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import write_parquet_atomic
 from workflow_lib.audio.files import write_audio
+from workflow_lib.common.progress import progress
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, ir_pool
 from workflow_lib.evaluation.plan import Condition, QueryPlan

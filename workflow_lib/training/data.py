@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import soxr
 import torch
-from workflow_lib.common.progress import progress
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import atomic_path
 from workflow_lib.audio.files import AudioDecodeError, iter_audio
+from workflow_lib.common.progress import progress
 from workflow_lib.training.augment import FILTER_SETTLE, AugmentConfig, ViewParams, sample_view_params
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.audio.segments import n_segments

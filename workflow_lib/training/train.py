@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from workflow_lib.common.progress import progress
 
 from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import atomic_path, remove_stale_temporaries
+from workflow_lib.common.progress import progress
 from workflow_lib.training.augment import (AugmentConfig, ViewParams, degrade, drop_first_channel, lpc_whiten_rows,
                                            mask_spectrogram, set_peak_db)
 from workflow_lib.data.clipbank import ClipBank
