@@ -34,8 +34,6 @@ import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 import decision_statistic as ds  # noqa: E402
-from workflow_lib.data.split import unit_hash  # noqa: E402
-from workflow_lib.evaluation.metrics import snr_of  # noqa: E402
 
 FRAME, HOP = 256, 128  # 32 ms frames at 8 kHz
 BAND_HZ = (300, 3500)
@@ -74,14 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     r = Path(args.results)
     q = pd.read_parquet(r / "eval" / "queries" / "queries.parquet").merge(query_features(r), on="query_id")
-    res = pd.read_parquet(r / "eval" / "results_neural.parquet")
-    res = res[res["mode"] == "sequence"].merge(q, on="query_id")
-    res["n_seg"] = res["length_s"].map(ds.n_segments)
-    unknown = res[res["group"] == "unknown"].copy()
-    unseen = res[res["group"] == "unseen"].copy()
-    unseen["right"] = [len(t) > 0 and t[0] == s for t, s in zip(unseen["top_songs"], unseen["song_id"])]
-    unknown["half"] = [unit_hash(f"stat/{s}", 0) < 0.5 for s in unknown["source_song_id"]]
-    conds = list(dict.fromkeys(q["condition"]))
+    unknown, unseen, conds = ds.evaluation_queries(r, "sequence", q)
     print("median of each feature per condition (dB), all queries:\n")
     print(q.groupby("condition")[list(FEATURES)].median().reindex(conds).round(2).to_string(), "\n")
     for frame in (unknown, unseen):
@@ -94,18 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += ds._cross_validated_rows(f"margin | {feature} ({bins} bins)", unknown, unseen, conds,
                                              ds._binned_rule(args.fpr, bins))
     rows += ds._oracle_rows(unknown, unseen, conds, args.fpr)
-    t = pd.DataFrame(rows)
-    for col, title in (("fpr", "false-positive rate (%) per condition"),
-                       ("accept_right", "right best guesses accepted, 3-10 s queries (%)")):
-        print(f"## {title}\n")
-        print((t.pivot(index="condition", columns="statistic", values=col).reindex(conds) * 100).round(2).to_string())
-        print()
-    summary = t.groupby("statistic").agg(fpr_min=("fpr", "min"), fpr_max=("fpr", "max"),
-                                         accept_mean=("accept_right", "mean"))
-    noisy = t[t["condition"].map(lambda c: (snr_of(c) is not None) and snr_of(c) <= 10)]
-    summary["accept_0_10dB"] = noisy.groupby("statistic")["accept_right"].mean()
-    print("## summary (%)\n")
-    print((summary * 100).round(2).to_string())
+    ds.print_tables(rows, conds)
     return 0
 
 

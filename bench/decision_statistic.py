@@ -257,6 +257,40 @@ def _oracle_rows(unknown, unseen, conds, fpr) -> list[dict]:
     return rows
 
 
+def evaluation_queries(results: Path, mode: str, queries: pd.DataFrame | None = None):
+    """The run's neural answers joined to its ``queries`` (default: queries.parquet): (unknown-song queries with
+    their fitting ``half``, unseen database songs' queries with ``right``, the conditions in order)."""
+    q = pd.read_parquet(results / "eval" / "queries" / "queries.parquet") if queries is None else queries
+    res = pd.read_parquet(results / "eval" / "results_neural.parquet")
+    res = res[res["mode"] == mode].merge(q, on="query_id")
+    res["n_seg"] = res["length_s"].map(n_segments)
+    unknown = res[res["group"] == "unknown"].copy()
+    unseen = res[res["group"] == "unseen"].copy()
+    unseen["right"] = [len(t) > 0 and t[0] == s for t, s in zip(unseen["top_songs"], unseen["song_id"])]
+    for frame in (unknown, unseen):
+        frame["J"] = [max(1, n) for n in frame["n_seg"]]
+    unknown["half"] = [unit_hash(f"stat/{s}", 0) < 0.5 for s in unknown["source_song_id"]]
+    return unknown, unseen, list(dict.fromkeys(q["condition"]))
+
+
+def print_tables(rows: list[dict], conds: list[str]) -> None:
+    """Each rule's false-positive rate and acceptance per condition, then its summary."""
+    t = pd.DataFrame(rows)
+    for col, title in (("fpr", "false-positive rate (%) per condition"),
+                       ("accept_right", "right best guesses accepted, 3-10 s queries (%)")):
+        piv = t.pivot(index="condition", columns="statistic", values=col).reindex(conds) * 100
+        print(f"## {title}\n")
+        print(piv.round(2).to_string())
+        print()
+    summary = t.groupby("statistic").agg(fpr_min=("fpr", "min"), fpr_max=("fpr", "max"), fpr_mean=("fpr", "mean"),
+                                         accept_mean=("accept_right", "mean"), accept_min=("accept_right", "min"))
+    # the issue's acceptance target is over the 0-10 dB conditions only
+    noisy = t[t["condition"].map(lambda c: (snr_of(c) is not None) and snr_of(c) <= 10)]
+    summary["accept_0_10dB"] = noisy.groupby("statistic")["accept_right"].mean()
+    print("## summary (%)\n")
+    print((summary * 100).round(2).to_string())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", help="results/ folder of an evaluation run")
@@ -266,17 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="fit on the run's calibration null queries, measure on all unknown-song queries")
     args = ap.parse_args(argv)
     r = Path(args.results)
-    q = pd.read_parquet(r / "eval" / "queries" / "queries.parquet")
-    res = pd.read_parquet(r / "eval" / "results_neural.parquet")
-    res = res[res["mode"] == args.mode].merge(q, on="query_id")
-    res["n_seg"] = res["length_s"].map(n_segments)
-    unknown = res[res["group"] == "unknown"].copy()
-    unseen = res[res["group"] == "unseen"].copy()
-    unseen["right"] = [len(t) > 0 and t[0] == s for t, s in zip(unseen["top_songs"], unseen["song_id"])]
-    for frame in (unknown, unseen):
-        frame["J"] = [max(1, n) for n in frame["n_seg"]]
-    unknown["half"] = [unit_hash(f"stat/{s}", 0) < 0.5 for s in unknown["source_song_id"]]
-    conds = list(dict.fromkeys(q["condition"]))
+    unknown, unseen, conds = evaluation_queries(r, args.mode)
     print(f"{len(unknown)} unknown-song queries ({unknown.source_song_id.nunique()} songs), {len(unseen)} unseen "
           f"database queries; target false-positive rate {args.fpr:g}; mode {args.mode}\n")
     nulls = calibration_nulls(r) if args.calibration else None
@@ -295,20 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += _conditional_rows(unknown, unseen, conds, args.fpr, nulls) + _oracle_rows(unknown, unseen, conds, args.fpr)
     if nulls is None:  # the combinations learn from right answers too, which the calibration's queries do not hold
         rows += _combination_rows(unknown, unseen, conds, args.fpr)
-    t = pd.DataFrame(rows)
-    for col, title in (("fpr", "false-positive rate (%) per condition"),
-                       ("accept_right", "right best guesses accepted, 3-10 s queries (%)")):
-        piv = t.pivot(index="condition", columns="statistic", values=col).reindex(conds) * 100
-        print(f"## {title}\n")
-        print(piv.round(2).to_string())
-        print()
-    summary = t.groupby("statistic").agg(fpr_min=("fpr", "min"), fpr_max=("fpr", "max"), fpr_mean=("fpr", "mean"),
-                                         accept_mean=("accept_right", "mean"), accept_min=("accept_right", "min"))
-    # the issue's acceptance target is over the 0-10 dB conditions only
-    noisy = t[t["condition"].map(lambda c: (snr_of(c) is not None) and snr_of(c) <= 10)]
-    summary["accept_0_10dB"] = noisy.groupby("statistic")["accept_right"].mean()
-    print("## summary (%)\n")
-    print((summary * 100).round(2).to_string())
+    print_tables(rows, conds)
     return 0
 
 
