@@ -28,12 +28,12 @@ def partial_dir(out_path: str | Path, key: Any) -> Path:
 
 
 def run_in_chunks(items: Sequence, process: Callable[[Sequence], list[dict]], folder: Path | None, chunk: int,
-                  desc: str) -> pd.DataFrame:
+                  desc: str, unit: str = "query") -> pd.DataFrame:
     """Rows of ``process(items[i:i + chunk])`` for every chunk; finished chunks are kept in ``folder``."""
     frames: list[pd.DataFrame] = []
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    with progress(total=len(items), desc=desc, mininterval=10) as bar:
+    with progress(total=len(items), desc=desc, unit=unit, mininterval=10) as bar:
         for c0 in range(0, len(items), chunk):
             part = folder / f"chunk-{c0 // chunk:06d}.parquet" if folder is not None else None
             todo = items[c0:c0 + chunk]
