@@ -3,10 +3,47 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+# Temporary names carry their writer (host and process id), so a later writer of the same file can tell the
+# leftovers of a killed one (a dead process on this host) from a live writer's file, here or on another node that
+# shares the folder.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
+def _writer_prefix(final: Path, pid: int | None = None) -> str:
+    return f".{final.name}.{_HOST}-{os.getpid() if pid is None else pid}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_killed_writers_temporaries(final: str | os.PathLike) -> list[Path]:
+    """Remove what ``atomic_path(final)`` left when its writer was killed before the rename: temporary files of
+    ``final`` whose writing process, on this host, is gone. Returns them."""
+    final = Path(final)
+    mine = re.compile(re.escape(f".{final.name}.{_HOST}-") + r"(\d+)\.")
+    removed = []
+    for p in final.parent.glob(f".{glob.escape(final.name)}.{_HOST}-*"):
+        m = mine.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -14,10 +51,13 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
 
     The temporary file keeps the final suffix (some writers, e.g. numpy or matplotlib, pick the format from it).
+    What a killed writer of ``final`` left is removed first (``remove_killed_writers_temporaries``), so the same
+    command run again after a kill leaves no temporary file behind.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix if suffix is not None else final.suffix,
+    remove_killed_writers_temporaries(final)
+    fd, tmp = tempfile.mkstemp(prefix=_writer_prefix(final), suffix=suffix if suffix is not None else final.suffix,
                                dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
