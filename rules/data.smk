@@ -63,7 +63,7 @@ rule manifest:
         f"{LOGS}/manifest.log",
     conda:
         ENV
-    threads: 1
+    threads: config["data"]["scan_threads"]  # processes that decode; Snakemake lowers it to --cores
     resources:
         mem_mb=1000,
         runtime=60,

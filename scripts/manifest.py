@@ -11,4 +11,4 @@ p = snakemake.params
 results = Path(snakemake.output.songs).resolve().parent.parent
 write_manifest(p.music_dirs, p.distractor_dirs, snakemake.output.songs, snakemake.output.rejected,
                p.min_duration_s, p.silence_dbfs, snakemake.output.rejected_csv, skip_dirs=[results],
-               unknown_dirs=p.unknown_dirs)
+               unknown_dirs=p.unknown_dirs, workers=snakemake.threads)

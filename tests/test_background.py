@@ -1,5 +1,6 @@
-"""The background producer shared by training and the scan."""
+"""The background producer and the ordered map (threads or worker processes) shared by the stages."""
 
+import os
 import threading
 import time
 
@@ -76,3 +77,31 @@ def test_ordered_map_keeps_the_order_of_its_items_takes_them_as_workers_free_up_
     assert got == [0, 1, 2]  # everything before the failing item, in order
     with pytest.raises(ValueError, match="workers"):
         list(ordered_map(abs, range(3), workers=0))
+
+
+def _square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def _fails_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def test_ordered_map_in_worker_processes_keeps_the_order_and_raises():
+    out = list(ordered_map(_square_and_pid, range(20), workers=3, processes=True))
+    assert [v for v, _ in out] == [x * x for x in range(20)]
+    assert os.getpid() not in {pid for _, pid in out}
+    assert {pid for _, pid in ordered_map(_square_and_pid, range(5), workers=1, processes=True)} == {os.getpid()}
+    with pytest.raises(ValueError, match="three"):
+        list(ordered_map(_fails_on_three, range(6), workers=2, processes=True))
+
+
+def test_ordered_map_in_processes_leaves_no_worker_behind_when_the_consumer_stops_early():
+    import multiprocessing
+
+    answers = ordered_map(_square_and_pid, range(200), workers=2, processes=True)
+    assert next(answers)[0] == 0
+    answers.close()  # the pool shuts down, the items not started are dropped
+    assert multiprocessing.active_children() == []

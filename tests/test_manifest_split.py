@@ -151,6 +151,50 @@ def test_a_rescan_decodes_only_the_files_that_changed(music_dir, tmp_path, monke
     assert len(write_manifest(*args, 3.0, -60)) == 2 and sorted(decoded) == ["broken.ogg", "empty.mp3", "notes.txt"]
 
 
+def test_decoding_in_worker_processes_gives_the_same_tables(music_dir, tmp_path):
+    """The scan's files are decoded by ``workers`` processes; the songs and the rejected files, their ids, order,
+    measures and reasons, are those of the scan in one process."""
+    (music_dir / "more").mkdir()
+    for i in range(4):
+        sf.write(str(music_dir / "more" / f"s{i}.flac"), tone_mix(4.0 + i, 16000, seed=10 + i), 16000)
+    one = build_manifest([("music", music_dir)], min_duration_s=3.0, silence_dbfs=-60)
+    three = build_manifest([("music", music_dir)], min_duration_s=3.0, silence_dbfs=-60, workers=3)
+    assert len(one[0]) == 6 and len(one[1]) == 6
+    pd.testing.assert_frame_equal(one[0], three[0])
+    pd.testing.assert_frame_equal(one[1], three[1])
+
+
+def test_a_scan_killed_half_way_decodes_only_the_rest_when_run_again(music_dir, tmp_path, monkeypatch):
+    """What a long scan measured is saved as it goes (temp file, then rename), so the same command after a kill
+    does not decode those files again."""
+    from workflow_lib.data import manifest
+
+    monkeypatch.setattr(manifest.Measurements, "SAVE_INTERVAL_S", 0.0)  # save after every file
+    out = tmp_path / "res" / "manifest"
+    args = [str(music_dir)], [], out / "songs.parquet", out / "rejected.parquet"
+    order = sorted(f.name for f in music_dir.rglob("*") if f.is_file() and f.suffix != ".cue")
+    decoded = []
+    real = manifest.measure_song
+
+    def killed_at_the_fifth(path, st=None):
+        if len(decoded) == 4:
+            raise KeyboardInterrupt  # what a kill does to the scan
+        decoded.append(path.name)
+        return real(path, st)
+
+    monkeypatch.setattr(manifest, "measure_song", killed_at_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        write_manifest(*args, 3.0, -60)
+    assert not (out / "songs.parquet").exists() and len(decoded) == 4
+    first = set(decoded)
+    decoded.clear()
+    monkeypatch.setattr(manifest, "measure_song", lambda path, st=None: decoded.append(path.name) or real(path, st))
+    songs = write_manifest(*args, 3.0, -60)
+    unreadable = {"broken.ogg", "empty.mp3", "notes.txt"}  # never measured, so checked again
+    assert set(decoded) == (set(order) - first) | (first & unreadable)
+    assert sorted(songs.rel_path) == ["album/a.flac", "b.wav"]
+
+
 def test_a_file_gone_between_the_listing_and_its_check_is_rejected_not_a_crash(music_dir, monkeypatch):
     from workflow_lib.data import manifest
 

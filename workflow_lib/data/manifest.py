@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from workflow_lib.common.atomic import atomic_path, file_digest, write_csv_atomic
+from workflow_lib.common.background import ordered_map
 from workflow_lib.common.progress import progress
 from workflow_lib.data.cuesheet import SHEET_EXTENSIONS
 from workflow_lib.data.folders import is_utf8, not_utf8_folder, shown, walk_files
@@ -114,17 +116,24 @@ def judge_song(fields: dict, min_duration_s: float, silence_dbfs: float) -> str 
 
 class Measurements:
     """What decoding each file measured (``measure_song``), kept from one scan to the next: a file with the same
-    path, size and modification time as before (what ``make`` and rsync trust too) is not decoded again."""
+    path, size and modification time as before (what ``make`` and rsync trust too) is not decoded again.
+
+    ``save_to``: where the measurements are kept; during a long scan what was measured so far is written there
+    every ``SAVE_INTERVAL_S``, so a scan killed half-way decodes only the rest when it is run again."""
 
     COLUMNS = ["path", *MEASURED]
+    SAVE_INTERVAL_S = 60.0
 
-    def __init__(self, previous: pd.DataFrame | None = None):
+    def __init__(self, previous: pd.DataFrame | None = None, save_to: Path | None = None):
         ok = previous is not None and set(self.COLUMNS) <= set(previous.columns)  # an older table gives none
         self.before = {r["path"]: r for r in previous[self.COLUMNS].to_dict("records")} if ok else {}
         self.rows: list[dict] = []
         self.reused = 0
+        self.save_to = save_to
+        self._saved_at = time.monotonic()
 
-    def measure(self, path: Path) -> tuple[dict | None, str | None]:
+    def _unchanged(self, path: Path) -> tuple[dict | None, os.stat_result | None]:
+        """The last scan's fields of ``path`` if the file is as it was then (else None), and its ``stat``."""
         old = self.before.get(str(path))
         try:
             st = path.stat()
@@ -133,16 +142,54 @@ class Measurements:
             st, same = None, False
         # a file measured through ffmpeg is decoded again (and so rejected) once ffmpeg is gone
         if same and not ffmpeg_missing_for(path):
-            self.reused += 1
-            fields, reason = {k: old[k] for k in MEASURED}, None
-        else:
-            fields, reason = measure_song(path, st)
-        if fields is not None:
-            self.rows.append({"path": str(path), **fields})
-        return fields, reason
+            return {k: old[k] for k in MEASURED}, st
+        return None, st
 
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=self.COLUMNS)
+    def measure_all(self, paths: list[Path], workers: int = 1, desc: str = "scan") -> list[tuple[dict | None,
+                                                                                                   str | None]]:
+        """``measure_song`` of each path, in order: unchanged files from the last scan, the others decoded by up
+        to ``workers`` processes."""
+        out: list[tuple[dict | None, str | None]] = [(None, None)] * len(paths)
+        todo: list[tuple[int, Path, os.stat_result | None]] = []
+        for i, path in enumerate(paths):
+            fields, st = self._unchanged(path)
+            if fields is None:
+                todo.append((i, path, st))
+            else:
+                self.reused += 1
+                out[i] = (fields, None)
+                self.rows.append({"path": str(path), **fields})
+        measured = progress(ordered_map(_measure_one, [(path, st) for _, path, st in todo], workers, processes=True),
+                            total=len(todo), desc=desc, unit="file", mininterval=5)
+        for (i, path, _), (fields, reason) in zip(todo, measured):
+            out[i] = (fields, reason)
+            if fields is not None:
+                self.rows.append({"path": str(path), **fields})
+            if self.save_to is not None and time.monotonic() - self._saved_at >= self.SAVE_INTERVAL_S:
+                self.save(partial=True)
+        return out
+
+    def table(self, partial: bool = False) -> pd.DataFrame:
+        """This scan's measurements; ``partial``: with the last scan's for the files not reached yet."""
+        rows = self.rows
+        if partial:
+            done = {r["path"] for r in rows}
+            rows = rows + [{"path": p, **{k: r[k] for k in MEASURED}} for p, r in self.before.items()
+                           if p not in done]
+        return pd.DataFrame(rows, columns=self.COLUMNS)
+
+    def save(self, partial: bool = False) -> None:
+        """Write the measurements to ``save_to`` (temp file, then rename)."""
+        assert self.save_to is not None
+        self.save_to.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.save_to) as tmp:
+            self.table(partial).to_parquet(tmp, index=False)
+        self._saved_at = time.monotonic()
+
+
+def _measure_one(job: tuple[Path, os.stat_result | None]) -> tuple[dict | None, str | None]:
+    """``measure_song`` in a worker process (``common.background.ordered_map``)."""
+    return measure_song(*job)
 
 
 def _unused_song_id(collection: str, root: Path, rel: str, seen: dict[str, str]) -> str:
@@ -158,16 +205,17 @@ def _unused_song_id(collection: str, root: Path, rel: str, seen: dict[str, str])
 
 def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s: float = 3.0,
                    silence_dbfs: float = -60.0, skip_dirs: Iterable[str | Path] = (),
-                   measurements: Measurements | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   measurements: Measurements | None = None, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scan ``(collection, folder)`` pairs into (songs, rejected) tables; folders in ``skip_dirs`` (the run's own
     results folder, when it lies inside a music folder) are not scanned. ``measurements``: the last scan's, so that
-    unchanged files are not decoded again (and this scan's are added to it)."""
+    unchanged files are not decoded again (and this scan's are added to it). ``workers``: processes that decode."""
     skip_dirs = list(skip_dirs)
     measurements = measurements or Measurements()
     rows, rejected = [], []
     seen: dict[str, str] = {}
     collections = [(c, Path(r).resolve()) for c, r in collections]
     scanned: set[Path] = set()
+    found: list[tuple[str, Path, Path]] = []  # (collection, folder, file): every folder is listed before decoding
     for collection, root in collections:
         if not root.is_dir():
             raise FileNotFoundError(f"{collection} folder does not exist or is not a folder: {shown(root)}")
@@ -183,25 +231,25 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
             log.warning("rejected %s: %s", prob["path"], prob["reason"])
         rejected.extend(problems)
         log.info("%s: %d files under %s", collection, len(files), root)
-        for path in progress(files, desc=f"scan {collection}", unit="file", mininterval=5):
-            if path.suffix.lower() in SHEET_EXTENSIONS:  # cue sheets: the catalogue reads them
-                continue
-            fields, reason = measurements.measure(path)
-            if fields is not None:
-                reason = judge_song(fields, min_duration_s, silence_dbfs)
-            if reason is not None:
-                # Cover art, rip logs and playlists beside the music (hundreds in a real collection): a line each in
-                # the log file and rejected.csv, counted at the end of `nafp index`; a warning each would bury the
-                # audio files that could not be used.
-                level = logging.WARNING if path.suffix.lower() in AUDIO_EXTENSIONS else logging.INFO
-                log.log(level, "rejected %s: %s", path, reason)
-                rejected.append({"path": str(path), "reason": reason})
-                continue
-            rel = path.relative_to(root).as_posix()
-            sid = _unused_song_id(collection, root, rel, seen)
-            seen[sid] = str(path)
-            rows.append({"song_id": sid, "collection": collection, "root": str(root), "rel_path": rel,
-                         "path": str(path), **fields})
+        # cue sheets: the catalogue reads them
+        found.extend((collection, root, f) for f in files if f.suffix.lower() not in SHEET_EXTENSIONS)
+    measured = measurements.measure_all([f for _, _, f in found], workers)
+    for (collection, root, path), (fields, reason) in zip(found, measured):
+        if fields is not None:
+            reason = judge_song(fields, min_duration_s, silence_dbfs)
+        if reason is not None:
+            # Cover art, rip logs and playlists beside the music (hundreds in a real collection): a line each in
+            # the log file and rejected.csv, counted at the end of `nafp index`; a warning each would bury the
+            # audio files that could not be used.
+            level = logging.WARNING if path.suffix.lower() in AUDIO_EXTENSIONS else logging.INFO
+            log.log(level, "rejected %s: %s", path, reason)
+            rejected.append({"path": str(path), "reason": reason})
+            continue
+        rel = path.relative_to(root).as_posix()
+        sid = _unused_song_id(collection, root, rel, seen)
+        seen[sid] = str(path)
+        rows.append({"song_id": sid, "collection": collection, "root": str(root), "rel_path": rel,
+                     "path": str(path), **fields})
     for i, first in sorted(identical_copies(rows).items(), reverse=True):
         reason = copy_reason(first)
         log.warning("rejected %s: %s", rows[i]["path"], reason)
@@ -251,26 +299,25 @@ def identical_copies(rows: list[dict]) -> dict[int, str]:
 def write_manifest(music_dirs: list[str], distractor_dirs: list[str], songs_out: str | Path,
                    rejected_out: str | Path, min_duration_s: float, silence_dbfs: float,
                    rejected_csv: str | Path | None = None, skip_dirs: Iterable[str | Path] = (),
-                   unknown_dirs: Iterable[str] = ()) -> pd.DataFrame:
+                   unknown_dirs: Iterable[str] = (), workers: int = 1) -> pd.DataFrame:
     """Scan the folders into ``songs_out`` and ``rejected_out`` (Parquet), and the rejected files with their
     reasons as ``rejected_csv`` too (what a user reads). ``skip_dirs``: see ``build_manifest``. Songs of
     ``unknown_dirs`` are the collection ``unknown`` (``data.unknown_dirs``: only ever searched as unknown music).
 
     What decoding measured is kept beside it (``.cache/``, which Snakemake does not delete before a rerun as it does
-    the outputs): the next scan decodes only the files that changed since."""
+    the outputs): the next scan decodes only the files that changed since, and a scan killed half-way only those
+    it had not reached (``Measurements.save_to``). ``workers``: processes that decode (``data.scan_threads``)."""
     collections = ([("music", d) for d in music_dirs] + [("distractor", d) for d in distractor_dirs]
                    + [(UNKNOWN_COLLECTION, d) for d in unknown_dirs])
     kept = measurements_path(songs_out)
-    measurements = Measurements(_read_previous(kept))
-    songs, rejected = build_manifest(collections, min_duration_s, silence_dbfs, skip_dirs, measurements)
+    measurements = Measurements(_read_previous(kept), save_to=kept)
+    songs, rejected = build_manifest(collections, min_duration_s, silence_dbfs, skip_dirs, measurements, workers)
     if (songs["collection"] == UNKNOWN_COLLECTION).all():  # also when there are no songs at all
         raise ValueError(f"no usable songs found in {[*music_dirs, *distractor_dirs]} "
                          f"({len(rejected)} files rejected; see the log for reasons)")
     with atomic_path(songs_out) as tmp:
         songs.to_parquet(tmp, index=False)
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(kept) as tmp:
-        measurements.table().to_parquet(tmp, index=False)
+    measurements.save()
     with atomic_path(rejected_out) as tmp:
         rejected.to_parquet(tmp, index=False)
     if rejected_csv is not None:

@@ -25,6 +25,7 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import write_text_atomic
 from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.common.locks import folder_lock
+from workflow_lib.common.background import ordered_map
 from workflow_lib.common.progress import progress
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, missing_path_message
 from workflow_lib.database.catalogue import build_catalogue, upsert_catalogue
@@ -98,8 +99,11 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
         if not files and not skipped:
             raise ValueError("no audio files to add")
         usable = []
-        for f in progress(files, desc="check files", unit="file", mininterval=5):  # each is decoded to its end
-            _, reason = check_song(f, min_duration_s, silence_dbfs)
+        # each file is decoded to its end, by ``threads`` processes
+        jobs = [(f, min_duration_s, silence_dbfs) for f in files]
+        checked = progress(ordered_map(_check_one, jobs, threads, processes=True), total=len(files),
+                           desc="check files", unit="file", mininterval=5)
+        for f, (_, reason) in zip(files, checked):
             if reason is not None:
                 skipped.append({"path": str(f), "reason": reason})
             else:
@@ -151,6 +155,11 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
         if removed & ok:  # re-added songs are no longer removed
             _write_removed(layout, removed - ok)
         return {"added": sorted(ok), "skipped": skipped, "fingerprints": meta.n_rows, "file": str(out)}
+
+
+def _check_one(job: tuple[Path, float, float]) -> tuple[dict | None, str | None]:
+    """``check_song`` in a worker process (``common.background.ordered_map``)."""
+    return check_song(*job)
 
 
 def _clean_after_kill(layout: ResultsLayout) -> None:

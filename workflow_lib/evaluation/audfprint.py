@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ import pandas as pd
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import file_digest
 from workflow_lib.audio.files import AudioDecodeError, load_audio, resample
+from workflow_lib.common.background import ordered_map
 from workflow_lib.common.progress import progress
 from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks
 from workflow_lib.search.duplicates import parse_exclusion
@@ -187,22 +188,15 @@ def _worker_afp(params: dict) -> LandmarkAnalyzer:
     return _WORKER[key]
 
 
-def _pmap(fn, items: list, threads: int, desc: str) -> Iterator:
-    if threads <= 1:
-        for it in progress(items, desc=desc, mininterval=10):
-            yield fn(it)
-        return
-    with ProcessPoolExecutor(threads) as pool:
-        yield from progress(pool.map(fn, items, chunksize=4), total=len(items), desc=desc, mininterval=10)
-
-
 def build_database(songs: pd.DataFrame, params: AudfprintParams, threads: int = 1) -> Audfprint:
     """Fingerprint every ``song_id, path, duration_s`` row into one hash table (unreadable songs are skipped)."""
     random.seed(params.seed)  # the table drops entries of full buckets at random
     afp = Audfprint(params, max_song_s=float(songs["duration_s"].max()) + 1.0 if len(songs) else 600.0)
     items = [(r.song_id, r.path, asdict(params)) for r in songs.itertuples()]
     n_hashes = 0
-    for song_id, h, dur, err in _pmap(_song_hashes, items, threads, "audfprint database"):
+    analysed = progress(ordered_map(_song_hashes, items, threads, processes=True), total=len(items),
+                        desc="audfprint database", mininterval=10)
+    for song_id, h, dur, err in analysed:
         if err is not None:
             log.warning("audfprint: skipping database song %s: %s", song_id, err)
             continue
