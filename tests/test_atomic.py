@@ -42,3 +42,34 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_writer(tmp_path)
         tmp.write_text("index")
     assert final.read_text() == "index"
     assert not killed.exists() and live.exists() and other_host.exists() and other_file.exists()
+
+
+def test_a_mapped_file_on_a_full_disk_is_an_error_that_says_so(tmp_path, monkeypatch):
+    """A map of a sparse file meets a full disk as SIGBUS when a page is written back; its blocks are reserved first,
+    so the full disk is an OSError naming the folder, what was needed and what is free."""
+    import errno
+
+    import numpy as np
+
+    from workflow_lib.common.atomic import new_npy_map
+
+    arr = new_npy_map(tmp_path / "v.npy", np.float16, (1000, 64))
+    arr[:] = 1.0
+    arr.flush()
+    del arr
+    assert np.load(tmp_path / "v.npy").sum() == 64000
+    assert os.stat(tmp_path / "v.npy").st_blocks * 512 >= 128000  # reserved, not sparse
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match=r"no space left on the disk of .*: 4 MB needed, \d+ MB free") as caught:
+        new_npy_map(tmp_path / "w.npy", np.float16, (2_000_000,))
+    assert caught.value.errno == errno.ENOSPC
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)  # such a file system: the map as it is
+    assert new_npy_map(tmp_path / "x.npy", np.float16, (10,)).shape == (10,)

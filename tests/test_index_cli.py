@@ -429,3 +429,24 @@ def test_indexing_the_folder_again_follows_its_files(tmp_path):
     # The next add does not take the file of the add the folder superseded for one that a kill left behind.
     r = nafp("db", "add", str(spare[3]), "--results", str(db), cwd=tmp_path)
     assert r.returncode == 0 and "killed" not in r.stderr, r.stderr[-2000:]
+
+
+def test_a_run_stopped_on_a_nearly_full_disk_says_so(tmp_path, monkeypatch, capsys):
+    """Not every writer says that the disk is full (numpy's "N requested and M written", FAISS's own errors, a map's
+    SIGBUS): a run that stops while the results folder's disk has little room left names the disk."""
+    import shutil
+    from collections import namedtuple
+
+    from workflow_lib.cli import chatter
+    from workflow_lib.cli.main import main
+
+    generate_demo_corpus(tmp_path / "corpus", 1, 5.0, seed=3)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(chatter, "run_without_chatter", lambda *a, **k: 1)  # the stage that met the full disk
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 3 * 1024 ** 2, 3 * 1024 ** 2))
+    assert main(["index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db")]) == 2
+    err = capsys.readouterr().err
+    assert f"the disk of {tmp_path / 'db'} has 3 MB free, which is likely why. Free some space" in err
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 12, 10 ** 9, 10 ** 11))
+    assert main(["index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db")]) == 2
+    assert "the messages above say why" in capsys.readouterr().err

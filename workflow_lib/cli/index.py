@@ -106,6 +106,22 @@ def index_config(music: list[Path], model: str, queries_per_length: int, shards:
     return cfg
 
 
+# Below this, a failed run is blamed on the disk: a run writes tens of MB per 10 h of music (fingerprints, index,
+# noise and room banks), and not every writer's error says that the disk is full (FAISS's, a map's SIGBUS).
+LOW_DISK_BYTES = 100 * 1024 ** 2
+
+
+def low_disk(folder: Path) -> str | None:
+    """'the disk of FOLDER has N MB free' when that is under ``LOW_DISK_BYTES``, else None."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    return f"the disk of {folder} has {free / 1024 ** 2:.0f} MB free" if free < LOW_DISK_BYTES else None
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -180,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
 
         rc = run_without_chatter(cmd, _binary(sys.stderr), cwd=results, env=env)
     if rc != 0:
+        if low := low_disk(results):
+            return fail(f"indexing stopped (Snakemake exit status {rc}): {low}, which is likely why. Free some "
+                        "space, then run the same command again to resume.", EXIT_SETUP)
         return fail(f"indexing stopped (Snakemake exit status {rc}); the messages above say why. Run the same "
                     "command again to resume.", EXIT_SETUP)
     after = _indexed_songs(results)

@@ -81,6 +81,39 @@ def remove_stale_temporaries(final: str | os.PathLike) -> None:
         stale.unlink(missing_ok=True)
 
 
+def new_npy_map(path: str | os.PathLike, dtype, shape: tuple[int, ...]):
+    """A new ``.npy`` file mapped for writing (``np.lib.format.open_memmap``), its blocks reserved on the disk first.
+
+    A map writes a sparse file: the file system finds each block only when a page is written back, and on a full
+    disk the writing process then dies of SIGBUS, which tells the user nothing. ``os.posix_fallocate`` reserves the
+    whole file at once, so a full disk is an ``OSError`` (ENOSPC) that says how much was needed and what was free.
+    """
+    import errno
+    import shutil
+
+    import numpy as np
+
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+        error = None
+    except OSError as exc:  # without fallocate on this file system, blocks are found as pages are written
+        error = None if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS) else exc
+    finally:
+        os.close(fd)
+    if error is None:
+        return arr
+    del arr
+    if error.errno != errno.ENOSPC:
+        raise error
+    folder = Path(path).resolve().parent
+    os.truncate(path, 0)  # what the failed reservation took is not counted as used (the caller removes the file)
+    raise OSError(errno.ENOSPC, f"no space left on the disk of {folder}: {size / 1e6:.0f} MB needed, "
+                  f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free") from None
+
+
 def write_text_atomic(final: str | os.PathLike, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 from workflow_lib.audio.segments import check_framing
 from workflow_lib.common.locks import folder_lock
-from workflow_lib.common.atomic import atomic_path, write_text_atomic
+from workflow_lib.common.atomic import atomic_path, new_npy_map, write_text_atomic
 from workflow_lib.common.progress import progress
 from workflow_lib.database.fingerprint_file import (FingerprintFileError, ModelMismatchError, ShardMeta, check_model,
                                                     iter_rows, read_meta)
@@ -813,7 +813,7 @@ def build_index(fingerprint_paths: Sequence[str | Path], out_dir: str | Path, *,
                                   settings)
     tmp = _vectors_tmp(out_dir)
     try:
-        vec = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, index.d))
+        vec = new_npy_map(tmp, np.float16, (total, index.d))
         ids, counts = _fill(index, plan, vec, 0, "build index")
         vec.flush()
         del vec
@@ -871,7 +871,7 @@ def add_to_index(folder: str | Path, fingerprint_paths: Sequence[str | Path], *,
     t0 = time.perf_counter()
     tmp = _vectors_tmp(folder)
     try:
-        vec = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(rows.ntotal + n_new, index.d))
+        vec = new_npy_map(tmp, np.float16, (rows.ntotal + n_new, index.d))
         _copy_vectors(vec, 0, vectors)
         del vectors
         ids, counts = _fill(index, plan, vec, rows.ntotal, "add to index")
@@ -904,7 +904,7 @@ def _remove_songs(folder: Path, index: faiss.Index, rows: RowMap, vectors: np.nd
     new_rows = RowMap.from_counts(rows.song_ids[keep_song], rows.counts[keep_song])
     tmp = _vectors_tmp(folder)
     try:
-        vec = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(new_rows.ntotal, index.d))
+        vec = new_npy_map(tmp, np.float16, (new_rows.ntotal, index.d))
         _copy_vectors(vec, 0, vectors, keep_mask)
         vec.flush()
         del vec, vectors

@@ -21,7 +21,7 @@ import soxr
 import torch
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.common.atomic import atomic_path
+from workflow_lib.common.atomic import atomic_path, new_npy_map
 from workflow_lib.audio.files import AudioDecodeError, iter_audio
 from workflow_lib.common.progress import progress
 from workflow_lib.training.augment import FILTER_SETTLE, AugmentConfig, ViewParams, sample_view_params
@@ -124,7 +124,7 @@ def build_song_bank(songs_parquet: str | Path, splits_parquet: str | Path, split
 def _raw_to_npy(raw_path: Path, npy: Path, total: int) -> None:
     """Copy ``total`` float16 samples from a raw file into a new ``.npy`` (atomically, in blocks)."""
     with atomic_path(npy) as npy_path:
-        arr = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.float16, shape=(total,))
+        arr = new_npy_map(npy_path, np.float16, (total,))
         if total:
             src = np.memmap(raw_path, dtype=np.float16, mode="r", shape=(total,))
             step = 1 << 24
