@@ -195,6 +195,26 @@ def test_a_scan_killed_half_way_decodes_only_the_rest_when_run_again(music_dir, 
     assert sorted(songs.rel_path) == ["album/a.flac", "b.wav"]
 
 
+def test_a_folder_of_short_sound_effects_warns_of_the_first_ten_then_counts(tmp_path, caplog):
+    """Stingers and one-shots too short to be songs are rejected each with its reason (rejected table, log), but only
+    the first ten are warnings: the rest would scroll by on the terminal a line each."""
+    import logging
+
+    from workflow_lib.data.manifest import WARN_REJECTED
+
+    root = tmp_path / "sfx"
+    root.mkdir()
+    sf.write(str(root / "song.flac"), tone_mix(5.0, 8000, seed=1), 8000)
+    for i in range(WARN_REJECTED + 4):
+        sf.write(str(root / f"hit{i:02d}.wav"), tone_mix(1.0, 8000, seed=i), 8000)
+    with caplog.at_level(logging.INFO, logger="workflow_lib.data.manifest"):
+        songs, rejected = build_manifest([("music", root)], min_duration_s=3.0, silence_dbfs=-60)
+    assert list(songs.rel_path) == ["song.flac"] and len(rejected) == WARN_REJECTED + 4
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == WARN_REJECTED + 1 and warned[-1].startswith("... and 4 more audio files rejected")
+    assert sum("too short" in r.getMessage() for r in caplog.records) == WARN_REJECTED + 4  # every one in the log
+
+
 def test_a_file_gone_between_the_listing_and_its_check_is_rejected_not_a_crash(music_dir, monkeypatch):
     from workflow_lib.data import manifest
 

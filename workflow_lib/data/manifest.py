@@ -33,6 +33,8 @@ SONG_COLUMNS = ["song_id", "collection", "root", "rel_path", "path", "duration_s
 MEASURED = ["duration_s", "sample_rate", "channels", "format", "size_bytes", "decoder_messages", "mtime_ns",
             "peak_dbfs", "loudest_dbfs", "audio_digest"]
 REJECTED_COLUMNS = ["path", "reason"]
+# Audio files the scan rejects (too short, silent, unreadable) are warnings up to this many, then log lines.
+WARN_REJECTED = 10
 
 
 def song_id_for(collection: str, rel_path: str) -> str:
@@ -234,15 +236,19 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
         # cue sheets: the catalogue reads them
         found.extend((collection, root, f) for f in files if f.suffix.lower() not in SHEET_EXTENSIONS)
     measured = measurements.measure_all([f for _, _, f in found], workers)
+    audio_rejected = 0
     for (collection, root, path), (fields, reason) in zip(found, measured):
         if fields is not None:
             reason = judge_song(fields, min_duration_s, silence_dbfs)
         if reason is not None:
             # Cover art, rip logs and playlists beside the music (hundreds in a real collection): a line each in
             # the log file and rejected.csv, counted at the end of `nafp index`; a warning each would bury the
-            # audio files that could not be used.
-            level = logging.WARNING if path.suffix.lower() in AUDIO_EXTENSIONS else logging.INFO
-            log.log(level, "rejected %s: %s", path, reason)
+            # audio files that could not be used. Those warn, the first WARN_REJECTED of them: a folder of sound
+            # effects or stingers too short to be songs would scroll by a line each.
+            audio = path.suffix.lower() in AUDIO_EXTENSIONS
+            audio_rejected += audio
+            loud = audio and audio_rejected <= WARN_REJECTED
+            log.log(logging.WARNING if loud else logging.INFO, "rejected %s: %s", path, reason)
             rejected.append({"path": str(path), "reason": reason})
             continue
         rel = path.relative_to(root).as_posix()
@@ -250,6 +256,9 @@ def build_manifest(collections: Iterable[tuple[str, str | Path]], min_duration_s
         seen[sid] = str(path)
         rows.append({"song_id": sid, "collection": collection, "root": str(root), "rel_path": rel,
                      "path": str(path), **fields})
+    if audio_rejected > WARN_REJECTED:
+        log.warning("... and %d more audio files rejected (the manifest's log and rejected.csv list every one)",
+                    audio_rejected - WARN_REJECTED)
     for i, first in sorted(identical_copies(rows).items(), reverse=True):
         reason = copy_reason(first)
         log.warning("rejected %s: %s", rows[i]["path"], reason)
