@@ -18,7 +18,7 @@ import pandas as pd
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
-from workflow_lib.common.background import ordered_map
+from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.common.progress import progress
 from workflow_lib.search.duplicates import duplicate_groups, find_twins, song_paths, unknown_exclusion
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration, little_music
@@ -118,7 +118,8 @@ def collect_null_scores(searcher, songs: pd.DataFrame, noise_bank: ClipBank | No
     song_q = np.flatnonzero(~is_noise)
     if len(song_q):
         which = draw_songs(songs["duration_s"].to_numpy(), len(song_q), span_s, rng)
-        for pos, audio in iter_song_audio(songs, which):
+        # the next song is decoded while this one's queries are searched
+        for pos, audio in prefetch(iter_song_audio(songs, which), depth=1):
             if audio is None:
                 continue
             sid = str(songs.iloc[pos]["song_id"])
