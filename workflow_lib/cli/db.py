@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
     li.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     for q in (a, r, i, li):
         common_options(q)
-        q.add_argument("--threads", type=int, default=2, help="CPU threads (model, FAISS, decoding the files to add; default: 2)")
+        q.add_argument("--threads", type=int, default=2,
+                       help="CPU threads (model, FAISS, decoding the files to add; default: 2)")
         q.set_defaults(run=run)
 
 

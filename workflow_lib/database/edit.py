@@ -23,9 +23,9 @@ import pandas as pd
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import write_text_atomic
+from workflow_lib.common.background import ordered_map
 from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.common.locks import folder_lock
-from workflow_lib.common.background import ordered_map
 from workflow_lib.common.progress import progress
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, missing_path_message
 from workflow_lib.database.catalogue import build_catalogue, upsert_catalogue
