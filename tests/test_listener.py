@@ -559,6 +559,80 @@ def test_capture_callback_mixes_to_mono_and_counts_overflows_without_failing(mon
     assert src.overflows == 1 and len(got) == 2 and np.allclose(got[1], 0.3)
 
 
+class _DeviceThatStalls:
+    """A live source whose device delivers nothing for as long as the test says (a removed USB microphone under an
+    audio server that keeps the stream open, a driver that stalls, a suspended laptop)."""
+
+    sample_rate, name, realtime, overflows = SR, "USB Mic", True, 0
+
+    def __init__(self):
+        self.gap = 0.0
+
+    def start(self, sink):
+        pass
+
+    def stop(self):
+        pass
+
+    def finished(self):
+        return False
+
+    def error(self):
+        return None
+
+    def seconds_without_audio(self):
+        return self.gap
+
+    def blocks(self):
+        raise RuntimeError("live")
+
+
+def test_a_device_that_stops_delivering_audio_is_named_and_the_session_goes_on(synth, monkeypatch):
+    import time
+
+    from workflow_lib.listener import core as core_module
+
+    monkeypatch.setattr(core_module, "NO_AUDIO_WARN_S", 0.3)
+    src = _DeviceThatStalls()
+    told = []
+    listener = Listener(ListenerCore(synth[1]), src, lambda d: None, told.append)  # nafp listen: the display's line
+
+    def warnings():
+        return told
+
+    def wait_for(n):
+        end = time.monotonic() + 10
+        while len(warnings()) < n and time.monotonic() < end:
+            time.sleep(0.05)
+        return warnings()
+
+    listener.start()
+    src.gap = 7.0
+    said = wait_for(1)
+    assert said[0].startswith("no audio from USB Mic for 7 s") and "still listening" in said[0]
+    time.sleep(0.3)
+    assert len(warnings()) == 1  # once, not at every turn of the loop
+    src.gap = 0.0
+    assert wait_for(2)[1] == "audio from USB Mic again"
+    listener.stop()
+    assert listener.join(timeout=10)
+
+
+def test_a_sound_card_source_counts_the_time_since_its_last_block(monkeypatch):
+    import types
+
+    import workflow_lib.listener.devices as devices
+
+    monkeypatch.setattr(devices, "_sounddevice", lambda: _FakeSoundDevice())
+    src = devices.SoundDeviceSource(None)
+    src._sink = lambda x: None
+    assert src.seconds_without_audio() == 0.0  # not started
+    src._callback(np.zeros((4, 1), np.float32), 4, None, types.SimpleNamespace(input_overflow=False))
+    assert 0.0 <= src.seconds_without_audio() < 1.0
+    src._last_audio -= 7.0
+    assert src.seconds_without_audio() >= 7.0
+
+
 # ------------------------------------------------------------------------------------------------ offsets, calibration
 
 def test_a_repeated_section_does_not_re_declare_and_the_offset_ends_right():

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
     display.names = searcher.tracks
     core = listener_core(searcher, settings.listen)
-    listener = Listener(core, source, display)
+    listener = Listener(core, source, display, display.message)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     # A shell starting us in the background (cmd &) makes SIGINT ignored; restore it so kill -INT ends the session.

@@ -55,6 +55,8 @@ from workflow_lib.common.config import check_keys
 log = logging.getLogger(__name__)
 
 HOP_S = HOP_SAMPLES / SAMPLE_RATE
+# A capture device delivers a block every few tens of milliseconds; this long without one, the user is told.
+NO_AUDIO_WARN_S = 5.0
 SEGMENT_S = SEGMENT_SAMPLES / SAMPLE_RATE
 
 LISTENING, MATCH, SILENCE = "listening", "match", "silence"
@@ -810,6 +812,8 @@ class CaptureSource(Protocol):
 
     def error(self) -> str | None: ...
 
+    def seconds_without_audio(self) -> float: ...
+
     def blocks(self) -> Iterator[np.ndarray]: ...
 
 
@@ -817,13 +821,16 @@ class Listener:
     """Capture -> ring buffer -> (worker) resample -> ``ListenerCore`` -> ``on_decision`` callback."""
 
     def __init__(self, core: ListenerCore, source: CaptureSource,
-                 on_decision: Callable[[Decision], None] | None = None):
-        # core: a ListenerCore or anything with its push / skip / finish / summary / config (views.TwoViewCore)
+                 on_decision: Callable[[Decision], None] | None = None,
+                 on_message: Callable[[str], None] | None = None):
+        # core: a ListenerCore or anything with its push / skip / finish / summary / config (views.TwoViewCore);
+        # on_message: what the user is told about the capture (the display's message line; default: a warning)
         import soxr
 
         self.core = core
         self.source = source
         self.on_decision = on_decision or (lambda d: None)
+        self.on_message = on_message or log.warning
         cfg = core.config
         self.ring = RingBuffer(int(round(cfg.ring_s * source.sample_rate)))
         self._resampler = soxr.ResampleStream(source.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") \
@@ -845,6 +852,7 @@ class Listener:
             self._drain(final=True)
         else:
             self.source.start(self.ring.write)
+            waiting = False  # told the user that no audio comes
             try:
                 while not self._stop.is_set():
                     self.ring.wait(0.1)
@@ -852,6 +860,7 @@ class Listener:
                     err = self.source.error()
                     if err:
                         raise ListenerError(err)
+                    waiting = self._tell_about_the_audio(waiting)
                     if self.source.finished() and self.ring.pending() == 0:
                         self._drain(final=True)
                         break
@@ -859,6 +868,19 @@ class Listener:
                 self.source.stop()
         self.core.finish()
         return self.summary()
+
+    def _tell_about_the_audio(self, waiting: bool) -> bool:
+        """Warn once when the source has delivered nothing for ``NO_AUDIO_WARN_S``, and say when audio comes again;
+        the session goes on either way (a suspended laptop's capture comes back). Returns whether it is waiting."""
+        gap = self.source.seconds_without_audio()
+        if not waiting and gap >= NO_AUDIO_WARN_S:
+            self.on_message(f"no audio from {self.source.name} for {gap:.0f} s (the device removed, muted by its "
+                            "driver, or the machine suspended?); still listening")
+            return True
+        if waiting and gap < NO_AUDIO_WARN_S:
+            self.on_message(f"audio from {self.source.name} again")
+            return False
+        return waiting
 
     def start(self) -> None:
         """Run in a worker thread (live capture); ``join`` it, ``stop`` it from any thread."""

@@ -93,12 +93,14 @@ class SoundDeviceSource:
         self._stream = None
         self._error: str | None = None
         self._sink: Callable[[np.ndarray], None] | None = None
+        self._last_audio: float | None = None  # time.monotonic() of the last callback (or of the start)
 
     def _callback(self, indata: np.ndarray, frames: int, t: Any, status: Any) -> None:
         # Runs on PortAudio's thread: count problems, mix to mono, copy into the ring. Nothing else.
         if status.input_overflow:
             self.overflows += 1
         self.callbacks += 1
+        self._last_audio = time.monotonic()
         assert self._sink is not None
         self._sink(indata[:, 0] if indata.shape[1] == 1 else indata.mean(axis=1))
 
@@ -113,6 +115,7 @@ class SoundDeviceSource:
                                               samplerate=self.sample_rate, blocksize=self.block,
                                               callback=self._callback)
                 self._stream.start()
+                self._last_audio = time.monotonic()
                 log.info("capturing from %s at %d Hz, %d channel(s)", self.name, self.sample_rate, channels)
                 return
             except sd.PortAudioError as exc:
@@ -135,6 +138,11 @@ class SoundDeviceSource:
 
     def finished(self) -> bool:
         return False
+
+    def seconds_without_audio(self) -> float:
+        """Since the last block the device delivered (0 before the start). A stream can stay active while no block
+        comes: a device removed under some audio servers, a driver that stalls, a machine that was suspended."""
+        return 0.0 if self._last_audio is None else time.monotonic() - self._last_audio
 
     def error(self) -> str | None:
         # A stream that stopped by itself (device unplugged, server gone) ends the session with a message.
@@ -200,6 +208,9 @@ class FileSource:
 
     def finished(self) -> bool:
         return self._done.is_set()
+
+    def seconds_without_audio(self) -> float:
+        return 0.0  # a file's player never waits on a device
 
     def error(self) -> str | None:
         return self._error
