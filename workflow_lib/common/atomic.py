@@ -73,14 +73,6 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
             tmp_path.unlink()
 
 
-def remove_stale_temporaries(final: str | os.PathLike) -> None:
-    """Remove the temporary files that ``atomic_path(final)`` left when its writer was killed before the rename
-    (a resumed stage calls this before writing ``final`` again)."""
-    final = Path(final)
-    for stale in final.parent.glob(f".{final.name}.*"):
-        stale.unlink(missing_ok=True)
-
-
 def new_npy_map(path: str | os.PathLike, dtype, shape: tuple[int, ...]):
     """A new ``.npy`` file mapped for writing (``np.lib.format.open_memmap``), its blocks reserved on the disk first.
 

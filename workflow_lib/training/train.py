@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
-from workflow_lib.common.atomic import atomic_path, remove_stale_temporaries
+from workflow_lib.common.atomic import atomic_path
 from workflow_lib.common.progress import progress
 from workflow_lib.training.augment import (AugmentConfig, ViewParams, degrade, drop_first_channel, lpc_whiten_rows,
                                            mask_spectrogram, set_peak_db)
@@ -393,9 +393,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     # Progress of the running job beside the checkpoint: the declared outputs appear only when it finishes, so a
     # kill never leaves an output that looks complete.
     live_metrics = checkpoint_path.parent / "metrics.csv"
-    live_curves = checkpoint_path.parent / "training_curves.png"
-    for path in (checkpoint_path, live_metrics, live_curves):  # a save killed half-way
-        remove_stale_temporaries(path)
+    live_curves = checkpoint_path.parent / "training_curves.png"  # (a save killed half-way: atomic_path's cleanup)
     # "partial": progress inside the running epoch (a mid-epoch checkpoint), None at an epoch's end.
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "best_state": None,
                              "elapsed_s": 0.0, "stop_reason": None, "horizon_epochs": cfg.max_epochs,
