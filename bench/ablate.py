@@ -14,7 +14,8 @@ Each variant is the recipe of ``config/config.yaml`` (``train.augment``) with th
 fixed in epochs (``train.schedule: epochs``), so every variant takes the same number of steps whatever the load of
 the machine. A killed variant resumes from its checkpoint; a finished one is skipped. ``--init MODEL`` fine-tunes a
 trained model instead (with ``--lr`` / ``--warmup-epochs`` for its schedule); ``--partner MODEL`` trains it
-as the second member of an ensemble with MODEL held fixed (``workflow_lib/training/partner.py``). The variants in ``FRONTENDS`` keep
+as the second member of an ensemble with MODEL held fixed (``workflow_lib/training/partner.py``). The variants in
+``FRONTENDS`` keep
 the recipe and change the front end instead (``features.FrontendConfig.compression``: PCEN, or log-mel and PCEN
 as two input channels; or the log-mel with each band's mean removed). A name in both tables takes both.
 """

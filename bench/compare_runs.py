@@ -55,7 +55,8 @@ def table(runs: list[tuple[str, pd.DataFrame]], metric: str, compact: bool = Fal
              "| condition | length | " + " | ".join(label for label, _ in runs) + " |",
              "|---|---|" + "---|" * len(runs)]
     for (cond, length), row in t.iterrows():
-        lines.append(f"| {cond} | {length:g} s | " + " | ".join("–" if pd.isna(v) else f"{v:.1f}" for v in row) + " |")
+        cells = " | ".join("–" if pd.isna(v) else f"{v:.1f}" for v in row)
+        lines.append(f"| {cond} | {length:g} s | {cells} |")
     lines.append(f"| **mean of {len(full)} rows** | | " + " | ".join(f"**{v:.1f}**" for v in full.mean()) + " |")
     return "\n".join(lines)
 

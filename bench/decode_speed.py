@@ -19,7 +19,8 @@ from workflow_lib.audio.files import iter_audio
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", nargs="?", default=str(Path(__file__).resolve().parents[1] / "../shared/corpus/dev/music"))
+    ap.add_argument("folder", nargs="?",
+                    default=str(Path(__file__).resolve().parents[1] / "../shared/corpus/dev/music"))
     ap.add_argument("--limit", type=int, default=40, help="number of files (default 40)")
     args = ap.parse_args()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as the target says

@@ -150,7 +150,8 @@ rule extract:
 
 
 def test_conda_environment_pins_what_the_set_up_installs():
-    """envs/workflow.yaml lists its pins in full (Snakemake copies the file alone): they must stay requirements.txt's."""
+    """envs/workflow.yaml lists its pins in full (Snakemake copies the file alone): they must stay
+    requirements.txt's."""
     env = yaml.safe_load((REPO / "envs/workflow.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     reqs = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]

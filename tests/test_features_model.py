@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from workflow_lib.model.ensemble import EnsembleFingerprinter
 from workflow_lib.model.features import FrontendConfig, LogMelFrontend
 from workflow_lib.model.network import (DivisionHead, Encoder, Fingerprinter, ModelConfig, count_parameters, elu,
-                                model_config_from)
-from workflow_lib.model.model_file import (MODEL_FORMAT, ModelFileError, load_fingerprinter, model_checksum, read_model_file,
-                                   save_model)
+                                         model_config_from)
+from workflow_lib.model.model_file import (MODEL_FORMAT, ModelFileError, load_fingerprinter, model_checksum,
+                                           read_model_file, save_model)
 
 TINY = ModelConfig(channels=[4, 4, 8, 8, 8, 8, 16, 16], dim=8, head_hidden=4, preset="small")
 

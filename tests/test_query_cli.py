@@ -1,4 +1,5 @@
-"""`nafp query` (and scripts/query.py) on a results folder built with the real extraction, index and catalogue functions."""
+"""`nafp query` (and scripts/query.py) on a results folder built with the real extraction, index and catalogue
+functions."""
 
 from __future__ import annotations
 

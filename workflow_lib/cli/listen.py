@@ -225,7 +225,8 @@ def _leave_now(status: int) -> None:
 
 # A line is a list of parts (priority, text); the one part marked FLEX (the song) is cut before anything is dropped.
 FLEX = -1
-FLEX_MIN = 24  # columns the song (with its "best guess" or "now playing" prefix) keeps before lower-priority parts are dropped for it
+# columns the song (with its "best guess" or "now playing" prefix) keeps before lower-priority parts are dropped for it
+FLEX_MIN = 24
 
 
 def decision_line(d: Decision, width: int | None = None) -> str:
@@ -245,7 +246,8 @@ def decision_line(d: Decision, width: int | None = None) -> str:
         parts = [(0, head), (0, "listening..."), (3, tail)]
     else:
         parts = [(0, head), (0, "listening..."), (FLEX, "best guess " + _label(d)),
-                 (1, f"{d.statistic} {d.decision:.3f} (needs {d.threshold:.3f})"), (2, f"{d.streak} in a row"), (3, tail)]
+                 (1, f"{d.statistic} {d.decision:.3f} (needs {d.threshold:.3f})"), (2, f"{d.streak} in a row"),
+                 (3, tail)]
     return compose(parts, width)
 
 
