@@ -143,3 +143,24 @@ def test_twins_are_checked_for_shared_passages_when_the_songs_files_are_given(tm
     paths["c"] = str(tmp_path / "missing.wav")  # unreadable: a logged skip, not a failure
     assert find_twins(db, ["d", "c"]).empty
     assert duplicate_groups(find_twins(db, ["d", "c"], paths)) == {"d": frozenset({"a"}), "a": frozenset({"d"})}
+
+
+def test_twins_found_by_several_workers_are_the_ones_one_worker_finds(tmp_path):
+    import soundfile as sf
+
+    from workflow_lib import SAMPLE_RATE
+
+    db, audio = _db_and_audio_sharing_a_passage()
+    paths = {}
+    for s, x in audio.items():
+        paths[s] = str(tmp_path / f"{s}.wav")
+        sf.write(paths[s], 0.2 * x / np.abs(x).max(), SAMPLE_RATE)
+    one = find_twins(db, list("abcde"), paths)
+    assert set(zip(one.song_id, one.duplicate_id)) == {("a", "d"), ("d", "a")}, one
+    for workers in (2, 3):
+        assert find_twins(db, list("abcde"), paths, workers).equals(one)
+    # the fingerprint rules, the same with several workers
+    twin_db = _db_with_a_twin(contained=True)
+    table = find_twins(twin_db, list("abcdefg"))
+    assert set(zip(table.song_id, table.duplicate_id)) == {("a", "d"), ("d", "a"), ("f", "b"), ("b", "f")}
+    assert find_twins(twin_db, list("abcdefg"), workers=3).equals(table)

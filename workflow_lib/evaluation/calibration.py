@@ -171,7 +171,7 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
              "background noise only, statistic %s", len(pool), cal["queries_per_length"], 100 * cal["noise_share"],
              cal["statistic"])
     # the audio of every song of the run (database songs included) lets shared passages be checked
-    twins = duplicate_groups(find_twins(searcher.db, pool["song_id"].astype(str), song_paths(songs)))
+    twins = duplicate_groups(find_twins(searcher.db, pool["song_id"].astype(str), song_paths(songs), max(1, threads)))
     candidates = collect_null_scores(searcher, pool, noise, irs, plan, cal["queries_per_length"],
                                      cal["noise_share"], cal["seed"], twins,
                                      workers=fingerprint_workers(max(1, threads), searcher.device))

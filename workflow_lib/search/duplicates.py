@@ -102,26 +102,36 @@ def find_duplicates(db, song_ids: Iterable[str] | None = None, max_windows: int 
     the other song reaches ``min_score`` in ``min_windows`` windows, or ``contained_score`` in ``contained_share``
     of them (``windows``/``mean_score``: the windows at the rule's level that made it a twin)."""
     ids = [str(s) for s in (db.song_ids if song_ids is None else song_ids)]
-    out = []
-    for sid in ids:
-        n, best = window_scores(db, sid, max_windows, window_segments, top_k, max_candidates)
-        named: dict[str, list[float]] = defaultdict(list)
-        for other, score in best:
-            named[other].append(score)
-        need = min(min_windows, n)
-        for other, scores in named.items():
-            strong = [s for s in scores if s >= min_score]
-            contained = [s for s in scores if s >= contained_score]
-            # the contained rule needs min_windows windows even in a short song: one window at 0.8 is a confusion
-            if len(strong) < need and len(contained) < max(min_windows, contained_share * n):
-                continue
-            held = strong if len(strong) >= need else contained
-            out.append({"song_id": sid, "duplicate_id": other, "windows": len(held), "windows_searched": n,
-                        "mean_score": round(float(np.mean(held)), 4)})
+    out = [row for sid in ids for row in duplicates_of(db, sid, max_windows, window_segments, min_score,
+                                                       min_windows, top_k, max_candidates, contained_score,
+                                                       contained_share)]
     table = pd.DataFrame(out, columns=COLUMNS)
     log.info("duplicates: %d of %d songs share music with another song of the database", table.song_id.nunique(),
              len(ids))
     return table
+
+
+def duplicates_of(db, sid: str, max_windows: int = MAX_WINDOWS, window_segments: int = WINDOW_SEGMENTS,
+                  min_score: float = MIN_SCORE, min_windows: int = MIN_WINDOWS, top_k: int = 20,
+                  max_candidates: int = 200, contained_score: float = CONTAINED_SCORE,
+                  contained_share: float = CONTAINED_SHARE) -> list[dict]:
+    """``find_duplicates``' rows for one song."""
+    n, best = window_scores(db, sid, max_windows, window_segments, top_k, max_candidates)
+    named: dict[str, list[float]] = defaultdict(list)
+    for other, score in best:
+        named[other].append(score)
+    need = min(min_windows, n)
+    out = []
+    for other, scores in named.items():
+        strong = [s for s in scores if s >= min_score]
+        contained = [s for s in scores if s >= contained_score]
+        # the contained rule needs min_windows windows even in a short song: one window at 0.8 is a confusion
+        if len(strong) < need and len(contained) < max(min_windows, contained_share * n):
+            continue
+        held = strong if len(strong) >= need else contained
+        out.append({"song_id": sid, "duplicate_id": other, "windows": len(held), "windows_searched": n,
+                    "mean_score": round(float(np.mean(held)), 4)})
+    return out
 
 
 def audio_correlation(window: np.ndarray, other: np.ndarray) -> float:
@@ -156,34 +166,42 @@ def find_shared_passages(db, song_ids: Iterable[str], load_song: Callable[[str],
     correlates (0.7-0.99 against 0.04-0.09 in the dev + extra corpus)."""
     from functools import lru_cache
 
-    from workflow_lib import HOP_SAMPLES, SAMPLE_RATE
-
     song = lru_cache(maxsize=8)(load_song)  # a song and its partners, not the whole collection, in memory
-
-    out = []
-    for sid in (str(s) for s in song_ids):
-        n, answers = window_answers(db, sid, max_windows, window_segments)
-        held: dict[str, list[tuple[float, float]]] = defaultdict(list)  # other song -> (score, correlation)
-        for start_s, other, score, offset_s in answers:
-            if score < min_score:
-                continue
-            mine, theirs = song(sid), song(other)
-            if mine is None or theirs is None:
-                continue
-            a = int(start_s * SAMPLE_RATE)
-            window = mine[a:a + window_segments * HOP_SAMPLES]
-            lo = max(0, int((offset_s - slack_s) * SAMPLE_RATE))
-            hi = int((offset_s + slack_s) * SAMPLE_RATE) + len(window)
-            correlation = audio_correlation(window, theirs[lo:hi])
-            if correlation >= min_correlation:
-                held[other].append((score, correlation))
-        out += [{"song_id": sid, "duplicate_id": other, "windows": len(found), "windows_searched": n,
-                 "mean_score": round(float(np.mean([score for score, _ in found])), 4)}
-                for other, found in held.items()
-                if len(found) >= min_windows or max(c for _, c in found) >= same_audio]
+    out = [row for sid in (str(s) for s in song_ids)
+           for row in shared_passages_of(db, sid, song, window_segments, max_windows, min_score, min_correlation,
+                                         min_windows, slack_s, same_audio)]
     table = pd.DataFrame(out, columns=COLUMNS)
     log.info("shared passages: %d songs share audio with another song of the database", table.song_id.nunique())
     return table
+
+
+def shared_passages_of(db, sid: str, song: Callable[[str], np.ndarray | None],
+                       window_segments: int = PASSAGE_SEGMENTS, max_windows: int = PASSAGE_MAX_WINDOWS,
+                       min_score: float = PASSAGE_SCORE, min_correlation: float = PASSAGE_CORRELATION,
+                       min_windows: int = PASSAGE_WINDOWS, slack_s: float = 1.0,
+                       same_audio: float = SAME_AUDIO_CORRELATION) -> list[dict]:
+    """``find_shared_passages``' rows for one song; ``song``: song id -> its audio (cached by the caller)."""
+    from workflow_lib import HOP_SAMPLES, SAMPLE_RATE
+
+    n, answers = window_answers(db, sid, max_windows, window_segments)
+    held: dict[str, list[tuple[float, float]]] = defaultdict(list)  # other song -> (score, correlation)
+    for start_s, other, score, offset_s in answers:
+        if score < min_score:
+            continue
+        mine, theirs = song(sid), song(other)
+        if mine is None or theirs is None:
+            continue
+        a = int(start_s * SAMPLE_RATE)
+        window = mine[a:a + window_segments * HOP_SAMPLES]
+        lo = max(0, int((offset_s - slack_s) * SAMPLE_RATE))
+        hi = int((offset_s + slack_s) * SAMPLE_RATE) + len(window)
+        correlation = audio_correlation(window, theirs[lo:hi])
+        if correlation >= min_correlation:
+            held[other].append((score, correlation))
+    return [{"song_id": sid, "duplicate_id": other, "windows": len(found), "windows_searched": n,
+             "mean_score": round(float(np.mean([score for score, _ in found])), 4)}
+            for other, found in held.items()
+            if len(found) >= min_windows or max(c for _, c in found) >= same_audio]
 
 
 def duplicate_groups(table: pd.DataFrame | None) -> dict[str, frozenset[str]]:
@@ -235,14 +253,28 @@ def twins_of(index_dir, song_ids: Iterable[str], paths: Mapping[str, str] | None
     return duplicate_groups(find_twins(db, ids, paths))
 
 
-def find_twins(db, song_ids: Iterable[str], paths: Mapping[str, str] | None = None) -> pd.DataFrame:
+def find_twins(db, song_ids: Iterable[str], paths: Mapping[str, str] | None = None, workers: int = 1
+               ) -> pd.DataFrame:
     """``find_duplicates`` and, with ``paths`` (song id -> audio file), ``find_shared_passages``: every song a
-    song searched as unknown must skip."""
+    song searched as unknown must skip. ``workers`` threads take a song each (each song's search is its own, so
+    the table is the same for any number; FAISS and the correlations' FFTs release the GIL): the calibration of a
+    big collection searches every song."""
+    from functools import lru_cache
+
+    from workflow_lib.common.background import ordered_map
+
     ids = [str(s) for s in song_ids]
-    tables = [find_duplicates(db, ids)]
-    if paths:
-        tables.append(find_shared_passages(db, ids, _path_loader(paths)))
-    return pd.concat(tables, ignore_index=True).drop_duplicates(["song_id", "duplicate_id"])
+    # each worker's song and its partners
+    song = lru_cache(maxsize=8 * max(1, workers))(_path_loader(paths)) if paths else None
+
+    def one(sid: str) -> list[dict]:
+        return duplicates_of(db, sid) + (shared_passages_of(db, sid, song) if song else [])
+
+    rows = [row for found in ordered_map(one, ids, workers) for row in found]
+    table = pd.DataFrame(rows, columns=COLUMNS).drop_duplicates(["song_id", "duplicate_id"]).reset_index(drop=True)
+    log.info("twins: %d of %d songs share music or passages with another song of the database",
+             table.song_id.nunique(), len(ids))
+    return table
 
 
 def song_paths(songs: pd.DataFrame) -> dict[str, str]:
