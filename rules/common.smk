@@ -162,7 +162,8 @@ TRAIN_PARAMS = _params_without(config["train"], {"partner", "partner_weight"}, c
 TRAIN_PARAMS = _params_without(TRAIN_PARAMS, {"view_workers"}, config["train"].get("view_workers", "auto") != "auto")
 _MONITORING = config["evaluate"]["monitoring"]
 MONITORING_PARAMS = _params_without(_MONITORING, {"room_pool", "whitened"},
-                                    _MONITORING.get("room_pool", "room") != "room" or _MONITORING.get("whitened", False))
+                                    _MONITORING.get("room_pool", "room") != "room"
+                                    or _MONITORING.get("whitened", False))
 
 
 def _train_model_file(key):

@@ -130,31 +130,30 @@ def test_a_passage_only_one_window_covers_makes_a_twin_when_its_audio_is_the_sam
     assert table.set_index(["song_id", "duplicate_id"]).loc[("d", "a"), "windows"] == 1
 
 
-def test_twins_are_checked_for_shared_passages_when_the_songs_files_are_given(tmp_path):
+def _song_files(audio: dict[str, np.ndarray], folder) -> dict[str, str]:
+    """Each song's audio written to a WAV file in ``folder``: song id -> path."""
     import soundfile as sf
 
     from workflow_lib import SAMPLE_RATE
 
-    db, audio = _db_and_audio_sharing_a_passage()
     paths = {}
     for s, x in audio.items():
-        paths[s] = str(tmp_path / f"{s}.wav")
+        paths[s] = str(folder / f"{s}.wav")
         sf.write(paths[s], 0.2 * x / np.abs(x).max(), SAMPLE_RATE)
+    return paths
+
+
+def test_twins_are_checked_for_shared_passages_when_the_songs_files_are_given(tmp_path):
+    db, audio = _db_and_audio_sharing_a_passage()
+    paths = _song_files(audio, tmp_path)
     paths["c"] = str(tmp_path / "missing.wav")  # unreadable: a logged skip, not a failure
     assert find_twins(db, ["d", "c"]).empty
     assert duplicate_groups(find_twins(db, ["d", "c"], paths)) == {"d": frozenset({"a"}), "a": frozenset({"d"})}
 
 
 def test_twins_found_by_several_workers_are_the_ones_one_worker_finds(tmp_path):
-    import soundfile as sf
-
-    from workflow_lib import SAMPLE_RATE
-
     db, audio = _db_and_audio_sharing_a_passage()
-    paths = {}
-    for s, x in audio.items():
-        paths[s] = str(tmp_path / f"{s}.wav")
-        sf.write(paths[s], 0.2 * x / np.abs(x).max(), SAMPLE_RATE)
+    paths = _song_files(audio, tmp_path)
     one = find_twins(db, list("abcde"), paths)
     assert set(zip(one.song_id, one.duplicate_id)) == {("a", "d"), ("d", "a")}, one
     for workers in (2, 3):

@@ -51,7 +51,8 @@ def fingerprinter_identity(fingerprinter: nn.Module, checksum: str) -> ModelIden
 
 def load_model(model_path: str | Path, device: str | torch.device = "auto") -> tuple[nn.Module, ModelIdentity]:
     """Load ``model.pt`` (eval mode, on ``device``) and its identity."""
-    from workflow_lib.model.model_file import load_fingerprinter, model_checksum  # the model stage's module; imported when needed
+    # the model stage's module; imported when needed
+    from workflow_lib.model.model_file import load_fingerprinter, model_checksum
 
     dev = resolve_device(device)
     fingerprinter = load_fingerprinter(model_path, dev)

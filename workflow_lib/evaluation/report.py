@@ -118,7 +118,8 @@ def write_summary(path: str | Path, queries: pd.DataFrame, metrics: pd.DataFrame
 
         mon = summarise_monitoring(monitoring)
         lines += ["", "## Monitoring benchmark (nafp scan on synthetic programmes)", "",
-                  f"{monitoring['programme'].nunique()} programmes, {monitoring.groupby('system')['minutes'].sum().max():.0f} "
+                  f"{monitoring['programme'].nunique()} programmes, "
+                  f"{monitoring.groupby('system')['minutes'].sum().max():.0f} "
                   "minutes per system: database songs never trained on and unknown songs, talk, crossfades, a noise "
                   f"bed and {_room(monitoring)}. Per-second song labels; boundary and offset errors are medians over "
                   "matched occurrences; false alarms per hour of audio without a database song, and the share of "
@@ -270,7 +271,8 @@ def summarize(queries_path: str | Path, result_paths: Sequence[str | Path], metr
         import json
 
         idx = json.loads(Path(index_json).read_text())
-        info["database"] = f"{idx.get('n_songs', '?')} songs, {idx.get('ntotal', '?')} fingerprints ({idx.get('factory', '?')})"
+        info["database"] = (f"{idx.get('n_songs', '?')} songs, {idx.get('ntotal', '?')} fingerprints "
+                            f"({idx.get('factory', '?')})")
         # No model checksum in the figure: it covers the model file's timestamps, and the summary names it.
         title = f"unseen songs; database {idx.get('n_songs', '?')} songs"
     monitoring = pd.read_parquet(monitoring_path) if monitoring_path else None
