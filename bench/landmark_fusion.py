@@ -38,7 +38,9 @@ TAKEN = ["top_songs", "top_offsets_s", "score", "is_match"]
 def fuse(neural: pd.DataFrame, landmarks: pd.DataFrame, count: int, rule: str) -> pd.DataFrame:
     """The neural rows with audfprint's answer taken where ``rule`` says, relabelled as the neural system."""
     a = landmarks.set_index("query_id").reindex(neural["query_id"])
-    n_hashes = a["top_scores"].map(lambda v: float(v[0]) if v is not None and len(v) else 0.0).to_numpy()
+    # a query audfprint did not answer (no row: NaN) has no hashes
+    n_hashes = a["top_scores"].map(lambda v: float(v[0]) if isinstance(v, (list, np.ndarray)) and len(v) else 0.0)
+    n_hashes = n_hashes.to_numpy()
     strong = n_hashes >= count
     if rule == "landmarks first":
         take = strong
