@@ -3,14 +3,17 @@ evaluation run's own query files (bench/README.md, "Realistic evaluation", the a
 inside the whitened view").
 
 Each query is searched in the views asked for (``--views``): ``plain`` (as it is), ``white`` (the searcher's whitened
-view, ``WhitenedView.make``), ``wpe`` (WPE alone, the first try) and ``wpe+white`` (WPE, then the whitened view). Rules:
+view, ``WhitenedView.make``), ``wpe`` (WPE alone, the first try), ``wpe+white`` (WPE, then the whitened view),
+``notch`` (the query's narrow stationary spectral lines cut, ``notch``: "Cutting the ringing lines" in bench/README.md)
+and ``notch+white`` (cut, then whitened). Rules:
 each view alone, and the product's pick (the view whose margin is larger) between ``plain`` and each other view.
 Unseen-song queries give top-1 and right-and-accepted; the evaluation's unknown-song queries (searched with their
 song and its twins skipped, as the evaluation searches them) give each rule its own thresholds for ``--fpr``, fitted
 per length on them pooled over conditions (as the calibrate rule pools), and the false-positive rate per condition.
 ``--paired A B`` prints the queries rule B answers right and A does not, and the reverse.
 
-``nara_wpe`` is not a dependency of the project (neither way paid enough): ``pip install nara_wpe`` first.
+``nara_wpe`` is not a dependency of the project (neither way paid enough): ``pip install nara_wpe`` first (only
+for the ``wpe`` views).
 
     python bench/query_dereverb.py RESULTS [--n 200] [--lengths 3 5 10] [--conditions C ...]
         [--views plain white wpe+white] [--taps 10] [--delay 3] [--frame 256] [--out rows.parquet]
@@ -36,7 +39,7 @@ from workflow_lib.cli.query import load_searcher  # noqa: E402
 from workflow_lib.search.duplicates import parse_exclusion  # noqa: E402
 from query_whiten import pick_rule, saved_or_collected  # noqa: E402
 
-VIEWS = ("plain", "white", "wpe", "wpe+white")
+VIEWS = ("plain", "white", "wpe", "wpe+white", "notch", "notch+white")
 
 
 def dereverb(x: np.ndarray, taps: int, delay: int, frame: int) -> np.ndarray:
@@ -49,6 +52,26 @@ def dereverb(x: np.ndarray, taps: int, delay: int, frame: int) -> np.ndarray:
     spec = stft(x, size=frame, shift=frame // 4).T[:, None, :]  # (frequencies, 1 channel, frames)
     out = istft(wpe(spec, taps=taps, delay=delay, iterations=3)[:, 0, :].T, size=frame, shift=frame // 4)[:len(x)]
     out = np.pad(out, (0, max(0, len(x) - len(out))))
+    return (out * np.sqrt(np.mean(x ** 2) / max(np.mean(out ** 2), 1e-20))).astype(np.float32)
+
+
+def notch(x: np.ndarray, nperseg: int = 4096, width_hz: float = 60.0, margin_db: float = 3.0,
+          max_cut_db: float = 30.0) -> np.ndarray:
+    """``x`` with its narrow stationary spectral lines cut: the query's long-term spectrum at 2 Hz resolution (Welch,
+    0.5 s Hann segments), each bin's rise above the running median of +-``width_hz`` around it, and a zero-phase
+    filter that takes that rise (less ``margin_db``, at most ``max_cut_db``) out. A resonance that rings for a second
+    is a line a few hertz wide standing over the music's and the noise's broad spectrum; this flattens only those."""
+    from scipy import ndimage, signal
+
+    x = np.asarray(x, dtype=np.float64)
+    n = min(nperseg, 1 << int(np.log2(max(len(x) // 2, 256))))
+    _, psd = signal.welch(x, SAMPLE_RATE, window="hann", nperseg=n)
+    level = 10 * np.log10(psd + 1e-20)
+    width = max(3, int(round(2 * width_hz * n / SAMPLE_RATE)) | 1)
+    rise = level - ndimage.median_filter(level, size=width, mode="nearest")
+    gain = 10 ** (-np.clip(rise - margin_db, 0.0, max_cut_db) / 20)
+    h = np.fft.fftshift(np.fft.irfft(gain, n)) * np.hanning(n)  # zero-phase FIR, centred
+    out = signal.fftconvolve(x, h, mode="same")
     return (out * np.sqrt(np.mean(x ** 2) / max(np.mean(out ** 2), 1e-20))).astype(np.float32)
 
 
@@ -66,8 +89,10 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
         t0 = time.perf_counter()
         wet = dereverb(x, args.taps, args.delay, args.frame) if {"wpe", "wpe+white"} & set(args.views) else None
         wpe_s += time.perf_counter() - t0
+        cut = notch(x) if {"notch", "notch+white"} & set(args.views) else None
         make = {"plain": lambda: x, "white": lambda: searcher.whitened_view.make(x), "wpe": lambda: wet,
-                "wpe+white": lambda: searcher.whitened_view.make(wet)}
+                "wpe+white": lambda: searcher.whitened_view.make(wet), "notch": lambda: cut,
+                "notch+white": lambda: searcher.whitened_view.make(cut)}
         for view in args.views:
             result = searcher.search(searcher.embed(make[view]()), exclude_song=skip)
             best = result.best
