@@ -32,8 +32,6 @@ import pandas as pd  # noqa: E402
 from workflow_lib.evaluation.metrics import compute_metrics, target_checks  # noqa: E402
 from workflow_lib.evaluation.neural import NEURAL  # noqa: E402
 
-TAKEN = ["top_songs", "top_offsets_s", "score", "is_match"]
-
 
 def fuse(neural: pd.DataFrame, landmarks: pd.DataFrame, count: int, rule: str) -> pd.DataFrame:
     """The neural rows with audfprint's answer taken where ``rule`` says, relabelled as the neural system."""

@@ -102,7 +102,8 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
                          "margin": searcher.decision(result) if best is not None else -np.inf})
         if i % 500 == 0:
             print(f"{i}/{len(chosen)} queries", file=sys.stderr, flush=True)
-    print(f"WPE: {1000 * wpe_s / max(len(chosen), 1):.1f} ms per query", file=sys.stderr)
+    if {"wpe", "wpe+white"} & set(args.views):
+        print(f"WPE: {1000 * wpe_s / max(len(chosen), 1):.1f} ms per query", file=sys.stderr)
     return pd.DataFrame(rows)
 
 

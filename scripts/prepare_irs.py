@@ -11,6 +11,5 @@ p = snakemake.params
 o = p.opts
 summary = prepare_irs(list_audio_files(p.ir_dirs), Path(snakemake.output.train[0]).parent,
                       test_fraction=o["test_fraction"], max_ir_s=o["max_ir_s"], simulate=dict(o["simulate"]),
-                      seed=o["seed"],
-                      holdout=o["holdout"])
+                      seed=o["seed"], holdout=o["holdout"])
 log.info("IR banks: %s", {k: v for k, v in summary.items() if k != "skipped"})  # skips are logged one by one
