@@ -37,6 +37,7 @@ import soundfile as sf  # noqa: E402
 
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.audio.files import load_audio  # noqa: E402
+from workflow_lib.common.atomic import write_parquet_atomic  # noqa: E402
 from workflow_lib.data.acoustics import LN1000, estimate_rt60, modal_response  # noqa: E402
 from workflow_lib.data.clipbank import ClipBank  # noqa: E402
 from workflow_lib.evaluation.degrade import add_noise, limit_peak, reverberate  # noqa: E402
@@ -156,8 +157,9 @@ def main() -> None:
     print(f"rooms drawn in {time.perf_counter() - t0:.0f} s")
     qpath = args.out / "queries.parquet"
     if not qpath.exists():
-        make_queries(args.results, args.out, [h for h, _ in drawn], args.lengths, args.seed,
-                     args.family).to_parquet(qpath)
+        # the query table last, whole or not at all: a killed run makes its files again
+        write_parquet_atomic(make_queries(args.results, args.out, [h for h, _ in drawn], args.lengths, args.seed,
+                                          args.family), qpath)
     queries = pd.read_parquet(qpath)
     print(f"{len(queries)} queries ready at {time.perf_counter() - t0:.0f} s")
 
