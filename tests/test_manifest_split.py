@@ -62,6 +62,31 @@ def test_a_byte_identical_copy_is_rejected_and_a_same_size_other_song_is_kept(tm
     assert all(r == f"copy: the same bytes as {root / 'a.wav'}" for r in reasons.values())
 
 
+
+def test_of_a_file_and_a_link_to_it_the_file_is_kept_whatever_their_order(tmp_path):
+    """A playlist folder of links beside the files: the song keeps its own file's name (an untagged song's title),
+    not the link's, though the link sorts first; nor does a folder linked in ahead of the folder itself. Before, the
+    first path won, and the folder itself was "a symbolic link to a folder already scanned"."""
+    root = tmp_path / "music"
+    (root / "songs").mkdir(parents=True)
+    sf.write(root / "songs" / "real.wav", tone_mix(4.0, 8000, seed=1), 8000)
+    sf.write(root / "songs" / "other.wav", tone_mix(4.0, 8000, freqs=(300.0, 450.0), seed=2), 8000)
+    (root / "a playlist").mkdir()
+    (root / "a playlist" / "01 - link.wav").symlink_to(root / "songs" / "real.wav")
+    (root / "a linked folder").symlink_to(root / "songs")
+    songs, rejected = build_manifest([("music", root)], min_duration_s=3.0, silence_dbfs=-60)
+    assert sorted(songs.rel_path) == ["songs/other.wav", "songs/real.wav"]
+    reasons = dict(zip(rejected.path, rejected.reason))
+    real = root / "songs" / "real.wav"
+    assert reasons == {str(root / "a playlist" / "01 - link.wav"): f"copy: the same bytes as {real}",
+                       str(root / "a linked folder"): f"symbolic link to a folder already scanned ({root / 'songs'}): "
+                                                      "skipped, not scanned twice"}
+    # the collection's own folder reached through a link changes nothing: links below it are what count
+    (tmp_path / "via").symlink_to(root)
+    songs, _ = build_manifest([("music", tmp_path / "via")], min_duration_s=3.0, silence_dbfs=-60)
+    assert sorted(songs.rel_path) == ["songs/other.wav", "songs/real.wav"]
+
+
 def test_song_ids_are_stable_when_the_folder_moves(music_dir, tmp_path):
     first, _ = build_manifest([("music", music_dir)])
     moved = music_dir.rename(tmp_path / "elsewhere")

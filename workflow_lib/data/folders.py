@@ -50,49 +50,59 @@ def not_utf8_problem(path: str | Path, folder: bool) -> dict:
 def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path], list[dict]]:
     """Every regular file below ``root`` (sorted, hidden files and folders skipped), following symbolic links to
     folders, with loop protection: a folder reached a second time (a link loop, or two links to one folder) is not
-    scanned again. Folders in ``skip`` (a results folder kept inside the music folder) are not entered. Returns
-    (files, problems): each problem is ``{"path", "reason", "hides"}`` (a loop, a broken link, a folder that cannot
-    be read, a name that is not UTF-8), so nothing below the folder is dropped without a word; ``hides`` says what
-    may be left out with it: ``"folder"`` (all below it), ``"file"`` (that file) or None (a loop: its folder is
-    scanned once)."""
+    scanned again. The folders themselves come first and the links after them, so a folder that a link also leads to
+    is scanned under its own path (a playlist folder linked beside the albums does not rename them). Folders in
+    ``skip`` (a results folder kept inside the music folder) are not entered. Returns (files, problems): each
+    problem is ``{"path", "reason", "hides"}`` (a loop, a broken link, a folder that cannot be read, a name that is
+    not UTF-8), so nothing below the folder is dropped without a word; ``hides`` says what may be left out with it:
+    ``"folder"`` (all below it), ``"file"`` (that file) or None (a loop: its folder is scanned once)."""
     files: list[Path] = []
     problems: list[dict] = []
     seen = {os.path.realpath(root)}
     skipped = {os.path.realpath(d) for d in skip} - seen
+    links: list[str] = []  # links to folders, entered once every folder reached without one has been walked
+
     def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
         problems.append({"path": shown(exc.filename), "reason": f"folder cannot be read ({exc.strerror}): skipped",
                          "hides": "folder"})
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
-        keep = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                continue
-            full = os.path.join(dirpath, d)
-            if not is_utf8(d):
-                problems.append(not_utf8_problem(full, folder=True))
-                continue
-            real = os.path.realpath(full)
-            if real in skipped:
-                continue
-            if real in seen:
-                problems.append({"path": shown(full), "reason": f"symbolic link to a folder already scanned "
-                                 f"({shown(real)}): skipped, not scanned twice", "hides": None})
-                continue
-            seen.add(real)
-            keep.append(d)
-        dirnames[:] = keep
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            if not is_utf8(name):
-                problems.append(not_utf8_problem(p, folder=False))
-            elif p.is_file():
-                files.append(p)
-            elif p.is_symlink():
-                problems.append({"path": shown(p), "reason": f"broken symbolic link (to {shown(os.readlink(p))})",
-                                 "hides": "file"})
+    def walk(top: str | Path) -> None:
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
+            keep = []
+            for d in sorted(dirnames):
+                full = os.path.join(dirpath, d)
+                if d.startswith(".") or os.path.realpath(full) in skipped:
+                    continue
+                if not is_utf8(d):
+                    problems.append(not_utf8_problem(full, folder=True))
+                elif os.path.islink(full):
+                    links.append(full)
+                else:
+                    seen.add(os.path.realpath(full))
+                    keep.append(d)
+            dirnames[:] = keep
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                p = Path(dirpath) / name
+                if not is_utf8(name):
+                    problems.append(not_utf8_problem(p, folder=False))
+                elif p.is_file():
+                    files.append(p)
+                elif p.is_symlink():
+                    problems.append({"path": shown(p), "reason": f"broken symbolic link (to {shown(os.readlink(p))})",
+                                     "hides": "file"})
+
+    walk(root)
+    while links:
+        full = links.pop(0)
+        real = os.path.realpath(full)
+        if real in seen:
+            problems.append({"path": shown(full), "reason": f"symbolic link to a folder already scanned "
+                             f"({shown(real)}): skipped, not scanned twice", "hides": None})
+            continue
+        seen.add(real)
+        walk(full)
     return sorted(files), problems
 
 

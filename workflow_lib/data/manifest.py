@@ -282,27 +282,44 @@ def copy_reason(first: str) -> str:
 
 
 def identical_copies(rows: list[dict]) -> dict[int, str]:
-    """Rows whose file has the same bytes as an earlier row's (index -> that row's path). One song twice in a
+    """Rows whose file has the same bytes as a kept row's (index -> the kept row's path). One song twice in a
     collection would be two database songs that a query names at random, and could fall into the train and the test
-    split at once; ``nafp db add`` refuses such copies too. Only files of equal size are read (SHA-256)."""
+    split at once; ``nafp db add`` refuses such copies too. Only files of equal size are read (SHA-256).
+
+    Of the copies below one folder of the collection (rows with the same ``root``), the kept row is the first that
+    no symbolic link below that folder leads to: a link's name (a playlist folder's "01 - link.mp3") is not the
+    song's own, and an untagged song takes its title from its file name. Otherwise rows keep their order (a folder
+    given first, a database song before a new file)."""
     by_size: dict[int, list[int]] = {}
+    first_of_root: dict[str | None, int] = {}
     for i, r in enumerate(rows):
         by_size.setdefault(int(r["size_bytes"]), []).append(i)
+        first_of_root.setdefault(r.get("root"), i)
+
+    def keep_order(i: int) -> tuple[int, bool, int]:
+        return first_of_root[rows[i].get("root")], _linked_below_root(rows[i]), i
+
     out: dict[int, str] = {}
     for same_size in by_size.values():
         if len(same_size) < 2:
             continue
-        first_of: dict[str, str] = {}
+        by_digest: dict[str, list[int]] = {}
         for i in same_size:
             try:
-                digest = file_digest(rows[i]["path"], 64)
+                by_digest.setdefault(file_digest(rows[i]["path"], 64), []).append(i)
             except OSError:  # gone since it was checked: the extraction skips it, and says so
                 continue
-            if digest in first_of:
-                out[i] = first_of[digest]
-            else:
-                first_of[digest] = rows[i]["path"]
+        for copies in by_digest.values():
+            kept = min(copies, key=keep_order)
+            out.update((i, rows[kept]["path"]) for i in copies if i != kept)
     return out
+
+
+def _linked_below_root(row: dict) -> bool:
+    """Whether a symbolic link below the row's folder (the file, or a folder between) leads to its file."""
+    if "root" not in row:
+        return False
+    return os.path.realpath(row["path"]) != os.path.join(os.path.realpath(row["root"]), row["rel_path"])
 
 
 def write_manifest(music_dirs: list[str], distractor_dirs: list[str], songs_out: str | Path,
