@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -122,22 +123,35 @@ def test_json_output_names_song_offset_and_no_match(results, cli, tmp_path, caps
     assert "broken.flac" in broken["error"]
 
 
-def test_a_wav_stream_on_stdin_is_answered_like_a_file(results, cli, tmp_path, capsys, monkeypatch):
-    """`ffmpeg ... -f wav - | nafp query -`: the pipe is read to its end and answered; anything else on stdin is an
-    error row that says what to pipe."""
+def test_audio_piped_on_stdin_is_answered_like_a_file(results, cli, tmp_path, capsys, monkeypatch):
+    """`ffmpeg ... -f wav - | nafp query -` (streamed) and `cat clip.mp3 | nafp query -` (told by its first bytes,
+    then decoded as a file): the pipe is read to its end and answered. A damaged file names the pipe and the format
+    it was taken for; what is not audio is an error row that says what to pipe. Before, only WAV was read."""
     import io
     import sys
 
+    from workflow_lib.audio.piped import format_of
+
     f = _query_files(tmp_path)
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(f["wav"].read_bytes())))
-    rc = cli.main(["-", "--results", str(results), "--json", "--device", "cpu"])
-    row = json.loads(capsys.readouterr().out)
+
+    def piped(data: bytes) -> tuple[int, dict]:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        rc = cli.main(["-", "--results", str(results), "--json", "--device", "cpu"])
+        return rc, json.loads(capsys.readouterr().out)
+
+    rc, row = piped(f["wav"].read_bytes())
     assert rc == 0 and row["file"] == "stdin" and row["match"] and row["song_id"] == "song1"
     assert abs(row["offset_s"] - 6.0) <= 0.25
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ID3 an mp3, not a wav")))
-    rc = cli.main(["-", "--results", str(results), "--json", "--device", "cpu"])
-    row = json.loads(capsys.readouterr().out)
-    assert rc == 1 and "not a WAV stream" in row["error"] and "ffmpeg -i INPUT -f wav -" in row["error"]
+    mp3 = f["mp3"].read_bytes()
+    assert format_of(mp3[:12]) == ".mp3" and format_of(f["unknown"].read_bytes()[:12]) == ".ogg"
+    rc, row = piped(mp3)
+    assert rc == 0 and row["song_id"] == "song2" and abs(row["offset_s"] - 10.5) <= 0.25
+    rc, row = piped(f["broken"].read_bytes())
+    assert rc == 1 and row["error"].startswith("stdin (flac): ")
+    rc, row = piped(b"hello, these are notes")
+    assert rc == 1 and "not audio that can be read from a pipe" in row["error"]
+    assert "ffmpeg -i INPUT -f wav -" in row["error"]
+    assert not list(Path(tempfile.gettempdir()).glob("nafp-piped-*"))  # the spooled copies are gone
     assert cli.main(["-", "-", "--results", str(results)]) == 2 and "once" in capsys.readouterr().err
 
 

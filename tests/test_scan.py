@@ -198,9 +198,12 @@ def test_truncated_unreadable_and_non_wav_inputs_give_clear_errors(world, tmp_pa
     captured = capsys.readouterr()
     assert "truncated" in captured.err and "a text file, not audio" in captured.err
     assert "good.wav" in captured.out  # the readable file was still scanned
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ID3 this is an mp3, not a wav")))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ID3 this is a damaged mp3")))
     assert cli_main.main(["scan", "-", "--results", str(tmp_path)]) == 1
-    assert "not a WAV stream" in capsys.readouterr().err
+    assert "stdin (mp3): " in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"notes, not audio")))
+    assert cli_main.main(["scan", "-", "--results", str(tmp_path)]) == 1
+    assert "stdin: not audio that can be read from a pipe" in capsys.readouterr().err
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     assert cli_main.main(["scan", "-", "--results", str(tmp_path)]) == 1
     assert "stdin: empty stream (nothing was piped in)" in capsys.readouterr().err

@@ -4,8 +4,9 @@ Prints one row per file: the song (title and artist from the catalogue), where i
 confidence (1 - the p-value of the answer among queries of unknown songs, see ``search.searcher.Match``) and the
 time taken. A file whose answer fails the calibrated no-match rule is "no match" (with the reason), and its best
 guess is shown apart. Unreadable files are reported with the reason and make the exit status 1; the others are
-still answered. A folder stands for every audio file below it; ``-`` reads a WAV stream on stdin (e.g.
-``arecord -d 5 -f S16_LE -r 16000 | nafp query -``, or ``ffmpeg -i clip.m4a -f wav - | nafp query -``).
+still answered. A folder stands for every audio file below it; ``-`` reads audio on stdin: WAV as a stream
+(e.g. ``arecord -d 5 -f S16_LE -r 16000 | nafp query -``), or a whole MP3, FLAC, Ogg or MP4 file (``cat clip.mp3 |
+nafp query -``).
 
 A file longer than twice the listening window may hold the song in only part of it (10 s of talk, then the
 song), or several songs: it is also scanned (``nafp scan``; in two views, as it is and whitened, when the whole
@@ -43,7 +44,7 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
                    help="audio files (any supported format and length), or folders: every audio file below them; "
-                        "- for WAV on stdin")
+                        "- for audio on stdin (WAV, MP3, FLAC, Ogg, MP4)")
     common_options(p)
     p.add_argument("--json", action="store_true", help="print JSON lines (one object per file) instead of a table")
     p.add_argument("--mode", choices=MODES, default=None,
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from workflow_lib.api import SetupError, answer, listen_config, row_for
-    from workflow_lib.audio.files import AudioDecodeError, iter_wav_stream, load_audio
+    from workflow_lib.audio.files import AudioDecodeError, load_audio
+    from workflow_lib.audio.piped import iter_piped_audio
     from workflow_lib.common.progress import progress
 
     torch.set_num_threads(args.threads)
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             if unanswerable:  # left by expand_folders: a folder without audio, or one that cannot be read
                 raise AudioDecodeError(unanswerable)
             if path == "-":  # a pipe: read to its end, then answered like a file
-                audio = np.concatenate([np.zeros(0, np.float32), *iter_wav_stream(sys.stdin.buffer, name="stdin")])
+                audio = np.concatenate([np.zeros(0, np.float32), *iter_piped_audio(sys.stdin.buffer)])
             else:
                 audio = load_audio(path)
             row = answer(searcher, audio, listen, name)

@@ -1,12 +1,13 @@
 """``nafp scan FILE...``: every song in long recordings (radio, TV, DJ mixes, podcasts), with where each starts and
 ends in the recording and in the song, and the gaps between them (silence, or no match: unknown music or talk).
 
-``-`` reads a WAV stream on stdin, e.g. ``ffmpeg -i show.m4a -f wav - | nafp scan -``. Runs as fast as the CPU
-allows with the listener's decision logic and the results folder's calibrated no-match rule. Output: a readable
-table (default), ``--json`` lines or ``--csv``, one row per occurrence or gap; ``--plot PNG`` draws the timeline.
-``--min-duration 10`` reports only plays of 10 s or more (radio and TV monitoring). ``--whitened`` also scans the
-recording whitened, as a query of 3 s or more is searched (``listener.scan.merge_views``): for a recording made
-with a microphone in a small, tiled or resonant room (bench/README.md, "Scanning in two views").
+``-`` reads audio on stdin: WAV as a stream, e.g. ``ffmpeg -i show.m4a -f wav - | nafp scan -``, or a whole MP3, FLAC,
+Ogg or MP4 file. Runs as fast as the CPU allows with the listener's decision logic and the results folder's calibrated
+no-match rule. Output: a readable table (default), ``--json`` lines or ``--csv``, one row per occurrence or gap;
+``--plot PNG`` draws the timeline. ``--min-duration 10`` reports only plays of 10 s or more (radio and TV monitoring).
+``--whitened`` also scans the recording whitened, as a query of 3 s or more is searched
+(``listener.scan.merge_views``): for a recording made with a microphone in a small, tiled or resonant room
+(bench/README.md, "Scanning in two views").
 
 An album kept as one file with a cue sheet is a row per track: ``title``/``artist`` are the track's, ``track`` its
 number, ``track_start_s`` where it starts in the file (``song_start_s``/``song_end_s`` stay times in the file) and
@@ -33,8 +34,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("scan", help="every song in a long recording, with where it starts and ends",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
-                   help="recordings (any supported format), folders (every audio file below them), or - for WAV on "
-                        "stdin")
+                   help="recordings (any supported format), folders (every audio file below them), or - for audio on "
+                        "stdin (WAV, MP3, FLAC, Ogg, MP4)")
     common_options(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON lines, one object per occurrence or gap")
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     import torch
 
-    from workflow_lib.audio.files import AudioDecodeError, iter_audio, iter_wav_stream
+    from workflow_lib.audio.files import AudioDecodeError, iter_audio
+    from workflow_lib.audio.piped import iter_piped_audio
     from workflow_lib.listener.scan import fingerprint_workers, plot_timeline, whitened_view
 
     torch.set_num_threads(args.threads)
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             print(f"error: {printable(unscannable)}", file=sys.stderr)
             continue
-        chunks = iter_wav_stream(sys.stdin.buffer, name="stdin") if path == "-" else iter_audio(path)
+        chunks = iter_piped_audio(sys.stdin.buffer) if path == "-" else iter_audio(path)
         try:
             # an album image played through: a row per track; shorter than a segment: an error, not even a gap
             result = scan_recording(searcher, chunks, settings.listen, "stdin" if path == "-" else path,
