@@ -11,6 +11,11 @@ the other is then right) plus ``--long`` whole songs after them. It cuts the unk
 last ``--unknown-songs`` songs, which the collection never holds. ``measure`` queries every unknown clip through
 the Python interface, as it is and with white noise at each ``--snr``, and prints per length the share accepted:
 every one is a false positive. The calibration's thresholds are printed too.
+
+``make`` also writes ``known/``, clips of the collection's own songs (``measure --known``: the share of right best
+guesses that the rule accepts), and two kinds of music made from the collection to try as ``nafp index
+--unknown-music``: ``shifted/`` (every song played ``--shift-semitones`` faster or slower) and ``reversed/``
+(every song played backwards).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import soxr  # noqa: E402
 
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.audio.files import load_audio, write_audio  # noqa: E402
@@ -63,6 +69,23 @@ def make(args: argparse.Namespace) -> None:
                 clips += 1
     kind = "pieces of 3-8 s" if args.pieces else "whole songs"
     print(f"{args.songs} {kind} and {args.long} more whole songs in {collection}; {clips} unknown clips in {unknown}")
+    known, shifted, backwards = (Path(args.out) / name for name in ("known", "shifted", "reversed"))
+    for folder in (known, shifted, backwards):
+        folder.mkdir(exist_ok=True)
+    for song in sorted(collection.glob("*.wav")):
+        audio = load_audio(song)
+        for length in LENGTHS_S:
+            n = int(length * SAMPLE_RATE)
+            for j in range(args.known_clips_per_song):
+                start = int(rng.integers(len(audio) - n))
+                write_audio(known / f"{song.stem}__{length:g}s_{j}.wav", audio[start:start + n])
+        for semitones in args.shift_semitones:  # played faster or slower: other notes, other tempo
+            factor = 2.0 ** (semitones / 12.0)
+            write_audio(shifted / f"{song.stem}_{semitones:+g}st.wav",
+                        soxr.resample(audio, SAMPLE_RATE * factor, SAMPLE_RATE).astype(np.float32))
+        write_audio(backwards / f"{song.stem}_rev.wav", audio[::-1].copy())
+    print(f"{args.known_clips_per_song} clips per length of every collection song in {known}; its songs shifted by "
+          f"{args.shift_semitones} semitones in {shifted}, and played backwards in {backwards}")
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -76,19 +99,32 @@ def measure(args: argparse.Namespace) -> None:
         print(f"  calibrated {row['n_segments']} segment(s): threshold {row['threshold']:.4f} "
               f"from {row['n_queries']} null queries")
     clips = sorted(Path(args.unknown).glob("*.wav"))
+    known = sorted(Path(args.known).glob("*.wav")) if args.known else []
     rng = np.random.default_rng(0)
     for snr in [None, *args.snr]:
         accepted = {length: [] for length in LENGTHS_S}
-        for clip in clips:
+        right = {length: [] for length in LENGTHS_S}  # of the known clips: (best guess right, right and accepted)
+        for clip in clips + known:
             x = load_audio(clip)
             if snr is not None:
                 noise = rng.standard_normal(len(x)).astype(np.float32)
                 x = x + noise * np.sqrt(np.mean(x ** 2) / np.mean(noise ** 2) / 10 ** (snr / 10))
-            length = float(clip.stem.split("_")[1].rstrip("s"))
-            accepted[length].append(db.query(x, sample_rate=SAMPLE_RATE)["song_id"] is not None)
+            source, _, clip_name = clip.stem.rpartition("__")
+            length = float(clip_name.split("_")[-2].rstrip("s"))
+            answer = db.query(x, sample_rate=SAMPLE_RATE)
+            if not source:
+                accepted[length].append(answer["song_id"] is not None)
+                continue
+            guess = answer["best_guess"] or answer
+            right[length].append((guess["title"] == source, answer["title"] == source))
         condition = "clean" if snr is None else f"{snr:g} dB white noise"
         print(f"  {condition}: " + "; ".join(f"{length:g} s accepted {sum(hits)} of {len(hits)} "
                                              f"({100 * np.mean(hits):.2f} %)" for length, hits in accepted.items()))
+        if known:
+            print("    collection clips: " + "; ".join(
+                f"{length:g} s best guess right {sum(g for g, _ in r)} of {len(r)}, of those accepted "
+                f"{sum(a for _, a in r)} ({100 * sum(a for _, a in r) / max(1, sum(g for g, _ in r)):.1f} %)"
+                for length, r in right.items()))
 
 
 def main() -> None:
@@ -102,9 +138,12 @@ def main() -> None:
     mk.add_argument("--long", type=int, default=0)
     mk.add_argument("--unknown-songs", type=int, default=50)
     mk.add_argument("--clips-per-song", type=int, default=16)
+    mk.add_argument("--known-clips-per-song", type=int, default=8)
+    mk.add_argument("--shift-semitones", type=float, nargs="*", default=[-3.0, 3.0])
     me = sub.add_parser("measure")
     me.add_argument("--results", required=True)
     me.add_argument("--unknown", required=True)
+    me.add_argument("--known", help="clips of the collection's own songs (make's known/): how many are accepted")
     me.add_argument("--snr", type=float, nargs="*", default=[0.0])
     args = ap.parse_args()
     make(args) if args.command == "make" else measure(args)
