@@ -88,3 +88,14 @@ def songs_sharing_a_part(rng: np.random.Generator, dim: int = 16) -> tuple[Finge
     index.add(vec)
     return FingerprintDB(index, RowMap.from_counts(["a", "b", "c"], [80, 80, 80]), vec.astype(np.float16),
                          {"model_checksum": "x", "ntotal": len(vec)}), vec
+
+
+def stub_database(monkeypatch, results, searcher) -> None:
+    """The commands' database stood in for by ``searcher`` (or by what a callable ``searcher`` returns at each
+    command), for a results folder ``results`` given an index/ folder so that it looks like one to the commands'
+    first check."""
+    from workflow_lib.cli import query as cli_query
+
+    (results / "index").mkdir(parents=True, exist_ok=True)
+    current = searcher if callable(searcher) else lambda: searcher
+    monkeypatch.setattr(cli_query, "load_searcher", lambda args, overrides=None: (current(), {}))

@@ -446,6 +446,14 @@ def test_cli_text_output_and_summary(world, tmp_path, listen_main, capsys):
 
 
 def test_cli_clear_errors(tmp_path, listen_main, capsys):
+    # A music folder given as the results folder is named for what it is (before, the settings' warning and a
+    # missing index/index.json, and an index/.lock left among the user's songs by the commands that lock it).
+    sf.write(tmp_path / "song.wav", np.zeros(SR, np.float32), SR)
+    assert listen_main(["--results", str(tmp_path), "--input", str(tmp_path / "song.wav")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is not a results folder" in err and "nafp index MUSIC_FOLDER" in err
+    assert not (tmp_path / "index").exists()
+    (tmp_path / "index").mkdir()  # a results folder from here on
     assert listen_main(["--results", str(tmp_path), "--input", str(tmp_path / "missing.wav")]) == 2
     assert "missing.wav" in capsys.readouterr().err
     # A missing database is named first, before the settings or the input are looked at.

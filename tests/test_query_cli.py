@@ -187,6 +187,8 @@ def test_the_python_interface_says_what_is_wrong(results, cli, tmp_path):
 
     with pytest.raises(SetupError, match="results folder not found"):
         Database.open(tmp_path / "nowhere")
+    with pytest.raises(SetupError, match="is not a results folder"):
+        Database.open(tmp_path)
     db = Database.open(results, device="cpu")
     f = _query_files(tmp_path)
     with pytest.raises(ValueError, match="need their sample_rate"):

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tests.search_helpers import SR, build_searcher, synth_song
+from tests.search_helpers import SR, build_searcher, stub_database, synth_song
 from workflow_lib.listener.core import Heard, ListenConfig
 from workflow_lib.listener.scan import (HOP_S, Occurrence, _alignment_runs, _refine, merge_continuations,
                                         scan_chunks)
@@ -116,13 +116,13 @@ def test_the_scan_decides_at_its_own_rate_where_one_is_set(world, monkeypatch):
 
 
 def test_cli_outputs_json_csv_and_plot_and_reads_wav_on_stdin(world, tmp_path, monkeypatch, capsys):
-    from workflow_lib.cli import main as cli_main, query as cli_query
+    from workflow_lib.cli import main as cli_main
 
     songs, searcher = world
     audio, truth = _programme(songs)
     wav = tmp_path / "show.wav"
     sf.write(wav, audio, SR)
-    monkeypatch.setattr(cli_query, "load_searcher", lambda args, overrides=None: (searcher, {}))
+    stub_database(monkeypatch, tmp_path, searcher)
     assert cli_main.main(["scan", str(wav), "--json", "--results", str(tmp_path), "--plot",
                           str(tmp_path / "t.png")]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -153,7 +153,7 @@ def test_cli_outputs_json_csv_and_plot_and_reads_wav_on_stdin(world, tmp_path, m
 
 def test_occurrences_shorter_than_the_minimum_duration_are_left_out_and_their_time_is_a_gap(world, tmp_path,
                                                                                            monkeypatch, capsys):
-    from workflow_lib.cli import main as cli_main, query as cli_query
+    from workflow_lib.cli import main as cli_main
 
     songs, searcher = world
     # 15 s of s0, 6 s of s1, 15 s of s2, back to back
@@ -172,7 +172,7 @@ def test_occurrences_shorter_than_the_minimum_duration_are_left_out_and_their_ti
     assert len(gap) == 1 and gap[0].kind == "no match"
     with pytest.raises(ValueError, match="0 s or more"):
         scan_chunks(searcher, chunks, cfg, min_duration_s=-1.0)
-    monkeypatch.setattr(cli_query, "load_searcher", lambda args, overrides=None: (searcher, {}))
+    stub_database(monkeypatch, tmp_path, searcher)
     wav = tmp_path / "three.wav"
     sf.write(wav, audio, SR)
     assert cli_main.main(["scan", str(wav), "--json", "--window", "4", "--min-duration", "10",
@@ -184,10 +184,10 @@ def test_occurrences_shorter_than_the_minimum_duration_are_left_out_and_their_ti
 
 
 def test_truncated_unreadable_and_non_wav_inputs_give_clear_errors(world, tmp_path, monkeypatch, capsys):
-    from workflow_lib.cli import main as cli_main, query as cli_query
+    from workflow_lib.cli import main as cli_main
 
     songs, searcher = world
-    monkeypatch.setattr(cli_query, "load_searcher", lambda args, overrides=None: (searcher, {}))
+    stub_database(monkeypatch, tmp_path, searcher)
     good = tmp_path / "good.wav"
     sf.write(good, songs["s1"], SR)
     cut = tmp_path / "cut.wav"
@@ -219,7 +219,7 @@ def test_an_hour_long_stream_stays_within_a_memory_bound():
     code = """
 import resource, sys
 import numpy as np
-from tests.search_helpers import SR, build_searcher, synth_song
+from tests.search_helpers import SR, build_searcher, stub_database, synth_song
 from workflow_lib.listener.core import ListenConfig
 from workflow_lib.listener.scan import scan_chunks
 songs = {f"s{i}": synth_song(i, 30.0) for i in range(4)}

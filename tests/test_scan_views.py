@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.search_helpers import SR, build_searcher, resonate, synth_song
+from tests.search_helpers import SR, build_searcher, resonate, stub_database, synth_song
 from workflow_lib.listener import scan
 from workflow_lib.listener.core import ListenConfig
 from workflow_lib.listener.scan import Occurrence, merge_views, scan_chunks, whitened_stream, whitened_view
@@ -167,14 +167,14 @@ def test_the_cli_scans_in_two_views_when_asked_and_says_why_it_cannot(tmp_path, 
 
     import soundfile as sf
 
-    from workflow_lib.cli import main as cli_main, query as cli_query
+    from workflow_lib.cli import main as cli_main
     from workflow_lib.cli.main import EXIT_SETUP
 
     audio, truth = _programme()
     wav = tmp_path / "show.wav"
     sf.write(wav, audio, SR)
     searchers = [_searcher()]
-    monkeypatch.setattr(cli_query, "load_searcher", lambda args, overrides=None: (searchers[0], {}))
+    stub_database(monkeypatch, tmp_path, lambda: searchers[0])
     assert cli_main.main(["scan", str(wav), "--json", "--whitened", "--results", str(tmp_path)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["song_id"] for r in rows if r["kind"] == "song"] == [s for s, _ in truth]

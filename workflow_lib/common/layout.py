@@ -14,10 +14,16 @@ BUNDLED_MODELS = {"bundled": BUNDLED_MODEL, "bundled-pair": REPO / "models" / "n
 
 
 def missing_results(results: str | Path) -> str | None:
-    """The error for a results folder that does not exist (checked first by every command), else None."""
-    if Path(results).is_dir():
-        return None
-    return f"results folder not found: {results} (run the workflow or `nafp index` first, or pass --results)"
+    """The error for a results folder that does not exist or is not one (checked first by every command), else
+    None. A results folder holds the settings it was built with (``config.yaml``) or an index; a folder with
+    neither is most often the music folder given as ``--results``."""
+    results = Path(results)
+    if not results.is_dir():
+        return f"results folder not found: {results} (run the workflow or `nafp index` first, or pass --results)"
+    if not (results / "index").is_dir() and not (results / "config.yaml").is_file():
+        return (f"{results} is not a results folder (it has no index/ and no config.yaml); `nafp index MUSIC_FOLDER "
+                f"--results DB_FOLDER` makes one, and --results DB_FOLDER then searches it")
+    return None
 
 
 def is_bundled(path: str | Path) -> bool:
