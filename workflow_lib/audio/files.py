@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 
 SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".mp3", ".mp2", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au",
                         ".w64", ".caf"}
-# through ffmpeg: AAC/ALAC (m4a, m4b audiobooks), WMA, and the lossless and DSD formats of audiophile collections
-# (Monkey's Audio, WavPack, TTA, Musepack, DSF/DFF), which libsndfile does not read
+# through ffmpeg: AAC/ALAC (m4a, m4b audiobooks), WMA, the lossless and DSD formats of audiophile collections
+# (Monkey's Audio, WavPack, TTA, Musepack, DSF/DFF), which libsndfile does not read, and the sound of what phones and
+# cameras record (a video's audio stream: MOV, M4V, MKV, AVI, 3GP; AMR voice memos)
 FFMPEG_EXTENSIONS = {".m4a", ".m4b", ".aac", ".mp4", ".wma", ".webm", ".mka", ".ape", ".wv", ".tta", ".mpc", ".dsf",
-                     ".dff"}
+                     ".dff", ".mov", ".m4v", ".mkv", ".avi", ".3gp", ".amr"}
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
 # ffmpeg (m4a/aac/...): a file whose decoder reports more errors than this is rejected as corrupt; waiting for ffmpeg
