@@ -40,6 +40,16 @@ def songs_of(music: Path) -> list[Path]:
     return sorted(p for p in music.rglob("*") if p.suffix.lower() in {".mp3", ".flac", ".wav", ".ogg"})
 
 
+def write_clips(audio: np.ndarray, stem: Path, per_length: int, rng: np.random.Generator) -> int:
+    """``per_length`` clips of every length in ``LENGTHS_S`` from random starts, as STEM_{length}s_{j}.wav."""
+    for length in LENGTHS_S:
+        n = int(length * SAMPLE_RATE)
+        for j in range(per_length):
+            start = int(rng.integers(len(audio) - n))
+            write_audio(stem.parent / f"{stem.name}_{length:g}s_{j}.wav", audio[start:start + n])
+    return per_length * len(LENGTHS_S)
+
+
 def make(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     songs = songs_of(Path(args.music))
@@ -60,13 +70,7 @@ def make(args: argparse.Namespace) -> None:
         write_audio(collection / f"long{i}.wav", load_audio(path))
     clips = 0
     for i, path in enumerate(songs[-args.unknown_songs:]):
-        audio = load_audio(path)
-        for length in LENGTHS_S:
-            n = int(length * SAMPLE_RATE)
-            for j in range(args.clips_per_song):
-                start = int(rng.integers(len(audio) - n))
-                write_audio(unknown / f"u{i:03d}_{length:g}s_{j}.wav", audio[start:start + n])
-                clips += 1
+        clips += write_clips(load_audio(path), unknown / f"u{i:03d}", args.clips_per_song, rng)
     kind = "pieces of 3-8 s" if args.pieces else "whole songs"
     print(f"{args.songs} {kind} and {args.long} more whole songs in {collection}; {clips} unknown clips in {unknown}")
     known, shifted, backwards = (Path(args.out) / name for name in ("known", "shifted", "reversed"))
@@ -74,11 +78,7 @@ def make(args: argparse.Namespace) -> None:
         folder.mkdir(exist_ok=True)
     for song in sorted(collection.glob("*.wav")):
         audio = load_audio(song)
-        for length in LENGTHS_S:
-            n = int(length * SAMPLE_RATE)
-            for j in range(args.known_clips_per_song):
-                start = int(rng.integers(len(audio) - n))
-                write_audio(known / f"{song.stem}__{length:g}s_{j}.wav", audio[start:start + n])
+        write_clips(audio, known / f"{song.stem}_", args.known_clips_per_song, rng)
         for semitones in args.shift_semitones:  # played faster or slower: other notes, other tempo
             factor = 2.0 ** (semitones / 12.0)
             write_audio(shifted / f"{song.stem}_{semitones:+g}st.wav",
