@@ -303,7 +303,7 @@ def test_a_folder_without_audio_is_named_before_any_stage_runs(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no music here")
     r = nafp("index", str(tmp_path / "notes"), "--results", str(tmp_path / "db"), cwd=tmp_path)
-    assert r.returncode != 0 and f"no audio files under {tmp_path / 'notes'} (looked for .aac" in r.stderr
+    assert r.returncode != 0 and f"no audio files under {tmp_path / 'notes'} (looked for .3gp, .aac" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "db").exists()
 
 
