@@ -1,13 +1,16 @@
 """How quiet a capture may be: 3 s clips of database songs under reddish noise at 10 dB SNR, played at lower and
 lower levels (16-bit, as a sound card delivers them), answered by a results folder's database through the Python
 interface. Prints per level the right best guesses, the right answers the no-match rule accepts, and the share of
-the clips' 1 s segments under the silence gate (`audio.segments.SILENCE_DBFS`, searched as silence).
+the clips' 1 s segments under the query's silence gate (`audio.segments.QUERY_SILENCE_DBFS`, searched as
+silence; a query's seconds quieter than `QUERY_LEVEL_DBFS` are raised to it before the model).
 
     .venv/bin/python bench/quiet_queries.py RESULTS --music ../shared/corpus/dev/music [--attenuations 0 -20 -30]
 
 Songs: every ``--every``-th audio file of ``--music`` (sorted) that the database holds, ``--clips`` each.
-``--raise-to DBFS`` tries raising every second that the gate passes but that is quieter than DBFS to that level
-before the model (a change of the product tried here, in every view the search makes, not in the product).
+``--gate DBFS``, ``--raise-to DBFS`` and ``--no-raise`` try another rule for the query's seconds (``--gate -55
+--no-raise``: the rule before 2026-12-06, the database's gate). ``--noise DIR`` also plays 5 s clips of the
+recordings in DIR (rooms, streets, rain: no music) at each ``--noise-levels`` RMS level and prints how many are
+answered with a song (every one a false positive) and how many are silence.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import pandas as pd  # noqa: E402
 
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, load_audio  # noqa: E402
-from workflow_lib.audio.segments import SILENCE_DBFS, frame, segment_levels_db  # noqa: E402
+from workflow_lib.audio.segments import (QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS, SILENCE_DBFS, frame,  # noqa: E402
+                                         segment_levels_db)
 
 CLIP_S, SNR_DB = 3.0, 10.0
 
@@ -34,20 +38,22 @@ def reddish_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return (walk - np.convolve(walk, np.ones(200) / 200, "same")).astype(np.float32)
 
 
-def raise_quiet_seconds(floor_dbfs: float) -> None:
-    """Every fingerprint made from here on (``embed_audio`` calls ``embed_segments`` by its module's name) is of
-    the segments quieter than ``floor_dbfs`` but above the gate raised to ``floor_dbfs``."""
+def query_level_rule(gate_dbfs: float, raise_to: float | None) -> None:
+    """Every query fingerprint made from here on (``embed_audio`` calls ``embed_segments`` by its module's name; a
+    query's call is the one that asks for a raise) gates at ``gate_dbfs`` and raises to ``raise_to`` (None: not at
+    all) instead of the product's ``QUERY_SILENCE_DBFS`` and ``QUERY_LEVEL_DBFS``."""
     from workflow_lib.model import embed
 
-    plain = embed.embed_segments
+    product = embed.embed_segments
 
-    def raised(fingerprinter, segments, *args, **kwargs):
-        levels = segment_levels_db(segments)
-        quiet = (levels > SILENCE_DBFS) & (levels < floor_dbfs)
-        gain = np.where(quiet, 10 ** ((floor_dbfs - np.where(quiet, levels, floor_dbfs)) / 20), 1.0)
-        return plain(fingerprinter, (segments * gain[:, None]).astype(np.float32), *args, **kwargs)
+    def tried(fingerprinter, segments, batch_size=embed.DEFAULT_BATCH_SIZE, device=None, silence_dbfs=SILENCE_DBFS,
+              levels=None, raise_to_dbfs=None):
+        if raise_to_dbfs is not None:  # a query's seconds; the database's extraction asks for no raise
+            silence_dbfs = None if silence_dbfs is None else gate_dbfs
+            raise_to_dbfs = raise_to
+        return product(fingerprinter, segments, batch_size, device, silence_dbfs, levels, raise_to_dbfs)
 
-    embed.embed_segments = raised
+    embed.embed_segments = tried
 
 
 def main() -> None:
@@ -58,10 +64,15 @@ def main() -> None:
     ap.add_argument("--songs", type=int, default=38)
     ap.add_argument("--clips", type=int, default=2)
     ap.add_argument("--attenuations", type=float, nargs="+", default=[0, -20, -30, -35, -40, -45])
-    ap.add_argument("--raise-to", type=float, default=None, metavar="DBFS")
+    ap.add_argument("--gate", type=float, default=QUERY_SILENCE_DBFS, metavar="DBFS")
+    ap.add_argument("--raise-to", type=float, default=QUERY_LEVEL_DBFS, metavar="DBFS")
+    ap.add_argument("--no-raise", action="store_true")
+    ap.add_argument("--noise", type=Path)
+    ap.add_argument("--noise-levels", type=float, nargs="+", default=[-30, -45, -55, -60, -65])
+    ap.add_argument("--noise-clips", type=int, default=200)
     args = ap.parse_args()
-    if args.raise_to is not None:
-        raise_quiet_seconds(args.raise_to)
+    if args.no_raise or args.raise_to != QUERY_LEVEL_DBFS or args.gate != QUERY_SILENCE_DBFS:
+        query_level_rule(args.gate, None if args.no_raise else args.raise_to)
 
     from workflow_lib.api import Database
 
@@ -90,7 +101,7 @@ def main() -> None:
         for song, clip in clips:
             query = (np.round(np.clip(clip * 10 ** (att / 20), -1, 1) * 32767) / 32767).astype(np.float32)
             levels = segment_levels_db(frame(query))
-            gated += int(np.sum(~(levels > SILENCE_DBFS)))
+            gated += int(np.sum(~(levels >= args.gate)))
             segments += len(levels)
             answer = db.query(query, sample_rate=SAMPLE_RATE)
             guess = answer["best_guess"] or answer
@@ -98,6 +109,30 @@ def main() -> None:
             accepted += answer["song_id"] == song
         print(f"  {att:+4.0f} dB: best guess right {right} of {len(clips)}, right and accepted {accepted}; "
               f"segments under the silence gate {100 * gated / segments:.1f} %")
+    if args.noise:
+        noise_queries(db, args, rng)
+
+
+def noise_queries(db, args: argparse.Namespace, rng: np.random.Generator) -> None:
+    files = sorted(p for p in args.noise.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
+    n = int(5.0 * SAMPLE_RATE)
+    clips = []
+    while len(clips) < args.noise_clips:
+        audio = load_audio(files[int(rng.integers(len(files)))])
+        if len(audio) > n:
+            start = int(rng.integers(0, len(audio) - n))
+            clip = audio[start:start + n]
+            if np.mean(clip ** 2) > 0:
+                clips.append(clip / np.sqrt(np.mean(clip ** 2)))
+    print(f"{len(clips)} clips of 5 s from {args.noise} (no music), 16-bit")
+    for level in args.noise_levels:
+        answered = silence = 0
+        for clip in clips:
+            query = (np.round(np.clip(clip * 10 ** (level / 20), -1, 1) * 32767) / 32767).astype(np.float32)
+            answer = db.query(query, sample_rate=SAMPLE_RATE)
+            answered += answer["song_id"] is not None
+            silence += answer["reason"] == "silence"
+        print(f"  RMS {level:+4.0f} dBFS: answered with a song {answered} of {len(clips)}, silence {silence}")
 
 
 if __name__ == "__main__":

@@ -171,6 +171,40 @@ def test_silence_never_matches_a_song_with_a_silent_tail(noise_bank):
     assert m.best_guess.song_id == "tail" and m.n_segments < 15
 
 
+
+def test_a_quiet_capture_is_raised_before_the_model_and_the_database_is_not():
+    """A microphone across a room or a low input gain: a song's seconds at about -60 dBFS, under the database's gate
+    (-55) but over a query's (-65), are searched, raised to -35 dBFS before the model, and name the song; before,
+    the query was "silence". The database's own seconds are fingerprinted as they are (no raise at extraction)."""
+    import torch
+
+    from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS, frame
+    from workflow_lib.model.embed import embed_segments
+
+    s = build_searcher(dict(SONGS))
+    clip = SONGS["song2"][4 * SR:9 * SR]
+    quiet = (clip * 10 ** ((-60 - np.median(segment_levels_db(frame(clip)))) / 20)).astype(np.float32)
+    levels = segment_levels_db(frame(quiet))
+    assert np.all((levels < SILENCE_DBFS) & (levels > QUERY_SILENCE_DBFS))
+    m = s.identify(quiet)
+    assert m.is_match and m.song_id == "song2" and m.offset_s == pytest.approx(4.0, abs=0.3)
+
+    class Level(torch.nn.Module):  # the level the model is handed, as its "fingerprint"
+        def forward(self, x):
+            return torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True))
+
+    segs = frame(np.concatenate([clip, quiet, np.zeros(2 * SR, np.float32)]))
+    heard = 20 * np.log10(np.maximum(embed_segments(Level(), segs, raise_to_dbfs=QUERY_LEVEL_DBFS,
+                                                    silence_dbfs=QUERY_SILENCE_DBFS)[:, 0], 1e-12))
+    as_is = 20 * np.log10(np.maximum(embed_segments(Level(), segs)[:, 0], 1e-12))  # extraction's call
+    lv = segment_levels_db(segs)
+    loud, raised = lv >= QUERY_LEVEL_DBFS, (lv < QUERY_LEVEL_DBFS) & (lv >= QUERY_SILENCE_DBFS)
+    assert np.allclose(heard[loud], as_is[loud]) and raised.sum() >= 8
+    assert np.allclose(heard[raised] - 20 * np.log10(np.sqrt(np.mean(segs[raised] ** 2, axis=1))),
+                       QUERY_LEVEL_DBFS - lv[raised], atol=0.01)
+    assert np.all(as_is[raised & (lv < SILENCE_DBFS)] < -200)  # the database's gate leaves them out (zeros)
+    assert np.all(heard[lv < QUERY_SILENCE_DBFS] < -200)  # digital silence stays silence for a query too
+
 def test_mains_hum_and_a_dc_offset_are_silence_to_the_gate():
     """A song whose tail is mains hum (a vinyl rip's run-out, a live recording's pause) and a quiet room heard
     through a microphone with hum or a DC offset: loud by their RMS, silent in the band the model hears (it starts

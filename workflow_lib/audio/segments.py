@@ -45,6 +45,16 @@ def check_framing(source: str, sample_rate: int | None = None, segment_samples: 
 # level (``segment_levels_db``) is below this is not music. The front end's log floor maps every quiet segment to
 # almost the same log-mel, so a quiet room would otherwise match any song's digital silence at cosine ~1.
 SILENCE_DBFS = -55.0
+# What a query hears (a file, the listener, a scan) may be far quieter than the songs were mastered: a microphone
+# across a room, an input gain left low. Below about -35 dBFS the front end's log floor flattens the model's input,
+# and the -55 dBFS gate cut most seconds of a capture 35 dB under its song's level. So a query's seconds are gated
+# at QUERY_SILENCE_DBFS and those between it and QUERY_LEVEL_DBFS are raised to QUERY_LEVEL_DBFS before the model:
+# noisy 3 s clips 40 / 45 dB under their songs' level, 34 / 6 of 76 named -> 73 / 69, and room, street and rain
+# recordings without music at -30 to -65 dBFS answered with a song 0 times in 1,000 (1 and 2 at -55 and -60 dBFS
+# before; bench/README.md, "How quiet a capture may be"). The database keeps SILENCE_DBFS, unraised: its songs are
+# at their mastered level, and its shards stay valid.
+QUERY_SILENCE_DBFS = -65.0
+QUERY_LEVEL_DBFS = -35.0
 # The front end's mel bands start at 300 Hz (``FrontendConfig.f_min``): mains hum or a microphone's DC offset is
 # loud by its RMS but silent to the model, and a hum-only song tail matched a quiet room with hum at confidence
 # 1.000 while the gate measured only the RMS. So the level is also measured from here up, and music, a median

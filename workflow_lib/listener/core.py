@@ -46,7 +46,7 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.listener.devices import ListenerError  # noqa: F401 (part of this module's interface)
-from workflow_lib.audio.segments import SILENCE_DBFS
+from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
 from workflow_lib.search.searcher import SearchResult, add_runner_up, ranked_window_and_tail, song_set
 from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
@@ -80,7 +80,7 @@ class ListenConfig:
     scan_max_fpr: float | None = None
     persistent_hops: int | None = None
     follow_island_s: float = 0.0  # the scan's following only (scan._extend); the live listener has none
-    silence_dbfs: float = SILENCE_DBFS
+    silence_dbfs: float = QUERY_SILENCE_DBFS
     ring_s: float = 20.0
     block_s: float = 0.05
 
@@ -519,7 +519,8 @@ class ListenerCore:
 
         t0 = time.perf_counter()
         emb = embed_segments(self.searcher.fingerprinter, segs[loud], self.searcher.batch_size,
-                             self.searcher.device, silence_dbfs=None) if loud.any() else None
+                             self.searcher.device, silence_dbfs=None, levels=levels[loud],
+                             raise_to_dbfs=QUERY_LEVEL_DBFS) if loud.any() else None
         embed_ms = (time.perf_counter() - t0) * 1000.0
         k = 0
         for j, is_loud in zip(range(first, last + 1), loud):

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.audio.segments import segment_levels_db
+from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, segment_levels_db
 from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
 from workflow_lib.listener.views import two_views_missing
@@ -209,7 +209,7 @@ def scan_chunks(searcher, chunks: Iterable[np.ndarray], config: ListenConfig | N
         k, first, segs = item
         levels = segment_levels_db(segs)
         emb = embed_segments(searcher.fingerprinter, segs, searcher.batch_size, searcher.device, config.silence_dbfs,
-                             levels)
+                             levels, QUERY_LEVEL_DBFS)
         nb = find_neighbours(searcher.db, emb, searcher.top_k, exclude_songs or None)
         return (k, first, emb, levels, nb,
                 runner_up_neighbours(searcher.db, emb, nb, searcher.top_k, exclude_songs or None))

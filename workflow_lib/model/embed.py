@@ -95,12 +95,14 @@ def embedding_dim(fingerprinter: nn.Module, device: torch.device | str | None = 
 @torch.inference_mode()
 def embed_segments(fingerprinter: nn.Module, segments: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
                    device: torch.device | str | None = None, silence_dbfs: float | None = SILENCE_DBFS,
-                   levels: np.ndarray | None = None) -> np.ndarray:
+                   levels: np.ndarray | None = None, raise_to_dbfs: float | None = None) -> np.ndarray:
     """Embed ready-cut segments ``(n, 8000)`` -> ``(n, D)`` float32, ``batch_size`` at a time.
 
     Segments quieter than ``silence_dbfs`` (the silence gate, ``segments.SILENCE_DBFS``) get a zero vector: it
     scores 0 against everything, so silence is never a neighbour in the database and never searched in a query.
     ``levels``: the segments' ``segment_levels_db`` when the caller has them already (measured once, not twice).
+    ``raise_to_dbfs``: the segments quieter than this (and not gated) are raised to it before the model (a query's,
+    ``segments.QUERY_LEVEL_DBFS``).
     """
     if segments.ndim != 2 or segments.shape[1] != SEGMENT_SAMPLES:
         raise ValueError(f"segments must have shape (n, {SEGMENT_SAMPLES}), got {segments.shape}")
@@ -110,25 +112,33 @@ def embed_segments(fingerprinter: nn.Module, segments: np.ndarray, batch_size: i
     n = len(segments)
     if n == 0:
         return np.zeros((0, embedding_dim(fingerprinter, dev)), dtype=np.float32)
-    if levels is None and silence_dbfs is not None:
+    if levels is None and (silence_dbfs is not None or raise_to_dbfs is not None):
         levels = segment_levels_db(segments)
     loud = np.flatnonzero(levels >= silence_dbfs) if silence_dbfs is not None else np.arange(n)
+    gain = None
+    if raise_to_dbfs is not None:
+        gain = (10.0 ** (np.maximum(raise_to_dbfs - np.asarray(levels, np.float64), 0.0) / 20.0)).astype(np.float32)
     out = np.zeros((n, embedding_dim(fingerprinter, dev)), dtype=np.float32)
     for i in range(0, len(loud), batch_size):
         rows = loud[i:i + batch_size]
         # The strided view from frame() is read-only and overlapping: copy each batch into one writable block.
-        x = torch.from_numpy(np.array(segments[rows], dtype=np.float32, order="C")).to(dev)
-        out[rows] = fingerprinter(x).float().cpu().numpy()
+        batch = np.array(segments[rows], dtype=np.float32, order="C")
+        if gain is not None:
+            batch *= gain[rows, None]
+        out[rows] = fingerprinter(torch.from_numpy(batch).to(dev)).float().cpu().numpy()
     return out
 
 
 def embed_audio(fingerprinter: nn.Module, audio_8k: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
-                device: torch.device | str | None = None) -> np.ndarray:
-    """8 kHz mono audio -> ``(J, D)`` float32 fingerprints, one per 1 s segment at 0.5 s hop (J may be 0)."""
+                device: torch.device | str | None = None, silence_dbfs: float | None = SILENCE_DBFS,
+                raise_to_dbfs: float | None = None) -> np.ndarray:
+    """8 kHz mono audio -> ``(J, D)`` float32 fingerprints, one per 1 s segment at 0.5 s hop (J may be 0); the gate
+    and the raise as in ``embed_segments``."""
     audio = np.ascontiguousarray(audio_8k, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"audio must be 1-D mono, got shape {audio.shape}")
-    return embed_segments(fingerprinter, frame(audio), batch_size, device)
+    return embed_segments(fingerprinter, frame(audio), batch_size, device, silence_dbfs,
+                          raise_to_dbfs=raise_to_dbfs)
 
 
 def iter_embed_chunks(fingerprinter: nn.Module, chunks: Iterable[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
 from workflow_lib.common.layout import ResultsLayout, is_bundled
 from workflow_lib.search.subhop import peak_shift
 from workflow_lib.search.threshold import Calibration, decision_statistic
@@ -605,7 +606,8 @@ class Searcher:
     def embed(self, audio_8k: np.ndarray) -> np.ndarray:
         from workflow_lib.model.embed import embed_audio
 
-        return embed_audio(self.fingerprinter, _pad_query(audio_8k), self.batch_size, self.device)
+        return embed_audio(self.fingerprinter, _pad_query(audio_8k), self.batch_size, self.device, QUERY_SILENCE_DBFS,
+                           QUERY_LEVEL_DBFS)
 
     def search(self, emb: np.ndarray, mode: str | None = None,
                exclude_song: str | frozenset[str] | None = None) -> SearchResult:
