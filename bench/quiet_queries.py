@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--noise", type=Path)
     ap.add_argument("--noise-levels", type=float, nargs="+", default=[-30, -45, -55, -60, -65])
     ap.add_argument("--noise-clips", type=int, default=200)
+    ap.add_argument("--listen-minutes", type=float, default=0.0,
+                    help="also stream this many minutes of the --noise recordings at each level through the live "
+                         "listener and count the songs it declares")
     args = ap.parse_args()
     if args.no_raise or args.raise_to != QUERY_LEVEL_DBFS or args.gate != QUERY_SILENCE_DBFS:
         query_level_rule(args.gate, None if args.no_raise else args.raise_to)
@@ -109,8 +112,10 @@ def main() -> None:
             accepted += answer["song_id"] == song
         print(f"  {att:+4.0f} dB: best guess right {right} of {len(clips)}, right and accepted {accepted}; "
               f"segments under the silence gate {100 * gated / segments:.1f} %")
-    if args.noise:
+    if args.noise and args.noise_clips > 0:
         noise_queries(db, args, rng)
+    if args.noise and args.listen_minutes > 0:
+        noise_listened(db, args, rng)
 
 
 def noise_queries(db, args: argparse.Namespace, rng: np.random.Generator) -> None:
@@ -133,6 +138,40 @@ def noise_queries(db, args: argparse.Namespace, rng: np.random.Generator) -> Non
             answered += answer["song_id"] is not None
             silence += answer["reason"] == "silence"
         print(f"  RMS {level:+4.0f} dBFS: answered with a song {answered} of {len(clips)}, silence {silence}")
+
+
+
+def noise_listened(db, args: argparse.Namespace, rng: np.random.Generator) -> None:
+    """The listener fed ``--listen-minutes`` of the noise recordings one after another (each at the level), in
+    0.5 s blocks as a capture delivers them; every song it declares is a false declaration."""
+    from dataclasses import replace
+
+    files = sorted(p for p in args.noise.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
+    parts, total = [], 0
+    for i in rng.permutation(len(files)):
+        audio = load_audio(files[i])
+        if len(audio) and np.mean(audio ** 2) > 0:
+            parts.append(audio / np.sqrt(np.mean(audio ** 2)))
+            total += len(audio)
+        if total >= args.listen_minutes * 60 * SAMPLE_RATE:
+            break
+    stream_audio = np.concatenate(parts)[:int(args.listen_minutes * 60 * SAMPLE_RATE)]
+    db.listen_settings = replace(db.listen_settings, silence_dbfs=args.gate)
+    print(f"{len(stream_audio) / SAMPLE_RATE / 60:.1f} minutes of {args.noise} through the live listener "
+          f"(gate {args.gate:g} dBFS), 16-bit")
+    block = SAMPLE_RATE // 2
+    for level in args.noise_levels:
+        x = (np.round(np.clip(stream_audio * 10 ** (level / 20), -1, 1) * 32767) / 32767).astype(np.float32)
+        stream = db.listen(sample_rate=SAMPLE_RATE)
+        silent = decisions = 0
+        for at in range(0, len(x), block):
+            for decision in stream.push(x[at:at + block]):
+                decisions += 1
+                silent += decision.get("state") == "silence"
+        heard = stream.finish()["heard"]
+        print(f"  RMS {level:+4.0f} dBFS: songs declared {len(heard)} "
+              f"({sum(h['end_s'] - h['start_s'] for h in heard):.1f} s in all); silence {silent} of {decisions} "
+              f"decisions")
 
 
 if __name__ == "__main__":
