@@ -235,6 +235,7 @@ def test_symbolic_links_to_folders_are_followed_and_loops_reported(tmp_path):
     (music / "linked").symlink_to(tmp_path / "elsewhere")  # a folder linked into the collection
     (music / "real" / "loop").symlink_to(music)  # a loop back to the top
     (music / "dangling.wav").symlink_to(tmp_path / "nothing.wav")
+    (tmp_path / "elsewhere" / "up").symlink_to(tmp_path)  # out of the collection and back into it from above
     songs, rejected = build_manifest([("music", str(music))], 3.0, -60.0)
     assert sorted(Path(p).name for p in songs.path) == ["one.wav", "two.wav"]
     reasons = dict(zip(rejected.path.map(lambda p: Path(p).name), rejected.reason))

@@ -77,8 +77,7 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
                     problems.append(not_utf8_problem(full, folder=True))
                 elif os.path.islink(full):
                     links.append(full)
-                else:
-                    seen.add(os.path.realpath(full))
+                elif not already_scanned(full):  # a folder inside a linked one may be the collection's own
                     keep.append(d)
             dirnames[:] = keep
             for name in sorted(filenames):
@@ -93,16 +92,20 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
                     problems.append({"path": shown(p), "reason": f"broken symbolic link (to {shown(os.readlink(p))})",
                                      "hides": "file"})
 
-    walk(root)
-    while links:
-        full = links.pop(0)
+    def already_scanned(full: str) -> bool:
         real = os.path.realpath(full)
         if real in seen:
             problems.append({"path": shown(full), "reason": f"symbolic link to a folder already scanned "
                              f"({shown(real)}): skipped, not scanned twice", "hides": None})
-            continue
+            return True
         seen.add(real)
-        walk(full)
+        return False
+
+    walk(root)
+    while links:
+        full = links.pop(0)
+        if not already_scanned(full):
+            walk(full)
     return sorted(files), problems
 
 
