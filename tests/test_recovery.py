@@ -240,6 +240,7 @@ def test_symbolic_links_to_folders_are_followed_and_loops_reported(tmp_path):
     assert sorted(Path(p).name for p in songs.path) == ["one.wav", "two.wav"]
     reasons = dict(zip(rejected.path.map(lambda p: Path(p).name), rejected.reason))
     assert "already scanned" in reasons["loop"] and "broken symbolic link" in reasons["dangling.wav"]
+    assert "already scanned" in reasons["music"] and not any(r.startswith("copy") for r in reasons.values())
 
 
 def test_control_characters_in_tags_never_reach_the_terminal(tmp_path, capsys):
