@@ -204,6 +204,8 @@ def test_a_quiet_capture_is_raised_before_the_model_and_the_database_is_not():
                        QUERY_LEVEL_DBFS - lv[raised], atol=0.01)
     assert np.all(as_is[raised & (lv < SILENCE_DBFS)] < -200)  # the database's gate leaves them out (zeros)
     assert np.all(heard[lv < QUERY_SILENCE_DBFS] < -200)  # digital silence stays silence for a query too
+    ungated = embed_segments(Level(), segs, silence_dbfs=None, raise_to_dbfs=QUERY_LEVEL_DBFS)[:, 0]
+    assert np.all(np.isfinite(ungated)) and np.all(ungated[np.isneginf(lv)] == 0)  # raised by nothing, not by inf
 
 def test_mains_hum_and_a_dc_offset_are_silence_to_the_gate():
     """A song whose tail is mains hum (a vinyl rip's run-out, a live recording's pause) and a quiet room heard

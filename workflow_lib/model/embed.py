@@ -117,7 +117,8 @@ def embed_segments(fingerprinter: nn.Module, segments: np.ndarray, batch_size: i
     loud = np.flatnonzero(levels >= silence_dbfs) if silence_dbfs is not None else np.arange(n)
     gain = None
     if raise_to_dbfs is not None:
-        gain = (10.0 ** (np.maximum(raise_to_dbfs - np.asarray(levels, np.float64), 0.0) / 20.0)).astype(np.float32)
+        lv = np.asarray(levels, np.float64)  # digital silence (-inf) is left as it is, gated or not
+        gain = np.where(np.isfinite(lv), 10.0 ** (np.maximum(raise_to_dbfs - lv, 0.0) / 20.0), 1.0).astype(np.float32)
     out = np.zeros((n, embedding_dim(fingerprinter, dev)), dtype=np.float32)
     for i in range(0, len(loud), batch_size):
         rows = loud[i:i + batch_size]
