@@ -1,4 +1,4 @@
-"""How quiet a capture may be: 3 s clips of database songs under reddish noise at 10 dB SNR, played at lower and
+"""How quiet a capture may be: 3 s clips of database songs under brown noise at 10 dB SNR, played at lower and
 lower levels (16-bit, as a sound card delivers them), answered by a results folder's database through the Python
 interface. Prints per level the right best guesses, the right answers the no-match rule accepts, and the share of
 the clips' 1 s segments under the query's silence gate (`audio.segments.QUERY_SILENCE_DBFS`, searched as
@@ -26,16 +26,21 @@ import pandas as pd  # noqa: E402
 
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, load_audio  # noqa: E402
+from workflow_lib.data.noise import GENERATORS, normalise_rms  # noqa: E402
+from workflow_lib.evaluation.degrade import add_noise  # noqa: E402
 from workflow_lib.audio.segments import (QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS, SILENCE_DBFS, frame,  # noqa: E402
                                          segment_levels_db)
 
 CLIP_S, SNR_DB = 3.0, 10.0
 
 
-def reddish_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Integrated white noise with its slowest drift taken out: most of its energy low, like a room's rumble."""
-    walk = np.cumsum(rng.standard_normal(n))
-    return (walk - np.convolve(walk, np.ones(200) / 200, "same")).astype(np.float32)
+def played(x: np.ndarray, gain_db: float) -> np.ndarray:
+    """``x`` ``gain_db`` louder, as a 16-bit sound card delivers it."""
+    return (np.round(np.clip(x * 10 ** (gain_db / 20), -1, 1) * 32767) / 32767).astype(np.float32)
+
+
+def audio_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
 def query_level_rule(gate_dbfs: float, raise_to: float | None) -> None:
@@ -82,8 +87,7 @@ def main() -> None:
     db = Database.open(args.results, device="cpu")
     catalogue = pd.read_parquet(Path(args.results) / "catalogue.parquet")
     song_of = {str(Path(p).resolve()): s for p, s in zip(catalogue.path, catalogue.song_id) if isinstance(p, str)}
-    files = [p.resolve() for p in sorted(args.music.iterdir())[::args.every]
-             if p.suffix.lower() in AUDIO_EXTENSIONS and str(p.resolve()) in song_of][:args.songs]
+    files = [p.resolve() for p in audio_files(args.music)[::args.every] if str(p.resolve()) in song_of][:args.songs]
     if not files:
         raise SystemExit(f"no song of {args.music} is in {args.results}'s catalogue")
     rng = np.random.default_rng(0)
@@ -91,18 +95,22 @@ def main() -> None:
     n = int(CLIP_S * SAMPLE_RATE)
     for path in files:
         audio = load_audio(path)
-        for _ in range(args.clips):
+        kept = 0
+        while kept < args.clips:
             start = int(rng.integers(0, len(audio) - n))
-            clip = audio[start:start + n]
-            noise = reddish_noise(n, rng)
-            noise *= np.sqrt(np.mean(clip ** 2) / np.mean(noise ** 2) / 10 ** (SNR_DB / 10))
-            clips.append((song_of[str(path)], clip + noise))
-    print(f"{args.results}: {len(clips)} clips of {CLIP_S:g} s from {len(files)} songs, reddish noise at "
-          f"{SNR_DB:g} dB SNR, 16-bit")
+            try:  # the evaluation's mixing; a silent start has no SNR and is drawn again
+                mixed = add_noise(audio[start:start + n], GENERATORS["brown"](rng, n), SNR_DB)
+            except ValueError:
+                continue
+            clips.append((song_of[str(path)], mixed))
+            kept += 1
+    print(f"{args.results}: {len(clips)} clips of {CLIP_S:g} s from {len(files)} songs, brown noise "
+          f"(data.noise) at {SNR_DB:g} dB SNR, 16-bit")
+    level_cosines(db, load_audio(files[0]), args.attenuations)
     for att in args.attenuations:
         right = accepted = gated = segments = 0
         for song, clip in clips:
-            query = (np.round(np.clip(clip * 10 ** (att / 20), -1, 1) * 32767) / 32767).astype(np.float32)
+            query = played(clip, att)
             levels = segment_levels_db(frame(query))
             gated += int(np.sum(~(levels >= args.gate)))
             segments += len(levels)
@@ -118,8 +126,28 @@ def main() -> None:
         noise_listened(db, args, rng)
 
 
+def level_cosines(db, audio: np.ndarray, attenuations: list[float]) -> None:
+    """How the model alone hears a quieter second: the mean cosine of 40 s of one song's fingerprints (no gate, no
+    raise) at each attenuation with those at full level, and with the seconds raised back to full level first."""
+    from workflow_lib.audio.segments import frame
+    from workflow_lib.model.embed import embed_segments
+
+    segs = np.ascontiguousarray(frame(audio[60 * SAMPLE_RATE:100 * SAMPLE_RATE]))
+    fp = db.searcher.fingerprinter
+
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+    full = embed_segments(fp, segs, silence_dbfs=None)
+    for att in attenuations:
+        quiet = played(segs, att)
+        print(f"  the model alone, {len(segs)} seconds {att:+.0f} dB: cosine with full level "
+              f"{cos(full, embed_segments(fp, quiet, silence_dbfs=None)):.3f}, raised back first "
+              f"{cos(full, embed_segments(fp, quiet * 10 ** (-att / 20), silence_dbfs=None)):.3f}")
+
+
 def noise_queries(db, args: argparse.Namespace, rng: np.random.Generator) -> None:
-    files = sorted(p for p in args.noise.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
+    files = audio_files(args.noise)
     n = int(5.0 * SAMPLE_RATE)
     clips = []
     while len(clips) < args.noise_clips:
@@ -128,17 +156,16 @@ def noise_queries(db, args: argparse.Namespace, rng: np.random.Generator) -> Non
             start = int(rng.integers(0, len(audio) - n))
             clip = audio[start:start + n]
             if np.mean(clip ** 2) > 0:
-                clips.append(clip / np.sqrt(np.mean(clip ** 2)))
+                clips.append(normalise_rms(clip, 1.0))
     print(f"{len(clips)} clips of 5 s from {args.noise} (no music), 16-bit")
     for level in args.noise_levels:
         answered = silence = 0
         for clip in clips:
-            query = (np.round(np.clip(clip * 10 ** (level / 20), -1, 1) * 32767) / 32767).astype(np.float32)
+            query = played(clip, level)
             answer = db.query(query, sample_rate=SAMPLE_RATE)
             answered += answer["song_id"] is not None
             silence += answer["reason"] == "silence"
         print(f"  RMS {level:+4.0f} dBFS: answered with a song {answered} of {len(clips)}, silence {silence}")
-
 
 
 def noise_listened(db, args: argparse.Namespace, rng: np.random.Generator) -> None:
@@ -146,12 +173,12 @@ def noise_listened(db, args: argparse.Namespace, rng: np.random.Generator) -> No
     0.5 s blocks as a capture delivers them; every song it declares is a false declaration."""
     from dataclasses import replace
 
-    files = sorted(p for p in args.noise.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
+    files = audio_files(args.noise)
     parts, total = [], 0
     for i in rng.permutation(len(files)):
         audio = load_audio(files[i])
         if len(audio) and np.mean(audio ** 2) > 0:
-            parts.append(audio / np.sqrt(np.mean(audio ** 2)))
+            parts.append(normalise_rms(audio, 1.0))
             total += len(audio)
         if total >= args.listen_minutes * 60 * SAMPLE_RATE:
             break
@@ -161,7 +188,7 @@ def noise_listened(db, args: argparse.Namespace, rng: np.random.Generator) -> No
           f"(gate {args.gate:g} dBFS), 16-bit")
     block = SAMPLE_RATE // 2
     for level in args.noise_levels:
-        x = (np.round(np.clip(stream_audio * 10 ** (level / 20), -1, 1) * 32767) / 32767).astype(np.float32)
+        x = played(stream_audio, level)
         stream = db.listen(sample_rate=SAMPLE_RATE)
         silent = decisions = 0
         for at in range(0, len(x), block):

@@ -49,8 +49,8 @@ SILENCE_DBFS = -55.0
 # across a room, an input gain left low. Below about -35 dBFS the front end's log floor flattens the model's input,
 # and the -55 dBFS gate cut most seconds of a capture 35 dB under its song's level. So a query's seconds are gated
 # at QUERY_SILENCE_DBFS and those between it and QUERY_LEVEL_DBFS are raised to QUERY_LEVEL_DBFS before the model:
-# noisy 3 s clips 40 / 45 dB under their songs' level, 34 / 6 of 76 named -> 73 / 69, and room, street and rain
-# recordings without music at -30 to -65 dBFS answered with a song 0 times in 1,000 (1 and 2 at -55 and -60 dBFS
+# noisy 3 s clips 40 / 45 dB under their songs' level, 36 / 9 of 76 named -> 67 / 58, and room, street and rain
+# recordings without music at -30 to -65 dBFS answered with a song 0 times in 1,000 (1 and 3 at -55 and -60 dBFS
 # before; bench/README.md, "How quiet a capture may be"). The database keeps SILENCE_DBFS, unraised: its songs are
 # at their mastered level, and its shards stay valid.
 QUERY_SILENCE_DBFS = -65.0
