@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, load_audio  # noqa: E402
 from workflow_lib.data.noise import GENERATORS, normalise_rms  # noqa: E402
-from workflow_lib.evaluation.degrade import add_noise  # noqa: E402
+from workflow_lib.evaluation.degrade import add_noise, quantise_16bit  # noqa: E402
 from workflow_lib.audio.segments import (QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS, SILENCE_DBFS, frame,  # noqa: E402
                                          segment_levels_db)
 
@@ -36,7 +36,7 @@ CLIP_S, SNR_DB = 3.0, 10.0
 
 def played(x: np.ndarray, gain_db: float) -> np.ndarray:
     """``x`` ``gain_db`` louder, as a 16-bit sound card delivers it."""
-    return (np.round(np.clip(x * 10 ** (gain_db / 20), -1, 1) * 32767) / 32767).astype(np.float32)
+    return quantise_16bit(x * 10 ** (gain_db / 20))
 
 
 def audio_files(folder: Path) -> list[Path]:

@@ -13,7 +13,7 @@ from tests.search_helpers import SR, build_searcher, synth_song
 from workflow_lib.audio.files import load_audio, write_audio
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.evaluation.degrade import (Degradation, add_noise, bandlimit, compress, convolve, degrade, ir_pool,
-                                  reverberate, rms)
+                                             quantise_16bit, reverberate, rms)
 from workflow_lib.evaluation.chunks import run_in_chunks
 from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, snr_of, target_checks
 from workflow_lib.evaluation.neural import run_neural
@@ -145,6 +145,28 @@ def test_phone_chain_band_limits_colours_and_codes():
     assert np.corrcoef(q, song[SR:4 * SR])[0, 1] > 0.3  # still the same music
 
 
+def test_a_quiet_capture_is_played_softer_and_recorded_in_16_bits():
+    song = synth_song(7, 6.0)
+    q, _ = degrade(song, SR, 3 * SR, Degradation(level_db=-40.0), np.random.default_rng(0))
+    loud, _ = degrade(song, SR, 3 * SR, Degradation(), np.random.default_rng(0))
+    assert 20 * np.log10(rms(q) / rms(loud)) == pytest.approx(-40.0, abs=0.1)
+    steps = q.astype(np.float64) * 32767
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # on the converter's grid
+    assert np.unique(np.round(steps)).size < np.unique(np.round(loud * 32767.0)).size / 10  # lost its low bits
+    np.testing.assert_array_equal(quantise_16bit(np.array([2.0, -2.0, 0.0])), [1.0, -1.0, 0.0])
+
+
+def test_a_capture_level_is_drawn_last_so_other_draws_stay_as_they_were():
+    plan = QueryPlan()
+    room = Condition("10 dB + room", 10.0, "room", "bandlimit", "phone", (0.97, 1.03), True)
+    quiet = Condition("quiet", 10.0, "room", "bandlimit", "phone", (0.97, 1.03), True, level_db=(-45.0, -30.0))
+    for seed in range(20):
+        a = plan.degradation(room, np.random.default_rng(seed))
+        b = plan.degradation(quiet, np.random.default_rng(seed))
+        assert a.level_db is None and -45.0 <= b.level_db <= -30.0
+        assert Degradation(**{**b.__dict__, "level_db": None}) == a
+
+
 def test_condition_validation():
     with pytest.raises(ValueError, match="room must be"):
         Condition("x", room="cave")
@@ -154,6 +176,10 @@ def test_condition_validation():
         QueryPlan.from_config({"conditions": [{"name": "a"}, {"name": "a"}]})
     plan = QueryPlan.from_config({"conditions": [{"name": "fast", "speed": [0.96, 1.04], "snr_db": 10}]})
     assert plan.conditions[0].speed == (0.96, 1.04) and plan.conditions[0].max_speed == 1.04
+    plan = QueryPlan.from_config({"conditions": [{"name": "quiet", "level_db": [-45, -30]}]})
+    assert plan.conditions[0].level_db == (-45.0, -30.0) and not plan.conditions[0].is_clean
+    with pytest.raises(ValueError, match="level_db"):
+        Condition("x", level_db=(-30.0, 6.0))
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -286,6 +312,7 @@ def test_query_set_files_table_and_determinism(corpus, tmp_path, caplog):
         [(logging.INFO, "calibration")]
     assert len(t1) == (4 + 2) * 2 * 2
     assert set(t1.condition) == {"clean", "5 dB + room"} and (t1[t1.condition != "clean"].room == "room").all()
+    assert t1.level_db.isna().all()  # no quiet condition in this plan
     unk = t1[t1.group == "unknown"]
     assert unk.song_id.isna().all() and set(unk.source_song_id) <= {"s3", "s4"}
     assert (unk.exclude_song == unk.source_song_id).all() and t1[t1.in_db].exclude_song.isna().all()

@@ -49,3 +49,12 @@ def test_the_schema_is_a_valid_json_schema():
     schema = parse_yaml(SCHEMA.read_text())
     jsonschema.validators.validator_for(schema).check_schema(schema)
     assert yaml.safe_load(SCHEMA.read_text()) == schema  # libyaml reads it as the pure-Python loader does
+
+
+def test_the_default_conditions_are_the_ones_config_yaml_lists():
+    """Python callers without a config (``QueryPlan()``) evaluate and calibrate on what the workflow's users get."""
+    from workflow_lib.common.config import REPO, read_yaml
+    from workflow_lib.evaluation.plan import DEFAULT_CONDITIONS, QueryPlan
+
+    listed = QueryPlan.from_config(read_yaml(REPO / "config" / "config.yaml")["evaluate"]).conditions
+    assert listed == DEFAULT_CONDITIONS and any(c.level_db for c in listed)

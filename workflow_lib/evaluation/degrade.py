@@ -3,7 +3,8 @@ impulse response, one device per query, as a real recording would have), in nump
 
 Order follows the signal path of a song played in a room and recorded by a phone: the source as played (speed
 change, broadcast compression), the room or resonant space (linear convolution), the room's noise, the recording
-device (band limits and EQ, which colour the noise too) and finally the transmission codec of a call or voice note.
+device (band limits and EQ, which colour the noise too), the capture's level (a quiet recording, quantised to 16 bits
+as a converter would) and finally the transmission codec of a call or voice note.
 
 Impulse responses are drawn from a *pool* of the bank by kind (``ir_pool``): ``room`` (every room), ``long``
 (rooms with RT60 >= 1.5 s), ``real long`` (measured rooms with RT60 >= 1.5 s), ``real`` (measured rooms),
@@ -42,6 +43,7 @@ class Degradation:
     codec: str | None = None  # transmission codec (codecs.CODECS), last in the chain
     speed: float = 1.0  # source played this much faster
     compress: tuple[float, float] | None = None  # source compression (ratio, threshold dB below the loudest 30 ms)
+    level_db: float | None = None  # capture level relative to the song as mastered (dB; quantised to 16 bits)
 
     @property
     def reverb(self) -> bool:
@@ -147,6 +149,12 @@ def limit_peak(x: np.ndarray, peak: float = PEAK_LIMIT) -> np.ndarray:
     return (x * (peak / m)).astype(np.float32) if m > peak else x.astype(np.float32)
 
 
+def quantise_16bit(x: np.ndarray) -> np.ndarray:
+    """``x`` clipped to [-1, 1] on the 16-bit grid, as a converter records it (a quiet capture loses its low bits
+    there)."""
+    return (np.round(np.clip(np.asarray(x, dtype=np.float64), -1.0, 1.0) * 32767.0) / 32767.0).astype(np.float32)
+
+
 def ir_pool(bank: ClipBank, pool: str) -> np.ndarray:
     """Rows of ``bank`` in an impulse-response pool (``IR_POOLS``). Banks without kinds hold rooms only."""
     if pool not in IR_POOLS:
@@ -213,6 +221,8 @@ def degrade(song: np.ndarray, start: int, length: int, spec: Degradation, rng: n
     x = bandlimit(x, spec.highpass_hz, spec.lowpass_hz)
     if spec.eq:
         x = apply_eq(x, list(spec.eq))
+    if spec.level_db is not None:
+        x = quantise_16bit(limit_peak(x) * np.float32(10.0 ** (spec.level_db / 20.0)))
     if spec.codec is not None:
         x = encode_decode(limit_peak(x), spec.codec)
     return limit_peak(x), info

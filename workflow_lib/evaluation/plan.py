@@ -5,7 +5,9 @@ A condition is a capture chain (see ``degrade``): ``snr_db`` background noise, `
 (``room``, ``long``, ``real``, ``real long``, ``resonant``), ``device`` the recording device (``bandlimit``: random
 band limits for ``bandlimit_prob`` of the queries, as a cheap microphone; ``phone``: a 300-3400 Hz phone band with
 a random 2-4 band EQ of up to +-12 dB), ``codec`` a transmission codec (``phone``: one of the voice-call codecs, or a
-codec name), ``speed`` a playback speed range and ``compress`` broadcast compression of the source.
+codec name), ``speed`` a playback speed range, ``compress`` broadcast compression of the source and ``level_db`` a
+range for the capture's level relative to the song as mastered (a quiet capture: music played softly or far from
+the microphone, recorded as 16-bit audio).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Condition:
     codec: str | None = None
     speed: tuple[float, float] | None = None
     compress: bool = False
+    level_db: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -53,6 +56,12 @@ class Condition:
             if not 0.5 < lo <= hi < 2.0:
                 raise ValueError(f"condition {self.name!r}: speed must be a range within (0.5, 2)")
             object.__setattr__(self, "speed", (lo, hi))
+        if self.level_db is not None:
+            lo, hi = (float(v) for v in self.level_db)
+            if not -90.0 <= lo <= hi <= 0.0:
+                raise ValueError(f"condition {self.name!r}: level_db must be a range within [-90, 0] dB, got "
+                                 f"{list(self.level_db)}")
+            object.__setattr__(self, "level_db", (lo, hi))
 
     @property
     def is_clean(self) -> bool:
@@ -66,8 +75,9 @@ class Condition:
     def from_dict(cls, d: dict[str, Any]) -> "Condition":
         check_keys(d, (f.name for f in fields(cls)), f"evaluate.conditions ({d})")
         d = dict(d)
-        if d.get("speed") is not None:
-            d["speed"] = tuple(d["speed"])
+        for key in ("speed", "level_db"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         if d.get("snr_db") is not None:
             d["snr_db"] = float(d["snr_db"])
         return cls(**d)
@@ -86,6 +96,7 @@ DEFAULT_CONDITIONS = (
     Condition("5 dB + resonant", 5.0, "resonant"),
     Condition("phone", 10.0, "room", "phone", "phone"),
     Condition("speed +-5 % + 10 dB", 10.0, "room", None, None, (0.95, 1.05), True),
+    Condition("quiet 10 dB + room", 10.0, "room", "bandlimit", level_db=(-45.0, -30.0)),
 )
 
 
@@ -128,7 +139,7 @@ class QueryPlan:
         return plan
 
     def degradation(self, cond: Condition, rng: np.random.Generator) -> Degradation:
-        """The random draws of one query under ``cond`` (band limits, EQ, codec, speed, compression)."""
+        """The random draws of one query under ``cond`` (band limits, EQ, codec, speed, compression, level)."""
         if cond.is_clean:
             return Degradation()
         hp = lp = None
@@ -146,7 +157,9 @@ class QueryPlan:
         speed = float(rng.uniform(*cond.speed)) if cond.speed else 1.0
         comp = (float(rng.uniform(*COMPRESS_RATIO)), float(rng.uniform(*COMPRESS_THRESHOLD_DB))) \
             if cond.compress else None
-        return Degradation(cond.snr_db, cond.room, hp, lp, eq, codec, speed, comp)
+        # drawn last, so a condition without a level draws what it drew before level_db existed
+        level = float(rng.uniform(*cond.level_db)) if cond.level_db else None
+        return Degradation(cond.snr_db, cond.room, hp, lp, eq, codec, speed, comp, level)
 
     def digest(self, extra: Any = None) -> str:
         blob = json.dumps([asdict(self), extra], sort_keys=True, default=str)

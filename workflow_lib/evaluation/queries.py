@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 GROUPS = ("unseen", "trained", "unknown")
 QUERY_COLUMNS = ["query_id", "group", "song_id", "in_db", "source_song_id", "exclude_song", "start_s",
                  "start_sample", "length_s", "condition", "snr_db", "room", "ir", "highpass_hz", "lowpass_hz", "eq",
-                 "codec", "speed", "compress", "file"]
+                 "codec", "speed", "compress", "level_db", "file"]
 
 
 def usable_conditions(plan: QueryPlan, noise_bank: ClipBank | None, ir_bank: ClipBank | None, *,
@@ -156,7 +156,7 @@ def write_query_set(out_dir: str | Path, groups: dict[str, pd.DataFrame], plan: 
                              "codec": spec.codec, "speed": spec.speed,
                              "compress": None if spec.compress is None else f"{spec.compress[0]:.1f}:1 at "
                                                                             f"{spec.compress[1]:.0f} dB",
-                             "file": rel})
+                             "level_db": np.nan if spec.level_db is None else spec.level_db, "file": rel})
                 bar.update()
 
     done = {g: _draw_starts(songs, counts[g], plan, g, cut, span_s) for g, songs in groups.items()}
