@@ -4,8 +4,9 @@
 
 Excerpts are cut at random (seeded) offsets from the database songs (paths from results/catalogue.parquet),
 degraded like the evaluation's queries (held-out test noise at --snr dB plus a held-out test impulse response:
-results/noise/test, results/irs/test) and streamed through the listener's core hop by hop, exactly as the live
-listener does after resampling: the two views (``listener.views``; ``--one-view``: the stream as it is only). Reported:
+results/noise/test, results/irs/test; with --level-db played quieter) and streamed through the listener's core
+hop by hop, exactly as the live listener does after resampling: the two views (``listener.views``; ``--one-view``:
+the stream as it is only). Reported:
 
 * compute per decision (embedding of the newest segment + the window's sequence searches), p50 / p95 / max, with
   the model on CPU at --threads threads, and the model preset and database size it was measured with;
@@ -48,6 +49,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--room", default="room", choices=IR_POOLS,
                    help="impulse-response pool of the held-out responses (default: %(default)s)")
     p.add_argument("--no-reverb", action="store_true")
+    p.add_argument("--level-db", type=float, default=None, metavar="DB",
+                   help="play every excerpt this many dB under its song's mastered level, recorded in 16 bits (a "
+                        "quiet capture: the evaluation's level_db), e.g. -40")
+    p.add_argument("--no-raise", action="store_true",
+                   help="quiet seconds are not raised before the model (with --set silence_dbfs=-55: the level rule "
+                        "before 2026-12-06; bench/quiet_queries.py's query_level_rule)")
     p.add_argument("--changes", type=int, default=30, help="song-change pairs (default: %(default)s)")
     p.add_argument("--unknown", type=int, default=50,
                    help="excerpts of songs outside the database (catalogue songs not in the index)")
@@ -98,6 +105,11 @@ def main() -> None:
     r = Path(args.results)
     settings = load_settings(str(r), args.config, overrides)  # the settings the results folder was built with
     cfg = settings.listen
+    if args.no_raise:
+        sys.path.insert(0, str(REPO / "bench"))
+        from quiet_queries import query_level_rule
+
+        query_level_rule(cfg.silence_dbfs, None)
     # the model the folder was built with (its model.source: trained there, or a bundled or given file)
     layout = ResultsLayout.of(r, run_config(r, args.config)[0])
     searcher = Searcher.from_layout(layout, **{**settings.search, "device": "cpu"})
@@ -115,7 +127,7 @@ def main() -> None:
     need = int((args.length + 1) * SR)
     ids = [sid for sid in ids if len(songs[sid]) >= need]
     noise, irs = ClipBank(r / "noise" / "test"), ClipBank(r / "irs" / "test")
-    spec = Degradation(snr_db=args.snr, room=None if args.no_reverb else args.room)
+    spec = Degradation(snr_db=args.snr, room=None if args.no_reverb else args.room, level_db=args.level_db)
     rng = np.random.default_rng(args.seed)
     n = int(args.length * SR)
     fp = searcher.fingerprinter

@@ -58,6 +58,9 @@ def main() -> int:
                     help="listen.window_s values to try (s; default: the results folder's)")
     ap.add_argument("--persistent-hops", nargs="+", default=None,
                     help="listen.persistent_hops values to try (none: off; default: the results folder's)")
+    ap.add_argument("--silence-dbfs", type=float, default=None,
+                    help="listen.silence_dbfs, the scan's gate (default: the results folder's; a folder made before "
+                         "2026-12-06 records -55, today's default is -65)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default 2)")
     ap.add_argument("--room", default=None, help="impulse-response pool of the programmes (default: the folder's)")
     ap.add_argument("--snr", nargs="+", type=float, default=None, help="SNRs of the programmes (default: the folder's)")
@@ -93,6 +96,8 @@ def main() -> int:
         # --max-fpr is the rate the scan decides at (a folder's recorded listen.scan_max_fpr would override it)
         listen = {**cfg["listen"], "max_fpr": fpr, "scan_max_fpr": None, "consistent_hops": hops, "window_s": window,
                   "persistent_hops": persist, "follow_island_s": island}
+        if args.silence_dbfs is not None:
+            listen["silence_dbfs"] = args.silence_dbfs
         tables = []
         for seed in seeds:
             evaluate = {**cfg["evaluate"], "monitoring": {**monitoring, "seed": seed, "whitened": views == 2}}
@@ -112,7 +117,8 @@ def main() -> int:
         print(f"pooled over seeds {seeds}, max_fpr {fpr}, consistent_hops {hops}, edge_share {share}, "
               f"self_null_gap {gap:g}, follow_island_s {island:g}, min_duration {shortest:g} s, "
               f"short play {short[0]:g} s at {short[1]:g}, window {window:g} s, "
-              f"persistent_hops {persist}, views {views}, room {monitoring.get('room_pool', 'room')}:")
+              f"persistent_hops {persist}, views {views}, room {monitoring.get('room_pool', 'room')}, "
+              f"silence gate {listen['silence_dbfs']:g} dBFS:")
         print(pooled.round(3).to_string(index=False))
     return 0
 
