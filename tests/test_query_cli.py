@@ -300,6 +300,25 @@ def test_table_output_and_vote_mode(results, cli, tmp_path, capsys):
     assert "unknown.ogg" in out[2] and "no match" in out[2] and "best guess" in out[2]
 
 
+def test_a_silent_or_too_quiet_file_says_how_loud_it_was(results, cli, tmp_path, capsys):
+    """"no match (silence)" for a capture too quiet to search names its loudest second and the gate, so it is told
+    from an empty file (the JSON's level_dbfs: null for digital silence and for every other answer)."""
+    song = synth_song(41, 25.0)[6 * SR:12 * SR]
+    sf.write(tmp_path / "zeros.wav", np.zeros(3 * SR, np.float32), SR)
+    sf.write(tmp_path / "far.wav", song * np.float32(10 ** (-75 / 20) / np.sqrt(np.mean(song ** 2))), SR,
+             subtype="FLOAT")
+    sf.write(tmp_path / "clip.wav", song, SR)
+    files = [str(tmp_path / n) for n in ("zeros.wav", "far.wav", "clip.wav")]
+    assert cli.main([*files, "--results", str(results), "--json", "--device", "cpu"]) == 0
+    zeros, far, clip = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert zeros["reason"] == far["reason"] == "silence" and zeros["level_dbfs"] is None
+    assert -80 < far["level_dbfs"] < -70 and clip["match"] and clip["level_dbfs"] is None
+    assert cli.main([*files, "--results", str(results), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "no match (silence)" in out[1] and "(digital silence)" in out[1]
+    assert f"(loudest second {far['level_dbfs']:.0f} dBFS, under the -65 dBFS gate)" in out[2]
+
+
 def test_a_folder_is_every_audio_file_below_it(results, cli, tmp_path, capsys):
     (tmp_path / "clips").mkdir()
     f = _query_files(tmp_path / "clips")

@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from workflow_lib.audio.segments import QUERY_SILENCE_DBFS
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, EXIT_SETUP, common_options, fail
 from workflow_lib.cli.text import display_width, fmt_time, pad, printable
 from workflow_lib.common.layout import missing_results
@@ -108,6 +109,9 @@ def print_table(rows: list[dict], out=None) -> None:
             g = r["best_guess"]
             named = " - ".join(printable(x) for x in (g["artist"], g["title"]) if x) if g else ""
             label = f"(best guess: {named or printable(g['song_id'])})" if g else "-"
+            if r["reason"] == "silence":
+                label = "(digital silence)" if r.get("level_dbfs") is None else \
+                    f"(loudest second {r['level_dbfs']:.0f} dBFS, under the {QUERY_SILENCE_DBFS:.0f} dBFS gate)"
         if r.get("occurrences"):
             label += (f" [at {fmt_time(r['file_start_s'])}-{fmt_time(r['file_end_s'])} of the file"
                       + (f"; {r['occurrences']} occurrences, see nafp scan]" if r["occurrences"] > 1 else "]"))
