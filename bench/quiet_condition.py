@@ -53,7 +53,8 @@ def main() -> int:
         print(f"== {cond}: capture levels {lo:.1f} to {hi:.1f} dB under the songs' mastered level")
         for length, g in q.groupby("length_s"):
             ref = unseen[(unseen["condition"] == args.against) & (unseen["length_s"] == length)]
-            print(f"  {length:g} s, all levels: {rates(g)}" + (f"   | {args.against}: {rates(ref)}" if len(ref) else ""))
+            beside = f"   | {args.against}: {rates(ref)}" if len(ref) else ""
+            print(f"  {length:g} s, all levels: {rates(g)}{beside}")
             for b, gb in g.groupby(pd.cut(g["level_db"], edges, include_lowest=True), observed=True):
                 print(f"    {b.left:6.1f} to {b.right:6.1f} dB: {rates(gb)}")
     unknown = m[m["group"] == "unknown"]

@@ -94,17 +94,6 @@ def row_for(path: str, match, error: str | None, duration_s: float | None) -> di
             "track": None, "track_start_s": None, "album": None, "level_dbfs": None}
 
 
-def loudest_second_dbfs(audio: np.ndarray) -> float | None:
-    """The level of a query's loudest second as the silence gate measures it (``audio.segments``; None for digital
-    silence): what a "no match (silence)" answer heard."""
-    from workflow_lib.audio.segments import frame, segment_levels_db
-
-    x = np.asarray(audio, dtype=np.float32)
-    x = np.pad(x, (0, max(0, SEGMENT_SAMPLES - len(x))))  # a query under a second, padded as the search pads it
-    loudest = float(np.max(segment_levels_db(frame(x)), initial=-np.inf))
-    return round(loudest, 1) if np.isfinite(loudest) else None
-
-
 def named_by_track(answer: dict, names) -> dict:
     """``answer`` (a row, or its ``best_guess``) named by the track playing at its offset when its song is an album
     image (``listener.tracks.track_fields``)."""
@@ -158,6 +147,8 @@ def answer(searcher, audio: np.ndarray, listen, name: str) -> dict:
     match, scan = answer_file(searcher, audio, listen, name)
     row = with_tracks(row_for(name, match, None, round(len(audio) / SAMPLE_RATE, 3)), names)
     if match.reason == "silence":  # how quiet it was, so a capture too quiet is told from an empty one
+        from workflow_lib.search.searcher import loudest_second_dbfs
+
         row["level_dbfs"] = loudest_second_dbfs(audio)
     if scan is not None and scan.occurrences:
         row = with_occurrence(row, scan_by_tracks(scan, names))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
+from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS, frame, segment_levels_db
 from workflow_lib.common.layout import ResultsLayout, is_bundled
 from workflow_lib.search.subhop import peak_shift
 from workflow_lib.search.threshold import Calibration, decision_statistic
@@ -505,6 +505,13 @@ def _pad_query(audio: np.ndarray) -> np.ndarray:
     if len(audio) < SEGMENT_SAMPLES:
         audio = np.pad(audio, (0, SEGMENT_SAMPLES - len(audio)))
     return audio
+
+
+def loudest_second_dbfs(audio_8k: np.ndarray) -> float | None:
+    """The level of a query's loudest second as its silence gate measures it (None for digital silence): what a
+    "no match (silence)" answer heard."""
+    loudest = float(np.max(segment_levels_db(frame(_pad_query(audio_8k))), initial=-np.inf))
+    return round(loudest, 1) if np.isfinite(loudest) else None
 
 
 class Searcher:
