@@ -10,7 +10,10 @@ Songs: every ``--every``-th audio file of ``--music`` (sorted) that the database
 ``--gate DBFS``, ``--raise-to DBFS`` and ``--no-raise`` try another rule for the query's seconds (``--gate -55
 --no-raise``: the rule before 2026-12-06, the database's gate). ``--noise DIR`` also plays 5 s clips of the
 recordings in DIR (rooms, streets, rain: no music) at each ``--noise-levels`` RMS level and prints how many are
-answered with a song (every one a false positive) and how many are silence.
+answered with a song (every one a false positive) and how many are silence. ``--passages`` instead queries the
+quiet passages of the database's own songs (every catalogue song; one 3 s stretch each whose every second is -55 to
+-38 dBFS: fingerprinted in the database as they are, not raised), as they are, under brown noise at 10 dB and 20 dB
+louder, to show what raising only the query's quiet seconds costs there.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def query_level_rule(gate_dbfs: float, raise_to: float | None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results")
-    ap.add_argument("--music", required=True, type=Path)
+    ap.add_argument("--music", type=Path, help="the songs' folder (not with --passages)")
     ap.add_argument("--every", type=int, default=4)
     ap.add_argument("--songs", type=int, default=38)
     ap.add_argument("--clips", type=int, default=2)
@@ -75,6 +78,9 @@ def main() -> None:
     ap.add_argument("--noise", type=Path)
     ap.add_argument("--noise-levels", type=float, nargs="+", default=[-30, -45, -55, -60, -65])
     ap.add_argument("--noise-clips", type=int, default=200)
+    ap.add_argument("--passages", action="store_true",
+                    help="query the quiet passages of the database's songs instead (their every second -55 to -38 "
+                         "dBFS)")
     ap.add_argument("--listen-minutes", type=float, default=0.0,
                     help="also stream this many minutes of the --noise recordings at each level through the live "
                          "listener and count the songs it declares")
@@ -86,6 +92,10 @@ def main() -> None:
 
     db = Database.open(args.results, device="cpu")
     catalogue = pd.read_parquet(Path(args.results) / "catalogue.parquet")
+    if args.passages:
+        return quiet_passages(db, catalogue, np.random.default_rng(0))
+    if args.music is None:
+        raise SystemExit("--music is needed (or --passages)")
     song_of = {str(Path(p).resolve()): s for p, s in zip(catalogue.path, catalogue.song_id) if isinstance(p, str)}
     files = [p.resolve() for p in audio_files(args.music)[::args.every] if str(p.resolve()) in song_of][:args.songs]
     if not files:
@@ -124,6 +134,38 @@ def main() -> None:
         noise_queries(db, args, rng)
     if args.noise and args.listen_minutes > 0:
         noise_listened(db, args, rng)
+
+
+def quiet_passages(db, catalogue: pd.DataFrame, rng: np.random.Generator) -> None:
+    """One 3 s stretch of every catalogue song whose every second is -55 to -38 dBFS (over the database's gate,
+    under the query's raise: its fingerprints were made from the quiet audio), queried as it is, under brown noise
+    at 10 dB SNR and 20 dB louder (a capture louder than the file)."""
+    hop_s, n = 0.5, int(CLIP_S * SAMPLE_RATE)
+    span = int(round((CLIP_S - 1) / hop_s)) + 1  # the 1 s segments a 3 s stretch holds
+    clips, levels = [], []
+    for song, path in zip(catalogue.song_id, catalogue.path):
+        audio = load_audio(path)
+        lv = segment_levels_db(frame(audio))
+        levels.append(lv)
+        quiet = (lv >= SILENCE_DBFS) & (lv <= -38.0)
+        fits = np.flatnonzero(np.convolve(quiet.astype(int), np.ones(span, int), "valid") == span)
+        if len(fits):
+            start = int(fits[rng.integers(len(fits))] * hop_s * SAMPLE_RATE)
+            clips.append((str(song), audio[start:start + n]))
+    lv = np.concatenate(levels)
+    between = np.mean((lv >= SILENCE_DBFS) & (lv < QUERY_LEVEL_DBFS)) * 100
+    print(f"{len(catalogue)} songs, {len(lv)} one-second segments at a {hop_s:g} s hop: "
+          f"{np.mean(lv < SILENCE_DBFS) * 100:.1f} % under {SILENCE_DBFS:g} dBFS (not indexed), {between:.1f} % from "
+          f"there to {QUERY_LEVEL_DBFS:g} dBFS; {len(clips)} quiet stretches of {CLIP_S:g} s (16-bit)")
+    for name, gain_db, noisy in (("as they are", 0.0, False), ("brown noise at 10 dB", 0.0, True),
+                                 ("20 dB louder", 20.0, False)):
+        right = accepted = 0
+        for song, clip in clips:
+            x = add_noise(clip, GENERATORS["brown"](rng, len(clip)), SNR_DB) if noisy else clip
+            answer = db.query(played(x, gain_db), sample_rate=SAMPLE_RATE)
+            right += (answer["best_guess"] or answer)["song_id"] == song
+            accepted += answer["song_id"] == song
+        print(f"  {name}: best guess right {right} of {len(clips)}, right and accepted {accepted}")
 
 
 def level_cosines(db, audio: np.ndarray, attenuations: list[float]) -> None:
