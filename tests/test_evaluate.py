@@ -333,6 +333,29 @@ def test_query_set_files_table_and_determinism(corpus, tmp_path, caplog):
     assert np.array_equal(load_audio(tmp_path / "a" / q.file), load_audio(tmp_path / "b" / q.file))
 
 
+def test_a_quiet_condition_writes_quiet_queries_and_records_their_level(corpus, tmp_path):
+    """The query set's files are played at the drawn level (the rest of the chain as at full level), the table
+    names it, and the conditions before it cut the very same queries as without it."""
+    songs, noise, irs = corpus
+    groups = {"unseen": songs.iloc[:2], "unknown": songs.iloc[3:4]}
+    room = Condition("10 dB + room", 10.0, "room")
+    quiet = Condition("quiet 10 dB + room", 10.0, "room", level_db=(-45.0, -30.0))
+    plan = QueryPlan(seed=1, n_starts=3, n_out_of_db_starts=1, lengths_s=(2,), conditions=(room, quiet))
+    with_quiet = write_query_set(tmp_path / "q", groups, plan, noise, irs)
+    without = write_query_set(tmp_path / "r", groups, QueryPlan(**{**plan.__dict__, "conditions": (room,)}),
+                              noise, irs)
+    loud = with_quiet[with_quiet.condition == room.name].reset_index(drop=True)
+    pd.testing.assert_frame_equal(loud, without.reset_index(drop=True))
+    for f in loud.file:
+        assert np.array_equal(load_audio(tmp_path / "q" / f), load_audio(tmp_path / "r" / f))
+    soft = with_quiet[with_quiet.condition == quiet.name]
+    assert len(soft) == len(loud) and soft.level_db.between(-45.0, -30.0).all() and loud.level_db.isna().all()
+    for q in soft.itertuples():
+        full = load_audio(tmp_path / "q" / loud.loc[loud.query_id.str[:6] == q.query_id[:6], "file"].iloc[0])
+        ratio_db = 20 * np.log10(rms(load_audio(tmp_path / "q" / q.file)) / rms(full))
+        assert ratio_db == pytest.approx(q.level_db, abs=1.0)  # its room and noise are drawn apart: a little spread
+
+
 def test_query_set_needs_the_banks_it_uses(corpus, tmp_path):
     songs, noise, _ = corpus
     with pytest.raises(ValueError, match="impulse-response"):
