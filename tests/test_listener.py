@@ -445,6 +445,25 @@ def test_cli_text_output_and_summary(world, tmp_path, listen_main, capsys):
     assert "as it is and whitened" in out  # the world's calibration has two-view thresholds
 
 
+def test_a_folder_that_gates_at_the_old_default_is_noted(world, tmp_path, listen_main, capsys):
+    """A results folder indexed before 2026-12-06 records listen.silence_dbfs -55: the listener and the scan say so,
+    and how to name quieter captures; today's settings say nothing."""
+    from workflow_lib.cli.main import main
+
+    path = tmp_path / "q.flac"
+    sf.write(path, world.songs[world.db_ids[0]][SR:7 * SR], SR)
+    old = tmp_path / "old.yaml"
+    old.write_text("listen:\n  silence_dbfs: -55\n")
+    common = ["--results", str(world.results), "--input", str(path), "--fast", "--search-device", "cpu"]
+    assert listen_main(common) == 0
+    assert "note: listen.silence_dbfs" not in capsys.readouterr().out
+    assert listen_main([*common, "--config", str(old)]) == 0
+    out = capsys.readouterr().out
+    assert "note: listen.silence_dbfs is -55 dBFS" in out and "silence_dbfs: -65" in out and "Heard 1 song" in out
+    assert main(["scan", str(path), "--results", str(world.results), "--config", str(old), "--json"]) == 0
+    assert "note: listen.silence_dbfs is -55 dBFS" in capsys.readouterr().err
+
+
 def test_cli_clear_errors(tmp_path, listen_main, capsys):
     # A music folder given as the results folder is named for what it is (before, the settings' warning and a
     # missing index/index.json, and an index/.lock left among the user's songs by the commands that lock it).

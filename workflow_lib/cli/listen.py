@@ -92,6 +92,24 @@ def load_settings(results: str, config_path: str | None = None, overrides: dict[
     return ListenSettings(listen, searcher_kwargs(cfg.get("search") or {}), cli.get("device"), threads, sources, cfg)
 
 
+# listen.silence_dbfs before 2026-12-06, which a results folder indexed then records (its config.yaml is the whole
+# effective config): quiet captures are named down to QUERY_SILENCE_DBFS only once the folder is indexed again.
+OLD_SILENCE_DBFS = -55.0
+
+
+def old_gate_note(listen: ListenConfig) -> str | None:
+    """A note for settings that still gate at the old default, so a user who upgraded learns why a quiet capture
+    is "silence" in the listener and the scan while ``nafp query`` names it."""
+    from workflow_lib.audio.segments import QUERY_SILENCE_DBFS
+
+    if listen.silence_dbfs != OLD_SILENCE_DBFS:
+        return None
+    return (f"note: listen.silence_dbfs is {OLD_SILENCE_DBFS:g} dBFS, the default before 2026-12-06 (a results folder "
+            f"indexed before then records it): quieter seconds are silence here. Since then a capture far from the "
+            f"speaker is named down to {QUERY_SILENCE_DBFS:g} dBFS: run nafp index on the folder again, or give "
+            f"listen: {{silence_dbfs: {QUERY_SILENCE_DBFS:g}}} in --config.")
+
+
 def _sigterm_as_interrupt(signum, frame):  # a service manager's stop ends the session like Ctrl-C
     raise KeyboardInterrupt
 
@@ -165,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     what = source.name if args.input else f"input device '{source.name}' at {source.sample_rate} Hz"
     views = "; as it is and whitened" if isinstance(core, TwoViewCore) else ""
+    if note := old_gate_note(settings.listen):
+        display.message(note)
     display.message(f"Listening to {what} (window {settings.listen.window_s:g} s, match after "
                     f"{settings.listen.consistent_hops} agreeing hops{views}). Ctrl-C to stop.")
     status = EXIT_OK

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("- (stdin) can be given once")
     if problem := missing_results(args.results):
         return fail(problem)
-    from workflow_lib.cli.listen import load_settings
+    from workflow_lib.cli.listen import load_settings, old_gate_note
     from workflow_lib.api import SetupError, scan_recording
     from workflow_lib.cli.query import expand_folders, load_searcher
 
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(args.results, args.config, {"window_s": args.window})
     except ValueError as exc:
         return fail(str(exc))
+    if note := old_gate_note(settings.listen):
+        print(note, file=sys.stderr)
     import torch
 
     from workflow_lib.audio.files import AudioDecodeError, iter_audio
