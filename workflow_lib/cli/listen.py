@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
 from workflow_lib.api import LISTEN_COMMAND_KEYS
+from workflow_lib.audio.segments import QUERY_SILENCE_DBFS
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, common_options, fail
 from workflow_lib.cli.text import display_width, fit, fmt_time, song_label, terminal_width
 from workflow_lib.common.layout import missing_results
@@ -100,8 +101,6 @@ OLD_SILENCE_DBFS = -55.0
 def old_gate_note(listen: ListenConfig) -> str | None:
     """A note for settings that still gate at the old default, so a user who upgraded learns why a quiet capture
     is "silence" in the listener and the scan while ``nafp query`` names it."""
-    from workflow_lib.audio.segments import QUERY_SILENCE_DBFS
-
     if listen.silence_dbfs != OLD_SILENCE_DBFS:
         return None
     return (f"note: listen.silence_dbfs is {OLD_SILENCE_DBFS:g} dBFS, the default before 2026-12-06 (a results folder "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from pathlib import Path
 from typing import Iterable
 
@@ -60,7 +61,7 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
     problems: list[dict] = []
     seen = {os.path.realpath(root)}
     skipped = {os.path.realpath(d) for d in skip} - seen
-    links: list[str] = []  # links to folders, entered once every folder reached without one has been walked
+    links: deque[tuple[str, str]] = deque()  # (link, its target): entered once every folder without one is walked
 
     def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
         problems.append({"path": shown(exc.filename), "reason": f"folder cannot be read ({exc.strerror}): skipped",
@@ -70,14 +71,17 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
         for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
             keep = []
             for d in sorted(dirnames):
+                if d.startswith("."):
+                    continue
                 full = os.path.join(dirpath, d)
-                if d.startswith(".") or os.path.realpath(full) in skipped:
+                real = os.path.realpath(full)
+                if real in skipped:
                     continue
                 if not is_utf8(d):
                     problems.append(not_utf8_problem(full, folder=True))
                 elif os.path.islink(full):
-                    links.append(full)
-                elif not already_scanned(full):  # a folder inside a linked one may be the collection's own
+                    links.append((full, real))
+                elif not already_scanned(full, real):  # a folder inside a linked one may be the collection's own
                     keep.append(d)
             dirnames[:] = keep
             for name in sorted(filenames):
@@ -92,8 +96,7 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
                     problems.append({"path": shown(p), "reason": f"broken symbolic link (to {shown(os.readlink(p))})",
                                      "hides": "file"})
 
-    def already_scanned(full: str) -> bool:
-        real = os.path.realpath(full)
+    def already_scanned(full: str, real: str) -> bool:
         if real in seen:
             problems.append({"path": shown(full), "reason": f"symbolic link to a folder already scanned "
                              f"({shown(real)}): skipped, not scanned twice", "hides": None})
@@ -103,8 +106,8 @@ def walk_files(root: Path, skip: Iterable[str | Path] = ()) -> tuple[list[Path],
 
     walk(root)
     while links:
-        full = links.pop(0)
-        if not already_scanned(full):
+        full, real = links.popleft()
+        if not already_scanned(full, real):
             walk(full)
     return sorted(files), problems
 
