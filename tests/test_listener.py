@@ -22,8 +22,8 @@ from workflow_lib.listener.devices import FileSource, ListenerError
 from workflow_lib.database.index import FingerprintDB, RowMap, normalize
 from workflow_lib.cli.listen import Display, load_settings
 from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
-from workflow_lib.listener.core import (LISTENING, MATCH, SILENCE, Listener, ListenConfig, ListenerCore, NeighbourCache,
-                                   RingBuffer)
+from workflow_lib.listener.core import LISTENING, MATCH, SILENCE, ListenConfig, ListenerCore, NeighbourCache
+from workflow_lib.listener.worker import Listener, RingBuffer
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 8000
@@ -617,9 +617,9 @@ class _DeviceThatStalls:
 def test_a_device_that_stops_delivering_audio_is_named_and_the_session_goes_on(synth, monkeypatch):
     import time
 
-    from workflow_lib.listener import core as core_module
+    from workflow_lib.listener import worker as worker_module
 
-    monkeypatch.setattr(core_module, "NO_AUDIO_WARN_S", 0.3)
+    monkeypatch.setattr(worker_module, "NO_AUDIO_WARN_S", 0.3)
     src = _DeviceThatStalls()
     told = []
     listener = Listener(ListenerCore(synth[1]), src, lambda d: None, told.append)  # nafp listen: the display's line

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     from workflow_lib.common.layout import ResultsLayout
-    from workflow_lib.listener.core import Listener
+    from workflow_lib.listener.worker import Listener
     from workflow_lib.listener.views import TwoViewCore, listener_core
 
     # Before the settings and the microphone: a missing database is the first thing to fix.
