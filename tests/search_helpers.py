@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from workflow_lib.model.embed import embed_audio
-from workflow_lib.database.index import FingerprintDB, RowMap, normalize
+from workflow_lib.database.index import FingerprintDB, RowMap
+from workflow_lib.database.vectors import normalize
 from workflow_lib.search.searcher import Searcher
 
 SR = 8000

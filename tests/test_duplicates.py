@@ -5,7 +5,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from workflow_lib.database.index import FingerprintDB, RowMap, normalize
+from workflow_lib.database.index import FingerprintDB, RowMap
+from workflow_lib.database.vectors import normalize
 from workflow_lib.search.duplicates import (audio_correlation, duplicate_groups, find_duplicates,
                                             find_shared_passages, find_twins, format_exclusion, parse_exclusion,
                                             unknown_exclusion)

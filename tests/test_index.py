@@ -17,8 +17,8 @@ import yaml
 
 from tests.db_helpers import save_tiny_model, unit_vectors, write_fingerprint_file, write_songs
 from workflow_lib.database.fingerprint_file import FingerprintFileError, ModelMismatchError
-from workflow_lib.database.index import (FingerprintDB, IndexFileError, TrainSettings, add_to_index, build_index,
-                                choose_factory, make_index, remove_from_index)
+from workflow_lib.database.index import FingerprintDB, IndexFileError, add_to_index, build_index, remove_from_index
+from workflow_lib.database.index_training import TrainSettings, choose_factory, make_index
 from workflow_lib.database.removed import read_removed_songs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -340,7 +340,7 @@ def test_rerunning_one_shard_target_rebuilds_only_that_shard(tmp_path):
 
 
 def test_half_to_float_reads_read_only_rows_without_a_warning(recwarn):
-    from workflow_lib.database.index import half_to_float
+    from workflow_lib.database.vectors import half_to_float
 
     x = np.arange(12, dtype=np.float16).reshape(3, 4)
     x.flags.writeable = False  # as the memory-mapped vectors are

@@ -19,7 +19,8 @@ from tests.search_helpers import build_searcher, synth_song
 from workflow_lib.audio.files import resample
 from workflow_lib.evaluation.degrade import Degradation, degrade
 from workflow_lib.listener.devices import FileSource, ListenerError
-from workflow_lib.database.index import FingerprintDB, RowMap, normalize
+from workflow_lib.database.index import FingerprintDB, RowMap
+from workflow_lib.database.vectors import normalize
 from workflow_lib.cli.listen import Display, load_settings
 from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
 from workflow_lib.listener.core import LISTENING, MATCH, SILENCE, ListenConfig, ListenerCore, NeighbourCache

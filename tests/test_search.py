@@ -483,7 +483,7 @@ def test_offsets_between_the_hops_are_found_by_the_score_peak(mode, offset_s):
 def test_a_window_and_its_newest_segments_are_answered_as_two_searches_would():
     """``ranked_window_and_tail`` reads the newest segments' exact scores from the window's: every candidate, score,
     support and vote count is what two separate searches give, also where it has to search them on their own."""
-    from workflow_lib.database.index import normalize
+    from workflow_lib.database.vectors import normalize
     from workflow_lib.search.searcher import ranked_window_and_tail
 
     rng = np.random.default_rng(3)
