@@ -123,6 +123,37 @@ def test_json_output_names_song_offset_and_no_match(results, cli, tmp_path, caps
     assert "broken.flac" in broken["error"]
 
 
+def test_every_answer_names_the_file_of_its_song(results, cli, tmp_path, capsys):
+    """query, scan and listen name the file the song was fingerprinted from (``song_path``, from the catalogue), as
+    audfprint names its reference file; null where no song is named."""
+    import csv
+    import io
+
+    from workflow_lib.cli.main import main
+
+    catalogue = pd.read_parquet(results / "catalogue.parquet").set_index("song_id")["path"]
+    f = _query_files(tmp_path)
+    cli.main([str(f["wav"]), str(f["unknown"]), "--results", str(results), "--json", "--device", "cpu"])
+    wav, unknown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert wav["song_path"] == catalogue["song1"] and wav["best_guess"]["song_path"] == catalogue["song1"]
+    assert unknown["song_path"] is None
+    assert unknown["best_guess"]["song_path"] == catalogue[unknown["best_guess"]["song_id"]]
+
+    recording = tmp_path / "recording.wav"
+    sf.write(recording, np.concatenate([synth_song(40, 25.0)[:12 * SR], synth_song(777, 8.0)]), SR)
+    assert main(["scan", str(recording), "--results", str(results), "--csv", "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["song_id"], r["song_path"]) for r in rows if r["kind"] == "song"] == [("song0", catalogue["song0"])]
+    assert all(r["song_path"] == "" for r in rows if r["kind"] != "song")
+
+    assert main(["listen", "--input", str(recording), "--fast", "--json", "--results", str(results)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    matched = [x for x in lines if x["type"] == "decision" and x["state"] == "match"]
+    assert matched and all(x["song_path"] == catalogue[x["song_id"]] for x in matched)
+    summary = next(x for x in lines if x["type"] == "summary")
+    assert [(h["song_id"], h["song_path"]) for h in summary["heard"]] == [("song0", catalogue["song0"])]
+
+
 def test_audio_piped_on_stdin_is_answered_like_a_file(results, cli, tmp_path, capsys, monkeypatch):
     """`ffmpeg ... -f wav - | nafp query -` (streamed) and `cat clip.mp3 | nafp query -` (told by its first bytes,
     then decoded as a file): the pipe is read to its end and answered. A damaged file names the pipe and the format
@@ -247,9 +278,10 @@ def test_the_python_interface_listens_as_the_command_does(results, cli, tmp_path
     for at in range(0, len(stereo), 1234):  # blocks of any size
         decided += stream.push(stereo[at:at + 1234])
     ended = stream.finish()
-    fields = ("stream_s", "state", "song_id", "event", "song_pos_s", "confidence")
+    fields = ("stream_s", "state", "song_id", "song_path", "event", "song_pos_s", "confidence")
     assert [[d[k] for k in fields] for d in decided] == [[d[k] for k in fields] for d in printed]
     assert [h["song_id"] for h in ended["heard"]] == [h["song_id"] for h in summary["heard"]] == ["song1"]
+    assert ended["heard"][0]["song_path"] == summary["heard"][0]["song_path"] is not None
     assert ended["stream_s"] == summary["stream_s"] and len(decided) == ended["decisions"]
     with pytest.raises(ValueError, match="finished"):
         stream.push(stereo[:SR])

@@ -94,6 +94,19 @@ def row_for(path: str, match, error: str | None, duration_s: float | None) -> di
             "track": None, "track_start_s": None, "album": None, "level_dbfs": None}
 
 
+def with_song_path(record: dict, song_paths) -> dict:
+    """``record`` (an answer, its best guess, a scan row, a listener decision or a heard song, as the commands print
+    them) with ``song_path``: the file its song was fingerprinted from, as the catalogue records it (None without a
+    song), so a script can open what was named."""
+    song = record.get("song_id")
+    return {**record, "song_path": song_paths.get(song) if song else None}
+
+
+def summary_with_song_paths(summary: dict, song_paths) -> dict:
+    """A listener summary (``ListenSummary.to_dict``) whose heard songs name their files (``with_song_path``)."""
+    return {**summary, "heard": [with_song_path(h, song_paths) for h in summary["heard"]]}
+
+
 def named_by_track(answer: dict, names) -> dict:
     """``answer`` (a row, or its ``best_guess``) named by the track playing at its offset when its song is an album
     image (``listener.tracks.track_fields``)."""
@@ -152,7 +165,9 @@ def answer(searcher, audio: np.ndarray, listen, name: str) -> dict:
         row["level_dbfs"] = loudest_second_dbfs(audio)
     if scan is not None and scan.occurrences:
         row = with_occurrence(row, scan_by_tracks(scan, names))
-    return row
+    guess = row["best_guess"]
+    return {**with_song_path(row, searcher.song_paths),
+            "best_guess": with_song_path(guess, searcher.song_paths) if guess else None}
 
 
 def scan_recording(searcher, chunks: Iterable[np.ndarray], listen, name: str, min_duration_s: float = 0.0,
@@ -280,7 +295,7 @@ class Database:
             workers = fingerprint_workers(threads, self.searcher.device)
             result = scan_recording(self.searcher, chunks, self.listen_settings, label, min_duration_s, workers,
                                     whitened)
-        return result.rows()
+        return [with_song_path(r, self.searcher.song_paths) for r in result.rows()]
 
     def listen(self, sample_rate: int, channels: int = 1) -> "Stream":
         """The live listener for audio pushed as it comes (a capture callback, a network stream): ``Stream``. At
@@ -289,7 +304,8 @@ class Database:
 
         if not (isinstance(channels, int) and channels >= 1):
             raise ValueError(f"channels must be a positive integer, got {channels!r}")
-        return Stream(listener_core(self.searcher, self.listen_settings), sample_rate, channels, self.searcher.tracks)
+        return Stream(listener_core(self.searcher, self.listen_settings), sample_rate, channels, self.searcher.tracks,
+                      self.searcher.song_paths)
 
     @property
     def songs(self):
@@ -334,13 +350,14 @@ class Stream:
     reaches the listener in the capture's blocks (``listen.block_s``) whatever the sizes pushed, so the decisions
     are those of `nafp listen --input FILE --fast` for the same audio."""
 
-    def __init__(self, core, sample_rate: int, channels: int, names=None):
+    def __init__(self, core, sample_rate: int, channels: int, names=None, song_paths=None):
         import soxr
 
         from workflow_lib.audio.files import mono_samples
 
         mono_samples(np.zeros((1, channels), np.float32), sample_rate, "stream", channels)  # a bad rate, now
         self.core, self.sample_rate, self.channels, self.names = core, int(sample_rate), channels, names
+        self.song_paths = song_paths or {}
         self._resampler = soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") \
             if self.sample_rate != SAMPLE_RATE else None
         self._block = max(1, int(round(core.config.block_s * self.sample_rate)))
@@ -369,7 +386,7 @@ class Stream:
             self._decide(self._pending, last=True)
             self.core.finish()
             self._finished = True
-        return summary_by_tracks(self.core.summary(), self.names).to_dict()
+        return summary_with_song_paths(summary_by_tracks(self.core.summary(), self.names).to_dict(), self.song_paths)
 
     def _decide(self, block: np.ndarray, last: bool = False) -> list[dict]:
         """One capture block through the resampler into the listener: a decision when it completes a hop."""
@@ -377,4 +394,4 @@ class Stream:
 
         x = self._resampler.resample_chunk(block, last=last) if self._resampler is not None else block
         d = self.core.push(x) if len(x) else None
-        return [] if d is None else [decision_by_track(d, self.names).to_dict()]
+        return [] if d is None else [with_song_path(decision_by_track(d, self.names).to_dict(), self.song_paths)]

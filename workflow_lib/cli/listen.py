@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
-from workflow_lib.api import LISTEN_COMMAND_KEYS
+from workflow_lib.api import LISTEN_COMMAND_KEYS, summary_with_song_paths, with_song_path
 from workflow_lib.audio.segments import QUERY_SILENCE_DBFS
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, common_options, fail
 from workflow_lib.cli.text import display_width, fit, fmt_time, song_label, terminal_width
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         return fail(f"cannot load the database from {args.results}: {exc}")
     log.info("database loaded in %.2f s", time.perf_counter() - t0)
-    display.names = searcher.tracks
+    display.names, display.song_paths = searcher.tracks, searcher.song_paths
     core = listener_core(searcher, settings.listen)
     listener = Listener(core, source, display, display.message)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -360,6 +360,7 @@ class Display:
         self.live = (self.out.isatty() if live is None else live) and not json_lines
         self._dirty = False
         self.names = None  # the database's album tracks (``database.catalogue.TrackNames``), once it is loaded
+        self.song_paths: dict[str, str] = {}  # and its songs' files (``Searcher.song_paths``)
         self._playing: tuple[str | None, int | None] = (None, None)  # the song and track last shown as a match
 
     def __call__(self, d: Decision) -> None:
@@ -368,7 +369,7 @@ class Display:
         next_track = playing[1] is not None and self._playing[0] == playing[0] and self._playing != playing
         self._playing = playing
         if self.json:
-            self.out.write(json.dumps({"type": "decision", **d.to_dict()}) + "\n")
+            self.out.write(json.dumps({"type": "decision", **with_song_path(d.to_dict(), self.song_paths)}) + "\n")
             self.out.flush()
             return
         if self.live:
@@ -399,7 +400,8 @@ class Display:
     def summary(self, s: ListenSummary) -> None:
         s = summary_by_tracks(s, self.names)
         if self.json:
-            self.out.write(json.dumps({"type": "summary", **s.to_dict()}, default=_json_default) + "\n")
+            self.out.write(json.dumps({"type": "summary", **summary_with_song_paths(s.to_dict(), self.song_paths)},
+                                      default=_json_default) + "\n")
         else:
             self._end_line()
             self.out.write(summary_text(s) + "\n")

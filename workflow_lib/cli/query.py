@@ -2,11 +2,11 @@
 
 Prints one row per file: the song (title and artist from the catalogue), where in the song the clip starts, the
 confidence (1 - the p-value of the answer among queries of unknown songs, see ``search.searcher.Match``) and the
-time taken. A file whose answer fails the calibrated no-match rule is "no match" (with the reason), and its best
-guess is shown apart. Unreadable files are reported with the reason and make the exit status 1; the others are
-still answered. A folder stands for every audio file below it; ``-`` reads audio on stdin: WAV as a stream
-(e.g. ``arecord -d 5 -f S16_LE -r 16000 | nafp query -``), or a whole MP3, FLAC, Ogg or MP4 file (``cat clip.mp3 |
-nafp query -``).
+time taken (``--json`` also names the file each song was indexed from, ``song_path``). A file whose answer fails
+the calibrated no-match rule is "no match" (with the reason), and its best guess is shown apart. Unreadable files
+are reported with the reason and make the exit status 1; the others are still answered. A folder stands for every
+audio file below it; ``-`` reads audio on stdin: WAV as a stream (e.g. ``arecord -d 5 -f S16_LE -r 16000 | nafp
+query -``), or a whole MP3, FLAC, Ogg or MP4 file (``cat clip.mp3 | nafp query -``).
 
 A file longer than twice the listening window may hold the song in only part of it (10 s of talk, then the
 song), or several songs: it is also scanned (``nafp scan``; in two views, as it is and whitened, when the whole

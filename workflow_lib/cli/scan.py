@@ -27,7 +27,7 @@ from workflow_lib.cli.text import fmt_time, printable, song_label
 from workflow_lib.common.layout import missing_results
 
 FIELDS = ["file", "kind", "start_s", "end_s", "song_id", "title", "artist", "song_start_s", "song_end_s",
-          "confidence", "whitened", "track", "track_start_s", "album"]
+          "confidence", "whitened", "track", "track_start_s", "album", "song_path"]
 
 
 def add_parser(sub) -> None:
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if problem := missing_results(args.results):
         return fail(problem)
     from workflow_lib.cli.listen import load_settings, old_gate_note
-    from workflow_lib.api import SetupError, scan_recording
+    from workflow_lib.api import SetupError, scan_recording, with_song_path
     from workflow_lib.cli.query import expand_folders, load_searcher
 
     try:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             print(f"error: {printable(exc)}", file=sys.stderr)
             continue
-        rows = result.rows()
+        rows = [with_song_path(r, searcher.song_paths) for r in result.rows()]
         if args.json:
             for r in rows:
                 print(json.dumps(r), flush=True)

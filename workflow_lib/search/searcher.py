@@ -526,7 +526,8 @@ class Searcher:
                  calibration: Calibration | None = None, top_k: int = 20, max_candidates: int = 200,
                  mode: str = "sequence", batch_size: int = 64, device: str = "auto",
                  fallback_threshold: float = 0.5, n_results: int = 10,
-                 whitened_view: WhitenedView | None = WhitenedView(), tracks: TrackNames | None = None):
+                 whitened_view: WhitenedView | None = WhitenedView(), tracks: TrackNames | None = None,
+                 song_paths: dict[str, str] | None = None):
         from workflow_lib.database.catalogue import TrackNames
         from workflow_lib.model.embed import resolve_device
 
@@ -538,6 +539,8 @@ class Searcher:
         self.catalogue = catalogue or {}
         # the tracks of album images (``database.catalogue.TrackNames``): the commands name answers by track
         self.tracks = tracks if tracks is not None else TrackNames({})
+        # song_id -> the file it was fingerprinted from (the catalogue's path): the commands' answers name it
+        self.song_paths = song_paths or {}
         self.calibration = calibration
         self.top_k, self.max_candidates, self.mode = top_k, max_candidates, mode
         self.batch_size, self.n_results = batch_size, n_results
@@ -593,7 +596,8 @@ class Searcher:
                 log.warning("search settings differ from the calibration's (calibrated, now): %s; the "
                             "false-positive rate of the no-match rule may differ from its target", differ)
         kwargs["device"] = str(device)
-        return cls(fingerprinter, db, catalogue, calibration, tracks=TrackNames.from_catalogue(table), **kwargs)
+        return cls(fingerprinter, db, catalogue, calibration, tracks=TrackNames.from_catalogue(table),
+                   song_paths=catalogue_paths(table) if table is not None else None, **kwargs)
 
     @classmethod
     def from_layout(cls, layout: ResultsLayout, **kwargs: Any) -> "Searcher":
@@ -785,6 +789,11 @@ def searcher_kwargs(search_cfg: dict) -> dict:
     if "whitened_view" in search_cfg:
         kw["whitened_view"] = WhitenedView.from_config(search_cfg["whitened_view"])
     return kw
+
+
+def catalogue_paths(table: pd.DataFrame) -> dict[str, str]:
+    """song_id -> the song's file as the catalogue records it (songs without one left out)."""
+    return {str(s): str(p) for s, p in zip(table["song_id"], table["path"]) if isinstance(p, str) and p}
 
 
 def catalogue_titles(table: pd.DataFrame) -> dict[str, tuple[str | None, str | None]]:
