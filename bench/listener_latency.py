@@ -96,7 +96,8 @@ def main() -> None:
     from workflow_lib.common.layout import ResultsLayout
     from workflow_lib.listener.core import MATCH, ListenerCore
     from workflow_lib.listener.views import TwoViewCore, listener_core
-    from workflow_lib.search.duplicates import song_paths, twins_of, unknown_exclusion
+    from workflow_lib.database.catalogue import song_paths
+    from workflow_lib.search.duplicates import twins_of, unknown_exclusion
     from workflow_lib.search.searcher import Searcher, song_set
 
     logging.disable(logging.WARNING)

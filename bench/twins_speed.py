@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from workflow_lib.database.index import FingerprintDB  # noqa: E402
-from workflow_lib.search.duplicates import find_twins, song_paths  # noqa: E402
+from workflow_lib.database.catalogue import song_paths  # noqa: E402
+from workflow_lib.search.duplicates import find_twins  # noqa: E402
 
 
 def main() -> None:

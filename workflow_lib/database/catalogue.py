@@ -185,6 +185,11 @@ def added_catalogue_rows(fingerprint_paths: Iterable[str | Path]) -> pd.DataFram
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def song_paths(songs: pd.DataFrame) -> dict[str, str]:
+    """song id -> audio file, from a table with ``song_id`` and ``path`` (a manifest or a catalogue)."""
+    return dict(zip(songs["song_id"].astype(str), songs["path"].astype(str)))
+
+
 class TrackNames:
     """The tracks of the catalogue's album images (songs with a cue sheet): which one plays at an offset."""
 

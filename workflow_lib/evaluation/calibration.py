@@ -20,7 +20,8 @@ from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
 from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.common.progress import progress
-from workflow_lib.search.duplicates import duplicate_groups, find_twins, song_paths, unknown_exclusion
+from workflow_lib.database.catalogue import song_paths
+from workflow_lib.search.duplicates import duplicate_groups, find_twins, unknown_exclusion
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration, little_music
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, limit_peak

@@ -263,7 +263,8 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
                                                unknown_songs)
     from workflow_lib.listener.core import ListenConfig
     from workflow_lib.listener.scan import fingerprint_workers, scan_chunks
-    from workflow_lib.search.duplicates import song_paths, twins_of, unknown_exclusion
+    from workflow_lib.database.catalogue import song_paths
+    from workflow_lib.search.duplicates import twins_of, unknown_exclusion
     from workflow_lib.search.searcher import Searcher, searcher_kwargs
 
     require_held_out_unknowns(search_cfg)

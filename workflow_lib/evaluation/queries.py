@@ -28,7 +28,8 @@ from workflow_lib.common.progress import progress
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, ir_pool
 from workflow_lib.evaluation.plan import Condition, QueryPlan
-from workflow_lib.search.duplicates import format_exclusion, song_paths, twins_of, unknown_exclusion
+from workflow_lib.database.catalogue import song_paths
+from workflow_lib.search.duplicates import format_exclusion, twins_of, unknown_exclusion
 from workflow_lib.evaluation.songs import (database_song_ids, draw_songs, iter_song_audio, pick_start, query_songs,
                                            trained_songs, unknown_songs)
 

@@ -277,11 +277,6 @@ def find_twins(db, song_ids: Iterable[str], paths: Mapping[str, str] | None = No
     return table
 
 
-def song_paths(songs: pd.DataFrame) -> dict[str, str]:
-    """song id -> audio file, from a table with ``song_id`` and ``path`` (a manifest or a catalogue)."""
-    return dict(zip(songs["song_id"].astype(str), songs["path"].astype(str)))
-
-
 def _path_loader(paths: Mapping[str, str]) -> Callable[[str], np.ndarray | None]:
     from workflow_lib.audio.files import load_audio
 

@@ -573,7 +573,7 @@ class Searcher:
         if dim != db.dim:
             raise ValueError(f"{model_path} makes {dim}-d fingerprints but {index_dir} holds {db.dim}-d ones: "
                              "rebuild the index with this model")
-        from workflow_lib.database.catalogue import TrackNames, load_catalogue
+        from workflow_lib.database.catalogue import TrackNames, load_catalogue, song_paths
 
         table = load_catalogue(catalogue_path) if catalogue_path else None
         catalogue = catalogue_titles(table) if table is not None else None
@@ -597,7 +597,7 @@ class Searcher:
                             "false-positive rate of the no-match rule may differ from its target", differ)
         kwargs["device"] = str(device)
         return cls(fingerprinter, db, catalogue, calibration, tracks=TrackNames.from_catalogue(table),
-                   song_paths=catalogue_paths(table) if table is not None else None, **kwargs)
+                   song_paths=song_paths(table) if table is not None else None, **kwargs)
 
     @classmethod
     def from_layout(cls, layout: ResultsLayout, **kwargs: Any) -> "Searcher":
@@ -789,11 +789,6 @@ def searcher_kwargs(search_cfg: dict) -> dict:
     if "whitened_view" in search_cfg:
         kw["whitened_view"] = WhitenedView.from_config(search_cfg["whitened_view"])
     return kw
-
-
-def catalogue_paths(table: pd.DataFrame) -> dict[str, str]:
-    """song_id -> the song's file as the catalogue records it (songs without one left out)."""
-    return {str(s): str(p) for s, p in zip(table["song_id"], table["path"]) if isinstance(p, str) and p}
 
 
 def catalogue_titles(table: pd.DataFrame) -> dict[str, tuple[str | None, str | None]]:
