@@ -25,10 +25,6 @@ def frame(audio: np.ndarray, seg: int = SEGMENT_SAMPLES, hop: int = HOP_SAMPLES)
         audio, shape=(n, seg), strides=(audio.strides[0] * hop, audio.strides[0]), writeable=False)
 
 
-def segment_start_seconds(segment: int | np.ndarray, hop: int = HOP_SAMPLES, sr: int = SAMPLE_RATE):
-    return np.asarray(segment) * hop / sr
-
-
 def check_framing(source: str, sample_rate: int | None = None, segment_samples: int | None = None,
                   hop_samples: int | None = None) -> None:
     """Refuse a file made for another framing than this build's (``workflow_lib.SAMPLE_RATE``, 1 s segments at

@@ -174,35 +174,6 @@ def iter_rows(path: str | Path, batch_rows: int = ROW_GROUP_ROWS, dtype: type = 
                                    "job") from exc
 
 
-def iter_songs(path: str | Path, dtype: type = np.float32) -> Iterator[tuple[str, np.ndarray]]:
-    """Stream ``(song_id, embeddings (J, D))`` per song, checking that segments run 0..J-1 in order."""
-    cur: str | None = None
-    segs: list[np.ndarray] = []
-    embs: list[np.ndarray] = []
-
-    def finish() -> tuple[str, np.ndarray]:
-        seg = np.concatenate(segs)
-        if not np.array_equal(seg, np.arange(len(seg))):
-            raise FingerprintFileError(f"{path}: song {cur}: segments are not 0..{len(seg) - 1} in order")
-        return cur, np.concatenate(embs)  # type: ignore[return-value]
-
-    for ids, seg, emb in iter_rows(path, dtype=dtype):
-        if not len(ids):
-            continue
-        # Boundaries between runs of equal song ids inside this batch.
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        ends = np.r_[starts[1:], len(ids)]
-        for s, e in zip(starts, ends):
-            if ids[s] != cur:
-                if cur is not None:
-                    yield finish()
-                cur, segs, embs = ids[s], [], []
-            segs.append(seg[s:e])
-            embs.append(emb[s:e])
-    if cur is not None:
-        yield finish()
-
-
 def read_fingerprints(path: str | Path, dtype: type = np.float32) -> tuple[ShardMeta, pd.DataFrame, np.ndarray]:
     """Whole file: (meta, table of ``song_id, segment``, embeddings ``(n, D)``). For tests and small files."""
     meta = read_meta(path)

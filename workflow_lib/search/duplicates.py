@@ -291,13 +291,3 @@ def _path_loader(paths: Mapping[str, str]) -> Callable[[str], np.ndarray | None]
             return None
 
     return load
-
-
-def load_duplicates(path) -> pd.DataFrame:
-    """The table ``find_duplicates`` wrote (CSV); an empty one when ``path`` is None or missing (a database
-    built before duplicates were looked for)."""
-    from pathlib import Path
-
-    if path is None or not Path(path).exists():
-        return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(path, dtype={"song_id": str, "duplicate_id": str})
