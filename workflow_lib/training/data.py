@@ -354,8 +354,3 @@ class ViewSource:
         number): a batch depends on nothing else, so any process can draw it and a killed run resumes at any
         batch with the very views the uninterrupted run would draw."""
         return self.pairs(np.random.default_rng(list(key)), rows)
-
-    def song_segments(self, song: int) -> tuple[int, int]:
-        """(first row, number of rows) of ``song`` in the segment grid."""
-        rows = np.flatnonzero(self.song_index == song)
-        return (int(rows[0]), len(rows)) if len(rows) else (0, 0)
