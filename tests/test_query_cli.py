@@ -332,6 +332,32 @@ def test_table_output_and_vote_mode(results, cli, tmp_path, capsys):
     assert "unknown.ogg" in out[2] and "no match" in out[2] and "best guess" in out[2]
 
 
+def test_candidates_list_the_best_songs_of_each_answer(results, cli, tmp_path, capsys):
+    """``--candidates N``: the answer's N best candidate songs, best first (the best guess first of them), in the
+    JSON and under each row of the table; none without it; the Python interface gives the same."""
+    from workflow_lib.api import Database
+
+    f = _query_files(tmp_path)
+    files = [str(f["wav"]), str(f["unknown"])]
+    assert cli.main([*files, "--results", str(results), "--json", "--device", "cpu", "--candidates", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for r in rows:
+        ranked = r["candidates"]
+        assert 1 <= len(ranked) <= 2 and ranked[0] == r["best_guess"]
+        assert [c["score"] for c in ranked] == sorted((c["score"] for c in ranked), reverse=True)
+        assert len({c["song_id"] for c in ranked}) == len(ranked) and all(c["song_path"] for c in ranked)
+    assert rows[0]["candidates"][0]["song_id"] == "song1" and abs(rows[0]["candidates"][0]["offset_s"] - 6) <= 0.25
+    db = Database.open(results, device="cpu")
+    assert _without_time(db.query(f["wav"], candidates=2, name=files[0])) == _without_time(rows[0])
+    assert db.query(f["wav"])["candidates"] is None
+
+    assert cli.main([files[0], "--results", str(results), "--device", "cpu", "--candidates", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and "1. song1" in out[2] and "Nyquist - Copper Engine (score" in out[2] and "0:06" in out[2]
+    assert cli.main([files[0], "--results", str(results), "--candidates", "-1"]) == 2
+    assert "--candidates" in capsys.readouterr().err
+
+
 def test_a_silent_or_too_quiet_file_says_how_loud_it_was(results, cli, tmp_path, capsys):
     """"no match (silence)" for a capture too quiet to search names its loudest second and the gate, so it is told
     from an empty file (the JSON's level_dbfs: null for digital silence and for every other answer)."""

@@ -75,17 +75,22 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
-def row_for(path: str, match, error: str | None, duration_s: float | None) -> dict:
-    """The answer to one file as ``nafp query --json`` prints it: the match's fields, or the file's error."""
+def _guess(g) -> dict:
+    """A candidate song (``search.searcher.BestGuess``) as the answer rows print it."""
+    return {"song_id": g.song_id, "title": g.title, "artist": g.artist, "offset_s": _ms(g.offset_s),
+            "score": round(g.score, 4), "track": None, "track_start_s": None, "album": None}
+
+
+def row_for(path: str, match, error: str | None, duration_s: float | None, candidates: int = 0) -> dict:
+    """The answer to one file as ``nafp query --json`` prints it: the match's fields, or the file's error;
+    ``candidates`` > 0 also lists that many of the answer's candidate songs, best first (else None)."""
     if error is not None:
         return {"file": path, "error": error}
     g = match.best_guess
-    guess = None if g is None else {"song_id": g.song_id, "title": g.title, "artist": g.artist,
-                                    "offset_s": _ms(g.offset_s), "score": round(g.score, 4), "track": None,
-                                    "track_start_s": None, "album": None}
     return {"file": path, "match": match.is_match, "song_id": match.song_id, "title": match.title,
             "artist": match.artist, "offset_s": _ms(match.offset_s), "confidence": round(match.confidence, 4),
-            "reason": match.reason, "best_guess": guess,
+            "reason": match.reason, "best_guess": None if g is None else _guess(g),
+            "candidates": [_guess(c) for c in match.candidates[:candidates]] if candidates > 0 else None,
             "score": round(match.score, 4) if math.isfinite(match.score) else None,
             "decision": round(match.decision, 4) if math.isfinite(match.decision) else None,
             "threshold": round(match.threshold, 4), "mode": match.mode, "views": match.views,
@@ -116,12 +121,18 @@ def named_by_track(answer: dict, names) -> dict:
     return answer if fields is None else {**answer, **fields, "track_start_s": round(fields["track_start_s"], 3)}
 
 
+def _each_named(row: dict, name) -> dict:
+    """``row`` (an answer) with ``name`` applied to it, its best guess and its candidates."""
+    guess, ranked = row["best_guess"], row.get("candidates")
+    return {**name(row), "best_guess": name(guess) if guess else None,
+            "candidates": None if ranked is None else [name(c) for c in ranked]}
+
+
 def with_tracks(row: dict, names) -> dict:
-    """A row's answer and best guess named by their tracks (``named_by_track``)."""
+    """A row's answer, best guess and candidates named by their tracks (``named_by_track``)."""
     if "error" in row or not names:
         return row
-    guess = row["best_guess"]
-    return {**named_by_track(row, names), "best_guess": named_by_track(guess, names) if guess else None}
+    return _each_named(row, lambda x: named_by_track(x, names))
 
 
 def answer_file(searcher, audio, listen, name: str = "", whitened: bool | None = None):
@@ -151,23 +162,22 @@ def with_occurrence(row: dict, scan) -> dict:
             "album": best.album}
 
 
-def answer(searcher, audio: np.ndarray, listen, name: str) -> dict:
+def answer(searcher, audio: np.ndarray, listen, name: str, candidates: int = 0) -> dict:
     """The answer ``nafp query`` gives for ``audio`` (8 kHz mono): the whole file's, or for a long file the longest
-    occurrence its scan found; named by the track when the song is an album image."""
+    occurrence its scan found; named by the track when the song is an album image. ``candidates``: how many of the
+    whole file's candidate songs to list too."""
     from workflow_lib.listener.tracks import scan_by_tracks
 
     names = searcher.tracks
     match, scan = answer_file(searcher, audio, listen, name)
-    row = with_tracks(row_for(name, match, None, round(len(audio) / SAMPLE_RATE, 3)), names)
+    row = with_tracks(row_for(name, match, None, round(len(audio) / SAMPLE_RATE, 3), candidates), names)
     if match.reason == "silence":  # how quiet it was, so a capture too quiet is told from an empty one
         from workflow_lib.search.searcher import loudest_second_dbfs
 
         row["level_dbfs"] = loudest_second_dbfs(audio)
     if scan is not None and scan.occurrences:
         row = with_occurrence(row, scan_by_tracks(scan, names))
-    guess = row["best_guess"]
-    return {**with_song_path(row, searcher.song_paths),
-            "best_guess": with_song_path(guess, searcher.song_paths) if guess else None}
+    return _each_named(row, lambda x: with_song_path(x, searcher.song_paths))
 
 
 def scan_recording(searcher, chunks: Iterable[np.ndarray], listen, name: str, min_duration_s: float = 0.0,
@@ -268,12 +278,13 @@ class Database:
         return removed, missing
 
     def query(self, audio: str | os.PathLike | np.ndarray, sample_rate: int | None = None,
-              name: str | None = None) -> dict:
+              name: str | None = None, candidates: int = 0) -> dict:
         """The answer to a file or to samples in memory (``sample_rate`` then required): the object ``nafp query
         --json`` prints (``file`` is ``name``, else the path, else "samples"). ``match`` says whether the no-match
-        rule trusts it; the song fields are None when it does not, and ``best_guess`` holds the nearest song."""
+        rule trusts it; the song fields are None when it does not, and ``best_guess`` holds the nearest song;
+        ``candidates`` > 0 lists that many candidate songs, best first (``nafp query --candidates``)."""
         samples, label = self._audio(audio, sample_rate, name)
-        return answer(self.searcher, samples, self.listen_settings, label)
+        return answer(self.searcher, samples, self.listen_settings, label, candidates)
 
     def scan(self, audio: str | os.PathLike | np.ndarray, sample_rate: int | None = None, *,
              min_duration_s: float = 0.0, whitened: bool = False, threads: int = 1,

@@ -2,7 +2,8 @@
 
 Prints one row per file: the song (title and artist from the catalogue), where in the song the clip starts, the
 confidence (1 - the p-value of the answer among queries of unknown songs, see ``search.searcher.Match``) and the
-time taken (``--json`` also names the file each song was indexed from, ``song_path``). A file whose answer fails
+time taken (``--json`` also names the file each song was indexed from, ``song_path``; ``--candidates N`` lists the
+N best candidate songs under each answer, ``candidates`` in the JSON). A file whose answer fails
 the calibrated no-match rule is "no match" (with the reason), and its best guess is shown apart. Unreadable files
 are reported with the reason and make the exit status 1; the others are still answered. A folder stands for every
 audio file below it; ``-`` reads audio on stdin: WAV as a stream (e.g. ``arecord -d 5 -f S16_LE -r 16000 | nafp
@@ -53,6 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument("--top-k", type=int, default=None, help="neighbours per query segment (default: search.top_k)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default: search.nprobe)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda... (default: search.device)")
+    p.add_argument("--candidates", type=int, default=0, metavar="N",
+                   help="also list the N best candidate songs of each answer, best first, with their offsets and "
+                        "match scores (JSON: candidates; default: none)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for fingerprinting (default: %(default)s; a query is a small batch, more "
                         "threads only pay off for files of minutes)")
@@ -86,6 +90,15 @@ def expand_folders(items: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
+def _song_and_offset(x: dict) -> tuple[str, float | None]:
+    """An answer's (or candidate's) "artist - title", named by its track for an album image, and its offset (into
+    the track then)."""
+    label = " - ".join(printable(v) for v in (x["artist"], x["title"]) if v) or printable(x["song_id"])
+    if x.get("track") is not None:  # the offset column is then into the track
+        label += f" (track {x['track']}" + (f" of {printable(x['album'])})" if x.get("album") else ")")
+    return label, None if x["offset_s"] is None else x["offset_s"] - (x.get("track_start_s") or 0.0)
+
+
 def print_table(rows: list[dict], out=None) -> None:
     out = out or sys.stdout
     head = ["file", "song", "artist - title", "offset", "confidence", "time"]
@@ -98,12 +111,10 @@ def print_table(rows: list[dict], out=None) -> None:
         if "error" in r:
             lines.append([name, "ERROR", printable(r["error"]), "", "", ""])
             continue
-        offset = r["offset_s"] - (r.get("track_start_s") or 0.0) if r["match"] else None
+        offset = None
         if r["match"]:
             song = printable(r["song_id"])
-            label = " - ".join(printable(x) for x in (r["artist"], r["title"]) if x) or "-"
-            if r.get("track") is not None:  # the offset column is then into the track
-                label += f" (track {r['track']}" + (f" of {printable(r['album'])})" if r.get("album") else ")")
+            label, offset = _song_and_offset(r)
         else:
             song = f"no match ({r['reason']})"
             g = r["best_guess"]
@@ -117,6 +128,10 @@ def print_table(rows: list[dict], out=None) -> None:
                       + (f"; {r['occurrences']} occurrences, see nafp scan]" if r["occurrences"] > 1 else "]"))
         lines.append([name, song, label, fmt_time(offset) if r["match"] else "-", f"{r['confidence']:.3f}",
                       f"{r['seconds'] * 1000:.0f} ms"])
+        for rank, c in enumerate(r.get("candidates") or [], 1):  # --candidates: one line each, under the answer
+            named, at = _song_and_offset(c)
+            lines.append(["", f"  {rank}. {printable(c['song_id'])}", f"{named} (score {c['score']:.3f})",
+                          fmt_time(at), "", ""])
     widths = [max(len(h), *(display_width(str(x[i])) for x in lines)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)), file=out)
     for x in lines:
@@ -130,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("--nprobe must be at least 1")
     if args.threads < 1:
         return fail("--threads must be at least 1")
+    if args.candidates < 0:
+        return fail("--candidates must be 0 or more")
     if args.files.count("-") > 1:
         return fail("- (stdin) can be given once")
     if problem := missing_results(args.results):  # before torch loads (seconds)
@@ -165,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
                 audio = np.concatenate([np.zeros(0, np.float32), *iter_piped_audio(sys.stdin.buffer)])
             else:
                 audio = load_audio(path)
-            row = answer(searcher, audio, listen, name)
+            row = answer(searcher, audio, listen, name, args.candidates)
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             row = row_for(name, None, str(exc), None)

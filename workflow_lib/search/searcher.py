@@ -104,7 +104,8 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class BestGuess:
-    """The strongest candidate of a search, whether or not the no-match rule accepted it."""
+    """A candidate song of a search, with its offset and match score: the strongest is the answer's best guess,
+    whether or not the no-match rule accepted it."""
 
     song_id: str
     title: str | None
@@ -145,6 +146,8 @@ class Match:
     reason: str | None = None
     views: int = 1  # 2: the better-of-two-views rule (``SearchResult.views``); the threshold is the one for it
     whitened: bool = False  # the answer came from the whitened view
+    # the answering view's candidate songs, best first (the best guess first of them; ``Searcher.n_results`` at most)
+    candidates: tuple[BestGuess, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -756,13 +759,16 @@ class Searcher:
             conf = self.calibration.for_views(result.views).confidence(stat, result.n_segments)
         else:  # uncalibrated: the raw score is the only honest number there is
             conf = float(np.clip(best.score, 0.0, 1.0))
-        title, artist = self.catalogue.get(best.song_id, (None, None))
-        guess = BestGuess(best.song_id, title, artist, best.offset_s, best.score)
+        ranked = tuple(BestGuess(c.song_id, *self.catalogue.get(c.song_id, (None, None)), c.offset_s, c.score)
+                       for c in result.candidates)
+        guess = ranked[0]
         if stat >= thr:
-            return Match(best.song_id, title, artist, best.offset_s, conf, True, result.n_segments, seconds_taken,
-                         result.mode, best.score, thr, timings or {}, stat, guess, None, result.views, result.whitened)
+            return Match(best.song_id, guess.title, guess.artist, best.offset_s, conf, True, result.n_segments,
+                         seconds_taken, result.mode, best.score, thr, timings or {}, stat, guess, None, result.views,
+                         result.whitened, ranked)
         return Match(None, None, None, None, conf, False, result.n_segments, seconds_taken, result.mode,
-                     best.score, thr, timings or {}, stat, guess, "below threshold", result.views, result.whitened)
+                     best.score, thr, timings or {}, stat, guess, "below threshold", result.views, result.whitened,
+                     ranked)
 
     def identify_embeddings(self, emb: np.ndarray, mode: str | None = None) -> Match:
         """Answer for ready ``(J, D)`` fingerprints, e.g. the listener's cached ones of the last few seconds."""
