@@ -1,0 +1,73 @@
+"""The listener left on in a room where no music plays: how often does it name a song?
+
+    .venv/bin/python bench/empty_room.py RESULTS --noise DIR [--levels -60 -50 -40 -30] [--config FILE]
+
+Every recording under ``--noise`` (rooms, streets, rain, wind: no music) is brought to the same RMS, the lot is
+joined into one stream and played at each of ``--levels`` dBFS (recorded in 16 bits) into the listener of ``RESULTS``
+(``Database.listen``, the decisions of `nafp listen --input FILE --fast`; ``--config`` merged over the folder's
+settings, e.g. a folder indexed before 2026-12-06 given today's ``listen:`` defaults). Printed per level: the
+decisions that were silence, listening and match, and every song declared (each one a false declaration), with how
+long it was held and its best confidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from workflow_lib import SAMPLE_RATE  # noqa: E402
+
+AUDIO = {".wav", ".flac", ".ogg", ".mp3", ".opus"}
+
+
+def room_stream(folder: Path) -> np.ndarray:
+    """Every recording below ``folder`` at unit RMS (digital silence left out), joined in name order."""
+    from workflow_lib.audio.files import load_audio
+
+    parts = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO):
+        x = load_audio(path)
+        rms = float(np.sqrt(np.mean(x ** 2))) if len(x) else 0.0
+        if rms > 1e-5:
+            parts.append(x / rms)
+    if not parts:
+        sys.exit(f"{folder}: no audio with sound in it")
+    return np.concatenate(parts).astype(np.float32)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", type=Path, help="a results folder (a workflow run or `nafp index`)")
+    ap.add_argument("--noise", type=Path, required=True, help="a folder of recordings without music")
+    ap.add_argument("--levels", type=float, nargs="+", default=[-60.0, -50.0, -40.0, -30.0], help="RMS, dBFS")
+    ap.add_argument("--config", type=Path, default=None, help="settings merged over the folder's own")
+    args = ap.parse_args()
+    from workflow_lib.api import Database
+    from workflow_lib.evaluation.degrade import quantise_16bit
+
+    room = room_stream(args.noise)
+    db = Database.open(args.results, args.config)
+    block = SAMPLE_RATE  # pushed a second at a time; the stream cuts its own capture blocks
+    print(f"{len(room) / SAMPLE_RATE / 60:.1f} min of room noise from {args.noise}; listener of {args.results}")
+    for level in args.levels:
+        x = quantise_16bit(room * 10 ** (level / 20))  # as a sound card records it
+        stream = db.listen(SAMPLE_RATE)
+        states: Counter[str] = Counter()
+        for at in range(0, len(x), block):
+            states.update(d["state"] for d in stream.push(x[at:at + block]))
+        heard = stream.finish()["heard"]
+        named = "; ".join(f"{h['title']} at {h['start_s']:.0f} s for {h['end_s'] - h['start_s']:.1f} s "
+                          f"(confidence up to {h['max_confidence']:.2f})" for h in heard) or "none"
+        print(f"{level:6.0f} dBFS: decisions {sum(states.values())} (silence {states['silence']}, listening "
+              f"{states['listening']}, match {states['match']}); songs declared {len(heard)}: {named}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
