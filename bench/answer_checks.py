@@ -26,17 +26,17 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE  # noqa: E402
+from workflow_lib.evaluation.metrics import EXACT_TOL_S, score_results  # noqa: E402
 
 ROOMS = ("10 dB + room", "5 dB + room", "0 dB + room")
 HOP_S = HOP_SAMPLES / SAMPLE_RATE
-EXACT_S = 0.25  # the evaluation's tolerance for an exact offset
 
 
 def false_positive_audio(answers: pd.DataFrame, songs: pd.DataFrame) -> None:
     from workflow_lib.audio.files import load_audio
     from workflow_lib.search.duplicates import audio_correlation
 
-    fp = answers[(answers["group"] == "unknown") & answers["is_match"]]
+    fp = answers[answers["false_positive"]]
     print(f"1. accepted answers to unknown songs' queries: {len(fp)} of {int((answers['group'] == 'unknown').sum())}")
     path = dict(zip(songs["song_id"].astype(str), songs["path"]))
     cache: dict[str, np.ndarray] = {}
@@ -51,7 +51,8 @@ def false_positive_audio(answers: pd.DataFrame, songs: pd.DataFrame) -> None:
         src = audio(str(x.source_song_id))
         clip = src[int(x.start_s * SAMPLE_RATE):int((x.start_s + x.length_s) * SAMPLE_RATE)]
         named = audio(str(x.best))
-        lo, hi = max(0, int((x.offset - 1.0) * SAMPLE_RATE)), int((x.offset + x.length_s + 1.0) * SAMPLE_RATE)
+        at = x.top_offset_s
+        lo, hi = max(0, int((at - 1.0) * SAMPLE_RATE)), int((at + x.length_s + 1.0) * SAMPLE_RATE)
         rows.append((x.condition, x.length_s, str(x.best), audio_correlation(clip, named[lo:hi])))
     table = pd.DataFrame(rows, columns=["condition", "length_s", "named", "correlation"])
     if len(table):
@@ -74,8 +75,6 @@ def grid_place(answers: pd.DataFrame, songs: pd.DataFrame) -> None:
     from workflow_lib.evaluation.repeats import same_audio_answers
 
     seen = answers[answers["group"] == "unseen"].copy()
-    seen["song_top1"] = seen["best"] == seen["song_id"]
-    seen["seg_top1_exact"] = seen["song_top1"] & ((seen["offset"] - seen["start_s"]).abs() <= EXACT_S)
     phase = seen["start_s"] % HOP_S
     seen["to_grid"] = np.minimum(phase, HOP_S - phase)
     bins = pd.cut(seen["to_grid"], [-0.001, 0.0625, 0.125, 0.1875, HOP_S / 2 + 0.001])
@@ -87,8 +86,8 @@ def grid_place(answers: pd.DataFrame, songs: pd.DataFrame) -> None:
         cells = "  ".join(f"{str(b)}: {x['song_top1'].mean() * 100:.1f} / {x['seg_top1_exact'].mean() * 100:.1f} "
                           f"(n {len(x)})" for b, x in g)
         print(f"   {name:<20} {cells}")
-    clean = seen[seen["condition"] == "clean"].rename(columns={"offset": "top_offset_s"})
-    clean = clean.assign(repeat=same_audio_answers(clean, songs, EXACT_S))
+    clean = seen[seen["condition"] == "clean"]
+    clean = clean.assign(repeat=same_audio_answers(clean, songs, EXACT_TOL_S))
     for far, g in clean.groupby(clean["to_grid"] > 0.1875):
         miss = g[g["song_top1"] & ~g["seg_top1_exact"]]
         print(f"   clean, {'more than' if far else 'within'} 0.1875 s of the grid: exact "
@@ -103,9 +102,11 @@ def main() -> int:
     args = ap.parse_args()
     ev = args.results / "eval"
     answers = pd.read_parquet(ev / "results_neural.parquet")
-    answers = answers[answers["mode"] == "sequence"].merge(pd.read_parquet(ev / "queries" / "queries.parquet"),
-                                                          on="query_id")
-    answers = answers.assign(best=answers["top_songs"].str[0], offset=answers["top_offsets_s"].str[0])
+    queries = pd.read_parquet(ev / "queries" / "queries.parquet")
+    # the evaluation's own per-query flags (song_top1, seg_top1_exact, false_positive, top_offset_s)
+    answers = score_results(queries, answers[answers["mode"] == "sequence"])
+    answers = answers.merge(queries[["query_id", "source_song_id"]], on="query_id")
+    answers = answers.assign(best=answers["top_songs"].str[0])
     songs = pd.read_parquet(args.results / "manifest" / "songs.parquet")
     false_positive_audio(answers, songs)
     right_song_rank(answers, args.lengths)
