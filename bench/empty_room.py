@@ -29,13 +29,13 @@ AUDIO = {".wav", ".flac", ".ogg", ".mp3", ".opus"}
 def room_stream(folder: Path) -> np.ndarray:
     """Every recording below ``folder`` at unit RMS (digital silence left out), joined in name order."""
     from workflow_lib.audio.files import load_audio
+    from workflow_lib.data.noise import normalise_rms
 
     parts = []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO):
         x = load_audio(path)
-        rms = float(np.sqrt(np.mean(x ** 2))) if len(x) else 0.0
-        if rms > 1e-5:
-            parts.append(x / rms)
+        if len(x) and np.sqrt(np.mean(np.square(x, dtype=np.float64))) > 1e-5:
+            parts.append(normalise_rms(x, 1.0))
     if not parts:
         sys.exit(f"{folder}: no audio with sound in it")
     return np.concatenate(parts).astype(np.float32)
