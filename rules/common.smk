@@ -5,7 +5,7 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from workflow_lib.common.layout import is_bundled, model_source_path
+from workflow_lib.common.layout import is_bundled, model_source_path, null_bank_path
 from workflow_lib.database.catalogue import CATALOGUE_FORMAT
 from workflow_lib.model.model_file import ModelFileError, verify_checksum
 
@@ -196,3 +196,13 @@ QUERY_PLAN = {k: v for k, v in config["evaluate"].items()
 def monitoring_results(wildcards=None):
     return [rules.monitor.output.results] if config["evaluate"]["monitoring"]["enabled"] else []
 SEARCH_PARAMS = {k: v for k, v in config["search"].items() if k not in ("batch_size", "device", "mode")}
+# Off, the bundled other music is left out of the params: results folders made before it keep their calibration.
+SEARCH_PARAMS["calibration"] = _params_without(config["search"]["calibration"], {"bundled_other_music"},
+                                               config["search"]["calibration"]["bundled_other_music"])
+
+
+def null_bank_input(wildcards=None):
+    """The bundled other music the calibration adds (search.calibration.bundled_other_music), when the model has one:
+    an input, so a new bank recalibrates."""
+    path = null_bank_path(MODEL_FILE)
+    return [str(path)] if config["search"]["calibration"]["bundled_other_music"] and path.is_file() else []

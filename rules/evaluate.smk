@@ -13,6 +13,7 @@ rule calibrate:
         splits=rules.split.output.splits,
         noise=rules.prepare_noise.output.train,
         irs=rules.prepare_irs.output.train,
+        null_bank=null_bank_input,
     output:
         threshold=PATHS["threshold"],
         table=report(PATHS["thresholds_csv"], caption="../report/thresholds.rst", category="Settings",

@@ -16,8 +16,9 @@ import pytest
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.files import load_audio, write_audio
-from workflow_lib.common.layout import BUNDLED_MODEL
+from workflow_lib.common.layout import BUNDLED_MODEL, null_bank_path
 from workflow_lib.data.demo_corpus import generate_demo_corpus
+from workflow_lib.evaluation.null_bank import NullBank
 
 N_SONGS = 7  # six generated songs and an album kept as one file with a cue sheet
 ALBUM_SHEET = """PERFORMER "The Band"
@@ -100,11 +101,15 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     # ... but not the cover art: a line each in the manifest's log, counted in the summary (the album's picture)
     assert "cover.jpg" not in r.stderr and "cover.jpg: not an audio file" in (db / "logs" / "manifest.log").read_text()
     threshold = json.loads((db / "index" / "threshold.json").read_text())
-    # Calibrated leave-one-song-out on every database song (no evaluation keeps half of them), and on the unknown
-    # music, which is not in the database; so little music is said to be too little.
+    # Calibrated leave-one-song-out on every database song (no evaluation keeps half of them), on the unknown
+    # music, which is not in the database, and on the other music shipped with the model (none of it in the
+    # database); so the music is enough, and no warning says it is too little.
+    bundled = NullBank.load(null_bank_path(BUNDLED_MODEL)).meta["songs"]
     assert threshold["lengths"] and threshold["meta"]["database_songs"] == N_SONGS
-    assert threshold["meta"]["n_songs"] == N_SONGS + 3 and threshold["meta"]["unknown_songs"] == "all"
-    assert "unknown music: " in r.stderr and "the no-match rule is calibrated on 10 song(s)" in r.stderr
+    assert threshold["meta"]["bundled_other_music"]["songs"] == len(bundled) >= 20
+    assert threshold["meta"]["bundled_other_music"]["held_by_database"] == []
+    assert threshold["meta"]["n_songs"] == N_SONGS + 3 + len(bundled) and threshold["meta"]["unknown_songs"] == "all"
+    assert "unknown music: " in r.stderr and "the no-match rule is calibrated on" not in r.stderr
     from workflow_lib.cli.index import BUNDLED_LISTEN_PERSISTENT_HOPS, BUNDLED_SCAN_MAX_FPR, FOLLOW_ISLAND_S
     from workflow_lib.common.config import run_config
     # the bundled model's own operating point for `nafp scan` / `listen`, recorded with the folder's settings
@@ -170,8 +175,8 @@ def test_the_python_interface_opens_what_nafp_index_made(indexed):
     answer = db.query(audio[25 * SAMPLE_RATE:33 * SAMPLE_RATE], sample_rate=SAMPLE_RATE)
     assert answer["match"] and (answer["track"], answer["title"], answer["album"]) == (2, "Café au lait", "Live")
     assert len(db.songs) == N_SONGS and db.songs.loc[answer["song_id"], "tracks"] == 3
-    # `nafp db info` says later what the calibration warned of: 10 songs are too little music to calibrate on
-    assert re.search(r"^calibrated on 10 song\(s\) \(\d+ min of music\).*--unknown-music", db.info["little_music"])
+    # with the bundled other music, enough music to calibrate on: `nafp db info` has nothing to warn of
+    assert db.info["little_music"] is None
 
 
 def test_a_rerun_after_retagging_reuses_the_calibration(indexed):
@@ -375,6 +380,8 @@ def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
     listen = run_config(tmp_path / "db")[0]["listen"]
     assert listen["max_fpr"] == PAIR_LISTEN_MAX_FPR and listen["persistent_hops"] == PAIR_LISTEN_PERSISTENT_HOPS
     assert listen["follow_island_s"] == FOLLOW_ISLAND_S
+    # the pair ships no other music: its four songs are too little to calibrate on, and the run says so
+    assert "the no-match rule is calibrated on 4 song(s)" in r.stderr and "--unknown-music" in r.stderr
     songs = pd.read_parquet(tmp_path / "db" / "manifest" / "songs.parquet")
     clips = []
     for i, row in enumerate(songs.itertuples()):

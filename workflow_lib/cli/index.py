@@ -50,8 +50,10 @@ def add_parser(sub) -> None:
                         "more hold the threshold steadier, for proportionally more calibration time)")
     p.add_argument("--unknown-music", action="append", default=None, metavar="DIR",
                    help="other music, not to be indexed, that stands for the songs the database does not hold: the "
-                        "no-match rule is calibrated on it too. A collection of under 20 songs or 45 minutes needs "
-                        "it (else more unknown music is answered than the rule's 1 %%); give it at every run")
+                        "no-match rule is calibrated on it too. The bundled model brings 40 songs of such music "
+                        "(models/README.md); with bundled-pair or a model of your own, a collection of under 20 "
+                        "songs or 45 minutes needs it (else more unknown music is answered than the rule's 1 %%). "
+                        "Give it at every run")
     p.add_argument("--config", default=None, help="a config file merged over the index settings")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="Snakemake's full output and each stage's log lines (else only in RESULTS/logs/)")
@@ -96,7 +98,8 @@ def index_config(music: list[Path], model: str, queries_per_length: int, shards:
            "extract": {"splits": ["train", "val", "test", "distractor"],
                        "n_shards": shards or max(2, os.cpu_count() or 2)},
            # no evaluation follows, so every song gives null queries (a half is kept for it otherwise)
-           "search": {"calibration": {"queries_per_length": queries_per_length, "songs": "all"}}}
+           "search": {"calibration": {"queries_per_length": queries_per_length, "songs": "all",
+                                      "bundled_other_music": True}}}
     if model == "bundled-pair":
         cfg["listen"] = {"max_fpr": PAIR_LISTEN_MAX_FPR, "persistent_hops": PAIR_LISTEN_PERSISTENT_HOPS,
                          "follow_island_s": FOLLOW_ISLAND_S}

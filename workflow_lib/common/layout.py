@@ -30,6 +30,13 @@ def is_bundled(path: str | Path) -> bool:
     return Path(path).resolve() in {p.resolve() for p in BUNDLED_MODELS.values()}
 
 
+def null_bank_path(model_path: str | Path) -> Path:
+    """Where a model file's bank of other music's null queries lies (``evaluation.null_bank``): beside it,
+    ``models/nafp-small.pt`` -> ``models/nafp-small.null.npz``."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".null.npz")
+
+
 def model_source_path(source: str, run_dir: str | Path) -> Path | None:
     """The model file a ``model.source`` names: None for ``train`` (the run's own), the bundled model, or a path
     (relative paths are relative to the run directory, as in the workflow)."""
