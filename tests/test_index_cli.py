@@ -298,8 +298,11 @@ def test_the_stages_run_through_a_profile_with_the_shards_asked_for(tmp_path):
              "--queries-per-length", "10", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "through local" in r.stderr and "3 songs are searchable" in r.stdout
-    # 10 s songs hold no 10 s query (with a speed change): that length is left out of the calibration, said so
-    assert "the longest song is 10.0 s, so 10 s queries are not calibrated" in r.stderr
+    # 10 s songs hold no 10 s query (with a speed change): none is cut from them, said so; the other music shipped
+    # with the model calibrates that length
+    assert "the longest song is 10.0 s, so no 10 s queries are cut from the songs" in r.stderr
+    lengths = json.loads((db / "index" / "threshold.json").read_text())["lengths"]
+    assert [x["n_segments"] for x in lengths] == [1, 5, 9, 19]
     assert sorted(p.name for p in (db / "fingerprints").glob("shard-*.parquet")) == [
         "shard-0.parquet", "shard-1.parquet", "shard-2.parquet"]
 

@@ -110,7 +110,7 @@ def test_a_collection_of_short_pieces_is_calibrated_at_the_lengths_it_holds(sear
         scores = collect_null_scores(searcher, _unknown_songs(tmp_path, 400, 3, seconds=6.0), noise_bank, None, plan,
                                      n_per_length=10, noise_share=0.2, seed=0)
     assert sorted(scores) == [1, 5] and sum(map(len, scores.values())) == 20
-    assert "the longest song is 6.0 s, so 10 s queries are not calibrated" in caplog.text
+    assert "the longest song is 6.0 s, so no 10 s queries are cut from the songs" in caplog.text
     calib = fit_from_candidates(scores, "margin", 0.1, {})
     assert calib.threshold(19) == calib.threshold(5)  # a 10 s query: the 3 s threshold
 

@@ -57,13 +57,14 @@ def null_queries(songs: pd.DataFrame, noise_bank: ClipBank | None, ir_bank: Clip
     if not conds:
         raise ValueError("calibration: every condition needs a noise or impulse-response bank that is empty")
     # A collection of short pieces (jingles, sound effects) holds no query of the longest lengths: those lengths are
-    # not calibrated, and a longer query takes the longest calibrated length's threshold (``Calibration.threshold``).
+    # not cut, and a longer query takes the longest calibrated length's threshold (``Calibration.threshold``) unless
+    # other music shipped with the model calibrates it (``null_bank``).
     longest = float(songs["duration_s"].max()) if len(songs) else 0.0
     fit = [n for n in lengths if n * max(c.max_speed for c in conds) < longest]
     if len(songs) and fit and len(fit) < len(lengths):
-        log.warning("calibration: the longest song is %.1f s, so %s s queries are not calibrated (longer queries "
-                    "take the threshold of %g s ones)", longest, ", ".join(f"{n:g}" for n in lengths if n not in fit),
-                    max(fit))
+        log.warning("calibration: the longest song is %.1f s, so no %s s queries are cut from the songs (without "
+                    "other music of that length, longer queries take the threshold of %g s ones)", longest,
+                    ", ".join(f"{n:g}" for n in lengths if n not in fit), max(fit))
         lengths = fit
     if not has_noise:
         noise_share = 0.0
