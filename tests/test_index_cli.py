@@ -175,8 +175,16 @@ def test_the_python_interface_opens_what_nafp_index_made(indexed):
     answer = db.query(audio[25 * SAMPLE_RATE:33 * SAMPLE_RATE], sample_rate=SAMPLE_RATE)
     assert answer["match"] and (answer["track"], answer["title"], answer["album"]) == (2, "Café au lait", "Live")
     assert len(db.songs) == N_SONGS and db.songs.loc[answer["song_id"], "tracks"] == 3
-    # with the bundled other music, enough music to calibrate on: `nafp db info` has nothing to warn of
+    # with the bundled other music, enough music to calibrate on: `nafp db info` has nothing to warn of, and says
+    # what it was calibrated on
+    shipped = len(NullBank.load(null_bank_path(BUNDLED_MODEL)).meta["songs"])
     assert db.info["little_music"] is None
+    assert db.info["calibrated_on"]["songs"] == N_SONGS + 3 + shipped
+    assert db.info["calibrated_on"]["shipped_songs"] == shipped
+    r = nafp("db", "info", "--results", str(root / "db"), cwd=root)
+    assert r.returncode == 0 and re.search(rf"^no-match rule +calibrated on {N_SONGS + 3 + shipped} songs \(\d+ min "
+                                           rf"of music, {shipped} of them shipped with the model\); still fits",
+                                           r.stdout, re.M), r.stdout
 
 
 def test_a_rerun_after_retagging_reuses_the_calibration(indexed):

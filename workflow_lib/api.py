@@ -200,12 +200,14 @@ def describe(layout) -> dict:
     """``nafp db info --json``: the database's counts, model, index, sizes and edit history
     (``database.edit.database_info``), whether it is calibrated, and the advice to recalibrate it when it has grown
     since (``recalibrate``, None when the threshold still fits) or was calibrated on too little music
-    (``little_music``, None when it had enough)."""
+    (``little_music``, None when it had enough); ``calibrated_on``: the other music it was calibrated on
+    (``search.threshold.calibration_music``)."""
     from workflow_lib.database.edit import database_info
-    from workflow_lib.search.threshold import little_music_advice, recalibration_advice
+    from workflow_lib.search.threshold import calibration_music, little_music_advice, recalibration_advice
 
     info = database_info(layout)
     info["calibrated"] = layout.threshold.exists()
+    info["calibrated_on"] = calibration_music(layout.threshold) if info["calibrated"] else None
     info["recalibrate"] = recalibration_advice(layout.threshold, info["songs"])
     info["little_music"] = little_music_advice(layout.threshold)
     return info

@@ -131,12 +131,21 @@ def print_info(info: dict) -> None:
             ("built", f"{info['built_at']} in {info['build_seconds']} s"),
             ("edits", f"{info['added_files']} added file(s), {info['removed_songs']} removed song(s)"),
             ("no-match rule", info["recalibrate"] or info["little_music"] or (
-                "calibrated; still fits the database's size" if info["calibrated"]
+                f"calibrated{_music(info['calibrated_on'])}; still fits the database's size" if info["calibrated"]
                 else "not calibrated (no threshold.json)"))]
     for key, value in rows:
         print(f"{key:14s} {value}")
     for h in info["history"]:
         print(f"{'':14s} {h['at']} {h['op']} {count(h['songs'], 'song')} ({count(h['rows'], 'fingerprint')})")
+
+
+def _music(music: dict | None) -> str:
+    """' on 50 songs (140 min of music, 40 of them shipped with the model)' for ``api.describe``'s ``calibrated_on``."""
+    if not music:
+        return ""
+    parts = ([f"{music['minutes']:.0f} min of music"] if music["minutes"] is not None else []) + (
+        [f"{music['shipped_songs']} of them shipped with the model"] if music["shipped_songs"] else [])
+    return f" on {count(music['songs'], 'song')}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def print_songs(songs) -> None:

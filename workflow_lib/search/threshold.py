@@ -236,6 +236,20 @@ def little_music_advice(path: str | Path) -> str | None:
     return little_music(n_songs, None if minutes is None else float(minutes))
 
 
+def calibration_music(path: str | Path) -> dict[str, Any] | None:
+    """What the calibration in ``path`` searched as other music: ``songs``, ``minutes`` (None where not recorded)
+    and ``shipped_songs``, those of the other music shipped with the model (``evaluation.null_bank``); None when
+    the file cannot be read or does not say."""
+    meta = _calibration_meta(path)
+    try:
+        bundled = meta.get("bundled_other_music") or {}
+        minutes = meta.get("null_minutes")
+        return {"songs": int(meta["n_songs"]), "minutes": None if minutes is None else float(minutes),
+                "shipped_songs": int(bundled.get("songs", 0))}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 def _upper_point(sorted_scores: np.ndarray, fpr: float) -> float:
     """Strictly above the k-th largest of ``sorted_scores`` (ascending), where k = floor(n * fpr) may be exceeded:
     at most a share ``fpr`` of them lies at or above it. No scores: +inf."""
