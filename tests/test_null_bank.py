@@ -95,6 +95,21 @@ def test_a_bank_made_for_another_model_or_whitened_view_is_not_used(searcher, tm
     assert usable_bank(tmp_path / "no-bank.pt", searcher, (1, 3)) is None
 
 
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_a_damaged_bank_is_named_and_the_calibration_goes_on_without_it(searcher, tmp_path, caplog, damage):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    other = song_table(tmp_path, {"other": synth_song(300, 20.0)})
+    make_null_bank(searcher, other, None, None, PLAN, 4, seed=0, model_checksum=file_digest(model)).save(
+        null_bank_path(model))
+    whole = null_bank_path(model).read_bytes()
+    null_bank_path(model).write_bytes(whole[:len(whole) // 2] if damage == "truncated" else b"not a bank\n")
+    with caplog.at_level(logging.WARNING):
+        assert usable_bank(model, searcher, (1, 3)) is None
+    assert f"the bundled other music cannot be read ({null_bank_path(model)}: not a" in caplog.text
+    assert "calibrating without it" in caplog.text
+
+
 def test_the_bank_weighs_as_its_songs_minutes_would():
     """Bank queries count as if their songs had been given as other music: a collection with a third of the
     bank's minutes has its bank queries counted thrice as much per query as its own (at most ``MAX_WEIGHT``), a

@@ -75,12 +75,20 @@ class NullBank:
 
     @classmethod
     def load(cls, path: str | Path) -> "NullBank":
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes().decode())
-            if meta.get("format") != BANK_FORMAT:
-                raise ValueError(f"{path}: not a null-query bank of format {BANK_FORMAT}")
-            queries = pd.DataFrame(z["queries"], columns=list(_COLUMNS)).astype(_COLUMNS)
-            return cls(z["embeddings"], queries, meta)
+        """The bank in ``path``; ValueError when it is not one, or damaged (OSError when it cannot be read)."""
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path}: not a null-query bank (not an .npz archive)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(z["meta"].tobytes().decode())
+                if meta.get("format") != BANK_FORMAT:
+                    raise ValueError(f"not of format {BANK_FORMAT}")
+                queries = pd.DataFrame(z["queries"], columns=list(_COLUMNS)).astype(_COLUMNS)
+                return cls(z["embeddings"], queries, meta)
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable null-query bank ({exc})") from exc
 
 
 _COLUMNS = {"song": np.int64, "start_s": np.float64, "n_nominal": np.int64, "row": np.int64, "rows0": np.int64,
@@ -129,8 +137,8 @@ def usable_bank(model_path: str | Path, searcher, lengths_s) -> NullBank | None:
         return None
     try:
         bank = NullBank.load(path)
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("calibration: the bundled other music %s cannot be read (%s); calibrating without it", path, exc)
+    except (OSError, ValueError) as exc:
+        log.warning("calibration: the bundled other music cannot be read (%s); calibrating without it", exc)
         return None
     why = None
     if bank.meta.get("model_checksum") != file_digest(model_path):
