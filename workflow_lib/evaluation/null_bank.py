@@ -4,7 +4,7 @@ A small collection is too little music to calibrate its no-match rule on: ten so
 music comes to them, and the rule then answers 3-13 % of clean clips of other music instead of 1 % (bench/README.md,
 "A small collection's no-match rule"). Other music given with ``nafp index --unknown-music`` mends most of it, but
 a user with one album seldom has it to hand. The bundled model therefore ships with a bank of null queries: songs
-it never trained on, cut and degraded as the ``calibrate`` rule cuts its own (``calibration.null_queries``), and
+it never trained on, cut and degraded as the ``calibrate`` rule cuts its own (``null_queries.null_queries``), and
 fingerprinted in both of the searcher's views. The audio is not shipped, only the fingerprints, so the bank holds
 for that model file alone (its checksum) and for the whitened view it was made with.
 
