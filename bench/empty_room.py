@@ -7,7 +7,8 @@ joined into one stream and played at each of ``--levels`` dBFS (recorded in 16 b
 (``Database.listen``, the decisions of `nafp listen --input FILE --fast`; ``--config`` merged over the folder's
 settings, e.g. a folder indexed before 2026-12-06 given today's ``listen:`` defaults). Printed per level: the
 decisions that were silence, listening and match, and every song declared (each one a false declaration), with how
-long it was held and its best confidence.
+long it was held and its best confidence. ``--noise`` may also be a folder of music the database does not hold: the
+listener left on while other music plays (bench/README.md, "Other music shipped with the model").
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def room_stream(folder: Path) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="a results folder (a workflow run or `nafp index`)")
-    ap.add_argument("--noise", type=Path, required=True, help="a folder of recordings without music")
+    ap.add_argument("--noise", type=Path, required=True,
+                    help="a folder of recordings without music (or of music the database does not hold)")
     ap.add_argument("--levels", type=float, nargs="+", default=[-60.0, -50.0, -40.0, -30.0], help="RMS, dBFS")
     ap.add_argument("--config", type=Path, default=None, help="settings merged over the folder's own")
     args = ap.parse_args()
@@ -54,7 +56,7 @@ def main() -> int:
     room = room_stream(args.noise)
     db = Database.open(args.results, args.config)
     block = SAMPLE_RATE  # pushed a second at a time; the stream cuts its own capture blocks
-    print(f"{len(room) / SAMPLE_RATE / 60:.1f} min of room noise from {args.noise}; listener of {args.results}")
+    print(f"{len(room) / SAMPLE_RATE / 60:.1f} min of audio from {args.noise}; listener of {args.results}")
     for level in args.levels:
         x = quantise_16bit(room * 10 ** (level / 20))  # as a sound card records it
         stream = db.listen(SAMPLE_RATE)
