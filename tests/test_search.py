@@ -428,6 +428,25 @@ def test_calibrated_false_positive_rate_holds_when_the_rooms_get_much_longer(sea
     assert target / 4 <= float(np.mean(both)) <= 2.5 * target, np.mean(both)  # 400 queries: 5-50, 20 expected
 
 
+def test_little_music_is_named_and_an_old_calibration_is_told_of_the_shipped_music(tmp_path):
+    """`nafp db info`'s advice for a calibration on too little music: other music to give, and, for a threshold
+    fitted before the bundled model shipped other music, that `nafp index` run again adds it."""
+    from workflow_lib.search.threshold import little_music_advice
+
+    path = tmp_path / "threshold.json"
+    scores = {1: list(np.linspace(0, 1, 100))}
+    fit_calibration(scores, 0.05, {"n_songs": 10, "null_minutes": 35.0}, "margin").save(path)
+    old = little_music_advice(path)
+    assert old.startswith("calibrated on 10 song(s) (35 min of music)") and "--unknown-music" in old
+    assert "run `nafp index` again" in old
+    fit_calibration(scores, 0.05, {"n_songs": 10, "null_minutes": 35.0, "bundled_other_music": None},
+                    "margin").save(path)
+    assert "--unknown-music" in little_music_advice(path) and "again" not in little_music_advice(path)
+    fit_calibration(scores, 0.05, {"n_songs": 50, "null_minutes": 140.0, "bundled_other_music": {"songs": 40}},
+                    "margin").save(path)
+    assert little_music_advice(path) is None
+
+
 def test_recalibration_is_advised_once_the_database_has_doubled_or_halved(tmp_path):
     from workflow_lib.search.threshold import recalibration_advice
 

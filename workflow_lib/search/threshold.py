@@ -233,7 +233,11 @@ def little_music_advice(path: str | Path) -> str | None:
         n_songs, minutes = int(meta["n_songs"]), meta.get("null_minutes")
     except (ValueError, TypeError, KeyError):
         return None
-    return little_music(n_songs, None if minutes is None else float(minutes))
+    advice = little_music(n_songs, None if minutes is None else float(minutes))
+    if advice and "bundled_other_music" not in meta:  # calibrated before the bundled model shipped other music
+        advice += ("; or run `nafp index` again: with the bundled model it now also calibrates on other music "
+                   "shipped with the model")
+    return advice
 
 
 def calibration_music(path: str | Path) -> dict[str, Any] | None:
