@@ -5,9 +5,10 @@
         --model models/nafp-small.pt --out models/nafp-small.null.npz
 
 The songs are the first ``--songs`` (by song id) of the results folder's ``test`` split under ``--root``: songs the
-model never trained on. Queries are cut and degraded as the ``calibrate`` rule cuts its own (the default config's
-lengths and conditions), with that folder's training noise and impulse responses, and fingerprinted with the
-default search settings' whitened view. Prints what it wrote.
+model never trained on (``--index``: an index made with ``--model`` where the results folder's own was made with
+another; only its dimension is used). Queries are cut and degraded as the ``calibrate`` rule cuts its own (the
+default config's lengths and conditions), with that folder's training noise and impulse responses, and
+fingerprinted with the default search settings' whitened view. Prints what it wrote.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ from workflow_lib.search.searcher import Searcher, searcher_kwargs  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", required=True, type=Path, help="a results folder indexed with --model")
+    ap.add_argument("--results", required=True, type=Path,
+                    help="a results folder: its songs, splits, training noise and rooms")
+    ap.add_argument("--index", type=Path, default=None,
+                    help="an index folder made with --model (default: the results folder's own)")
     ap.add_argument("--root", required=True, help="the music folder the songs come from")
     ap.add_argument("--songs", type=int, default=40)
     ap.add_argument("--per-length", type=int, default=400)
@@ -51,7 +55,8 @@ def main() -> None:
     if len(pick) < args.songs:
         raise SystemExit(f"only {len(pick)} test-split songs under {args.root}")
     pick = pick.assign(title=pick["rel_path"].map(lambda p: Path(p).stem))
-    searcher = Searcher.from_paths(args.model, args.results / "index", None, None, **searcher_kwargs(cfg["search"]))
+    searcher = Searcher.from_paths(args.model, args.index or args.results / "index", None, None,
+                                   **searcher_kwargs(cfg["search"]))
     t0 = time.perf_counter()
     bank = make_null_bank(searcher, pick, ClipBank(args.results / "noise" / "train"),
                           ClipBank(args.results / "irs" / "train"), QueryPlan.from_config(cfg["evaluate"]),

@@ -377,11 +377,31 @@ def test_the_bundled_model_file_matches_its_recorded_checksum():
     assert hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest() == recorded
 
 
+@pytest.mark.parametrize("name", ["bundled", "bundled-pair"])
+def test_each_bundled_model_ships_other_music_made_for_it(name):
+    """The bank beside each bundled model was made with that very file and today's whitened view: a model retrained
+    without a new bank would calibrate without it (logged), and this fails first."""
+    from workflow_lib.common.atomic import file_digest
+    from workflow_lib.common.config import load_config
+    from workflow_lib.common.layout import BUNDLED_MODELS
+    from workflow_lib.search.whiten import WhitenedView
+
+    model = BUNDLED_MODELS[name]
+    bank = NullBank.load(null_bank_path(model))
+    assert bank.meta["model_checksum"] == file_digest(model)
+    assert bank.meta["whitened_view"] == WhitenedView.from_config(load_config()[0]["search"]["whitened_view"]).to_dict()
+    assert len(bank.meta["songs"]) >= 20 and sum(s["duration_s"] for s in bank.meta["songs"]) >= 45 * 60
+    assert sorted(set(bank.queries["n_nominal"])) == [8000, 24000, 40000, 80000]
+
+
 def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
     """`--model bundled-pair`: both bundled networks searched as one, through the same DAG and `nafp query`."""
     generate_demo_corpus(tmp_path / "corpus", 4, 20.0, seed=12)
+    # without the other music shipped with it (`--config`), four songs are too little to calibrate on: said so
+    (tmp_path / "no-shipped-music.yaml").write_text("search: {calibration: {bundled_other_music: false}}\n")
     r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db"), "--cores", "2",
-             "--queries-per-length", "10", "--model", "bundled-pair", cwd=tmp_path)
+             "--queries-per-length", "10", "--model", "bundled-pair", "--config",
+             str(tmp_path / "no-shipped-music.yaml"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((tmp_path / "db" / "index" / "index.json").read_text())
     assert info["dim"] == 256 and info["frontend"]["weights"] == [0.5, 0.5]
@@ -391,8 +411,8 @@ def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
     listen = run_config(tmp_path / "db")[0]["listen"]
     assert listen["max_fpr"] == PAIR_LISTEN_MAX_FPR and listen["persistent_hops"] == PAIR_LISTEN_PERSISTENT_HOPS
     assert listen["follow_island_s"] == FOLLOW_ISLAND_S
-    # the pair ships no other music: its four songs are too little to calibrate on, and the run says so
     assert "the no-match rule is calibrated on 4 song(s)" in r.stderr and "--unknown-music" in r.stderr
+    assert json.loads((tmp_path / "db" / "index" / "threshold.json").read_text())["meta"]["bundled_other_music"] is None
     songs = pd.read_parquet(tmp_path / "db" / "manifest" / "songs.parquet")
     clips = []
     for i, row in enumerate(songs.itertuples()):

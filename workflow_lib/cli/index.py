@@ -50,10 +50,10 @@ def add_parser(sub) -> None:
                         "more hold the threshold steadier, for proportionally more calibration time)")
     p.add_argument("--unknown-music", action="append", default=None, metavar="DIR",
                    help="other music, not to be indexed, that stands for the songs the database does not hold: the "
-                        "no-match rule is calibrated on it too. The bundled model brings 40 songs of such music "
-                        "(models/README.md); with bundled-pair or a model of your own, a collection of under 20 "
-                        "songs or 45 minutes needs it (else more unknown music is answered than the rule's 1 %%). "
-                        "Give it at every run")
+                        "no-match rule is calibrated on it too. The bundled models bring 40 songs of such music "
+                        "(models/README.md); with a model of your own, a collection of under 20 songs or 45 "
+                        "minutes needs it (else more unknown music is answered than the rule's 1 %%). Give it at "
+                        "every run")
     p.add_argument("--config", default=None, help="a config file merged over the index settings")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="Snakemake's full output and each stage's log lines (else only in RESULTS/logs/)")

@@ -235,7 +235,7 @@ def little_music_advice(path: str | Path) -> str | None:
         return None
     advice = little_music(n_songs, None if minutes is None else float(minutes))
     if advice and "bundled_other_music" not in meta:  # calibrated before the bundled model shipped other music
-        advice += ("; or run `nafp index` again: with the bundled model it now also calibrates on other music "
+        advice += ("; or run `nafp index` again: with a bundled model it now also calibrates on other music "
                    "shipped with the model")
     return advice
 
