@@ -25,20 +25,21 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_lib import HOP_SAMPLES, SAMPLE_RATE  # noqa: E402
+from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.evaluation.metrics import EXACT_TOL_S, score_results  # noqa: E402
+from workflow_lib.search.searcher import HOP_S  # noqa: E402
 
 ROOMS = ("10 dB + room", "5 dB + room", "0 dB + room")
-HOP_S = HOP_SAMPLES / SAMPLE_RATE
 
 
 def false_positive_audio(answers: pd.DataFrame, songs: pd.DataFrame) -> None:
     from workflow_lib.audio.files import load_audio
+    from workflow_lib.database.catalogue import song_paths
     from workflow_lib.search.duplicates import audio_correlation
 
     fp = answers[answers["false_positive"]]
     print(f"1. accepted answers to unknown songs' queries: {len(fp)} of {int((answers['group'] == 'unknown').sum())}")
-    path = dict(zip(songs["song_id"].astype(str), songs["path"]))
+    path = song_paths(songs)
     cache: dict[str, np.ndarray] = {}
 
     def audio(song: str) -> np.ndarray:

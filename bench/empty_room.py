@@ -24,18 +24,17 @@ import numpy as np  # noqa: E402
 
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 
-AUDIO = {".wav", ".flac", ".ogg", ".mp3", ".opus"}
-
 
 def room_stream(folder: Path) -> np.ndarray:
     """Every recording below ``folder`` at unit RMS (digital silence left out), joined in name order."""
-    from workflow_lib.audio.files import load_audio
+    from workflow_lib.audio.files import AUDIO_EXTENSIONS, load_audio
     from workflow_lib.data.noise import normalise_rms
+    from workflow_lib.evaluation.degrade import rms
 
     parts = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO):
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
         x = load_audio(path)
-        if len(x) and np.sqrt(np.mean(np.square(x, dtype=np.float64))) > 1e-5:
+        if rms(x) > 1e-5:
             parts.append(normalise_rms(x, 1.0))
     if not parts:
         sys.exit(f"{folder}: no audio with sound in it")
