@@ -359,6 +359,16 @@ def test_a_playing_declared_in_pieces_is_followed_to_its_edges(world):
         assert abs(a - ta) <= 1.0 and abs(b - tb) <= 1.0 and abs(pos - tpos) <= 0.5, got
 
 
+def test_a_song_the_listener_held_past_its_end_ends_where_the_song_does(world):
+    """Other music before and after a song: the listener let go of it 4 s after it ended (its window still held the
+    song's last seconds); the occurrence ends with the song."""
+    songs, searcher = world
+    audio = np.concatenate([synth_song(96, 10.0), songs["s2"][5 * SR:25 * SR], synth_song(95, 12.0)])
+    emb = embed_audio(searcher.fingerprinter, audio, device="cpu")
+    (o,) = _refine(searcher, [_declared("s2", 12.0, 34.0, 7.0)], emb, ListenConfig(window_s=5.0))
+    assert o.song_id == "s2" and abs(o.start_s - 10.0) <= 1.0 and abs(o.end_s - 30.0) <= 0.5, o
+
+
 def test_a_short_play_is_kept_only_where_its_alignment_holds(world, monkeypatch):
     """A song named for a few seconds over other music (the listener's confusion) is no play: its aligned
     similarity is low; a short play of the song itself, clean, is kept. Without the rule both would be reported.
@@ -458,6 +468,22 @@ def test_following_crosses_a_dip_only_towards_a_stretch_where_the_song_holds():
     aligned[22:33] = 0.8
     (a, b), = _alignment_runs(_HandSetSong(aligned, np.full(80, 0.1)), 0, 0, emb, 0, 79, [(60, 70)], island=6)
     assert abs(a - 22) <= 1 and b == 79, (a, b)
+
+
+def test_a_declaration_held_past_the_song_is_cut_back_to_where_its_alignment_holds():
+    # The song plays for segments 20-49, then other music. The listener held it until segment 56 (its window still
+    # held the song's last seconds): the occurrence ends where the song does, not where the listener let go (a 5 s
+    # window: up to 10 segments cut; with 2, it keeps 5 of the 7 it overshot). (Its start, declared from segment 16,
+    # snaps to where two segments hold, as before.)
+    emb = np.arange(80, dtype=np.float32)[:, None]
+    aligned = np.r_[np.full(20, 0.1), np.full(30, 0.8), np.full(30, 0.1)]
+    song = _HandSetSong(aligned, np.full(80, 0.1))
+    assert _alignment_runs(song, 0, 0, emb, 0, 79, [(16, 56)], trim=10) == [(20, 49)]
+    assert _alignment_runs(song, 0, 0, emb, 0, 79, [(16, 56)], trim=2) == [(20, 54)]
+    assert _alignment_runs(song, 0, 0, emb, 0, 79, [(16, 56)]) == [(20, 56)]  # not cut: as before
+    # Where the alignment holds for under half of the declared stretch, its end tells nothing: it is not cut.
+    aligned[30:49] = 0.1
+    assert _alignment_runs(_HandSetSong(aligned, np.full(80, 0.1)), 0, 0, emb, 0, 79, [(16, 56)], trim=10) == [(20, 56)]
 
 
 def test_a_resync_within_a_song_does_not_split_its_occurrence():

@@ -6,8 +6,9 @@ decision logic (``core.ListenerCore.push_segments``: the same windows, threshold
 handling as live listening, one implementation for stream and file), as fast as the CPU allows. Its declared matches
 say which song plays and at which alignment; each is then followed at that alignment, segment by segment, as far as
 the song goes (``_refine``): the listener names a song only when a whole window beats every other song, so in noise
-or under talk it names a long playing late and in pieces, while the aligned similarity of each segment with the
-song's matching segment shows where the song really starts and ends. An occurrence shorter than SHORT_PLAY_S is
+or under talk it names a long playing late and in pieces, and holds a song until its window has let go of it, while
+the aligned similarity of each segment with the song's matching segment shows where the song really starts and ends
+(a declared stretch is followed outward from where that similarity last holds in it, ``_trim``). An occurrence shorter than SHORT_PLAY_S is
 kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches between occurrences are gaps, labelled
 ``silence`` or ``no match`` (unknown music or talk).
 
@@ -359,6 +360,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig,
     n = len(emb)
     tol = max(2, config.offset_tolerance_hops)
     island = int(round(config.follow_island_s / HOP_S))  # segments that must hold beyond a dip to cross it
+    trim = int(round(config.window_s / HOP_S))  # how long the listener may hold a song past its end
     pieces = [(h, *_core(h, n)) for h in sorted(heard, key=lambda h: h.start_s)]
     pieces = [p for p in pieces if p[2] >= p[1]]
     groups: list[list] = []
@@ -373,7 +375,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig,
         lo = max(p[2] for p in groups[gi - 1]) + 1 if gi else 0
         hi = min(p[1] for p in groups[gi + 1]) - 1 if gi + 1 < len(groups) else n - 1
         lo, hi = min(lo, min(p[1] for p in group)), max(hi, max(p[2] for p in group))
-        out += _follow_group(db, catalogue, group, emb, lo, hi, tol, island)
+        out += _follow_group(db, catalogue, group, emb, lo, hi, tol, island, trim)
     out.sort(key=lambda o: o.start_s)
     for prev, nxt in zip(out, out[1:]):  # refined edges of neighbours may overlap: they meet half way
         if nxt.start_s < prev.end_s:
@@ -437,7 +439,7 @@ def _aligned_median(db, o: Occurrence, emb: np.ndarray) -> float:
 
 
 def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi: int,
-                  tol: int, island: int = 0) -> list[Occurrence]:
+                  tol: int, island: int = 0, trim: int = 0) -> list[Occurrence]:
     """The occurrences of one group of consecutive declarations of a song, within segments ``lo..hi``: each
     alignment claims the stretch from its first to its last run (one playing: the song's time ran on with the clock
     through the weak stretches between them, and no other song was declared there), the alignment covering most
@@ -448,7 +450,8 @@ def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi
         return []
     candidates = []
     for anchor, members in _alignments(group, tol):
-        runs = _alignment_runs(db, code, anchor, emb, lo, hi, [(a - lo, b - lo) for _, a, b in members], island)
+        runs = _alignment_runs(db, code, anchor, emb, lo, hi, [(a - lo, b - lo) for _, a, b in members], island,
+                               trim)
         covered = np.zeros(hi - lo + 1, bool)
         for a, b in runs:
             covered[a:b + 1] = True
@@ -489,13 +492,14 @@ def _alignments(group: list, tol: int) -> list[tuple[int, list]]:
 
 
 def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int,
-                    cores: list[tuple[int, int]], island: int = 0) -> list[tuple[int, int]]:
+                    cores: list[tuple[int, int]], island: int = 0, trim: int = 0) -> list[tuple[int, int]]:
     """Where one alignment of a song holds within segments ``lo..hi``: the stretches (relative to ``lo``) around
     its declared ``cores`` where the aligned similarity, smoothed over SMOOTH_SEGMENTS, stays at the level
     (EDGE_SHARE of its typical similarity in the cores, at least TRACK_FLOOR) and SELF_NULL_GAP above the song's
     similarity at other alignments (``_unaligned_similarity``, smoothed alike), bridging dips of up to
-    BRIDGE_SEGMENTS (talk over the song, a noise burst) towards ``island`` or more in a row at the levels; each
-    edge then snaps to the first (last) two unsmoothed segments in a row at both levels."""
+    BRIDGE_SEGMENTS (talk over the song, a noise burst) towards ``island`` or more in a row at the levels, once
+    each core's end where it does not hold is cut back by up to ``trim`` segments (``_trim``); each edge then
+    snaps to the first (last) two unsmoothed segments in a row at both levels."""
     q = emb[lo:hi + 1].astype(np.float32)  # cast once for the aligned and the shifted look-ups
     raw = np.nan_to_num(_similarity_at(db, code, lo + anchor, q), nan=0.0, posinf=0.0, neginf=0.0)
     inner = np.concatenate([raw[a:b + 1] for a, b in cores])
@@ -514,6 +518,7 @@ def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: in
     for a, b in sorted(cores):
         if runs and b <= runs[-1][1]:
             continue  # already inside the run of an earlier declaration
+        b = _trim(above, a, b, trim)
         a, b = _extend(above, a, -1, island), _extend(above, b, +1, island)
         near = np.flatnonzero(raw_pairs[max(0, a - SMOOTH_SEGMENTS):a + SMOOTH_SEGMENTS + 1])
         if len(near):
@@ -546,6 +551,18 @@ def _unaligned_similarity(db, code: int, start: int, q: np.ndarray) -> np.ndarra
     null = np.zeros(shifted.shape[1], np.float32)
     null[counted] = np.nanmedian(shifted[:, counted], axis=0)
     return null
+
+
+def _trim(above: np.ndarray, a: int, b: int, most: int) -> int:
+    """The end of a declared stretch ``a..b`` cut back, by at most ``most`` segments, to its last segment
+    ``above``: the listener holds a song until its window has let go of it, seconds after the song ended (its start
+    needs no cut: the first window that names a song mostly holds it). Only where the alignment holds for at least
+    half of the stretch: under less (heavy noise, a whitened view whose aligned similarity hovers at the level) the
+    end says nothing the declaration did not, and it stands."""
+    inside = np.flatnonzero(above[a:b + 1])
+    if 2 * len(inside) < b - a + 1:
+        return b
+    return max(a + int(inside[-1]), b - most)
 
 
 def _extend(above: np.ndarray, j: int, step: int, island: int = 0) -> int:

@@ -1,0 +1,97 @@
+"""Where `nafp scan` puts a song's edges when other music plays before and after it.
+
+    .venv/bin/python bench/scan_edges.py DB --unknown DIR [--noise DIR] [--snr 10 0] [--plays 3]
+
+For every song of the database ``DB`` (a results folder of `nafp index`), ``--plays`` recordings are made: 20-40 s of
+a song that is not in it (from ``--unknown``), 40-60 s of the database song from a random place, 20-40 s of another
+unknown song, joined without a gap (a radio or a DJ set going on to music the database does not hold). Each is
+scanned as it is and, with ``--noise`` (a folder of background recordings), with that noise at each ``--snr``. The
+script prints, per condition, how many plays were found (an occurrence of the right song overlapping the play),
+the signed errors of their start and end (positive: late), and the seconds named as another song.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from workflow_lib import SAMPLE_RATE  # noqa: E402
+
+
+def audio_files(folder: Path) -> list[Path]:
+    from workflow_lib.audio.files import AUDIO_EXTENSIONS
+
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def excerpt(audio: np.ndarray, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """``seconds`` of ``audio`` from a random start (all of it if shorter), and that start in seconds."""
+    n = min(len(audio), int(seconds * SAMPLE_RATE))
+    start = int(rng.integers(0, len(audio) - n + 1))
+    return audio[start:start + n], start / SAMPLE_RATE
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", help="a results folder made by `nafp index`")
+    ap.add_argument("--unknown", required=True, type=Path, help="music the database does not hold")
+    ap.add_argument("--noise", type=Path, help="background recordings to add at each --snr")
+    ap.add_argument("--snr", nargs="+", type=float, default=[10.0, 0.0])
+    ap.add_argument("--plays", type=int, default=3, help="recordings per database song (default 3)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from workflow_lib.api import Database
+    from workflow_lib.audio.files import load_audio
+    from workflow_lib.evaluation.degrade import add_noise
+
+    db = Database.open(args.results)
+    songs = db.songs
+    unknown = [load_audio(p) for p in audio_files(args.unknown)]
+    noise = np.concatenate([load_audio(p) for p in audio_files(args.noise)]) if args.noise else None
+    rng = np.random.default_rng(args.seed)
+    recordings = []  # (audio, song_id, start_s, end_s)
+    for song_id, path in zip(songs["song_id"], songs["path"]):
+        song = load_audio(path)
+        for _ in range(args.plays):
+            before, _ = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
+            play, _ = excerpt(song, rng.uniform(40, 60), rng)
+            after, _ = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
+            start_s = len(before) / SAMPLE_RATE
+            recordings.append((np.concatenate([before, play, after]), song_id, start_s,
+                               start_s + len(play) / SAMPLE_RATE))
+    print(f"{args.results}: {len(songs)} songs, {len(recordings)} recordings; unknown music: {len(unknown)} files")
+    conditions = [None] + (list(args.snr) if noise is not None else [])
+    for snr in conditions:
+        starts, ends, other_s, missed = [], [], 0.0, 0
+        for audio, song_id, start_s, end_s in recordings:
+            if snr is not None:
+                at = int(rng.integers(0, max(1, len(noise) - len(audio))))
+                audio = add_noise(audio, np.resize(noise[at:at + len(audio)], len(audio)), snr)
+            rows = [r for r in db.scan(audio, sample_rate=SAMPLE_RATE) if r["kind"] == "song"]
+            mine = [r for r in rows if r["song_id"] == song_id and min(r["end_s"], end_s) > max(r["start_s"], start_s)]
+            other_s += sum(r["end_s"] - r["start_s"] for r in rows if r not in mine)
+            if not mine:
+                missed += 1
+                continue
+            starts.append(min(r["start_s"] for r in mine) - start_s)
+            ends.append(max(r["end_s"] for r in mine) - end_s)
+        label = "clean" if snr is None else f"{snr:g} dB"
+
+        def spread(errors: list[float]) -> str:
+            e = np.asarray(errors)
+            return (f"median {np.median(e):+.2f} s, |error| median {np.median(np.abs(e)):.2f} / 90th "
+                    f"{np.percentile(np.abs(e), 90):.2f} s, over 2 s {int(np.sum(np.abs(e) > 2))}") if len(e) else "-"
+
+        print(f"{label}: found {len(starts)} of {len(recordings)}; start {spread(starts)}; end {spread(ends)}; "
+              f"named as another song {other_s:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
