@@ -8,9 +8,9 @@ say which song plays and at which alignment; each is then followed at that align
 the song goes (``_refine``): the listener names a song only when a whole window beats every other song, so in noise
 or under talk it names a long playing late and in pieces, and holds a song until its window has let go of it, while
 the aligned similarity of each segment with the song's matching segment shows where the song really starts and ends
-(a declared stretch is followed outward from where that similarity last holds in it, ``_trim``). An occurrence shorter than SHORT_PLAY_S is
-kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches between occurrences are gaps, labelled
-``silence`` or ``no match`` (unknown music or talk).
+(a declared stretch is followed outward from where that similarity last holds in it, ``_trim``). An occurrence
+shorter than SHORT_PLAY_S is kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches between
+occurrences are gaps, labelled ``silence`` or ``no match`` (unknown music or talk).
 
 The fingerprints of the whole recording are kept for that refinement, as float16: about 0.5 MB per minute of
 recording, twice that in two views (the audio itself is never held whole).
