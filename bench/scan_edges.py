@@ -23,12 +23,6 @@ import numpy as np  # noqa: E402
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 
 
-def audio_files(folder: Path) -> list[Path]:
-    from workflow_lib.audio.files import AUDIO_EXTENSIONS
-
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-
-
 def excerpt(audio: np.ndarray, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """``seconds`` of ``audio`` from a random start (all of it if shorter), and that start in seconds."""
     n = min(len(audio), int(seconds * SAMPLE_RATE))
@@ -48,12 +42,13 @@ def main() -> int:
 
     from workflow_lib.api import Database
     from workflow_lib.audio.files import load_audio
+    from workflow_lib.data.manifest import list_audio_files
     from workflow_lib.evaluation.degrade import add_noise
 
     db = Database.open(args.results)
     songs = db.songs
-    unknown = [load_audio(p) for p in audio_files(args.unknown)]
-    noise = np.concatenate([load_audio(p) for p in audio_files(args.noise)]) if args.noise else None
+    unknown = [load_audio(p) for p in sorted(list_audio_files([args.unknown]))]
+    noise = np.concatenate([load_audio(p) for p in sorted(list_audio_files([args.noise]))]) if args.noise else None
     rng = np.random.default_rng(args.seed)
     recordings = []  # (audio, song_id, start_s, end_s)
     for song_id, path in zip(songs["song_id"], songs["path"]):
