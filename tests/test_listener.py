@@ -707,3 +707,21 @@ def test_a_session_ends_even_when_an_exit_handler_waits_forever():
             "exit_watchdog(3, seconds=0.5)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr  # the watchdog's status, not a normal exit (0)
+
+
+def test_times_are_rounded_before_they_are_split_into_minutes_and_seconds():
+    from workflow_lib.cli.text import fmt_time
+
+    assert [fmt_time(s) for s in (59.96, 59.94, 3599.96, -59.96, 0.0, None)] == [
+        "1:00.0", "0:59.9", "1:00:00.0", "-1:00.0", "0:00.0", "-"]
+
+
+def test_a_listening_moved_by_a_resync_starts_where_its_first_alignment_put_it():
+    from workflow_lib.listener.core import Heard
+
+    # heard from 0 s at song 20 s (anchor 40 hops), moved at 40 s to the song's start (anchor -80): played again
+    h = Heard("s", None, None, -80, 0.0, 2.0, 80.0, 0.9, 0.9, earlier=[(40.0, 40)])
+    assert h.song_start_s == 20.0 and h.song_position(h.end_s) == 40.0
+    d = h.to_dict()
+    assert d["song_start_s"] == 20.0 and d["song_end_s"] == 40.0 and "earlier" not in d
+    assert Heard("s", None, None, 40, 0.0, 2.0, 40.0, 0.9, 0.9).song_start_s == 20.0

@@ -369,6 +369,20 @@ def test_a_song_the_listener_held_past_its_end_ends_where_the_song_does(world):
     assert o.song_id == "s2" and abs(o.start_s - 10.0) <= 1.0 and abs(o.end_s - 30.0) <= 0.5, o
 
 
+def test_a_song_started_again_straight_after_itself_is_two_plays_each_at_its_place(world):
+    """A song played from 5 s to 25 s, then at once from its start again (a repeat, a DJ restarting it): the
+    listener follows the jump as a resync of one listening; the scan reports the two plays, each at its own place of
+    the song (not the second place stretched over both, which put the first play before the song's start)."""
+    songs, searcher = world
+    s = songs["s3"]
+    audio = np.concatenate([synth_song(96, 4.0), s[5 * SR:25 * SR], s[0:20 * SR], synth_song(95, 6.0)])
+    res = scan_chunks(searcher, [audio], ListenConfig(window_s=4.0, tail_s=2.0))
+    got = [(o.song_id, o.start_s, o.end_s, o.song_start_s) for o in res.occurrences]
+    assert [g[0] for g in got] == ["s3", "s3"], got
+    for (_, a, b, pos), (ta, tb, tpos) in zip(got, [(4.0, 24.0, 5.0), (24.0, 44.0, 0.0)]):
+        assert abs(a - ta) <= 1.0 and abs(b - tb) <= 1.0 and abs(pos - tpos) <= 0.5, got
+
+
 def test_a_short_play_is_kept_only_where_its_alignment_holds(world, monkeypatch):
     """A song named for a few seconds over other music (the listener's confusion) is no play: its aligned
     similarity is low; a short play of the song itself, clean, is kept. Without the rule both would be reported.

@@ -335,7 +335,7 @@ def summary_text(s: ListenSummary) -> str:
              f"{' from ' + s.device if s.device else ''}:"]
     for h in s.heard:
         lines.append(f"  {fmt_time(h.start_s)}-{fmt_time(h.end_s)}  {_label(h)}  "
-                     f"({_what(h)} {fmt_time(_into(h, h.song_position(h.start_s)))}-"
+                     f"({_what(h)} {fmt_time(_into(h, h.song_start_s))}-"
                      f"{fmt_time(_into(h, h.song_position(h.end_s)))}, "
                      f"confidence {h.max_confidence:.2f}, named after {h.declared_s - h.start_s:.1f} s)")
     if not s.heard:

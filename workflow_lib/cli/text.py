@@ -32,7 +32,7 @@ def fmt_time(s: float | None) -> str:
     if s is None or not math.isfinite(s):
         return "-"
     sign = "-" if s < 0 else ""
-    s = abs(s)
+    s = round(abs(s), 1)  # rounded before it is split: 59.96 s is 1:00.0, not 0:60.0
     if s >= 3600:
         h, rest = divmod(s, 3600)
         m, sec = divmod(rest, 60)

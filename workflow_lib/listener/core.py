@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
@@ -223,6 +223,9 @@ class Heard:
     track: int | None = None
     track_start_s: float | None = None
     album: str | None = None
+    # the alignments held before a resync moved ``anchor``, oldest first: (stream time of the last hop that
+    # supported it, anchor). The scan follows each at its own place (a song started again is a second play).
+    earlier: list[tuple[float, int]] = field(default_factory=list)
 
     def song_position(self, stream_s: float) -> float:
         """Position in the song (seconds) at stream time ``stream_s``."""
@@ -233,9 +236,16 @@ class Heard:
         """Song time at stream time 0 (where the stream started in the song)."""
         return self.anchor * HOP_S
 
+    @property
+    def song_start_s(self) -> float:
+        """Where in the song the listening started: at its first alignment (a resync may have moved the anchor
+        since, e.g. to the song's start when it was played again)."""
+        return self.start_s + (self.earlier[0][1] if self.earlier else self.anchor) * HOP_S
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(song_start_s=round(self.song_position(self.start_s), 3),
+        del d["earlier"]
+        d.update(song_start_s=round(self.song_start_s, 3),
                  song_end_s=round(self.song_position(self.end_s), 3))
         return d
 
@@ -678,6 +688,7 @@ class ListenerCore:
                 # same place it is support: a song held by persistent_hops under the holding threshold.)
                 if abs(obs.anchor - cur.anchor) > tol:
                     event = "resync"
+                    cur.earlier.append((cur.end_s, cur.anchor))
                 cur.anchor, cur.end_s, cur.hops = obs.anchor, stream_s, cur.hops + 1
                 self._misses = 0
             else:

@@ -361,7 +361,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig,
     tol = max(2, config.offset_tolerance_hops)
     island = int(round(config.follow_island_s / HOP_S))  # segments that must hold beyond a dip to cross it
     trim = int(round(config.window_s / HOP_S))  # how long the listener may hold a song past its end
-    pieces = [(h, *_core(h, n)) for h in sorted(heard, key=lambda h: h.start_s)]
+    pieces = [(h, *_core(h, n)) for h in sorted((p for h in heard for p in _by_alignment(h)), key=lambda h: h.start_s)]
     pieces = [p for p in pieces if p[2] >= p[1]]
     groups: list[list] = []
     for p in pieces:  # consecutive declarations of one song, nothing else declared between them
@@ -471,6 +471,17 @@ def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi
             out.append(Occurrence(a * HOP_S, b * HOP_S + SEGMENT_S, song_id, title, artist,
                                   (a + at) * HOP_S, (b + at) * HOP_S + SEGMENT_S, confidence))
     return out
+
+
+def _by_alignment(h: Heard) -> list[Heard]:
+    """A declared match as one declaration per alignment it held: a resync (the listener moving a held song to
+    another place of it: the song started again, or a repeated section first named at its other place) ends the
+    stretch of the alignment before it."""
+    out, start_s = [], h.start_s
+    for end_s, anchor in h.earlier:
+        out.append(replace(h, anchor=anchor, start_s=start_s, end_s=end_s, earlier=[]))
+        start_s = end_s
+    return out + [replace(h, start_s=start_s, earlier=[])] if out else [h]
 
 
 def _core(h: Heard, n: int) -> tuple[int, int]:
