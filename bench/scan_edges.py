@@ -23,11 +23,18 @@ import numpy as np  # noqa: E402
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 
 
-def excerpt(audio: np.ndarray, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """``seconds`` of ``audio`` from a random start (all of it if shorter), and that start in seconds."""
+def excerpt(audio: np.ndarray, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """``seconds`` of ``audio`` from a random start (all of it if shorter)."""
     n = min(len(audio), int(seconds * SAMPLE_RATE))
     start = int(rng.integers(0, len(audio) - n + 1))
-    return audio[start:start + n], start / SAMPLE_RATE
+    return audio[start:start + n]
+
+
+def spread(errors: list[float]) -> str:
+    """Signed median, and the median and 90th percentile of the size, of edge errors in seconds."""
+    e = np.asarray(errors)
+    return (f"median {np.median(e):+.2f} s, |error| median {np.median(np.abs(e)):.2f} / 90th "
+            f"{np.percentile(np.abs(e), 90):.2f} s, over 2 s {int(np.sum(np.abs(e) > 2))}") if len(e) else "-"
 
 
 def main() -> int:
@@ -54,9 +61,9 @@ def main() -> int:
     for song_id, path in zip(songs["song_id"], songs["path"]):
         song = load_audio(path)
         for _ in range(args.plays):
-            before, _ = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
-            play, _ = excerpt(song, rng.uniform(40, 60), rng)
-            after, _ = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
+            before = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
+            play = excerpt(song, rng.uniform(40, 60), rng)
+            after = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
             start_s = len(before) / SAMPLE_RATE
             recordings.append((np.concatenate([before, play, after]), song_id, start_s,
                                start_s + len(play) / SAMPLE_RATE))
@@ -77,12 +84,6 @@ def main() -> int:
             starts.append(min(r["start_s"] for r in mine) - start_s)
             ends.append(max(r["end_s"] for r in mine) - end_s)
         label = "clean" if snr is None else f"{snr:g} dB"
-
-        def spread(errors: list[float]) -> str:
-            e = np.asarray(errors)
-            return (f"median {np.median(e):+.2f} s, |error| median {np.median(np.abs(e)):.2f} / 90th "
-                    f"{np.percentile(np.abs(e), 90):.2f} s, over 2 s {int(np.sum(np.abs(e) > 2))}") if len(e) else "-"
-
         print(f"{label}: found {len(starts)} of {len(recordings)}; start {spread(starts)}; end {spread(ends)}; "
               f"named as another song {other_s:.1f} s")
     return 0
