@@ -9,8 +9,8 @@ prints F1, precision, recall, false-alarm minutes and boundary error per program
         [--min-duration 0 10] [--short-play 15:0.55 none] [--window 5 7.5] [--persistent-hops 12 none] [--threads 2]
         [--room POOL] [--snr 10 0] [--programmes 4] [--views 1 2]
 
-``--edge-share`` tries other values of ``listener.scan.EDGE_SHARE`` (how far below an occurrence's typical
-similarity the scan still follows it), ``--self-null-gap`` of ``listener.scan.SELF_NULL_GAP`` (how far above its
+``--edge-share`` tries other values of ``listener.follow.EDGE_SHARE`` (how far below an occurrence's typical
+similarity the scan still follows it), ``--self-null-gap`` of ``listener.follow.SELF_NULL_GAP`` (how far above its
 similarity at other alignments a song must score to be followed; ``none``: not asked, the rule before 2026-12-02),
 ``--follow-island-s`` of ``listen.follow_island_s`` (how long a stretch must hold for the following to cross a dip
 towards it; 0: any, the rule before 2026-12-03), ``--short-play S:SIM`` of ``listener.scan.SHORT_PLAY_S`` and
@@ -35,7 +35,7 @@ import pandas as pd  # noqa: E402
 from workflow_lib.common.config import run_config  # noqa: E402
 from workflow_lib.common.layout import ResultsLayout  # noqa: E402
 from workflow_lib.evaluation.monitoring import run_monitoring, summarise_monitoring  # noqa: E402
-from workflow_lib.listener import scan  # noqa: E402
+from workflow_lib.listener import follow, scan  # noqa: E402
 
 
 def main() -> int:
@@ -46,8 +46,8 @@ def main() -> int:
     ap.add_argument("--hops", nargs="+", type=int, default=[2, 3])
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="programme seeds (evaluate.monitoring.seed; default: the results folder's)")
-    ap.add_argument("--edge-share", nargs="+", type=float, default=[scan.EDGE_SHARE])
-    ap.add_argument("--self-null-gap", nargs="+", default=[str(scan.SELF_NULL_GAP)])
+    ap.add_argument("--edge-share", nargs="+", type=float, default=[follow.EDGE_SHARE])
+    ap.add_argument("--self-null-gap", nargs="+", default=[str(follow.SELF_NULL_GAP)])
     ap.add_argument("--follow-island-s", nargs="+", type=float, default=None,
                     help="listen.follow_island_s values to try (s; default: the results folder's)")
     ap.add_argument("--min-duration", nargs="+", type=float, default=[0.0],
@@ -91,7 +91,7 @@ def main() -> int:
                 for shortest in args.min_duration for short in short_plays for window in windows
                 for persist in persists for views in args.views]
     for fpr, hops, share, gap, island, shortest, short, window, persist, views in settings:
-        scan.EDGE_SHARE, scan.SELF_NULL_GAP = share, gap
+        follow.EDGE_SHARE, follow.SELF_NULL_GAP = share, gap
         scan.SHORT_PLAY_S, scan.SHORT_PLAY_SIMILARITY = short
         # --max-fpr is the rate the scan decides at (a folder's recorded listen.scan_max_fpr would override it)
         listen = {**cfg["listen"], "max_fpr": fpr, "scan_max_fpr": None, "consistent_hops": hops, "window_s": window,

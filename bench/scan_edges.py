@@ -1,13 +1,15 @@
 """Where `nafp scan` puts a song's edges when other music plays before and after it.
 
-    .venv/bin/python bench/scan_edges.py DB --unknown DIR [--noise DIR] [--snr 10 0] [--plays 3]
+    .venv/bin/python bench/scan_edges.py DB --unknown DIR [--noise DIR] [--snr 10 0] [--plays 3] [--live]
 
 For every song of the database ``DB`` (a results folder of `nafp index`), ``--plays`` recordings are made: 20-40 s of
 a song that is not in it (from ``--unknown``), 40-60 s of the database song from a random place, 20-40 s of another
 unknown song, joined without a gap (a radio or a DJ set going on to music the database does not hold). Each is
 scanned as it is and, with ``--noise`` (a folder of background recordings), with that noise at each ``--snr``. The
 script prints, per condition, how many plays were found (an occurrence of the right song overlapping the play),
-the signed errors of their start and end (positive: late), and the seconds named as another song.
+the signed errors of their start and end (positive: late), and the seconds named as another song. With ``--live``
+the recordings go through the live listener instead (``Database.listen``, as `nafp listen --input FILE --fast`) and
+its end-of-session summary (``heard``) is measured.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def spread(errors: list[float]) -> str:
             f"{np.percentile(np.abs(e), 90):.2f} s, over 2 s {int(np.sum(np.abs(e) > 2))}") if len(e) else "-"
 
 
+def heard(db, audio: np.ndarray) -> list[dict]:
+    """The songs the live listener's summary names for ``audio`` (8 kHz), with their stream times."""
+    stream = db.listen(SAMPLE_RATE)
+    stream.push(audio)
+    return stream.finish()["heard"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", help="a results folder made by `nafp index`")
@@ -45,6 +54,7 @@ def main() -> int:
     ap.add_argument("--snr", nargs="+", type=float, default=[10.0, 0.0])
     ap.add_argument("--plays", type=int, default=3, help="recordings per database song (default 3)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--live", action="store_true", help="measure the live listener's summary, not the scan")
     args = ap.parse_args()
 
     from workflow_lib.api import Database
@@ -75,7 +85,8 @@ def main() -> int:
             if snr is not None:
                 at = int(rng.integers(0, max(1, len(noise) - len(audio))))
                 audio = add_noise(audio, np.resize(noise[at:at + len(audio)], len(audio)), snr)
-            rows = [r for r in db.scan(audio, sample_rate=SAMPLE_RATE) if r["kind"] == "song"]
+            rows = heard(db, audio) if args.live else \
+                [r for r in db.scan(audio, sample_rate=SAMPLE_RATE) if r["kind"] == "song"]
             mine = [r for r in rows if r["song_id"] == song_id and min(r["end_s"], end_s) > max(r["start_s"], start_s)]
             other_s += sum(r["end_s"] - r["start_s"] for r in rows if r not in mine)
             if not mine:

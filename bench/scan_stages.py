@@ -80,7 +80,7 @@ def main() -> None:
         neighbours = timed("search", lambda: [find_neighbours(searcher.db, e, searcher.top_k) for _, e, _ in blocks])
         runner_up = timed("runner-up search", lambda: [runner_up_neighbours(searcher.db, e, nb, searcher.top_k)
                                                        for (_, e, _), nb in zip(blocks, neighbours)])
-        core = ListenerCore(searcher, listen)
+        core = ListenerCore(searcher, listen, cut_ends=False)  # as the scan's core: it refines edges itself
         windows = SlidingWindowSearch(searcher.db, core.n_window, core.n_tail, searcher.max_candidates,
                                       searcher.n_results)
         ranked = timed("window searches", lambda: [

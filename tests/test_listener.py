@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import faiss
 import numpy as np
@@ -228,6 +229,7 @@ def test_song_change_is_followed_and_the_old_segments_are_dropped(synth):
     first, second = core.heard
     assert first.song_offset_s == pytest.approx(2.0, abs=0.5)
     assert second.song_offset_s == pytest.approx(1.0 - 10.0, abs=0.5)  # stream 10 s = song 1 s
+    assert first.end_s == pytest.approx(10.0, abs=0.5)  # where s1 ended, not where the listener let go of it
     change = next(d for d in ds if d.event == "change")
     assert 10.0 < change.stream_s <= 13.0
     assert any(d.window_cut for d in ds if 10.0 < d.stream_s <= change.stream_s)
@@ -255,6 +257,31 @@ def test_unknown_music_is_released_after_release_hops(synth):
     misses = [d for d in ds if 6.0 < d.stream_s <= lost.stream_s and not d.above_threshold]
     assert len(misses) >= 3 and ds[-1].state == LISTENING
     assert [h.song_id for h in core.heard] == ["s1"]
+
+
+def test_a_song_followed_by_other_music_ends_where_it_ended_not_where_the_listener_let_go(synth):
+    """The listener holds a song while its window supports it, seconds after the song ended; the listening's end is
+    cut back to where the song's aligned similarity last held. Without the cut it ends over 2 s late."""
+    songs, searcher = synth
+    x = np.concatenate([synth_song(78, 6.0), songs["s1"][2 * SR:14 * SR], synth_song(77, 12.0)])  # s1: 6-18 s
+    for cut_ends in (True, False):
+        core = ListenerCore(searcher, cut_ends=cut_ends)
+        drive(core, x)
+        core.finish()
+        (h,) = core.heard
+        assert h.song_id == "s1" and h.start_s == pytest.approx(6.0, abs=1.0)
+        if cut_ends:
+            assert h.end_s == pytest.approx(18.0, abs=0.5), h
+        else:
+            assert h.end_s > 20.0, h
+
+
+def test_a_song_playing_to_the_end_of_the_stream_keeps_its_end(synth):
+    songs, searcher = synth
+    core = ListenerCore(searcher)
+    drive(core, np.concatenate([synth_song(78, 6.0), songs["s1"][2 * SR:14 * SR]]))
+    core.finish()
+    assert [(h.song_id, h.end_s) for h in core.heard] == [("s1", 18.0)]
 
 
 def test_a_gap_restarts_the_window_and_keeps_stream_time(synth):
@@ -424,6 +451,37 @@ def test_a_file_through_the_two_view_listener_is_named_with_the_right_offset(wor
     assert summary.heard[0].song_offset_s == pytest.approx(4.2, abs=0.5)
     assert len(decisions) == 23 and summary.decisions == 23
     assert [d.stream_s for d in decisions] == [1.0 + 0.5 * i for i in range(23)]
+
+
+def test_the_two_view_listener_ends_a_song_followed_by_other_music_where_it_ended(world, tmp_path):
+    from workflow_lib.listener.views import TwoViewCore, listener_core
+    from workflow_lib.search.searcher import Searcher
+
+    sid = world.db_ids[4]
+    path = tmp_path / "then_other_music.wav"
+    sf.write(path, np.concatenate([_degraded(world, sid, 4.2, 12.0, seed=5), synth_song(123, 10.0)]), SR)
+    core = listener_core(Searcher.from_results(world.results, device="cpu"))
+    assert isinstance(core, TwoViewCore)
+    summary = Listener(core, FileSource(path, realtime=False), lambda d: None).run()
+    assert [h.song_id for h in summary.heard] == [sid]
+    assert summary.heard[0].end_s == pytest.approx(12.0, abs=1.0)  # held to 15 s without the cut
+
+
+def test_the_two_view_listener_keeps_the_alignments_a_resync_replaced_in_its_own_listening(world):
+    # what a core shows is copied into the two-view listening; a move of its offset is recorded there (its start in
+    # the song stays at the first alignment) and never written into the core's own declaration
+    from workflow_lib.listener.core import Heard
+    from workflow_lib.listener.views import listener_core
+    from workflow_lib.search.searcher import Searcher
+
+    core = listener_core(Searcher.from_results(world.results, device="cpu"))
+    shown = Heard("s", None, None, 40, 0.0, 2.0, 2.0, 0.9, 0.9)
+    for t, anchor in ((2.0, 40), (30.0, 40), (30.5, -60)):  # at song 20 s, then back to the song's start at 30 s
+        shown.anchor = anchor
+        core._follow(shown, SimpleNamespace(stream_s=t), core.plain)
+    (h,) = core.heard
+    assert h.earlier == [(30.0, 40)] and h.anchor == -60 and h.song_start_s == 20.0
+    assert shown.earlier == []
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import yaml
 
 from tests.search_helpers import SR, build_searcher, stub_database, synth_song
 from workflow_lib.listener.core import Heard, ListenConfig
-from workflow_lib.listener.scan import (HOP_S, Occurrence, _alignment_runs, _refine, merge_continuations,
-                                        scan_chunks)
+from workflow_lib.listener.follow import alignment_runs
+from workflow_lib.listener.scan import HOP_S, Occurrence, _refine, merge_continuations, scan_chunks
 from workflow_lib.model.embed import embed_audio
 
 
@@ -439,7 +439,7 @@ def test_a_song_held_twice_in_the_database_is_kept_whichever_copy_was_named(worl
 
 
 class _HandSetSong:
-    """A database of one 80-segment song, as ``_alignment_runs`` reads it: query segment j scores ``aligned[j]``
+    """A database of one 80-segment song, as ``alignment_runs`` reads it: query segment j scores ``aligned[j]``
     with the song's segment j (the alignment, anchor 0) and ``elsewhere[j]`` with any other of its segments."""
 
     def __init__(self, aligned, elsewhere):
@@ -460,11 +460,11 @@ def test_a_song_is_followed_only_while_its_alignment_lifts_it_above_its_level_el
     # in noise). While it played, its other segments scored 0.4.
     emb = np.arange(80, dtype=np.float32)[:, None]
     hub = _HandSetSong(np.r_[np.full(40, 0.8), np.full(40, 0.5)], np.r_[np.full(40, 0.4), np.full(40, 0.5)])
-    (a, b), = _alignment_runs(hub, 0, 0, emb, 0, 79, [(10, 20)])
+    (a, b), = alignment_runs(hub, 0, 0, emb, 0, 79, [(10, 20)])
     assert a == 0 and abs(b - 39) <= 1, (a, b)
     # A song that really scores 0.5 at its alignment there (quiet, under noise) and less elsewhere is followed on.
     quiet = _HandSetSong(np.r_[np.full(40, 0.8), np.full(40, 0.5)], np.full(80, 0.4))
-    assert _alignment_runs(quiet, 0, 0, emb, 0, 79, [(10, 20)]) == [(0, 79)]
+    assert alignment_runs(quiet, 0, 0, emb, 0, 79, [(10, 20)]) == [(0, 79)]
 
 
 def test_following_crosses_a_dip_only_towards_a_stretch_where_the_song_holds():
@@ -474,13 +474,13 @@ def test_following_crosses_a_dip_only_towards_a_stretch_where_the_song_holds():
     aligned = np.r_[np.full(40, 0.1), np.full(40, 0.8)]
     aligned[29:33] = 0.8
     song = _HandSetSong(aligned, np.full(80, 0.1))
-    (a, b), = _alignment_runs(song, 0, 0, emb, 0, 79, [(60, 70)], island=6)  # listen.follow_island_s 3
+    (a, b), = alignment_runs(song, 0, 0, emb, 0, 79, [(60, 70)], island=6)  # listen.follow_island_s 3
     assert abs(a - 40) <= 1 and b == 79, (a, b)
-    (a, b), = _alignment_runs(song, 0, 0, emb, 0, 79, [(60, 70)])  # 0, the default: any stretch is crossed to
+    (a, b), = alignment_runs(song, 0, 0, emb, 0, 79, [(60, 70)])  # 0, the default: any stretch is crossed to
     assert abs(a - 29) <= 1 and b == 79, (a, b)
     # Talk over the song's first bars instead (segments 33-39, the same dip): the 5 s it held before it are crossed to.
     aligned[22:33] = 0.8
-    (a, b), = _alignment_runs(_HandSetSong(aligned, np.full(80, 0.1)), 0, 0, emb, 0, 79, [(60, 70)], island=6)
+    (a, b), = alignment_runs(_HandSetSong(aligned, np.full(80, 0.1)), 0, 0, emb, 0, 79, [(60, 70)], island=6)
     assert abs(a - 22) <= 1 and b == 79, (a, b)
 
 
@@ -492,12 +492,12 @@ def test_a_declaration_held_past_the_song_is_cut_back_to_where_its_alignment_hol
     emb = np.arange(80, dtype=np.float32)[:, None]
     aligned = np.r_[np.full(20, 0.1), np.full(30, 0.8), np.full(30, 0.1)]
     song = _HandSetSong(aligned, np.full(80, 0.1))
-    assert _alignment_runs(song, 0, 0, emb, 0, 79, [(16, 56)], trim=10) == [(20, 49)]
-    assert _alignment_runs(song, 0, 0, emb, 0, 79, [(16, 56)], trim=2) == [(20, 54)]
-    assert _alignment_runs(song, 0, 0, emb, 0, 79, [(16, 56)]) == [(20, 56)]  # not cut: as before
+    assert alignment_runs(song, 0, 0, emb, 0, 79, [(16, 56)], trim=10) == [(20, 49)]
+    assert alignment_runs(song, 0, 0, emb, 0, 79, [(16, 56)], trim=2) == [(20, 54)]
+    assert alignment_runs(song, 0, 0, emb, 0, 79, [(16, 56)]) == [(20, 56)]  # not cut: as before
     # Where the alignment holds for under half of the declared stretch, its end tells nothing: it is not cut.
     aligned[30:49] = 0.1
-    assert _alignment_runs(_HandSetSong(aligned, np.full(80, 0.1)), 0, 0, emb, 0, 79, [(16, 56)], trim=10) == [(20, 56)]
+    assert alignment_runs(_HandSetSong(aligned, np.full(80, 0.1)), 0, 0, emb, 0, 79, [(16, 56)], trim=10) == [(20, 56)]
 
 
 def test_a_resync_within_a_song_does_not_split_its_occurrence():

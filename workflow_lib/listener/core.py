@@ -8,19 +8,20 @@ segment's embedding, one segment's neighbour search and the aligned re-scoring o
 
 Decisions (hysteresis): a hop's best candidate counts when its score passes the no-match threshold for the window's
 length (``calibrate.py``; with ``max_fpr`` refitted stricter from the calibration's stored null scores, because the
-listener asks every hop). A match is declared when ``consistent_hops`` such hops in a row agree on the song and on
-its alignment with the stream (the song position must advance with the clock, within ``offset_tolerance_hops``) and
-the window holds at least ``min_match_s`` of audio; with ``persistent_hops``, also when one song has led the window
-at one alignment for that many hops in a row, below the threshold (a drum loop, a song under loud noise), and it is
-held while it keeps that lead. A declared match is held while its own alignment still passes the calibrated
-threshold (``search.calibration.target_fpr``, looser than the declaring one: hysteresis, so a held song is not
-dropped and named again each time a noisy hop dips under the strict rate) on the window and no other alignment beats
-it by more than ``resync_margin`` (a repeated chorus scores alike at several offsets; the one the longer history
-chose stays); the same song clearly better at another offset for K hops re-synchronises it. It ends after
-``release_hops`` hops without support, at once on silence, or when another song is declared. To follow a song change
-quickly, the last ``tail_s`` seconds are also searched on their own: when for K hops they name another song and the
-held one no longer explains them, the window is cut to them (the older segments belong to the previous song) and the
-new song is declared.
+listener asks every hop). A match is declared when ``consistent_hops`` such hops in a row agree on the song and on its
+alignment with the stream (the song position must advance with the clock, within ``offset_tolerance_hops``) and the
+window holds at least ``min_match_s`` of audio; with ``persistent_hops``, also when one song has led the window at one
+alignment for that many hops in a row, below the threshold (a drum loop, a song under loud noise), and it is held
+while it keeps that lead. A declared match is held while its own alignment still passes the calibrated threshold
+(``search.calibration.target_fpr``, looser than the declaring one: hysteresis, so a held song is not dropped and named
+again each time a noisy hop dips under the strict rate) on the window and no other alignment beats it by more than
+``resync_margin`` (a repeated chorus scores alike at several offsets; the one the longer history chose stays); the
+same song clearly better at another offset for K hops re-synchronises it. It ends after ``release_hops`` hops without
+support, at once on silence, or when another song is declared; its end is then cut back to where the song last held at
+its alignment (``cut_end``, as the scan follows a song: ``listener.follow``): the window supports a song seconds after
+it ended. To follow a song change quickly, the last ``tail_s`` seconds are also searched on their own: when for K hops
+they name another song and the held one no longer explains them, the window is cut to them (the older segments belong
+to the previous song) and the new song is declared.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
 from workflow_lib.search.searcher import SearchResult, add_runner_up, ranked_window_and_tail, song_set
 from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
+from workflow_lib.listener.follow import alignment_runs
 from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ HOP_S = HOP_SAMPLES / SAMPLE_RATE
 SEGMENT_S = SEGMENT_SAMPLES / SAMPLE_RATE
 
 LISTENING, MATCH, SILENCE = "listening", "match", "silence"
+# A listening's end is cut (``ListenerCore.cut_end``) from the fingerprints of this many windows before it: a song is
+# held at most one window past its end, and the rest tells the song's typical similarity at its alignment.
+RECENT_WINDOWS = 4
 
 
 @dataclass(frozen=True)
@@ -379,7 +384,7 @@ class ListenerCore:
     """
 
     def __init__(self, searcher: SearcherLike, config: ListenConfig | None = None,
-                 exclude_songs: Iterable[str] = (), views: int = 1):
+                 exclude_songs: Iterable[str] = (), views: int = 1, cut_ends: bool = True):
         self.searcher = searcher
         self.config = config or ListenConfig()
         self.n_window = self.config.window_segments
@@ -399,6 +404,10 @@ class ListenerCore:
         self._discard = 0  # incoming samples to drop to get back onto the segment grid after a gap
         self._next_seg = 0
         self._window: deque[tuple[int, np.ndarray]] = deque(maxlen=self.n_window)
+        # cut_ends: a listening's end is cut back to where its song last held (``cut_end``), from the fingerprints of
+        # the last RECENT_WINDOWS windows (the batch scan, which keeps every fingerprint, refines edges itself).
+        self._recent: deque[tuple[int, np.ndarray]] | None = \
+            deque(maxlen=RECENT_WINDOWS * self.n_window + self.config.release_hops) if cut_ends else None
         self._streak = 0
         self._last_obs: Observation | None = None
         self._misses = 0
@@ -469,7 +478,7 @@ class ListenerCore:
             if self._window and self._window[-1][0] != j - 1:
                 self._window.clear()  # a gap: alignment with older segments is unknown
             assert emb is not None
-            self._window.append((j, emb[k]))
+            self._enter(j, emb[k])
             k += 1
 
         keep_from = (last + 1) * HOP_SAMPLES
@@ -504,10 +513,16 @@ class ListenerCore:
                     self._db.prime(emb[k:k + 1], neighbours[k:k + 1], self.searcher.top_k)
                 if runner_up is not None and runner_up.lone[k] is not None:
                     self._db.prime(emb[k:k + 1], runner_up.others[k:k + 1], self.searcher.top_k, runner_up.lone[k])
-                self._window.append((j, emb[k]))
+                self._enter(j, emb[k])
             out.append(self._decide(j, float(levels[k]), loud, per))
         self._next_seg = first + len(emb)
         return out
+
+    def _enter(self, j: int, emb: np.ndarray) -> None:
+        """Segment ``j``'s fingerprint enters the window (and the recent ones an end is cut by)."""
+        self._window.append((j, emb))
+        if self._recent is not None:
+            self._recent.append((j, emb))
 
     def heard_segments(self, emb: np.ndarray, levels: np.ndarray) -> np.ndarray:
         """Which of these segments (fingerprints, RMS levels in dBFS) ``push_segments`` puts in its window: those
@@ -515,8 +530,34 @@ class ListenerCore:
         return (np.asarray(levels) > self.config.silence_dbfs) & np.asarray(emb).any(axis=1)
 
     def finish(self) -> None:
-        """End of stream: the open match (if any) stays in ``heard`` with its last supported time."""
+        """End of stream: the open match (if any) stays in ``heard``, ending where its song last held."""
+        if self.current is not None:
+            self.cut_end(self.current)
         self.current = None
+
+    def cut_end(self, heard: Heard) -> None:
+        """A listening that ended: its end moved back to where its song last held at its alignment.
+
+        The listener holds a song while its whole window supports it, so a song followed by other music is held
+        up to a window past its end. The recent segments' aligned similarity with the song says where it ended
+        (``follow.alignment_runs``, as the scan cuts a declared stretch: by at most one window, and only where the
+        alignment holds for at least half of the stretch looked at). An end is only ever moved earlier."""
+        if not self._recent:
+            return
+        code = self._song_code(heard.song_id)
+        start_s = heard.earlier[-1][0] if heard.earlier else heard.start_s  # where its present alignment began
+        first = max(int(round(start_s / HOP_S)), self._recent[0][0])
+        last = int(round((heard.end_s - SEGMENT_S) / HOP_S))  # its last supported segment
+        if code < 0 or last < first:
+            return
+        emb = np.zeros((last - first + 1, self._recent[0][1].shape[-1]), np.float32)
+        for j, e in self._recent:  # a segment missing (silent, skipped) stays a zero vector: it holds nothing
+            if first <= j <= last:
+                emb[j - first] = e
+        # (alignment_runs reads the stretch's row 0 as stream segment 0: the anchor is shifted to ``first``)
+        (_, end), = alignment_runs(self._db, code, heard.anchor + first, emb, 0, last - first, [(0, last - first)],
+                                   trim=int(round(self.config.window_s / HOP_S)))
+        heard.end_s = min(heard.end_s, (first + end) * HOP_S + SEGMENT_S)
 
     def summary(self, overflows: int = 0, dropped_s: float = 0.0, device: str = "") -> ListenSummary:
         return listen_summary(self, overflows, dropped_s, device)
@@ -623,6 +664,7 @@ class ListenerCore:
             self._tail_streak, self._last_tail = 0, None
             self._persist, self._last_best = 0, None
             if self.current is not None:
+                self.cut_end(self.current)
                 self.current, event = None, "lost"
             self.compute_ms.append(embed_ms)
             return Decision(stream_s, SILENCE, None, None, None, None, None, float("nan"), float("nan"), 0.0, False,
@@ -693,6 +735,8 @@ class ListenerCore:
                 self._misses = 0
             else:
                 event = "match" if cur is None else "change"
+                if cur is not None:
+                    self.cut_end(cur)
                 self.current = Heard(obs.song_id, obs.title, obs.artist, obs.anchor, start_s, stream_s, stream_s,
                                      obs.confidence, obs.score)
                 self.heard.append(self.current)
@@ -700,6 +744,7 @@ class ListenerCore:
         elif cur is not None:
             self._misses += 1
             if self._misses >= cfg.release_hops:
+                self.cut_end(cur)
                 self.current, event = None, "lost"
 
         compute_ms = embed_ms + search_ms

@@ -8,9 +8,9 @@ say which song plays and at which alignment; each is then followed at that align
 the song goes (``_refine``): the listener names a song only when a whole window beats every other song, so in noise
 or under talk it names a long playing late and in pieces, and holds a song until its window has let go of it, while
 the aligned similarity of each segment with the song's matching segment shows where the song really starts and ends
-(a declared stretch is followed outward from where that similarity last holds in it, ``_trim``). An occurrence
-shorter than SHORT_PLAY_S is kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches between
-occurrences are gaps, labelled ``silence`` or ``no match`` (unknown music or talk).
+(``listener.follow``: a declared stretch is followed outward from where that similarity last holds in it). An
+occurrence shorter than SHORT_PLAY_S is kept only where that similarity holds up (SHORT_PLAY_SIMILARITY). Stretches
+between occurrences are gaps, labelled ``silence`` or ``no match`` (unknown music or talk).
 
 The fingerprints of the whole recording are kept for that refinement, as float16: about 0.5 MB per minute of
 recording, twice that in two views (the audio itself is never held whole).
@@ -36,6 +36,7 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, segment_levels_db
 from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
+from workflow_lib.listener.follow import alignment_runs, similarity_at
 from workflow_lib.listener.views import two_views_missing
 from workflow_lib.model.embed import embed_segments, iter_segment_chunks
 from workflow_lib.search.duplicates import MIN_SCORE as TWIN_SCORE
@@ -47,28 +48,6 @@ log = logging.getLogger(__name__)
 
 HOP_S = HOP_SAMPLES / SAMPLE_RATE
 SEGMENT_S = SEGMENT_SAMPLES / SAMPLE_RATE
-# Following a declared song at its alignment (_refine): a segment belongs to the occurrence while its aligned
-# similarity with the song, smoothed over SMOOTH_SEGMENTS (2.5 s), reaches EDGE_SHARE of the occurrence's typical
-# (median) similarity and at least TRACK_FLOOR, dips of up to BRIDGE_SEGMENTS (6 s) bridged. TRACK_FLOOR sits at
-# the 96th percentile of the smoothed similarity at a wrong song or alignment, where a right alignment's is above
-# 0.40 for 95 % of its segments (bundled model, monitoring programmes; bench/README.md, "Scanning: following the
-# song"). Following only ever extends a match the listener declared; it never starts one. EDGE_SHARE was 0.5 until
-# the edges were looked at: a song's similarity a few seconds before it starts (or after it ends) can sit at 0.35-0.45
-# against talk and noise, so half of a typical 0.65 let occurrences start up to 4 s early; 0.6 cuts the false alarms
-# by a third (by two thirds at 10 dB) on programmes never looked at before (seeds 3-5) at equal F1.
-EDGE_SHARE = 0.6
-TRACK_FLOOR = 0.35
-SMOOTH_SEGMENTS = 5
-BRIDGE_SEGMENTS = 12
-# ... and while the song scores above what it scores against this very audio at other alignments (the median over
-# SELF_NULL_SHIFTS, smoothed alike) by SELF_NULL_GAP. A fixed level is no test for a song that scores about as high
-# against anything noisy (a hub song, 0.5 against talk or noise): such songs were followed up to a minute past
-# their end at 0 dB. Once the song has ended, its aligned similarity falls to its level at any alignment; while it
-# plays, the alignment lifts it above. The shifts (5-18 s, none a multiple of another) keep a repeated bar or
-# chorus from lifting the median. Chosen on programme seeds 0-2 and 12-17 (gaps 0.02-0.05 and other shift sets all
-# within 0.01 of F1; bench/README.md, "Following a song only while its alignment counts").
-SELF_NULL_GAP = 0.03
-SELF_NULL_SHIFTS = (-37, -23, -11, 11, 23, 37)
 # An occurrence shorter than SHORT_PLAY_S is kept only if its aligned similarity with the song (median over its
 # segments) reaches SHORT_PLAY_SIMILARITY: a short stretch is weak evidence, as a short query needs a higher
 # threshold. The scan's commonest false alarm at 10 dB is a song outside the database named, for 3-22 s at a time,
@@ -243,7 +222,8 @@ class _ViewPass:
 
     def __init__(self, searcher, config: ListenConfig, exclude_songs: set[str] | None, views: int):
         self.searcher = searcher
-        self.core = ListenerCore(searcher, config, exclude_songs=exclude_songs or (), views=views)
+        # the core's own end cut left out: the following refines both edges from every fingerprint (_refine)
+        self.core = ListenerCore(searcher, config, exclude_songs=exclude_songs or (), views=views, cut_ends=False)
         self.windows = SlidingWindowSearch(searcher.db, self.core.n_window, self.core.n_tail,
                                            searcher.max_candidates, searcher.n_results)
         self._embs: list[np.ndarray] = []
@@ -346,7 +326,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig,
     The listener names a song only when a whole window beats every other song in the database, so in noise or
     talk it names a long playing in pieces, and late. Once the song and its alignment are known, whether each
     segment still belongs to it is a much easier question: its aligned similarity with the song's matching
-    segment, against what the song scores there at other alignments (``_alignment_runs``). Consecutive
+    segment, against what the song scores there at other alignments (``follow.alignment_runs``). Consecutive
     declarations of one song form a group; each alignment of the group claims the stretch where its similarity
     holds, the alignment that explains most of the group first (a song with a repeated chorus is sometimes declared
     at the chorus's other place: that alignment explains less and is absorbed), and a second playing of the song
@@ -417,7 +397,7 @@ def _named_whole(searcher, o: Occurrence, emb: np.ndarray, exclude_songs: set[st
 def _stored_similarity(db, song_a: str, start_a: int, song_b: str, start_b: int, n: int) -> float:
     """Mean similarity of two songs' stored fingerprints, segment by segment over ``n`` segments from ``start_a``
     of one and ``start_b`` of the other, over the segments both songs hold (0 if there is none). It reads stored
-    rows on both sides, where ``_similarity_at`` scores query fingerprints against one song."""
+    rows on both sides, where ``follow.similarity_at`` scores query fingerprints against one song."""
     j = np.arange(n)
     rows_a = db.rows_for(np.full(n, db.song_position(song_a)), start_a + j)
     rows_b = db.rows_for(np.full(n, db.song_position(song_b)), start_b + j)
@@ -434,7 +414,7 @@ def _aligned_median(db, o: Occurrence, emb: np.ndarray) -> float:
     a, b = _segments(o)
     anchor = int(round((o.song_start_s - o.start_s) / HOP_S))
     q = emb[a:b + 1].astype(np.float32)
-    raw = np.nan_to_num(_similarity_at(db, db.song_position(o.song_id), a + anchor, q), nan=0.0)
+    raw = np.nan_to_num(similarity_at(db, db.song_position(o.song_id), a + anchor, q), nan=0.0)
     return float(np.median(raw)) if len(raw) else 0.0
 
 
@@ -450,7 +430,7 @@ def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi
         return []
     candidates = []
     for anchor, members in _alignments(group, tol):
-        runs = _alignment_runs(db, code, anchor, emb, lo, hi, [(a - lo, b - lo) for _, a, b in members], island,
+        runs = alignment_runs(db, code, anchor, emb, lo, hi, [(a - lo, b - lo) for _, a, b in members], island,
                                trim)
         covered = np.zeros(hi - lo + 1, bool)
         for a, b in runs:
@@ -500,105 +480,6 @@ def _alignments(group: list, tol: int) -> list[tuple[int, list]]:
         else:
             clusters.append([p])
     return [(max(c, key=lambda p: p[2] - p[1])[0].anchor, c) for c in clusters]
-
-
-def _alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int,
-                    cores: list[tuple[int, int]], island: int = 0, trim: int = 0) -> list[tuple[int, int]]:
-    """Where one alignment of a song holds within segments ``lo..hi``: the stretches (relative to ``lo``) around
-    its declared ``cores`` where the aligned similarity, smoothed over SMOOTH_SEGMENTS, stays at the level
-    (EDGE_SHARE of its typical similarity in the cores, at least TRACK_FLOOR) and SELF_NULL_GAP above the song's
-    similarity at other alignments (``_unaligned_similarity``, smoothed alike), bridging dips of up to
-    BRIDGE_SEGMENTS (talk over the song, a noise burst) towards ``island`` or more in a row at the levels, once
-    each core's end where it does not hold is cut back by up to ``trim`` segments (``_trim``); each edge then
-    snaps to the first (last) two unsmoothed segments in a row at both levels."""
-    q = emb[lo:hi + 1].astype(np.float32)  # cast once for the aligned and the shifted look-ups
-    raw = np.nan_to_num(_similarity_at(db, code, lo + anchor, q), nan=0.0, posinf=0.0, neginf=0.0)
-    inner = np.concatenate([raw[a:b + 1] for a, b in cores])
-    typical = float(np.median(inner[inner > 0])) if np.any(inner > 0) else 0.0
-    level = max(EDGE_SHARE * typical, TRACK_FLOOR)
-    kernel = np.ones(SMOOTH_SEGMENTS) / SMOOTH_SEGMENTS
-    smooth = np.convolve(raw, kernel, "same")
-    above = smooth >= level
-    at_level = raw >= level
-    if np.isfinite(SELF_NULL_GAP):
-        null = _unaligned_similarity(db, code, lo + anchor, q)
-        above &= smooth >= np.convolve(null, kernel, "same") + SELF_NULL_GAP
-        at_level &= raw >= null + SELF_NULL_GAP
-    raw_pairs = at_level[:-1] & at_level[1:]
-    runs: list[tuple[int, int]] = []
-    for a, b in sorted(cores):
-        if runs and b <= runs[-1][1]:
-            continue  # already inside the run of an earlier declaration
-        b = _trim(above, a, b, trim)
-        a, b = _extend(above, a, -1, island), _extend(above, b, +1, island)
-        near = np.flatnonzero(raw_pairs[max(0, a - SMOOTH_SEGMENTS):a + SMOOTH_SEGMENTS + 1])
-        if len(near):
-            a = max(0, a - SMOOTH_SEGMENTS) + int(near[0])
-        near = np.flatnonzero(raw_pairs[max(0, b - SMOOTH_SEGMENTS):b + SMOOTH_SEGMENTS])
-        if len(near):
-            b = max(0, b - SMOOTH_SEGMENTS) + int(near[-1]) + 1
-        runs.append((a, b))
-    return runs
-
-
-def _similarity_at(db, code: int, start: int, q: np.ndarray) -> np.ndarray:
-    """Per row i of the float32 fingerprints ``q``: its similarity with the song's segment ``start`` + i (NaN where
-    the song has no such segment)."""
-    rows = db.rows_for(np.full(len(q), code), start + np.arange(len(q)))
-    out = np.full(len(q), np.nan, np.float32)
-    ok = rows >= 0
-    if ok.any():
-        out[ok] = db.scores(q[ok], rows[ok][:, None])[:, 0]
-    return out
-
-
-def _unaligned_similarity(db, code: int, start: int, q: np.ndarray) -> np.ndarray:
-    """Per row of ``q`` (aligned with the song from segment ``start``): what the song scores against it away from
-    the alignment (the median similarity with the song's segments shifted by SELF_NULL_SHIFTS; 0 where the song has
-    none of them)."""
-    shifted = np.stack([_similarity_at(db, code, start + k, q) for k in SELF_NULL_SHIFTS])
-    shifted[~np.isfinite(shifted)] = np.nan
-    counted = ~np.isnan(shifted).all(axis=0)
-    null = np.zeros(shifted.shape[1], np.float32)
-    null[counted] = np.nanmedian(shifted[:, counted], axis=0)
-    return null
-
-
-def _trim(above: np.ndarray, a: int, b: int, most: int) -> int:
-    """The end of a declared stretch ``a..b`` cut back, by at most ``most`` segments, to its last segment
-    ``above``: the listener holds a song until its window has let go of it, seconds after the song ended (its start
-    needs no cut: the first window that names a song mostly holds it). Only where the alignment holds for at least
-    half of the stretch: under less (heavy noise, a whitened view whose aligned similarity hovers at the level) the
-    end says nothing the declaration did not, and it stands."""
-    inside = np.flatnonzero(above[a:b + 1])
-    if 2 * len(inside) < b - a + 1:
-        return b
-    return max(a + int(inside[-1]), b - most)
-
-
-def _extend(above: np.ndarray, j: int, step: int, island: int = 0) -> int:
-    """The farthest segment from ``j`` (in direction ``step``) that is ``above``, crossing gaps of at most
-    BRIDGE_SEGMENTS, and each only towards at least ``island`` segments ``above`` in a row."""
-    best, miss, k = j, 0, j + step
-    while 0 <= k < len(above):
-        if above[k]:
-            if miss and not _holds_for(above, k, step, island):
-                break
-            best, miss = k, 0
-        else:
-            miss += 1
-            if miss > BRIDGE_SEGMENTS:
-                break
-        k += step
-    return best
-
-
-def _holds_for(above: np.ndarray, k: int, step: int, n: int) -> bool:
-    """Whether the ``n`` segments from ``k`` (in direction ``step``) are all ``above``."""
-    if n <= 0:
-        return True
-    end = k + step * (n - 1)
-    return 0 <= end < len(above) and bool(above[min(k, end):max(k, end) + 1].all())
 
 
 def _free_spans(claimed: np.ndarray, a: int, b: int) -> list[tuple[int, int]]:

@@ -67,6 +67,7 @@ class TwoViewCore:
         self.whitener = view.stream()
         self.config = self.plain.config
         self.current: Heard | None = None
+        self._held_by: ListenerCore = self.plain  # the core whose match ``current`` last showed
         self.heard: list[Heard] = []
         self.decisions = 0
         self.compute_ms: deque[float] = deque(maxlen=10_000)
@@ -100,34 +101,47 @@ class TwoViewCore:
         # What is shown: the plain core's match, else the whitened core's, else the plain core's best guess.
         # Silence is the stream's own level (the whitened stream's first segment of silence still holds the
         # inverse filter's last response).
-        shown, d = self.plain.current, plain
+        shown, d, core = self.plain.current, plain, self.plain
         if shown is None and self.whitened.current is not None and whitened is not None and plain.state != SILENCE:
-            shown, d = self.whitened.current, whitened
-        event = self._follow(shown, d)
+            shown, d, core = self.whitened.current, whitened, self.whitened
+        event = self._follow(shown, d, core)
         # fingerprinting, the whitening included (as a query's embed_ms counts it)
         embed_ms = plain.embed_ms + whiten_ms + (whitened.embed_ms if whitened is not None else 0.0)
         return replace(d, state=MATCH if self.current is not None else d.state, event=event,
                        whitened=d is whitened, compute_ms=total_ms, embed_ms=embed_ms,
                        search_ms=total_ms - embed_ms)
 
-    def _follow(self, shown: Heard | None, d: Decision) -> str | None:
-        """Update what this listener has heard from what is shown now; the event that makes."""
+    def _follow(self, shown: Heard | None, d: Decision, core: ListenerCore) -> str | None:
+        """Update what this listener has heard from what is shown now (``core``'s match); the event that makes. A
+        listening that ends has its end cut by the view that held it last (``ListenerCore.cut_end``)."""
         cur = self.current
         if shown is None:
+            if cur is not None:
+                self._held_by.cut_end(cur)
             self.current = None
             return "lost" if cur is not None else None
+        if cur is not None and cur.song_id != shown.song_id:
+            self._held_by.cut_end(cur)
+        self._held_by = core
         if cur is None or cur.song_id != shown.song_id:
-            self.current = replace(shown, declared_s=d.stream_s, end_s=d.stream_s, hops=1)
+            # its own list of earlier alignments (the core's goes on with the core's own resyncs)
+            self.current = replace(shown, declared_s=d.stream_s, end_s=d.stream_s, hops=1,
+                                   earlier=list(shown.earlier))
             self.heard.append(self.current)
             return "match" if cur is None else "change"
-        # the same song, held by either core: this listening goes on (at the offset of the core that holds it)
+        # the same song, held by either core: this listening goes on (at the offset of the core that holds it; a
+        # move, by a core's resync or to the other core's offset, is kept as the core keeps its own)
         moved = abs(cur.anchor - shown.anchor) > self.config.offset_tolerance_hops
+        if moved:
+            cur.earlier.append((cur.end_s, cur.anchor))
         cur.anchor, cur.end_s, cur.hops = shown.anchor, d.stream_s, cur.hops + 1
         cur.max_confidence = max(cur.max_confidence, shown.max_confidence)
         cur.max_score = max(cur.max_score, shown.max_score)
         return "resync" if moved else None
 
     def finish(self) -> None:
+        if self.current is not None:
+            self._held_by.cut_end(self.current)
         self.plain.finish()
         self.whitened.finish()
         self.current = None
