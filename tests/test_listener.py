@@ -24,7 +24,8 @@ from workflow_lib.database.index import FingerprintDB, RowMap
 from workflow_lib.database.vectors import normalize
 from workflow_lib.cli.listen import Display, load_settings
 from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
-from workflow_lib.listener.core import LISTENING, MATCH, SILENCE, ListenConfig, ListenerCore, NeighbourCache
+from workflow_lib.listener.core import (LISTENING, MATCH, SILENCE, Heard, ListenConfig, ListenerCore,
+                                        NeighbourCache)
 from workflow_lib.listener.worker import Listener, RingBuffer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,6 +285,65 @@ def test_a_song_playing_to_the_end_of_the_stream_keeps_its_end(synth):
     assert [(h.song_id, h.end_s) for h in core.heard] == [("s1", 18.0)]
 
 
+def test_a_song_started_again_straight_after_itself_is_two_plays_of_the_summary_each_at_its_place(synth):
+    """s3 from 5 s to 17 s, then at once from its start (a repeat, a DJ restarting it): the listener follows the
+    jump as a resync of one listening; the summary lists the two plays, the first ending where the song jumped
+    (not one line from song 5 s "to" song 12.5 s)."""
+    songs, searcher = synth
+    s = songs["s3"]
+    core = ListenerCore(searcher)
+    drive(core, np.concatenate([synth_song(96, 4.0), s[5 * SR:17 * SR], s[0:12 * SR], synth_song(95, 6.0)]))
+    core.finish()
+    assert len(core.heard) == 1 and len(core.heard[0].earlier) == 1  # one listening, one resync
+    got = [(h.song_id, h.start_s, h.end_s, h.song_start_s, h.song_position(h.end_s)) for h in core.summary().heard]
+    assert [g[0] for g in got] == ["s3", "s3"], got
+    for g, want in zip(got, [(4.0, 16.0, 5.0, 17.0), (16.0, 28.0, 0.0, 12.0)]):
+        assert g[1:] == pytest.approx(want, abs=0.75), got
+
+
+def test_a_listening_is_split_where_its_song_time_jumped_and_kept_whole_where_it_wandered():
+    from workflow_lib.listener.core import by_alignment
+
+    # song time moved by 2 hops (1 s) at 20 s, then jumped back to the song's start at 40 s
+    h = Heard("s", None, None, -80, 0.0, 2.0, 80.0, 0.9, 0.9, earlier=[(20.0, 40), (40.0, 42)])
+    whole, again = by_alignment(h, 1.5)
+    fields = lambda p: (p.start_s, p.end_s, p.anchor, p.song_start_s, p.declared_s)  # noqa: E731
+    assert fields(whole) == (0.0, 40.0, 42, 20.0, 2.0) and fields(again) == (40.0, 80.0, -80, 0.0, 40.0)
+    assert [(p.start_s, p.end_s, p.anchor) for p in by_alignment(h)] == [(0.0, 20.0, 40), (20.0, 40.0, 42),
+                                                                        (40.0, 80.0, -80)]
+    plain = Heard("s", None, None, 4, 1.0, 3.0, 9.0, 0.9, 0.9)
+    assert by_alignment(plain, 1.5) == [plain]
+
+
+def test_a_short_listening_is_measured_by_how_well_its_audio_holds_the_song_at_its_place(synth):
+    songs, searcher = synth
+    core = ListenerCore(searcher)
+    drive(core, np.concatenate([synth_song(78, 4.0), songs["s1"][2 * SR:10 * SR], synth_song(77, 6.0)]))  # s1: 4-12 s
+    (h,) = core.heard
+    assert h.song_id == "s1" and h.end_s == pytest.approx(12.0, abs=0.5) and h.held > 0.9  # released: measured
+    s2 = Heard("s2", None, None, h.anchor, h.start_s, h.declared_s, h.end_s, 1.0, 1.0)
+    elsewhere = Heard("s1", None, None, h.anchor + 12, h.start_s, h.declared_s, h.end_s, 1.0, 1.0)
+    assert core.held_similarity(s2) < 0.3 and core.held_similarity(elsewhere) < 0.3
+    core = ListenerCore(searcher)
+    drive(core, songs["s1"][2 * SR:10 * SR])
+    core.finish()
+    assert core.heard[0].held is None  # the stream ended it, not the song
+
+
+def test_the_summary_leaves_out_short_listenings_whose_audio_did_not_hold_the_song():
+    from workflow_lib.cli.listen import summary_text
+    from workflow_lib.listener.core import listen_summary
+
+    heard = [Heard("a", "A", None, 4, 0.0, 2.0, 60.0, 1.0, 0.9),  # long: never measured
+             Heard("b", "B", None, 8, 60.0, 62.0, 66.0, 1.0, 0.8, held=0.41),  # short, its audio not the song's
+             Heard("c", "C", None, 2, 70.0, 72.0, 78.0, 1.0, 0.9, held=0.80)]
+    core = SimpleNamespace(heard=heard, stream_samples=80 * SR, decisions=160, compute_ms=[10.0])
+    summary = listen_summary(core, 0, 0.0, "")
+    assert [h.song_id for h in summary.heard] == ["a", "c"] and summary.left_out == 1
+    assert summary.to_dict()["left_out"] == 1 and "held" not in summary.to_dict()["heard"][0]
+    assert "1 short listening left out" in summary_text(summary)
+
+
 def test_a_gap_restarts_the_window_and_keeps_stream_time(synth):
     songs, searcher = synth
     core = ListenerCore(searcher)
@@ -470,7 +530,6 @@ def test_the_two_view_listener_ends_a_song_followed_by_other_music_where_it_ende
 def test_the_two_view_listener_keeps_the_alignments_a_resync_replaced_in_its_own_listening(world):
     # what a core shows is copied into the two-view listening; a move of its offset is recorded there (its start in
     # the song stays at the first alignment) and never written into the core's own declaration
-    from workflow_lib.listener.core import Heard
     from workflow_lib.listener.views import listener_core
     from workflow_lib.search.searcher import Searcher
 
@@ -775,8 +834,6 @@ def test_times_are_rounded_before_they_are_split_into_minutes_and_seconds():
 
 
 def test_a_listening_moved_by_a_resync_starts_where_its_first_alignment_put_it():
-    from workflow_lib.listener.core import Heard
-
     # heard from 0 s at song 20 s (anchor 40 hops), moved at 40 s to the song's start (anchor -80): played again
     h = Heard("s", None, None, -80, 0.0, 2.0, 80.0, 0.9, 0.9, earlier=[(40.0, 40)])
     assert h.song_start_s == 20.0 and h.song_position(h.end_s) == 40.0

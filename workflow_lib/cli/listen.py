@@ -330,6 +330,13 @@ def compose(parts: list[tuple[int, str]], width: int | None, sep: str = "  ") ->
     return fit(sep.join(t for _, t in kept), width)
 
 
+def _named_after(h) -> str:
+    """How long the listener took to name a heard song; a play that began where the song jumped (``by_alignment``)
+    was followed there, not named anew."""
+    waited = h.declared_s - h.start_s
+    return f"named after {waited:.1f} s" if waited > 0 else "followed where the song jumped"
+
+
 def summary_text(s: ListenSummary) -> str:
     lines = [f"Heard {len(s.heard)} song{'s' if len(s.heard) != 1 else ''} in {fmt_time(s.stream_s)} of audio"
              f"{' from ' + s.device if s.device else ''}:"]
@@ -337,9 +344,12 @@ def summary_text(s: ListenSummary) -> str:
         lines.append(f"  {fmt_time(h.start_s)}-{fmt_time(h.end_s)}  {_label(h)}  "
                      f"({_what(h)} {fmt_time(_into(h, h.song_start_s))}-"
                      f"{fmt_time(_into(h, h.song_position(h.end_s)))}, "
-                     f"confidence {h.max_confidence:.2f}, named after {h.declared_s - h.start_s:.1f} s)")
+                     f"confidence {h.max_confidence:.2f}, {_named_after(h)})")
     if not s.heard:
         lines.append("  (nothing recognised)")
+    if s.left_out:
+        lines.append(f"  ({s.left_out} short listening{'s' if s.left_out != 1 else ''} left out: the audio did not "
+                     f"hold the song at its place)")
     if s.decisions:
         lines.append(f"{s.decisions} decisions, compute per decision p50 {s.compute_ms_p50:.0f} ms, p95 "
                      f"{s.compute_ms_p95:.0f} ms, max {s.compute_ms_max:.0f} ms; input overflows {s.overflows}; "

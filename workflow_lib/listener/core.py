@@ -43,7 +43,7 @@ from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
 from workflow_lib.search.searcher import SearchResult, add_runner_up, ranked_window_and_tail, song_set
 from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
-from workflow_lib.listener.follow import alignment_runs
+from workflow_lib.listener.follow import SHORT_PLAY_S, SHORT_PLAY_SIMILARITY, alignment_runs, similarity_at
 from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
@@ -228,9 +228,12 @@ class Heard:
     track: int | None = None
     track_start_s: float | None = None
     album: str | None = None
-    # the alignments held before a resync moved ``anchor``, oldest first: (stream time of the last hop that
-    # supported it, anchor). The scan follows each at its own place (a song started again is a second play).
+    # the alignments held before a resync moved ``anchor``, oldest first: (stream time where it last held, anchor).
+    # The scan follows each at its own place, the summary lists each jump's places apart (``by_alignment``).
     earlier: list[tuple[float, int]] = field(default_factory=list)
+    # a listening shorter than SHORT_PLAY_S that ended: the median similarity of its audio with the song at its
+    # alignment (``ListenerCore.cut_end``); under SHORT_PLAY_SIMILARITY the summary leaves it out. None: not measured
+    held: float | None = None
 
     def song_position(self, stream_s: float) -> float:
         """Position in the song (seconds) at stream time ``stream_s``."""
@@ -249,10 +252,31 @@ class Heard:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        del d["earlier"]
+        del d["earlier"], d["held"]
         d.update(song_start_s=round(self.song_start_s, 3),
                  song_end_s=round(self.song_position(self.end_s), 3))
         return d
+
+
+# A listening's song time that moved by at most this much at a resync is one playing (an offset that wandered by a
+# hop or two); a larger move is another place of the song (played again, a jump), and the summary lists it apart.
+CONTINUATION_TOLERANCE_S = 1.5
+
+
+def by_alignment(h: Heard, min_jump_s: float = 0.0) -> list[Heard]:
+    """A listening as one per place of the song it held: each resync (``Heard.earlier``) that moved its song time
+    by more than ``min_jump_s`` ends the piece before it (0: every resync)."""
+    places = [*h.earlier, (h.end_s, h.anchor)]
+    out: list[Heard] = []
+    start_s, moves = h.start_s, []
+    for (end_s, anchor), nxt in zip(places, places[1:] + [None]):
+        if nxt is not None and abs(nxt[1] - anchor) * HOP_S <= min_jump_s:
+            moves.append((end_s, anchor))  # a small move: the same piece goes on
+            continue
+        out.append(replace(h, anchor=anchor, start_s=start_s, end_s=end_s, earlier=moves,
+                           declared_s=max(h.declared_s, start_s)))
+        start_s, moves = end_s, []
+    return out
 
 
 @dataclass
@@ -304,6 +328,7 @@ class ListenSummary:
     compute_ms_p95: float
     compute_ms_max: float
     device: str = ""
+    left_out: int = 0  # short listenings whose audio did not hold their song (``Heard.held``)
 
     def to_dict(self) -> dict[str, Any]:
         d = _plain({k: v for k, v in asdict(self).items() if k != "heard"})
@@ -312,11 +337,16 @@ class ListenSummary:
 
 
 def listen_summary(core: Any, overflows: int, dropped_s: float, device: str) -> ListenSummary:
-    """The session summary of a listener core (``heard``, ``stream_samples``, ``decisions``, ``compute_ms``)."""
+    """The session summary of a listener core (``heard``, ``stream_samples``, ``decisions``, ``compute_ms``): a
+    listening that jumped to another place of its song is one heard entry per place (``by_alignment``); a short one
+    whose audio did not hold its song (``Heard.held``, the scan's short-play rule) is left out and counted."""
     ms = np.asarray(core.compute_ms, dtype=np.float64)
     pct = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: float("nan"))
-    return ListenSummary(list(core.heard), core.stream_samples / SAMPLE_RATE, core.decisions, overflows, dropped_s,
-                         pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device)
+    kept = [h for h in core.heard if h.held is None or h.held >= SHORT_PLAY_SIMILARITY]
+    heard = [p for h in kept for p in by_alignment(h, CONTINUATION_TOLERANCE_S)]
+    return ListenSummary(heard, core.stream_samples / SAMPLE_RATE, core.decisions, overflows, dropped_s,
+                         pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device,
+                         len(core.heard) - len(kept))
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
@@ -530,34 +560,65 @@ class ListenerCore:
         return (np.asarray(levels) > self.config.silence_dbfs) & np.asarray(emb).any(axis=1)
 
     def finish(self) -> None:
-        """End of stream: the open match (if any) stays in ``heard``, ending where its song last held."""
+        """End of stream: the open match (if any) stays in ``heard``, ending where its song last held (the stream
+        ended it, not the song: no short-play test)."""
         if self.current is not None:
-            self.cut_end(self.current)
+            self.cut_end(self.current, stream_ended=True)
         self.current = None
 
-    def cut_end(self, heard: Heard) -> None:
-        """A listening that ended: its end moved back to where its song last held at its alignment.
+    def cut_end(self, heard: Heard, stream_ended: bool = False) -> None:
+        """A listening that ended: its end moved back to where its song last held at its alignment (``ended_s``);
+        if it is then shorter than SHORT_PLAY_S (and the stream did not end it), how well its audio holds the song
+        (``Heard.held``): a short stretch is weak evidence, and the summary holds it to the scan's rule."""
+        heard.end_s = self.ended_s(heard)
+        if not stream_ended and heard.end_s - heard.start_s < SHORT_PLAY_S:
+            heard.held = self.held_similarity(heard)
 
-        The listener holds a song while its whole window supports it, so a song followed by other music is held
-        up to a window past its end. The recent segments' aligned similarity with the song says where it ended
-        (``follow.alignment_runs``, as the scan cuts a declared stretch: by at most one window, and only where the
-        alignment holds for at least half of the stretch looked at). An end is only ever moved earlier."""
+    def held_similarity(self, heard: Heard) -> float | None:
+        """The median similarity of a listening's recent segments with its song, each place it held at its own
+        alignment (None: no recent fingerprints kept, or none of its segments among them)."""
+        code = self._song_code(heard.song_id)
+        if not self._recent or code < 0:
+            return None
+        sims = []
+        for piece in by_alignment(heard):
+            first = max(int(round(piece.start_s / HOP_S)), self._recent[0][0])
+            last = int(round((piece.end_s - SEGMENT_S) / HOP_S))
+            if last >= first:  # stream segment j is the song's segment j + anchor
+                sims.append(similarity_at(self._db, code, first + piece.anchor,
+                                          self._recent_fingerprints(first, last)))
+        return float(np.median(np.nan_to_num(np.concatenate(sims), nan=0.0))) if sims else None
+
+    def _recent_fingerprints(self, first: int, last: int) -> np.ndarray:
+        """The recent fingerprints of stream segments ``first..last`` (a segment not kept, silent or skipped, is a
+        zero vector: it holds nothing)."""
+        assert self._recent
+        emb = np.zeros((last - first + 1, self._recent[0][1].shape[-1]), np.float32)
+        for j, e in self._recent:
+            if first <= j <= last:
+                emb[j - first] = e
+        return emb
+
+    def ended_s(self, heard: Heard) -> float:
+        """Where a listening's song last held at its present alignment (stream time; at most ``heard.end_s``).
+
+        The listener holds a song while its whole window supports it, so a song followed by other music (or by
+        another place of itself) is held up to a window past its end. The recent segments' aligned similarity with
+        the song says where it ended (``follow.alignment_runs``, as the scan cuts a declared stretch: by at most one
+        window, and only where the alignment holds for at least half of the stretch looked at)."""
         if not self._recent:
-            return
+            return heard.end_s
         code = self._song_code(heard.song_id)
         start_s = heard.earlier[-1][0] if heard.earlier else heard.start_s  # where its present alignment began
         first = max(int(round(start_s / HOP_S)), self._recent[0][0])
         last = int(round((heard.end_s - SEGMENT_S) / HOP_S))  # its last supported segment
         if code < 0 or last < first:
-            return
-        emb = np.zeros((last - first + 1, self._recent[0][1].shape[-1]), np.float32)
-        for j, e in self._recent:  # a segment missing (silent, skipped) stays a zero vector: it holds nothing
-            if first <= j <= last:
-                emb[j - first] = e
+            return heard.end_s
+        emb = self._recent_fingerprints(first, last)
         # (alignment_runs reads the stretch's row 0 as stream segment 0: the anchor is shifted to ``first``)
         (_, end), = alignment_runs(self._db, code, heard.anchor + first, emb, 0, last - first, [(0, last - first)],
                                    trim=int(round(self.config.window_s / HOP_S)))
-        heard.end_s = min(heard.end_s, (first + end) * HOP_S + SEGMENT_S)
+        return min(heard.end_s, (first + end) * HOP_S + SEGMENT_S)
 
     def summary(self, overflows: int = 0, dropped_s: float = 0.0, device: str = "") -> ListenSummary:
         return listen_summary(self, overflows, dropped_s, device)
@@ -730,7 +791,7 @@ class ListenerCore:
                 # same place it is support: a song held by persistent_hops under the holding threshold.)
                 if abs(obs.anchor - cur.anchor) > tol:
                     event = "resync"
-                    cur.earlier.append((cur.end_s, cur.anchor))
+                    cur.earlier.append((self.ended_s(cur), cur.anchor))
                 cur.anchor, cur.end_s, cur.hops = obs.anchor, stream_s, cur.hops + 1
                 self._misses = 0
             else:

@@ -35,8 +35,8 @@ import numpy as np
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, segment_levels_db
 from workflow_lib.common.background import ordered_map, prefetch
-from workflow_lib.listener.core import Heard, ListenConfig, ListenerCore
-from workflow_lib.listener.follow import alignment_runs, similarity_at
+from workflow_lib.listener.core import CONTINUATION_TOLERANCE_S, Heard, ListenConfig, ListenerCore, by_alignment
+from workflow_lib.listener.follow import SHORT_PLAY_S, SHORT_PLAY_SIMILARITY, alignment_runs, similarity_at
 from workflow_lib.listener.views import two_views_missing
 from workflow_lib.model.embed import embed_segments, iter_segment_chunks
 from workflow_lib.search.duplicates import MIN_SCORE as TWIN_SCORE
@@ -48,14 +48,6 @@ log = logging.getLogger(__name__)
 
 HOP_S = HOP_SAMPLES / SAMPLE_RATE
 SEGMENT_S = SEGMENT_SAMPLES / SAMPLE_RATE
-# An occurrence shorter than SHORT_PLAY_S is kept only if its aligned similarity with the song (median over its
-# segments) reaches SHORT_PLAY_SIMILARITY: a short stretch is weak evidence, as a short query needs a higher
-# threshold. The scan's commonest false alarm at 10 dB is a song outside the database named, for 3-22 s at a time,
-# as a database track of the same game (same composer and samples, not the same recording): the median of such
-# occurrences' aligned similarity is 0.59, of right occurrences under 15 s 0.75 (bundled model, programme seeds
-# 0-47; bench/README.md, "A short play must hold").
-SHORT_PLAY_S = 15.0
-SHORT_PLAY_SIMILARITY = 0.55
 # Every occurrence, searched whole as one query (its segments in sequence, as a file query searches), must name its
 # own song first, or a song that holds the same music there (``_named_whole``): the listener declared it on windows
 # of a few seconds and the following then extended it; when the whole stretch is more like another song, it was a
@@ -341,7 +333,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig,
     tol = max(2, config.offset_tolerance_hops)
     island = int(round(config.follow_island_s / HOP_S))  # segments that must hold beyond a dip to cross it
     trim = int(round(config.window_s / HOP_S))  # how long the listener may hold a song past its end
-    pieces = [(h, *_core(h, n)) for h in sorted((p for h in heard for p in _by_alignment(h)), key=lambda h: h.start_s)]
+    pieces = [(h, *_core(h, n)) for h in sorted((p for h in heard for p in by_alignment(h)), key=lambda h: h.start_s)]
     pieces = [p for p in pieces if p[2] >= p[1]]
     groups: list[list] = []
     for p in pieces:  # consecutive declarations of one song, nothing else declared between them
@@ -453,17 +445,6 @@ def _follow_group(db, catalogue: dict, group: list, emb: np.ndarray, lo: int, hi
     return out
 
 
-def _by_alignment(h: Heard) -> list[Heard]:
-    """A declared match as one declaration per alignment it held: a resync (the listener moving a held song to
-    another place of it: the song started again, or a repeated section first named at its other place) ends the
-    stretch of the alignment before it."""
-    out, start_s = [], h.start_s
-    for end_s, anchor in h.earlier:
-        out.append(replace(h, anchor=anchor, start_s=start_s, end_s=end_s, earlier=[]))
-        start_s = end_s
-    return out + [replace(h, start_s=start_s, earlier=[])] if out else [h]
-
-
 def _core(h: Heard, n: int) -> tuple[int, int]:
     """The segments a declared match covers (first, last)."""
     j0 = int(round(h.start_s / HOP_S))
@@ -487,12 +468,6 @@ def _free_spans(claimed: np.ndarray, a: int, b: int) -> list[tuple[int, int]]:
     free = ~claimed[a:b + 1]
     edges = np.flatnonzero(np.diff(np.concatenate([[0], free.astype(np.int8), [0]])))
     return [(a + int(s), a + int(e) - 1) for s, e in zip(edges[::2], edges[1::2]) if e - s >= 2]
-
-
-# Neighbouring occurrences of one song whose song time runs on with the recording's (within this much) are one
-# occurrence: the listener re-anchors a held song when its offset wanders by a hop or two (a resync), which is not
-# a new playing of it.
-CONTINUATION_TOLERANCE_S = 1.5
 
 
 def merge_continuations(occurrences: list[Occurrence], tolerance_s: float = CONTINUATION_TOLERANCE_S

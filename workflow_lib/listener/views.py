@@ -113,16 +113,17 @@ class TwoViewCore:
 
     def _follow(self, shown: Heard | None, d: Decision, core: ListenerCore) -> str | None:
         """Update what this listener has heard from what is shown now (``core``'s match); the event that makes. A
-        listening that ends has its end cut by the view that held it last (``ListenerCore.cut_end``)."""
+        listening that ends (or moves to another place of its song) ends where the view that held it last says its
+        song last held (``ListenerCore.ended_s``)."""
         cur = self.current
         if shown is None:
             if cur is not None:
                 self._held_by.cut_end(cur)
             self.current = None
             return "lost" if cur is not None else None
+        held_by, self._held_by = self._held_by, core
         if cur is not None and cur.song_id != shown.song_id:
-            self._held_by.cut_end(cur)
-        self._held_by = core
+            held_by.cut_end(cur)
         if cur is None or cur.song_id != shown.song_id:
             # its own list of earlier alignments (the core's goes on with the core's own resyncs)
             self.current = replace(shown, declared_s=d.stream_s, end_s=d.stream_s, hops=1,
@@ -133,7 +134,7 @@ class TwoViewCore:
         # move, by a core's resync or to the other core's offset, is kept as the core keeps its own)
         moved = abs(cur.anchor - shown.anchor) > self.config.offset_tolerance_hops
         if moved:
-            cur.earlier.append((cur.end_s, cur.anchor))
+            cur.earlier.append((held_by.ended_s(cur), cur.anchor))
         cur.anchor, cur.end_s, cur.hops = shown.anchor, d.stream_s, cur.hops + 1
         cur.max_confidence = max(cur.max_confidence, shown.max_confidence)
         cur.max_score = max(cur.max_score, shown.max_score)
@@ -141,7 +142,7 @@ class TwoViewCore:
 
     def finish(self) -> None:
         if self.current is not None:
-            self._held_by.cut_end(self.current)
+            self._held_by.cut_end(self.current, stream_ended=True)
         self.plain.finish()
         self.whitened.finish()
         self.current = None
