@@ -6,8 +6,9 @@ Every recording under ``--noise`` (rooms, streets, rain, wind: no music) is brou
 joined into one stream and played at each of ``--levels`` dBFS (recorded in 16 bits) into the listener of ``RESULTS``
 (``Database.listen``, the decisions of `nafp listen --input FILE --fast`; ``--config`` merged over the folder's
 settings, e.g. a folder indexed before 2026-12-06 given today's ``listen:`` defaults). Printed per level: the
-decisions that were silence, listening and match, and every song declared (each one a false declaration), with how
-long it was held and its best confidence. ``--noise`` may also be a folder of music the database does not hold: the
+decisions that were silence, listening and match, how many songs the listener declared (each one a false
+declaration), and those its summary keeps (short ones whose audio did not hold the song are left out), with how long
+each was held and its best confidence. ``--noise`` may also be a folder of music the database does not hold: the
 listener left on while other music plays (bench/README.md, "Other music shipped with the model").
 """
 
@@ -60,13 +61,17 @@ def main() -> int:
         x = quantise_16bit(room * 10 ** (level / 20))  # as a sound card records it
         stream = db.listen(SAMPLE_RATE)
         states: Counter[str] = Counter()
+        declared = 0
         for at in range(0, len(x), block):
-            states.update(d["state"] for d in stream.push(x[at:at + block]))
-        heard = stream.finish()["heard"]
+            for d in stream.push(x[at:at + block]):
+                states[d["state"]] += 1
+                declared += d["event"] in ("match", "change")  # what the listener announced
+        summary = stream.finish()
         named = "; ".join(f"{h['title']} at {h['start_s']:.0f} s for {h['end_s'] - h['start_s']:.1f} s "
-                          f"(confidence up to {h['max_confidence']:.2f})" for h in heard) or "none"
+                          f"(confidence up to {h['max_confidence']:.2f})" for h in summary["heard"]) or "none"
         print(f"{level:6.0f} dBFS: decisions {sum(states.values())} (silence {states['silence']}, listening "
-              f"{states['listening']}, match {states['match']}); songs declared {len(heard)}: {named}")
+              f"{states['listening']}, match {states['match']}); songs declared {declared}; in the summary "
+              f"({summary['left_out']} short ones left out): {named}")
     return 0
 
 

@@ -232,15 +232,17 @@ def noise_listened(db, args: argparse.Namespace, rng: np.random.Generator) -> No
     for level in args.noise_levels:
         x = played(stream_audio, level)
         stream = db.listen(sample_rate=SAMPLE_RATE)
-        silent = decisions = 0
+        silent = decisions = declared = 0
         for at in range(0, len(x), block):
             for decision in stream.push(x[at:at + block]):
                 decisions += 1
                 silent += decision.get("state") == "silence"
-        heard = stream.finish()["heard"]
-        print(f"  RMS {level:+4.0f} dBFS: songs declared {len(heard)} "
-              f"({sum(h['end_s'] - h['start_s'] for h in heard):.1f} s in all); silence {silent} of {decisions} "
-              f"decisions")
+                declared += decision.get("event") in ("match", "change")  # what the listener announced
+        summary = stream.finish()
+        heard = summary["heard"]
+        print(f"  RMS {level:+4.0f} dBFS: songs declared {declared} (the summary: {len(heard)}, "
+              f"{sum(h['end_s'] - h['start_s'] for h in heard):.1f} s in all, {summary['left_out']} short ones left "
+              f"out); silence {silent} of {decisions} decisions")
 
 
 if __name__ == "__main__":
