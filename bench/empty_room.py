@@ -7,8 +7,8 @@ joined into one stream and played at each of ``--levels`` dBFS (recorded in 16 b
 (``Database.listen``, the decisions of `nafp listen --input FILE --fast`; ``--config`` merged over the folder's
 settings, e.g. a folder indexed before 2026-12-06 given today's ``listen:`` defaults). Printed per level: the
 decisions that were silence, listening and match, how many songs the listener declared (each one a false
-declaration), and those its summary keeps (short ones whose audio did not hold the song are left out), with how long
-each was held and its best confidence. ``--noise`` may also be a folder of music the database does not hold: the
+declaration), and the summary's entries (one per place of a song a listening held), with how long each was held and
+its best confidence. ``--noise`` may also be a folder of music the database does not hold: the
 listener left on while other music plays (bench/README.md, "Other music shipped with the model").
 """
 
@@ -66,12 +66,11 @@ def main() -> int:
             for d in stream.push(x[at:at + block]):
                 states[d["state"]] += 1
                 declared += d["event"] in ("match", "change")  # what the listener announced
-        summary = stream.finish()
+        heard = stream.finish()["heard"]  # a listening that jumped is one entry per place
         named = "; ".join(f"{h['title']} at {h['start_s']:.0f} s for {h['end_s'] - h['start_s']:.1f} s "
-                          f"(confidence up to {h['max_confidence']:.2f})" for h in summary["heard"]) or "none"
+                          f"(confidence up to {h['max_confidence']:.2f})" for h in heard) or "none"
         print(f"{level:6.0f} dBFS: decisions {sum(states.values())} (silence {states['silence']}, listening "
-              f"{states['listening']}, match {states['match']}); songs declared {declared}; in the summary "
-              f"({summary['left_out']} short ones left out): {named}")
+              f"{states['listening']}, match {states['match']}); songs declared {declared}: {named}")
     return 0
 
 

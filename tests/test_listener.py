@@ -315,35 +315,6 @@ def test_a_listening_is_split_where_its_song_time_jumped_and_kept_whole_where_it
     assert by_alignment(plain, 1.5) == [plain]
 
 
-def test_a_short_listening_is_measured_by_how_well_its_audio_holds_the_song_at_its_place(synth):
-    songs, searcher = synth
-    core = ListenerCore(searcher)
-    drive(core, np.concatenate([synth_song(78, 4.0), songs["s1"][2 * SR:10 * SR], synth_song(77, 6.0)]))  # s1: 4-12 s
-    (h,) = core.heard
-    assert h.song_id == "s1" and h.end_s == pytest.approx(12.0, abs=0.5) and h.held > 0.9  # released: measured
-    s2 = Heard("s2", None, None, h.anchor, h.start_s, h.declared_s, h.end_s, 1.0, 1.0)
-    elsewhere = Heard("s1", None, None, h.anchor + 12, h.start_s, h.declared_s, h.end_s, 1.0, 1.0)
-    assert core.held_similarity(s2) < 0.3 and core.held_similarity(elsewhere) < 0.3
-    core = ListenerCore(searcher)
-    drive(core, songs["s1"][2 * SR:10 * SR])
-    core.finish()
-    assert core.heard[0].held is None  # the stream ended it, not the song
-
-
-def test_the_summary_leaves_out_short_listenings_whose_audio_did_not_hold_the_song():
-    from workflow_lib.cli.listen import summary_text
-    from workflow_lib.listener.core import listen_summary
-
-    heard = [Heard("a", "A", None, 4, 0.0, 2.0, 60.0, 1.0, 0.9),  # long: never measured
-             Heard("b", "B", None, 8, 60.0, 62.0, 66.0, 1.0, 0.8, held=0.41),  # short, its audio not the song's
-             Heard("c", "C", None, 2, 70.0, 72.0, 78.0, 1.0, 0.9, held=0.80)]
-    core = SimpleNamespace(heard=heard, stream_samples=80 * SR, decisions=160, compute_ms=[10.0])
-    summary = listen_summary(core, 0, 0.0, "")
-    assert [h.song_id for h in summary.heard] == ["a", "c"] and summary.left_out == 1
-    assert summary.to_dict()["left_out"] == 1 and "held" not in summary.to_dict()["heard"][0]
-    assert "1 short listening left out" in summary_text(summary)
-
-
 def test_a_gap_restarts_the_window_and_keeps_stream_time(synth):
     songs, searcher = synth
     core = ListenerCore(searcher)

@@ -347,9 +347,6 @@ def summary_text(s: ListenSummary) -> str:
                      f"confidence {h.max_confidence:.2f}, {_named_after(h)})")
     if not s.heard:
         lines.append("  (nothing recognised)")
-    if s.left_out:
-        lines.append(f"  ({s.left_out} short listening{'s' if s.left_out != 1 else ''} left out: the audio did not "
-                     f"hold the song at its place)")
     if s.decisions:
         lines.append(f"{s.decisions} decisions, compute per decision p50 {s.compute_ms_p50:.0f} ms, p95 "
                      f"{s.compute_ms_p95:.0f} ms, max {s.compute_ms_max:.0f} ms; input overflows {s.overflows}; "

@@ -43,7 +43,7 @@ from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
 from workflow_lib.search.searcher import SearchResult, add_runner_up, ranked_window_and_tail, song_set
 from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
-from workflow_lib.listener.follow import SHORT_PLAY_S, SHORT_PLAY_SIMILARITY, alignment_runs, similarity_at
+from workflow_lib.listener.follow import alignment_runs
 from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
@@ -231,9 +231,6 @@ class Heard:
     # the alignments held before a resync moved ``anchor``, oldest first: (stream time where it last held, anchor).
     # The scan follows each at its own place, the summary lists each jump's places apart (``by_alignment``).
     earlier: list[tuple[float, int]] = field(default_factory=list)
-    # a listening shorter than SHORT_PLAY_S that ended: the median similarity of its audio with the song at its
-    # alignment (``ListenerCore.cut_end``); under SHORT_PLAY_SIMILARITY the summary leaves it out. None: not measured
-    held: float | None = None
 
     def song_position(self, stream_s: float) -> float:
         """Position in the song (seconds) at stream time ``stream_s``."""
@@ -252,7 +249,7 @@ class Heard:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        del d["earlier"], d["held"]
+        del d["earlier"]
         d.update(song_start_s=round(self.song_start_s, 3),
                  song_end_s=round(self.song_position(self.end_s), 3))
         return d
@@ -328,7 +325,6 @@ class ListenSummary:
     compute_ms_p95: float
     compute_ms_max: float
     device: str = ""
-    left_out: int = 0  # short listenings whose audio did not hold their song (``Heard.held``)
 
     def to_dict(self) -> dict[str, Any]:
         d = _plain({k: v for k, v in asdict(self).items() if k != "heard"})
@@ -338,15 +334,12 @@ class ListenSummary:
 
 def listen_summary(core: Any, overflows: int, dropped_s: float, device: str) -> ListenSummary:
     """The session summary of a listener core (``heard``, ``stream_samples``, ``decisions``, ``compute_ms``): a
-    listening that jumped to another place of its song is one heard entry per place (``by_alignment``); a short one
-    whose audio did not hold its song (``Heard.held``, the scan's short-play rule) is left out and counted."""
+    listening that jumped to another place of its song is one heard entry per place (``by_alignment``)."""
     ms = np.asarray(core.compute_ms, dtype=np.float64)
     pct = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: float("nan"))
-    kept = [h for h in core.heard if h.held is None or h.held >= SHORT_PLAY_SIMILARITY]
-    heard = [p for h in kept for p in by_alignment(h, CONTINUATION_TOLERANCE_S)]
+    heard = [p for h in core.heard for p in by_alignment(h, CONTINUATION_TOLERANCE_S)]
     return ListenSummary(heard, core.stream_samples / SAMPLE_RATE, core.decisions, overflows, dropped_s,
-                         pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device,
-                         len(core.heard) - len(kept))
+                         pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
@@ -560,34 +553,14 @@ class ListenerCore:
         return (np.asarray(levels) > self.config.silence_dbfs) & np.asarray(emb).any(axis=1)
 
     def finish(self) -> None:
-        """End of stream: the open match (if any) stays in ``heard``, ending where its song last held (the stream
-        ended it, not the song: no short-play test)."""
+        """End of stream: the open match (if any) stays in ``heard``, ending where its song last held."""
         if self.current is not None:
-            self.cut_end(self.current, stream_ended=True)
+            self.cut_end(self.current)
         self.current = None
 
-    def cut_end(self, heard: Heard, stream_ended: bool = False) -> None:
-        """A listening that ended: its end moved back to where its song last held at its alignment (``ended_s``);
-        if it is then shorter than SHORT_PLAY_S (and the stream did not end it), how well its audio holds the song
-        (``Heard.held``): a short stretch is weak evidence, and the summary holds it to the scan's rule."""
+    def cut_end(self, heard: Heard) -> None:
+        """A listening that ended: its end moved back to where its song last held at its alignment (``ended_s``)."""
         heard.end_s = self.ended_s(heard)
-        if not stream_ended and heard.end_s - heard.start_s < SHORT_PLAY_S:
-            heard.held = self.held_similarity(heard)
-
-    def held_similarity(self, heard: Heard) -> float | None:
-        """The median similarity of a listening's recent segments with its song, each place it held at its own
-        alignment (None: no recent fingerprints kept, or none of its segments among them)."""
-        code = self._song_code(heard.song_id)
-        if not self._recent or code < 0:
-            return None
-        sims = []
-        for piece in by_alignment(heard):
-            first = max(int(round(piece.start_s / HOP_S)), self._recent[0][0])
-            last = int(round((piece.end_s - SEGMENT_S) / HOP_S))
-            if last >= first:  # stream segment j is the song's segment j + anchor
-                sims.append(similarity_at(self._db, code, first + piece.anchor,
-                                          self._recent_fingerprints(first, last)))
-        return float(np.median(np.nan_to_num(np.concatenate(sims), nan=0.0))) if sims else None
 
     def _recent_fingerprints(self, first: int, last: int) -> np.ndarray:
         """The recent fingerprints of stream segments ``first..last`` (a segment not kept, silent or skipped, is a

@@ -34,14 +34,6 @@ BRIDGE_SEGMENTS = 12
 # within 0.01 of F1; bench/README.md, "Following a song only while its alignment counts").
 SELF_NULL_GAP = 0.03
 SELF_NULL_SHIFTS = (-37, -23, -11, 11, 23, 37)
-# An occurrence shorter than SHORT_PLAY_S (a scan's, a live listening in the listener's summary) is kept only if its
-# aligned similarity with the song (median over its segments) reaches SHORT_PLAY_SIMILARITY: a short stretch is weak
-# evidence, as a short query needs a higher threshold. The scan's commonest false alarm at 10 dB is a song outside the
-# database named, for 3-22 s at a time, as a database track of the same game (same composer and samples, not the same
-# recording): the median of such occurrences' aligned similarity is 0.59, of right occurrences under 15 s 0.75 (bundled
-# model, programme seeds 0-47; bench/README.md, "A short play must hold").
-SHORT_PLAY_S = 15.0
-SHORT_PLAY_SIMILARITY = 0.55
 
 
 def alignment_runs(db, code: int, anchor: int, emb: np.ndarray, lo: int, hi: int,

@@ -36,7 +36,7 @@ from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, segment_levels_db
 from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.listener.core import CONTINUATION_TOLERANCE_S, Heard, ListenConfig, ListenerCore, by_alignment
-from workflow_lib.listener.follow import SHORT_PLAY_S, SHORT_PLAY_SIMILARITY, alignment_runs, similarity_at
+from workflow_lib.listener.follow import alignment_runs, similarity_at
 from workflow_lib.listener.views import two_views_missing
 from workflow_lib.model.embed import embed_segments, iter_segment_chunks
 from workflow_lib.search.duplicates import MIN_SCORE as TWIN_SCORE
@@ -48,6 +48,14 @@ log = logging.getLogger(__name__)
 
 HOP_S = HOP_SAMPLES / SAMPLE_RATE
 SEGMENT_S = SEGMENT_SAMPLES / SAMPLE_RATE
+# An occurrence shorter than SHORT_PLAY_S is kept only if its aligned similarity with the song (median over its
+# segments) reaches SHORT_PLAY_SIMILARITY: a short stretch is weak evidence, as a short query needs a higher
+# threshold. The scan's commonest false alarm at 10 dB is a song outside the database named, for 3-22 s at a time,
+# as a database track of the same game (same composer and samples, not the same recording): the median of such
+# occurrences' aligned similarity is 0.59, of right occurrences under 15 s 0.75 (bundled model, programme seeds
+# 0-47; bench/README.md, "A short play must hold").
+SHORT_PLAY_S = 15.0
+SHORT_PLAY_SIMILARITY = 0.55
 # Every occurrence, searched whole as one query (its segments in sequence, as a file query searches), must name its
 # own song first, or a song that holds the same music there (``_named_whole``): the listener declared it on windows
 # of a few seconds and the following then extended it; when the whole stretch is more like another song, it was a

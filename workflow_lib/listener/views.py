@@ -142,7 +142,7 @@ class TwoViewCore:
 
     def finish(self) -> None:
         if self.current is not None:
-            self._held_by.cut_end(self.current, stream_ended=True)
+            self._held_by.cut_end(self.current)
         self.plain.finish()
         self.whitened.finish()
         self.current = None
