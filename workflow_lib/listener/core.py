@@ -228,8 +228,9 @@ class Heard:
     track: int | None = None
     track_start_s: float | None = None
     album: str | None = None
-    # the alignments held before a resync moved ``anchor``, oldest first: (stream time where it last held, anchor).
-    # The scan follows each at its own place, the summary lists each jump's places apart (``by_alignment``).
+    # the alignments held before a resync moved ``anchor``, oldest first: (stream time where it last held: its last
+    # supported hop, cut back as an end is where the core keeps recent fingerprints, anchor). The scan follows each
+    # at its own place, the summary lists each jump's places apart (``by_alignment``).
     earlier: list[tuple[float, int]] = field(default_factory=list)
 
     def song_position(self, stream_s: float) -> float:
