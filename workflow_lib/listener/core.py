@@ -115,6 +115,11 @@ class ListenConfig:
     def tail_segments(self) -> int:
         return n_segments(int(round(self.tail_s * SAMPLE_RATE)))
 
+    @property
+    def held_past_end_hops(self) -> int:
+        """How far past a song's end the listener may hold it (one window, in hops): the most an end is cut back."""
+        return int(round(self.window_s / HOP_S))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ListenConfig":
         check_keys(d, cls.__dataclass_fields__, "listen config")
@@ -232,6 +237,10 @@ class Heard:
     # supported hop, cut back as an end is where the core keeps recent fingerprints, anchor). The scan follows each
     # at its own place, the summary lists each jump's places apart (``by_alignment``).
     earlier: list[tuple[float, int]] = field(default_factory=list)
+
+    def moved(self, last_held_s: float) -> None:
+        """A resync is about to move ``anchor``: the present alignment, last held at ``last_held_s``, is kept."""
+        self.earlier.append((last_held_s, self.anchor))
 
     def song_position(self, stream_s: float) -> float:
         """Position in the song (seconds) at stream time ``stream_s``."""
@@ -591,7 +600,7 @@ class ListenerCore:
         emb = self._recent_fingerprints(first, last)
         # (alignment_runs reads the stretch's row 0 as stream segment 0: the anchor is shifted to ``first``)
         (_, end), = alignment_runs(self._db, code, heard.anchor + first, emb, 0, last - first, [(0, last - first)],
-                                   trim=int(round(self.config.window_s / HOP_S)))
+                                   trim=self.config.held_past_end_hops)
         return min(heard.end_s, (first + end) * HOP_S + SEGMENT_S)
 
     def summary(self, overflows: int = 0, dropped_s: float = 0.0, device: str = "") -> ListenSummary:
@@ -765,7 +774,7 @@ class ListenerCore:
                 # same place it is support: a song held by persistent_hops under the holding threshold.)
                 if abs(obs.anchor - cur.anchor) > tol:
                     event = "resync"
-                    cur.earlier.append((self.ended_s(cur), cur.anchor))
+                    cur.moved(self.ended_s(cur))
                 cur.anchor, cur.end_s, cur.hops = obs.anchor, stream_s, cur.hops + 1
                 self._misses = 0
             else:

@@ -17,7 +17,7 @@ import numpy as np
 # typical (median) similarity and at least TRACK_FLOOR, dips of up to BRIDGE_SEGMENTS (6 s) bridged. TRACK_FLOOR sits at
 # the 96th percentile of the smoothed similarity at a wrong song or alignment, where a right alignment's is above 0.40
 # for 95 % of its segments (bundled model, monitoring programmes; bench/README.md, "Scanning: following the song").
-# Following only ever extends a match the listener declared; it never starts one. EDGE_SHARE was 0.5 until the edges
+# Following never starts a match: it follows one the listener declared. EDGE_SHARE was 0.5 until the edges
 # were looked at: a song's similarity a few seconds before it starts (or after it ends) can sit at 0.35-0.45 against
 # talk and noise, so half of a typical 0.65 let occurrences start up to 4 s early; 0.6 cuts the false alarms by a third
 # (by two thirds at 10 dB) on programmes never looked at before (seeds 3-5) at equal F1.

@@ -340,7 +340,7 @@ def _refine(searcher, heard: list[Heard], emb: np.ndarray, config: ListenConfig,
     n = len(emb)
     tol = max(2, config.offset_tolerance_hops)
     island = int(round(config.follow_island_s / HOP_S))  # segments that must hold beyond a dip to cross it
-    trim = int(round(config.window_s / HOP_S))  # how long the listener may hold a song past its end
+    trim = config.held_past_end_hops  # how long the listener may hold a song past its end
     pieces = [(h, *_core(h, n)) for h in sorted((p for h in heard for p in by_alignment(h)), key=lambda h: h.start_s)]
     pieces = [p for p in pieces if p[2] >= p[1]]
     groups: list[list] = []

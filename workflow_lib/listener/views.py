@@ -134,7 +134,7 @@ class TwoViewCore:
         # move, by a core's resync or to the other core's offset, is kept as the core keeps its own)
         moved = abs(cur.anchor - shown.anchor) > self.config.offset_tolerance_hops
         if moved:
-            cur.earlier.append((held_by.ended_s(cur), cur.anchor))
+            cur.moved(held_by.ended_s(cur))
         cur.anchor, cur.end_s, cur.hops = shown.anchor, d.stream_s, cur.hops + 1
         cur.max_confidence = max(cur.max_confidence, shown.max_confidence)
         cur.max_score = max(cur.max_score, shown.max_score)
