@@ -111,6 +111,10 @@ def test_missing_file(tmp_path):
     # A web address is not a missing file; the message gives it back as typed.
     with pytest.raises(AudioDecodeError, match=r"^https://example.org/a.mp3: a web address; nafp reads local files"):
         load_audio(Path("https://example.org/a.mp3"))
+    # A link whose target is gone says so (exists() follows the link, so it read "no such file").
+    (tmp_path / "gone.wav").symlink_to("moved/song.wav")
+    with pytest.raises(AudioDecodeError, match=r"gone.wav: broken symbolic link \(to moved/song.wav\)"):
+        load_audio(tmp_path / "gone.wav")
 
 
 @pytest.mark.parametrize("ext", ["wav", "flac"])

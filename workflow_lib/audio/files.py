@@ -101,10 +101,12 @@ def ffmpeg_missing_for(path: Path) -> bool:
 
 
 def missing_path_message(path: Path, missing: str) -> str:
-    """Why ``path`` (which does not exist) cannot be read: ``missing``, or that it is a web address."""
+    """Why ``path`` (which does not exist) cannot be read: ``missing``, a link to nothing, or a web address."""
     url = _URL.match(str(path))
     if url:  # pathlib folds "https://" into "https:/": give it back as it was typed
         return f"{url[1]}://{str(path)[url.end():]}: a web address; nafp reads local files (download it first)"
+    if path.is_symlink():  # exists() follows the link: say it is the link's target that is gone
+        return f"{path}: broken symbolic link (to {os.readlink(path)})"
     return f"{path}: {missing}"
 
 

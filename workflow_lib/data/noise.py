@@ -423,8 +423,10 @@ def prepare_noise(noise_files: Sequence[str | Path], speech_files: Sequence[str 
                              f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
         _assign_noise(per_file, test_fraction, seed, int(min(GENERATED_CLIP_S, max_clip_s) * SR), banks)
     else:
-        log.warning("no noise folders configured: using generated noise (%s), %d clips per split, for training "
-                    "and the no-match calibration; set data.noise_dirs to real recordings for realistic ones",
+        # Said without naming a stage: this bank feeds training views, calibration and evaluation queries alike,
+        # and `nafp index` runs no training.
+        log.warning("no noise folders configured: using generated noise (%s), %d clips per split, wherever the "
+                    "workflow adds background noise; set data.noise_dirs to real recordings for realistic noise",
                     ", ".join(GENERATORS), generated_clips)
         for k, split in enumerate(SPLITS):
             clips, rows = generate_noise(generated_clips, min(GENERATED_CLIP_S, max_clip_s),
