@@ -126,6 +126,11 @@ def test_db_add_checks_files_like_the_manifest_and_skips_duplicates_by_content(t
     from workflow_lib.database.index import FingerprintDB
 
     assert FingerprintDB.load(results / "index").n_songs == 3  # only 'fresh' was added, once
+    # The very file the workflow indexed, added by its own path (relative, as typed): skipped, not in twice.
+    rc = main(["db", "add", os.path.relpath(paths["b"]), "--results", str(results), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "already in the database as song b, indexed from its folder" in err, err
+    assert FingerprintDB.load(results / "index").n_songs == 3
 
 
 def test_a_kill_during_db_add_leaves_a_database_that_the_rerun_completes(tmp_path):

@@ -120,6 +120,8 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
         dups = content_duplicates([Path(p) for p in songs["path"]], layout, exclude=set(present))
         for path, (sid, other) in dups.items():
             skipped.append({"path": str(path), "reason": copy_reason(other) if sid is None else
+                            f"already in the database as song {sid}, indexed from its folder"
+                            if Path(other).resolve() == path else
                             f"same audio as song {sid} already in the database ({other})"})
         songs = songs[~songs["path"].isin({str(p) for p in dups})].reset_index(drop=True)
         if songs.empty:
@@ -210,10 +212,10 @@ def content_duplicates(paths: list[Path], layout: ResultsLayout, exclude: set[st
     if layout.catalogue.exists() and paths:
         cat = load_catalogue(layout.catalogue).reset_index(drop=True)
         db = FingerprintDB.load(layout.index)
-        new = {p.resolve() for p in paths}  # a file re-added as itself (--replace) is not its own copy
+        # A file re-added as itself (--replace) is not its own copy: its song is in ``exclude``. A file the
+        # workflow indexed from its folder, added by its path, is one (else the song would be in twice).
         stored = [(str(sid), p) for sid, p in zip(cat["song_id"], cat["path"])
-                  if sid not in exclude and db.song_position(str(sid)) >= 0 and isinstance(p, str)
-                  and Path(p).resolve() not in new]
+                  if sid not in exclude and db.song_position(str(sid)) >= 0 and isinstance(p, str)]
     rows, song_of = [], {}
     for sid, p in stored:
         try:
