@@ -170,7 +170,11 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"another run is indexing into {results} now (nafp index or the workflow): let it end, or stop "
                     "it, then run this again", EXIT_SETUP)
     made_here = args.dry_run and not results.exists()
-    results.mkdir(parents=True, exist_ok=True)
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, a folder of someone else's, a read-only disk
+        what = "is a file, not a folder" if results.is_file() else f"cannot be made ({exc.strerror or exc})"
+        return fail(f"--results {args.results}: {what}")
     cfg_path = results / INDEX_CONFIG
     cfg_path.write_text("# Settings of `nafp index` for this folder (rewritten by each run of it).\n" +
                         yaml.safe_dump(settings, sort_keys=False))
