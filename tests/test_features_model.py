@@ -218,8 +218,11 @@ def test_model_file_errors_name_the_file(saved_model, tmp_path):
         load_fingerprinter(truncated)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(np.random.default_rng(0).bytes(2000))
-    with pytest.raises(ModelFileError, match="garbage.pt"):
+    with pytest.raises(ModelFileError, match=r"garbage.pt: not a model file \(a model file is what training"):
         read_model_file(garbage)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ModelFileError, match=r"empty.pt: empty file \(0 bytes\), not a model file"):
+        load_fingerprinter(tmp_path / "empty.pt")
     wrong = tmp_path / "wrong.pt"
     torch.save({"format": "something-else", "state_dict": {}}, wrong)
     with pytest.raises(ModelFileError, match="not a nafp-model/1"):

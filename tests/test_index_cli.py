@@ -331,6 +331,14 @@ def test_a_results_path_that_is_a_file_is_named_before_any_stage_runs(tmp_path):
     assert "Traceback" not in r.stderr and (tmp_path / "db").read_text() == "not a folder"
 
 
+def test_a_model_file_that_is_no_model_is_named_before_any_stage_runs(tmp_path):
+    generate_demo_corpus(tmp_path / "corpus", 2, 10.0, seed=5)
+    (tmp_path / "notes.pt").write_text("not a model")
+    r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", "db", "--model", "notes.pt", cwd=tmp_path)
+    assert r.returncode == 2 and "error: --model: " in r.stderr and "notes.pt: not a model file" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "db").exists()
+
+
 def test_unknown_music_inside_a_music_folder_is_named_before_any_stage_runs(tmp_path):
     generate_demo_corpus(tmp_path / "corpus", 2, 10.0, seed=5)
     music = tmp_path / "corpus" / "music"

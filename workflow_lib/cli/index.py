@@ -152,6 +152,14 @@ def run(args: argparse.Namespace) -> int:
         model = str(Path(model).expanduser().resolve())
         if not Path(model).is_file():
             return fail(f"--model: no such file: {args.model}")
+        # Loaded once here (torch's import, seconds) so that a file that is no model is named before any stage,
+        # not in every fingerprint job's traceback.
+        from workflow_lib.model.model_file import ModelFileError, load_fingerprinter
+
+        try:
+            load_fingerprinter(model)
+        except ModelFileError as exc:
+            return fail(f"--model: {exc}")
     if args.queries_per_length < 10:
         return fail("--queries-per-length must be at least 10")
     if args.shards is not None and args.shards < 1:

@@ -48,10 +48,17 @@ def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], model_conf
 def _load_payload(path: Path) -> Any:
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found (train one with `snakemake ... results/model/model.pt`)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise ModelFileError(f"{path}: empty file (0 bytes), not a model file")
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive; torch's own error for anything else is a page
+        raise ModelFileError(f"{path}: not a model file (a model file is what training writes, a PyTorch archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, random bytes, disallowed pickled objects...
-        raise ModelFileError(f"{path}: not a readable model file, it may be corrupt or truncated ({exc})") from exc
+    except Exception as exc:  # truncated zip, disallowed pickled objects...
+        raise ModelFileError(f"{path}: not a readable model file, it may be corrupt or truncated "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
 
 
 def _check_model_payload(payload: Any, where: str) -> dict[str, Any]:
