@@ -39,6 +39,35 @@ def spread(errors: list[float]) -> str:
             f"{np.percentile(np.abs(e), 90):.2f} s, over 2 s {int(np.sum(np.abs(e) > 2))}") if len(e) else "-"
 
 
+def recordings(songs, unknown: list[np.ndarray], plays: int, rng: np.random.Generator
+               ) -> list[tuple[np.ndarray, str, float, float]]:
+    """``plays`` recordings per database song (``songs``: ``Database.songs``): unknown music, the song from a random
+    place, unknown music, joined without a gap. Each as (8 kHz audio, song id, play start s, play end s)."""
+    from workflow_lib.audio.files import load_audio
+
+    out = []
+    for song_id, path in zip(songs["song_id"], songs["path"]):
+        song = load_audio(path)
+        for _ in range(plays):
+            before = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
+            play = excerpt(song, rng.uniform(40, 60), rng)
+            after = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
+            start_s = len(before) / SAMPLE_RATE
+            out.append((np.concatenate([before, play, after]), song_id, start_s, start_s + len(play) / SAMPLE_RATE))
+    return out
+
+
+def with_noise(audio: np.ndarray, noise: np.ndarray | None, snr: float | None, rng: np.random.Generator
+               ) -> np.ndarray:
+    """``audio`` with a random stretch of ``noise`` at ``snr`` dB (as it is for ``snr`` None)."""
+    if snr is None:
+        return audio
+    from workflow_lib.evaluation.degrade import add_noise
+
+    at = int(rng.integers(0, max(1, len(noise) - len(audio))))
+    return add_noise(audio, np.resize(noise[at:at + len(audio)], len(audio)), snr)
+
+
 def heard(db, audio: np.ndarray) -> list[dict]:
     """The songs the live listener's summary names for ``audio`` (8 kHz), with their stream times."""
     stream = db.listen(SAMPLE_RATE)
@@ -60,31 +89,19 @@ def main() -> int:
     from workflow_lib.api import Database
     from workflow_lib.audio.files import load_audio
     from workflow_lib.data.manifest import list_audio_files
-    from workflow_lib.evaluation.degrade import add_noise
 
     db = Database.open(args.results)
     songs = db.songs
     unknown = [load_audio(p) for p in sorted(list_audio_files([args.unknown]))]
     noise = np.concatenate([load_audio(p) for p in sorted(list_audio_files([args.noise]))]) if args.noise else None
     rng = np.random.default_rng(args.seed)
-    recordings = []  # (audio, song_id, start_s, end_s)
-    for song_id, path in zip(songs["song_id"], songs["path"]):
-        song = load_audio(path)
-        for _ in range(args.plays):
-            before = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
-            play = excerpt(song, rng.uniform(40, 60), rng)
-            after = excerpt(unknown[int(rng.integers(len(unknown)))], rng.uniform(20, 40), rng)
-            start_s = len(before) / SAMPLE_RATE
-            recordings.append((np.concatenate([before, play, after]), song_id, start_s,
-                               start_s + len(play) / SAMPLE_RATE))
-    print(f"{args.results}: {len(songs)} songs, {len(recordings)} recordings; unknown music: {len(unknown)} files")
+    plays = recordings(songs, unknown, args.plays, rng)
+    print(f"{args.results}: {len(songs)} songs, {len(plays)} recordings; unknown music: {len(unknown)} files")
     conditions = [None] + (list(args.snr) if noise is not None else [])
     for snr in conditions:
         starts, ends, other_s, missed = [], [], 0.0, 0
-        for audio, song_id, start_s, end_s in recordings:
-            if snr is not None:
-                at = int(rng.integers(0, max(1, len(noise) - len(audio))))
-                audio = add_noise(audio, np.resize(noise[at:at + len(audio)], len(audio)), snr)
+        for audio, song_id, start_s, end_s in plays:
+            audio = with_noise(audio, noise, snr, rng)
             rows = heard(db, audio) if args.live else \
                 [r for r in db.scan(audio, sample_rate=SAMPLE_RATE) if r["kind"] == "song"]
             mine = [r for r in rows if r["song_id"] == song_id and min(r["end_s"], end_s) > max(r["start_s"], start_s)]
@@ -95,7 +112,7 @@ def main() -> int:
             starts.append(min(r["start_s"] for r in mine) - start_s)
             ends.append(max(r["end_s"] for r in mine) - end_s)
         label = "clean" if snr is None else f"{snr:g} dB"
-        print(f"{label}: found {len(starts)} of {len(recordings)}; start {spread(starts)}; end {spread(ends)}; "
+        print(f"{label}: found {len(starts)} of {len(plays)}; start {spread(starts)}; end {spread(ends)}; "
               f"named as another song {other_s:.1f} s")
     return 0
 
