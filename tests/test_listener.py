@@ -123,6 +123,24 @@ def drive(core: ListenerCore, audio: np.ndarray, chunk: int = 4000) -> list:
     return out
 
 
+def test_a_recording_indexed_twice_is_declared_as_soon_as_one_indexed_once(synth):
+    """Two files of one recording in the database: the listener's margin is the lead over other music, not over the
+    copy (a hair), so the song is declared as soon as, and as surely as, in a database that holds it once."""
+    from workflow_lib.search.threshold import fit_calibration
+
+    songs, _ = synth
+    hiss = 0.01 * np.random.default_rng(4).standard_normal(len(songs["s1"])).astype(np.float32)
+    null = {n: list(np.random.default_rng(n).uniform(0.0, 0.15, 400)) for n in (1, 5, 9)}
+    declared = []
+    for held in ({**songs}, {**songs, "s1-again": songs["s1"] + hiss}):
+        searcher = build_searcher(held)
+        searcher.calibration = fit_calibration(null, 0.01, statistic="margin")
+        ds = drive(ListenerCore(searcher, ListenConfig()), songs["s1"][2 * SR:10 * SR])
+        match = next(d for d in ds if d.event == "match")
+        declared.append((match.stream_s, match.song_id in ("s1", "s1-again"), round(match.confidence, 2)))
+    assert declared[1] == declared[0] and declared[0][1:] == (True, 1.0), declared
+
+
 def test_runner_up_neighbours_found_for_a_whole_chunk_answer_every_look_up_and_change_no_decision(synth):
     # The scan hands the core, with each chunk's neighbours, every lone segment's neighbours without its song
     # (one batched search per song): the core then sends nothing to the index and decides exactly as it does

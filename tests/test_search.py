@@ -331,6 +331,29 @@ def test_a_song_that_fills_every_neighbour_slot_still_has_a_runner_up(mode):
     assert [c.song_id for c in alone.candidates] == ["drone"]
 
 
+def test_a_recording_indexed_twice_is_not_its_own_runner_up():
+    """Two files of one recording (the second with a little hiss, as a re-encoding leaves it): a query of it finds
+    both at almost one score. The copy is left out of the candidates, so the margin is the lead over other music,
+    as in a database that holds the recording once (the lead over its own copy, a hair, rejected the song)."""
+    hiss = 0.01 * np.random.default_rng(4).standard_normal(len(SONGS["song3"])).astype(np.float32)
+    twice = build_searcher({**SONGS, "song3-again": SONGS["song3"] + hiss})
+    once = build_searcher(SONGS)
+    start = 7 * SR
+    emb = twice.embed_views(SONGS["song3"][start:start + 5 * SR])[0]
+    both = search_embeddings(twice.db, emb, twice.top_k)
+    alone = search_embeddings(once.db, emb, once.top_k)
+    assert both.best.song_id in ("song3", "song3-again") and "song3-again" != both.candidates[1].song_id != "song3"
+    assert [c.song_id for c in both.candidates[1:]] == [c.song_id for c in alone.candidates[1:]]
+    margin = decision_statistic([c.score for c in both.candidates], "margin")
+    assert margin == pytest.approx(decision_statistic([c.score for c in alone.candidates], "margin"), abs=0.02)
+    assert margin > 0.3
+    # Other songs are never copies: searched without song3 and its copy, the ranking is the one of the database
+    # that never held them.
+    without = search_embeddings(twice.db, emb, twice.top_k, exclude_song=frozenset({"song3", "song3-again"}))
+    assert [c.song_id for c in without.candidates] == \
+        [c.song_id for c in search_embeddings(once.db, emb, once.top_k, exclude_song="song3").candidates]
+
+
 def test_vote_counts_segment_winners():
     vec = np.eye(8, dtype=np.float16)  # "s" = e0..e3, "t" = e4..e7
     index = faiss.IndexFlatIP(8)

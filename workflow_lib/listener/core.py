@@ -41,7 +41,8 @@ from workflow_lib.search.threshold import Calibration, decision_statistic, fit_c
 from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
-from workflow_lib.search.searcher import SearchResult, add_runner_up, ranked_window_and_tail, song_set
+from workflow_lib.search.searcher import (SearchResult, add_runner_up, ranked_window_and_tail, song_set,
+                                         without_copies)
 from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
 from workflow_lib.listener.follow import alignment_runs
 from workflow_lib.common.config import check_keys
@@ -634,7 +635,8 @@ class ListenerCore:
         best = result.best
         if best is None or best.song_id == other_than:
             return None
-        result = add_runner_up(self._db, emb, result, s.top_k, s.max_candidates, s.n_results)
+        result, skip = without_copies(self._db, result, len(emb))  # as search_embeddings searches a query
+        result = add_runner_up(self._db, emb, result, s.top_k, s.max_candidates, s.n_results, skip)
         n = result.n_segments
         stat = decision_statistic([c.score for c in result.candidates], self.statistic)
         thr, conf = self.threshold(n), self.confidence(stat, n)

@@ -39,7 +39,7 @@ from workflow_lib.listener.core import CONTINUATION_TOLERANCE_S, Heard, ListenCo
 from workflow_lib.listener.follow import alignment_runs, similarity_at
 from workflow_lib.listener.views import two_views_missing
 from workflow_lib.model.embed import embed_segments, iter_segment_chunks
-from workflow_lib.search.duplicates import MIN_SCORE as TWIN_SCORE
+from workflow_lib.search.copies import SAME_MUSIC_SCORE, stored_similarity
 from workflow_lib.search.searcher import (Neighbours, find_neighbours, offset_shifts, runner_up_neighbours,
                                          search_embeddings)
 from workflow_lib.search.sliding import SlidingWindowSearch
@@ -390,22 +390,8 @@ def _named_whole(searcher, o: Occurrence, emb: np.ndarray, exclude_songs: set[st
     if best.song_id == o.song_id:
         return True
     own_start = int(round(o.song_start_s / HOP_S))
-    return _stored_similarity(searcher.db, o.song_id, own_start, best.song_id, best.start_segment,
-                              b - a + 1) >= TWIN_SCORE
-
-
-def _stored_similarity(db, song_a: str, start_a: int, song_b: str, start_b: int, n: int) -> float:
-    """Mean similarity of two songs' stored fingerprints, segment by segment over ``n`` segments from ``start_a``
-    of one and ``start_b`` of the other, over the segments both songs hold (0 if there is none). It reads stored
-    rows on both sides, where ``follow.similarity_at`` scores query fingerprints against one song."""
-    j = np.arange(n)
-    rows_a = db.rows_for(np.full(n, db.song_position(song_a)), start_a + j)
-    rows_b = db.rows_for(np.full(n, db.song_position(song_b)), start_b + j)
-    both = (rows_a >= 0) & (rows_b >= 0)
-    if not both.any():
-        return 0.0
-    vectors = np.asarray(db.vectors[rows_a[both]], np.float32)
-    return float(np.mean(db.scores(vectors, rows_b[both][:, None])))
+    return stored_similarity(searcher.db, o.song_id, own_start, best.song_id, best.start_segment,
+                             b - a + 1) >= SAME_MUSIC_SCORE
 
 
 def _aligned_median(db, o: Occurrence, emb: np.ndarray) -> float:

@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from workflow_lib.search.copies import SAME_MUSIC_SCORE
 from workflow_lib.search.searcher import HOP_S, find_neighbours, search_embeddings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ["song_id", "duplicate_id", "windows", "windows_searched", "mean_score"]
 MAX_WINDOWS = 40
 WINDOW_SEGMENTS = 19  # 10 s
-MIN_SCORE = 0.85
+MIN_SCORE = SAME_MUSIC_SCORE  # a twin's windows score as two files of one recording do
 MIN_WINDOWS = 2
 CONTAINED_SCORE = 0.8
 CONTAINED_SHARE = 0.5  # of the windows searched

@@ -31,6 +31,7 @@ import numpy as np
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS, frame, segment_levels_db
 from workflow_lib.common.layout import ResultsLayout, is_bundled
+from workflow_lib.search.copies import copies_of_best
 from workflow_lib.search.subhop import peak_shift
 from workflow_lib.search.threshold import Calibration, decision_statistic
 from workflow_lib.search.whiten import WhitenedView
@@ -317,13 +318,31 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
     over nothing. Without it, a lone candidate's lead was its whole score, and such queries of unknown songs made
     the calibration's 1 s threshold (margin 0.76) reject almost every right 1 s answer.
 
+    In sequence mode, songs that hold the best song's music at their alignments (``copies.copies_of_best``: one
+    recording indexed from two files) are left out of the candidates, and the runner-up is the best other music:
+    the two copies score a hair apart, and a lead over its own copy would have rejected the song.
+
     The offsets are then placed between the 0.5 s grid points (``place_between_hops``); ``place_offsets=False``
     leaves them on the grid (the listener tracks alignments on the grid and never reads them).
     """
     result = _ranked_candidates(db, emb, top_k, mode, max_candidates, n_results, exclude_song, neighbours)
+    result, exclude_song = without_copies(db, result, len(emb), exclude_song)
     if runner_up:
         result = add_runner_up(db, emb, result, top_k, max_candidates, n_results, exclude_song)
     return place_between_hops(db, emb, result) if place_offsets else result
+
+
+def without_copies(db: Database, result: SearchResult, n_segments: int,
+                   exclude_song: str | frozenset[str] | None = None
+                   ) -> tuple[SearchResult, str | frozenset[str] | None]:
+    """A sequence search's ``result`` (of ``n_segments`` query segments) without the candidates that hold its best
+    song's music at their alignments (``copies.copies_of_best``), and ``exclude_song`` with them added, for the
+    runner-up look-up (``add_runner_up``) that may follow."""
+    copies = copies_of_best(db, result.candidates, n_segments) if result.mode == "sequence" else set()
+    if not copies:
+        return result, exclude_song
+    return replace(result, candidates=[c for c in result.candidates if c.song_id not in copies]), \
+        frozenset(song_set(exclude_song) | copies)
 
 
 def place_between_hops(db: Database, emb: np.ndarray, result: SearchResult) -> SearchResult:
