@@ -17,7 +17,6 @@ and which songs the other declarations named. A signal worth a rule separates th
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from pathlib import Path
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from scan_edges import recordings, with_noise  # noqa: E402
+from scan_edges import parser, setup, with_noise  # noqa: E402
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 
 EARLY_S = 10.0
@@ -53,31 +52,16 @@ def lift_at(db, fingerprints: np.ndarray, song_id: str, stream_s: float, offset_
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", help="a results folder made by `nafp index`")
-    ap.add_argument("--unknown", required=True, type=Path, help="music the database does not hold")
-    ap.add_argument("--noise", type=Path, help="background recordings to add at each --snr")
-    ap.add_argument("--snr", nargs="+", type=float, default=[10.0, 0.0])
-    ap.add_argument("--plays", type=int, default=3, help="recordings per database song (default 3)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = parser(__doc__).parse_args()
 
-    from workflow_lib.api import Database
-    from workflow_lib.audio.files import load_audio
     from workflow_lib.audio.segments import QUERY_LEVEL_DBFS
-    from workflow_lib.data.manifest import list_audio_files
     from workflow_lib.listener.core import CONTINUATION_TOLERANCE_S
     from workflow_lib.model.embed import embed_audio
 
-    db = Database.open(args.results)
+    db, plays, noise, conditions, rng = setup(args)
     s = db.searcher
-    unknown = [load_audio(p) for p in sorted(list_audio_files([args.unknown]))]
-    noise = np.concatenate([load_audio(p) for p in sorted(list_audio_files([args.noise]))]) if args.noise else None
-    rng = np.random.default_rng(args.seed)
-    plays = recordings(db.songs, unknown, args.plays, rng)
     titles = dict(zip(db.songs["song_id"], db.songs["title"]))
-    print(f"{args.results}: {len(db.songs)} songs, {len(plays)} recordings; unknown music: {len(unknown)} files")
-    for snr in [None] + (list(args.snr) if noise is not None else []):
+    for snr in conditions:
         found = {True: [], False: []}  # right? -> (lift, jumped early)
         named = Counter()
         for audio, song_id, start_s, end_s in plays:

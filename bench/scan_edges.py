@@ -75,29 +75,39 @@ def heard(db, audio: np.ndarray) -> list[dict]:
     return stream.finish()["heard"]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks that play these recordings (this one adds ``--live``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", help="a results folder made by `nafp index`")
     ap.add_argument("--unknown", required=True, type=Path, help="music the database does not hold")
     ap.add_argument("--noise", type=Path, help="background recordings to add at each --snr")
     ap.add_argument("--snr", nargs="+", type=float, default=[10.0, 0.0])
     ap.add_argument("--plays", type=int, default=3, help="recordings per database song (default 3)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--live", action="store_true", help="measure the live listener's summary, not the scan")
-    args = ap.parse_args()
+    return ap
 
+
+def setup(args: argparse.Namespace):
+    """The database, its recordings (``recordings``), the noise (None without ``--noise``), the conditions (None:
+    as it is, else an SNR) and the generator that drew the recordings and draws the noise; the first line printed."""
     from workflow_lib.api import Database
     from workflow_lib.audio.files import load_audio
     from workflow_lib.data.manifest import list_audio_files
 
     db = Database.open(args.results)
-    songs = db.songs
     unknown = [load_audio(p) for p in sorted(list_audio_files([args.unknown]))]
     noise = np.concatenate([load_audio(p) for p in sorted(list_audio_files([args.noise]))]) if args.noise else None
     rng = np.random.default_rng(args.seed)
-    plays = recordings(songs, unknown, args.plays, rng)
-    print(f"{args.results}: {len(songs)} songs, {len(plays)} recordings; unknown music: {len(unknown)} files")
-    conditions = [None] + (list(args.snr) if noise is not None else [])
+    plays = recordings(db.songs, unknown, args.plays, rng)
+    print(f"{args.results}: {len(db.songs)} songs, {len(plays)} recordings; unknown music: {len(unknown)} files")
+    return db, plays, noise, [None] + (list(args.snr) if noise is not None else []), rng
+
+
+def main() -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--live", action="store_true", help="measure the live listener's summary, not the scan")
+    args = ap.parse_args()
+    db, plays, noise, conditions, rng = setup(args)
     for snr in conditions:
         starts, ends, other_s, missed = [], [], 0.0, 0
         for audio, song_id, start_s, end_s in plays:
