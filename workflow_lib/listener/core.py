@@ -41,7 +41,8 @@ from workflow_lib.search.threshold import Calibration, decision_statistic, fit_c
 from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
-from workflow_lib.search.searcher import (SearchResult, add_runner_up, ranked_window_and_tail, song_set,
+from workflow_lib.search.copies import SAME_MUSIC_SCORE, stored_similarity
+from workflow_lib.search.searcher import (Candidate, SearchResult, add_runner_up, ranked_window_and_tail, song_set,
                                          without_copies)
 from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
 from workflow_lib.listener.follow import alignment_runs
@@ -635,8 +636,25 @@ class ListenerCore:
         best = result.best
         if best is None or best.song_id == other_than:
             return None
-        result, skip = without_copies(self._db, result, len(emb))  # as search_embeddings searches a query
-        result = add_runner_up(self._db, emb, result, s.top_k, s.max_candidates, s.n_results, skip)
+        kept, copies = without_copies(self._db, result, len(emb))  # as search_embeddings searches a query
+        if other_than in (copies or ()):  # the same recording as the song the caller asks past
+            return None
+        cur = self.current
+        if cur is not None and kept.best.song_id != cur.song_id and stored_similarity(
+                self._db, kept.best.song_id, kept.best.start_segment, cur.song_id, cur.anchor + j0, len(emb),
+                len(emb)) >= SAME_MUSIC_SCORE:
+            # The held song's copy leads by a hair: the same recording, observed as the song being held at its own
+            # alignment (else the two copies, alternately ahead, would be declared in turn: a change every few hops).
+            if other_than == cur.song_id:
+                return None
+            code = np.array([self._song_code(cur.song_id)])
+            score = float(aligned_scores(emb, self._db, code, np.array([cur.anchor + j0]))[0])
+            copies = frozenset(song_set(copies) | {kept.best.song_id})
+            kept = replace(kept, candidates=[Candidate(cur.song_id, cur.anchor + j0, score, 0.0),
+                                             *[c for c in kept.candidates
+                                               if c.song_id not in copies and c.song_id != cur.song_id]])
+        result = add_runner_up(self._db, emb, kept, s.top_k, s.max_candidates, s.n_results, copies)
+        best = result.best
         n = result.n_segments
         stat = decision_statistic([c.score for c in result.candidates], self.statistic)
         thr, conf = self.threshold(n), self.confidence(stat, n)
