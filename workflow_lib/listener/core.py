@@ -41,7 +41,7 @@ from workflow_lib.search.threshold import Calibration, decision_statistic, fit_c
 from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
 from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
-from workflow_lib.search.copies import SAME_MUSIC_SCORE, stored_similarity
+from workflow_lib.search.copies import holds_same_music
 from workflow_lib.search.searcher import (Candidate, SearchResult, add_runner_up, ranked_window_and_tail, song_set,
                                          without_copies)
 from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
@@ -640,15 +640,14 @@ class ListenerCore:
         if other_than in (copies or ()):  # the same recording as the song the caller asks past
             return None
         cur = self.current
-        if cur is not None and kept.best.song_id != cur.song_id and stored_similarity(
-                self._db, kept.best.song_id, kept.best.start_segment, cur.song_id, cur.anchor + j0, len(emb),
-                len(emb)) >= SAME_MUSIC_SCORE:
+        if cur is not None and kept.best.song_id != cur.song_id and holds_same_music(
+                self._db, kept.best.song_id, kept.best.start_segment, cur.song_id, cur.anchor + j0, len(emb)):
             # The held song's copy leads by a hair: the same recording, observed as the song being held at its own
             # alignment (else the two copies, alternately ahead, would be declared in turn: a change every few hops).
             if other_than == cur.song_id:
                 return None
-            code = np.array([self._song_code(cur.song_id)])
-            score = float(aligned_scores(emb, self._db, code, np.array([cur.anchor + j0]))[0])
+            score = self._held_score(emb, j0, cur)
+            assert score is not None  # the index holds the song: its stored fingerprints were just compared
             copies = frozenset(song_set(copies) | {kept.best.song_id})
             kept = replace(kept, candidates=[Candidate(cur.song_id, cur.anchor + j0, score, 0.0),
                                              *[c for c in kept.candidates
@@ -704,14 +703,20 @@ class ListenerCore:
                ) -> tuple[float, float, float, float]:
         """The declared match's own alignment on the window: (score, threshold, confidence, statistic). The
         statistic puts that score against the other songs ``obs`` found on the same window."""
-        code = self._song_code(heard.song_id)
         n = len(emb)
         thr = self.hold_threshold(n)
-        if code < 0:
+        score = self._held_score(emb, j0, heard)
+        if score is None:
             return -1.0, thr, 0.0, -math.inf
-        score = float(aligned_scores(emb, self._db, np.array([code]), np.array([heard.anchor + j0]))[0])
         stat = decision_statistic([score] + (obs.others(heard.song_id) if obs is not None else []), self.statistic)
         return score, thr, self.confidence(stat, n), stat
+
+    def _held_score(self, emb: np.ndarray, j0: int, heard: Heard) -> float | None:
+        """The window's aligned score with the declared match at its alignment (None: the song left the index)."""
+        code = self._song_code(heard.song_id)
+        if code < 0:
+            return None
+        return float(aligned_scores(emb, self._db, np.array([code]), np.array([heard.anchor + j0]))[0])
 
     @staticmethod
     def _passes(tracked: tuple[float, float, float, float]) -> bool:

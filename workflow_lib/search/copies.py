@@ -43,9 +43,14 @@ def copies_of_best(db, candidates: list, n_segments: int) -> set[str]:
     copies: set[str] = set()
     best = candidates[0] if candidates else None
     for c in candidates[1:]:
-        if c.score < best.score - COPY_GAP or stored_similarity(
-                db, best.song_id, best.start_segment, c.song_id, c.start_segment, n_segments, n_segments
-        ) < SAME_MUSIC_SCORE:
+        if c.score < best.score - COPY_GAP or not holds_same_music(db, best.song_id, best.start_segment, c.song_id,
+                                                                  c.start_segment, n_segments):
             break
         copies.add(c.song_id)
     return copies
+
+
+def holds_same_music(db, song_a: str, start_a: int, song_b: str, start_b: int, n: int) -> bool:
+    """Whether two songs hold one recording's music over ``n`` segments from ``start_a`` of one and ``start_b`` of
+    the other: both hold every one of them, and their stored fingerprints score SAME_MUSIC_SCORE on average."""
+    return stored_similarity(db, song_a, start_a, song_b, start_b, n, n) >= SAME_MUSIC_SCORE
