@@ -6,6 +6,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from workflow_lib.common.layout import is_bundled, model_source_path, null_bank_path
+from workflow_lib.common.source_digest import code_digest
 from workflow_lib.database.catalogue import CATALOGUE_FORMAT
 from workflow_lib.model.model_file import ModelFileError, verify_checksum
 
@@ -195,10 +196,15 @@ QUERY_PLAN = {k: v for k, v in config["evaluate"].items()
 
 def monitoring_results(wildcards=None):
     return [rules.monitor.output.results] if config["evaluate"]["monitoring"]["enabled"] else []
+
+
 SEARCH_PARAMS = {k: v for k, v in config["search"].items() if k not in ("batch_size", "device", "mode")}
 # Off, the bundled other music is left out of the params: results folders made before it keep their calibration.
 SEARCH_PARAMS["calibration"] = _params_without(config["search"]["calibration"], {"bundled_other_music"},
                                                config["search"]["calibration"]["bundled_other_music"])
+# The package's Python sources (common/source_digest.py): a threshold calibrated by older search code is fitted
+# again by the next run instead of being kept beside a search that ranks candidates differently.
+CODE_DIGEST = code_digest()
 
 
 def null_bank_input(wildcards=None):

@@ -23,6 +23,7 @@ rule calibrate:
         evaluate=QUERY_PLAN,
         device=config["search"]["device"],
         batch_size=config["search"]["batch_size"],
+        code=CODE_DIGEST,
     log:
         f"{LOGS}/calibrate.log",
     # Two queries side by side, each on one torch thread (small batches gain less from a second torch thread, and

@@ -233,6 +233,34 @@ def test_a_catalogue_written_before_an_upgrade_is_written_again(indexed):
     assert "its threshold is reused" in (db / "logs" / "calibrate.log").read_text()
 
 
+def test_a_threshold_calibrated_by_older_code_is_calibrated_again(indexed):
+    """The threshold depends on how the search ranks candidates, which lives in the package, not in the rule's
+    script: the rule lists a digest of the package's sources as a param (``common.source_digest``), so a folder
+    calibrated by older code is calibrated again by the next `nafp index` instead of keeping a stale threshold."""
+    import base64
+
+    from workflow_lib.common.source_digest import code_digest
+
+    root, _ = indexed
+    db, music = root / "db", root / "corpus" / "music"
+    records = [p for p in (db / ".snakemake" / "metadata").iterdir()
+               if base64.urlsafe_b64decode(p.name).decode().endswith("threshold.json")]
+    assert len(records) == 1
+    digest = repr(code_digest())
+    record = json.loads(records[0].read_text())
+    assert digest in record["params"]
+    # as older code left it: another digest
+    records[0].write_text(json.dumps({**record, "params": [p.replace(digest, repr("0" * 64))
+                                                           for p in record["params"]]}))
+    r = nafp("index", str(music), *index_options(root), "--dry-run", cwd=root)
+    assert r.returncode == 0 and re.search(r"^calibrate +1$", r.stdout + r.stderr, re.M), r.stdout + r.stderr
+    r = nafp("index", str(music), *index_options(root), cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert digest in json.loads(records[0].read_text())["params"]
+    r = nafp("index", str(music), *index_options(root), "--dry-run", cwd=root)
+    assert r.returncode == 0 and not re.search(r"^calibrate ", r.stdout + r.stderr, re.M), r.stdout + r.stderr
+
+
 def test_a_misspelt_setting_is_named_before_any_stage_runs(tmp_path):
     """A config error is not something the same command resumes from: it is named at once and nothing is made."""
     generate_demo_corpus(tmp_path / "corpus", 1, 5.0, seed=3)

@@ -27,6 +27,7 @@ from typing import Iterable
 import pandas as pd
 
 from workflow_lib.common.atomic import file_digest
+from workflow_lib.common.source_digest import code_digest
 from workflow_lib.database.index import INDEX_FILE, META_FILE, SIDECAR_FILE, VECTORS_FILE
 
 log = logging.getLogger(__name__)
@@ -66,17 +67,6 @@ def index_content(index_json: dict) -> dict:
     if isinstance(out.get("trained"), dict):
         out["trained"] = {k: v for k, v in out["trained"].items() if k not in _TRAINING_RECORDS}
     return out
-
-
-def code_digest() -> str:
-    """Digest of the package's Python sources: any code change is a new key."""
-    import workflow_lib
-
-    root = Path(workflow_lib.__file__).parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + file_digest(path, 64).encode())
-    return h.hexdigest()
 
 
 def library_versions(names: Iterable[str] = _LIBRARIES) -> dict[str, str | None]:
