@@ -123,6 +123,36 @@ def test_json_output_names_song_offset_and_no_match(results, cli, tmp_path, caps
     assert "broken.flac" in broken["error"]
 
 
+def test_a_song_held_twice_lists_its_copy_under_the_answer(results, cli, tmp_path, capsys):
+    """One recording indexed from two files (song1 re-encoded with a little hiss, added by `nafp db add`): the
+    answer names one of them and lists the other as the same recording, at the same offset (``copies`` in the JSON,
+    a line under the answer in the table), where it used to be left out of the candidates unseen; an answer
+    whose song is held once lists none."""
+    import shutil
+
+    from workflow_lib.cli.main import main
+
+    db = tmp_path / "db"
+    shutil.copytree(results, db)
+    again = tmp_path / "Copper Engine (remaster).flac"
+    song1 = synth_song(41, 25.0)
+    write_audio(again, song1 + 0.01 * np.random.default_rng(5).standard_normal(len(song1)).astype(np.float32))
+    assert main(["db", "add", str(again), "--results", str(db), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    f = _query_files(tmp_path)
+    assert cli.main([str(f["wav"]), str(f["mp3"]), "--results", str(db), "--json", "--device", "cpu"]) == 0
+    wav, mp3 = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert wav["match"] and len(wav["copies"]) == 1 and mp3["match"] and mp3["copies"] == []
+    copy = wav["copies"][0]
+    paths = {wav["song_path"], copy["song_path"]}
+    assert str(again) in paths and any(p.endswith("Nyquist - Copper Engine.flac") for p in paths)
+    assert abs(copy["offset_s"] - 6.0) <= 0.25 and copy["song_id"] != wav["song_id"]
+    assert cli.main([str(f["wav"]), "--results", str(db), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and f"= {copy['song_id']}" in out[2] and "(the same recording)" in out[2]
+    assert "0:06" in out[2]
+
+
 def test_every_answer_names_the_file_of_its_song(results, cli, tmp_path, capsys):
     """query, scan and listen name the file the song was fingerprinted from (``song_path``, from the catalogue), as
     audfprint names its reference file; null where no song is named."""

@@ -344,6 +344,9 @@ def test_a_recording_indexed_twice_is_not_its_own_runner_up():
     alone = search_embeddings(once.db, emb, once.top_k)
     assert both.best.song_id in ("song3", "song3-again") and "song3-again" != both.candidates[1].song_id != "song3"
     assert [c.song_id for c in both.candidates[1:]] == [c.song_id for c in alone.candidates[1:]]
+    # the copy is kept apart, its offset placed as the candidates' are
+    assert [c.song_id for c in both.copies] == list({"song3", "song3-again"} - {both.best.song_id})
+    assert abs(both.copies[0].offset_s - 7.0) <= 0.25 and alone.copies == []
     margin = decision_statistic([c.score for c in both.candidates], "margin")
     assert margin == pytest.approx(decision_statistic([c.score for c in alone.candidates], "margin"), abs=0.02)
     assert margin > 0.3

@@ -83,7 +83,8 @@ def _guess(g) -> dict:
 
 def row_for(path: str, match, error: str | None, duration_s: float | None, candidates: int = 0) -> dict:
     """The answer to one file as ``nafp query --json`` prints it: the match's fields, or the file's error;
-    ``candidates`` > 0 also lists that many of the answer's candidate songs, best first (else None)."""
+    ``candidates`` > 0 also lists that many of the answer's candidate songs, best first (else None). ``copies``
+    lists the other songs that hold the best guess's recording (one recording indexed from two files)."""
     if error is not None:
         return {"file": path, "error": error}
     g = match.best_guess
@@ -91,6 +92,7 @@ def row_for(path: str, match, error: str | None, duration_s: float | None, candi
             "artist": match.artist, "offset_s": _ms(match.offset_s), "confidence": round(match.confidence, 4),
             "reason": match.reason, "best_guess": None if g is None else _guess(g),
             "candidates": [_guess(c) for c in match.candidates[:candidates]] if candidates > 0 else None,
+            "copies": [_guess(c) for c in match.copies],
             "score": round(match.score, 4) if math.isfinite(match.score) else None,
             "decision": round(match.decision, 4) if math.isfinite(match.decision) else None,
             "threshold": round(match.threshold, 4), "mode": match.mode, "views": match.views,
@@ -122,10 +124,11 @@ def named_by_track(answer: dict, names) -> dict:
 
 
 def _each_named(row: dict, name) -> dict:
-    """``row`` (an answer) with ``name`` applied to it, its best guess and its candidates."""
+    """``row`` (an answer) with ``name`` applied to it, its best guess, its candidates and its copies."""
     guess, ranked = row["best_guess"], row.get("candidates")
     return {**name(row), "best_guess": name(guess) if guess else None,
-            "candidates": None if ranked is None else [name(c) for c in ranked]}
+            "candidates": None if ranked is None else [name(c) for c in ranked],
+            "copies": [name(c) for c in row["copies"]]}
 
 
 def with_tracks(row: dict, names) -> dict:
@@ -151,9 +154,12 @@ def answer_file(searcher, audio, listen, name: str = "", whitened: bool | None =
 
 
 def with_occurrence(row: dict, scan) -> dict:
-    """The answer for a file whose scan found occurrences: the longest one, with its time range in the file."""
+    """The answer for a file whose scan found occurrences: the longest one, with its time range in the file (the
+    whole file's copies only if they are of that song: another song's are not its copies)."""
     best = scan.best
+    same_song = row["best_guess"] is not None and row["best_guess"]["song_id"] == best.song_id
     return {**row, "match": True, "song_id": best.song_id, "title": best.title, "artist": best.artist,
+            "copies": row["copies"] if same_song else [],
             "offset_s": round(best.song_start_s, 3), "confidence": round(best.confidence, 4), "reason": None,
             "file_start_s": round(best.start_s, 3), "file_end_s": round(best.end_s, 3),
             "occurrences": len(scan.occurrences), "views": scan.stats.get("views", 1), "whitened": best.whitened,

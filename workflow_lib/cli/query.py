@@ -3,7 +3,8 @@
 Prints one row per file: the song (title and artist from the catalogue), where in the song the clip starts, the
 confidence (1 - the p-value of the answer among queries of unknown songs, see ``search.searcher.Match``) and the
 time taken (``--json`` also names the file each song was indexed from, ``song_path``; ``--candidates N`` lists the
-N best candidate songs under each answer, ``candidates`` in the JSON). A file whose answer fails
+N best candidate songs under each answer, ``candidates`` in the JSON; a song held twice, one recording indexed
+from two files, lists the other under its answer, ``copies`` in the JSON). A file whose answer fails
 the calibrated no-match rule is "no match" (with the reason), and its best guess is shown apart. Unreadable files
 are reported with the reason and make the exit status 1; the others are still answered. A folder stands for every
 audio file below it; ``-`` reads audio on stdin: WAV as a stream (e.g. ``arecord -d 5 -f S16_LE -r 16000 | nafp
@@ -128,6 +129,10 @@ def print_table(rows: list[dict], out=None) -> None:
                       + (f"; {r['occurrences']} occurrences, see nafp scan]" if r["occurrences"] > 1 else "]"))
         lines.append([name, song, label, fmt_time(offset) if r["match"] else "-", f"{r['confidence']:.3f}",
                       f"{r['seconds'] * 1000:.0f} ms"])
+        for c in r["copies"] if r["match"] else ():  # the same recording under other songs of the database
+            named, at = _song_and_offset(c)
+            lines.append(["", f"  = {printable(c['song_id'])}", f"{named} (the same recording)", fmt_time(at), "",
+                          ""])
         for rank, c in enumerate(r.get("candidates") or [], 1):  # --candidates: one line each, under the answer
             named, at = _song_and_offset(c)
             lines.append(["", f"  {rank}. {printable(c['song_id'])}", f"{named} (score {c['score']:.3f})",

@@ -97,6 +97,9 @@ class SearchResult:
     # 2: held to the better-of-two-views rule (searched whitened too, unless settled as it is: ``Searcher.settled``)
     views: int = 1
     whitened: bool = False  # these candidates are the whitened view's
+    # songs that hold the best candidate's music at their alignments (one recording indexed from two files), best
+    # first: left out of ``candidates`` (``without_copies``), so the no-match rule reads the best other music
+    copies: list[Candidate] = field(default_factory=list)
 
     @property
     def best(self) -> Candidate | None:
@@ -149,6 +152,8 @@ class Match:
     whitened: bool = False  # the answer came from the whitened view
     # the answering view's candidate songs, best first (the best guess first of them; ``Searcher.n_results`` at most)
     candidates: tuple[BestGuess, ...] = ()
+    # other songs of the database that hold the best guess's recording (``SearchResult.copies``), best first
+    copies: tuple[BestGuess, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -341,20 +346,23 @@ def without_copies(db: Database, result: SearchResult, n_segments: int,
     copies = copies_of_best(db, result.candidates, n_segments) if result.mode == "sequence" else set()
     if not copies:
         return result, exclude_song
-    return replace(result, candidates=[c for c in result.candidates if c.song_id not in copies]), \
+    return replace(result, candidates=[c for c in result.candidates if c.song_id not in copies],
+                   copies=[c for c in result.candidates if c.song_id in copies]), \
         frozenset(song_set(exclude_song) | copies)
 
 
 def place_between_hops(db: Database, emb: np.ndarray, result: SearchResult) -> SearchResult:
-    """``result`` with each candidate's offset placed between the grid points, where its aligned score peaks
-    (``offset_shifts``). The ranking and the scores stay as they are."""
-    if not result.candidates:
+    """``result`` with each candidate's offset (its copies' too) placed between the grid points, where its aligned
+    score peaks (``offset_shifts``). The ranking and the scores stay as they are."""
+    placed = result.candidates + result.copies
+    if not placed:
         return result
     q = np.ascontiguousarray(emb, dtype=np.float32)
-    codes = np.array([db.song_position(c.song_id) for c in result.candidates])
-    starts = np.array([c.start_segment for c in result.candidates])
+    codes = np.array([db.song_position(c.song_id) for c in placed])
+    starts = np.array([c.start_segment for c in placed])
     shifts = offset_shifts(q, db, codes, starts, np.einsum("ij,ij->i", q, q) > 0)
-    result.candidates = [replace(c, shift=float(sh)) for c, sh in zip(result.candidates, shifts)]
+    placed = [replace(c, shift=float(sh)) for c, sh in zip(placed, shifts)]
+    result.candidates, result.copies = placed[:len(result.candidates)], placed[len(result.candidates):]
     return result
 
 
@@ -778,16 +786,16 @@ class Searcher:
             conf = self.calibration.for_views(result.views).confidence(stat, result.n_segments)
         else:  # uncalibrated: the raw score is the only honest number there is
             conf = float(np.clip(best.score, 0.0, 1.0))
-        ranked = tuple(BestGuess(c.song_id, *self.catalogue.get(c.song_id, (None, None)), c.offset_s, c.score)
-                       for c in result.candidates)
+        ranked, copies = (tuple(BestGuess(c.song_id, *self.catalogue.get(c.song_id, (None, None)), c.offset_s,
+                                          c.score) for c in found) for found in (result.candidates, result.copies))
         guess = ranked[0]
         if stat >= thr:
             return Match(best.song_id, guess.title, guess.artist, best.offset_s, conf, True, result.n_segments,
                          seconds_taken, result.mode, best.score, thr, timings or {}, stat, guess, None, result.views,
-                         result.whitened, ranked)
+                         result.whitened, ranked, copies)
         return Match(None, None, None, None, conf, False, result.n_segments, seconds_taken, result.mode,
                      best.score, thr, timings or {}, stat, guess, "below threshold", result.views, result.whitened,
-                     ranked)
+                     ranked, copies)
 
     def identify_embeddings(self, emb: np.ndarray, mode: str | None = None) -> Match:
         """Answer for ready ``(J, D)`` fingerprints, e.g. the listener's cached ones of the last few seconds."""
