@@ -168,7 +168,7 @@ def held_songs(bank: NullBank, best: list[tuple[str, float, int, int] | None],
     database song at one alignment (offset minus the query's start, within ``HELD_ALIGN_S``) for ``HELD_SHARE`` of
     their queries, ``HELD_MIN_QUERIES`` or more. ``same_music(song, a, b, n)``: whether a database song holds the
     same music at segments ``a`` and ``b`` over ``n`` segments; a query answered at such a repeat of the alignment
-    counts for it (a looped song, whose queries land on any of its repeats, held only once in three at one place)."""
+    counts for it (a looped song's queries land on any of its repeats, too few of them at one place)."""
     held = set()
     for song, idx in bank.queries.groupby("song").indices.items():
         need = max(HELD_MIN_QUERIES, HELD_SHARE * len(idx))
