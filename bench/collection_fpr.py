@@ -92,9 +92,15 @@ def measure(args: argparse.Namespace) -> None:
     from workflow_lib.api import Database
 
     db = Database.open(args.results)
+    # --cohort: songs indexed from under that folder (as the catalogue records the path, links not followed) stand
+    # for other music kept in the database beside the collection, never answered
+    cohort = Path(args.cohort).absolute() if args.cohort else None
+    hidden = set() if cohort is None else {song for song, path in db.songs["path"].items()
+                                           if Path(path).is_relative_to(cohort)}
     calibration = json.loads((Path(args.results) / "index" / "threshold.json").read_text())
     print(f"{args.results}: {len(db.songs)} songs, the calibration's null queries from "
-          f"{calibration['meta'].get('n_songs')} of them; target false-positive rate {calibration['target_fpr']}")
+          f"{calibration['meta'].get('n_songs')} of them; target false-positive rate {calibration['target_fpr']}"
+          + (f"; {len(hidden)} of them a cohort of other music, never answered" if cohort else ""))
     for row in calibration["lengths"]:
         print(f"  calibrated {row['n_segments']} segment(s): threshold {row['threshold']:.4f} "
               f"from {row['n_queries']} null queries")
@@ -112,6 +118,8 @@ def measure(args: argparse.Namespace) -> None:
             source, _, clip_name = clip.stem.rpartition("__")
             length = float(clip_name.split("_")[-2].rstrip("s"))
             answer = db.query(x, sample_rate=SAMPLE_RATE)
+            if answer["song_id"] in hidden:  # a cohort song leads: no match
+                answer = {**answer, "song_id": None, "title": None}
             if not source:
                 accepted[length].append(answer["song_id"] is not None)
                 continue
@@ -145,6 +153,8 @@ def main() -> None:
     me.add_argument("--unknown", required=True)
     me.add_argument("--known", help="clips of the collection's own songs (make's known/): how many are accepted")
     me.add_argument("--snr", type=float, nargs="*", default=[0.0])
+    me.add_argument("--cohort", help="songs of the database indexed from under this folder are other music kept "
+                                     "beside the collection: an answer naming one is no match")
     args = ap.parse_args()
     make(args) if args.command == "make" else measure(args)
 
