@@ -129,7 +129,7 @@ def print_table(rows: list[dict], out=None) -> None:
                       + (f"; {r['occurrences']} occurrences, see nafp scan]" if r["occurrences"] > 1 else "]"))
         lines.append([name, song, label, fmt_time(offset) if r["match"] else "-", f"{r['confidence']:.3f}",
                       f"{r['seconds'] * 1000:.0f} ms"])
-        for c in r["copies"] if r["match"] else ():  # the same recording under other songs of the database
+        for c in (r.get("copies") or ()) if r["match"] else ():  # the same recording under other songs of the database
             named, at = _song_and_offset(c)
             lines.append(["", f"  = {printable(c['song_id'])}", f"{named} (the same recording)", fmt_time(at), "",
                           ""])
