@@ -180,8 +180,9 @@ def held_songs(bank: NullBank, best: list[tuple[str, float, int, int] | None],
 def bank_answers(bank: NullBank, best: list, idx) -> list[tuple[str, float, float, int, int]]:
     """The answers to the bank's queries ``idx`` (``best`` as ``held_songs`` takes it): song id, alignment (offset
     minus the query's start, s), the query's start (s), the answer's segment and the query's length in segments."""
-    return [(best[i][0], best[i][1] - float(bank.queries["start_s"].iat[i]), float(bank.queries["start_s"].iat[i]),
-             best[i][2], best[i][3]) for i in idx if best[i] is not None]
+    starts = bank.queries["start_s"].to_numpy(np.float64)
+    return [(song, offset - starts[i], float(starts[i]), segment, n)
+            for i in idx if best[i] is not None for song, offset, segment, n in [best[i]]]
 
 
 def song_support(found: list[tuple], same_music=None, enough: float = np.inf) -> int:

@@ -636,8 +636,9 @@ class ListenerCore:
         best = result.best
         if best is None or best.song_id == other_than:
             return None
-        kept, copies = without_copies(self._db, result, len(emb))  # as search_embeddings searches a query
-        if other_than in (copies or ()):  # the same recording as the song the caller asks past
+        kept = without_copies(self._db, result, len(emb))  # as search_embeddings searches a query
+        copies = kept.copy_ids
+        if other_than in copies:  # the same recording as the song the caller asks past
             return None
         cur = self.current
         if cur is not None and kept.best.song_id != cur.song_id and holds_same_music(
@@ -648,7 +649,7 @@ class ListenerCore:
                 return None
             score = self._held_score(emb, j0, cur)
             assert score is not None  # the index holds the song: its stored fingerprints were just compared
-            copies = frozenset(song_set(copies) | {kept.best.song_id})
+            copies = copies | {kept.best.song_id}
             kept = replace(kept, candidates=[Candidate(cur.song_id, cur.anchor + j0, score, 0.0),
                                              *[c for c in kept.candidates
                                                if c.song_id not in copies and c.song_id != cur.song_id]])

@@ -34,20 +34,20 @@ def stored_similarity(db, song_a: str, start_a: int, song_b: str, start_b: int, 
     return float(np.mean(db.scores(vectors, rows_b[both][:, None])))
 
 
-def copies_of_best(db, candidates: list, n_segments: int) -> set[str]:
-    """The candidates right after the first (``searcher.Candidate``, best first) that hold the best one's music at
-    their alignments over the query's ``n_segments``, every one of them held by both: copies of its recording, not
-    other songs (a song that only touches the query's span with its first or last second is no copy). The look
-    stops at the first candidate that is no copy, or trails the best by more than COPY_GAP: a copy scores about as
-    the best does, so copies come first, and the no-match rule's margin reads the runner-up only."""
-    copies: set[str] = set()
+def copies_of_best(db, candidates: list, n_segments: int) -> int:
+    """How many of the candidates right after the first (``searcher.Candidate``, best first) hold the best one's
+    music at their alignments over the query's ``n_segments``, every one of them held by both: copies of its
+    recording, not other songs (a song that only touches the query's span with its first or last second is no
+    copy). The look stops at the first candidate that is no copy, or trails the best by more than COPY_GAP: a copy
+    scores about as the best does, so copies come first, and the no-match rule's margin reads the runner-up only."""
+    n = 0
     best = candidates[0] if candidates else None
     for c in candidates[1:]:
         if c.score < best.score - COPY_GAP or not holds_same_music(db, best.song_id, best.start_segment, c.song_id,
                                                                   c.start_segment, n_segments):
             break
-        copies.add(c.song_id)
-    return copies
+        n += 1
+    return n
 
 
 def holds_same_music(db, song_a: str, start_a: int, song_b: str, start_b: int, n: int) -> bool:

@@ -105,6 +105,10 @@ class SearchResult:
     def best(self) -> Candidate | None:
         return self.candidates[0] if self.candidates else None
 
+    @property
+    def copy_ids(self) -> frozenset[str]:
+        return frozenset(c.song_id for c in self.copies)
+
 
 @dataclass(frozen=True)
 class BestGuess:
@@ -331,24 +335,22 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
     leaves them on the grid (the listener tracks alignments on the grid and never reads them).
     """
     result = _ranked_candidates(db, emb, top_k, mode, max_candidates, n_results, exclude_song, neighbours)
-    result, exclude_song = without_copies(db, result, len(emb), exclude_song)
-    if runner_up:
-        result = add_runner_up(db, emb, result, top_k, max_candidates, n_results, exclude_song)
+    result = without_copies(db, result, len(emb))
+    if runner_up:  # the runner-up is other music: neither an excluded song nor a copy of the best
+        result = add_runner_up(db, emb, result, top_k, max_candidates, n_results,
+                               song_set(exclude_song) | result.copy_ids)
     return place_between_hops(db, emb, result) if place_offsets else result
 
 
-def without_copies(db: Database, result: SearchResult, n_segments: int,
-                   exclude_song: str | frozenset[str] | None = None
-                   ) -> tuple[SearchResult, str | frozenset[str] | None]:
-    """A sequence search's ``result`` (of ``n_segments`` query segments) without the candidates that hold its best
-    song's music at their alignments (``copies.copies_of_best``), and ``exclude_song`` with them added, for the
-    runner-up look-up (``add_runner_up``) that may follow."""
-    copies = copies_of_best(db, result.candidates, n_segments) if result.mode == "sequence" else set()
-    if not copies:
-        return result, exclude_song
-    return replace(result, candidates=[c for c in result.candidates if c.song_id not in copies],
-                   copies=[c for c in result.candidates if c.song_id in copies]), \
-        frozenset(song_set(exclude_song) | copies)
+def without_copies(db: Database, result: SearchResult, n_segments: int) -> SearchResult:
+    """A sequence search's ``result`` (of ``n_segments`` query segments) with the candidates that hold its best
+    song's music at their alignments (``copies.copies_of_best``: the run right after the best) moved to
+    ``copies``."""
+    n = copies_of_best(db, result.candidates, n_segments) if result.mode == "sequence" else 0
+    if not n:
+        return result
+    best, copies, rest = result.candidates[0], result.candidates[1:1 + n], result.candidates[1 + n:]
+    return replace(result, candidates=[best, *rest], copies=copies)
 
 
 def place_between_hops(db: Database, emb: np.ndarray, result: SearchResult) -> SearchResult:
