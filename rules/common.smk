@@ -5,7 +5,7 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from workflow_lib.common.layout import is_bundled, model_source_path, null_bank_path
+from workflow_lib.common.layout import is_bundled, model_source_path, null_bank_path, other_music_path
 from workflow_lib.common.source_digest import code_digest
 from workflow_lib.database.catalogue import CATALOGUE_FORMAT
 from workflow_lib.model.model_file import ModelFileError, verify_checksum
@@ -205,6 +205,17 @@ SEARCH_PARAMS["calibration"] = _params_without(config["search"]["calibration"], 
 # The package's Python sources (common/source_digest.py): a threshold calibrated by older search code is fitted
 # again by the next run instead of being kept beside a search that ranks candidates differently.
 CODE_DIGEST = code_digest()
+
+
+# Off, the other music is left out of the index's params: indexes built before it keep theirs.
+INDEX_PARAMS = _params_without({k: v for k, v in config["index"].items() if k != "threads"}, {"other_music"},
+                               config["index"]["other_music"])
+
+
+def other_music_input(wildcards=None):
+    """The model's other music the index holds beside the songs (index.other_music), when the model has it."""
+    path = other_music_path(MODEL_FILE)
+    return [str(path)] if config["index"]["other_music"] and path.is_file() else []
 
 
 def null_bank_input(wildcards=None):

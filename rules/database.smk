@@ -37,10 +37,11 @@ rule build_index:
         removed=removed_songs_file,
         # A song added with `nafp db add` whose file is now in the music folders is left to the folders' copy.
         songs=rules.manifest.output.songs,
+        other_music=other_music_input,
     output:
         INDEX_FILES,
     params:
-        opts={k: v for k, v in config["index"].items() if k != "threads"},
+        opts=INDEX_PARAMS,
     log:
         f"{LOGS}/build_index.log",
     conda:

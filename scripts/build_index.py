@@ -21,6 +21,7 @@ settings = TrainSettings(factory=o["factory"], flat_max=o["flat_max"], pq_m=o["p
 exclude = set(o["remove_songs"]) | read_removed_songs(snakemake.input.removed)
 exclude |= superseded_added_songs(pd.read_parquet(snakemake.input.songs, columns=["song_id", "path"]),
                                   added_catalogue_rows(snakemake.input.added), exclude)
-build_index(list(snakemake.input.shards) + list(snakemake.input.added), Path(snakemake.output[0]).parent,
+build_index(list(snakemake.input.shards) + list(snakemake.input.added) + list(snakemake.input.other_music),
+            Path(snakemake.output[0]).parent,
             settings=settings, exclude_songs=exclude, nprobe=o["nprobe"], rerank=o["rerank"],
             threads=snakemake.threads)

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from workflow_lib import SAMPLE_RATE
+from workflow_lib.database.other_music import is_other_music
 from workflow_lib.audio.files import load_audio, write_audio
 from workflow_lib.common.layout import BUNDLED_MODEL, null_bank_path
 from workflow_lib.data.demo_corpus import generate_demo_corpus
@@ -81,7 +82,9 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     root, r = indexed
     db = root / "db"
     info = json.loads((db / "index" / "index.json").read_text())
-    assert info["n_songs"] == N_SONGS
+    # the songs, and beside them the other music shipped with the model (``database.other_music``), never listed
+    shipped = len(NullBank.load(null_bank_path(BUNDLED_MODEL)).meta["songs"])
+    assert info["n_songs"] == N_SONGS + shipped and info["other_music_songs"] == shipped
     assert not (db / "model").exists()  # the train rule never ran: the bundled model was used as it is
     assert f"{N_SONGS} songs are searchable" in r.stdout and "nafp query" in r.stdout
     # The files left out are named after the stages' logs, with their reasons, where a user reads the outcome.
@@ -182,6 +185,8 @@ def test_the_python_interface_opens_what_nafp_index_made(indexed):
     assert db.info["calibrated_on"]["songs"] == N_SONGS + 3 + shipped
     assert db.info["calibrated_on"]["shipped_songs"] == shipped
     r = nafp("db", "info", "--results", str(root / "db"), cwd=root)
+    assert re.search(rf"^songs +{N_SONGS} ", r.stdout, re.M) and re.search(
+        rf"^other music +{shipped} songs shipped with the model, indexed beside yours", r.stdout, re.M), r.stdout
     assert r.returncode == 0 and re.search(rf"^no-match rule +calibrated on {N_SONGS + 3 + shipped} songs \(\d+ min "
                                            rf"of music, {shipped} of them shipped with the model\); still fits",
                                            r.stdout, re.M), r.stdout
@@ -436,13 +441,24 @@ def test_each_bundled_model_ships_other_music_made_for_it(name):
     assert bank.meta["whitened_view"] == WhitenedView.from_config(load_config()[0]["search"]["whitened_view"]).to_dict()
     assert len(bank.meta["songs"]) >= 20 and sum(s["duration_s"] for s in bank.meta["songs"]) >= 45 * 60
     assert sorted(set(bank.queries["n_nominal"])) == [8000, 24000, 40000, 80000]
+    # and the bank's songs themselves, to index beside a collection (``database.other_music``), made with the model
+    from workflow_lib.common.layout import other_music_path
+    from workflow_lib.database.fingerprint_file import read_fingerprints
+    from workflow_lib.database.other_music import other_music_id
+
+    meta, rows, _ = read_fingerprints(other_music_path(model))
+    assert meta.model_checksum == file_digest(model) and not meta.skipped
+    assert list(rows["song_id"].unique()) == [other_music_id(s["title"]) for s in bank.meta["songs"]]
+    seconds = rows.groupby("song_id", sort=False).size() * 0.5 + 0.5
+    assert np.allclose(seconds, [s["duration_s"] for s in bank.meta["songs"]], atol=1.0)
 
 
 def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
     """`--model bundled-pair`: both bundled networks searched as one, through the same DAG and `nafp query`."""
     generate_demo_corpus(tmp_path / "corpus", 4, 20.0, seed=12)
     # without the other music shipped with it (`--config`), four songs are too little to calibrate on: said so
-    (tmp_path / "no-shipped-music.yaml").write_text("search: {calibration: {bundled_other_music: false}}\n")
+    (tmp_path / "no-shipped-music.yaml").write_text("index: {other_music: false}\n"
+                                                    "search: {calibration: {bundled_other_music: false}}\n")
     r = nafp("index", str(tmp_path / "corpus" / "music"), "--results", str(tmp_path / "db"), "--cores", "2",
              "--queries-per-length", "10", "--model", "bundled-pair", "--config",
              str(tmp_path / "no-shipped-music.yaml"), cwd=tmp_path)
@@ -487,7 +503,7 @@ def test_indexing_the_folder_again_follows_its_files(tmp_path):
         """The file of each song of the index (a file twice: two songs)."""
         cat = pd.read_parquet(db / "catalogue.parquet").set_index("song_id")
         ids = pd.read_parquet(db / "index" / "index_meta.parquet")["song_id"].astype(str).unique()
-        return sorted(Path(cat.loc[sid, "path"]).name for sid in ids)
+        return sorted(Path(cat.loc[sid, "path"]).name for sid in ids if not is_other_music(sid))
 
     index()
     files = sorted(music.glob("*.flac"))

@@ -110,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _advise_recalibration(layout) -> None:
     from workflow_lib.database.index import read_sidecar
+    from workflow_lib.database.other_music import collection_songs
 
-    advice = recalibration_advice(layout.threshold, int(read_sidecar(layout.index).get("n_songs", 0)))
+    advice = recalibration_advice(layout.threshold, collection_songs(read_sidecar(layout.index)))
     if advice:
         print(f"note: {advice}", file=sys.stderr)
 
@@ -121,6 +122,9 @@ def print_info(info: dict) -> None:
     mem = info["memory_bytes"]
     search = "exact (every fingerprint)" if info["nprobe"] is None else f"{info['nprobe']} lists probed"
     rows = [("songs", f"{info['songs']}  ({info['hours']} h of audio)"),
+            *([("other music", f"{count(info['other_music_songs'], 'song')} shipped with the model, indexed beside "
+                               "yours: a query that finds one first is no match")]
+              if info.get("other_music_songs") else []),
             ("fingerprints", f"{info['fingerprints']}  ({info['dim']}-d, {info['disk_bytes_per_fingerprint']} "
                              "bytes each on disk)" if info["fingerprints"] else f"0  ({info['dim']}-d)"),
             ("index", f"{info['factory']}, {search}"),

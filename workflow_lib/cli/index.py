@@ -98,6 +98,8 @@ def index_config(music: list[Path], model: str, queries_per_length: int, shards:
            "extract": {"splits": ["train", "val", "test", "distractor"],
                        "n_shards": shards or max(2, os.cpu_count() or 2)},
            # no evaluation follows, so every song gives null queries (a half is kept for it otherwise)
+           # the model's other music in the index and its null queries in the calibration (database.other_music)
+           "index": {"other_music": True},
            "search": {"calibration": {"queries_per_length": queries_per_length, "songs": "all",
                                       "bundled_other_music": True}}}
     if model == "bundled-pair":
@@ -362,11 +364,14 @@ def stage_env(verbose: bool, stderr) -> dict[str, str]:
 
 
 def _indexed_songs(results: Path) -> set[str] | None:
-    """The song ids of the folder's index, or None when it has none (yet)."""
+    """The song ids of the folder's index but its other music (``database.other_music``), or None when it has none
+    (yet)."""
     import pyarrow.parquet as pq
+
+    from workflow_lib.database.other_music import is_other_music
 
     try:
         ids = pq.read_table(results / "index" / "index_meta.parquet", columns=["song_id"]).column(0)
     except (OSError, ValueError):  # no index yet, or a damaged one that the run replaces
         return None
-    return {str(s) for s in ids.unique().to_pylist()}
+    return {str(s) for s in ids.unique().to_pylist() if not is_other_music(s)}

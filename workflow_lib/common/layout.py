@@ -37,6 +37,13 @@ def null_bank_path(model_path: str | Path) -> Path:
     return model_path.with_name(model_path.stem + ".null.npz")
 
 
+def other_music_path(model_path: str | Path) -> Path:
+    """Where a model file's other music lies (``database.other_music``): beside it, ``models/nafp-small.pt`` ->
+    ``models/nafp-small.other.parquet``."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".other.parquet")
+
+
 def model_source_path(source: str, run_dir: str | Path) -> Path | None:
     """The model file a ``model.source`` names: None for ``train`` (the run's own), the bundled model, or a path
     (relative paths are relative to the run directory, as in the workflow)."""

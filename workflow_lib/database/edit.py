@@ -31,6 +31,7 @@ from workflow_lib.audio.files import AUDIO_EXTENSIONS, missing_path_message
 from workflow_lib.database.catalogue import build_catalogue, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
 from workflow_lib.database.index import FingerprintDB, add_to_index, read_sidecar, remove_from_index
+from workflow_lib.database.other_music import count_other_music, is_other_music
 from workflow_lib.database.removed import read_removed_songs
 from workflow_lib.data.folders import is_utf8, not_utf8_problem, walk_files
 from workflow_lib.data.manifest import check_song, copy_reason, identical_copies, song_id_for
@@ -279,14 +280,17 @@ def remove_songs(results: str | Path | ResultsLayout, song_ids: Iterable[str], *
 
 
 def database_info(results: str | Path | ResultsLayout) -> dict[str, Any]:
-    """Counts, model, factory, sizes and the edit history of a results folder's database."""
+    """Counts, model, factory, sizes and the edit history of a results folder's database (``songs`` and ``hours``:
+    the collection's; ``other_music_songs``: the model's other music indexed beside it, ``database.other_music``)."""
     layout = _layout(results)
     db = FingerprintDB.load(layout.index)
     files = {p.name: p.stat().st_size for p in layout.index.iterdir() if p.is_file() and not p.name.startswith(".")}
     added = sorted(layout.added.glob("*.parquet")) if layout.added.is_dir() else []
+    other_rows = int(db.rows.counts[[is_other_music(s) for s in db.song_ids]].sum()) if db.n_songs else 0
     return {"index": str(layout.index), "model_checksum": db.model_checksum, "factory": db.factory,
-            "nprobe": None if db.exact else db.nprobe, "songs": db.n_songs, "fingerprints": db.ntotal, "dim": db.dim,
-            "hours": round(db.ntotal * HOP_SAMPLES / SAMPLE_RATE / 3600, 2), "file_bytes": files,
+            "nprobe": None if db.exact else db.nprobe, "songs": db.n_songs - (other := count_other_music(db.song_ids)),
+            "other_music_songs": other, "fingerprints": db.ntotal, "dim": db.dim,
+            "hours": round((db.ntotal - other_rows) * HOP_SAMPLES / SAMPLE_RATE / 3600, 2), "file_bytes": files,
             "disk_bytes_per_fingerprint": round(sum(files.values()) / max(db.ntotal, 1), 1),
             "memory_bytes": db.memory_bytes(), "built_at": db.info.get("built_at"),
             "build_seconds": db.info.get("build_seconds"), "trained": db.info.get("trained"),
@@ -304,6 +308,7 @@ def list_songs(results: str | Path | ResultsLayout) -> pd.DataFrame:
     db = FingerprintDB.load(layout.index)
     seconds = (db.rows.counts - 1) * HOP_SAMPLES / SAMPLE_RATE + SEGMENT_SAMPLES / SAMPLE_RATE
     songs = pd.DataFrame({"song_id": db.song_ids.astype(str), "duration_s": seconds})
+    songs = songs[[not is_other_music(s) for s in songs["song_id"]]]  # never an answer: not the collection's
     if layout.catalogue.exists():
         cat = load_catalogue(layout.catalogue).reset_index(drop=True)[["song_id", "title", "artist", "path", "tracks"]]
         songs = songs.merge(cat, on="song_id", how="left")

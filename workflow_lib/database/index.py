@@ -43,6 +43,7 @@ from workflow_lib.common.progress import progress
 from workflow_lib.database.fingerprint_file import (FingerprintFileError, ModelMismatchError, ShardMeta, check_model,
                                                     iter_rows, read_meta)
 from workflow_lib.database.index_training import TrainSettings, default_nprobe, ensure_trained
+from workflow_lib.database.other_music import count_other_music
 from workflow_lib.database.vectors import half_to_float, normalize
 
 log = logging.getLogger(__name__)
@@ -520,7 +521,7 @@ def _write_folder(folder: Path, index: faiss.Index, rows: RowMap, vectors_tmp: P
     rows.write(staging / META_FILE)
     faiss.write_index(index, str(staging / INDEX_FILE))
     info = {**info, "ntotal": rows.ntotal, "n_songs": len(rows.song_ids),
-            "index_bytes": (staging / INDEX_FILE).stat().st_size}
+            "other_music_songs": count_other_music(rows.song_ids), "index_bytes": (staging / INDEX_FILE).stat().st_size}
     (staging / SIDECAR_FILE).write_text(json.dumps(info, indent=2))
     _fsync_folder(staging)
     write_text_atomic(staging / COMMIT_MARKER, "a complete set of index files\n")  # the commit point

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from workflow_lib.database.catalogue import song_paths
+from workflow_lib.database.other_music import count_other_music
 from workflow_lib.search.duplicates import duplicate_groups, find_twins
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration, little_music
 from workflow_lib.data.clipbank import ClipBank
@@ -105,7 +106,8 @@ def null_candidates(model_path, index_dir, songs_path, splits_path, noise_prefix
                  bundled["queries"], bundled["songs"], bundled["minutes"])
     if advice := little_music(n_songs, null_minutes):
         log.warning("calibration: the no-match rule is %s", advice)
-    meta = {"model_checksum": file_digest(model_path), "n_songs": n_songs, "database_songs": searcher.db.n_songs,
+    collection = searcher.db.n_songs - count_other_music(searcher.db.song_ids)  # the model's other music aside
+    meta = {"model_checksum": file_digest(model_path), "n_songs": n_songs, "database_songs": collection,
             "songs_with_twins": sorted(s for s in twins if s in set(pool["song_id"].astype(str))),
             "songs": "songs not trained on, searched leave-one-song-out "
                      + ("(all of them: not evaluated)" if share == "all" else "(calibration half)"),

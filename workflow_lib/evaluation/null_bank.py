@@ -28,6 +28,7 @@ import pandas as pd
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE
 from workflow_lib.common.background import ordered_map
 from workflow_lib.common.layout import null_bank_path
+from workflow_lib.database.other_music import other_music_id
 from workflow_lib.evaluation.null_queries import null_queries, record_null_views
 from workflow_lib.search.copies import holds_same_music
 
@@ -216,15 +217,18 @@ def same_music_in(db) -> Callable[[str, int, int, int], bool]:
 def bank_candidates(searcher, bank: NullBank, workers: int = 1) -> tuple[dict[int, list[list[list[float]]]], dict]:
     """The bank's queries searched in ``searcher``'s database as the calibration searches its own null queries
     (``null_queries.record_null_views``; ``workers`` threads side by side), without the songs the database holds
-    (``held_songs``); and what the threshold file records of them."""
-    searched = list(ordered_map(lambda i: searcher.search_views(bank.views(i), "sequence"),
+    (``held_songs``); and what the threshold file records of them. A query is searched without its own song where
+    the index holds it as other music (``database.other_music``): leave-one-song-out."""
+    songs = bank.meta.get("songs", [])
+    own = [other_music_id(s["title"]) for s in songs]
+    searched = list(ordered_map(lambda i: searcher.search_views(bank.views(i), "sequence",
+                                                                own[int(bank.queries["song"].iat[i])]),
                                 range(len(bank.queries)), workers))
     held = held_songs(bank, best_answers(searched), same_music_in(searcher.db))
     scores: dict[int, list[list[list[float]]]] = {}
     for i, views in enumerate(searched):
         if int(bank.queries["song"].iat[i]) not in held:
             record_null_views(scores, views, int(bank.queries["n_nominal"].iat[i]))
-    songs = bank.meta.get("songs", [])
     if held:
         log.warning("calibration: %d song(s) of the bundled other music are in this database (%s); their queries "
                     "are left out", len(held), ", ".join(songs[s]["title"] for s in sorted(held)))

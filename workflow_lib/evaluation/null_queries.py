@@ -13,6 +13,7 @@ from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
 from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.common.progress import progress
+from workflow_lib.database.other_music import is_other_music
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, limit_peak
 from workflow_lib.evaluation.plan import QueryPlan
@@ -28,9 +29,12 @@ def record_null_views(scores: dict[int, list[list[list[float]]]], views, n_nomin
     length (samples asked for, not the degraded clip's, which a speed change stretches): a partly quiet query
     searches fewer segments (the silence gate), and answering it interpolates between the calibrated lengths; a
     stray group of a few queries would not. A query the silence gate emptied is answered "silence", not by the
-    threshold: it is left out."""
+    threshold: it is left out. A view whose best candidate is other music of the index (``database.other_music``)
+    is no match whatever its scores: it is kept with none (its statistic is -inf)."""
     if views[0].n_segments:
-        scores.setdefault(max(1, n_segments(n_nominal)), []).append([[c.score for c in r.candidates] for r in views])
+        scores.setdefault(max(1, n_segments(n_nominal)), []).append(
+            [[] if r.best is not None and is_other_music(r.best.song_id) else [c.score for c in r.candidates]
+             for r in views])
 
 
 def null_queries(songs: pd.DataFrame, noise_bank: ClipBank | None, ir_bank: ClipBank | None, plan: QueryPlan,

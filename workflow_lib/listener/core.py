@@ -37,6 +37,7 @@ from typing import Any, Iterable, Iterator, Protocol
 import numpy as np
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib.database.other_music import is_other_music
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
@@ -656,7 +657,9 @@ class ListenerCore:
         result = add_runner_up(self._db, emb, kept, s.top_k, s.max_candidates, s.n_results, copies)
         best = result.best
         n = result.n_segments
-        stat = decision_statistic([c.score for c in result.candidates], self.statistic)
+        # other music of the index leads (``database.other_music``): no song of the collection plays
+        stat = float("-inf") if is_other_music(best.song_id) else \
+            decision_statistic([c.score for c in result.candidates], self.statistic)
         thr, conf = self.threshold(n), self.confidence(stat, n)
         title, artist = getattr(s, "catalogue", {}).get(best.song_id, (None, None))
         return Observation(best.song_id, best.start_segment - j0, float(best.score), thr, conf,
@@ -822,7 +825,7 @@ class ListenerCore:
         cur = self.current
         if cur is not None:
             song_id, title, artist, anchor = cur.song_id, cur.title, cur.artist, cur.anchor
-        elif obs is not None:
+        elif obs is not None and not is_other_music(obs.song_id):
             song_id, title, artist, anchor = obs.song_id, obs.title, obs.artist, obs.anchor
         else:
             song_id = title = artist = anchor = None

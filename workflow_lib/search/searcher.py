@@ -31,6 +31,7 @@ import numpy as np
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS, frame, segment_levels_db
 from workflow_lib.common.layout import ResultsLayout, is_bundled
+from workflow_lib.database.other_music import is_other_music
 from workflow_lib.search.copies import copies_of_best
 from workflow_lib.search.subhop import peak_shift
 from workflow_lib.search.threshold import Calibration, decision_statistic
@@ -128,7 +129,8 @@ class Match:
 
     ``song_id``, ``title``, ``artist`` and ``offset_s`` are set only when the no-match rule accepts the best
     candidate (``is_match``); otherwise they are None and ``reason`` says why (``silence``, ``no candidates``,
-    ``below threshold``). ``best_guess`` always holds the strongest candidate, if any. ``confidence`` has one
+    ``below threshold``, ``other music``: the index's other music, ``database.other_music``, leads). ``best_guess``
+    holds the strongest candidate of the collection, if any (none for ``other music``). ``confidence`` has one
     meaning everywhere (query, listen, scan): the share of calibration queries of unknown songs of this length
     whose decision statistic is lower than this answer's, i.e. 1 - its empirical p-value under "the song is not in
     the database"; 0.99 means 1 unknown-song query in 100 scores as high (among queries searched in as many
@@ -345,11 +347,15 @@ def search_embeddings(db: Database, emb: np.ndarray, top_k: int = 20, mode: str 
 def without_copies(db: Database, result: SearchResult, n_segments: int) -> SearchResult:
     """A sequence search's ``result`` (of ``n_segments`` query segments) with the candidates that hold its best
     song's music at their alignments (``copies.copies_of_best``: the run right after the best) moved to
-    ``copies``."""
+    ``copies``. When the best is other music (``database.other_music``) and a copy is a song of the collection,
+    that copy is the best."""
     n = copies_of_best(db, result.candidates, n_segments) if result.mode == "sequence" else 0
     if not n:
         return result
     best, copies, rest = result.candidates[0], result.candidates[1:1 + n], result.candidates[1 + n:]
+    if is_other_music(best.song_id) and (own := [c for c in copies if not is_other_music(c.song_id)]):
+        # a song of the collection that is also other music of the index: the collection's copy answers
+        best, copies = own[0], [c for c in [best, *copies] if c is not own[0]]
     return replace(result, candidates=[best, *rest], copies=copies)
 
 
@@ -771,7 +777,10 @@ class Searcher:
         return self.calibration.statistic if self.calibration is not None else "score"
 
     def decision(self, result: SearchResult) -> float:
-        """The no-match rule's statistic for this result (``calibrate.decision_statistic``)."""
+        """The no-match rule's statistic for this result (``calibrate.decision_statistic``); -inf when the best
+        candidate is other music (``database.other_music``: never an answer)."""
+        if result.best is not None and is_other_music(result.best.song_id):
+            return float("-inf")
         return decision_statistic([c.score for c in result.candidates], self.statistic)
 
     def decide(self, result: SearchResult, seconds_taken: float = 0.0,
@@ -783,13 +792,18 @@ class Searcher:
             reason = "silence" if result.silent else "no candidates"
             return Match(None, None, None, None, 0.0, False, result.n_segments, seconds_taken, result.mode,
                          float("nan"), thr, timings or {}, float("nan"), None, reason, result.views, result.whitened)
+        if is_other_music(best.song_id):  # other music of the index is found: no song of the collection plays
+            return Match(None, None, None, None, 0.0, False, result.n_segments, seconds_taken, result.mode,
+                         float("nan"), thr, timings or {}, float("nan"), None, "other music", result.views,
+                         result.whitened)
         stat = self.decision(result)
         if self.calibration is not None:
             conf = self.calibration.for_views(result.views).confidence(stat, result.n_segments)
         else:  # uncalibrated: the raw score is the only honest number there is
             conf = float(np.clip(best.score, 0.0, 1.0))
         ranked, copies = (tuple(BestGuess(c.song_id, *self.catalogue.get(c.song_id, (None, None)), c.offset_s,
-                                          c.score) for c in found) for found in (result.candidates, result.copies))
+                                          c.score) for c in found if not is_other_music(c.song_id))
+                          for found in (result.candidates, result.copies))
         guess = ranked[0]
         if stat >= thr:
             return Match(best.song_id, guess.title, guess.artist, best.offset_s, conf, True, result.n_segments,
