@@ -87,3 +87,19 @@ def test_the_listener_declares_no_other_music_and_shows_none_of_it(searcher):
     assert [h.song_id for h in core.heard] == ["song1"]
     during = [d for d in ds if d.stream_s <= 12.0]
     assert during and all(d.song_id is None and not d.above_threshold for d in during)
+
+
+def test_the_listeners_rate_is_that_of_the_null_windows_other_music_does_not_answer():
+    """Beside a small collection, other music answers most null windows (-inf): the listener's stricter per-window
+    rate is taken over the rest, so it does not fall with how much other music the index holds."""
+    from workflow_lib.listener.core import listener_calibration
+    from workflow_lib.search.threshold import fit_calibration
+
+    rng = np.random.default_rng(0)
+    answered = {n: list(rng.uniform(0.0, 0.3, 1000)) for n in (1, 9)}
+    with_other = {n: v + [float("-inf")] * 3000 for n, v in answered.items()}
+    calibrated = fit_calibration(with_other, 0.01, statistic="margin")
+    listener = listener_calibration(calibrated, 0.005)
+    alone = listener_calibration(fit_calibration(answered, 0.01, statistic="margin"), 0.005)
+    assert listener.thresholds == pytest.approx(alone.thresholds)
+    assert calibrated.thresholds[0] < listener.thresholds[0]  # over all, the query's 1 % sits lower

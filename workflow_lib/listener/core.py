@@ -385,12 +385,17 @@ def listener_calibration(calibration: Calibration | None, max_fpr: float | None)
     that stricter per-window rate; ``None`` keeps the calibrated ones. Either way they are made non-increasing in
     length (``Calibration.non_increasing``): the window's newest seconds are held to the whole window's threshold
     at least, the rule the listener's operating point was measured with.
+
+    The rate is that of the null windows that other music in the index does not answer (their statistic is -inf:
+    ``database.other_music``): beside a small collection other music answers most of them, and a rate over all of
+    them let the listener declare twice as many songs in hours of music the index does not hold (bench/README.md,
+    "Other music in the index, built"). Without other music in the index, nothing changes.
     """
     if calibration is None:
         return None
     if max_fpr is None or max_fpr >= calibration.target_fpr:
         return calibration.non_increasing()
-    scores = {n: s for n, s in zip(calibration.n_segments, calibration.null_scores)}
+    scores = {n: [v for v in s if v > -math.inf] or s for n, s in zip(calibration.n_segments, calibration.null_scores)}
     smallest = min(len(s) for s in scores.values())
     if smallest * max_fpr < 1:
         log.info("listen.max_fpr %.3g is finer than the %d null queries per length of the calibration allow: the "
