@@ -28,7 +28,6 @@ def other_music_id(title: str) -> str:
     return PREFIX + title
 
 
-
 def count_other_music(song_ids) -> int:
     """How many of ``song_ids`` are other music."""
     return sum(1 for s in song_ids if is_other_music(s))
