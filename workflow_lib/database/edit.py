@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
@@ -31,7 +32,7 @@ from workflow_lib.audio.files import AUDIO_EXTENSIONS, missing_path_message
 from workflow_lib.database.catalogue import build_catalogue, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
 from workflow_lib.database.index import FingerprintDB, add_to_index, read_sidecar, remove_from_index
-from workflow_lib.database.other_music import count_other_music, is_other_music
+from workflow_lib.database.other_music import is_other_music
 from workflow_lib.database.removed import read_removed_songs
 from workflow_lib.data.folders import is_utf8, not_utf8_problem, walk_files
 from workflow_lib.data.manifest import check_song, copy_reason, identical_copies, song_id_for
@@ -286,9 +287,10 @@ def database_info(results: str | Path | ResultsLayout) -> dict[str, Any]:
     db = FingerprintDB.load(layout.index)
     files = {p.name: p.stat().st_size for p in layout.index.iterdir() if p.is_file() and not p.name.startswith(".")}
     added = sorted(layout.added.glob("*.parquet")) if layout.added.is_dir() else []
-    other_rows = int(db.rows.counts[[is_other_music(s) for s in db.song_ids]].sum()) if db.n_songs else 0
+    other_songs = np.array([is_other_music(s) for s in db.song_ids], bool)
+    other, other_rows = int(other_songs.sum()), int(db.rows.counts[other_songs].sum())
     return {"index": str(layout.index), "model_checksum": db.model_checksum, "factory": db.factory,
-            "nprobe": None if db.exact else db.nprobe, "songs": db.n_songs - (other := count_other_music(db.song_ids)),
+            "nprobe": None if db.exact else db.nprobe, "songs": db.n_songs - other,
             "other_music_songs": other, "fingerprints": db.ntotal, "dim": db.dim,
             "hours": round((db.ntotal - other_rows) * HOP_SAMPLES / SAMPLE_RATE / 3600, 2), "file_bytes": files,
             "disk_bytes_per_fingerprint": round(sum(files.values()) / max(db.ntotal, 1), 1),

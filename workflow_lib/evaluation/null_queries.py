@@ -13,7 +13,6 @@ from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.segments import n_segments
 from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.common.progress import progress
-from workflow_lib.database.other_music import is_other_music
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.evaluation.degrade import degrade, limit_peak
 from workflow_lib.evaluation.plan import QueryPlan
@@ -33,8 +32,7 @@ def record_null_views(scores: dict[int, list[list[list[float]]]], views, n_nomin
     is no match whatever its scores: it is kept with none (its statistic is -inf)."""
     if views[0].n_segments:
         scores.setdefault(max(1, n_segments(n_nominal)), []).append(
-            [[] if r.best is not None and is_other_music(r.best.song_id) else [c.score for c in r.candidates]
-             for r in views])
+            [[] if r.other_music_leads else [c.score for c in r.candidates] for r in views])
 
 
 def null_queries(songs: pd.DataFrame, noise_bank: ClipBank | None, ir_bank: ClipBank | None, plan: QueryPlan,

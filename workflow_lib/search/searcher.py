@@ -110,6 +110,11 @@ class SearchResult:
     def copy_ids(self) -> frozenset[str]:
         return frozenset(c.song_id for c in self.copies)
 
+    @property
+    def other_music_leads(self) -> bool:
+        """The best candidate is the index's other music (``database.other_music``): no match, whatever its scores."""
+        return self.best is not None and is_other_music(self.best.song_id)
+
 
 @dataclass(frozen=True)
 class BestGuess:
@@ -779,7 +784,7 @@ class Searcher:
     def decision(self, result: SearchResult) -> float:
         """The no-match rule's statistic for this result (``calibrate.decision_statistic``); -inf when the best
         candidate is other music (``database.other_music``: never an answer)."""
-        if result.best is not None and is_other_music(result.best.song_id):
+        if result.other_music_leads:
             return float("-inf")
         return decision_statistic([c.score for c in result.candidates], self.statistic)
 
@@ -788,14 +793,10 @@ class Searcher:
         """Turn ranked candidates into an answer with the no-match rule applied."""
         best = result.best
         thr = self.threshold(result.n_segments, result.views)
-        if best is None:
-            reason = "silence" if result.silent else "no candidates"
+        if best is None or result.other_music_leads:  # (other music found: no song of the collection plays)
+            reason = "other music" if best is not None else "silence" if result.silent else "no candidates"
             return Match(None, None, None, None, 0.0, False, result.n_segments, seconds_taken, result.mode,
                          float("nan"), thr, timings or {}, float("nan"), None, reason, result.views, result.whitened)
-        if is_other_music(best.song_id):  # other music of the index is found: no song of the collection plays
-            return Match(None, None, None, None, 0.0, False, result.n_segments, seconds_taken, result.mode,
-                         float("nan"), thr, timings or {}, float("nan"), None, "other music", result.views,
-                         result.whitened)
         stat = self.decision(result)
         if self.calibration is not None:
             conf = self.calibration.for_views(result.views).confidence(stat, result.n_segments)
