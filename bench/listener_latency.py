@@ -14,6 +14,8 @@ the stream as it is only). Reported:
   (within 0.5 s); median and p90 over the excerpts (an excerpt never named counts as infinite);
 * wrong-song declarations (a match or change to a song that is not playing), per excerpt;
 * song changes: pairs of degraded excerpts back to back, seconds after the change until the new song is named;
+* songs played again (``--replays``): an excerpt, ``--pause`` seconds of the test noise alone (the listening ends),
+  then another place of the same song; seconds until that place is named (``listen.redeclare_s``'s cost);
 * false declarations on music the database does not hold: catalogue songs outside the index, or, when every
   catalogue song is indexed, database songs each streamed with itself and its twins left out of every search.
 
@@ -56,6 +58,10 @@ def parse_args() -> argparse.Namespace:
                    help="quiet seconds are not raised before the model (with --set silence_dbfs=-55: the level rule "
                         "before 2026-12-06; bench/quiet_queries.py's query_level_rule)")
     p.add_argument("--changes", type=int, default=30, help="song-change pairs (default: %(default)s)")
+    p.add_argument("--replays", type=int, default=0,
+                   help="songs played again: an excerpt, a pause of room noise, another place of the same song "
+                        "(default: %(default)s)")
+    p.add_argument("--pause", type=float, default=6.0, help="seconds of the replays' pause (default: %(default)s)")
     p.add_argument("--unknown", type=int, default=50,
                    help="excerpts of songs outside the database (catalogue songs not in the index)")
     p.add_argument("--threads", type=int, default=1)
@@ -191,6 +197,28 @@ def main() -> None:
             change_missed += 1
         change_wrong += sum(1 for h in core.heard if h.song_id not in (sa, sb))
 
+    # A song played again after a pause (room noise only, long enough to end the listening) at another place:
+    # seconds after it resumes until the second place is named (right song, offset within 0.5 s).
+    replay_delay, replay_missed = [], 0
+    rr = np.random.default_rng([args.seed, 1])  # its own draws: the figures below stay those of earlier runs
+    for i in range(args.replays):
+        sid = ids[i % len(ids)]
+        audio, half, gap = songs[sid], n // 2, int(args.pause * SR)
+        pa, pb = (int(p) for p in rr.choice(len(audio) - half, 2, replace=False))
+        xa, _ = degrade(audio, pa, half, spec, rr, noise, irs)
+        xb, _ = degrade(audio, pb, half, spec, rr, noise, irs)
+        room = noise.random_excerpt(rr, gap).astype(np.float32)  # the noise alone, at its level in the excerpts
+        room *= np.sqrt(np.mean(xa ** 2) / max(1e-12, float(np.mean(room ** 2))) / (1 + 10 ** (args.snr / 10)))
+        core = make_core()
+        ds = stream(core, np.concatenate([xa, room, xb]))
+        t_back = (half + gap) / SR
+        named = [d.stream_s - t_back for d in ds if d.stream_s > t_back and d.state == MATCH and d.song_id == sid
+                 and abs(d.song_offset_s - (pb / SR - t_back)) <= 0.5]
+        if named:
+            replay_delay.append(named[0])
+        else:
+            replay_missed += 1
+
     # Music that is not in the database: every declaration is a false positive.
     outside = [str(s) for s in cat.index if str(s) not in set(map(str, db.song_ids))
                and (args.query_path_contains is None or args.query_path_contains in str(cat.loc[s, "path"]))]
@@ -226,6 +254,8 @@ def main() -> None:
         "named": len(fin), "excerpts": len(first_song), "wrong_song_declarations": wrong,
         "change_delay_median_s": float(np.median(change_delay)) if change_delay else float("nan"),
         "change_missed": change_missed, "changes": args.changes, "change_wrong_song": change_wrong,
+        "replay_delay_median_s": float(np.median(replay_delay)) if replay_delay else float("nan"),
+        "replay_missed": replay_missed, "replays": args.replays,
         "unknown_minutes": unknown_s / 60, "unknown_false_declarations": false_decl,
     }
     print(f"compute per decision: p50 {out['compute_ms_p50']:.1f} ms, p95 {out['compute_ms_p95']:.1f} ms, "
@@ -240,6 +270,9 @@ def main() -> None:
           f"wrong-song declarations: {wrong}")
     print(f"{args.changes} song changes: new song named after median {out['change_delay_median_s']:.1f} s, "
           f"missed {change_missed}, wrong-song declarations {change_wrong}")
+    if args.replays:
+        print(f"{args.replays} songs played again after {args.pause:g} s of room noise, at another place: named "
+              f"there (offset within 0.5 s) after median {out['replay_delay_median_s']:.1f} s, missed {replay_missed}")
     what = "database songs, each left out of the search with its twins" if left_out else "songs outside the database"
     print(f"{unknown_s / 60:.1f} min of {what} ({len(pool)} songs): {false_decl} false declarations"
           f"{f' ({silent_skipped} silent excerpts skipped)' if silent_skipped else ''}")

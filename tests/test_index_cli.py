@@ -113,14 +113,15 @@ def test_every_song_is_indexed_with_the_bundled_model_and_nothing_is_trained(ind
     assert threshold["meta"]["bundled_other_music"]["held_by_database"] == []
     assert threshold["meta"]["n_songs"] == N_SONGS + 3 + len(bundled) and threshold["meta"]["unknown_songs"] == "all"
     assert "unknown music: " in r.stderr and "the no-match rule is calibrated on" not in r.stderr
-    from workflow_lib.cli.index import BUNDLED_LISTEN_PERSISTENT_HOPS, BUNDLED_SCAN_MAX_FPR, FOLLOW_ISLAND_S
+    from workflow_lib.cli.index import (BUNDLED_LISTEN_PERSISTENT_HOPS, BUNDLED_SCAN_MAX_FPR, FOLLOW_ISLAND_S,
+                                        REDECLARE_S)
     from workflow_lib.common.config import run_config
     # the bundled model's own operating point for `nafp scan` / `listen`, recorded with the folder's settings
     listen = run_config(db)[0]["listen"]
     assert listen["persistent_hops"] == BUNDLED_LISTEN_PERSISTENT_HOPS
     # the scan decides at its own, stricter per-window rate; the microphone at the default
     assert listen["scan_max_fpr"] == BUNDLED_SCAN_MAX_FPR and listen["max_fpr"] == 0.005
-    assert listen["follow_island_s"] == FOLLOW_ISLAND_S
+    assert listen["follow_island_s"] == FOLLOW_ISLAND_S and listen["redeclare_s"] == REDECLARE_S
 
 
 def test_an_excerpt_of_every_song_is_named(indexed, tmp_path):
@@ -465,12 +466,12 @@ def test_the_bundled_pair_indexes_and_names_every_song(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((tmp_path / "db" / "index" / "index.json").read_text())
     assert info["dim"] == 256 and info["frontend"]["weights"] == [0.5, 0.5]
-    from workflow_lib.cli.index import FOLLOW_ISLAND_S, PAIR_LISTEN_MAX_FPR, PAIR_LISTEN_PERSISTENT_HOPS
+    from workflow_lib.cli.index import FOLLOW_ISLAND_S, PAIR_LISTEN_MAX_FPR, PAIR_LISTEN_PERSISTENT_HOPS, REDECLARE_S
     from workflow_lib.common.config import run_config
     # the pair's own operating point for `nafp scan` / `listen`, recorded with the folder's settings
     listen = run_config(tmp_path / "db")[0]["listen"]
     assert listen["max_fpr"] == PAIR_LISTEN_MAX_FPR and listen["persistent_hops"] == PAIR_LISTEN_PERSISTENT_HOPS
-    assert listen["follow_island_s"] == FOLLOW_ISLAND_S
+    assert listen["follow_island_s"] == FOLLOW_ISLAND_S and listen["redeclare_s"] == REDECLARE_S
     assert "the no-match rule is calibrated on 4 song(s)" in r.stderr and "--unknown-music" in r.stderr
     assert json.loads((tmp_path / "db" / "index" / "threshold.json").read_text())["meta"]["bundled_other_music"] is None
     songs = pd.read_parquet(tmp_path / "db" / "manifest" / "songs.parquet")

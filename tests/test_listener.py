@@ -237,6 +237,28 @@ def test_a_song_leading_the_window_at_one_alignment_for_persistent_hops_is_decla
             assert ds[-1].song_offset_s == pytest.approx(3.0, abs=0.5)
 
 
+def test_a_song_declared_again_soon_at_another_place_needs_redeclare_hops(synth):
+    """Music resembling a song sets it off again and again at wandering places: with ``redeclare_s``, a song heard
+    within that many seconds at another place needs ``redeclare_hops`` agreeing hops; the same place (the song
+    went on through a pause) and a listening that ended longer ago are declared as before."""
+    songs, searcher = synth
+    s1, pause = songs["s1"], np.zeros(2 * SR, np.float32)  # silence ends the first listening at once
+
+    def declared_again(config: ListenConfig, again_from_s: int) -> float:
+        core = ListenerCore(searcher, config)
+        ds = drive(core, np.concatenate([s1[2 * SR:9 * SR], pause, s1[again_from_s * SR:(again_from_s + 8) * SR]]))
+        assert [h.song_id for h in core.heard] == ["s1", "s1"]
+        return next(d.stream_s for d in ds if d.stream_s > 9.0 and d.event == "match")
+
+    on = ListenConfig(redeclare_s=60.0, redeclare_hops=4)
+    other_place = declared_again(ListenConfig(), 4)  # song time 4 s at stream time 9 s: another place
+    assert declared_again(on, 4) == other_place + 1.0  # two hops more than consistent_hops
+    assert declared_again(ListenConfig(redeclare_s=1.0), 4) == other_place  # the first ended at 7 s: over 1 s before
+    assert declared_again(on, 11) == declared_again(ListenConfig(), 11)  # song time 11 s at 9 s: the same place
+    with pytest.raises(ValueError, match="redeclare"):
+        ListenConfig(redeclare_hops=0)
+
+
 def test_min_match_s_delays_the_declaration_until_the_window_is_long_enough(synth):
     songs, searcher = synth
     ds = drive(ListenerCore(searcher, ListenConfig(consistent_hops=1, min_match_s=3.0)), songs["s3"][: 6 * SR])

@@ -12,7 +12,9 @@ listener asks every hop). A match is declared when ``consistent_hops`` such hops
 alignment with the stream (the song position must advance with the clock, within ``offset_tolerance_hops``) and the
 window holds at least ``min_match_s`` of audio; with ``persistent_hops``, also when one song has led the window at one
 alignment for that many hops in a row, below the threshold (a drum loop, a song under loud noise), and it is held
-while it keeps that lead. A declared match is held while its own alignment still passes the calibrated threshold
+while it keeps that lead. With ``redeclare_s``, a song heard within that many seconds at another place of it needs
+``redeclare_hops`` agreeing hops: music resembling a song sets it off again and again at wandering places. A declared
+match is held while its own alignment still passes the calibrated threshold
 (``search.calibration.target_fpr``, looser than the declaring one: hysteresis, so a held song is not dropped and named
 again each time a noisy hop dips under the strict rate) on the window and no other alignment beats it by more than
 ``resync_margin`` (a repeated chorus scores alike at several offsets; the one the longer history chose stays); the
@@ -77,6 +79,10 @@ class ListenConfig:
     # whitened-view model shipped").
     scan_max_fpr: float | None = None
     persistent_hops: int | None = None
+    # A song declared again within redeclare_s of its last listening's end, at another place of it, needs
+    # redeclare_hops agreeing hops (0 s: off; ``ListenerCore._redeclaring``).
+    redeclare_s: float = 0.0
+    redeclare_hops: int = 4
     follow_island_s: float = 0.0  # the scan's following only (scan._extend); the live listener has none
     silence_dbfs: float = QUERY_SILENCE_DBFS
     ring_s: float = 20.0
@@ -96,6 +102,9 @@ class ListenConfig:
                 raise ValueError(f"listen.{key} must lie in (0, 1) or be null, got {value}")
         if self.persistent_hops is not None and self.persistent_hops < 1:
             raise ValueError(f"listen.persistent_hops must be at least 1 or null, got {self.persistent_hops}")
+        if not self.redeclare_s >= 0 or self.redeclare_hops < 1:  # NaN too
+            raise ValueError(f"listen: redeclare_s must be 0 s or more and redeclare_hops at least 1, got "
+                             f"{self.redeclare_s} and {self.redeclare_hops}")
         if not self.follow_island_s >= 0:  # NaN too
             raise ValueError(f"listen.follow_island_s must be 0 s or more, got {self.follow_island_s}")
         if not 0 <= self.resync_margin < 1:
@@ -727,6 +736,19 @@ class ListenerCore:
             return None
         return float(aligned_scores(emb, self._db, np.array([code]), np.array([heard.anchor + j0]))[0])
 
+    def _redeclaring(self, obs: Observation, stream_s: float, persistent: bool) -> bool:
+        """``obs``'s song, about to be declared, was heard at another place within ``redeclare_s`` and has not yet
+        agreed for ``redeclare_hops``: not declared yet."""
+        cfg = self.config
+        if cfg.redeclare_s <= 0 or persistent or self._streak >= cfg.redeclare_hops:
+            return False
+        for h in reversed(self.heard):  # newest first; each ended before the next was declared
+            if h.end_s < stream_s - cfg.redeclare_s:
+                return False
+            if h.song_id == obs.song_id and h is not self.current:
+                return abs(h.anchor - obs.anchor) > cfg.offset_tolerance_hops
+        return False
+
     @staticmethod
     def _passes(tracked: tuple[float, float, float, float]) -> bool:
         return tracked[3] >= tracked[1]
@@ -811,6 +833,10 @@ class ListenerCore:
                     cur.moved(self.ended_s(cur))
                 cur.anchor, cur.end_s, cur.hops = obs.anchor, stream_s, cur.hops + 1
                 self._misses = 0
+            elif self._redeclaring(obs, stream_s, persistent):
+                # Music that resembles a song sets it off again and again at wandering places, each declaration
+                # short (bench/README.md, "A song declared again"); the song played again waits a hop or two.
+                pass
             else:
                 event = "match" if cur is None else "change"
                 if cur is not None:
