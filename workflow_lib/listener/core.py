@@ -672,7 +672,7 @@ class ListenerCore:
         best = result.best
         n = result.n_segments
         # other music of the index leads (``database.other_music``): no song of the collection plays
-        stat = float("-inf") if is_other_music(best.song_id) else \
+        stat = float("-inf") if result.other_music_leads else \
             decision_statistic([c.score for c in result.candidates], self.statistic)
         thr, conf = self.threshold(n), self.confidence(stat, n)
         title, artist = getattr(s, "catalogue", {}).get(best.song_id, (None, None))
