@@ -127,6 +127,46 @@ def test_truncated_file_gives_clear_error(tmp_path, ext):
         load_audio(path)
 
 
+def _set_wav_sizes(path: Path, riff: int, data: int) -> None:
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"data")
+    raw[4:8], raw[at + 4:at + 8] = riff.to_bytes(4, "little"), data.to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("declared", [0, 0x7FFFF000, 0x7FFFFFFF, 0xFFFFFFFF])
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_a_recording_stopped_before_its_header_was_written_is_read_whole(tmp_path, caplog, declared, subtype):
+    """A recorder writes a size it does not know yet (0, or a placeholder near 2^31 or 2^32) and the real one when
+    it stops, so a recording stopped hard keeps it: its audio runs to the end of the file. A 0 read as no audio
+    made such a query "too short: 0.00 s", a placeholder read as "truncated"."""
+    path = tmp_path / "rec.wav"
+    x = tone_mix(3.0, 16000)
+    sf.write(str(path), np.stack([x, -x], axis=1), 16000, subtype=subtype)
+    whole = load_audio(path)
+    _set_wav_sizes(path, declared, declared)
+    with caplog.at_level("WARNING", logger="workflow_lib.audio.files"):
+        info, audio = audio_info(path), load_audio(path)
+    assert info.frames == 48000 and info.duration_s == pytest.approx(3.0)
+    np.testing.assert_allclose(audio, whole, atol=1e-6)
+    assert "rec.wav: its header was never completed" in caplog.text and "3.0 s" in caplog.text
+
+
+def test_an_empty_wav_with_a_tag_after_its_data_is_empty_and_a_cut_one_still_truncated(tmp_path):
+    """A declared 0 is read as audio only when what follows is not whole chunks (a tag list); a size short of
+    the placeholders that the file does not hold is still a truncated file."""
+    path = tmp_path / "empty.wav"
+    sf.write(str(path), np.zeros(0, np.float32), 16000, subtype="PCM_16")
+    tag = b"LIST" + (16).to_bytes(4, "little") + b"INFOINAM" + (3).to_bytes(4, "little") + b"ab\0\0"
+    path.write_bytes(path.read_bytes() + tag)
+    assert audio_info(path).frames == 0 and len(load_audio(path)) == 0
+    cut = tmp_path / "cut.wav"
+    sf.write(str(cut), tone_mix(2.0, 16000), 16000, subtype="PCM_16")
+    _set_wav_sizes(cut, 0x7FFE0000, 0x7FFE0000)
+    with pytest.raises(AudioDecodeError, match="cut.wav: truncated: header declares"):
+        load_audio(cut)
+
+
 @pytest.mark.skipif(not has_ffmpeg(), reason="ffmpeg not installed")
 @pytest.mark.parametrize("ext,codec", [("wv", "wavpack"), ("tta", "tta"), ("m4b", "alac"), ("mp2", "mp2"),
                                        ("aifc", "pcm_s16be")])

@@ -44,6 +44,12 @@ DECODE_TIMEOUT_BASE_S = 60.0
 DECODE_TIMEOUT_PER_S = 0.1
 PROBE_TIMEOUT_S = 60.0
 
+# A WAV header's data size at or above this is a recorder's placeholder for "not known yet" (sox writes about
+# 2^31 - 4096, arecord 2^31 - 1, a pipe 2^32 - 1), not a length (``_wav_frames``).
+UNKNOWN_WAV_SIZE = 0x7FFF0000
+# Bytes per sample of the WAV sample formats a header that declares no audio can be read in (``iter_wav_stream``).
+_SUBTYPE_BYTES = {"PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
 # Decoded block size in source frames: large enough to amortise per-call overhead, small enough to bound memory.
 _BLOCK_FRAMES = 1 << 18
 # A scheme the way pathlib leaves it ("https:/host/..."), for the error of a path that does not exist.
@@ -159,10 +165,9 @@ def audio_info(path: str | Path, messages: DecoderMessages | None = None) -> Aud
         raise AudioDecodeError(f"{path}: not a readable audio file ({reason})") from exc
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioDecodeError(f"{path}: invalid header (rate {info.samplerate}, channels {info.channels})")
-    if path.suffix.lower() == ".wav":
-        _check_wav_complete(path)
-    return AudioInfo(str(path), info.frames / info.samplerate, int(info.samplerate), int(info.channels),
-                     str(info.format), int(info.frames))
+    frames = _wav_frames(path, info) if path.suffix.lower() == ".wav" else int(info.frames)
+    return AudioInfo(str(path), frames / info.samplerate, int(info.samplerate), int(info.channels),
+                     str(info.format), frames)
 
 
 def _check_finite(samples: np.ndarray, name: str | Path, first_frame: int, rate: int) -> None:
@@ -198,6 +203,11 @@ def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 3
 
 def _iter_soundfile(path: Path, sr: int, chunk_seconds: float, messages: DecoderMessages) -> Iterator[np.ndarray]:
     info = audio_info(path, messages)
+    if info.frames and path.suffix.lower() == ".wav" and sf.info(os.fsencode(path)).frames == 0:
+        # a header that declares no audio although the file holds some (``_wav_frames``): read to its end
+        with open(path, "rb") as stream:
+            yield from iter_wav_stream(stream, sr, chunk_seconds, str(path))
+        return
     resampler = soxr.ResampleStream(info.sample_rate, sr, 1, dtype="float32", quality="HQ") \
         if info.sample_rate != sr else None
     target = max(1, int(chunk_seconds * sr))
@@ -388,24 +398,68 @@ def write_audio(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE,
             f.write(audio)
 
 
-def _check_wav_complete(path: Path) -> None:
-    """libsndfile silently shortens a cut-off WAV to the bytes present; compare with the size its header declares."""
+def _wav_data_chunk(path: Path) -> tuple[int, int, int] | None:
+    """Where a RIFF WAV's audio data start, the size its header declares for them and the bytes that follow to the
+    end of the file: ``(offset, declared, present)``; None for RF64 and other variants, or without a data chunk."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         if f.read(4) != b"RIFF":
-            return  # RF64/other variants: trust libsndfile
+            return None
         f.seek(12)
         while True:
             head = f.read(8)
             if len(head) < 8:
-                return
+                return None
             chunk_id, chunk_size = head[:4], int.from_bytes(head[4:], "little")
             if chunk_id == b"data":
-                if chunk_size != 0xFFFFFFFF and f.tell() + chunk_size > size:
-                    raise AudioDecodeError(f"{path}: truncated: header declares {chunk_size} data bytes, "
-                                           f"file holds {size - f.tell()}")
-                return
+                return f.tell(), chunk_size, size - f.tell()
             f.seek(chunk_size + (chunk_size & 1), 1)
+
+
+def _only_chunks(path: Path, offset: int) -> bool:
+    """Whether the bytes of ``path`` from ``offset`` on are whole RIFF chunks (a tag list after an empty data chunk)
+    rather than audio."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while offset < size:
+            head = f.read(8)
+            if len(head) < 8 or not head[:4].isascii() or not head[:4].decode("ascii").isprintable():
+                return False
+            offset += 8 + int.from_bytes(head[4:], "little")
+            offset += offset & 1
+            f.seek(offset)
+        return offset == size
+
+
+def _wav_frames(path: Path, info) -> int:
+    """The frames a WAV file holds, with its header checked against the file (``info``: libsndfile's).
+
+    libsndfile silently shortens a cut-off WAV to the bytes present: a header that declares more than the file holds
+    is an error (truncated). A recorder writes a size it does not know yet (0, or a placeholder near 2^31 or 2^32:
+    sox, arecord, pipes) and puts the real one in when it stops, so a recording stopped hard (killed, power lost)
+    keeps the placeholder. Its audio runs to the end of the file and is read, with a warning: a query recorded that
+    way is still a query. libsndfile reads the placeholder's frames itself; a declared 0 it reads as empty, so those
+    frames are counted here (``_iter_soundfile`` then reads the file as a stream)."""
+    found = _wav_data_chunk(path)
+    if found is None:
+        return int(info.frames)
+    offset, declared, present = found
+    if declared == 0 and present > 0 and not _only_chunks(path, offset):
+        width = _SUBTYPE_BYTES.get(info.subtype)
+        if width is None:
+            raise AudioDecodeError(f"{path}: its header declares no audio, and {info.subtype} samples cannot be "
+                                   "read without it")
+        frames = present // (width * info.channels)
+    elif declared > present and declared >= UNKNOWN_WAV_SIZE:
+        frames = int(info.frames)
+    elif declared > present:
+        raise AudioDecodeError(f"{path}: truncated: header declares {declared} data bytes, file holds {present}")
+    else:
+        return int(info.frames)
+    log.warning("%s: its header was never completed (a recording stopped before it was closed?): reading the %.1f s "
+                "of audio the file holds", path, frames / info.samplerate)
+    return frames
 
 
 # --- ffmpeg fallback -------------------------------------------------------------------------------------------
