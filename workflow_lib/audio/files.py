@@ -203,11 +203,6 @@ def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 3
 
 def _iter_soundfile(path: Path, sr: int, chunk_seconds: float, messages: DecoderMessages) -> Iterator[np.ndarray]:
     info = audio_info(path, messages)
-    if info.frames and path.suffix.lower() == ".wav" and sf.info(os.fsencode(path)).frames == 0:
-        # a header that declares no audio although the file holds some (``_wav_frames``): read to its end
-        with open(path, "rb") as stream:
-            yield from iter_wav_stream(stream, sr, chunk_seconds, str(path))
-        return
     resampler = soxr.ResampleStream(info.sample_rate, sr, 1, dtype="float32", quality="HQ") \
         if info.sample_rate != sr else None
     target = max(1, int(chunk_seconds * sr))
@@ -241,6 +236,11 @@ def _iter_soundfile(path: Path, sr: int, chunk_seconds: float, messages: Decoder
         raise
     except Exception as exc:
         raise AudioDecodeError(f"{path}: decoding failed after {decoded} frames ({exc})") from exc
+    if decoded == 0 and info.frames > 0 and path.suffix.lower() == ".wav":
+        # a header that declares no audio although the file holds some (``_wav_frames``): read it to its end
+        with open(path, "rb") as stream:
+            yield from iter_wav_stream(stream, sr, chunk_seconds, str(path))
+        return
     # MP3 headers only estimate the length; anything beyond a few percent short means a cut-off file.
     if info.frames > 0 and decoded < 0.95 * info.frames:
         raise AudioDecodeError(f"{path}: truncated: decoded {decoded} of {info.frames} frames")
@@ -440,7 +440,7 @@ def _wav_frames(path: Path, info) -> int:
     sox, arecord, pipes) and puts the real one in when it stops, so a recording stopped hard (killed, power lost)
     keeps the placeholder. Its audio runs to the end of the file and is read, with a warning: a query recorded that
     way is still a query. libsndfile reads the placeholder's frames itself; a declared 0 it reads as empty, so those
-    frames are counted here (``_iter_soundfile`` then reads the file as a stream)."""
+    frames are counted here (and ``_iter_soundfile``, finding none decoded, reads the file as a stream)."""
     found = _wav_data_chunk(path)
     if found is None:
         return int(info.frames)
