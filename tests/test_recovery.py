@@ -370,7 +370,9 @@ def test_ctrl_c_while_the_listener_starts_prints_no_traceback(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "workflow_lib.cli.main", "listen", "--input", str(clip),
                              "--results", str(tmp_path / "nothing")], stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(0.3)  # still importing
+    time.sleep(0.3)  # still importing, or (on a fast machine) already past the error and shutting down
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert "Traceback" not in err and proc.returncode in (2, 130)
+    # 130: "interrupted"; 2: the error came first (a Ctrl-C while the interpreter shuts down is ignored, where it
+    # printed a traceback); -2: CPython ends a process whose import was interrupted by the signal itself, quietly
+    assert "Traceback" not in err and proc.returncode in (2, 130, -signal.SIGINT)

@@ -18,6 +18,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from workflow_lib import __version__
@@ -78,10 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the signal
 
 
+def entry() -> None:
+    """The ``nafp`` command (and ``python -m workflow_lib.cli.main``): ``main``, then exit with its status. The
+    answer is out by then, so a Ctrl-C while the interpreter shuts down is ignored (it printed a traceback and
+    ended the process by the signal instead of the status)."""
+    status = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)
+
+
 def run_subcommand(name: str, argv: list[str] | None = None) -> int:
     """Entry of the ``scripts/*.py`` wrappers: ``nafp NAME ARGS...``."""
     return main([name, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
