@@ -32,12 +32,22 @@ import soxr  # noqa: E402
 
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.audio.files import load_audio, write_audio  # noqa: E402
+from workflow_lib.evaluation.degrade import MIN_SIGNAL_RMS, add_noise, rms  # noqa: E402
 
 LENGTHS_S = (1.0, 3.0)
 
 
 def songs_of(music: Path) -> list[Path]:
     return sorted(p for p in music.rglob("*") if p.suffix.lower() in {".mp3", ".flac", ".wav", ".ogg"})
+
+
+def with_white_noise(x: np.ndarray, snr: float | None, rng: np.random.Generator) -> np.ndarray:
+    """``x`` with white noise at ``snr`` dB (None: as it is). The noise is drawn even for a silent clip, which has
+    no level to set it by and stays silent, so that every clip after it gets the same noise whatever came before."""
+    if snr is None:
+        return x
+    noise = rng.standard_normal(len(x)).astype(np.float32)
+    return x if rms(x) < MIN_SIGNAL_RMS else add_noise(x, noise, snr)
 
 
 def write_clips(audio: np.ndarray, stem: Path, per_length: int, rng: np.random.Generator) -> int:
@@ -111,10 +121,7 @@ def measure(args: argparse.Namespace) -> None:
         accepted = {length: [] for length in LENGTHS_S}
         right = {length: [] for length in LENGTHS_S}  # of the known clips: (best guess right, right and accepted)
         for clip in clips + known:
-            x = load_audio(clip)
-            if snr is not None:
-                noise = rng.standard_normal(len(x)).astype(np.float32)
-                x = x + noise * np.sqrt(np.mean(x ** 2) / np.mean(noise ** 2) / 10 ** (snr / 10))
+            x = with_white_noise(load_audio(clip), snr, rng)
             source, _, clip_name = clip.stem.rpartition("__")
             length = float(clip_name.split("_")[-2].rstrip("s"))
             answer = db.query(x, sample_rate=SAMPLE_RATE)

@@ -76,15 +76,14 @@ def per_song_rule(calibration, leads: Counter, songs: list[str], clip: tuple[flo
 
 
 def clip_answers(searcher, folder: Path, snr: float | None) -> list[Answer]:
+    from collection_fpr import with_white_noise  # bench/ beside this script: the noise measure adds
+
     from workflow_lib.audio.files import load_audio
 
     rng = np.random.default_rng(0)
     out = []
     for clip in sorted(folder.glob("*.wav")):
-        x = load_audio(clip)
-        if snr is not None:
-            noise = rng.standard_normal(len(x)).astype(np.float32)
-            x = x + noise * np.sqrt(np.mean(x ** 2) / np.mean(noise ** 2) / 10 ** (snr / 10))
+        x = with_white_noise(load_audio(clip), snr, rng)
         out.append(answer(searcher, searcher.search_views(searcher.embed_views(x), "sequence"),
                           clip.stem.rpartition("__")[0] or None))
     return out

@@ -398,38 +398,41 @@ def write_audio(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE,
             f.write(audio)
 
 
-def _wav_data_chunk(path: Path) -> tuple[int, int, int] | None:
-    """Where a RIFF WAV's audio data start, the size its header declares for them and the bytes that follow to the
-    end of the file: ``(offset, declared, present)``; None for RF64 and other variants, or without a data chunk."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if f.read(4) != b"RIFF":
-            return None
-        f.seek(12)
-        while True:
-            head = f.read(8)
-            if len(head) < 8:
-                return None
-            chunk_id, chunk_size = head[:4], int.from_bytes(head[4:], "little")
-            if chunk_id == b"data":
-                return f.tell(), chunk_size, size - f.tell()
-            f.seek(chunk_size + (chunk_size & 1), 1)
-
-
-def _only_chunks(path: Path, offset: int) -> bool:
-    """Whether the bytes of ``path`` from ``offset`` on are whole RIFF chunks (a tag list after an empty data chunk)
-    rather than audio."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+def _riff_chunks(f, offset: int):
+    """The RIFF chunks of the open file ``f`` from ``offset`` on, as ``(id, data offset, declared size)``, until
+    fewer than 8 bytes of chunk header are left."""
+    while True:
         f.seek(offset)
-        while offset < size:
-            head = f.read(8)
-            if len(head) < 8 or not head[:4].isascii() or not head[:4].decode("ascii").isprintable():
-                return False
-            offset += 8 + int.from_bytes(head[4:], "little")
-            offset += offset & 1
-            f.seek(offset)
-        return offset == size
+        head = f.read(8)
+        if len(head) < 8:
+            return
+        chunk_size = int.from_bytes(head[4:], "little")
+        yield head[:4], offset + 8, chunk_size
+        offset += 8 + chunk_size + (chunk_size & 1)
+
+
+def _wav_data_chunk(f, size: int) -> tuple[int, int, int] | None:
+    """Where the audio data of the RIFF WAV ``f`` (``size`` bytes) start, the size its header declares for them and
+    the bytes that follow to the end of the file: ``(offset, declared, present)``; None for RF64 and other variants,
+    or without a data chunk."""
+    f.seek(0)
+    if f.read(4) != b"RIFF":
+        return None
+    for chunk_id, offset, declared in _riff_chunks(f, 12):
+        if chunk_id == b"data":
+            return offset, declared, size - offset
+    return None
+
+
+def _only_chunks(f, offset: int, size: int) -> bool:
+    """Whether the bytes of ``f`` (``size`` bytes) from ``offset`` on are whole RIFF chunks (a tag list after an
+    empty data chunk) rather than audio."""
+    end = offset
+    for chunk_id, start, declared in _riff_chunks(f, offset):
+        if not chunk_id.isascii() or not chunk_id.decode("ascii").isprintable():
+            return False
+        end = start + declared + (declared & 1)
+    return end == size
 
 
 def _wav_frames(path: Path, info) -> int:
@@ -441,11 +444,14 @@ def _wav_frames(path: Path, info) -> int:
     keeps the placeholder. Its audio runs to the end of the file and is read, with a warning: a query recorded that
     way is still a query. libsndfile reads the placeholder's frames itself; a declared 0 it reads as empty, so those
     frames are counted here (and ``_iter_soundfile``, finding none decoded, reads the file as a stream)."""
-    found = _wav_data_chunk(path)
-    if found is None:
-        return int(info.frames)
-    offset, declared, present = found
-    if declared == 0 and present > 0 and not _only_chunks(path, offset):
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        found = _wav_data_chunk(f, size)
+        if found is None:
+            return int(info.frames)
+        offset, declared, present = found
+        audio_after_empty_header = declared == 0 and present > 0 and not _only_chunks(f, offset, size)
+    if audio_after_empty_header:
         width = _SUBTYPE_BYTES.get(info.subtype)
         if width is None:
             raise AudioDecodeError(f"{path}: its header declares no audio, and {info.subtype} samples cannot be "
