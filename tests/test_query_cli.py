@@ -194,6 +194,9 @@ def test_audio_piped_on_stdin_is_answered_like_a_file(results, cli, tmp_path, ca
     from workflow_lib.audio.piped import format_of
 
     f = _query_files(tmp_path)
+    spool_dir = tmp_path / "spool"  # a temp folder of its own: tests beside this one may be piping too
+    spool_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool_dir))
 
     def piped(data: bytes) -> tuple[int, dict]:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
@@ -212,7 +215,7 @@ def test_audio_piped_on_stdin_is_answered_like_a_file(results, cli, tmp_path, ca
     rc, row = piped(b"hello, these are notes")
     assert rc == 1 and "not audio that can be read from a pipe" in row["error"]
     assert "ffmpeg -i INPUT -f wav -" in row["error"]
-    assert not list(Path(tempfile.gettempdir()).glob("nafp-piped-*"))  # the spooled copies are gone
+    assert not list(spool_dir.glob("nafp-piped-*"))  # the spooled copies are gone
     assert cli.main(["-", "-", "--results", str(results)]) == 2 and "once" in capsys.readouterr().err
 
 
