@@ -155,6 +155,6 @@ def test_conda_environment_pins_what_the_set_up_installs():
     env = yaml.safe_load((REPO / "envs/workflow.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     reqs = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
-    tools = {"snakemake", "snakemake-executor-plugin-slurm", "pygments", "pytest", "import-linter"}
+    tools = {"snakemake", "snakemake-executor-plugin-slurm", "pygments", "pytest", "pytest-xdist", "import-linter"}
     runtime = {r for r in reqs if r and r.split("==")[0] not in tools}
     assert set(pip) == runtime

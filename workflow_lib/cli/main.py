@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from workflow_lib import __version__
 from workflow_lib.common.logs import BarAwareHandler, quiet_third_party_loggers
@@ -61,7 +62,23 @@ def fail(message: str, status: int = EXIT_SETUP) -> int:
     return status
 
 
+_sigint_seen = False
+
+
+def _note_sigint(signum, frame) -> None:
+    """Python's own Ctrl-C handler, remembering that it ran: a library that turns the KeyboardInterrupt into an error
+    of its own (numpy, interrupted while its C extension imports, raises ImportError) still met a Ctrl-C."""
+    global _sigint_seen
+    _sigint_seen = True
+    signal.default_int_handler(signum, frame)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Not where the caller ignores Ctrl-C (a background job), nor outside the main thread (signal.signal refuses)
+    watch = (threading.current_thread() is threading.main_thread()
+             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if watch:
+        signal.signal(signal.SIGINT, _note_sigint)
     try:  # Ctrl-C at any moment (even while torch is still importing) ends quietly
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -77,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         # Python flushes stdout at exit and would complain again: point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the signal
+    except Exception:
+        if not _sigint_seen:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if watch:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def entry() -> None:
