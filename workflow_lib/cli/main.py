@@ -74,6 +74,8 @@ def _note_sigint(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _sigint_seen
+    _sigint_seen = False  # a call of its own (the tests call main again and again in one process)
     # Not where the caller ignores Ctrl-C (a background job), nor outside the main thread (signal.signal refuses)
     watch = (threading.current_thread() is threading.main_thread()
              and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
