@@ -89,15 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_SETUP
         setup_logging(getattr(args, "verbose", False))
         return int(args.run(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # `nafp ... | head`: the reader has gone; end quietly, as other Unix tools do
         # Python flushes stdout at exit and would complain again: point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the signal
-    except Exception:
-        if not _sigint_seen:
+    except (KeyboardInterrupt, Exception) as exc:  # any error after a Ctrl-C is the Ctrl-C
+        if not (isinstance(exc, KeyboardInterrupt) or _sigint_seen):
             raise
         print("interrupted", file=sys.stderr)
         return 130
