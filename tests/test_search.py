@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import faiss
 import numpy as np
@@ -394,6 +395,19 @@ def test_calibration_threshold_quantile_monotone_and_roundtrip(tmp_path):
     assert rising.thresholds[0] == pytest.approx(0.1) and rising.thresholds[1] == pytest.approx(0.5)
     flat = rising.non_increasing()
     assert flat.thresholds[0] == flat.thresholds[1] == pytest.approx(0.5)
+
+
+def test_a_rule_that_accepts_any_leading_song_is_tabled_without_a_warning(tmp_path):
+    """Where other music answers more than the target share of the null queries (-inf), the threshold lies just
+    above -inf: stored as it is, shown as -inf in the table, and no numpy overflow warning on the way."""
+    cal = fit_calibration({1: [0.3] * 5 + [0.0] * 95, 5: [float("-inf")] * 995 + [0.2] * 5}, 0.01, {}, "margin")
+    assert cal.thresholds[0] > 0.0 and -np.inf < cal.thresholds[1] < -1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = cal.table()
+    assert list(table["threshold"]) == [0.3, -np.inf] and list(table["null_max"]) == [0.3, 0.2]
+    cal.save(tmp_path / "t.json")
+    assert Calibration.load(tmp_path / "t.json").thresholds == pytest.approx(cal.thresholds)
 
 
 def test_too_few_null_queries_are_one_warning_that_says_what_to_raise(caplog):

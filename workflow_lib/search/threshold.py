@@ -142,7 +142,7 @@ class Calibration:
         parts = [(1, self)] + ([(2, self.two_views)] if self.two_views is not None else [])
         return pd.concat([pd.DataFrame({
             "query_s": [seg_s + (n - 1) * hop_s for n in c.n_segments], "n_segments": c.n_segments, "views": views,
-            "statistic": c.statistic, "threshold": np.round(c.thresholds, 4),
+            "statistic": c.statistic, "threshold": _rounded(c.thresholds),
             "target_fpr": c.target_fpr, "null_queries": [len(s) for s in c.null_scores],
             "null_median": [round(float(np.median(s)), 4) if len(s) else None for s in c.null_scores],
             "null_max": [round(float(np.max(s)), 4) if len(s) else None for s in c.null_scores]})
@@ -252,6 +252,14 @@ def calibration_music(path: str | Path) -> dict[str, Any] | None:
                 "shipped_songs": int(bundled.get("songs", 0))}
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
+
+
+def _rounded(thresholds: list[float]) -> np.ndarray:
+    """Thresholds to 4 decimals for the table. One just above -inf (more than the target share of the null queries
+    were answered by other music, so any song of the collection that leads is accepted) is shown as -inf: rounding
+    it would overflow, and numpy would warn about it in the middle of `nafp index`."""
+    with np.errstate(over="ignore"):
+        return np.round(np.asarray(thresholds, dtype=np.float64), 4)
 
 
 def _upper_point(sorted_scores: np.ndarray, fpr: float) -> float:
