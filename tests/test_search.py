@@ -13,7 +13,7 @@ import pytest
 from tests.search_helpers import SR, build_searcher, songs_sharing_a_part, synth_song
 from workflow_lib.audio.files import write_audio
 from workflow_lib.audio.segments import BAND_ALLOWANCE_DB, SILENCE_DBFS, level_dbfs, segment_levels_db
-from workflow_lib.search.threshold import STATISTICS, Calibration, decision_statistic, fit_calibration
+from workflow_lib.search.threshold import STATISTICS, Calibration, decision_statistic, fit_calibration, shown
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.evaluation.degrade import Degradation, degrade
 from workflow_lib.evaluation.calibration import collect_null_scores, fit_from_candidates
@@ -406,6 +406,8 @@ def test_a_rule_that_accepts_any_leading_song_is_tabled_without_a_warning(tmp_pa
         warnings.simplefilter("error")
         table = cal.table()
     assert list(table["threshold"]) == [0.3, -np.inf] and list(table["null_max"]) == [0.3, 0.2]
+    # the calibration's log says -inf too, also for a length between the two (interpolated towards -1.8e308)
+    assert shown(cal.thresholds[1]) == shown(cal.threshold(3)) == -np.inf and shown(cal.thresholds[0]) == pytest.approx(0.3)
     cal.save(tmp_path / "t.json")
     assert Calibration.load(tmp_path / "t.json").thresholds == pytest.approx(cal.thresholds)
 

@@ -21,7 +21,7 @@ import pandas as pd
 from workflow_lib.database.catalogue import song_paths
 from workflow_lib.database.other_music import count_other_music
 from workflow_lib.search.duplicates import duplicate_groups, find_twins
-from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration, little_music
+from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration, little_music, shown
 from workflow_lib.data.clipbank import ClipBank
 from workflow_lib.common.layout import null_bank_path
 from workflow_lib.evaluation.null_bank import bank_candidates, usable_bank, weigh_bank
@@ -148,5 +148,5 @@ def run_calibration(out_path, model_path, index_dir, songs_path, splits_path, no
     for views, c in [(1, calib)] + ([(2, calib.two_views)] if calib.two_views is not None else []):
         for n, t, s in zip(c.n_segments, c.thresholds, c.null_scores):
             log.info("threshold for %d segments, %d view(s): %s >= %.4f (null values: median %.3f, max %.3f, n=%d)",
-                     n, views, c.statistic, t, float(np.median(s)), float(np.max(s)), len(s))
+                     n, views, c.statistic, shown(t), float(np.median(s)), float(np.max(s)), len(s))
     return calib

@@ -254,12 +254,17 @@ def calibration_music(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def _rounded(thresholds: list[float]) -> np.ndarray:
-    """Thresholds to 4 decimals for the table. One just above -inf (more than the target share of the null queries
-    were answered by other music, so any song of the collection that leads is accepted) is shown as -inf: rounding
-    it would overflow, and numpy would warn about it in the middle of `nafp index`."""
-    with np.errstate(over="ignore"):
-        return np.round(np.asarray(thresholds, dtype=np.float64), 4)
+def shown(threshold: float) -> float:
+    """A threshold as people read it. The float just above -inf (other music answered more than the target share of
+    the null queries, so any song of the collection that leads is accepted), or an interpolation towards it, is
+    -inf: no statistic comes near -1e9 (a z-score's spread is at least 1e-3), and printed it has 309 digits."""
+    return float("-inf") if threshold < -1e9 else float(threshold)
+
+
+def _rounded(thresholds: list[float]) -> list[float]:
+    """Thresholds to 4 decimals for the table (``shown``: rounding the float just above -inf would overflow, and
+    numpy would warn about it in the middle of `nafp index`)."""
+    return [round(shown(t), 4) for t in thresholds]
 
 
 def _upper_point(sorted_scores: np.ndarray, fpr: float) -> float:
