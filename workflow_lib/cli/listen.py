@@ -29,6 +29,7 @@ from workflow_lib.cli.text import display_width, fit, fmt_time, song_label, term
 from workflow_lib.common.layout import missing_results
 from workflow_lib.listener.core import Decision, ListenConfig, ListenSummary, MATCH, SILENCE
 from workflow_lib.listener.tracks import decision_by_track, summary_by_tracks
+from workflow_lib.search.threshold import shown
 
 log = logging.getLogger("nafp.listen")
 
@@ -265,7 +266,7 @@ def decision_line(d: Decision, width: int | None = None) -> str:
         parts = [(0, head), (0, "listening..."), (3, tail)]
     else:
         parts = [(0, head), (0, "listening..."), (FLEX, "best guess " + _label(d)),
-                 (1, f"{d.statistic} {d.decision:.3f} (needs {d.threshold:.3f})"), (2, f"{d.streak} in a row"),
+                 (1, f"{d.statistic} {d.decision:.3f} (needs {shown(d.threshold):.3f})"), (2, f"{d.streak} in a row"),
                  (3, tail)]
     return compose(parts, width)
 

@@ -142,7 +142,7 @@ class Calibration:
         parts = [(1, self)] + ([(2, self.two_views)] if self.two_views is not None else [])
         return pd.concat([pd.DataFrame({
             "query_s": [seg_s + (n - 1) * hop_s for n in c.n_segments], "n_segments": c.n_segments, "views": views,
-            "statistic": c.statistic, "threshold": _rounded(c.thresholds),
+            "statistic": c.statistic, "threshold": [round(shown(t), 4) for t in c.thresholds],  # np.round overflows
             "target_fpr": c.target_fpr, "null_queries": [len(s) for s in c.null_scores],
             "null_median": [round(float(np.median(s)), 4) if len(s) else None for s in c.null_scores],
             "null_max": [round(float(np.max(s)), 4) if len(s) else None for s in c.null_scores]})
@@ -257,14 +257,9 @@ def calibration_music(path: str | Path) -> dict[str, Any] | None:
 def shown(threshold: float) -> float:
     """A threshold as people read it. The float just above -inf (other music answered more than the target share of
     the null queries, so any song of the collection that leads is accepted), or an interpolation towards it, is
-    -inf: no statistic comes near -1e9 (a z-score's spread is at least 1e-3), and printed it has 309 digits."""
+    -inf: no statistic comes near -1e9 (a z-score's spread is at least 1e-3); printed it has 309 digits, and numpy
+    rounding it overflows (with a warning in the middle of `nafp index`)."""
     return float("-inf") if threshold < -1e9 else float(threshold)
-
-
-def _rounded(thresholds: list[float]) -> list[float]:
-    """Thresholds to 4 decimals for the table (``shown``: rounding the float just above -inf would overflow, and
-    numpy would warn about it in the middle of `nafp index`)."""
-    return [round(shown(t), 4) for t in thresholds]
 
 
 def _upper_point(sorted_scores: np.ndarray, fpr: float) -> float:
