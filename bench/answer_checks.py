@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.evaluation.metrics import EXACT_TOL_S, score_results  # noqa: E402
-from workflow_lib.search.searcher import HOP_S  # noqa: E402
+from workflow_lib import HOP_S  # noqa: E402
 
 ROOMS = ("10 dB + room", "5 dB + room", "0 dB + room")
 

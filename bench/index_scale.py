@@ -36,7 +36,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from workflow_lib.database.fingerprint_file import ModelIdentity, ShardMeta, fingerprint_table  # noqa: E402
 from workflow_lib.database.index import FingerprintDB, build_index  # noqa: E402
 from workflow_lib.database.index_training import TrainSettings  # noqa: E402
-from workflow_lib.search.searcher import search_embeddings  # noqa: E402
+from workflow_lib.search.ranking import search_embeddings  # noqa: E402
 
 DIM = 128
 SONG_SEGMENTS = 480  # a 4-minute song

@@ -104,7 +104,8 @@ def main() -> None:
     from workflow_lib.listener.views import TwoViewCore, listener_core
     from workflow_lib.database.catalogue import song_paths
     from workflow_lib.search.duplicates import twins_of, unknown_exclusion
-    from workflow_lib.search.searcher import Searcher, song_set
+    from workflow_lib.search.searcher import Searcher
+    from workflow_lib.search.ranking import song_set
 
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)

@@ -35,7 +35,7 @@ EARLY_S = 10.0
 def lift_at(db, fingerprints: np.ndarray, song_id: str, stream_s: float, offset_s: float, n_segments: int) -> float:
     """The declared alignment's median similarity over the song's own at other alignments, on the window of
     ``n_segments`` that ends at ``stream_s`` (the song at ``offset_s`` + stream time)."""
-    from workflow_lib.listener.core import HOP_S
+    from workflow_lib import HOP_S
     from workflow_lib.listener.follow import similarity_at, unaligned_similarity
 
     index = db.searcher.db

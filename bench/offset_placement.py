@@ -23,7 +23,8 @@ from workflow_lib.audio.files import load_audio
 from workflow_lib.common.config import run_config
 from workflow_lib.common.layout import ResultsLayout
 from workflow_lib.evaluation.metrics import EXACT_TOL_S
-from workflow_lib.search.searcher import Searcher, search_embeddings
+from workflow_lib.search.searcher import Searcher
+from workflow_lib.search.ranking import search_embeddings
 
 
 def main() -> None:

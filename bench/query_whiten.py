@@ -48,7 +48,7 @@ from workflow_lib.cli.query import load_searcher  # noqa: E402
 from workflow_lib.data import acoustics  # noqa: E402
 from workflow_lib.data.split import assign_splits  # noqa: E402
 from workflow_lib.evaluation.degrade import add_noise, reverberate  # noqa: E402
-from workflow_lib.search.searcher import aligned_scores  # noqa: E402
+from workflow_lib.search.ranking import aligned_scores  # noqa: E402
 from workflow_lib.search.threshold import decision_statistic  # noqa: E402
 from workflow_lib.search import denoise  # noqa: E402
 from workflow_lib.search.whiten import WhitenedView, inverse_filter  # noqa: E402
@@ -128,7 +128,7 @@ def make_query(song: np.ndarray, start: int, n: int, condition: str, noises: lis
 
 def fused_answer(searcher, embs: list[np.ndarray], results: list) -> tuple[str | None, float]:
     """Score fusion instead of a pick: every alignment either view found, scored in both views (mean aligned
-    similarity, ``searcher.aligned_scores``) and averaged; (best song, its margin over the best other song)."""
+    similarity, ``ranking.aligned_scores``) and averaged; (best song, its margin over the best other song)."""
     found = {(searcher.db.song_position(c.song_id), c.start_segment): c.song_id for r in results for c in r.candidates}
     if not found:
         return None, -np.inf

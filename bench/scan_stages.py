@@ -44,7 +44,7 @@ def main() -> None:
     from workflow_lib.listener import scan
     from workflow_lib.listener.core import ListenerCore
     from workflow_lib.model.embed import iter_embed_chunks
-    from workflow_lib.search.searcher import Neighbours, find_neighbours, runner_up_neighbours
+    from workflow_lib.search.ranking import Neighbours, find_neighbours, runner_up_neighbours
     from workflow_lib.search.sliding import SlidingWindowSearch
 
     if args.runs < 1 or args.threads < 1:

@@ -10,7 +10,7 @@ from workflow_lib.database.vectors import normalize
 from workflow_lib.search.duplicates import (audio_correlation, duplicate_groups, find_duplicates,
                                             find_shared_passages, find_twins, format_exclusion, parse_exclusion,
                                             unknown_exclusion)
-from workflow_lib.search.searcher import search_embeddings
+from workflow_lib.search.ranking import search_embeddings
 
 
 def _db_with_a_twin(dim: int = 32, contained: bool = False) -> FingerprintDB:

@@ -23,7 +23,7 @@ from workflow_lib.listener.devices import FileSource, ListenerError
 from workflow_lib.database.index import FingerprintDB, RowMap
 from workflow_lib.database.vectors import normalize
 from workflow_lib.cli.listen import Display, load_settings
-from workflow_lib.search.searcher import find_neighbours, runner_up_neighbours
+from workflow_lib.search.ranking import find_neighbours, runner_up_neighbours
 from workflow_lib.listener.core import (LISTENING, MATCH, SILENCE, Heard, ListenConfig, ListenerCore,
                                         NeighbourCache)
 from workflow_lib.listener.worker import Listener, RingBuffer

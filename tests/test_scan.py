@@ -14,9 +14,10 @@ import soundfile as sf
 import yaml
 
 from tests.search_helpers import SR, build_searcher, stub_database, synth_song
+from workflow_lib import HOP_S
 from workflow_lib.listener.core import Heard, ListenConfig
 from workflow_lib.listener.follow import alignment_runs
-from workflow_lib.listener.scan import HOP_S, Occurrence, _refine, merge_continuations, scan_chunks
+from workflow_lib.listener.scan import Occurrence, _refine, merge_continuations, scan_chunks
 from workflow_lib.model.embed import embed_audio
 
 

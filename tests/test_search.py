@@ -19,7 +19,7 @@ from workflow_lib.evaluation.degrade import Degradation, degrade
 from workflow_lib.evaluation.calibration import collect_null_scores, fit_from_candidates
 from workflow_lib.evaluation.plan import Condition, QueryPlan
 from workflow_lib.database.index import FingerprintDB, RowMap
-from workflow_lib.search.searcher import search_embeddings
+from workflow_lib.search.ranking import search_embeddings
 
 SONGS = {f"song{i}": synth_song(i, 30.0) for i in range(6)}
 
@@ -546,7 +546,7 @@ def test_a_window_and_its_newest_segments_are_answered_as_two_searches_would():
     """``ranked_window_and_tail`` reads the newest segments' exact scores from the window's: every candidate, score,
     support and vote count is what two separate searches give, also where it has to search them on their own."""
     from workflow_lib.database.vectors import normalize
-    from workflow_lib.search.searcher import ranked_window_and_tail
+    from workflow_lib.search.ranking import ranked_window_and_tail
 
     rng = np.random.default_rng(3)
     db, vec = songs_sharing_a_part(rng)

@@ -8,7 +8,7 @@ import pytest
 
 from tests.search_helpers import songs_sharing_a_part
 from workflow_lib.database.vectors import normalize
-from workflow_lib.search.searcher import find_neighbours, ranked_window_and_tail
+from workflow_lib.search.ranking import find_neighbours, ranked_window_and_tail
 from workflow_lib.search import sliding
 from workflow_lib.search.sliding import SlidingWindowSearch, ranked_sliding_windows
 

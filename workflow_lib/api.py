@@ -28,12 +28,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib import SAMPLE_RATE, SEGMENT_S
 from workflow_lib.common.layout import missing_results
 
 # The listen section's keys that belong to the commands (where and on how many threads), not to the decision.
 LISTEN_COMMAND_KEYS = ("device", "threads")
-SEGMENT_SECONDS = SEGMENT_SAMPLES / SAMPLE_RATE  # a recording shorter than one segment has nothing to scan
 
 
 class SetupError(RuntimeError):
@@ -76,7 +75,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def _guess(g) -> dict:
-    """A candidate song (``search.searcher.BestGuess``) as the answer rows print it."""
+    """A candidate song (``search.answers.BestGuess``) as the answer rows print it."""
     return {"song_id": g.song_id, "title": g.title, "artist": g.artist, "offset_s": _ms(g.offset_s),
             "score": round(g.score, 4), "track": None, "track_start_s": None, "album": None}
 
@@ -196,9 +195,9 @@ def scan_recording(searcher, chunks: Iterable[np.ndarray], listen, name: str, mi
 
     result = scan_chunks(searcher, chunks, listen, name=name, min_duration_s=min_duration_s, workers=workers,
                          whitened=whitened)
-    if result.duration_s < SEGMENT_SECONDS:
+    if result.duration_s < SEGMENT_S:  # a recording shorter than one segment has nothing to scan
         raise ValueError(f"{result.name}: too short to scan: {result.duration_s:.2f} s (at least "
-                         f"{SEGMENT_SECONDS:g} s needed)")
+                         f"{SEGMENT_S:g} s needed)")
     return scan_by_tracks(result, searcher.tracks)
 
 

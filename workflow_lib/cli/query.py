@@ -1,7 +1,7 @@
 """``nafp query FILE...``: name the song of each file and where in the song it starts.
 
 Prints one row per file: the song (title and artist from the catalogue), where in the song the clip starts, the
-confidence (1 - the p-value of the answer among queries of unknown songs, see ``search.searcher.Match``) and the
+confidence (1 - the p-value of the answer among queries of unknown songs, see ``search.answers.Match``) and the
 time taken (``--json`` also names the file each song was indexed from, ``song_path``; ``--candidates N`` lists the
 N best candidate songs under each answer, ``candidates`` in the JSON; a song held twice, one recording indexed
 from two files, lists the other under its answer, ``copies`` in the JSON). A file whose answer fails
@@ -41,7 +41,7 @@ log = logging.getLogger("nafp.query")
 
 
 def add_parser(sub) -> None:
-    from workflow_lib.search.searcher import MODES
+    from workflow_lib.search.ranking import MODES
 
     p = sub.add_parser("query", help="name the song (and offset) of audio files",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,7 +10,7 @@ The bundled models ship the fingerprints of the songs their bank of null queries
 ``models/<model>.other.parquet``, a fingerprint file whose song ids carry ``PREFIX``. ``nafp index`` adds it to the
 index (``index.other_music``); the calibration then searches the bank's queries in the same index, each without its
 own song (leave-one-song-out). A song of the collection that is one of them (one recording, two files) is answered
-as the collection's own: ``search.searcher.without_copies`` puts the collection's copy first.
+as the collection's own: ``search.ranking.without_copies`` puts the collection's copy first.
 """
 
 from __future__ import annotations

@@ -38,23 +38,21 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib import HOP_S, HOP_SAMPLES, SAMPLE_RATE, SEGMENT_S, SEGMENT_SAMPLES
 from workflow_lib.database.other_music import is_other_music
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.search.threshold import log as calib_log
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
-from workflow_lib.search.searcher import Neighbours, RunnerUpNeighbours, aligned_scores
 from workflow_lib.search.copies import holds_same_music
-from workflow_lib.search.searcher import (Candidate, SearchResult, add_runner_up, ranked_window_and_tail, song_set,
-                                         without_copies)
+from workflow_lib.search.answers import Candidate, SearchResult
+from workflow_lib.search.ranking import (Neighbours, RunnerUpNeighbours, add_runner_up, aligned_scores,
+                                         ranked_window_and_tail, song_set, without_copies)
 from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
 from workflow_lib.listener.follow import alignment_runs
 from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
 
-HOP_S = HOP_SAMPLES / SAMPLE_RATE
-SEGMENT_S = SEGMENT_SAMPLES / SAMPLE_RATE
 
 LISTENING, MATCH, SILENCE = "listening", "match", "silence"
 # A listening's end is cut (``ListenerCore.cut_end``) from the fingerprints of this many windows before it: a song is

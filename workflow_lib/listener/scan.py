@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib import HOP_S, SAMPLE_RATE, SEGMENT_S
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, segment_levels_db
 from workflow_lib.common.background import ordered_map, prefetch
 from workflow_lib.listener.core import CONTINUATION_TOLERANCE_S, Heard, ListenConfig, ListenerCore, by_alignment
@@ -40,14 +40,12 @@ from workflow_lib.listener.follow import alignment_runs, similarity_at
 from workflow_lib.listener.views import two_views_missing
 from workflow_lib.model.embed import embed_segments, iter_segment_chunks
 from workflow_lib.search.copies import SAME_MUSIC_SCORE, stored_similarity
-from workflow_lib.search.searcher import (Neighbours, find_neighbours, offset_shifts, runner_up_neighbours,
+from workflow_lib.search.ranking import (Neighbours, find_neighbours, offset_shifts, runner_up_neighbours,
                                          search_embeddings)
 from workflow_lib.search.sliding import SlidingWindowSearch
 
 log = logging.getLogger(__name__)
 
-HOP_S = HOP_SAMPLES / SAMPLE_RATE
-SEGMENT_S = SEGMENT_SAMPLES / SAMPLE_RATE
 # An occurrence shorter than SHORT_PLAY_S is kept only if its aligned similarity with the song (median over its
 # segments) reaches SHORT_PLAY_SIMILARITY: a short stretch is weak evidence, as a short query needs a higher
 # threshold. The scan's commonest false alarm at 10 dB is a song outside the database named, for 3-22 s at a time,
@@ -78,7 +76,7 @@ class Occurrence:
     artist: str | None
     song_start_s: float  # where in the song the occurrence starts and ends
     song_end_s: float
-    confidence: float  # the best confidence while it was held (search.searcher.Match.confidence)
+    confidence: float  # the best confidence while it was held (search.answers.Match.confidence)
     kind: str = "song"
     whitened: bool = False  # found in the whitened view only (a scan in two views: merge_views)
     # A song that is an album kept as one file (a cue sheet, ``data.cuesheet``): the track playing (named in

@@ -35,7 +35,7 @@ def stored_similarity(db, song_a: str, start_a: int, song_b: str, start_b: int, 
 
 
 def copies_of_best(db, candidates: list, n_segments: int) -> int:
-    """How many of the candidates right after the first (``searcher.Candidate``, best first) hold the best one's
+    """How many of the candidates right after the first (``answers.Candidate``, best first) hold the best one's
     music at their alignments over the query's ``n_segments``, every one of them held by both: copies of its
     recording, not other songs (a song that only touches the query's span with its first or last second is no
     copy). The look stops at the first candidate that is no copy, or trails the best by more than COPY_GAP: a copy

@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 from workflow_lib.search.copies import SAME_MUSIC_SCORE
-from workflow_lib.search.searcher import HOP_S, find_neighbours, search_embeddings
+from workflow_lib import HOP_S
+from workflow_lib.search.ranking import find_neighbours, search_embeddings
 
 log = logging.getLogger(__name__)
 

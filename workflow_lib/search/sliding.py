@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from workflow_lib.search.searcher import Candidate, Database, Neighbours, SearchResult
+from workflow_lib.search.answers import Candidate, SearchResult
+from workflow_lib.search.ranking import Database, Neighbours
 
 
 # Segments searched together at most (2 minutes): their windows' similarity look-ups, about (segments x a few
@@ -145,7 +146,7 @@ def _only(found: tuple, windows: np.ndarray) -> tuple:
 
 def _aligned_means(db: Database, emb: np.ndarray, starts: np.ndarray, searches: list) -> list[np.ndarray]:
     """Each search's candidates' mean similarity over its rows: ``q[segment] . db[song, segment + anchor]``, 0 off
-    the song, summed row by row as ``searcher.aligned_dots(...).sum(axis=0)`` sums them. Each (segment, song,
+    the song, summed row by row as ``ranking.aligned_dots(...).sum(axis=0)`` sums them. Each (segment, song,
     anchor) is computed once for every window and search that holds it."""
     keys, layout = [], []
     n_codes = int(max(int(c.max()) if len(c) else 0 for (_, c, _, _), _, _ in searches)) + 1

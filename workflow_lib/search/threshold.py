@@ -4,7 +4,7 @@ The decision statistic (``STATISTICS``, chosen by measurement, see bench/README.
 ranked candidates (one per song): ``score`` is the best candidate's match score (mean cosine similarity of the
 query's segments with the aligned database segments, see ``search.py``); ``margin`` is how far the best candidate
 stands above the runner-up song (the search always finds one when the database holds another song, see
-``searcher.search_embeddings``); ``z`` is that distance in units of the spread of the other candidates. Its null
+``ranking.search_embeddings``); ``z`` is that distance in units of the spread of the other candidates. Its null
 distribution (queries of songs that are not in the database, or searched with their own fingerprints skipped)
 depends on the query length, so the threshold is calibrated per query length (in segments): it is the
 ``1 - target_fpr`` quantile of the null values of that length, and lengths between calibrated ones are
