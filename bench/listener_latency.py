@@ -100,7 +100,8 @@ def main() -> None:
     from workflow_lib.cli.listen import load_settings
     from workflow_lib.common.config import run_config
     from workflow_lib.common.layout import ResultsLayout
-    from workflow_lib.listener.core import MATCH, ListenerCore
+    from workflow_lib.listener.core import ListenerCore
+    from workflow_lib.listener.decisions import MATCH
     from workflow_lib.listener.views import TwoViewCore, listener_core
     from workflow_lib.database.catalogue import song_paths
     from workflow_lib.search.duplicates import twins_of, unknown_exclusion

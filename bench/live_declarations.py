@@ -55,7 +55,7 @@ def main() -> int:
     args = parser(__doc__).parse_args()
 
     from workflow_lib.audio.segments import QUERY_LEVEL_DBFS
-    from workflow_lib.listener.core import CONTINUATION_TOLERANCE_S
+    from workflow_lib.listener.decisions import CONTINUATION_TOLERANCE_S
     from workflow_lib.model.embed import embed_audio
 
     db, plays, noise, conditions, rng = setup(args)

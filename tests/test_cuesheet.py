@@ -146,7 +146,7 @@ def test_a_scan_of_an_album_played_through_is_a_row_per_track(names):
 def test_the_listener_names_the_track_playing_and_cuts_its_summary_by_track(names):
     from dataclasses import replace
 
-    from workflow_lib.listener.core import Decision, Heard, ListenSummary
+    from workflow_lib.listener.decisions import Decision, Heard, ListenSummary
     from workflow_lib.listener.tracks import decision_by_track, summary_by_tracks
 
     heard = Heard("album", "Live", "The Band", anchor=160, start_s=0.0, declared_s=4.0, end_s=40.0,

@@ -24,8 +24,10 @@ from workflow_lib.database.index import FingerprintDB, RowMap
 from workflow_lib.database.vectors import normalize
 from workflow_lib.cli.listen import Display, load_settings
 from workflow_lib.search.ranking import find_neighbours, runner_up_neighbours
-from workflow_lib.listener.core import (LISTENING, MATCH, SILENCE, Heard, ListenConfig, ListenerCore,
-                                        NeighbourCache)
+from workflow_lib.listener.core import ListenerCore
+from workflow_lib.listener.decisions import LISTENING, MATCH, SILENCE, Heard
+from workflow_lib.listener.neighbour_cache import NeighbourCache
+from workflow_lib.listener.settings import ListenConfig
 from workflow_lib.listener.worker import Listener, RingBuffer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -347,7 +349,7 @@ def test_a_song_started_again_straight_after_itself_is_two_plays_of_the_summary_
 
 
 def test_a_listening_is_split_where_its_song_time_jumped_and_kept_whole_where_it_wandered():
-    from workflow_lib.listener.core import by_alignment
+    from workflow_lib.listener.decisions import by_alignment
 
     # song time moved by 2 hops (1 s) at 20 s, then jumped back to the song's start at 40 s
     h = Heard("s", None, None, -80, 0.0, 2.0, 80.0, 0.9, 0.9, earlier=[(20.0, 40), (40.0, 42)])

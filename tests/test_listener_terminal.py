@@ -23,7 +23,7 @@ import soundfile as sf
 from tests.listener_helpers import SR, listener_world
 from workflow_lib.cli.listen import decision_line, event_line
 from workflow_lib.cli.text import display_width
-from workflow_lib.listener.core import Decision, LISTENING, MATCH, SILENCE
+from workflow_lib.listener.decisions import LISTENING, MATCH, SILENCE, Decision
 
 REPO = Path(__file__).resolve().parents[1]
 LONG_TITLE = "An Unusually Long Song Title That Will Not Fit In A Narrow Terminal Pane"

@@ -8,7 +8,8 @@ import pytest
 import scipy.signal
 
 from tests.search_helpers import SR, build_searcher, resonate, synth_song
-from workflow_lib.listener.core import LISTENING, MATCH, SILENCE, ListenerCore
+from workflow_lib.listener.core import ListenerCore
+from workflow_lib.listener.decisions import LISTENING, MATCH, SILENCE
 from workflow_lib.listener.views import TwoViewCore, listener_core
 from workflow_lib.search.searcher import Searcher
 from workflow_lib.search.threshold import fit_calibration

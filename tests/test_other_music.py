@@ -78,7 +78,8 @@ def test_the_listener_declares_no_other_music_and_shows_none_of_it(searcher):
     plays, nothing is shown as its best guess and no hop counts towards a declaration, also with persistence on
     (a song leading below the threshold)."""
     from tests.test_listener import drive
-    from workflow_lib.listener.core import ListenConfig, ListenerCore
+    from workflow_lib.listener.core import ListenerCore
+    from workflow_lib.listener.settings import ListenConfig
 
     x = np.concatenate([OTHER[other_music_id("Bank other2")][2 * SR:14 * SR], SONGS["song1"][4 * SR:12 * SR]])
     core = ListenerCore(searcher, ListenConfig(persistent_hops=4))

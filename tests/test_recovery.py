@@ -355,7 +355,7 @@ def test_config_mistakes_are_named_in_one_line_at_start(tmp_path):
 
 def test_listening_summary_without_decisions_says_so():
     from workflow_lib.cli.listen import summary_text
-    from workflow_lib.listener.core import ListenSummary
+    from workflow_lib.listener.decisions import ListenSummary
 
     text = summary_text(ListenSummary([], 0.3, 0, 0, 0.0, float("nan"), float("nan"), float("nan"), ""))
     assert "nan" not in text and "no decisions" in text

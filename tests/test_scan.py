@@ -15,7 +15,8 @@ import yaml
 
 from tests.search_helpers import SR, build_searcher, stub_database, synth_song
 from workflow_lib import HOP_S
-from workflow_lib.listener.core import Heard, ListenConfig
+from workflow_lib.listener.decisions import Heard
+from workflow_lib.listener.settings import ListenConfig
 from workflow_lib.listener.follow import alignment_runs
 from workflow_lib.listener.scan import Occurrence, _refine, merge_continuations, scan_chunks
 from workflow_lib.model.embed import embed_audio
@@ -221,7 +222,7 @@ def test_an_hour_long_stream_stays_within_a_memory_bound():
 import resource, sys
 import numpy as np
 from tests.search_helpers import SR, build_searcher, stub_database, synth_song
-from workflow_lib.listener.core import ListenConfig
+from workflow_lib.listener.settings import ListenConfig
 from workflow_lib.listener.scan import scan_chunks
 songs = {f"s{i}": synth_song(i, 30.0) for i in range(4)}
 searcher = build_searcher(songs)

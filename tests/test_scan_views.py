@@ -7,7 +7,7 @@ import pytest
 
 from tests.search_helpers import SR, build_searcher, resonate, stub_database, synth_song
 from workflow_lib.listener import scan
-from workflow_lib.listener.core import ListenConfig
+from workflow_lib.listener.settings import ListenConfig
 from workflow_lib.listener.scan import Occurrence, merge_views, scan_chunks, whitened_stream, whitened_view
 from workflow_lib.search.searcher import Searcher
 from workflow_lib.search.threshold import fit_calibration
@@ -227,7 +227,7 @@ def test_an_hour_long_stream_scanned_in_two_views_stays_within_a_memory_bound():
 import resource
 import numpy as np
 from tests.test_scan_views import SONGS, _searcher
-from workflow_lib.listener.core import ListenConfig
+from workflow_lib.listener.settings import ListenConfig
 from workflow_lib.listener.scan import scan_chunks
 searcher = _searcher()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

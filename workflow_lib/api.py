@@ -64,7 +64,7 @@ def open_searcher(results: str | Path, config: str | Path | None = None, overrid
 
 def listen_config(cfg: dict):
     """The listening settings a results folder was built with (the scan's window, thresholds, hysteresis)."""
-    from workflow_lib.listener.core import ListenConfig
+    from workflow_lib.listener.settings import ListenConfig
 
     return ListenConfig.from_dict({k: v for k, v in (cfg.get("listen") or {}).items()
                                    if k not in LISTEN_COMMAND_KEYS})

@@ -27,7 +27,8 @@ from workflow_lib.audio.segments import QUERY_SILENCE_DBFS
 from workflow_lib.cli.main import EXIT_INPUT, EXIT_OK, common_options, fail
 from workflow_lib.cli.text import display_width, fit, fmt_time, song_label, terminal_width
 from workflow_lib.common.layout import missing_results
-from workflow_lib.listener.core import Decision, ListenConfig, ListenSummary, MATCH, SILENCE
+from workflow_lib.listener.decisions import MATCH, SILENCE, Decision, ListenSummary
+from workflow_lib.listener.settings import ListenConfig
 from workflow_lib.listener.tracks import decision_by_track, summary_by_tracks
 from workflow_lib.search.threshold import shown
 

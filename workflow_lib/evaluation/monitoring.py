@@ -261,7 +261,7 @@ def run_monitoring(out_path: str | Path, model_path, index_dir, catalogue_path, 
     from workflow_lib.evaluation.plan import QueryPlan
     from workflow_lib.evaluation.songs import (database_song_ids, query_songs, require_held_out_unknowns,
                                                unknown_songs)
-    from workflow_lib.listener.core import ListenConfig
+    from workflow_lib.listener.settings import ListenConfig
     from workflow_lib.listener.scan import fingerprint_workers, scan_chunks
     from workflow_lib.database.catalogue import song_paths
     from workflow_lib.search.duplicates import twins_of, unknown_exclusion

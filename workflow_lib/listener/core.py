@@ -2,19 +2,20 @@
 
 ``ListenerCore.push(audio_8k) -> Decision | None`` is deterministic state, tested without threads (capture and the
 worker thread that feeds it are ``worker``). Every 0.5 s hop it embeds the newest 1 s segment (only that one: older
-ones are cached), keeps the embeddings of the last ``window_s`` seconds and runs the sequence search of ``search.py``
-over them. The FAISS neighbours of each cached segment are cached too (``NeighbourCache``), so a hop costs one
-segment's embedding, one segment's neighbour search and the aligned re-scoring of the window.
+ones are cached), keeps the embeddings of the last ``window_s`` seconds and runs the sequence search of
+``search.ranking`` over them. The FAISS neighbours of each cached segment are cached too (``NeighbourCache``), so a
+hop costs one segment's embedding, one segment's neighbour search and the aligned re-scoring of the window. What it
+observes and decides is held in ``decisions``; its settings are ``settings.ListenConfig``.
 
 Decisions (hysteresis): a hop's best candidate counts when its score passes the no-match threshold for the window's
-length (``calibrate.py``; with ``max_fpr`` refitted stricter from the calibration's stored null scores, because the
-listener asks every hop). A match is declared when ``consistent_hops`` such hops in a row agree on the song and on its
-alignment with the stream (the song position must advance with the clock, within ``offset_tolerance_hops``) and the
-window holds at least ``min_match_s`` of audio; with ``persistent_hops``, also when one song has led the window at one
-alignment for that many hops in a row, below the threshold (a drum loop, a song under loud noise), and it is held
-while it keeps that lead. With ``redeclare_s``, a song heard within that many seconds at another place of it needs
-``redeclare_hops`` agreeing hops: music resembling a song sets it off again and again at wandering places. A declared
-match is held while its own alignment still passes the calibrated threshold
+length (``evaluation.calibration``; with ``max_fpr`` refitted stricter from the calibration's stored null scores,
+because the listener asks every hop). A match is declared when ``consistent_hops`` such hops in a row agree on the
+song and on its alignment with the stream (the song position must advance with the clock, within
+``offset_tolerance_hops``) and the window holds at least ``min_match_s`` of audio; with ``persistent_hops``, also when
+one song has led the window at one alignment for that many hops in a row, below the threshold (a drum loop, a song
+under loud noise), and it is held while it keeps that lead. With ``redeclare_s``, a song heard within that many
+seconds at another place of it needs ``redeclare_hops`` agreeing hops: music resembling a song sets it off again and
+again at wandering places. A declared match is held while its own alignment still passes the calibrated threshold
 (``search.calibration.target_fpr``, looser than the declaring one: hysteresis, so a held song is not dropped and named
 again each time a noisy hop dips under the strict rate) on the window and no other alignment beats it by more than
 ``resync_margin`` (a repeated chorus scores alike at several offsets; the one the longer history chose stays); the
@@ -32,339 +33,32 @@ import contextlib
 import logging
 import math
 import time
-from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, field, replace
+from collections import deque
+from dataclasses import replace
 from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 
 from workflow_lib import HOP_S, HOP_SAMPLES, SAMPLE_RATE, SEGMENT_S, SEGMENT_SAMPLES
+from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, frame, n_segments, segment_levels_db
 from workflow_lib.database.other_music import is_other_music
+from workflow_lib.listener.decisions import (LISTENING, MATCH, SILENCE, Decision, Heard, ListenSummary, Observation,
+                                             listen_summary)
+from workflow_lib.listener.follow import alignment_runs
+from workflow_lib.listener.neighbour_cache import NeighbourCache
+from workflow_lib.listener.settings import ListenConfig
+from workflow_lib.search.answers import Candidate, SearchResult
+from workflow_lib.search.copies import holds_same_music
+from workflow_lib.search.ranking import (Neighbours, RunnerUpNeighbours, add_runner_up, aligned_scores,
+                                         ranked_window_and_tail, without_copies)
 from workflow_lib.search.threshold import Calibration, decision_statistic, fit_calibration
 from workflow_lib.search.threshold import log as calib_log
-from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, QUERY_SILENCE_DBFS
-from workflow_lib.search.copies import holds_same_music
-from workflow_lib.search.answers import Candidate, SearchResult
-from workflow_lib.search.ranking import (Neighbours, RunnerUpNeighbours, add_runner_up, aligned_scores,
-                                         ranked_window_and_tail, song_set, without_copies)
-from workflow_lib.audio.segments import frame, n_segments, segment_levels_db
-from workflow_lib.listener.follow import alignment_runs
-from workflow_lib.common.config import check_keys
 
 log = logging.getLogger(__name__)
 
-
-LISTENING, MATCH, SILENCE = "listening", "match", "silence"
 # A listening's end is cut (``ListenerCore.cut_end``) from the fingerprints of this many windows before it: a song is
 # held at most one window past its end, and the rest tells the song's typical similarity at its alignment.
 RECENT_WINDOWS = 4
-
-
-@dataclass(frozen=True)
-class ListenConfig:
-    """The ``listen:`` config section (see config/config.yaml for what each key does)."""
-
-    window_s: float = 5.0
-    tail_s: float = 2.0
-    consistent_hops: int = 2
-    min_match_s: float = 2.0
-    release_hops: int = 4
-    offset_tolerance_hops: int = 1
-    resync_margin: float = 0.03
-    max_fpr: float | None = 0.005
-    # The scan's own max_fpr (``nafp scan`` and the monitoring evaluation; None: max_fpr): a recording is scanned
-    # once and its false alarms last, while the microphone gains from answering sooner (bench/README.md, "The
-    # whitened-view model shipped").
-    scan_max_fpr: float | None = None
-    persistent_hops: int | None = None
-    # A song declared again within redeclare_s of its last listening's end, at another place of it, needs
-    # redeclare_hops agreeing hops (0 s: off; ``ListenerCore._redeclaring``).
-    redeclare_s: float = 0.0
-    redeclare_hops: int = 4
-    follow_island_s: float = 0.0  # the scan's following only (scan._extend); the live listener has none
-    silence_dbfs: float = QUERY_SILENCE_DBFS
-    ring_s: float = 20.0
-    block_s: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.window_s < SEGMENT_S:
-            raise ValueError(f"listen.window_s must be at least {SEGMENT_S:g} s (one segment), got {self.window_s}")
-        if not SEGMENT_S <= self.tail_s <= self.window_s:
-            raise ValueError(f"listen.tail_s must lie in [{SEGMENT_S:g}, window_s={self.window_s:g}] s, "
-                             f"got {self.tail_s}")
-        if self.consistent_hops < 1 or self.release_hops < 1 or self.offset_tolerance_hops < 0:
-            raise ValueError("listen: consistent_hops and release_hops must be >= 1, offset_tolerance_hops >= 0")
-        for key in ("max_fpr", "scan_max_fpr"):
-            value = getattr(self, key)
-            if value is not None and not 0 < value < 1:
-                raise ValueError(f"listen.{key} must lie in (0, 1) or be null, got {value}")
-        if self.persistent_hops is not None and self.persistent_hops < 1:
-            raise ValueError(f"listen.persistent_hops must be at least 1 or null, got {self.persistent_hops}")
-        if not self.redeclare_s >= 0 or self.redeclare_hops < 1:  # NaN too
-            raise ValueError(f"listen: redeclare_s must be 0 s or more and redeclare_hops at least 1, got "
-                             f"{self.redeclare_s} and {self.redeclare_hops}")
-        if not self.follow_island_s >= 0:  # NaN too
-            raise ValueError(f"listen.follow_island_s must be 0 s or more, got {self.follow_island_s}")
-        if not 0 <= self.resync_margin < 1:
-            raise ValueError(f"listen.resync_margin must lie in [0, 1), got {self.resync_margin}")
-        if not SEGMENT_S <= self.min_match_s <= self.window_s:
-            raise ValueError(f"listen.min_match_s must lie in [{SEGMENT_S:g}, window_s={self.window_s:g}] s, "
-                             f"got {self.min_match_s}")
-        if self.ring_s < 2 * SEGMENT_S or not 0 < self.block_s <= 1:
-            raise ValueError("listen: ring_s must be >= 2 s and block_s in (0, 1] s")
-
-    def for_scan(self) -> "ListenConfig":
-        """The settings a scan decides with: ``scan_max_fpr`` in place of ``max_fpr`` where it is set."""
-        return self if self.scan_max_fpr is None else replace(self, max_fpr=self.scan_max_fpr)
-
-    @property
-    def window_segments(self) -> int:
-        return n_segments(int(round(self.window_s * SAMPLE_RATE)))
-
-    @property
-    def tail_segments(self) -> int:
-        return n_segments(int(round(self.tail_s * SAMPLE_RATE)))
-
-    @property
-    def held_past_end_hops(self) -> int:
-        """How far past a song's end the listener may hold it (one window, in hops): the most an end is cut back."""
-        return int(round(self.window_s / HOP_S))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ListenConfig":
-        check_keys(d, cls.__dataclass_fields__, "listen config")
-        return cls(**d)
-
-
-# ------------------------------------------------------------------------------------------------ search cache
-
-class NeighbourCache:
-    """A ``search.Database`` wrapper that remembers the FAISS neighbours of recently seen query embeddings.
-
-    The listener searches a sliding window: all but the newest segment were already searched on earlier hops, so
-    only the new one goes to the index. Everything else (aligned exact re-scoring, row maps) goes to the database.
-    ``exclude_songs`` are never found, by any search through the cache (the monitoring benchmark's unknown music).
-    """
-
-    def __init__(self, db: Any, capacity: int, exclude_songs: Iterable[str] = ()):
-        self._db = db
-        self._capacity = max(1, capacity)
-        self._base = frozenset(exclude_songs)
-        self._cache: OrderedDict[tuple[bytes, int, frozenset[str]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self.index_queries = 0  # segments actually sent to the index (for tests and statistics)
-
-    def search(self, queries: np.ndarray, k: int, exclude_song: str | frozenset[str] | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        # The search's runner-up look-up (without the song that filled every list) is cached too: while one song
-        # plays, every hop asks for it again on a window that differs by one segment.
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        left_out = song_set(exclude_song)  # one key whichever way the same songs are named
-        keys = [(row.tobytes(), k, left_out) for row in q]
-        missing = [i for i, key in enumerate(keys) if key not in self._cache]
-        if missing:
-            skip = self._base | left_out
-            sims, rows = self._db.search(q[missing], k, exclude_song=skip) if skip else self._db.search(q[missing], k)
-            self.index_queries += len(missing)
-            for i, s, r in zip(missing, sims, rows):
-                self._cache[keys[i]] = (s, r)
-        for key in keys:
-            self._cache.move_to_end(key)
-        while len(self._cache) > max(self._capacity, len(keys)):
-            self._cache.popitem(last=False)
-        sims = np.stack([self._cache[key][0] for key in keys]) if keys else np.zeros((0, k), np.float32)
-        rows = np.stack([self._cache[key][1] for key in keys]) if keys else np.zeros((0, k), np.int64)
-        return sims, rows
-
-    def prime(self, queries: np.ndarray, neighbours: "Neighbours", k: int,
-              exclude_song: str | frozenset[str] | None = None) -> None:
-        """Remember neighbours found elsewhere (e.g. one batched search of a whole recording) for these rows, as
-        the answer to ``search(queries, k, exclude_song)`` (they must have been found without the cache's own
-        ``exclude_songs`` too)."""
-        left_out = song_set(exclude_song)
-        for q, s, r in zip(np.ascontiguousarray(queries, dtype=np.float32), neighbours.sims, neighbours.rows):
-            key = (q.tobytes(), k, left_out)
-            self._cache[key] = (s, r)
-            self._cache.move_to_end(key)
-        while len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
-
-    def clear(self) -> None:
-        self._cache.clear()
-
-    def __getattr__(self, name: str) -> Any:  # song_ids, vectors, rows_for, scores, row_song_index...
-        return getattr(self._db, name)
-
-
-# ------------------------------------------------------------------------------------------------ decisions
-
-@dataclass(frozen=True)
-class Observation:
-    """One hop's best candidate. ``anchor`` = song segment - stream segment: constant while a song plays on."""
-
-    song_id: str
-    anchor: int
-    score: float  # the best candidate's match score
-    threshold: float
-    confidence: float
-    is_match: bool
-    n_segments: int
-    title: str | None = None
-    artist: str | None = None
-    by_song: tuple[tuple[str, float], ...] = ()  # best score of each candidate song on the same window
-    decision: float = float("nan")  # the no-match rule's statistic of the best candidate
-
-    def song_score(self, song_id: str) -> float:
-        """Best score of ``song_id`` at any alignment on this window (-inf when it was not a candidate)."""
-        return next((sc for sid, sc in self.by_song if sid == song_id), -math.inf)
-
-    def others(self, song_id: str) -> list[float]:
-        """Scores of the other candidate songs on this window, best first (the cohort of ``song_id``)."""
-        return [sc for sid, sc in self.by_song if sid != song_id]
-
-    def agrees(self, other: "Observation | Heard | None", tolerance: int) -> bool:
-        return other is not None and other.song_id == self.song_id and abs(other.anchor - self.anchor) <= tolerance
-
-
-@dataclass
-class Heard:
-    """A declared match: which song, when in the stream and where in the song."""
-
-    song_id: str
-    title: str | None
-    artist: str | None
-    anchor: int
-    start_s: float  # stream time of the oldest segment in the window that declared it
-    declared_s: float  # stream time at which it was declared
-    end_s: float  # stream time of the last hop that supported it
-    max_confidence: float
-    max_score: float
-    hops: int = 1
-    # an album image's track (``listener.tracks``): its number, where it starts in the file, the album's title
-    track: int | None = None
-    track_start_s: float | None = None
-    album: str | None = None
-    # the alignments held before a resync moved ``anchor``, oldest first: (stream time where it last held: its last
-    # supported hop, cut back as an end is where the core keeps recent fingerprints, anchor). The scan follows each
-    # at its own place, the summary lists each jump's places apart (``by_alignment``).
-    earlier: list[tuple[float, int]] = field(default_factory=list)
-
-    def moved(self, last_held_s: float) -> None:
-        """A resync is about to move ``anchor``: the present alignment, last held at ``last_held_s``, is kept."""
-        self.earlier.append((last_held_s, self.anchor))
-
-    def song_position(self, stream_s: float) -> float:
-        """Position in the song (seconds) at stream time ``stream_s``."""
-        return stream_s + self.anchor * HOP_S
-
-    @property
-    def song_offset_s(self) -> float:
-        """Song time at stream time 0 (where the stream started in the song)."""
-        return self.anchor * HOP_S
-
-    @property
-    def song_start_s(self) -> float:
-        """Where in the song the listening started: at its first alignment (a resync may have moved the anchor
-        since, e.g. to the song's start when it was played again)."""
-        return self.start_s + (self.earlier[0][1] if self.earlier else self.anchor) * HOP_S
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        del d["earlier"]
-        d.update(song_start_s=round(self.song_start_s, 3),
-                 song_end_s=round(self.song_position(self.end_s), 3))
-        return d
-
-
-# A listening's song time that moved by at most this much at a resync is one playing (an offset that wandered by a
-# hop or two); a larger move is another place of the song (played again, a jump), and the summary lists it apart.
-CONTINUATION_TOLERANCE_S = 1.5
-
-
-def by_alignment(h: Heard, min_jump_s: float = 0.0) -> list[Heard]:
-    """A listening as one per place of the song it held: each resync (``Heard.earlier``) that moved its song time
-    by more than ``min_jump_s`` ends the piece before it (0: every resync)."""
-    places = [*h.earlier, (h.end_s, h.anchor)]
-    out: list[Heard] = []
-    start_s, moves = h.start_s, []
-    for (end_s, anchor), nxt in zip(places, places[1:] + [None]):
-        if nxt is not None and abs(nxt[1] - anchor) * HOP_S <= min_jump_s:
-            moves.append((end_s, anchor))  # a small move: the same piece goes on
-            continue
-        out.append(replace(h, anchor=anchor, start_s=start_s, end_s=end_s, earlier=moves,
-                           declared_s=max(h.declared_s, start_s)))
-        start_s, moves = end_s, []
-    return out
-
-
-@dataclass
-class Decision:
-    """What the listener concluded after one hop. ``song_*`` fields describe the declared match in state
-    ``match`` and the best (not yet trusted) guess otherwise."""
-
-    stream_s: float  # stream time at the end of the newest segment
-    state: str  # listening | match | silence
-    song_id: str | None
-    title: str | None
-    artist: str | None
-    song_pos_s: float | None  # position in that song at stream_s
-    song_offset_s: float | None  # song time at stream time 0 (song_pos_s - stream_s)
-    score: float  # the match score (aligned similarity) of what is shown
-    threshold: float  # what ``decision`` must reach
-    confidence: float
-    above_threshold: bool
-    streak: int
-    n_segments: int
-    compute_ms: float
-    embed_ms: float
-    search_ms: float
-    level_dbfs: float
-    event: str | None = None  # match (declared), change (another song declared), lost (back to listening)
-    window_cut: bool = False  # the window was cut to its tail (music changed)
-    overflows: int = 0
-    dropped_s: float = 0.0
-    decision: float = float("nan")  # the no-match rule's statistic (``statistic``) of what is shown
-    statistic: str = "score"
-    whitened: bool = False  # what is shown comes from the whitened view of the stream (``views.TwoViewCore``)
-    # an album image's track at song_pos_s (``listener.tracks``): its number, where it starts in the file, the album
-    track: int | None = None
-    track_start_s: float | None = None
-    album: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
-
-
-@dataclass
-class ListenSummary:
-    heard: list[Heard]
-    stream_s: float
-    decisions: int
-    overflows: int
-    dropped_s: float
-    compute_ms_p50: float
-    compute_ms_p95: float
-    compute_ms_max: float
-    device: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        d = _plain({k: v for k, v in asdict(self).items() if k != "heard"})
-        d["heard"] = [_plain(h.to_dict()) for h in self.heard]
-        return d
-
-
-def listen_summary(core: Any, overflows: int, dropped_s: float, device: str) -> ListenSummary:
-    """The session summary of a listener core (``heard``, ``stream_samples``, ``decisions``, ``compute_ms``): a
-    listening that jumped to another place of its song is one heard entry per place (``by_alignment``)."""
-    ms = np.asarray(core.compute_ms, dtype=np.float64)
-    pct = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: float("nan"))
-    heard = [p for h in core.heard for p in by_alignment(h, CONTINUATION_TOLERANCE_S)]
-    return ListenSummary(heard, core.stream_samples / SAMPLE_RATE, core.decisions, overflows, dropped_s,
-                         pct(50), pct(95), float(ms.max()) if len(ms) else float("nan"), device)
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    """JSON-ready: floats rounded, NaN/inf as None (JSON has no NaN)."""
-    return {k: (round(v, 4) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in d.items()}
 
 
 class SearcherLike(Protocol):
@@ -387,11 +81,11 @@ def listener_calibration(calibration: Calibration | None, max_fpr: float | None)
     """The no-match rule the listener applies to each window.
 
     A query answers once; the listener asks every 0.5 s, twice (whole window and tail), so at the query's
-    false-positive rate it would name songs that are not playing every few minutes of unknown music. With
-    ``max_fpr`` the thresholds are refitted from the calibration's own stored null scores (``calibrate.py``) for
-    that stricter per-window rate; ``None`` keeps the calibrated ones. Either way they are made non-increasing in
-    length (``Calibration.non_increasing``): the window's newest seconds are held to the whole window's threshold
-    at least, the rule the listener's operating point was measured with.
+    false-positive rate it would name songs that are not playing every few minutes of unknown music. With ``max_fpr``
+    the thresholds are refitted from the calibration's own stored null scores (``evaluation.calibration``) for that
+    stricter per-window rate; ``None`` keeps the calibrated ones. Either way they are made non-increasing in length
+    (``Calibration.non_increasing``): the window's newest seconds are held to the whole window's threshold at least,
+    the rule the listener's operating point was measured with.
 
     The rate is that of the null windows that other music in the index does not answer (their statistic is -inf:
     ``database.other_music``): beside a small collection other music answers most of them, and a rate over all of

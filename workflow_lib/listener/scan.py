@@ -35,7 +35,9 @@ import numpy as np
 from workflow_lib import HOP_S, SAMPLE_RATE, SEGMENT_S
 from workflow_lib.audio.segments import QUERY_LEVEL_DBFS, segment_levels_db
 from workflow_lib.common.background import ordered_map, prefetch
-from workflow_lib.listener.core import CONTINUATION_TOLERANCE_S, Heard, ListenConfig, ListenerCore, by_alignment
+from workflow_lib.listener.core import ListenerCore
+from workflow_lib.listener.decisions import CONTINUATION_TOLERANCE_S, Heard, by_alignment
+from workflow_lib.listener.settings import ListenConfig
 from workflow_lib.listener.follow import alignment_runs, similarity_at
 from workflow_lib.listener.views import two_views_missing
 from workflow_lib.model.embed import embed_segments, iter_segment_chunks

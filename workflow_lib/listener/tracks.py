@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
-from workflow_lib.listener.core import Decision, Heard, ListenSummary
+from workflow_lib.listener.decisions import Decision, Heard, ListenSummary
 
 if TYPE_CHECKING:  # the scan module loads the model code (torch); the listener's display needs none of it
     from workflow_lib.listener.scan import Occurrence, ScanResult

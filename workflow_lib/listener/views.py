@@ -28,8 +28,9 @@ from typing import Iterable
 
 import numpy as np
 
-from workflow_lib.listener.core import (MATCH, SILENCE, Decision, Heard, ListenConfig, ListenerCore, ListenSummary,
-                                        SearcherLike, listen_summary)
+from workflow_lib.listener.core import ListenerCore, SearcherLike
+from workflow_lib.listener.decisions import MATCH, SILENCE, Decision, Heard, ListenSummary, listen_summary
+from workflow_lib.listener.settings import ListenConfig
 
 
 def two_views_missing(searcher: SearcherLike) -> str | None:

@@ -15,7 +15,8 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from workflow_lib import SAMPLE_RATE
-from workflow_lib.listener.core import Decision, ListenerCore, ListenSummary
+from workflow_lib.listener.core import ListenerCore
+from workflow_lib.listener.decisions import Decision, ListenSummary
 from workflow_lib.listener.devices import ListenerError
 
 log = logging.getLogger(__name__)
