@@ -34,7 +34,8 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from workflow_lib.database.fingerprint_file import ModelIdentity, ShardMeta, fingerprint_table  # noqa: E402
-from workflow_lib.database.index import FingerprintDB, build_index  # noqa: E402
+from workflow_lib.database.index import FingerprintDB  # noqa: E402
+from workflow_lib.database.index_build import build_index  # noqa: E402
 from workflow_lib.database.index_training import TrainSettings  # noqa: E402
 from workflow_lib.search.ranking import search_embeddings  # noqa: E402
 

@@ -9,7 +9,7 @@ from workflow_lib.common.cpu_process import setup_cpu_process
 setup_cpu_process()  # before faiss loads
 
 from workflow_lib.database.catalogue import added_catalogue_rows, superseded_added_songs  # noqa: E402
-from workflow_lib.database.index import build_index  # noqa: E402
+from workflow_lib.database.index_build import build_index  # noqa: E402
 from workflow_lib.database.index_training import TrainSettings  # noqa: E402
 from workflow_lib.database.removed import read_removed_songs  # noqa: E402
 from workflow_lib.common.logs import setup_logging  # noqa: E402

@@ -68,7 +68,7 @@ def build_world(root: Path, cache_dir: Path | None) -> ListenerWorld:
     from workflow_lib.data.demo_corpus import generate_demo_corpus
     from workflow_lib.evaluation.plan import Condition, QueryPlan
     from workflow_lib.database.extract import extract_songs, load_model
-    from workflow_lib.database.index import build_index
+    from workflow_lib.database.index_build import build_index
     from workflow_lib.data.irs import prepare_irs
     from workflow_lib.data.manifest import song_id_for
     from workflow_lib.model.network import ModelConfig

@@ -10,7 +10,7 @@ from tests.search_helpers import SR, synth_song
 from workflow_lib.audio.files import write_audio
 from workflow_lib.database.fingerprint_file import ShardMeta, read_meta
 from workflow_lib.database.extract import extract_songs, load_model
-from workflow_lib.database.index import build_index
+from workflow_lib.database.index_build import build_index
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.model.model_file import save_ensemble, save_model
 from workflow_lib.model.network import Fingerprinter, ModelConfig

@@ -17,7 +17,8 @@ import yaml
 
 from tests.db_helpers import save_tiny_model, unit_vectors, write_fingerprint_file, write_songs
 from workflow_lib.database.fingerprint_file import FingerprintFileError, ModelMismatchError
-from workflow_lib.database.index import FingerprintDB, IndexFileError, add_to_index, build_index, remove_from_index
+from workflow_lib.database.index import FingerprintDB, IndexFileError
+from workflow_lib.database.index_build import add_to_index, build_index, remove_from_index
 from workflow_lib.database.index_training import TrainSettings, choose_factory, make_index
 from workflow_lib.database.removed import read_removed_songs
 

@@ -25,7 +25,8 @@ from workflow_lib.database.catalogue import REQUIRED as COLUMNS  # a catalogue m
 from workflow_lib.database.extract import extract_songs, fingerprinter_identity
 from workflow_lib.model.features import FrontendConfig
 from workflow_lib.evaluation.plan import Condition, QueryPlan
-from workflow_lib.database.index import FingerprintDB, build_index
+from workflow_lib.database.index import FingerprintDB
+from workflow_lib.database.index_build import build_index
 from workflow_lib.model.network import Fingerprinter, ModelConfig
 from workflow_lib.search.searcher import Searcher
 

@@ -88,7 +88,7 @@ def test_kill_of_the_whole_snakemake_run_resumes_with_the_same_command(tmp_path)
 
 def _database(tmp_path: Path):
     from workflow_lib.database.extract import extract_songs, load_model
-    from workflow_lib.database.index import build_index
+    from workflow_lib.database.index_build import build_index
 
     results = tmp_path / "results"
     model = save_tiny_model(results / "model" / "model.pt")

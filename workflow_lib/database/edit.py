@@ -31,7 +31,8 @@ from workflow_lib.common.progress import progress
 from workflow_lib.audio.files import AUDIO_EXTENSIONS, missing_path_message
 from workflow_lib.database.catalogue import build_catalogue, upsert_catalogue
 from workflow_lib.database.fingerprint_file import ModelMismatchError
-from workflow_lib.database.index import FingerprintDB, add_to_index, read_sidecar, remove_from_index
+from workflow_lib.database.index import FingerprintDB, read_sidecar
+from workflow_lib.database.index_build import add_to_index, remove_from_index
 from workflow_lib.database.other_music import is_other_music
 from workflow_lib.database.removed import read_removed_songs
 from workflow_lib.data.folders import is_utf8, not_utf8_problem, walk_files
@@ -89,7 +90,7 @@ def add_files(results: str | Path | ResultsLayout, inputs: Iterable[str | Path],
     silent) and files whose audio is already in the database (same bytes as a song's file, whatever its name) are
     skipped; every skip comes back with its reason. The edit holds the index folder's lock and commits in an order
     a kill cannot break: the fingerprints file, then the catalogue rows, then the index (one commit, see
-    ``index._write_folder``); a rerun after a kill cleans up what the killed run left and adds the songs again.
+    ``index.write_folder``); a rerun after a kill cleans up what the killed run left and adds the songs again.
     """
     layout = _layout(results)
     with folder_lock(layout.index):
