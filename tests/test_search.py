@@ -406,9 +406,15 @@ def test_a_rule_that_accepts_any_leading_song_is_tabled_without_a_warning(tmp_pa
         warnings.simplefilter("error")
         table = cal.table()
     assert list(table["threshold"]) == [0.3, -np.inf] and list(table["null_max"]) == [0.3, 0.2]
-    # the calibration's log says -inf too, also for a length between the two (interpolated towards -1.8e308)
-    assert shown(cal.thresholds[1]) == shown(cal.threshold(3)) == -np.inf
+    # the calibration's log says -inf too
+    assert shown(cal.thresholds[1]) == shown(cal.threshold(5)) == shown(cal.threshold(7)) == -np.inf
     assert shown(cal.thresholds[0]) == pytest.approx(0.3)
+    # A length between the two is held to the finite one, not to a line towards -1.8e308 (any leading song
+    # accepted at every length between, a rate calibrated at neither); so is the listener's stricter refit.
+    assert cal.threshold(3) == cal.threshold(2) == cal.thresholds[0]
+    assert cal.upper_point(3, 0.005) == cal.upper_point(1, 0.005) > 0.0
+    both = fit_calibration({1: [float("-inf")] * 100, 3: [float("-inf")] * 100, 5: [0.2] * 100}, 0.01)
+    assert shown(both.threshold(2)) == -np.inf and both.threshold(4) == both.thresholds[2]
     cal.save(tmp_path / "t.json")
     assert Calibration.load(tmp_path / "t.json").thresholds == pytest.approx(cal.thresholds)
 

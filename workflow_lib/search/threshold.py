@@ -96,8 +96,9 @@ class Calibration:
 
     def threshold(self, n_segments: int) -> float:
         """Threshold for a query of ``n_segments`` (linear between calibrated lengths, clamped outside them: a
-        query longer than the longest calibrated one keeps that length's threshold, which is conservative)."""
-        return float(np.interp(n_segments, self.n_segments, self.thresholds))
+        query longer than the longest calibrated one keeps that length's threshold, which is conservative; between
+        a length that accepts any leading song and one that does not, the stricter: ``_between_lengths``)."""
+        return _between_lengths(n_segments, self.n_segments, self.thresholds)
 
     def non_increasing(self) -> "Calibration":
         """This calibration with each length's threshold raised to the highest of the longer lengths' (the two-view
@@ -110,7 +111,7 @@ class Calibration:
     def upper_point(self, n_segments: int, fpr: float) -> float:
         """The statistic at or above which at most ``fpr`` of this length's null values lie (placed as
         ``fit_calibration`` places a threshold, interpolated between lengths like ``threshold``)."""
-        return float(np.interp(n_segments, self.n_segments, [_upper_point(s, fpr) for s in self._sorted]))
+        return _between_lengths(n_segments, self.n_segments, [_upper_point(s, fpr) for s in self._sorted])
 
     def confidence(self, score: float, n_segments: int) -> float:
         """Fraction of out-of-database queries of this length scoring below ``score`` (interpolated like the
@@ -254,12 +255,28 @@ def calibration_music(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
+# A threshold below this accepts any song of the collection that leads: the float just above -inf, where other music
+# answered more than the target share of a length's null queries. No statistic comes near it (a z-score's spread is
+# at least 1e-3).
+ANY_LEADER = -1e9
+
+
 def shown(threshold: float) -> float:
-    """A threshold as people read it. The float just above -inf (other music answered more than the target share of
-    the null queries, so any song of the collection that leads is accepted), or an interpolation towards it, is
-    -inf: no statistic comes near -1e9 (a z-score's spread is at least 1e-3); printed it has 309 digits, and numpy
-    rounding it overflows (with a warning in the middle of `nafp index`)."""
-    return float("-inf") if threshold < -1e9 else float(threshold)
+    """A threshold as people read it: one that accepts any leading song (``ANY_LEADER``) is -inf (printed, the float
+    just above -inf has 309 digits, and numpy rounding it overflows, with a warning in the middle of `nafp index`)."""
+    return float("-inf") if threshold < ANY_LEADER else float(threshold)
+
+
+def _between_lengths(n_segments: float, lengths: list[int], values: list[float]) -> float:
+    """A per-length value for ``n_segments``: linear between the calibrated lengths around it, clamped outside them.
+    Where one of the two accepts any leading song (``ANY_LEADER``) and the other does not, the other's: a line
+    towards -1.8e308 would accept any leading song at every length between, for a rate calibrated at neither."""
+    i = int(np.searchsorted(lengths, n_segments))
+    if 0 < i < len(lengths) and lengths[i] != n_segments:
+        lo, hi = values[i - 1], values[i]
+        if (lo < ANY_LEADER) != (hi < ANY_LEADER):
+            return float(max(lo, hi))
+    return float(np.interp(n_segments, lengths, values))
 
 
 def _upper_point(sorted_scores: np.ndarray, fpr: float) -> float:
