@@ -34,7 +34,8 @@ setup_cpu_process(keep_buffers=True)  # before torch loads
 import yaml  # noqa: E402
 
 from workflow_lib.common.logs import setup_logging  # noqa: E402
-from workflow_lib.training.train import RULE_KEYS, TrainConfig, train_model  # noqa: E402
+from workflow_lib.training.settings import TrainConfig  # noqa: E402
+from workflow_lib.training.train import RULE_KEYS, train_model  # noqa: E402
 from workflow_lib.model.features import FrontendConfig  # noqa: E402
 from workflow_lib.model.network import model_config_from  # noqa: E402
 

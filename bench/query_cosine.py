@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from workflow_lib.training.augment import AugmentConfig  # noqa: E402
 from workflow_lib.data.clipbank import ClipBank  # noqa: E402
 from workflow_lib.model.model_file import load_fingerprinter, read_model_file  # noqa: E402
-from workflow_lib.training.train import TrainConfig, Validator, embed  # noqa: E402
+from workflow_lib.training.settings import TrainConfig  # noqa: E402
+from workflow_lib.training.train import Validator, embed  # noqa: E402
 from workflow_lib.training.data import ViewSource  # noqa: E402
 
 

@@ -38,7 +38,9 @@ from workflow_lib.common.config import read_yaml
 from workflow_lib.training.augment import AugmentConfig
 from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.model.network import Fingerprinter, count_parameters, model_config_from
-from workflow_lib.training.train import TrainConfig, make_optimizer, resolve_device, train_step
+from workflow_lib.training.settings import TrainConfig
+from workflow_lib.model.embed import resolve_device
+from workflow_lib.training.train import make_optimizer, train_step
 from workflow_lib.training.batches import BatchStream, epoch_key, view_workers
 from workflow_lib.training.data import ViewSource
 

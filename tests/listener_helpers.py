@@ -39,8 +39,8 @@ TRAIN = {"max_epochs": EPOCHS, "max_minutes": 10.0, "batch_size": 64, "lr": 2e-3
          "val_queries": 40, "eval_batch": 64, "seed": 0, "device": "cpu"}
 # Modules whose code decides what the trained model is: a change to any of them retrains.
 _MODEL_SOURCES = ("model/network.py", "model/features.py", "training/train.py", "training/augment.py",
-                  "training/data.py", "training/losses.py", "data/demo_corpus.py", "model/model_file.py",
-                  "data/noise.py", "data/irs.py", "data/acoustics.py")
+                  "training/data.py", "training/losses.py", "training/settings.py", "training/checkpoint.py",
+                  "data/demo_corpus.py", "model/model_file.py", "data/noise.py", "data/irs.py", "data/acoustics.py")
 
 
 @dataclass
@@ -75,7 +75,8 @@ def build_world(root: Path, cache_dir: Path | None) -> ListenerWorld:
     from workflow_lib.model.model_file import model_checksum
     from workflow_lib.data.noise import prepare_noise
     from workflow_lib.search.searcher import Searcher
-    from workflow_lib.training.train import TrainConfig, train_model
+    from workflow_lib.training.settings import TrainConfig
+    from workflow_lib.training.train import train_model
 
     torch.set_num_threads(1)
     results = root / "results"

@@ -15,8 +15,9 @@ from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.training.losses import nt_xent
 from workflow_lib.model.network import ModelConfig
 from workflow_lib.model.model_file import load_fingerprinter, model_checksum
-from workflow_lib.training.train import (CheckpointError, TrainConfig, epoch_label, lr_factor, train_from_config,
-                                         train_model)
+from workflow_lib.training.checkpoint import CheckpointError, load_initial_weights
+from workflow_lib.training.settings import TrainConfig
+from workflow_lib.training.train import epoch_label, lr_factor, train_from_config, train_model
 from workflow_lib.training.data import build_song_bank
 
 TINY = ModelConfig(channels=[4, 4, 8, 8, 8, 8, 16, 16], dim=8, head_hidden=4, preset="small")
@@ -414,12 +415,12 @@ def test_fine_tuning_may_change_the_compression_or_add_a_channel_but_not_the_inp
     save_model(path, trained.state_dict(), tiny, trained.frontend_config, {"epochs": 1})
 
     cmn = Fingerprinter(tiny, FrontendConfig(compression="log-cmn"))
-    train_mod._load_initial_weights(cmn, path, tiny, cmn.frontend_config)  # same input shape: allowed, said
+    load_initial_weights(cmn, path, tiny, cmn.frontend_config)  # same input shape: allowed, said
     assert all(torch.equal(a, b) for a, b in zip(cmn.state_dict().values(), trained.state_dict().values()))
     assert "compression 'log' -> 'log-cmn'" in caplog.text
     # A channel added after the model's own starts with zero weights: the same fingerprints as the model's.
     two = Fingerprinter(tiny, FrontendConfig(compression="log+log-cmn")).eval()
-    train_mod._load_initial_weights(two, path, tiny, two.frontend_config)
+    load_initial_weights(two, path, tiny, two.frontend_config)
     wav = torch.randn(3, 8000) * 0.1
     with torch.inference_mode():
         assert torch.allclose(two(wav), trained.eval()(wav), atol=1e-6)
@@ -427,10 +428,10 @@ def test_fine_tuning_may_change_the_compression_or_add_a_channel_but_not_the_inp
     swapped_path = tmp_path / "pcen.pt"
     save_model(swapped_path, swapped.state_dict(), tiny, swapped.frontend_config, {"epochs": 1})
     with pytest.raises(ValueError, match="another front end"):  # its channel would not be the first
-        train_mod._load_initial_weights(two, swapped_path, tiny, two.frontend_config)
+        load_initial_weights(two, swapped_path, tiny, two.frontend_config)
     narrow = FrontendConfig(n_mels=128)
     with pytest.raises(ValueError, match="another front end"):
-        train_mod._load_initial_weights(Fingerprinter(tiny, narrow), path, tiny, narrow)
+        load_initial_weights(Fingerprinter(tiny, narrow), path, tiny, narrow)
 
 
 def test_pairs_without_the_first_channel_train_only_the_second(banks, tmp_path):
@@ -460,7 +461,7 @@ def test_pairs_without_the_first_channel_train_only_the_second(banks, tmp_path):
 
 def test_a_run_killed_before_an_augmentation_option_existed_keeps_its_fingerprint():
     from workflow_lib.model.features import FrontendConfig
-    from workflow_lib.training.train import run_fingerprint
+    from workflow_lib.training.checkpoint import run_fingerprint
 
     # The value the code of 2026-12-01 (before first_channel_drop_prob) computed for this configuration.
     assert run_fingerprint(CFG, TINY, FrontendConfig(), "data") == "ed5218c1428e6d7b"

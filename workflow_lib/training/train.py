@@ -11,12 +11,9 @@ result equals an uninterrupted run's.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,92 +23,30 @@ import pandas as pd
 import torch
 
 from workflow_lib import HOP_SAMPLES, SEGMENT_SAMPLES
+from workflow_lib.audio.segments import frame
 from workflow_lib.common.atomic import atomic_path
 from workflow_lib.common.progress import progress
-from workflow_lib.training.augment import (AugmentConfig, ViewParams, degrade, drop_first_channel, lpc_whiten_rows,
-                                           mask_spectrogram, set_peak_db)
 from workflow_lib.data.clipbank import ClipBank
-from workflow_lib.model.features import FrontendConfig
-from workflow_lib.training.losses import nt_xent
 from workflow_lib.model.embed import resolve_device
+from workflow_lib.model.features import FrontendConfig
+from workflow_lib.model.model_file import cpu_state_dict, model_checksum, save_model
 from workflow_lib.model.network import Fingerprinter, ModelConfig, count_parameters
-from workflow_lib.model.model_file import cpu_state_dict, model_checksum, read_model_file, save_model
-from workflow_lib.audio.segments import frame
+from workflow_lib.training.augment import (ViewParams, degrade, drop_first_channel, lpc_whiten_rows, mask_spectrogram,
+                                           set_peak_db)
 from workflow_lib.training.batches import BatchStream, view_workers
+from workflow_lib.training.checkpoint import (CheckpointError, load_checkpoint, load_initial_weights, run_fingerprint,
+                                              save_checkpoint, table_digest)
 from workflow_lib.training.data import ViewBatch, ViewSource
+from workflow_lib.training.losses import nt_xent
 from workflow_lib.training.partner import Partner
 from workflow_lib.training.plots import plot_training_curves
-from workflow_lib.common.config import check_keys
+from workflow_lib.training.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "nafp-checkpoint/1"
 METRIC_COLUMNS = ["epoch", "steps", "train_loss", "val_loss", "val_top1", "val_near", "val_song", "lr",
                   "sec_per_step", "pairs_per_s", "epoch_s", "elapsed_min"]
-# Settings that only affect how/where a run executes, not what it computes: changing them keeps the checkpoint.
 LOG_EVERY_S = 120.0
-RUNTIME_KEYS = {"device", "max_minutes", "amp", "patience", "eval_batch", "checkpoint_minutes", "view_workers"}
-# Augmentation options added after checkpoints existed, with the value that leaves training as it was: at that
-# value they stay out of a run's fingerprint, so a run killed before the option existed still resumes.
-ADDED_AUGMENT_KEYS = {k: getattr(AugmentConfig(), k)
-                      for k in ("first_channel_drop_prob", "whiten_prob", "whiten_fit_s", "whiten_order")}
-
-
-class CheckpointError(RuntimeError):
-    """The training checkpoint cannot be used; the message names the file and what to do."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    seed: int = 0
-    device: str = "auto"
-    max_epochs: int = 12
-    max_minutes: float = 4.0
-    batch_size: int = 128  # views per step: anchors + positives (the paper's 640 = 320 pairs)
-    lr: float = 2e-3
-    weight_decay: float = 1e-6
-    warmup_epochs: float = 0.2
-    min_lr_ratio: float = 0.01
-    temperature: float = 0.05
-    patience: int = 4
-    val_queries: int = 500
-    amp: bool = True
-    eval_batch: int = 256
-    checkpoint_minutes: float = 10.0  # also save mid-epoch this often, so a kill loses at most this (0: every step)
-    view_workers: int | str = "auto"  # processes drawing batches (training/batches.py); auto: none on a CPU
-    schedule: str = "time"  # "time": cosine fitted to the epochs max_minutes allows; "epochs": over max_epochs
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def __post_init__(self) -> None:
-        if self.device not in {"auto", "cpu", "cuda"}:
-            raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
-        if self.schedule not in {"time", "epochs"}:
-            raise ValueError(f"train.schedule must be time or epochs, got {self.schedule!r}")
-        if self.batch_size < 4 or self.batch_size % 2:
-            raise ValueError(f"train.batch_size must be an even number >= 4 (anchors + positives), got "
-                             f"{self.batch_size}")
-        if self.max_epochs < 1 or self.lr <= 0 or self.temperature <= 0 or self.max_minutes <= 0:
-            raise ValueError("train: max_epochs, lr, temperature and max_minutes must be positive")
-        if self.checkpoint_minutes < 0:
-            raise ValueError(f"train.checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
-        view_workers(self.view_workers, torch.device("cpu"))  # refuses a bad setting now, not at the first epoch
-
-    @property
-    def batch_pairs(self) -> int:
-        return self.batch_size // 2
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["augment"] = self.augment.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        check_keys(d, (f.name for f in fields(cls)), "train config")
-        d = dict(d)
-        if "augment" in d:
-            d["augment"] = AugmentConfig.from_dict(d["augment"])
-        return cls(**d)
 
 
 def codec_bank(song_bank: str | Path) -> ClipBank | None:
@@ -155,42 +90,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, warmup_steps: int, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup_steps, horizon["steps"], cfg.min_lr_ratio))
     return optimizer, scheduler
-
-
-def _table_digest(*banks: ClipBank | None) -> str:
-    h = hashlib.sha256()
-    for bank in banks:
-        if bank is None:
-            h.update(b"none")
-            continue
-        h.update(np.ascontiguousarray(bank.starts).tobytes())
-        h.update(np.ascontiguousarray(bank.lengths).tobytes())
-        if "song_id" in bank.meta:
-            h.update("\n".join(bank.meta["song_id"].astype(str)).encode())
-    return h.hexdigest()
-
-
-def run_fingerprint(cfg: TrainConfig, model_cfg: ModelConfig, frontend_cfg: FrontendConfig,
-                    data_digest: str) -> str:
-    """Identity of a training run: a checkpoint is only resumed by a run with the same fingerprint."""
-    train_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
-    train_cfg["augment"] = {k: v for k, v in train_cfg["augment"].items()
-                            if not (k in ADDED_AUGMENT_KEYS and v == ADDED_AUGMENT_KEYS[k])}
-    blob = json.dumps({"train": train_cfg, "model": model_cfg.to_dict(), "frontend": frontend_cfg.to_dict(),
-                       "data": data_digest}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: training checkpoint is corrupt or unreadable ({exc}). Delete it to train "
-                              "from scratch.") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} training checkpoint. Delete it to train from "
-                              "scratch.")
-    return ckpt
 
 
 def _to_device(views: ViewBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -367,13 +266,13 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     steps_per_epoch = len(train_src) // cfg.batch_pairs
     horizon = {"steps": steps_per_epoch * cfg.max_epochs}
     warmup_steps = max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    fingerprint = run_fingerprint(cfg, model_cfg, frontend_cfg, _table_digest(train_songs, val_songs, noise, irs,
+    fingerprint = run_fingerprint(cfg, model_cfg, frontend_cfg, table_digest(train_songs, val_songs, noise, irs,
                                                                                     *codec_banks))
 
     torch.manual_seed(cfg.seed)
     model = Fingerprinter(model_cfg, frontend_cfg).to(device)
     if init_from is not None:
-        _load_initial_weights(model, init_from, model_cfg, frontend_cfg)
+        load_initial_weights(model, init_from, model_cfg, frontend_cfg)
         fingerprint = run_fingerprint(cfg, model_cfg, frontend_cfg, fingerprint + model_checksum(init_from))
     fixed = Partner(partner, partner_weight, frontend_cfg, device) if partner is not None else None
     if fixed is not None:
@@ -483,7 +382,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
                 state["partial"] = {"epoch": epoch, "step": len(losses), "losses": losses,
                                     "train_s": time.monotonic() - t_epoch}
                 state["elapsed_s"] = elapsed()
-                _save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
+                save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
         bar.close()
         state["partial"] = None
         train_s = time.monotonic() - t_epoch
@@ -516,7 +415,7 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
             log.info("early stopping: no better val top-1 for %d epochs (best %.3f at epoch %d)", cfg.patience,
                      state["best_score"], state["best_epoch"])
         state["elapsed_s"] = elapsed()
-        _save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
+        save_checkpoint(checkpoint_path, fingerprint, state, model, optimizer, scheduler, scaler)
         _write_metrics(_metric_rows(state), live_metrics, live_curves, state["best_epoch"])
     stream.close()
 
@@ -544,54 +443,6 @@ def train_model(train_bank: str | Path, val_bank: str | Path, noise_bank: str | 
     log.info("wrote %s: epoch %d of %d (stopped by %s), val top-1 %.3f", model_path, state["best_epoch"],
              state["epoch"], state["stop_reason"], best["val_top1"])
     return train_meta
-
-
-FIRST_CONV = "encoder.blocks.0.conv_t.weight"  # the only weight whose shape follows the front end's channels
-
-
-def _load_initial_weights(model: Fingerprinter, path: str | Path, model_cfg: ModelConfig,
-                          frontend_cfg: FrontendConfig) -> None:
-    """Start from a model file's weights; refuse one of another architecture or input shape, naming the difference.
-
-    Two front-end changes are allowed, with a warning, because fine-tuning adapts the encoder to them
-    (bench/ablate.py starts front-end variants from the bundled model this way): another ``compression`` with the
-    same channels, and a channel added after the model's own (``log`` -> ``log+log-cmn``): the new channel's
-    first-layer weights start at zero, so the model starts out exactly as it was.
-    """
-    payload = read_model_file(path)
-    other = ModelConfig.from_dict(payload["model_config"])
-    other_fe = FrontendConfig.from_dict(payload["frontend_config"])
-    if (other.channels, other.dim, other.head_hidden, other.time_strides) != \
-            (model_cfg.channels, model_cfg.dim, model_cfg.head_hidden, model_cfg.time_strides):
-        raise ValueError(f"train.init: {path} is a {other.preset} model with channels {other.channels}, dim "
-                         f"{other.dim}; this run trains {model_cfg.preset} with channels {model_cfg.channels}, dim "
-                         f"{model_cfg.dim}: use the same model settings to fine-tune it, or train.init: none")
-    differ = {k: (v, getattr(frontend_cfg, k)) for k, v in vars(other_fe).items() if getattr(frontend_cfg, k) != v}
-    added = frontend_cfg.compression.split("+")[:other_fe.n_channels] == other_fe.compression.split("+")
-    if set(differ) - {"compression", "pcen_t_s"} or (other_fe.n_channels != frontend_cfg.n_channels and not added):
-        raise ValueError(f"train.init: {path} was trained on another front end ({differ}, in "
-                         f"{other_fe.n_channels} channel(s)); its weights do not fit this run's input")
-    state = dict(payload["state_dict"])
-    if other_fe.n_channels < frontend_cfg.n_channels:
-        w = state[FIRST_CONV]
-        grown = w.new_zeros((w.shape[0], frontend_cfg.n_channels, *w.shape[2:]))
-        grown[:, :other_fe.n_channels] = w
-        state[FIRST_CONV] = grown
-    model.load_state_dict(state)
-    if differ:
-        log.warning("train.init: %s was trained on another front end (%s); fine-tuning adapts it to this one",
-                    path, ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items()))
-    log.info("starting from the weights of %s (model %s)", path, model_checksum(path))
-
-
-def _save_checkpoint(path: Path, fingerprint: str, state: dict[str, Any], model: torch.nn.Module,
-                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
-    payload = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, **state,
-               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state()}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
 def _metric_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
