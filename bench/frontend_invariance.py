@@ -31,7 +31,8 @@ import torch
 from scipy import signal
 
 from workflow_lib import SAMPLE_RATE as SR, SEGMENT_SAMPLES
-from workflow_lib.audio.files import AudioDecodeError, load_audio
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.files import load_audio
 from workflow_lib.data.acoustics import resonant_response, stochastic_tail
 from workflow_lib.model.features import (FrontendConfig, LogMelFrontend, log_mel_band_centred, log_mel_normalise,
                                           pcen)

@@ -37,7 +37,8 @@ def main() -> None:
 
     import torch
 
-    from workflow_lib.audio.files import AudioDecodeError, iter_audio
+    from workflow_lib.audio.decoded import AudioDecodeError
+    from workflow_lib.audio.files import iter_audio
     from workflow_lib.cli.listen import load_settings
     from workflow_lib.api import SetupError
     from workflow_lib.cli.query import load_searcher

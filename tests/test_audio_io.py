@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workflow_lib.audio.files import AudioDecodeError, audio_info, has_ffmpeg, iter_audio, load_audio, resample
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.ffmpeg import has_ffmpeg
+from workflow_lib.audio.files import audio_info, iter_audio, load_audio, resample
 from tests.conftest import tone_mix
 
 FORMATS = [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS"), ("opus", "OPUS"), ("mp3", "MPEG_LAYER_III")]
@@ -272,7 +274,7 @@ def test_damaged_aac_is_rejected_with_a_reason_not_a_hang(tmp_path):
 @pytest.mark.skipif(not has_ffmpeg(), reason="ffmpeg not installed")
 def test_ffmpeg_decode_time_is_capped(tmp_path, monkeypatch):
     """A decoder that stalls is killed when the time budget is spent, and the file is rejected with that reason."""
-    import workflow_lib.audio.files as aio
+    import workflow_lib.audio.ffmpeg as aio
 
     wav = tmp_path / "s.wav"
     sf.write(str(wav), tone_mix(2.0, 44100), 44100)

@@ -62,7 +62,7 @@ def test_a_damaged_mp3_decodes_quietly_and_the_manifest_counts_its_messages(tmp_
 def test_a_cut_off_mp3_is_named_truncated_without_the_decoders_own_warning(tmp_path, capfd):
     """libmpg123 warns that the Xing header's stream size is off when an MP3 was cut short: the error says
     "truncated" already, so the warning is counted, not printed."""
-    from workflow_lib.audio.files import AudioDecodeError
+    from workflow_lib.audio.decoded import AudioDecodeError
 
     path = tmp_path / "cut.mp3"
     _damaged_mp3(path)

@@ -248,7 +248,7 @@ def test_the_python_interface_answers_what_the_command_prints(results, cli, tmp_
 
 def test_the_python_interface_says_what_is_wrong(results, cli, tmp_path):
     from workflow_lib.api import Database, SetupError
-    from workflow_lib.audio.files import AudioDecodeError
+    from workflow_lib.audio.decoded import AudioDecodeError
 
     with pytest.raises(SetupError, match="results folder not found"):
         Database.open(tmp_path / "nowhere")

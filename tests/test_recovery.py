@@ -316,7 +316,8 @@ def test_file_names_that_are_not_utf8_are_named_and_never_stop_a_run(tmp_path, c
 
 
 def test_bad_files_are_named_for_what_they_are(tmp_path):
-    from workflow_lib.audio.files import AudioDecodeError, audio_info
+    from workflow_lib.audio.decoded import AudioDecodeError
+    from workflow_lib.audio.files import audio_info
 
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "notes.mp3").write_text("this is not a song\n")

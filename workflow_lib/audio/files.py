@@ -2,7 +2,8 @@
 
 Decoding uses libsndfile through ``soundfile`` (WAV, FLAC, OGG/Vorbis, Opus, MP3 and more, no external programs) and
 resampling uses ``soxr`` (the SoX resampler: high quality, streaming, and several hundred times faster than realtime
-on one core). Formats libsndfile cannot read (m4a/aac/wma, ape/wv...) go through ``ffmpeg`` when it is installed.
+on one core). Formats libsndfile cannot read (m4a/aac/wma, ape/wv...) go through ``ffmpeg`` when it is installed
+(``audio.ffmpeg``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,7 @@ import functools
 import logging
 import os
 import re
-import shutil
 import subprocess
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -24,7 +21,9 @@ import soundfile as sf
 import soxr
 
 from workflow_lib import SAMPLE_RATE
+from workflow_lib.audio.decoded import AudioDecodeError, AudioInfo, check_finite
 from workflow_lib.audio.decoder_messages import DecoderMessages, captured_stderr
+from workflow_lib.audio.ffmpeg import ffprobe_info, has_ffmpeg, iter_ffmpeg
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,6 @@ FFMPEG_EXTENSIONS = {".m4a", ".m4b", ".aac", ".mp4", ".wma", ".webm", ".mka", ".
                      ".dff", ".mov", ".m4v", ".mkv", ".avi", ".3gp", ".amr"}
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
-# ffmpeg (m4a/aac/...): a file whose decoder reports more errors than this is rejected as corrupt; waiting for ffmpeg
-# is capped at BASE + PER_S x the file's duration (ffmpeg decodes AAC at hundreds of times realtime).
-MAX_DECODER_ERRORS = 20
-DECODE_TIMEOUT_BASE_S = 60.0
-DECODE_TIMEOUT_PER_S = 0.1
-PROBE_TIMEOUT_S = 60.0
 
 # A WAV header's data size at or above this is a recorder's placeholder for "not known yet" (sox writes about
 # 2^31 - 4096, arecord 2^31 - 1, a pipe 2^32 - 1), not a length (``_wav_frames``).
@@ -54,24 +47,6 @@ _SUBTYPE_BYTES = {"PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4
 _BLOCK_FRAMES = 1 << 18
 # A scheme the way pathlib leaves it ("https:/host/..."), for the error of a path that does not exist.
 _URL = re.compile(r"^(https?|ftp|rtsp|rtmp|s3|gs):/+", re.IGNORECASE)
-
-
-class AudioDecodeError(RuntimeError):
-    """A file could not be decoded; the message names the file and the reason."""
-
-
-@dataclass(frozen=True)
-class AudioInfo:
-    path: str
-    duration_s: float
-    sample_rate: int
-    channels: int
-    format: str
-    frames: int
-
-
-def has_ffmpeg() -> bool:
-    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 
 
 def decoder_id(path: str | Path) -> str:
@@ -154,7 +129,7 @@ def audio_info(path: str | Path, messages: DecoderMessages | None = None) -> Aud
     path = Path(path)
     check_readable(path)
     if _needs_ffmpeg(path):
-        return _ffprobe_info(path)
+        return ffprobe_info(path)
     try:
         with captured_stderr(messages if messages is not None else DecoderMessages()):
             info = sf.info(os.fsencode(path))  # bytes: a name that is not UTF-8 opens too
@@ -170,16 +145,6 @@ def audio_info(path: str | Path, messages: DecoderMessages | None = None) -> Aud
                      str(info.format), frames)
 
 
-def _check_finite(samples: np.ndarray, name: str | Path, first_frame: int, rate: int) -> None:
-    """A float file can hold NaN or infinity; the resampler would spread a NaN over its neighbours and the model
-    would turn either into a fingerprint that poisons the index, so such a file is an error that names where."""
-    finite = np.isfinite(samples)
-    if not finite.all():
-        at = first_frame + int(np.flatnonzero(~finite.reshape(len(samples), -1).all(axis=1))[0])
-        raise AudioDecodeError(f"{name}: non-finite samples (NaN or infinity) at {at / rate:.1f} s: not audio "
-                               "that can be fingerprinted")
-
-
 def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0,
                messages: DecoderMessages | None = None) -> Iterator[np.ndarray]:
     """Yield consecutive mono float32 chunks at ``sr`` (about ``chunk_seconds`` each, the last one shorter).
@@ -191,7 +156,7 @@ def iter_audio(path: str | Path, sr: int = SAMPLE_RATE, chunk_seconds: float = 3
     """
     path = Path(path)
     if _needs_ffmpeg(path):
-        yield from _iter_ffmpeg(path, sr, chunk_seconds)
+        yield from iter_ffmpeg(path, sr, chunk_seconds)
         return
     own = messages is None
     if own:
@@ -219,7 +184,7 @@ def _iter_soundfile(path: Path, sr: int, chunk_seconds: float, messages: Decoder
                     block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
                 last = len(block) < _BLOCK_FRAMES
                 if floating:  # integer PCM and the compressed formats' decoders cannot yield NaN or infinity
-                    _check_finite(block, path, decoded, info.sample_rate)
+                    check_finite(block, path, decoded, info.sample_rate)
                 decoded += len(block)
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
                 out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
@@ -314,7 +279,7 @@ def iter_wav_stream(stream: BinaryIO, sr: int = SAMPLE_RATE, chunk_seconds: floa
             raw = np.frombuffer(data, dtypes[(tag, bits)])
             x = raw.astype(np.float32)
             if tag == 3:
-                _check_finite(x.reshape(-1, channels), name, frames_read, rate)
+                check_finite(x.reshape(-1, channels), name, frames_read, rate)
             if tag == 1:
                 x = (x - 128.0) / 128.0 if bits == 8 else x / float(1 << (bits - 1))
         mono = x.reshape(-1, channels).mean(axis=1) if channels > 1 else x
@@ -367,7 +332,7 @@ def mono_samples(samples: np.ndarray, sample_rate: int, name: str = "samples",
             raise ValueError(f"{name}: expected blocks of shape (n, {channels}), got {x.shape}")
     elif channels not in (None, 1):
         raise ValueError(f"{name}: expected blocks of shape (n, {channels}), got {x.shape}")
-    _check_finite(x, name, 0, int(sample_rate))
+    check_finite(x, name, 0, int(sample_rate))
     mono = x.mean(axis=1) if x.ndim == 2 else x
     return np.ascontiguousarray(mono, dtype=np.float32)
 
@@ -468,134 +433,3 @@ def _wav_frames(path: Path, info) -> int:
     return frames
 
 
-# --- ffmpeg fallback -------------------------------------------------------------------------------------------
-
-def _require_ffmpeg(path: Path) -> None:
-    if not has_ffmpeg():
-        raise AudioDecodeError(f"{path}: {path.suffix} files need ffmpeg, which is not installed "
-                               "(apt-get install ffmpeg)")
-
-
-def _ffmpeg_line(line: str, path: Path | None = None) -> str:
-    """One ffmpeg error line without the demuxer's ``[mov,mp4,... @ 0x55d...]`` prefix nor the file's own name
-    (the message that quotes it names the file already)."""
-    line = re.sub(r"^\[[^\]]* @ 0x[0-9a-fA-F]+\]\s*", "", line.strip())
-    return line[len(f"{path}: "):] if path is not None and line.startswith(f"{path}: ") else line
-
-
-def _ffmpeg_message(text: str, path: Path | None = None) -> str:
-    """ffmpeg's error output as one readable line: each line cleaned (``_ffmpeg_line``), repeats dropped, "; "."""
-    lines = []
-    for raw in text.splitlines():
-        line = _ffmpeg_line(raw, path)
-        if line and line not in lines:
-            lines.append(line)
-    return "; ".join(lines) or "no message"
-
-
-def _ffprobe_info(path: Path) -> AudioInfo:
-    _require_ffmpeg(path)
-    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-           "stream=sample_rate,channels,codec_name:format=duration", "-of", "default=nw=1", str(path)]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S,
-                             stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise AudioDecodeError(f"{path}: ffprobe did not finish reading the header within {PROBE_TIMEOUT_S:.0f} s "
-                               "(damaged file?)") from None
-    fields = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-    if res.returncode != 0 or "sample_rate" not in fields:
-        raise AudioDecodeError(f"{path}: ffprobe found no audio stream ({_ffmpeg_message(res.stderr, path)[:200]})")
-    rate, channels = int(fields["sample_rate"]), int(fields.get("channels", 1))
-    try:
-        duration = float(fields.get("duration", "nan"))
-    except ValueError:
-        duration = float("nan")
-    return AudioInfo(str(path), duration, rate, channels, fields.get("codec_name", "ffmpeg"),
-                     int(duration * rate) if np.isfinite(duration) else -1)
-
-
-class _StderrDrain(threading.Thread):
-    """Reads a child's stderr to the end on its own thread, so the child can never block on a full pipe while we
-    read its stdout (the two pipes are drained concurrently). Keeps the first few error lines and counts them."""
-
-    def __init__(self, stream, keep_lines: int = 5):
-        super().__init__(daemon=True, name="ffmpeg-stderr")
-        self.stream, self.keep_lines = stream, keep_lines
-        self.lines: list[str] = []
-        self.count = 0
-
-    def run(self) -> None:
-        for raw in iter(self.stream.readline, b""):
-            line = _ffmpeg_line(raw.decode(errors="replace"))
-            if not line:
-                continue
-            self.count += 1
-            if len(self.lines) < self.keep_lines:
-                self.lines.append(line[:200])
-
-    def excerpt(self) -> str:
-        return "; ".join(self.lines) or "no message"
-
-
-def decode_time_limit(duration_s: float) -> float:
-    """Wall-clock seconds ffmpeg may spend producing a file's audio before the file is rejected as stuck."""
-    return DECODE_TIMEOUT_BASE_S + DECODE_TIMEOUT_PER_S * (duration_s if np.isfinite(duration_s) else 3600.0)
-
-
-def _iter_ffmpeg(path: Path, sr: int, chunk_seconds: float) -> Iterator[np.ndarray]:
-    """Decode through ffmpeg. stderr is drained on a thread (a damaged file's error text can exceed the pipe buffer
-    and deadlock a reader that drains stdout first); the time spent waiting for ffmpeg is capped; a file that
-    decodes with more than ``MAX_DECODER_ERRORS`` errors is rejected as corrupt instead of yielding garbage."""
-    info = _ffprobe_info(path)
-    limit_s = decode_time_limit(info.duration_s)
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(sr), "-f", "f32le",
-           "-acodec", "pcm_f32le", "-"]
-    chunk_bytes = max(4, int(chunk_seconds * sr) * 4)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        drain = _StderrDrain(proc.stderr)
-        drain.start()
-        waited = 0.0
-        total = 0
-        try:
-            while True:
-                t0 = time.monotonic()
-                # A read that outlasts what is left of the budget kills ffmpeg; the read then returns what it has.
-                watchdog = threading.Timer(max(0.0, limit_s - waited), proc.kill)
-                watchdog.start()
-                try:
-                    buf = proc.stdout.read(chunk_bytes)
-                finally:
-                    watchdog.cancel()
-                waited += time.monotonic() - t0
-                if waited >= limit_s:
-                    raise AudioDecodeError(f"{path}: decoding did not finish within {limit_s:.0f} s "
-                                           f"(ffmpeg: {drain.excerpt()})")
-                if drain.count > MAX_DECODER_ERRORS:
-                    raise AudioDecodeError(f"{path}: corrupt: ffmpeg reported more than {MAX_DECODER_ERRORS} "
-                                           f"decoding errors ({drain.excerpt()})")
-                if not buf:
-                    break
-                usable = len(buf) - len(buf) % 4
-                chunk = np.frombuffer(buf[:usable], dtype="<f4").astype(np.float32)
-                _check_finite(chunk, path, total // 4, sr)
-                total += usable
-                yield chunk
-            rc = proc.wait(timeout=max(1.0, limit_s - waited))
-            drain.join(timeout=5.0)
-            if drain.count > MAX_DECODER_ERRORS:
-                raise AudioDecodeError(f"{path}: corrupt: ffmpeg reported {drain.count} decoding errors "
-                                       f"({drain.excerpt()})")
-            if rc != 0 or total == 0:
-                raise AudioDecodeError(f"{path}: ffmpeg could not decode it "
-                                       f"({drain.excerpt() if drain.count else 'no audio'})")
-            if drain.count:
-                log.info("%s: ffmpeg reported %d decoding error(s), tolerated: %s", path, drain.count,
-                         drain.excerpt())
-        except subprocess.TimeoutExpired:
-            raise AudioDecodeError(f"{path}: ffmpeg did not exit within {limit_s:.0f} s") from None
-        finally:
-            if proc.poll() is None:  # an early exit (error, or the caller stopped iterating): never leave it running
-                proc.kill()
-                proc.wait()

@@ -13,7 +13,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from workflow_lib import SAMPLE_RATE
-from workflow_lib.audio.files import AudioDecodeError, iter_audio, iter_wav_stream
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.files import iter_audio, iter_wav_stream
 
 PIPE_HINT = "pipe WAV, MP3, FLAC, Ogg (Vorbis, Opus) or MP4/AAC, or convert first: ffmpeg -i INPUT -f wav -"
 

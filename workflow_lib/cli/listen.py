@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from workflow_lib.audio.files import AudioDecodeError
+    from workflow_lib.audio.decoded import AudioDecodeError
     from workflow_lib.search.searcher import Searcher
 
     torch.set_num_threads(settings.threads)

@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from workflow_lib.api import SetupError, answer, listen_config, row_for
-    from workflow_lib.audio.files import AudioDecodeError, load_audio
+    from workflow_lib.audio.decoded import AudioDecodeError
+    from workflow_lib.audio.files import load_audio
     from workflow_lib.audio.piped import iter_piped_audio
     from workflow_lib.common.progress import progress
 

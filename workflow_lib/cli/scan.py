@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr)
     import torch
 
-    from workflow_lib.audio.files import AudioDecodeError, iter_audio
+    from workflow_lib.audio.decoded import AudioDecodeError
+    from workflow_lib.audio.files import iter_audio
     from workflow_lib.audio.piped import iter_piped_audio
     from workflow_lib.listener.scan import fingerprint_workers, plot_timeline, whitened_view
 

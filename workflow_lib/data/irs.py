@@ -31,7 +31,8 @@ import pandas as pd
 import soundfile as sf
 
 from workflow_lib import SAMPLE_RATE
-from workflow_lib.audio.files import FFMPEG_EXTENSIONS, AudioDecodeError, audio_info, load_audio, resample
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.files import FFMPEG_EXTENSIONS, audio_info, load_audio, resample
 from workflow_lib.common.progress import progress
 from workflow_lib.data.clipbank import write_clip_bank
 from workflow_lib.data.acoustics import (energy_decay_db, estimate_rt60, hybrid_room, positions, resonant_response,

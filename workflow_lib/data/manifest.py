@@ -19,8 +19,8 @@ from workflow_lib.data.cuesheet import SHEET_EXTENSIONS
 from workflow_lib.data.folders import is_utf8, not_utf8_folder, shown, walk_files
 from workflow_lib.data.split import UNKNOWN_COLLECTION
 from workflow_lib import SAMPLE_RATE, SEGMENT_SAMPLES
-from workflow_lib.audio.files import (AUDIO_EXTENSIONS, AudioDecodeError, audio_info, decoder_id, ffmpeg_missing_for,
-                                      iter_audio)
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.files import AUDIO_EXTENSIONS, audio_info, decoder_id, ffmpeg_missing_for, iter_audio
 from workflow_lib.audio.decoder_messages import DecoderMessages
 from workflow_lib.audio.segments import LEVEL_BAND_LOW_HZ, SILENCE_DBFS, frame, segment_levels_db
 

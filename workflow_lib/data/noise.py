@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from workflow_lib import SAMPLE_RATE
-from workflow_lib.audio.files import AudioDecodeError, load_audio
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.files import load_audio
 from workflow_lib.common.progress import progress
 from workflow_lib.data.clipbank import write_clip_bank
 from workflow_lib.data.holdout import holdout_split, split_items

@@ -31,7 +31,7 @@ from torch import nn
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE
 from workflow_lib.common.atomic import atomic_path
-from workflow_lib.audio.files import AudioDecodeError
+from workflow_lib.audio.decoded import AudioDecodeError
 from workflow_lib.common.progress import progress
 from workflow_lib.database.fingerprint_file import (DTYPES, ROW_GROUP_ROWS, FingerprintFileError, ModelIdentity,
                                                     ShardMeta, fingerprint_schema, fingerprint_table, read_meta)

@@ -24,7 +24,8 @@ import pandas as pd
 
 from workflow_lib import SAMPLE_RATE
 from workflow_lib.common.atomic import file_digest
-from workflow_lib.audio.files import AudioDecodeError, load_audio, resample
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.files import load_audio, resample
 from workflow_lib.common.background import ordered_map
 from workflow_lib.common.progress import progress
 from workflow_lib.evaluation.chunks import finish, partial_dir, run_in_chunks

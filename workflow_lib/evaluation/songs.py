@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from workflow_lib import HOP_SAMPLES
-from workflow_lib.audio.files import AudioDecodeError, load_audio
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.files import load_audio
 from workflow_lib.evaluation.degrade import MIN_SIGNAL_RMS, rms
 from workflow_lib.data.holdout import holdout_split
 

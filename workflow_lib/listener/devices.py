@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from workflow_lib.audio.files import AudioDecodeError, audio_info, iter_audio
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.files import audio_info, iter_audio
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ import torch
 
 from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
 from workflow_lib.common.atomic import atomic_path, new_npy_map
-from workflow_lib.audio.files import AudioDecodeError, iter_audio
+from workflow_lib.audio.decoded import AudioDecodeError
+from workflow_lib.audio.files import iter_audio
 from workflow_lib.common.progress import progress
 from workflow_lib.training.augment import FILTER_SETTLE, AugmentConfig, ViewParams, sample_view_params
 from workflow_lib.data.clipbank import ClipBank
