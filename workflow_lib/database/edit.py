@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib import HOP_S, SEGMENT_S
 from workflow_lib.common.atomic import write_text_atomic
 from workflow_lib.common.background import ordered_map
 from workflow_lib.common.layout import ResultsLayout
@@ -293,7 +293,7 @@ def database_info(results: str | Path | ResultsLayout) -> dict[str, Any]:
     return {"index": str(layout.index), "model_checksum": db.model_checksum, "factory": db.factory,
             "nprobe": None if db.exact else db.nprobe, "songs": db.n_songs - other,
             "other_music_songs": other, "fingerprints": db.ntotal, "dim": db.dim,
-            "hours": round((db.ntotal - other_rows) * HOP_SAMPLES / SAMPLE_RATE / 3600, 2), "file_bytes": files,
+            "hours": round((db.ntotal - other_rows) * HOP_S / 3600, 2), "file_bytes": files,
             "disk_bytes_per_fingerprint": round(sum(files.values()) / max(db.ntotal, 1), 1),
             "memory_bytes": db.memory_bytes(), "built_at": db.info.get("built_at"),
             "build_seconds": db.info.get("build_seconds"), "trained": db.info.get("trained"),
@@ -309,7 +309,7 @@ def list_songs(results: str | Path | ResultsLayout) -> pd.DataFrame:
 
     layout = _layout(results)
     db = FingerprintDB.load(layout.index)
-    seconds = (db.rows.counts - 1) * HOP_SAMPLES / SAMPLE_RATE + SEGMENT_SAMPLES / SAMPLE_RATE
+    seconds = (db.rows.counts - 1) * HOP_S + SEGMENT_S
     songs = pd.DataFrame({"song_id": db.song_ids.astype(str), "duration_s": seconds})
     songs = songs[[not is_other_music(s) for s in songs["song_id"]]]  # never an answer: not the collection's
     if layout.catalogue.exists():

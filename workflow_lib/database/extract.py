@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from workflow_lib import HOP_SAMPLES, SAMPLE_RATE
+from workflow_lib import HOP_S
 from workflow_lib.common.atomic import atomic_path
 from workflow_lib.audio.decoded import AudioDecodeError
 from workflow_lib.common.progress import progress
@@ -345,7 +345,7 @@ def extract_songs(fingerprinter: nn.Module, identity: ModelIdentity, songs: pd.D
     parts.flush()
     if todo:
         dt = time.perf_counter() - t0
-        audio_s = n_segments_done * HOP_SAMPLES / SAMPLE_RATE
+        audio_s = n_segments_done * HOP_S
         log.info("extracted %d segments (~%.0f s of audio) in %.1f s: %.0f segments/s, ~%.0fx realtime",
                  n_segments_done, audio_s, dt, n_segments_done / max(dt, 1e-9), audio_s / max(dt, 1e-9))
 

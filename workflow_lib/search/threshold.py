@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workflow_lib import HOP_SAMPLES, SAMPLE_RATE, SEGMENT_SAMPLES
+from workflow_lib import HOP_S, SEGMENT_S
 from workflow_lib.common.atomic import write_text_atomic
 
 if TYPE_CHECKING:
@@ -139,10 +139,9 @@ class Calibration:
         """One row per calibrated query length: what the no-match rule asks of a query (for people to read)."""
         import pandas as pd
 
-        seg_s, hop_s = SEGMENT_SAMPLES / SAMPLE_RATE, HOP_SAMPLES / SAMPLE_RATE
         parts = [(1, self)] + ([(2, self.two_views)] if self.two_views is not None else [])
         return pd.concat([pd.DataFrame({
-            "query_s": [seg_s + (n - 1) * hop_s for n in c.n_segments], "n_segments": c.n_segments, "views": views,
+            "query_s": [SEGMENT_S + (n - 1) * HOP_S for n in c.n_segments], "n_segments": c.n_segments, "views": views,
             "statistic": c.statistic, "threshold": [round(shown(t), 4) for t in c.thresholds],  # np.round overflows
             "target_fpr": c.target_fpr, "null_queries": [len(s) for s in c.null_scores],
             "null_median": [round(float(np.median(s)), 4) if len(s) else None for s in c.null_scores],
