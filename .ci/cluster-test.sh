@@ -17,6 +17,14 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   bash "$REPO/.ci/slurm-down.sh" "$ROOT" || true
+  # A job step of a job cancelled mid-test can outlive its step daemon (slurm-down lists only the jobs still known
+  # at the end): whatever still works in the scratch folder is this test's, and is killed by PID.
+  for d in /proc/[0-9]*; do
+    case "$(readlink "$d/cwd" 2>/dev/null)" in
+      "$SCRATCH" | "$SCRATCH"/*) echo "cluster-test: killing leftover process ${d#/proc/}" >&2
+                                 kill -KILL "${d#/proc/}" 2>/dev/null || true ;;
+    esac
+  done
   if [ "$rc" = 0 ] && [ -z "${KEEP_CLUSTER_TEST:-}" ]; then
     rm -rf "$SCRATCH"
   else
