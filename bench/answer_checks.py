@@ -106,7 +106,6 @@ def main() -> int:
     queries = pd.read_parquet(ev / "queries" / "queries.parquet")
     # the evaluation's own per-query flags (song_top1, seg_top1_exact, false_positive, top_offset_s)
     answers = score_results(queries, answers[answers["mode"] == "sequence"])
-    answers = answers.merge(queries[["query_id", "source_song_id"]], on="query_id")
     answers = answers.assign(best=answers["top_songs"].str[0])
     songs = pd.read_parquet(args.results / "manifest" / "songs.parquet")
     false_positive_audio(answers, songs)

@@ -15,7 +15,7 @@ from workflow_lib.data.clipbank import ClipBank, write_clip_bank
 from workflow_lib.evaluation.degrade import (Degradation, add_noise, bandlimit, compress, convolve, degrade, ir_pool,
                                              quantise_16bit, reverberate, rms)
 from workflow_lib.evaluation.chunks import run_in_chunks
-from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, snr_of, target_checks
+from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, score_with_audio, snr_of, target_checks
 from workflow_lib.evaluation.neural import run_neural
 from workflow_lib.evaluation.plan import Condition, QueryPlan
 from workflow_lib.evaluation.queries import usable_conditions, write_query_set
@@ -541,3 +541,39 @@ def test_a_right_song_answer_on_a_repeat_of_the_query_audio_counts_as_the_same_a
                            "length_s": [1.0, 1.0, 1.0], "top_offset_s": [4.5, 1.3, 0.5]})
     assert same_audio_answers(scored, songs, 0.25).tolist() == [True, False, False]
     assert same_audio_answers(scored.iloc[[0, 2]], songs, 0.25).tolist() == [True, False]
+
+
+def test_an_unknown_song_named_by_a_song_holding_its_audio_is_no_false_positive(tmp_path):
+    """An unknown song (its own fingerprints skipped) that reuses 3 s of a database song's audio: its query from
+    that passage, named at the passage, is the same audio and no false positive; a query from its own music named
+    the same song, and one naming another song, are false positives; the summary says how many were left out."""
+    rng = np.random.default_rng(5)
+    shared = rng.standard_normal(3 * SR).astype(np.float32) * 0.1
+    own, other = (rng.standard_normal(8 * SR).astype(np.float32) * 0.1 for _ in range(2))
+    db_song = np.concatenate([other[:4 * SR], shared, other[4 * SR:]])  # the passage at 4-7 s
+    unknown = np.concatenate([own[:2 * SR], shared, own[2 * SR:]])  # the passage at 2-5 s
+    for name, audio in (("db", db_song), ("unknown", unknown), ("third", own[::-1].copy())):
+        write_audio(tmp_path / f"{name}.wav", audio, SR)
+    songs = pd.DataFrame({"song_id": ["db", "unknown", "third"],
+                          "path": [str(tmp_path / f"{n}.wav") for n in ("db", "unknown", "third")]})
+    queries = pd.DataFrame({"query_id": ["a", "b", "c", "d"], "song_id": None, "in_db": False, "group": "unknown",
+                            "source_song_id": "unknown", "start_s": [2.5, 6.0, 2.5, 2.5], "length_s": 1.0,
+                            "condition": "clean"})
+    # a: from the passage, named at it (2.5 s into the unknown song is 4.5 s into db; the offset 0.3 s off);
+    # b: its own music named db; c: from the passage, but db named far from it; d: rejected.
+    results = pd.DataFrame({"query_id": ["a", "b", "c", "d"], "system": "neural", "mode": "sequence",
+                            "top_songs": [["db"], ["db"], ["db"], ["third"]],
+                            "top_offsets_s": [[4.8], [4.5], [0.5], [1.0]], "is_match": [True, True, True, False],
+                            "total_ms": 1.0, "search_ms": 1.0, "embed_ms": 1.0})
+    row = compute_metrics(queries, results, songs).iloc[0]
+    assert row.fpr == pytest.approx(2 / 4)
+    assert row.shared_audio == pytest.approx(1 / 4)
+    without_audio = compute_metrics(queries, results).iloc[0]  # not checked: every accepted answer counts
+    assert without_audio.fpr == pytest.approx(3 / 4) and np.isnan(without_audio.shared_audio)
+    scored = score_with_audio(queries, results, songs)
+    pooled = pooled_fpr(queries, results, scored=scored)
+    assert pooled.fpr.iloc[0] == pytest.approx(2 / 4)
+    text = write_summary(tmp_path / "summary.md", queries, compute_metrics(queries, results, scored=scored), pooled,
+                         {"model": "x"})
+    assert "Not counted as false positives" in text and "neural (sequence) 1." in text
+

@@ -4,8 +4,9 @@ For database queries (groups ``unseen`` and ``trained``): segment-level top-1 ex
 the nearest database segment), exact or on a repeat of the query's own audio in the song (``repeats``; needs the
 songs' audio), near (<= 0.5 s), song-level top-1/3/10 (ignoring the no-match rule, as the
 paper's hit rates do), top-1 accepted (right song and above the threshold) and the share of right best guesses the
-no-match rule accepts. For unknown-song queries (group ``unknown``): the false-positive rate of the no-match rule.
-Latency percentiles over every query of a group.
+no-match rule accepts. For unknown-song queries (group ``unknown``): the false-positive rate of the no-match rule;
+with the songs' audio, an accepted answer naming a song that holds the query's own audio (``shared_audio``) is not
+counted as one, and its share is reported as ``shared_audio``. Latency percentiles over every query of a group.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def score_results(queries: pd.DataFrame, results: pd.DataFrame, exact_tol: float
                   near_tol: float = NEAR_TOL_S) -> pd.DataFrame:
     """Per-query correctness flags (one row per query, system and mode)."""
     cols = ["query_id", "song_id", "in_db", "start_s", "length_s", "condition"]
-    q = queries[cols + (["group"] if "group" in queries else [])]
+    q = queries[cols + [c for c in ("group", "source_song_id") if c in queries]]
     m = results.merge(q, on="query_id", how="inner", validate="many_to_one")
     if len(m) != len(results):
         raise ValueError(f"{len(results) - len(m)} result rows name queries that are not in the query table")
@@ -69,18 +70,33 @@ def score_results(queries: pd.DataFrame, results: pd.DataFrame, exact_tol: float
     return m
 
 
-def compute_metrics(queries: pd.DataFrame, results: pd.DataFrame, songs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (system, mode, group, condition, length_s). Hit rates are fractions of a database group's
-    queries; ``fpr`` is the fraction of the unknown group's queries accepted; ``accept_right`` the share of right
-    best guesses that the no-match rule accepts. ``seg_top1_same_audio`` needs ``songs`` (``song_id``, ``path``),
-    NaN without."""
+def score_with_audio(queries: pd.DataFrame, results: pd.DataFrame, songs: pd.DataFrame | None) -> pd.DataFrame:
+    """``score_results`` plus the checks that read the songs' audio (``songs``: ``song_id``, ``path``; None: not
+    checked, NaN): ``seg_top1_same_audio`` (exact, or on a repeat of the query's audio in its song) and
+    ``shared_audio`` (an unknown song's accepted answer naming a song that holds the query's audio, then no false
+    positive)."""
     m = score_results(queries, results)
-    if songs is not None:
-        from workflow_lib.evaluation.repeats import same_audio_answers
-
-        m["seg_top1_same_audio"] = m["seg_top1_exact"] | same_audio_answers(m, songs, EXACT_TOL_S)
-    else:
+    if songs is None:
         m["seg_top1_same_audio"] = np.nan
+        m["shared_audio"] = np.nan
+        return m
+    from workflow_lib.evaluation.repeats import same_audio_answers
+    from workflow_lib.evaluation.shared_audio import shared_audio_answers
+
+    m["seg_top1_same_audio"] = m["seg_top1_exact"] | same_audio_answers(m, songs, EXACT_TOL_S)
+    m["shared_audio"] = shared_audio_answers(m, songs)
+    m["false_positive"] = m["false_positive"] & ~m["shared_audio"]
+    return m
+
+
+def compute_metrics(queries: pd.DataFrame, results: pd.DataFrame, songs: pd.DataFrame | None = None,
+                    scored: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (system, mode, group, condition, length_s). Hit rates are fractions of a database group's
+    queries; ``fpr`` is the fraction of the unknown group's queries accepted (answers of shared audio left out);
+    ``shared_audio`` the fraction accepted naming a song that holds the query's audio; ``accept_right`` the share
+    of right best guesses that the no-match rule accepts. ``seg_top1_same_audio`` and ``shared_audio`` need
+    ``songs`` (``song_id``, ``path``), NaN without. ``scored``: ``score_with_audio``'s table, when already made."""
+    m = score_with_audio(queries, results, songs) if scored is None else scored
     rows = []
     for key, g in m.groupby(KEYS, sort=False):
         row = dict(zip(KEYS, key))
@@ -88,10 +104,11 @@ def compute_metrics(queries: pd.DataFrame, results: pd.DataFrame, songs: pd.Data
         row["n_queries"] = len(g)
         if row["group"] == "unknown":
             row["fpr"] = float(g["false_positive"].mean())
+            row["shared_audio"] = float(g["shared_audio"].astype(float).mean())
             for k in HIT_METRICS + ["accept_right"]:
                 row[k] = float("nan")
         else:
-            row["fpr"] = float("nan")
+            row["fpr"] = row["shared_audio"] = float("nan")
             for k in HIT_METRICS:
                 row[k] = float(g[k].mean())
             right = g["song_top1"]
@@ -112,9 +129,10 @@ def compute_metrics(queries: pd.DataFrame, results: pd.DataFrame, songs: pd.Data
             .reset_index(drop=True))
 
 
-def pooled_fpr(queries: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
-    """False-positive rate per (system, mode, length) over all conditions of the unknown-song queries."""
-    m = score_results(queries, results)
+def pooled_fpr(queries: pd.DataFrame, results: pd.DataFrame, scored: pd.DataFrame | None = None) -> pd.DataFrame:
+    """False-positive rate per (system, mode, length) over all conditions of the unknown-song queries; ``scored``:
+    ``score_with_audio``'s table (answers of shared audio are then no false positives)."""
+    m = score_results(queries, results) if scored is None else scored
     o = m[~m["in_db"]]
     if o.empty:
         return pd.DataFrame(columns=["system", "mode", "length_s", "n_out_of_db", "fpr"])

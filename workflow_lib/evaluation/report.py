@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from workflow_lib.common.atomic import atomic_path, write_csv_atomic, write_parquet_atomic, write_text_atomic
-from workflow_lib.evaluation.metrics import compute_metrics, pooled_fpr, target_checks, wilson_interval
+from workflow_lib.evaluation.metrics import (compute_metrics, pooled_fpr, score_with_audio, target_checks,
+                                             wilson_interval)
 from workflow_lib.evaluation.neural import NEURAL
 from workflow_lib.evaluation.repeats import SAME_AUDIO_CORRELATION
 
@@ -108,6 +109,12 @@ def write_summary(path: str | Path, queries: pd.DataFrame, metrics: pd.DataFrame
     if len(unk):
         lines += ["", "## No-match rule: false-positive rate on unknown songs per condition (%)", "",
                   _pivot_md(unk, ["condition", "system"], "fpr", fmt="{:.2f}")]
+        if "shared_audio" in unk and unk["shared_audio"].notna().any():
+            shared = (unk["shared_audio"] * unk["n_queries"]).groupby(unk["system"], sort=False).sum()
+            lines += ["", "Not counted as false positives: accepted answers naming a database song that holds the "
+                          f"query's own audio (correlation >= {SAME_AUDIO_CORRELATION:g} at the named offset: a "
+                          "passage the two songs share, which any fingerprint names): "
+                      + ", ".join(f"{s} {int(round(n))}" for s, n in shared.items()) + "."]
     if len(fpr):
         f = fpr.copy()
         f["system"] = [_label(s, mo) for s, mo in zip(f["system"], f["mode"])]
@@ -260,8 +267,9 @@ def summarize(queries_path: str | Path, result_paths: Sequence[str | Path], metr
         result_paths = [result_paths]
     queries = pd.read_parquet(queries_path)
     results = pd.concat([pd.read_parquet(p) for p in result_paths], ignore_index=True)
-    metrics = compute_metrics(queries, results, pd.read_parquet(songs_path) if songs_path else None)
-    fpr = pooled_fpr(queries, results)
+    scored = score_with_audio(queries, results, pd.read_parquet(songs_path) if songs_path else None)
+    metrics = compute_metrics(queries, results, scored=scored)
+    fpr = pooled_fpr(queries, results, scored=scored)
     write_parquet_atomic(metrics, metrics_path)
     if metrics_csv:
         write_csv_atomic(metrics.round(4), metrics_csv)
