@@ -25,7 +25,6 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_lib import SAMPLE_RATE  # noqa: E402
 from workflow_lib.evaluation.metrics import EXACT_TOL_S, score_results  # noqa: E402
 from workflow_lib import HOP_S  # noqa: E402
 
@@ -35,7 +34,8 @@ ROOMS = ("10 dB + room", "5 dB + room", "0 dB + room")
 def false_positive_audio(answers: pd.DataFrame, songs: pd.DataFrame) -> None:
     from workflow_lib.audio.files import load_audio
     from workflow_lib.database.catalogue import song_paths
-    from workflow_lib.search.duplicates import audio_correlation
+    from workflow_lib.evaluation.repeats import correlation_at
+    from workflow_lib.evaluation.shared_audio import SLACK_S
 
     fp = answers[answers["false_positive"]]
     print(f"1. accepted answers to unknown songs' queries: {len(fp)} of {int((answers['group'] == 'unknown').sum())}")
@@ -49,12 +49,9 @@ def false_positive_audio(answers: pd.DataFrame, songs: pd.DataFrame) -> None:
 
     rows = []
     for x in fp.itertuples():
-        src = audio(str(x.source_song_id))
-        clip = src[int(x.start_s * SAMPLE_RATE):int((x.start_s + x.length_s) * SAMPLE_RATE)]
-        named = audio(str(x.best))
-        at = x.top_offset_s
-        lo, hi = max(0, int((at - 1.0) * SAMPLE_RATE)), int((at + x.length_s + 1.0) * SAMPLE_RATE)
-        rows.append((x.condition, x.length_s, str(x.best), audio_correlation(clip, named[lo:hi])))
+        correlation = correlation_at(audio(str(x.source_song_id)), x.start_s, x.length_s, audio(str(x.best)),
+                                     x.top_offset_s, SLACK_S)
+        rows.append((x.condition, x.length_s, str(x.best), np.nan if correlation is None else correlation))
     table = pd.DataFrame(rows, columns=["condition", "length_s", "named", "correlation"])
     if len(table):
         print(table.sort_values("correlation", ascending=False).head(8).round(3).to_string(index=False))

@@ -31,6 +31,17 @@ log = logging.getLogger(__name__)
 SAME_AUDIO_CORRELATION = 0.9
 
 
+def correlation_at(source: np.ndarray, start_s: float, length_s: float, other: np.ndarray, offset_s: float,
+                   slack_s: float) -> float | None:
+    """How well ``other`` holds ``source``'s audio from ``start_s`` for ``length_s`` within ``slack_s`` of
+    ``offset_s`` (``search.duplicates.audio_correlation``); None where either stretch runs past its audio's end."""
+    start, n = int(round(start_s * SAMPLE_RATE)), int(round(length_s * SAMPLE_RATE))
+    at, slack = int(round(offset_s * SAMPLE_RATE)), int(round(slack_s * SAMPLE_RATE))
+    window = source[start:start + n]
+    there = other[max(0, at - slack):max(0, at + n + slack)]
+    return audio_correlation(window, there) if len(window) == n and len(there) >= n else None
+
+
 def same_audio_answers(scored: pd.DataFrame, songs: pd.DataFrame, tol_s: float,
                        min_correlation: float = SAME_AUDIO_CORRELATION) -> pd.Series:
     """Per row of ``scored`` (``metrics.score_results``' table): True where the best guess is the right song, its
@@ -48,7 +59,6 @@ def same_audio_answers(scored: pd.DataFrame, songs: pd.DataFrame, tol_s: float,
     if missing:
         log.warning("same-audio check: %d songs not in the song table, their answers not checked", len(missing))
     order = np.array(sorted({position[s] for s in todo["song_id"].astype(str) if s in position}), dtype=int)
-    slack = int(round(tol_s * SAMPLE_RATE))
     # A dict, not GroupBy.get_group: pandas 3.1 raised KeyError for the key of a one-row group.
     by_song = {song: rows for song, rows in todo.groupby(todo["song_id"].astype(str))}
     for pos, audio in iter_song_audio(songs, order):
@@ -57,13 +67,8 @@ def same_audio_answers(scored: pd.DataFrame, songs: pd.DataFrame, tol_s: float,
         rows = by_song[str(songs.iloc[pos]["song_id"])]
         for idx, start_s, length_s, offset_s in zip(rows.index, rows["start_s"], rows["length_s"],
                                                      rows["top_offset_s"]):
-            n = int(round(length_s * SAMPLE_RATE))
-            start = int(round(start_s * SAMPLE_RATE))
-            at = int(round(offset_s * SAMPLE_RATE))
-            window = audio[start:start + n]
-            there = audio[max(0, at - slack):max(0, at + n + slack)]
-            if len(window) == n and len(there) >= n:
-                flags[idx] = audio_correlation(window, there) >= min_correlation
+            correlation = correlation_at(audio, start_s, length_s, audio, offset_s, tol_s)
+            flags[idx] = correlation is not None and correlation >= min_correlation
     log.info("same-audio check: %d of %d right-song answers with a wrong offset land on a repeat of the query's audio",
              int(flags.sum()), len(todo))
     return flags

@@ -23,45 +23,13 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from workflow_lib import SAMPLE_RATE
 from workflow_lib.audio.decoded import AudioDecodeError
 from workflow_lib.audio.files import load_audio
-from workflow_lib.evaluation.repeats import SAME_AUDIO_CORRELATION
-from workflow_lib.search.duplicates import audio_correlation
+from workflow_lib.evaluation.repeats import SAME_AUDIO_CORRELATION, correlation_at
 
 log = logging.getLogger(__name__)
 
 SLACK_S = 1.0
-
-
-def song_audio_loader(songs: pd.DataFrame, what: str, cache_size: int = 16):
-    """song id -> its 8 kHz audio, or None (logged) when the song is not in ``songs`` (``song_id``, ``path``) or
-    cannot be decoded; the last ``cache_size`` songs stay decoded (a query's song and the few its answers name)."""
-    path = dict(zip(songs["song_id"].astype(str), songs["path"].astype(str)))
-
-    @lru_cache(maxsize=cache_size)
-    def audio(song_id: str) -> np.ndarray | None:
-        if song_id not in path:
-            log.warning("%s: song %s is not in the song table, its answers not checked", what, song_id)
-            return None
-        try:
-            return load_audio(path[song_id])
-        except AudioDecodeError as exc:
-            log.warning("%s: song %s not checked: %s", what, song_id, exc)
-            return None
-
-    return audio
-
-
-def holds_query_audio(source: np.ndarray, start_s: float, length_s: float, named: np.ndarray, offset_s: float,
-                      slack_s: float = SLACK_S, min_correlation: float = SAME_AUDIO_CORRELATION) -> bool:
-    """Whether ``named`` (a song's audio) holds ``source``'s clean audio from ``start_s`` for ``length_s`` within
-    ``slack_s`` of ``offset_s``."""
-    start, n = int(round(start_s * SAMPLE_RATE)), int(round(length_s * SAMPLE_RATE))
-    at, slack = int(round(offset_s * SAMPLE_RATE)), int(round(slack_s * SAMPLE_RATE))
-    window = source[start:start + n]
-    there = named[max(0, at - slack):max(0, at + n + slack)]
-    return len(window) == n and len(there) >= n and audio_correlation(window, there) >= min_correlation
 
 
 def shared_audio_answers(scored: pd.DataFrame, songs: pd.DataFrame, slack_s: float = SLACK_S,
@@ -78,12 +46,24 @@ def shared_audio_answers(scored: pd.DataFrame, songs: pd.DataFrame, slack_s: flo
     if "source_song_id" not in todo:
         log.warning("shared-audio check: the query table names no source songs, %d answers not checked", len(todo))
         return flags
-    audio = song_audio_loader(songs, "shared-audio check")
+    path = dict(zip(songs["song_id"].astype(str), songs["path"].astype(str)))
+
+    @lru_cache(maxsize=16)  # a query's song and the few songs its answers name, not the whole collection
+    def audio(song_id: str) -> np.ndarray | None:
+        if song_id not in path:
+            log.warning("shared-audio check: song %s is not in the song table, its answers not checked", song_id)
+            return None
+        try:
+            return load_audio(path[song_id])
+        except AudioDecodeError as exc:
+            log.warning("shared-audio check: song %s not checked: %s", song_id, exc)
+            return None
+
     for idx, row in todo.sort_values("source_song_id").iterrows():  # one query song after another: cached
         mine, named = audio(str(row["source_song_id"])), audio(str(row["top_songs"][0]))
         if mine is not None and named is not None:
-            flags[idx] = holds_query_audio(mine, row["start_s"], row["length_s"], named, row["top_offset_s"], slack_s,
-                                           min_correlation)
+            correlation = correlation_at(mine, row["start_s"], row["length_s"], named, row["top_offset_s"], slack_s)
+            flags[idx] = correlation is not None and correlation >= min_correlation
     log.info("shared-audio check: %d of %d accepted answers to unknown songs' queries name a song holding the "
              "query's audio", int(flags.sum()), len(todo))
     return flags
